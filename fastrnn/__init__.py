@@ -1,0 +1,18 @@
+"""fastrnn: numba-jitted CPU inference for Elman RNN, GRU and LSTM networks."""
+from . import errors, fileformat
+from .fileformat import load, save
+from .layers import GRU, LSTM, RNN, RecurrentLayer, layer_from_config
+from .stream import Stream
+from .threads import get_num_threads, set_num_threads, threading_layer
+
+__version__ = "0.1.0"
+
+
+def _load_layer(meta, tensors):
+    return layer_from_config(meta["config"]).load_state_dict(tensors)
+
+
+fileformat.register_kind("layer", _load_layer)
+
+__all__ = ["RNN", "GRU", "LSTM", "RecurrentLayer", "Stream", "layer_from_config", "save", "load",
+           "set_num_threads", "get_num_threads", "threading_layer", "errors", "__version__"]

@@ -1,0 +1,1 @@
+"""numba kernels only: plain arrays in, results written into preallocated arrays out."""

@@ -1,0 +1,314 @@
+"""PyTorch-compatible recurrent layers (RNN, GRU, LSTM) on numpy arrays.
+
+Parameters live in PyTorch's names, shapes and gate order (the canonical layout); they are packed
+for the kernels once, whenever they are set. Calls follow torch's shapes and return structure.
+"""
+from typing import Mapping
+
+import numpy as np
+
+from . import activations as acts
+from .errors import ArgumentError, DTypeError, ShapeError
+from .gates import NUM_GATES
+from .recurrent import DirectionParams, check_dtype, run_layer
+
+SUFFIXES = ("", "_reverse")
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class RecurrentLayer:
+    """Shared machinery of RNN, GRU and LSTM; use the subclasses."""
+
+    mode = ""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 bidirectional=False, proj_size=0, dtype=np.float32, *, activations=None,
+                 activation_alpha=None, activation_beta=None, clip=None,
+                 linear_before_reset=True, peepholes=False, input_forget=False, seed=None):
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.proj_size = _positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size and self.proj_size:
+            raise ArgumentError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
+                                f"got {self.proj_size}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = check_dtype(dtype)
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not clip > 0):
+            raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
+        self.clip = None if clip is None else float(clip)
+        self.linear_before_reset = bool(linear_before_reset)
+        self.peepholes = bool(peepholes)
+        self.input_forget = bool(input_forget)
+        self.activations = acts.parse(self.mode, activations, activation_alpha, activation_beta,
+                                      self.num_directions)
+        self._params: dict[str, np.ndarray] = {}
+        self._reset_parameters(seed)
+
+    # ----- structure -----
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def hidden_out(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.num_directions * self.hidden_out
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's PyTorch name and shape, in PyTorch's order."""
+        gh = NUM_GATES[self.mode] * self.hidden_size
+        shapes = {}
+        for layer in range(self.num_layers):
+            for suffix in SUFFIXES[:self.num_directions]:
+                tag = f"l{layer}{suffix}"
+                shapes[f"weight_ih_{tag}"] = (gh, self._layer_input_size(layer))
+                shapes[f"weight_hh_{tag}"] = (gh, self.hidden_out)
+                if self.bias:
+                    shapes[f"bias_ih_{tag}"] = (gh,)
+                    shapes[f"bias_hh_{tag}"] = (gh,)
+                if self.proj_size:
+                    shapes[f"weight_hr_{tag}"] = (self.proj_size, self.hidden_size)
+                if self.peepholes:
+                    shapes[f"weight_ph_{tag}"] = (3 * self.hidden_size,)
+        return shapes
+
+    def _reset_parameters(self, seed) -> None:
+        """PyTorch's initialisation: every parameter uniform in ±1/sqrt(hidden_size)."""
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        self.load_state_dict({name: rng.uniform(-bound, bound, shape)
+                              for name, shape in self.parameter_shapes().items()})
+
+    # ----- parameters -----
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> "RecurrentLayer":
+        """Set parameters from PyTorch-named arrays; casts to the layer dtype and repacks."""
+        shapes = self.parameter_shapes()
+        unknown = sorted(set(state) - set(shapes))
+        missing = sorted(set(shapes) - set(state))
+        if unknown and strict:
+            raise ArgumentError(f"unexpected parameters {unknown}; expected {list(shapes)}")
+        if missing and (strict or not self._params):
+            raise ArgumentError(f"missing parameters {missing}")
+        new = dict(self._params)
+        for name, shape in shapes.items():
+            if name not in state:
+                continue
+            arr = np.asarray(state[name])
+            if arr.dtype.kind not in "fiu":
+                raise DTypeError(f"parameter {name} must be real, got dtype {arr.dtype}")
+            if arr.shape != shape:
+                raise ShapeError(f"parameter {name} must have shape {shape}, got {arr.shape}")
+            new[name] = np.array(arr, dtype=self.dtype, copy=True)
+        self._params = new
+        self._directions = [[self._pack(layer, d) for d in range(self.num_directions)]
+                            for layer in range(self.num_layers)]
+        return self
+
+    def _pack(self, layer: int, direction: int) -> DirectionParams:
+        tag = f"l{layer}{SUFFIXES[direction]}"
+        p = self._params
+        extra = {}
+        if self.mode == "LSTM":
+            extra = dict(w_hr=p.get(f"weight_hr_{tag}"), peephole=p.get(f"weight_ph_{tag}"),
+                         input_forget=self.input_forget)
+        return DirectionParams(
+            self.mode, p[f"weight_ih_{tag}"], p[f"weight_hh_{tag}"], p.get(f"bias_ih_{tag}"),
+            p.get(f"bias_hh_{tag}"), reverse=direction == 1,
+            activations=self.activations[direction], clip=self.clip,
+            linear_before_reset=self.linear_before_reset, dtype=self.dtype, **extra)
+
+    def num_parameters(self) -> int:
+        return int(sum(v.size for v in self._params.values()))
+
+    # ----- configuration -----
+    def config(self) -> dict:
+        """Constructor arguments as a JSON-able dict (with "mode"); see layer_from_config."""
+        cfg = dict(mode=self.mode, input_size=self.input_size, hidden_size=self.hidden_size,
+                   num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                   bidirectional=self.bidirectional, dtype=self.dtype.name, clip=self.clip,
+                   activations=[n for direction in self.activations for n, _, _ in direction],
+                   activation_alpha=[a for direction in self.activations
+                                     for n, a, _ in direction if n in acts.TAKES_ALPHA],
+                   activation_beta=[b for direction in self.activations
+                                    for n, _, b in direction if n in acts.TAKES_BETA])
+        cfg.update(self._extra_config())
+        return cfg
+
+    def _extra_config(self) -> dict:
+        return {}
+
+    def to_record(self):
+        return "layer", {"config": self.config()}, self.state_dict()
+
+    def __repr__(self) -> str:
+        cfg = self.config()
+        skip = {"mode", "activations", "activation_alpha", "activation_beta"}
+        args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k not in skip)
+        return f"fastrnn.{self.mode}({args})"
+
+    # ----- calls -----
+    def __call__(self, x, hx=None, lengths=None):
+        x, batched = self._check_input(x)
+        steps, rows, _ = x.shape
+        if lengths is not None and not batched:
+            lengths = np.asarray(lengths).reshape(-1)
+        h0, c0 = self._split_state(hx, rows, batched)
+        layer_input = x
+        h_finals, c_finals = [], []
+        directions_count = self.num_directions
+        for layer, directions in enumerate(self._directions):
+            span = slice(layer * directions_count, (layer + 1) * directions_count)
+            y, h_n, c_n = run_layer(directions, layer_input,
+                                    None if h0 is None else h0[span],
+                                    None if c0 is None else c0[span], lengths)
+            h_finals.append(h_n)
+            c_finals.append(c_n)
+            layer_input = y.reshape(steps, rows, -1)
+        out = layer_input
+        h_n = np.concatenate(h_finals, axis=0)
+        c_n = np.concatenate(c_finals, axis=0) if self.mode == "LSTM" else None
+        if not batched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        return out, ((h_n, c_n) if self.mode == "LSTM" else h_n)
+
+    def _check_input(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise DTypeError(f"input must be a floating-point array, got dtype {x.dtype}")
+        if x.ndim not in (2, 3):
+            raise ShapeError(f"input must be 3-D ({'N, T' if self.batch_first else 'T, N'}, "
+                             f"{self.input_size}) or unbatched 2-D (T, {self.input_size}); "
+                             f"got shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ShapeError(f"input has {x.shape[-1]} features, expected input_size="
+                             f"{self.input_size} (shape {x.shape})")
+        batched = x.ndim == 3
+        if not batched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        return np.ascontiguousarray(x, dtype=self.dtype), batched
+
+    def _state_shapes(self, rows: int):
+        stacked = self.num_layers * self.num_directions
+        return (stacked, rows, self.hidden_out), (stacked, rows, self.hidden_size)
+
+    def _split_state(self, hx, rows: int, batched: bool):
+        """(h0, c0) as (L*D, N, H_out) / (L*D, N, H) arrays or None."""
+        if hx is None:
+            return None, None
+        h_shape, c_shape = self._state_shapes(rows)
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ArgumentError("LSTM initial state must be a tuple (h0, c0)")
+            h0, c0 = hx
+        else:
+            h0, c0 = hx, None
+        return (_state_array("h0", h0, h_shape, batched),
+                None if c0 is None else _state_array("c0", c0, c_shape, batched))
+
+    def stream(self, batch_size: int = 1):
+        """A step-by-step stream with preallocated state (unidirectional stacks only)."""
+        from .stream import Stream
+        return Stream(self, batch_size)
+
+
+def _state_array(name, value, shape, batched):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
+    expected = shape if batched else (shape[0], shape[2])
+    if arr.shape != expected:
+        raise ShapeError(f"{name} must have shape {expected}, got {arr.shape}")
+    return arr if batched else arr[:, None, :]
+
+
+class RNN(RecurrentLayer):
+    """Elman RNN: h' = f(W x + R h + b), f = tanh or relu (or any ONNX activation)."""
+
+    mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, bidirectional=False, dtype=np.float32, *, activations=None,
+                 activation_alpha=None, activation_beta=None, clip=None, seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ArgumentError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if activations is None:
+            activations = [nonlinearity]
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         0, dtype, activations=activations, activation_alpha=activation_alpha,
+                         activation_beta=activation_beta, clip=clip, seed=seed)
+
+    @property
+    def nonlinearity(self) -> str:
+        """The forward direction's activation name ("tanh" or "relu" for PyTorch models)."""
+        return self.activations[0][0][0]
+
+
+class GRU(RecurrentLayer):
+    """GRU; linear_before_reset=True is PyTorch's cell, False is ONNX's default."""
+
+    mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 bidirectional=False, dtype=np.float32, *, linear_before_reset=True,
+                 activations=None, activation_alpha=None, activation_beta=None, clip=None,
+                 seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         0, dtype, activations=activations, activation_alpha=activation_alpha,
+                         activation_beta=activation_beta, clip=clip,
+                         linear_before_reset=linear_before_reset, seed=seed)
+
+    def _extra_config(self) -> dict:
+        return {"linear_before_reset": self.linear_before_reset}
+
+
+class LSTM(RecurrentLayer):
+    """LSTM with PyTorch's proj_size and ONNX's peepholes, input_forget and clip."""
+
+    mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 bidirectional=False, proj_size=0, dtype=np.float32, *, peepholes=False,
+                 input_forget=False, activations=None, activation_alpha=None,
+                 activation_beta=None, clip=None, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         proj_size, dtype, activations=activations,
+                         activation_alpha=activation_alpha, activation_beta=activation_beta,
+                         clip=clip, peepholes=peepholes, input_forget=input_forget, seed=seed)
+
+    def _extra_config(self) -> dict:
+        return {"proj_size": self.proj_size, "peepholes": self.peepholes,
+                "input_forget": self.input_forget}
+
+
+LAYERS = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}
+
+
+def layer_from_config(config: Mapping) -> RecurrentLayer:
+    """Build an (untrained) layer from `layer.config()`."""
+    cfg = dict(config)
+    mode = cfg.pop("mode", None)
+    if mode not in LAYERS:
+        raise ArgumentError(f"config mode must be one of {sorted(LAYERS)}, got {mode!r}")
+    try:
+        return LAYERS[mode](**cfg)
+    except TypeError as exc:
+        raise ArgumentError(f"bad {mode} config {config!r}: {exc}") from None

@@ -1,0 +1,89 @@
+"""Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
+import numpy as np
+
+from .errors import ShapeError, UnsupportedError, ArgumentError, DTypeError
+
+
+class Stream:
+    """Runs one time step per `step` call, carrying h (and c) between calls.
+
+    `step(x_t)` returns a view of a preallocated (N, H_out) buffer that the next step overwrites;
+    copy it to keep it. Streams are independent of each other and of the layer's own calls, so
+    several can run on one model from different threads.
+    """
+
+    def __init__(self, layer, batch_size: int = 1):
+        if layer.bidirectional:
+            raise UnsupportedError(
+                "a bidirectional layer cannot stream: its reverse direction needs the whole "
+                "sequence; call the layer on the full sequence instead")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.layer = layer
+        self.batch_size = rows = int(batch_size)
+        self._directions = [directions[0] for directions in layer._directions]
+        dtype = layer.dtype
+        layers = layer.num_layers
+        self._h = np.zeros((layers, rows, layer.hidden_out), dtype)
+        self._c = np.zeros((layers, rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
+        self._x = np.zeros((1, rows, layer.input_size), dtype)
+        self._outputs = [np.zeros((1, rows, layer.hidden_out), dtype) for _ in range(layers)]
+        self._lengths = np.ones(rows, dtype=np.int64)
+        self._states = [(self._h[k],) if self._c is None else (self._h[k], self._c[k])
+                        for k in range(layers)]
+        self._scratch = [p.scratch(1, rows) for p in self._directions]
+        self._inputs = [self._x] + self._outputs[:-1]
+        self._result = self._outputs[-1][0]
+
+    def step(self, x_t) -> np.ndarray:
+        """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
+        x_t = np.asarray(x_t)
+        if x_t.shape != self._x.shape[1:]:
+            raise ShapeError(f"step input must have shape {self._x.shape[1:]} "
+                             f"(batch_size, input_size), got {x_t.shape}")
+        if x_t.dtype.kind != "f":
+            raise DTypeError(f"step input must be floating point, got dtype {x_t.dtype}")
+        np.copyto(self._x[0], x_t)
+        for params, x, state, y, scratch in zip(self._directions, self._inputs, self._states,
+                                                self._outputs, self._scratch):
+            params.run(x, self._lengths, state, y, scratch)
+        return self._result
+
+    def reset(self) -> None:
+        """Back to the zero initial state."""
+        self._h.fill(0)
+        if self._c is not None:
+            self._c.fill(0)
+
+    @property
+    def state(self):
+        """Copies of h (L, N, H_out) and, for LSTM, (h, c) with c (L, N, H): torch's h_n / c_n."""
+        if self._c is None:
+            return self._h.copy()
+        return self._h.copy(), self._c.copy()
+
+    @state.setter
+    def state(self, value) -> None:
+        if self._c is None:
+            self._assign("h", self._h, value)
+            return
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ArgumentError("an LSTM stream's state is a tuple (h, c)")
+        h, c = np.asarray(value[0]), np.asarray(value[1])
+        self._check("h", self._h, h)
+        self._check("c", self._c, c)
+        self._h[...] = h
+        self._c[...] = c
+
+    def _assign(self, name, target, value) -> None:
+        value = np.asarray(value)
+        self._check(name, target, value)
+        target[...] = value
+
+    @staticmethod
+    def _check(name, target, value) -> None:
+        if value.dtype.kind not in "fiu":
+            raise DTypeError(f"state {name} must be real, got dtype {value.dtype}")
+        if value.shape != target.shape:
+            raise ShapeError(f"state {name} must have shape {target.shape}, got {value.shape}")

@@ -1,0 +1,98 @@
+"""numba's thread pool: a deliberately chosen threading layer and the public thread-count controls.
+
+`workqueue`, numba's fallback, costs ~100 us per parallel region and aborts when parallel code is
+entered from several Python threads at once, so fastrnn never runs parallel kernels on it: it asks
+for `omp` (then `tbb`) and, if neither loads, runs its serial kernels and says so once.
+fastrnn's hot path calls no BLAS, so BLAS thread pools never compete with numba's.
+"""
+import os
+import threading
+import warnings
+
+import numba
+
+from .errors import ArgumentError
+
+_SAFE_LAYERS = ("omp", "tbb")
+_lock = threading.Lock()
+_parallel_ok: bool | None = None
+
+
+def _loadable(layer: str) -> bool:
+    try:
+        if layer == "omp":
+            from numba.np.ufunc import omppool  # noqa: F401
+        else:
+            from numba.np.ufunc import tbbpool  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _choose_layer() -> str | None:
+    requested = os.environ.get("NUMBA_THREADING_LAYER", "").lower()
+    if requested in _SAFE_LAYERS and _loadable(requested):
+        return requested
+    for layer in _SAFE_LAYERS:
+        if _loadable(layer):
+            return layer
+    return None
+
+
+def parallel_enabled() -> bool:
+    """True when fastrnn's parallel kernels may run (a thread-safe layer is, or will be, active)."""
+    global _parallel_ok
+    if _parallel_ok is None:
+        with _lock:
+            if _parallel_ok is None:
+                _parallel_ok = _configure()
+    return _parallel_ok
+
+
+def _configure() -> bool:
+    try:
+        active = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet in this process: we may still choose
+        active = None
+    if active is not None:
+        ok = active in _SAFE_LAYERS
+    else:
+        layer = _choose_layer()
+        ok = layer is not None
+        if ok:
+            numba.config.THREADING_LAYER = layer
+    if not ok:
+        warnings.warn(
+            "fastrnn: no thread-safe numba threading layer (omp or tbb) is available"
+            + (f" (active: {active})" if active else "")
+            + "; running single-threaded kernels", RuntimeWarning, stacklevel=3)
+    return ok
+
+
+def threading_layer() -> str | None:
+    """The numba threading layer fastrnn's parallel kernels run on, or None when running serially."""
+    if not parallel_enabled():
+        return None
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return numba.config.THREADING_LAYER
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by fastrnn's parallel kernels in the calling thread (1 .. cores)."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ArgumentError(
+            f"num_threads must be an int in 1..{numba.config.NUMBA_NUM_THREADS}, got {n!r}")
+    numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()
+
+
+def workers_for(rows: int) -> int:
+    """Threads a call over `rows` batch rows should use (1 means the serial kernels)."""
+    if rows < 2 or numba.get_num_threads() < 2 or not parallel_enabled():
+        return 1
+    return min(rows, numba.get_num_threads())
