@@ -1,0 +1,71 @@
+"""Built-in latency benchmark of fastrnn alone (the peers' side-by-side runner is in benchmarks/)."""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layers import LAYERS
+from .threads import get_num_threads, set_num_threads
+
+DEFAULT_CASES = [  # (mode, hidden, input, batch)
+    ("LSTM", 64, 64, 1), ("LSTM", 128, 64, 1), ("LSTM", 256, 64, 1), ("LSTM", 512, 256, 1),
+    ("GRU", 128, 64, 1), ("GRU", 256, 64, 1), ("RNN", 256, 64, 1), ("LSTM", 256, 64, 64),
+]
+
+
+@dataclass
+class BenchResult:
+    mode: str
+    hidden: int
+    input: int
+    batch: int
+    steps: int
+    threads: int
+    first_call_s: float
+    sequence_us: float
+    step_us: float | None
+
+
+def median_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
+    """Median wall time of fn() in seconds over `repeats` runs (at least `min_seconds` in all)."""
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20) -> BenchResult:
+    previous = get_num_threads()
+    set_num_threads(threads)
+    try:
+        layer = LAYERS[mode](input_size, hidden, seed=0)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
+        t0 = time.perf_counter()
+        layer(x)
+        first = time.perf_counter() - t0
+        seq = median_time(lambda: layer(x), repeats, 0.2)
+        step_us = None
+        if batch == 1:
+            stream = layer.stream(batch)
+            x_t = x[0]
+            stream.step(x_t)
+            step_us = median_time(lambda: stream.step(x_t), 20 * repeats, 0.1) * 1e6
+        return BenchResult(mode, hidden, input_size, batch, steps, threads, first, seq * 1e6,
+                           step_us)
+    finally:
+        set_num_threads(previous)
+
+
+def format_table(results) -> str:
+    lines = ["| cell | H | I | batch | threads | T=%d sequence | per step | one streaming step |"
+             % results[0].steps,
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        step = "-" if r.step_us is None else f"{r.step_us:.1f} µs"
+        lines.append(f"| {r.mode} | {r.hidden} | {r.input} | {r.batch} | {r.threads} | "
+                     f"{r.sequence_us:.0f} µs | {r.sequence_us / r.steps:.2f} µs | {step} |")
+    return "\n".join(lines)

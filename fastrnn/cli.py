@@ -1,0 +1,136 @@
+"""The `fastrnn` command line: bench, convert, inspect, run."""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import fileformat
+from .errors import FastRNNError
+
+
+def _cmd_bench(args) -> int:
+    from .bench import DEFAULT_CASES, format_table, run_case
+    from .threads import threading_layer
+    import numba
+    import platform
+    cases = DEFAULT_CASES[:3] if args.quick else DEFAULT_CASES
+    results = []
+    for threads in args.threads:
+        for mode, hidden, inp, batch in cases:
+            print(f"  {mode} H={hidden} batch={batch} threads={threads} ...", file=sys.stderr,
+                  flush=True)
+            results.append(run_case(mode, hidden, inp, batch, steps=args.steps, threads=threads,
+                                    repeats=args.repeats))
+    print(f"fastrnn latency, float32, median wall time ({platform.processor() or platform.machine()}, "
+          f"numba {numba.__version__}, threading layer {threading_layer()})")
+    print(format_table(results))
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    import converters
+    src = args.src
+    if src.lower().endswith(".onnx"):
+        model = converters.from_onnx(src)
+    else:
+        model = converters.from_torch(src, nonlinearity=args.nonlinearity,
+                                      batch_first=True if args.batch_first else None,
+                                      prefix=args.prefix)
+    fileformat.save(model, args.output)
+    print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes): {model!r}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    info = fileformat.inspect(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"file:        {info['path']} ({info['file_size']} bytes, format v{info['format_version']})")
+    print(f"kind:        {info['kind']}")
+    config = info["meta"].get("config")
+    if config:
+        for key, value in config.items():
+            print(f"  {key + ':':<20} {value}")
+    dtypes = sorted({t['dtype'] for t in info["tensors"]})
+    print(f"parameters:  {info['parameter_count']} ({', '.join(dtypes)})")
+    for t in info["tensors"]:
+        print(f"  {t['name']:<28} {t['dtype']:<8} {t['shape']}")
+    return 0
+
+
+def _parse_feed(text: str):
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise FastRNNError(f"--input expects NAME=FILE.npy, got {text!r}")
+    return name, np.load(path, allow_pickle=False)
+
+
+def _cmd_run(args) -> int:
+    model = fileformat.load(args.file)
+    feeds = dict(_parse_feed(t) for t in args.input)
+    if hasattr(model, "get_inputs"):
+        names = [o.name for o in model.get_outputs()]
+        outputs = dict(zip(names, model.run(None, feeds)))
+    else:
+        if len(feeds) != 1:
+            raise FastRNNError(f"a layer takes one input (x=FILE.npy), got {sorted(feeds)}")
+        out, state = model(next(iter(feeds.values())))
+        outputs = {"output": out}
+        if isinstance(state, tuple):
+            outputs.update(h_n=state[0], c_n=state[1])
+        else:
+            outputs["h_n"] = state
+    for name, value in outputs.items():
+        print(f"{name}: shape {tuple(value.shape)} dtype {value.dtype}")
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="latency of built-in model sizes (fastrnn alone)")
+    bench.add_argument("--quick", action="store_true", help="three small cases only")
+    bench.add_argument("--threads", type=int, nargs="+", default=[1])
+    bench.add_argument("--steps", type=int, default=100)
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.set_defaults(func=_cmd_bench)
+
+    convert = sub.add_parser("convert", help="PyTorch checkpoint or ONNX model -> .frnn")
+    convert.add_argument("src")
+    convert.add_argument("-o", "--output", required=True)
+    convert.add_argument("--prefix", default=None, help="state-dict prefix of the recurrent layer")
+    convert.add_argument("--nonlinearity", choices=["tanh", "relu"], default=None)
+    convert.add_argument("--batch-first", action="store_true")
+    convert.set_defaults(func=_cmd_convert)
+
+    inspect = sub.add_parser("inspect", help="describe a .frnn file")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    run = sub.add_parser("run", help="run a .frnn model on .npy inputs")
+    run.add_argument("file")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    run.add_argument("-o", "--output", default=None, help="write outputs to this .npz")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FastRNNError, OSError) as exc:
+        print(f"fastrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Runtime guarantees: light import, allocation-free streaming, thread safety, thread controls."""
+import subprocess
+import sys
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.errors import ArgumentError, ShapeError, UnsupportedError
+
+
+def test_import_pulls_in_neither_torch_nor_onnx():
+    code = ("import sys, fastrnn, converters; "
+            "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_threading_layer_is_thread_safe():
+    layer = fastrnn.LSTM(4, 8, seed=0)
+    layer(np.ones((3, 4, 4), np.float32))
+    assert fastrnn.threading_layer() in ("omp", "tbb")
+
+
+def test_set_num_threads_round_trip_and_validation():
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(1)
+    assert fastrnn.get_num_threads() == 1
+    fastrnn.set_num_threads(before)
+    for bad in (0, -1, 10_000, 1.5, "2", True):
+        with pytest.raises(ArgumentError):
+            fastrnn.set_num_threads(bad)
+
+
+NUMPY_DOMAIN = np.lib.tracemalloc_domain
+
+
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
+def test_stream_step_allocates_no_array_memory(cls):
+    layer = cls(6, 10, num_layers=2, seed=1)
+    stream = layer.stream(batch_size=3)
+    x_t = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    for _ in range(3):  # compile and warm up outside the measurement
+        stream.step(x_t)
+    tracemalloc.start()
+    try:
+        snapshot_before = tracemalloc.take_snapshot()
+        for _ in range(50):
+            stream.step(x_t)
+        snapshot_after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    domain = tracemalloc.DomainFilter(True, NUMPY_DOMAIN)
+    grown = [s for s in snapshot_after.filter_traces([domain]).compare_to(
+        snapshot_before.filter_traces([domain]), "lineno") if s.count_diff > 0]
+    assert not grown, grown
+    total = sum(s.size_diff for s in snapshot_after.compare_to(snapshot_before, "filename")
+                if s.size_diff > 0)
+    assert total < 4096, f"streaming grew Python memory by {total} bytes over 50 steps"
+
+
+def test_stream_returns_same_buffer_and_state_round_trip():
+    layer = fastrnn.LSTM(3, 5, num_layers=2, seed=2)
+    stream = layer.stream(2)
+    x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)
+    first = stream.step(x[0])
+    assert stream.step(x[1]) is first
+    h, c = stream.state
+    assert h.shape == (2, 2, 5) and c.shape == (2, 2, 5)
+    saved = stream.state
+    a = stream.step(x[2]).copy()
+    stream.state = saved
+    np.testing.assert_array_equal(stream.step(x[2]), a)
+    stream.reset()
+    assert not stream.state[0].any() and not stream.state[1].any()
+
+
+def test_stream_errors():
+    with pytest.raises(UnsupportedError, match="bidirectional"):
+        fastrnn.GRU(3, 4, bidirectional=True).stream()
+    stream = fastrnn.GRU(3, 4).stream(2)
+    with pytest.raises(ShapeError, match=r"\(2, 3\)"):
+        stream.step(np.zeros((1, 3), np.float32))
+    with pytest.raises(ShapeError):
+        stream.state = np.zeros((1, 2, 5), np.float32)
+    with pytest.raises(ArgumentError):
+        fastrnn.GRU(3, 4).stream(0)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_concurrent_calls_match_serial(batch):
+    layer = fastrnn.LSTM(8, 16, num_layers=2, bidirectional=True, seed=3)
+    rng = np.random.default_rng(4)
+    inputs = [rng.standard_normal((20, batch, 8)).astype(np.float32) for _ in range(8)]
+    expected = [layer(x)[0] for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = layer(inputs[i])[0]
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_streams_in_threads_are_independent():
+    layer = fastrnn.GRU(4, 12, num_layers=2, seed=5)
+    rng = np.random.default_rng(6)
+    seqs = [rng.standard_normal((30, 1, 4)).astype(np.float32) for _ in range(4)]
+    expected = [layer(x)[0][:, 0] for x in seqs]
+    got = [None] * 4
+
+    def work(i):
+        stream = layer.stream(1)
+        got[i] = np.stack([stream.step(seqs[i][t]).copy()[0] for t in range(30)])
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-6)
