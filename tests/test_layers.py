@@ -1,0 +1,694 @@
+"""fastrnn.RNN / GRU / LSTM against the float64 numpy reference (tests/reference.py).
+
+The main grid runs cell x num_layers 1-3 x bidirectional x batch_first x bias x lengths x initial state
+x dtype; the ONNX extras (activations with alpha/beta, clip, linear_before_reset, peepholes,
+input_forget) and proj_size have grids of their own. Then the contract around the numbers: unbatched
+input, padding, no in-place changes to inputs, non-contiguous inputs, parameters round trip, config,
+and the typed errors of fastrnn.errors.
+
+Tolerances: float64 1e-10; float32 1e-5 absolute (plus 1e-5 relative), also at T = 100. The reference
+runs on exactly the values the layer sees (its parameters as stored, the input cast to its dtype), so
+the only difference is the layer's arithmetic.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, ShapeError,
+                            UnsupportedError)
+try:
+    from tests import reference as ref
+except ImportError:  # tests/ is not a package; pytest's default import mode puts tests/ on sys.path
+    import reference as ref
+
+I, H, P, T, N = 3, 4, 2, 6, 3
+CELLS = ["RNN", "GRU", "LSTM"]
+DTYPES = [np.float32, np.float64]
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
+
+def _seed(*key) -> int:
+    return zlib.crc32(repr(key).encode())
+
+
+def make_layer(mode, input_size=I, hidden_size=H, num_layers=1, *, bias=True, batch_first=False,
+               bidirectional=False, dtype=np.float64, proj_size=0, peepholes=False, seed=0,
+               **kw):
+    """A fastrnn layer whose parameters come from ref.random_state_dict(seed)."""
+    cls = getattr(fastrnn, mode)
+    args = dict(num_layers=num_layers, bias=bias, batch_first=batch_first,
+                bidirectional=bidirectional, dtype=dtype, **kw)
+    if mode == "LSTM":
+        args.update(proj_size=proj_size, peepholes=peepholes)
+    layer = cls(input_size, hidden_size, **args)
+    sd = ref.random_state_dict(mode, input_size, hidden_size, num_layers, bias, bidirectional,
+                               proj_size, peepholes, seed=seed)
+    layer.load_state_dict(sd)
+    return layer
+
+
+def run_reference(layer, x, hx=None, lengths=None, **kw):
+    """The reference on the layer's stored parameters and the input as the layer's dtype."""
+    x = np.asarray(x).astype(layer.dtype).astype(np.float64)
+    cast = (lambda a: None if a is None else np.asarray(a).astype(layer.dtype).astype(np.float64))
+    if hx is not None:
+        hx = tuple(cast(a) for a in hx) if layer.mode == "LSTM" else cast(hx)
+    extra = {"clip": layer.clip}
+    if layer.mode == "RNN":
+        extra["nonlinearity"] = getattr(layer, "nonlinearity", "tanh")
+    if layer.mode == "GRU":
+        extra["linear_before_reset"] = layer.linear_before_reset
+    if layer.mode == "LSTM":
+        extra["input_forget"] = layer.input_forget
+    extra.update(kw)
+    return ref.reference_model(layer.mode, layer.state_dict(), x, hx, lengths,
+                               num_layers=layer.num_layers, bidirectional=layer.bidirectional,
+                               batch_first=layer.batch_first, **extra)
+
+
+def assert_close(got, expected, dtype, tol=None, what=""):
+    tol = TOL[np.dtype(dtype)] if tol is None else tol
+    got = np.asarray(got)
+    assert got.shape == np.shape(expected), f"{what}: shape {got.shape} != {np.shape(expected)}"
+    assert got.dtype == np.dtype(dtype), f"{what}: dtype {got.dtype} != {np.dtype(dtype)}"
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=what)
+
+
+def assert_same_result(layer, got, expected):
+    """Compare (out, h_n) or (out, (h_n, c_n)) with the reference's."""
+    out, h = got
+    eout, eh = expected
+    assert_close(out, eout, layer.dtype, what="out")
+    if layer.mode == "LSTM":
+        assert isinstance(h, tuple) and len(h) == 2
+        assert_close(h[0], eh[0], layer.dtype, what="h_n")
+        assert_close(h[1], eh[1], layer.dtype, what="c_n")
+    else:
+        assert_close(h, eh, layer.dtype, what="h_n")
+
+
+def random_state(layer, rng, batch=N, unbatched=False):
+    D = 2 if layer.bidirectional else 1
+    lead = (layer.num_layers * D,) if unbatched else (layer.num_layers * D, batch)
+    h0 = rng.standard_normal(lead + (layer.proj_size or layer.hidden_size,))
+    if layer.mode == "LSTM":
+        return h0, rng.standard_normal(lead + (layer.hidden_size,))
+    return h0
+
+
+def random_input(layer, rng, steps=T, batch=N, scale=1.0):
+    shape = (batch, steps, layer.input_size) if layer.batch_first else \
+        (steps, batch, layer.input_size)
+    return (scale * rng.standard_normal(shape)).astype(layer.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# the main grid
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "h0"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("mode", CELLS)
+def test_grid(mode, num_layers, bidirectional, batch_first, bias, with_lengths, with_state, dtype):
+    seed = _seed(mode, num_layers, bidirectional, batch_first, bias, with_lengths, with_state)
+    rng = np.random.default_rng(seed)
+    layer = make_layer(mode, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                       bidirectional=bidirectional, dtype=dtype, seed=seed)
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng) if with_state else None
+    lengths = None
+    if with_lengths:
+        lengths = ref.random_lengths(rng, N, T)
+        lengths[0] = T - 2  # at least one short row, whatever the draw
+    assert_same_result(layer, layer(x, hx, lengths=lengths), run_reference(layer, x, hx, lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS + ["LSTM-proj"])
+def test_long_sequence(mode, bidirectional, with_lengths, dtype):
+    """T = 100, two layers: float32 stays within 1e-5 of the float64 reference."""
+    steps, batch = 100, 3
+    seed = _seed("long", mode, bidirectional, with_lengths)
+    rng = np.random.default_rng(seed)
+    layer = make_layer(mode.split("-")[0], num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                       proj_size=P if mode == "LSTM-proj" else 0, seed=seed)
+    x = random_input(layer, rng, steps, batch)
+    hx = random_state(layer, rng, batch)
+    lengths = np.array([steps, 37, 81]) if with_lengths else None
+    assert_same_result(layer, layer(x, hx, lengths), run_reference(layer, x, hx, lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_batch_of_one_and_wide_batch(mode, bidirectional, dtype):
+    """Batch 1 (serial kernels) and a wide batch (parallel kernels when threads allow)."""
+    for batch in (1, 17):
+        seed = _seed("batch", mode, bidirectional, batch)
+        rng = np.random.default_rng(seed)
+        layer = make_layer(mode, num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                           seed=seed)
+        x = random_input(layer, rng, 5, batch)
+        hx = random_state(layer, rng, batch)
+        lengths = ref.random_lengths(rng, batch, 5, allow_zero=True)
+        assert_same_result(layer, layer(x, hx, lengths), run_reference(layer, x, hx, lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("mode", CELLS)
+def test_zero_length_rows(mode, num_layers, bidirectional, dtype):
+    """L = 0 gives zero outputs and a zero final state (ORT), even with an initial state."""
+    seed = _seed("zero", mode, num_layers, bidirectional)
+    rng = np.random.default_rng(seed)
+    layer = make_layer(mode, num_layers=num_layers, bidirectional=bidirectional, dtype=dtype,
+                       seed=seed)
+    x = random_input(layer, rng, batch=4)
+    hx = random_state(layer, rng, 4)
+    lengths = np.array([0, T, 2, 0])
+    got = layer(x, hx, lengths)
+    assert_same_result(layer, got, run_reference(layer, x, hx, lengths))
+    out, h = got
+    np.testing.assert_array_equal(out[:, [0, 3]], 0)
+    for s in (h if mode == "LSTM" else (h,)):
+        np.testing.assert_array_equal(s[:, [0, 3]], 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# options: nonlinearity, activations, clip, linear_before_reset, LSTM extras, proj_size
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_rnn_relu(num_layers, bidirectional, dtype):
+    seed = _seed("relu", num_layers, bidirectional)
+    rng = np.random.default_rng(seed)
+    layer = make_layer("RNN", num_layers=num_layers, bidirectional=bidirectional, dtype=dtype,
+                       nonlinearity="relu", seed=seed)
+    assert layer.nonlinearity == "relu"
+    x = random_input(layer, rng)
+    lengths = ref.random_lengths(rng, N, T)
+    assert_same_result(layer, layer(x, None, lengths),
+                       run_reference(layer, x, None, lengths, nonlinearity="relu"))
+
+
+ONNX_NAMES = ["Relu", "Tanh", "Sigmoid", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh",
+              "HardSigmoid", "Elu", "Softsign", "Softplus"]
+ALPHA_BETA = {"affine": ([0.7], [0.2]), "leakyrelu": ([0.3], []), "thresholdedrelu": ([0.2], []),
+              "scaledtanh": ([1.3], [0.8]), "hardsigmoid": ([0.3], [0.45]), "elu": ([0.8], [])}
+SLOTS = [("RNN", 0), ("GRU", 0), ("GRU", 1), ("LSTM", 0), ("LSTM", 1), ("LSTM", 2)]
+
+
+def _activation_case(mode, activations, alpha, beta, bidirectional, dtype, key, **kw):
+    seed = _seed(key)
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    layer = make_layer(mode, num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                       activations=activations, activation_alpha=alpha, activation_beta=beta,
+                       seed=seed, **kw)
+    expected_acts = ref.parse_activations(mode, activations, alpha, beta, D)
+    assert [list(map(tuple, d)) for d in layer.activations] == \
+        [[(n, pytest.approx(a), pytest.approx(b)) for n, a, b in d] for d in expected_acts]
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng)
+    lengths = ref.random_lengths(rng, N, T)
+    expected = run_reference(layer, x, hx, lengths, activations=activations,
+                             activation_alpha=alpha, activation_beta=beta)
+    assert_same_result(layer, layer(x, hx, lengths), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ONNX_NAMES)
+@pytest.mark.parametrize("mode,slot", SLOTS, ids=[f"{m}-{s}" for m, s in SLOTS])
+def test_activations(mode, slot, name, dtype):
+    names = ref.default_activations(mode)
+    names[slot] = name
+    alpha, beta = ALPHA_BETA.get(name.lower(), (None, None))
+    _activation_case(mode, names, alpha, beta, False, dtype, ("act", mode, slot, name))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_activations_per_direction_and_consumption_order(mode, dtype):
+    """Two sets (forward, reverse), mixed case, alpha/beta lists shorter than their users."""
+    k = ref.NUM_ACTIVATIONS[mode]
+    fwd = ["affine", "LEAKYRELU", "HardSigmoid"][:k]
+    rev = ["ScaledTanh", "elu", "thresholdedrelu"][:k]
+    n_alpha = sum(ref.ACTIVATION_ARGS[a.lower()][0] for a in fwd + rev) - 1
+    alpha = [0.9, 0.25, 0.35, 1.1, 0.6][:n_alpha]
+    _activation_case(mode, fwd + rev, alpha, [0.1, 0.4], True, dtype, ("order", mode))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_activations_one_set_for_both_directions(mode, dtype):
+    names = {"RNN": ["Softsign"], "GRU": ["HardSigmoid", "Softsign"],
+             "LSTM": ["HardSigmoid", "Elu", "Softsign"]}[mode]
+    alpha = [0.25, 0.7][:sum(ref.ACTIVATION_ARGS[a.lower()][0] for a in names)]
+    _activation_case(mode, names, alpha or None, [0.45] if mode != "RNN" else None, True, dtype,
+                     ("oneset", mode))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_clip(mode, bidirectional, dtype):
+    """Large weights and inputs so that clip=0.4 is active on many gate pre-activations."""
+    seed = _seed("clip", mode, bidirectional)
+    rng = np.random.default_rng(seed)
+    cls = getattr(fastrnn, mode)
+    layer = cls(I, H, 2, bidirectional=bidirectional, dtype=dtype, clip=0.4)
+    assert layer.clip == pytest.approx(0.4)
+    layer.load_state_dict(ref.random_state_dict(mode, I, H, 2, True, bidirectional, seed=seed,
+                                                scale=1.5))
+    x = random_input(layer, rng, scale=2.0)
+    hx = random_state(layer, rng)
+    lengths = ref.random_lengths(rng, N, T)
+    assert_same_result(layer, layer(x, hx, lengths), run_reference(layer, x, hx, lengths))
+    # and clip really changes the result here
+    unclipped = run_reference(layer, x, hx, lengths, clip=None)
+    assert not np.allclose(unclipped[0], layer(x, hx, lengths)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("lbr", [False, True], ids=["lbr0", "lbr1"])
+def test_gru_linear_before_reset(lbr, bidirectional, with_lengths, dtype):
+    seed = _seed("lbr", lbr, bidirectional, with_lengths)
+    rng = np.random.default_rng(seed)
+    layer = make_layer("GRU", num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                       linear_before_reset=lbr, seed=seed)
+    assert layer.linear_before_reset is lbr
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng)
+    lengths = ref.random_lengths(rng, N, T) if with_lengths else None
+    assert_same_result(layer, layer(x, hx, lengths), run_reference(layer, x, hx, lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("proj", [0, P], ids=["noproj", "proj"])
+@pytest.mark.parametrize("input_forget", [False, True], ids=["if0", "if1"])
+@pytest.mark.parametrize("peepholes", [False, True], ids=["nopeep", "peep"])
+def test_lstm_options(peepholes, input_forget, proj, bidirectional, dtype):
+    seed = _seed("lstm", peepholes, input_forget, proj, bidirectional)
+    rng = np.random.default_rng(seed)
+    layer = make_layer("LSTM", num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                       proj_size=proj, peepholes=peepholes, input_forget=input_forget, seed=seed)
+    assert (layer.peepholes, layer.input_forget, layer.proj_size) == (peepholes, input_forget, proj)
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng)
+    lengths = ref.random_lengths(rng, N, T, allow_zero=True)
+    assert_same_result(layer, layer(x, hx, lengths), run_reference(layer, x, hx, lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_lstm_proj_size(num_layers, bidirectional, batch_first, dtype):
+    seed = _seed("proj", num_layers, bidirectional, batch_first)
+    rng = np.random.default_rng(seed)
+    layer = make_layer("LSTM", num_layers=num_layers, bidirectional=bidirectional,
+                       batch_first=batch_first, dtype=dtype, proj_size=P, seed=seed)
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng)
+    lengths = ref.random_lengths(rng, N, T)
+    out, (h_n, c_n) = layer(x, hx, lengths)
+    D = 2 if bidirectional else 1
+    assert out.shape[-1] == D * P and h_n.shape == (num_layers * D, N, P)
+    assert c_n.shape == (num_layers * D, N, H)
+    assert_same_result(layer, (out, (h_n, c_n)), run_reference(layer, x, hx, lengths))
+
+
+# --------------------------------------------------------------------------------------------------
+# input forms: unbatched, padding, no in-place changes, non-contiguous
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "h0"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS + ["LSTM-proj"])
+def test_unbatched(mode, bidirectional, with_state, dtype):
+    seed = _seed("unbatched", mode, bidirectional, with_state)
+    rng = np.random.default_rng(seed)
+    cell = mode.split("-")[0]
+    for batch_first in (False, True):  # batch_first does not apply to unbatched input
+        layer = make_layer(cell, num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                           batch_first=batch_first, proj_size=P if mode == "LSTM-proj" else 0,
+                           seed=seed)
+        x = rng.standard_normal((T, I)).astype(dtype)
+        hx = random_state(layer, rng, unbatched=True) if with_state else None
+        got = layer(x, hx)
+        D = 2 if bidirectional else 1
+        assert got[0].shape == (T, D * (layer.proj_size or H))
+        assert_same_result(layer, got, run_reference(layer, x, hx))
+
+
+@pytest.mark.parametrize("pad", ["junk", "huge", "nan"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS + ["LSTM-proj"])
+def test_padding_values_never_matter(mode, bidirectional, dtype, pad):
+    seed = _seed("pad", mode, bidirectional)
+    rng = np.random.default_rng(seed)
+    layer = make_layer(mode.split("-")[0], num_layers=2, bidirectional=bidirectional,
+                       dtype=dtype, proj_size=P if mode == "LSTM-proj" else 0, seed=seed)
+    x = random_input(layer, rng, batch=4)
+    hx = random_state(layer, rng, 4)
+    lengths = np.array([T, 2, 0, 5])
+    zero = ref.pad_with(x, lengths, 0.0)
+    if pad == "junk":
+        padded = np.where(ref.pad_with(np.zeros_like(x), lengths, 1.0) > 0,
+                          rng.standard_normal(x.shape) * 10, x).astype(dtype)
+    else:
+        padded = ref.pad_with(x, lengths, {"huge": 1e30, "nan": np.nan}[pad])
+    a = layer(zero, hx, lengths)
+    b = layer(padded, hx, lengths)
+    np.testing.assert_array_equal(a[0], b[0])
+    for sa, sb in zip(*(s if mode.startswith("LSTM") else (s,) for s in (a[1], b[1]))):
+        np.testing.assert_array_equal(sa, sb)
+    assert_same_result(layer, b, run_reference(layer, zero, hx, lengths))
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_inputs_not_modified(mode):
+    rng = np.random.default_rng(1)
+    layer = make_layer(mode, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng)
+    lengths = np.array([T, 3, 1])
+    copies = [x.copy(), lengths.copy()] + [a.copy() for a in (hx if mode == "LSTM" else (hx,))]
+    sd = layer.state_dict()
+    layer(x, hx, lengths)
+    np.testing.assert_array_equal(x, copies[0])
+    np.testing.assert_array_equal(lengths, copies[1])
+    for a, b in zip(hx if mode == "LSTM" else (hx,), copies[2:]):
+        np.testing.assert_array_equal(a, b)
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+
+
+def test_outputs_do_not_alias_between_calls():
+    layer = make_layer("GRU", dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((T, N, I))
+    out1, h1 = layer(x)
+    keep = out1.copy(), h1.copy()
+    layer(2 * x)
+    np.testing.assert_array_equal(out1, keep[0])
+    np.testing.assert_array_equal(h1, keep[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_non_contiguous_inputs(mode, dtype):
+    rng = np.random.default_rng(2)
+    layer = make_layer(mode, num_layers=2, bidirectional=True, dtype=dtype, seed=2)
+    x = random_input(layer, rng)
+    hx = random_state(layer, rng)
+    lengths = np.array([T, 3, 1])
+    expected = layer(x, hx, lengths)
+
+    big = np.zeros((2 * T, N, 2 * I), dtype)
+    big[::2, :, ::2] = x
+    variants = [big[::2, :, ::2], np.asfortranarray(x), x.transpose(1, 0, 2).copy().transpose(1, 0, 2)]
+    hstates = hx if mode == "LSTM" else (hx,)
+    strided = tuple(np.repeat(a, 2, axis=-1)[..., ::2] for a in hstates)
+    strided_hx = strided if mode == "LSTM" else strided[0]
+    strided_lengths = np.repeat(lengths, 2)[::2]
+    assert not strided_lengths.flags.c_contiguous
+    for xv in variants:
+        got = layer(xv, strided_hx, strided_lengths)
+        np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=0)
+        for a, b in zip(*(s if mode == "LSTM" else (s,) for s in (got[1], expected[1]))):
+            np.testing.assert_allclose(a, b, rtol=0, atol=0)
+
+
+def test_other_float_input_dtype_is_cast():
+    """A float64 input to a float32 layer (and vice versa) runs in the layer's dtype."""
+    rng = np.random.default_rng(5)
+    for dtype, other in ((np.float32, np.float64), (np.float64, np.float32)):
+        layer = make_layer("LSTM", dtype=dtype)
+        x = rng.standard_normal((T, N, I)).astype(other)
+        out, (h, c) = layer(x)
+        assert out.dtype == h.dtype == c.dtype == np.dtype(dtype)
+        assert_same_result(layer, (out, (h, c)), run_reference(layer, x))
+
+
+def test_lengths_accepts_lists_and_int32():
+    layer = make_layer("GRU", dtype=np.float64, bidirectional=True)
+    x = np.random.default_rng(3).standard_normal((T, N, I))
+    a = layer(x, None, np.array([T, 2, 4], dtype=np.int64))
+    for lengths in ([T, 2, 4], np.array([T, 2, 4], dtype=np.int32), (T, 2, 4)):
+        b = layer(x, None, lengths)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# parameters, config, attributes
+# --------------------------------------------------------------------------------------------------
+CONFIGS = [
+    ("RNN", dict(num_layers=2, bidirectional=True)),
+    ("RNN", dict(nonlinearity="relu", bias=False)),
+    ("GRU", dict(num_layers=3, linear_before_reset=False)),
+    ("GRU", dict(bidirectional=True, clip=2.0, activations=["HardSigmoid", "Tanh"],
+                 activation_alpha=[0.3], activation_beta=[0.4])),
+    ("LSTM", dict(num_layers=2, proj_size=2, bidirectional=True)),
+    ("LSTM", dict(peepholes=True, input_forget=True, bias=False, batch_first=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("mode,kw", CONFIGS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CONFIGS)])
+def test_state_dict_round_trip(mode, kw, dtype):
+    cls = getattr(fastrnn, mode)
+    a = cls(I, H, dtype=dtype, seed=1, **kw)
+    b = cls(I, H, dtype=dtype, seed=2, **kw)
+    sd = a.state_dict()
+    expected_shapes = ref.state_dict_shapes(
+        mode, I, H, kw.get("num_layers", 1), kw.get("bias", True), kw.get("bidirectional", False),
+        kw.get("proj_size", 0), kw.get("peepholes", False))
+    assert {k: v.shape for k, v in sd.items()} == expected_shapes
+    assert all(v.dtype == np.dtype(dtype) for v in sd.values())
+    assert all(np.all(v != 0) for v in sd.values()), "parameters should be initialised"
+    x = np.random.default_rng(0).standard_normal((N, T, I) if kw.get("batch_first") else (T, N, I))
+    x = x.astype(dtype)
+    assert not np.allclose(a(x)[0], b(x)[0])
+    b.load_state_dict(sd)
+    ra, rb = a(x), b(x)
+    np.testing.assert_array_equal(ra[0], rb[0])
+    # state_dict hands out copies
+    for v in sd.values():
+        v[...] = 0
+    np.testing.assert_array_equal(a(x)[0], ra[0])
+    # the reference agrees on what the state dict means
+    assert_same_result(a, ra, run_reference(a, x, activations=kw.get("activations"),
+                                            activation_alpha=kw.get("activation_alpha"),
+                                            activation_beta=kw.get("activation_beta")))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_load_state_dict_casts_to_layer_dtype(dtype):
+    other = np.float64 if dtype == np.float32 else np.float32
+    layer = fastrnn.LSTM(I, H, 2, dtype=dtype)
+    sd = ref.random_state_dict("LSTM", I, H, 2, seed=4, dtype=other)
+    layer.load_state_dict(sd)
+    for k, v in layer.state_dict().items():
+        assert v.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(v, sd[k].astype(dtype))
+
+
+def test_load_state_dict_errors():
+    layer = fastrnn.LSTM(I, H, 2, bidirectional=True, dtype=np.float64)
+    good = layer.state_dict()
+    missing = dict(good)
+    del missing["weight_hh_l1_reverse"]
+    with pytest.raises(ArgumentError):
+        layer.load_state_dict(missing)
+    with pytest.raises(ArgumentError):
+        layer.load_state_dict({**good, "weight_hr_l0": np.zeros((2, H))})
+    bad = dict(good)
+    bad["weight_ih_l1"] = np.zeros((4 * H, I))  # layer 1 takes 2*H inputs
+    with pytest.raises(ShapeError):
+        layer.load_state_dict(bad)
+    bad = dict(good)
+    bad["bias_hh_l0"] = np.zeros((4 * H, 1))
+    with pytest.raises(ShapeError):
+        layer.load_state_dict(bad)
+    # failed loads leave the layer as it was
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, good[k])
+    # strict=False: a partial update keeps the rest
+    new = np.full((4 * H,), 0.5)
+    layer.load_state_dict({"bias_ih_l0": new}, strict=False)
+    sd = layer.state_dict()
+    np.testing.assert_array_equal(sd["bias_ih_l0"], new)
+    np.testing.assert_array_equal(sd["weight_ih_l0"], good["weight_ih_l0"])
+
+
+def test_seed_is_deterministic():
+    a = fastrnn.GRU(I, H, 2, seed=7).state_dict()
+    b = fastrnn.GRU(I, H, 2, seed=7).state_dict()
+    c = fastrnn.GRU(I, H, 2, seed=8).state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+    bound = 1 / np.sqrt(H)
+    assert all(np.all(np.abs(v) <= bound + 1e-7) for v in a.values())
+
+
+@pytest.mark.parametrize("mode,kw", CONFIGS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CONFIGS)])
+def test_config_round_trip(mode, kw):
+    layer = getattr(fastrnn, mode)(I, H, dtype=np.float64, seed=3, **kw)
+    cfg = layer.config()
+    assert cfg["mode"] == mode
+    import json
+    cfg = json.loads(json.dumps(cfg))
+    again = fastrnn.layer_from_config(cfg)
+    assert type(again) is type(layer)
+    assert again.config() == layer.config()
+    again.load_state_dict(layer.state_dict())
+    x = np.random.default_rng(0).standard_normal((N, T, I) if kw.get("batch_first") else (T, N, I))
+    np.testing.assert_array_equal(again(x)[0], layer(x)[0])
+
+
+def test_attributes():
+    lstm = fastrnn.LSTM(I, H, 2, bias=False, batch_first=True, bidirectional=True, proj_size=P,
+                        dtype=np.float64, peepholes=True, input_forget=True, clip=3.0)
+    assert (lstm.mode, lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
+            lstm.batch_first, lstm.bidirectional, lstm.proj_size, lstm.dtype, lstm.peepholes,
+            lstm.input_forget, lstm.clip) == \
+        ("LSTM", I, H, 2, False, True, True, P, np.dtype(np.float64), True, True, 3.0)
+    assert [list(d) for d in lstm.activations] == [[("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0),
+                                                    ("tanh", 0.0, 0.0)]] * 2
+    rnn = fastrnn.RNN(I, H, nonlinearity="relu")
+    assert rnn.mode == "RNN" and rnn.nonlinearity == "relu" and rnn.dtype == np.dtype(np.float32)
+    assert rnn.clip is None and rnn.proj_size == 0
+    gru = fastrnn.GRU(I, H)
+    assert gru.mode == "GRU" and gru.linear_before_reset is True
+    assert [list(d) for d in gru.activations] == [[("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0)]]
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def layers():
+    return {m: make_layer(m, num_layers=2, bidirectional=True, dtype=np.float32) for m in CELLS}
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_input_shape_errors(layers, mode):
+    layer = layers[mode]
+    for bad in (np.zeros(I, np.float32), np.zeros((1, T, N, I), np.float32),
+                np.zeros((T, N, I + 1), np.float32), np.zeros((T, I - 1), np.float32),
+                np.zeros((), np.float32)):
+        with pytest.raises(ShapeError):
+            layer(bad)
+
+
+@pytest.mark.parametrize("bad_dtype", [np.int64, np.int32, np.complex128, np.bool_, object])
+@pytest.mark.parametrize("mode", CELLS)
+def test_input_dtype_errors(layers, mode, bad_dtype):
+    layer = layers[mode]
+    x = np.ones((T, N, I)).astype(bad_dtype)
+    with pytest.raises(DTypeError):
+        layer(x)
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_state_errors(layers, mode):
+    layer = layers[mode]
+    x = np.zeros((T, N, I), np.float32)
+    D, L = 2, 2
+    good_h = np.zeros((L * D, N, H), np.float32)
+    good_c = np.zeros((L * D, N, H), np.float32)
+    bad_shapes = [(L * D, N + 1, H), (L * D - 1, N, H), (L * D, N, H + 1), (N, L * D, H),
+                  (L * D, H)]
+    for shape in bad_shapes:
+        bad = np.zeros(shape, np.float32)
+        with pytest.raises(ShapeError):
+            layer(x, (bad, good_c) if mode == "LSTM" else bad)
+        if mode == "LSTM":
+            with pytest.raises(ShapeError):
+                layer(x, (good_h, bad))
+    with pytest.raises(DTypeError):
+        h = good_h.astype(np.complex64)
+        layer(x, (h, good_c) if mode == "LSTM" else h)
+    if mode == "LSTM":
+        with pytest.raises(ArgumentError):
+            layer(x, good_h)  # LSTM needs (h0, c0)
+    # unbatched input takes unbatched state
+    with pytest.raises(ShapeError):
+        layer(x[:, 0], (good_h, good_c) if mode == "LSTM" else good_h)
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_lengths_errors(layers, mode):
+    layer = layers[mode]
+    x = np.zeros((T, N, I), np.float32)
+    for bad in ([T + 1, 1, 1], [-1, 2, 2]):
+        with pytest.raises(ArgumentError):
+            layer(x, None, np.array(bad))
+    for bad in ([T, T], [T] * (N + 1), np.full((N, 1), T)):
+        with pytest.raises(ShapeError):
+            layer(x, None, np.array(bad))
+    with pytest.raises(DTypeError):
+        layer(x, None, np.array([2.5, 1.0, 3.0]))
+
+
+CTOR_ERRORS = [
+    ("RNN", (0, H), {}, ArgumentError),
+    ("RNN", (I, 0), {}, ArgumentError),
+    ("GRU", (I, -3), {}, ArgumentError),
+    ("GRU", (I, 4.0), {}, ArgumentError),
+    ("LSTM", (I, H, 0), {}, ArgumentError),
+    ("RNN", (I, H), dict(nonlinearity="sigmoid"), ArgumentError),
+    ("LSTM", (I, H), dict(proj_size=H), ArgumentError),
+    ("LSTM", (I, H), dict(proj_size=H + 1), ArgumentError),
+    ("LSTM", (I, H), dict(proj_size=-1), ArgumentError),
+    ("GRU", (I, H), dict(dtype=np.int32), DTypeError),
+    ("GRU", (I, H), dict(dtype=np.float16), DTypeError),
+    ("LSTM", (I, H), dict(dtype=np.complex128), DTypeError),
+    ("RNN", (I, H), dict(clip=0.0), ArgumentError),
+    ("RNN", (I, H), dict(clip=-1.0), ArgumentError),
+    ("GRU", (I, H), dict(activations=["Sigmoid", "Gelu"]), ArgumentError),
+    ("GRU", (I, H), dict(activations=["Sigmoid"]), ArgumentError),
+    ("LSTM", (I, H), dict(activations=["Sigmoid", "Tanh"]), ArgumentError),
+    ("LSTM", (I, H), dict(bidirectional=True, activations=["Sigmoid", "Tanh", "Tanh"] * 3),
+     ArgumentError),
+]
+
+
+@pytest.mark.parametrize("mode,args,kw,error", CTOR_ERRORS,
+                         ids=[f"{m}-{i}" for i, (m, *_) in enumerate(CTOR_ERRORS)])
+def test_constructor_errors(mode, args, kw, error):
+    with pytest.raises(error):
+        getattr(fastrnn, mode)(*args, **kw)
+
+
+def test_errors_are_value_or_type_errors():
+    with pytest.raises(ValueError):
+        fastrnn.GRU(I, 0)
+    with pytest.raises(TypeError):
+        fastrnn.GRU(I, H)(np.zeros((T, N, I), np.int64))
+    with pytest.raises(FastRNNError):
+        fastrnn.GRU(I, H)(np.zeros((T, N, I + 1), np.float32))
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_bidirectional_cannot_stream(layers, mode):
+    with pytest.raises(UnsupportedError):
+        layers[mode].stream(batch_size=1)
