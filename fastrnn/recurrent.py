@@ -13,7 +13,7 @@ from . import activations as acts
 from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
-from .kernels import sequence as k
+from .kernels import engine as eng
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -76,52 +76,84 @@ class DirectionParams:
         b_ih = np.zeros(gh, dtype) if b_ih is None else _matrix("bias_ih", b_ih, (gh,), dtype)
         b_hh = np.zeros(gh, dtype) if b_hh is None else _matrix("bias_hh", b_hh, (gh,), dtype)
         bias = b_ih + b_hh
-        recurrent = np.ascontiguousarray(w_hh.reshape(gates, hidden, self.hidden_out).transpose(1, 0, 2))
-        act = acts.kernel_arrays(self.activations)
-        if mode == "RNN":
-            self.weights = (w_ih, bias, recurrent)
-        elif mode == "GRU":
-            rb_n = np.zeros(hidden, dtype)
-            if self.linear_before_reset:  # Rbh stays inside r * (Rh h + Rbh)
-                rb_n = b_hh[2 * hidden:].copy()
-                bias[2 * hidden:] = b_ih[2 * hidden:]
-            self.weights = (w_ih, bias, recurrent, rb_n)
-        else:
-            peep = np.zeros((3, hidden), dtype)
-            if peephole is not None:
-                peep = _matrix("peephole", peephole, (3 * hidden,), dtype).reshape(3, hidden)
-            proj = np.zeros((0, hidden), dtype)
-            if w_hr is not None:
-                proj = _matrix("weight_hr", w_hr, (self.proj_size, hidden), dtype)
-            self.weights = (w_ih, bias, recurrent, peep, proj)
-        self.act = act
+        rbias = np.zeros(gh, dtype)  # added to the per-step recurrent product
+        if mode == "GRU" and self.linear_before_reset:  # Rbh stays inside r * (Rh h + Rbh)
+            rbias[2 * hidden:] = b_hh[2 * hidden:]
+            bias[2 * hidden:] = b_ih[2 * hidden:]
+        peep = np.zeros((3, hidden), dtype)
+        if peephole is not None:
+            peep = _matrix("peephole", peephole, (3 * hidden,), dtype).reshape(3, hidden)
+        proj = np.zeros((0, hidden), dtype)
+        if w_hr is not None:
+            proj = _matrix("weight_hr", w_hr, (self.proj_size, hidden), dtype)
+        # One flat, 64-byte aligned buffer in the order the kernels stream (gate-major rows, the
+        # PyTorch layout: a block of hidden units of every gate is a set of contiguous rows).
+        parts = [w_ih, bias, w_hh, rbias, peep, proj, np.zeros(max(gh, self.hidden_out), dtype)]
+        offsets, total = [], 0
+        for part in parts:
+            offsets.append(total)
+            total += -(-part.size // 16) * 16
+        self._wbuf = _aligned(total, dtype)
+        for off, part in zip(offsets, parts):
+            self._wbuf[off:off + part.size] = part.ravel()
+        codes, alpha, beta = acts.kernel_arrays(self.activations)
+        self.act = (codes, alpha, beta)
+        pad = 3 - codes.size  # the kernels read three of each
+        codes = np.concatenate([codes, np.full(pad, codes[-1])])
+        alpha = np.concatenate([alpha, np.zeros(pad)])
+        beta = np.concatenate([beta, np.zeros(pad)])
+        fast = tuple(n for n, _, _ in self.activations) == acts.DEFAULTS[mode]
+        self._cfg = np.array([_MODES[mode], hidden,
+                              self.hidden_out, self.input_size, self.proj_size, self.reverse,
+                              self.linear_before_reset, self.input_forget, fast, *codes,
+                              *offsets], dtype=np.int64)
+        assert self._cfg.size == eng.CFG_LEN
+        self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
+        self._dummy_c = np.zeros((0, hidden), dtype)
+        self._recurrent_bytes = w_hh.nbytes + proj.nbytes
 
     def scratch(self, steps: int, rows: int):
-        """Buffers one call of this direction needs: (xp, gates, aux)."""
-        gh = NUM_GATES[self.mode] * self.hidden_size
-        return (np.empty((steps, rows, gh), self.dtype), np.empty((rows, gh), self.dtype),
-                np.empty((rows, self.hidden_size), self.dtype))
+        """The scratch buffer one call of this direction over (steps, rows) needs."""
+        return _aligned(eng.scratch_size(NUM_GATES[self.mode], self.hidden_size, self.hidden_out,
+                                         steps, rows), self.dtype)
 
-    def run(self, x, lengths, state, y, scratch, threads_: int = 1) -> None:
-        """Run over x (T, N, I) C-contiguous; state (h,) or (h, c) updated in place; y (T, N, H_out).
+    def serial_call(self, x, lengths, state, y, yd, scratch):
+        """(kernel, args) of the serial call `run` would make: callers on a hot path (streams)
+        build it once and call kernel(*args) per step."""
+        h = state[0]
+        c = state[1] if len(state) > 1 else self._dummy_c
+        return eng.run_serial, (x, self._wbuf, self._cfg, self._fcfg, lengths, h, c, y, yd, scratch)
 
-        threads_ > 1 takes the parallel kernel with that many projection blocks.
+    def run(self, x, lengths, state, y, yd, scratch, threads_: int = 1) -> None:
+        """Run over x (T, N, I) C-contiguous; state (h,) or (h, c) updated in place; writes
+        y[:, :, yd] of the layer output y (T, N, D, H_out).
+
+        threads_ is the number of threads the call may use; the kernel and its split (batch rows,
+        or hidden units at batch 1 when H is large) are chosen here.
         """
-        if self.mode == "LSTM":
-            args = (x, self.weights, self.act, self.clip, self.input_forget, lengths, self.reverse,
-                    state, y, scratch)
-            serial, parallel = k.lstm_serial, k.lstm_parallel
-        elif self.mode == "GRU":
-            args = (x, self.weights, self.act, self.clip, self.linear_before_reset, lengths,
-                    self.reverse, state, y, scratch)
-            serial, parallel = k.gru_serial, k.gru_parallel
+        kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
+        rows = x.shape[1]
+        if threads_ > 1 and rows >= 2:
+            eng.run_parallel(*args, min(threads_, rows), False)
+        elif threads_ > 1 and self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES:
+            eng.run_parallel(*args, threads_, True)
         else:
-            args = (x, self.weights, self.act, self.clip, lengths, self.reverse, state, y, scratch)
-            serial, parallel = k.rnn_serial, k.rnn_parallel
-        if threads_ > 1:
-            parallel(*args, threads_)
-        else:
-            serial(*args)
+            kernel(*args)
+
+
+_MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
+# Batch 1: split hidden units across threads (one parallel region per step) once the recurrent
+# weights are this large (LSTM/GRU H >= 256 in float32): below it one core streams its weights from
+# its own L2 faster than a region's wake-up and barrier (~1.5 us) pay back.
+_UNIT_SPLIT_MIN_BYTES = 512 * 1024
+
+
+def _aligned(size: int, dtype) -> np.ndarray:
+    """A zeroed 1-D array of `size` elements whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    raw = np.zeros(size + 64 // dtype.itemsize, dtype)
+    skip = (-raw.ctypes.data % 64) // dtype.itemsize
+    return raw[skip:skip + size]
 
 
 def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
@@ -177,10 +209,10 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
         c_n = _initial_state("initial c", c0, (count, rows, first.hidden_size), dtype)
         states = [(h_n[d], c_n[d]) for d in range(count)]
     y = np.zeros((steps, rows, count, hidden_out), dtype)
-    workers = threads.workers_for(rows)
+    workers = threads.workers()
     scratch = first.scratch(steps, rows)
     for d, params in enumerate(directions):
-        params.run(x, lengths, states[d], y[:, :, d, :], scratch, workers)
+        params.run(x, lengths, states[d], y, d, scratch, workers)
     return y, h_n, c_n
 
 

@@ -28,26 +28,35 @@ class Stream:
         self._h = np.zeros((layers, rows, layer.hidden_out), dtype)
         self._c = np.zeros((layers, rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
         self._x = np.zeros((1, rows, layer.input_size), dtype)
-        self._outputs = [np.zeros((1, rows, layer.hidden_out), dtype) for _ in range(layers)]
+        # Each layer's step output, shaped (T=1, N, D=1, H_out) as the kernels write it; the next
+        # layer reads it as its (1, N, H_out) input.
+        self._outputs = [np.zeros((1, rows, 1, layer.hidden_out), dtype) for _ in range(layers)]
         self._lengths = np.ones(rows, dtype=np.int64)
         self._states = [(self._h[k],) if self._c is None else (self._h[k], self._c[k])
                         for k in range(layers)]
         self._scratch = [p.scratch(1, rows) for p in self._directions]
-        self._inputs = [self._x] + self._outputs[:-1]
-        self._result = self._outputs[-1][0]
+        self._inputs = [self._x] + [out[:, :, 0] for out in self._outputs[:-1]]
+        self._result = self._outputs[-1][0, :, 0]
+        self._x0 = self._x[0]
+        self._step_shape = self._x.shape[1:]
+        # Prebuilt kernel calls (serial: a step is far too small for a parallel region).
+        self._calls = [p.serial_call(x, self._lengths, state, y, 0, scratch)
+                       for p, x, state, y, scratch in zip(self._directions, self._inputs,
+                                                          self._states, self._outputs,
+                                                          self._scratch)]
 
     def step(self, x_t) -> np.ndarray:
         """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
-        x_t = np.asarray(x_t)
-        if x_t.shape != self._x.shape[1:]:
+        if type(x_t) is not np.ndarray:
+            x_t = np.asarray(x_t)
+        if x_t.shape != self._step_shape:
             raise ShapeError(f"step input must have shape {self._x.shape[1:]} "
                              f"(batch_size, input_size), got {x_t.shape}")
         if x_t.dtype.kind != "f":
             raise DTypeError(f"step input must be floating point, got dtype {x_t.dtype}")
-        np.copyto(self._x[0], x_t)
-        for params, x, state, y, scratch in zip(self._directions, self._inputs, self._states,
-                                                self._outputs, self._scratch):
-            params.run(x, self._lengths, state, y, scratch)
+        self._x0[...] = x_t
+        for kernel, args in self._calls:
+            kernel(*args)
         return self._result
 
     def reset(self) -> None:

@@ -91,8 +91,8 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
-def workers_for(rows: int) -> int:
-    """Threads a call over `rows` batch rows should use (1 means the serial kernels)."""
-    if rows < 2 or numba.get_num_threads() < 2 or not parallel_enabled():
+def workers() -> int:
+    """Threads a call may use (1 means the serial kernels); the kernel picks how to split them."""
+    if numba.get_num_threads() < 2 or not parallel_enabled():
         return 1
-    return min(rows, numba.get_num_threads())
+    return numba.get_num_threads()

@@ -21,3 +21,8 @@ def kernel(fn=None, *, parallel=False):
 def inline(fn):
     """Compile a helper that is always inlined into the kernels that call it."""
     return numba.njit(fn, inline="always", **_OPTIONS)
+
+
+def helper(fn):
+    """Compile a helper called from kernels (compiled once, inlined by LLVM where it pays)."""
+    return numba.njit(fn, **_OPTIONS)

@@ -1,0 +1,374 @@
+"""Kernel entry points: one direction of one layer over a whole (padded) batch of sequences.
+
+Every cell type runs through the same two entries (`run_serial`, `run_parallel`) with flat buffers,
+so that a call types few arguments (cheap dispatch, one specialisation per dtype):
+  x (T, N, I) C-contiguous input
+  wbuf  1-D: every weight of the direction at the offsets in cfg (see recurrent.DirectionParams)
+  cfg   int64 [mode, H, H_out, I, P, reverse, linear_before_reset, input_forget, fast, code0..2,
+               offsets w_ih, bias, r, rbias, peep, w_hr, zeros]
+  fcfg  float64 [clip, alpha0..2, beta0..2]
+  lengths int64 (N,); h (N, H_out) and c (N, H) hold the initial state and receive the final one
+  (c is a dummy for RNN/GRU); y (T, N, D, H_out) the layer's output, zero-filled by the caller,
+  of which this direction writes y[:, :, yd] (one array layout for every call: one specialisation)
+  sbuf  1-D scratch: xp (T*N, G*H), gates (N, G*H), hb (2, N, H_out), aux (N, H)
+
+Each step: gates = h_prev @ R^T (+ Rbh for GRU lbr=1), one blocked product over all the rows of
+a chunk; then the fused, vectorised gate/cell update per row for the rows still running. h ping-pongs
+between two buffers so that a unit-split parallel step never reads a half-updated h. Row n runs its
+own length L: forward t = 0..L-1, reverse t = L-1..0; its final state is copied out at its last step;
+L = 0 leaves a zero state (ONNX Runtime's behaviour).
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import helper, inline, kernel
+from .activations import activate, fast_sigmoid, fast_tanh, typed
+from .gemm import gemm_nt
+
+RNN, GRU, LSTM = 0, 1, 2
+GATES = (1, 3, 4)
+# cfg slots
+C_MODE, C_H, C_HOUT, C_I, C_P, C_REV, C_LBR, C_IFG, C_FAST, C_CODE = range(10)
+C_OFF = 12  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
+CFG_LEN = C_OFF + 7
+
+
+@helper
+def _views(wbuf, cfg):
+    gates = (1, 3, 4)[cfg[C_MODE]]
+    hid = cfg[C_H]
+    hout = cfg[C_HOUT]
+    gh = gates * hid
+    o = C_OFF
+    w_ih = wbuf[cfg[o]:cfg[o] + gh * cfg[C_I]].reshape(gh, cfg[C_I])
+    bias = wbuf[cfg[o + 1]:cfg[o + 1] + gh]
+    r = wbuf[cfg[o + 2]:cfg[o + 2] + gh * hout].reshape(gh, hout)
+    rbias = wbuf[cfg[o + 3]:cfg[o + 3] + gh]
+    peep = wbuf[cfg[o + 4]:cfg[o + 4] + 3 * hid].reshape(3, hid)
+    w_hr = wbuf[cfg[o + 5]:cfg[o + 5] + cfg[C_P] * hid].reshape(cfg[C_P], hid)
+    zeros = wbuf[cfg[o + 6]:cfg[o + 6] + max(gh, hout)]
+    return w_ih, bias, r, rbias, peep, w_hr, zeros
+
+
+@helper
+def _scratch(sbuf, cfg, rows_total, steps):
+    gh = (1, 3, 4)[cfg[C_MODE]] * cfg[C_H]
+    hid = cfg[C_H]
+    hout = cfg[C_HOUT]
+    m = steps * rows_total
+    p = 0
+    xp = sbuf[p:p + m * gh].reshape(m, gh)
+    p += _pad(m * gh)
+    gates = sbuf[p:p + rows_total * gh].reshape(rows_total, gh)
+    p += _pad(rows_total * gh)
+    hb = sbuf[p:p + 2 * rows_total * hout].reshape(2, rows_total, hout)
+    p += _pad(2 * rows_total * hout)
+    aux = sbuf[p:p + rows_total * hid].reshape(rows_total, hid)
+    return xp, gates, hb, aux
+
+
+def scratch_size(gates, hid, hout, steps, rows):
+    return (_pad(steps * rows * gates * hid) + _pad(rows * gates * hid) + _pad(2 * rows * hout)
+            + _pad(rows * hid))
+
+
+@inline
+def _pad(n):
+    return (n + 15) // 16 * 16
+
+
+@inline
+def _time(s, length, reverse):
+    return length - 1 - s if reverse else s
+
+
+@inline
+def _clamp(x, clip):
+    return min(max(x, -clip), clip)
+
+
+# ----- per-row updates over a unit range [j0, j1) -----
+
+@helper
+def _rnn_update(g, xr, hd, j0, j1, fast, code, alpha, beta, clip):
+    if fast:
+        for j in range(j0, j1):
+            hd[j] = fast_tanh(_clamp(g[j] + xr[j], clip))
+    else:
+        for j in range(j0, j1):
+            hd[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
+
+
+@helper
+def _lstm_update(g, xr, cr, peep, out, hid, j0, j1, input_forget, fast, codes, fcfg, clip):
+    """c updated in place; out[j] = o * h(c') (the new h, or the unprojected one)."""
+    one = typed(1.0, g)
+    if fast and not input_forget:
+        for j in range(j0, j1):
+            cp = cr[j]
+            i = fast_sigmoid(_clamp(g[j] + xr[j] + peep[0, j] * cp, clip))
+            f = fast_sigmoid(_clamp(g[hid + j] + xr[hid + j] + peep[1, j] * cp, clip))
+            gg = fast_tanh(_clamp(g[2 * hid + j] + xr[2 * hid + j], clip))
+            cn = f * cp + i * gg
+            o = fast_sigmoid(_clamp(g[3 * hid + j] + xr[3 * hid + j] + peep[2, j] * cn, clip))
+            cr[j] = cn
+            out[j] = o * fast_tanh(cn)
+    else:
+        a0 = typed(fcfg[1], g)
+        a1 = typed(fcfg[2], g)
+        a2 = typed(fcfg[3], g)
+        b0 = typed(fcfg[4], g)
+        b1 = typed(fcfg[5], g)
+        b2 = typed(fcfg[6], g)
+        for j in range(j0, j1):
+            cp = cr[j]
+            i = activate(codes[0], a0, b0, _clamp(g[j] + xr[j] + peep[0, j] * cp, clip))
+            if input_forget:
+                f = one - i
+            else:
+                f = activate(codes[0], a0, b0, _clamp(g[hid + j] + xr[hid + j] + peep[1, j] * cp, clip))
+            gg = activate(codes[1], a1, b1, _clamp(g[2 * hid + j] + xr[2 * hid + j], clip))
+            cn = f * cp + i * gg
+            o = activate(codes[0], a0, b0,
+                         _clamp(g[3 * hid + j] + xr[3 * hid + j] + peep[2, j] * cn, clip))
+            cr[j] = cn
+            out[j] = o * activate(codes[2], a2, b2, cn)
+
+
+@helper
+def _gru_gates_rz(g, xr, hp, rh, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
+    """r and z into g[0:2H] (activated); rh[j] = r * h_prev (lbr = 0)."""
+    if fast:
+        for j in range(j0, j1):
+            g[j] = fast_sigmoid(_clamp(g[j] + xr[j], clip))
+            g[hid + j] = fast_sigmoid(_clamp(g[hid + j] + xr[hid + j], clip))
+    else:
+        for j in range(j0, j1):
+            g[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
+            g[hid + j] = activate(code, alpha, beta, _clamp(g[hid + j] + xr[hid + j], clip))
+    if not lbr:
+        for j in range(j0, j1):
+            rh[j] = g[j] * hp[j]
+
+
+@helper
+def _gru_update(g, xr, hp, hd, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
+    """g[0:2H] holds activated r, z; g[2H:3H] holds Rh h + Rbh (lbr) or Rh (r*h) (lbr = 0)."""
+    one = typed(1.0, g)
+    if fast:
+        if lbr:
+            for j in range(j0, j1):
+                n = fast_tanh(_clamp(xr[2 * hid + j] + g[j] * g[2 * hid + j], clip))
+                z = g[hid + j]
+                hd[j] = (one - z) * n + z * hp[j]
+        else:
+            for j in range(j0, j1):
+                n = fast_tanh(_clamp(xr[2 * hid + j] + g[2 * hid + j], clip))
+                z = g[hid + j]
+                hd[j] = (one - z) * n + z * hp[j]
+    else:
+        for j in range(j0, j1):
+            if lbr:
+                pre = xr[2 * hid + j] + g[j] * g[2 * hid + j]
+            else:
+                pre = xr[2 * hid + j] + g[2 * hid + j]
+            n = activate(code, alpha, beta, _clamp(pre, clip))
+            z = g[hid + j]
+            hd[j] = (one - z) * n + z * hp[j]
+
+
+# ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
+
+@helper
+def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates, src,
+             dst, aux, c):
+    """Recurrent product for units [j0, j1) of every gate, then the update of those units.
+    Returns nothing; LSTM with projection leaves o*tanh(c') in aux, GRU lbr=0 leaves r, z in
+    gates and r*h in aux (the second phase finishes the step)."""
+    mode = cfg[C_MODE]
+    hid = cfg[C_H]
+    rows_total = lengths.shape[0]
+    reverse = cfg[C_REV] != 0
+    fast = cfg[C_FAST] != 0
+    gcount = (1, 3, 4)[mode]
+    lbr = cfg[C_LBR] != 0
+    for gi in range(gcount):
+        if mode == GRU and gi == 2 and not lbr:
+            break
+        gemm_nt(src, lo, hi, r, gi * hid + j0, gi * hid + j1, rbias, gates)
+    for n in range(lo, hi):
+        length = lengths[n]
+        if s >= length:
+            continue
+        t = _time(s, length, reverse)
+        xr = xp[t * rows_total + n]
+        g = gates[n]
+        if mode == LSTM:
+            out = dst[n] if cfg[C_P] == 0 else aux[n]
+            _lstm_update(g, xr, c[n], peep, out, hid, j0, j1, cfg[C_IFG] != 0, fast, codes, fcfg,
+                         clip)
+        elif mode == GRU:
+            a = typed(fcfg[1], clip)
+            b = typed(fcfg[4], clip)
+            _gru_gates_rz(g, xr, src[n], aux[n], hid, j0, j1, lbr, fast, codes[0], a, b, clip)
+            if lbr:
+                a = typed(fcfg[2], clip)
+                b = typed(fcfg[5], clip)
+                _gru_update(g, xr, src[n], dst[n], hid, j0, j1, lbr, fast, codes[1], a, b, clip)
+        else:
+            a = typed(fcfg[1], clip)
+            b = typed(fcfg[4], clip)
+            _rnn_update(g, xr, dst[n], j0, j1, fast, codes[0], a, b, clip)
+
+
+@helper
+def _needs_phase_b(cfg):
+    return (cfg[C_MODE] == LSTM and cfg[C_P] > 0) or (cfg[C_MODE] == GRU and cfg[C_LBR] == 0)
+
+
+@helper
+def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp, gates, src,
+             dst, aux):
+    """Second half of a step: LSTM projection (units = projected outputs) or GRU lbr=0's n gate."""
+    hid = cfg[C_H]
+    rows_total = lengths.shape[0]
+    if cfg[C_MODE] == LSTM:
+        gemm_nt(aux, lo, hi, w_hr, j0, j1, zeros, dst)
+        return
+    gemm_nt(aux, lo, hi, r, 2 * hid + j0, 2 * hid + j1, zeros, gates)
+    reverse = cfg[C_REV] != 0
+    fast = cfg[C_FAST] != 0
+    a = typed(fcfg[2], clip)
+    b = typed(fcfg[5], clip)
+    for n in range(lo, hi):
+        length = lengths[n]
+        if s >= length:
+            continue
+        t = _time(s, length, reverse)
+        _gru_update(gates[n], xp[t * rows_total + n], src[n], dst[n], hid, j0, j1, False, fast,
+                    codes[1], a, b, clip)
+
+
+@helper
+def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, y, yd, h):
+    """Copy the new h of units [j0, j1) to y; at a row's last step also to the final state."""
+    for n in range(lo, hi):
+        length = lengths[n]
+        if s >= length:
+            continue
+        t = _time(s, length, reverse)
+        d = dst[n]
+        yr = y[t, n, yd]
+        for j in range(j0, j1):
+            yr[j] = d[j]
+        if s == length - 1:
+            hr = h[n]
+            for j in range(j0, j1):
+                hr[j] = d[j]
+
+
+@helper
+def _begin(lo, hi, cfg, lengths, h, c, hb):
+    """Load the initial state of rows [lo, hi) into the ping-pong buffer; zero L = 0 rows."""
+    for n in range(lo, hi):
+        if lengths[n] == 0:
+            h[n, :] = 0
+            if cfg[C_MODE] == LSTM:
+                c[n, :] = 0
+        hb[0, n, :] = h[n, :]
+
+
+@helper
+def _max_len(lengths, lo, hi):
+    m = 0
+    for n in range(lo, hi):
+        m = max(m, lengths[n])
+    return m
+
+
+@helper
+def _rows(lo, hi, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd,
+          h):
+    """Rows [lo, hi) over their whole sequences, all units, in lock-step."""
+    codes = cfg[C_CODE:C_CODE + 3]
+    clip = typed(fcfg[0], r)
+    hid = cfg[C_H]
+    hout = cfg[C_HOUT]
+    reverse = cfg[C_REV] != 0
+    _begin(lo, hi, cfg, lengths, h, c, hb)
+    phase_b = _needs_phase_b(cfg)
+    for s in range(_max_len(lengths, lo, hi)):
+        src = hb[s & 1]
+        dst = hb[(s + 1) & 1]
+        _phase_a(s, lo, hi, 0, hid, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
+                 src, dst, aux, c)
+        if phase_b:
+            _phase_b(s, lo, hi, 0, hout, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
+                     gates, src, dst, aux)
+        _emit(s, lo, hi, 0, hout, reverse, lengths, dst, y, yd, h)
+
+
+@kernel
+def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
+    steps, rows = x.shape[0], x.shape[1]
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    x2 = x.reshape(steps * rows, x.shape[2])
+    gemm_nt(x2, 0, steps * rows, w_ih, 0, w_ih.shape[0], bias, xp)
+    _rows(0, rows, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd, h)
+
+
+@helper
+def _split(total, chunks, c, align):
+    """Bounds of chunk c of `chunks` over range(total), aligned to `align`."""
+    lo = (total * c // chunks) // align * align
+    hi = total if c == chunks - 1 else (total * (c + 1) // chunks) // align * align
+    return lo, hi
+
+
+@kernel(parallel=True)
+def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_units):
+    """chunks > 1 threads: split_units=False gives each chunk a block of batch rows for the whole
+    sequence (no synchronisation); split_units=True gives each chunk a block of hidden units (its
+    slice of R stays in its core's cache) with one parallel region per step (two with a second
+    phase)."""
+    steps, rows = x.shape[0], x.shape[1]
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    x2 = x.reshape(steps * rows, x.shape[2])
+    m = steps * rows
+    for ch in prange(chunks):
+        lo, hi = _split(m, chunks, ch, 4)
+        gemm_nt(x2, lo, hi, w_ih, 0, w_ih.shape[0], bias, xp)
+    if not split_units:
+        for ch in prange(chunks):
+            lo, hi = _split(rows, chunks, ch, 1)
+            _rows(lo, hi, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
+                  y, yd, h)
+        return
+    codes = cfg[C_CODE:C_CODE + 3]
+    clip = typed(fcfg[0], r)
+    hid = cfg[C_H]
+    hout = cfg[C_HOUT]
+    reverse = cfg[C_REV] != 0
+    _begin(0, rows, cfg, lengths, h, c, hb)
+    phase_b = _needs_phase_b(cfg)
+    for s in range(_max_len(lengths, 0, rows)):
+        src = hb[s & 1]
+        dst = hb[(s + 1) & 1]
+        if phase_b:
+            for ch in prange(chunks):
+                j0, j1 = _split(hid, chunks, ch, 8)
+                _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
+                         gates, src, dst, aux, c)
+            for ch in prange(chunks):
+                j0, j1 = _split(hout, chunks, ch, 8)
+                _phase_b(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
+                         gates, src, dst, aux)
+                _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
+        else:
+            for ch in prange(chunks):
+                j0, j1 = _split(hid, chunks, ch, 8)
+                _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
+                         gates, src, dst, aux, c)
+                _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
