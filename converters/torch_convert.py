@@ -1,0 +1,443 @@
+"""PyTorch -> fastrnn: nn.RNN / nn.GRU / nn.LSTM modules, state dicts and checkpoint files.
+
+``from_torch`` reads the weights (a module's parameters, a Mapping of name -> tensor/ndarray, or a
+file read by ``converters.torch_files`` without torch and without unpickling code), infers the
+architecture from the tensor names and shapes, and returns the equivalent fastrnn layer.
+torch is imported only when the source is a torch module.
+
+Name table (PyTorch's, per layer k and direction suffix "" / "_reverse"; G gates, H hidden,
+P projection, D directions):
+
+===================  ===============================  ==========================================
+name                 shape                            tells
+===================  ===============================  ==========================================
+weight_ih_l{k}       (G*H, I) for k=0, (G*H, D*H_out)  input size
+weight_hh_l{k}       (G*H, H_out)                     H (no projection), G = rows / H -> cell
+bias_ih_l{k}         (G*H,)                           bias=True (with bias_hh)
+bias_hh_l{k}         (G*H,)
+weight_hr_l{k}       (P, H)                           LSTM proj_size=P, H
+===================  ===============================  ==========================================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError,
+                            UnsupportedError)
+
+from .torch_files import (UnreadableTensor, flatten_tensors, is_tensor_like,
+                          open_checkpoint)
+
+__all__ = ["from_torch", "convert_file", "inspect_torch", "find_recurrent_groups", "infer_architecture"]
+
+PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_PARAM_RE = re.compile(
+    r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"_l(?P<layer>\d+)(?P<rev>_reverse)?$"
+)
+_CELL_RE = re.compile(r"^(?:.*\.)?(weight_ih|weight_hh)$")
+MODES = {1: "RNN", 3: "GRU", 4: "LSTM"}
+_TORCH_MODES = {"RNN_TANH": ("RNN", "tanh"), "RNN_RELU": ("RNN", "relu"), "GRU": ("GRU", None),
+                "LSTM": ("LSTM", None)}
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors of any origin
+# ----------------------------------------------------------------------------------------------
+def _is_torch_object(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in x.shape)
+
+
+def _dtype_name(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return x.dtype.name
+    d = x.dtype
+    return str(d).replace("torch.", "") if _is_torch_object(x) else str(d)
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """A float array from a numpy array, a TensorRef or a torch tensor; halves widened to float32."""
+    try:
+        if isinstance(x, np.ndarray):
+            arr = x
+        elif isinstance(x, UnreadableTensor):
+            raise UnsupportedError(f"{name}: {x.reason}")
+        elif hasattr(x, "numpy") and not _is_torch_object(x):
+            arr = x.numpy()
+        elif _is_torch_object(x):
+            t = x.detach()
+            if t.is_floating_point() and _dtype_name(t) not in ("float32", "float64"):
+                t = t.float()
+            if getattr(t, "is_quantized", False) or getattr(t, "is_sparse", False):
+                raise UnsupportedError(f"{name}: quantized or sparse tensors are not supported")
+            arr = t.cpu().numpy()
+        else:
+            arr = np.asarray(x)
+    except FastRNNError:
+        raise
+    except Exception as exc:
+        raise UnsupportedError(f"{name}: cannot read this tensor as numpy ({exc})") from exc
+    if arr.dtype.kind != "f":
+        raise DTypeError(f"{name} has dtype {arr.dtype}; recurrent weights must be floating point")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# groups of recurrent weights in a flat name -> tensor dict
+# ----------------------------------------------------------------------------------------------
+def find_recurrent_groups(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{prefix: {"weight_ih_l0": tensor, ...}}`` for every prefix holding torch RNN weight names."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        m = _PARAM_RE.match(str(key))
+        if m and is_tensor_like(value):
+            groups.setdefault(m.group("prefix"), {})[str(key)[len(m.group("prefix")):]] = value
+    return groups
+
+
+def _describe_prefix(p: str) -> str:
+    return repr(p) if p else "'' (top level)"
+
+
+def _select_group(groups: Mapping[str, Any], prefix: str | None, what: str) -> str:
+    found = ", ".join(_describe_prefix(p) for p in sorted(groups))
+    if prefix is None:
+        if len(groups) == 1:
+            return next(iter(groups))
+        raise ArgumentError(
+            f"{what} holds {len(groups)} groups of recurrent weights, under the prefixes {found}; "
+            "pick one with prefix=... (the CLI's --prefix)"
+        )
+    if not isinstance(prefix, str):
+        raise ArgumentError(f"prefix must be a str, got {type(prefix).__name__}")
+    p = prefix if prefix == "" or prefix.endswith(".") else prefix + "."
+    if p in groups:
+        return p
+    # a suffix match lets "rnn." find "module.rnn." (DDP) or "state_dict.model.rnn." (Lightning)
+    matches = [g for g in groups if p and g.endswith("." + p)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ArgumentError(
+            f"prefix {prefix!r} matches several groups of recurrent weights in {what}: "
+            f"{', '.join(sorted(map(repr, matches)))}; give a longer prefix"
+        )
+    raise ArgumentError(
+        f"no recurrent weights under prefix {prefix!r} in {what}; prefixes found: {found}"
+    )
+
+
+def _check_neighbours(flat: Mapping[str, Any], prefix: str, what: str) -> None:
+    """Tensors beside the chosen group's weights that torch's RNN modules never hold are errors."""
+    unknown, parametrized = [], []
+    for key, value in flat.items():
+        key = str(key)
+        if not key.startswith(prefix) or not is_tensor_like(value):
+            continue
+        rest = key[len(prefix):]
+        if rest.startswith("parametrizations."):
+            parametrized.append(key)
+        elif "." not in rest and not _PARAM_RE.match(rest):
+            unknown.append(key)
+    if parametrized:
+        raise UnsupportedError(
+            f"{what}: weights under {_describe_prefix(prefix)} are parametrized "
+            f"({parametrized[0]}, ...); remove the parametrization before saving "
+            "(torch.nn.utils.parametrize.remove_parametrizations) or convert the module itself"
+        )
+    if unknown:
+        hint = ""
+        if any(k.endswith(("_g", "_v")) for k in unknown):
+            hint = ("; names ending _g/_v come from torch.nn.utils.weight_norm: call "
+                    "remove_weight_norm before saving, or convert the module itself")
+        raise FormatError(
+            f"{what}: unknown tensors {unknown[:8]} next to the recurrent weights under "
+            f"{_describe_prefix(prefix)}; torch's RNN/GRU/LSTM hold only "
+            f"{', '.join(k + '_l{k}[_reverse]' for k in PARAM_KINDS)}{hint}"
+        )
+
+
+def infer_architecture(params: Mapping[str, Any], where: str = "state dict") -> dict[str, Any]:
+    """Cell, sizes, layers, directions, bias and projection from names and shapes; validates all.
+
+    ``params`` maps unprefixed torch names (``weight_ih_l0``) to anything with ``.shape``.
+    """
+    slots: dict[tuple[int, int], dict[str, Any]] = {}
+    for name, value in params.items():
+        m = _PARAM_RE.match(name)
+        if not m or m.group("prefix"):
+            raise FormatError(f"{where}: unknown parameter {name!r}")
+        slots.setdefault((int(m.group("layer")), 1 if m.group("rev") else 0), {})[m.group("kind")] = value
+    if not slots:
+        raise FormatError(f"{where}: no recurrent weights")
+    layers = sorted({k for k, _ in slots})
+    num_layers = len(layers)
+    if layers != list(range(num_layers)):
+        raise FormatError(f"{where}: layers are numbered {layers}, expected 0..{num_layers - 1}")
+    dirs = 2 if any(d for _, d in slots) else 1
+
+    def key(kind: str, layer: int, d: int) -> str:
+        return f"{kind}_l{layer}{'_reverse' if d else ''}"
+
+    first = slots.get((0, 0), {})
+    bias = "bias_ih" in first or "bias_hh" in first
+    proj = "weight_hr" in first
+    expected_kinds = {"weight_ih", "weight_hh"} | ({"bias_ih", "bias_hh"} if bias else set()) | (
+        {"weight_hr"} if proj else set())
+    missing = [key(k, layer, d) for layer in range(num_layers) for d in range(dirs)
+               for k in PARAM_KINDS if k in expected_kinds and k not in slots.get((layer, d), {})]
+    extra = [key(k, layer, d) for (layer, d), s in sorted(slots.items()) for k in s
+             if k not in expected_kinds]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"inconsistent extra {extra} (layer 0 forward has "
+                         f"{sorted(expected_kinds)})")
+        raise FormatError(f"{where}: incomplete recurrent weights: {'; '.join(parts)}")
+
+    for (layer, d), s in slots.items():
+        for kind, value in s.items():
+            nd = len(_shape(value))
+            want = 1 if kind.startswith("bias") else 2
+            if nd != want:
+                raise ShapeError(f"{where}: {key(kind, layer, d)} is {nd}-D with shape "
+                                 f"{_shape(value)}, expected {want}-D")
+    rows, cols = _shape(first["weight_hh"])
+    if proj:
+        proj_size, hidden = _shape(first["weight_hr"])
+        if cols != proj_size:
+            raise ShapeError(f"{where}: weight_hh_l0 has {cols} columns but weight_hr_l0 projects to "
+                             f"{proj_size}; they must agree")
+    else:
+        proj_size, hidden = 0, cols
+    if hidden == 0 or rows % hidden:
+        raise ShapeError(f"{where}: weight_hh_l0 has shape {(rows, cols)}: its rows must be G*H for "
+                         f"hidden size H={hidden} and G gates (1 RNN, 3 GRU, 4 LSTM)")
+    gates = rows // hidden
+    if gates not in MODES:
+        raise ShapeError(f"{where}: weight_hh_l0 has {rows} rows = {gates} x hidden size {hidden}; "
+                         "expected 1 (RNN), 3 (GRU) or 4 (LSTM) gate blocks")
+    mode = MODES[gates]
+    if proj and mode != "LSTM":
+        raise ShapeError(f"{where}: weight_hr (projection) exists only for LSTM, but weight_hh_l0 "
+                         f"has {gates} gate block(s) ({mode})")
+    if proj and proj_size >= hidden:
+        raise ShapeError(f"{where}: weight_hr_l0 has shape {(proj_size, hidden)}; proj_size must be "
+                         f"smaller than hidden_size")
+    input_size = _shape(first["weight_ih"])[1]
+    if input_size == 0:
+        raise ShapeError(f"{where}: weight_ih_l0 has shape {_shape(first['weight_ih'])}: input size 0")
+    h_out = proj_size or hidden
+    gh = gates * hidden
+    for layer in range(num_layers):
+        for d in range(dirs):
+            want = {"weight_ih": (gh, input_size if layer == 0 else dirs * h_out),
+                    "weight_hh": (gh, h_out), "bias_ih": (gh,), "bias_hh": (gh,),
+                    "weight_hr": (proj_size, hidden)}
+            for kind, value in slots[(layer, d)].items():
+                if _shape(value) != want[kind]:
+                    raise ShapeError(
+                        f"{where}: {key(kind, layer, d)} has shape {_shape(value)}, expected "
+                        f"{want[kind]} for a {mode} with input_size={input_size}, hidden_size="
+                        f"{hidden}{f', proj_size={proj_size}' if proj else ''}, "
+                        f"{'bidirectional' if dirs == 2 else 'unidirectional'}"
+                    )
+    dtypes = sorted({_dtype_name(v) for s in slots.values() for v in s.values()})
+    return dict(mode=mode, input_size=input_size, hidden_size=hidden, num_layers=num_layers,
+                bias=bias, bidirectional=dirs == 2, proj_size=proj_size, source_dtypes=dtypes)
+
+
+# ----------------------------------------------------------------------------------------------
+# building the fastrnn layer
+# ----------------------------------------------------------------------------------------------
+def _resolve_dtype(dtype: Any, arrays: Mapping[str, np.ndarray]) -> np.dtype:
+    if dtype is None:
+        return np.dtype(np.float64) if any(a.dtype == np.float64 for a in arrays.values()) \
+            else np.dtype(np.float32)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ArgumentError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in (np.float32, np.float64):
+        raise ArgumentError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _resolve_nonlinearity(mode: str, hint: Any, recorded: str | None) -> str | None:
+    if hint is not None:
+        if not isinstance(hint, str) or hint.lower() not in ("tanh", "relu"):
+            raise ArgumentError(f"nonlinearity must be 'tanh' or 'relu', got {hint!r}")
+        hint = hint.lower()
+        if mode != "RNN":
+            raise ArgumentError(f"nonlinearity={hint!r} applies to RNN only; these weights are a {mode}")
+        if recorded is not None and hint != recorded:
+            raise ArgumentError(f"nonlinearity={hint!r} contradicts the module's {recorded!r}")
+        return hint
+    if mode != "RNN":
+        return None
+    return recorded or "tanh"
+
+
+def _build(params: Mapping[str, Any], where: str, *, nonlinearity: Any, batch_first: Any,
+           dtype: Any, recorded_nonlinearity: str | None = None,
+           recorded_batch_first: bool | None = None):
+    import fastrnn
+
+    arch = infer_architecture(params, where)
+    mode = arch["mode"]
+    nl = _resolve_nonlinearity(mode, nonlinearity, recorded_nonlinearity)
+    if batch_first is not None and not isinstance(batch_first, (bool, np.bool_)):
+        raise ArgumentError(f"batch_first must be a bool or None, got {batch_first!r}")
+    bf = bool(batch_first) if batch_first is not None else bool(recorded_batch_first)
+    arrays = {name: _to_numpy(value, f"{where}: {name}") for name, value in params.items()}
+    dt = _resolve_dtype(dtype, arrays)
+    kwargs = dict(input_size=arch["input_size"], hidden_size=arch["hidden_size"],
+                  num_layers=arch["num_layers"], bias=arch["bias"], batch_first=bf,
+                  bidirectional=arch["bidirectional"], dtype=dt)
+    if mode == "RNN":
+        layer = fastrnn.RNN(nonlinearity=nl, **kwargs)
+    elif mode == "GRU":
+        layer = fastrnn.GRU(**kwargs)
+    else:
+        layer = fastrnn.LSTM(proj_size=arch["proj_size"], **kwargs)
+    layer.load_state_dict(arrays)
+    return layer
+
+
+def _from_flat(flat: Mapping[str, Any], what: str, prefix: str | None, **hints: Any):
+    groups = find_recurrent_groups(flat)
+    if not groups:
+        cells = sorted(k for k in flat if _CELL_RE.match(str(k)))
+        if cells:
+            raise UnsupportedError(
+                f"{what} holds {cells[0]!r}, the naming of nn.RNNCell/GRUCell/LSTMCell; fastrnn "
+                "converts nn.RNN/GRU/LSTM layers (weight_ih_l0, weight_hh_l0, ...)"
+            )
+        names = sorted(map(str, flat))
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise FormatError(
+            f"{what} holds no torch RNN/GRU/LSTM weights (names like 'weight_ih_l0'); "
+            f"tensors found: {shown or 'none'}"
+        )
+    chosen = _select_group(groups, prefix, what)
+    _check_neighbours(flat, chosen, what)
+    where = f"{what}, prefix {chosen!r}" if chosen else what
+    return _build(groups[chosen], where, **hints)
+
+
+def _from_module(module: Any, prefix: str | None, **hints: Any):
+    try:
+        import torch  # only reached for torch modules
+    except ImportError as exc:
+        raise ArgumentError(f"from_torch got a {type(module).__name__}, which looks like a torch "
+                            "module, but torch cannot be imported") from exc
+
+    if not isinstance(module, torch.nn.Module):
+        raise ArgumentError(f"from_torch got a {type(module).__name__}, expected a torch.nn.Module")
+    if isinstance(module, torch.nn.RNNBase):
+        if prefix not in (None, ""):
+            raise ArgumentError(f"prefix={prefix!r} given, but the module is itself a "
+                                f"{type(module).__name__}")
+        rnn, where = module, type(module).__name__
+    else:
+        found = {(name + "."): m for name, m in module.named_modules()
+                 if isinstance(m, torch.nn.RNNBase) and name}
+        if not found:
+            raise ArgumentError(f"{type(module).__name__} contains no nn.RNN / nn.GRU / nn.LSTM")
+        chosen = _select_group(found, prefix, f"module {type(module).__name__}")
+        rnn, where = found[chosen], f"{type(module).__name__}.{chosen[:-1]}"
+    if rnn.mode not in _TORCH_MODES:
+        raise UnsupportedError(f"{where}: torch RNN mode {rnn.mode!r} is not supported")
+    _, recorded_nl = _TORCH_MODES[rnn.mode]
+    names = [f"{kind}_l{layer}{sfx}" for layer in range(rnn.num_layers)
+             for sfx in ("", "_reverse")[: 2 if rnn.bidirectional else 1]
+             for kind in PARAM_KINDS
+             if (rnn.bias or not kind.startswith("bias")) and (rnn.proj_size or kind != "weight_hr")]
+    # getattr, not state_dict(): parametrized weights (weight_norm, ...) resolve to their values
+    params = {name: getattr(rnn, name) for name in names}
+    return _build(params, where, recorded_nonlinearity=recorded_nl,
+                  recorded_batch_first=bool(rnn.batch_first), **hints)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+def from_torch(src: Any, *, nonlinearity: str | None = None, batch_first: bool | None = None,
+               prefix: str | None = None, dtype: Any = None):
+    """The fastrnn layer equivalent to a PyTorch RNN / GRU / LSTM.
+
+    src: an ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (or a module containing one), a state dict (Mapping
+    of name -> torch tensor / ndarray, nested checkpoint dicts allowed), or a path to a
+    ``torch.save`` (.pt/.pth/.ckpt, zip or legacy) or ``.safetensors`` file. Files are read
+    without torch and never run pickled code.
+
+    Hints fill in what a state dict does not record: ``nonlinearity`` ("tanh" default, or "relu";
+    RNN only), ``batch_first`` (default False; for a module, overrides its own setting),
+    ``prefix`` (which recurrent group, e.g. "encoder.rnn."; a suffix of the stored prefix is
+    enough, so "rnn." finds "module.rnn."), ``dtype`` (float32/float64; default float64 when the
+    weights are float64, else float32: float16/bfloat16 are widened).
+    """
+    hints = dict(nonlinearity=nonlinearity, batch_first=batch_first, dtype=dtype)
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        with open_checkpoint(path) as f:
+            return _from_flat(f.tensors(), path, prefix, **hints)
+    if isinstance(src, Mapping):
+        return _from_flat(flatten_tensors(src), "state dict", prefix, **hints)
+    if _is_torch_object(src) or hasattr(src, "named_modules"):
+        return _from_module(src, prefix, **hints)
+    raise ArgumentError(
+        f"from_torch expects a torch.nn.RNN/GRU/LSTM module, a state dict (Mapping) or a file "
+        f"path; got {type(src).__name__}"
+    )
+
+
+def convert_file(src_path: str | os.PathLike, out_path: str | os.PathLike, **hints: Any):
+    """Convert a checkpoint file to a fastrnn model file; returns the layer. Hints as from_torch."""
+    import fastrnn
+
+    layer = from_torch(src_path, **hints)
+    fastrnn.save(layer, out_path)
+    return layer
+
+
+def inspect_torch(src: Any) -> list[dict[str, Any]]:
+    """Every recurrent group in a checkpoint file or state dict, with its inferred architecture.
+
+    Reads only the file's structure, not the tensor data. A group whose weights do not form a
+    valid layer has an "error" entry instead of the architecture.
+    """
+    def describe(flat: Mapping[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for prefix, params in sorted(find_recurrent_groups(flat).items()):
+            entry: dict[str, Any] = {"prefix": prefix}
+            try:
+                entry.update(infer_architecture(params, repr(prefix)))
+                entry["num_parameters"] = int(sum(
+                    int(np.prod(_shape(v), dtype=np.int64)) for v in params.values()))
+            except FastRNNError as exc:
+                entry["error"] = str(exc)
+            out.append(entry)
+        return out
+
+    if isinstance(src, (str, os.PathLike)):
+        with open_checkpoint(src) as f:
+            return describe(f.tensors())
+    if isinstance(src, Mapping):
+        return describe(flatten_tensors(src))
+    raise ArgumentError(f"inspect_torch expects a file path or a state dict, got {type(src).__name__}")
+

@@ -1,0 +1,570 @@
+"""converters.torch_files: torch.save (zip and legacy) and safetensors read without torch or code.
+
+Round trips against torch for dtypes (float16 / bfloat16 / float8 widened), views, strides,
+offsets and shared storages; checkpoint wrappers; and the safety contract: a pickle that would run
+code is refused with UnsafeFileError naming the global, and the code never runs (checked by a
+payload that would create a file); whole pickled modules are refused with a pointer to
+state_dict(); truncated or corrupted files give FormatError and nothing else.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from converters import torch_files as tf
+from converters.torch_convert import from_torch
+from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError, UnsupportedError
+
+# ------------------------------------------------------------------------------------------------
+# a tiny safetensors writer (no dependency); also used by test_torch_converter
+# ------------------------------------------------------------------------------------------------
+_ST_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+             "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "bfloat16": "BF16",
+             "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "uint16": "U16"}
+
+
+def _raw(value):
+    """(safetensors dtype code, shape, bytes) of a numpy array or a torch tensor."""
+    if isinstance(value, np.ndarray):
+        arr = np.array(value, order="C")
+        return _ST_CODES[arr.dtype.name], list(arr.shape), arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    import torch  # only reached for torch tensors
+
+    t = value.detach().contiguous().cpu()
+    code = _ST_CODES[str(t.dtype).replace("torch.", "")]
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return code, list(t.shape), raw
+
+
+def write_safetensors(path, tensors, metadata=None):
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, value in tensors.items():
+        code, shape, raw = _raw(value)
+        header[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+# ------------------------------------------------------------------------------------------------
+# torch-free behaviour (these run without torch)
+# ------------------------------------------------------------------------------------------------
+def test_safetensors_round_trip_without_torch(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5).astype(np.float32),
+               "h": rng.standard_normal((2, 2)).astype(np.float16), "i": np.arange(6).reshape(2, 3),
+               "m": np.array([True, False]), "s": np.array(2.5, dtype=np.float32), "e": np.zeros((0, 3))}
+    path = tmp_path / "t.safetensors"
+    write_safetensors(path, tensors, metadata={"format": "pt"})
+    got = tf.read_state_dict(path)
+    assert set(got) == set(tensors)
+    for k, v in tensors.items():
+        want = v.astype(np.float32) if v.dtype == np.float16 else v
+        assert got[k].dtype == want.dtype and got[k].shape == want.shape, k
+        np.testing.assert_array_equal(got[k], want, err_msg=k)
+    with tf.open_checkpoint(path) as f:
+        assert f.kind == "safetensors" and f.metadata == {"format": "pt"}
+        ref = f.tensors()["a"]
+        assert ref.shape == (3, 4) and ref.dtype == "float64"
+
+
+def test_bfloat16_and_float8_decoding_without_torch(tmp_path):
+    # bf16: the top 16 bits of float32; exact for these values
+    vals = np.array([1.0, -2.5, 0.15625, 2.0**100, -0.0, np.inf], dtype=np.float32)
+    bf = (vals.view(np.uint32) >> 16).astype(np.uint16)
+    e5vals = np.array([1.0, -2.5, 0.15625, 57344.0], dtype=np.float16)  # e5m2 = top byte of f16
+    e5m2 = (e5vals.view(np.uint16) >> 8).astype(np.uint8)
+    e4m3 = np.array([0x38, 0xC0, 0x01, 0x7E, 0x7F], dtype=np.uint8)  # 1, -2, 2^-9, 448, nan
+    path = tmp_path / "bf.safetensors"
+    header = {"bf": {"dtype": "BF16", "shape": [6], "data_offsets": [0, 12]},
+              "e5": {"dtype": "F8_E5M2", "shape": [4], "data_offsets": [12, 16]},
+              "e4": {"dtype": "F8_E4M3", "shape": [5], "data_offsets": [16, 21]}}
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + bf.tobytes() + e5m2.tobytes() + e4m3.tobytes())
+    got = tf.read_state_dict(path)
+    np.testing.assert_array_equal(got["bf"], vals)
+    np.testing.assert_array_equal(got["e5"], e5vals.astype(np.float32))
+    np.testing.assert_array_equal(got["e4"][:4], [1.0, -2.0, 2.0**-9, 448.0])
+    assert np.isnan(got["e4"][4]) and got["e4"].dtype == np.float32
+
+
+@pytest.mark.parametrize("header,match", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, "needs 8 bytes"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 80]}}, "truncated"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "bad shape"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "bad data_offsets"),
+    ({"a": [1, 2]}, "not an object"),
+    ([1, 2], "not a PyTorch checkpoint"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": 1}, "not an object"),
+])
+def test_safetensors_bad_headers(tmp_path, header, match):
+    head = json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"\0" * 8)
+    with pytest.raises(FormatError, match=match):
+        tf.read_state_dict(path)
+
+
+def test_unknown_safetensors_dtype_is_unreadable_only_when_used(tmp_path):
+    head = json.dumps({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                       "q": {"dtype": "F4", "shape": [1], "data_offsets": [4, 5]}}).encode()
+    path = tmp_path / "q.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"\0" * 5)
+    obj = tf.load(path)
+    assert isinstance(obj["q"], tf.UnreadableTensor)
+    with pytest.raises(UnsupportedError, match="F4"):
+        obj["q"].numpy()
+
+
+def test_not_a_checkpoint(tmp_path):
+    for i, data in enumerate([b"", b"hello world", b"(lp0\nI1\na.", b"\x89PNG\r\n\x1a\n" + b"\0" * 40]):
+        p = tmp_path / f"x{i}"
+        p.write_bytes(data)
+        with pytest.raises(FormatError):
+            tf.open_checkpoint(p)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": [1, 2]}, protocol=4))
+    with pytest.raises(FormatError, match="not a torch.save checkpoint"):
+        tf.open_checkpoint(plain)
+
+
+def test_pre_0_4_tar_format_is_named(tmp_path):
+    path = tmp_path / "old.pt"
+    with tarfile.open(path, "w") as t:
+        for name in ("storages", "tensors", "pickle"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            t.addfile(info, io.BytesIO(b"\0"))
+    with pytest.raises(UnsupportedError, match="tar"):
+        from_torch(str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# malicious pickles: refused before anything runs (no torch needed to build them)
+# ------------------------------------------------------------------------------------------------
+class Evil:
+    """Unpickling this with pickle.loads runs a shell command that creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _zip_with_pickle(path, pkl, storages=None):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "little")
+        for k, v in (storages or {}).items():
+            z.writestr(f"archive/data/{k}", v)
+        z.writestr("archive/version", "3\n")
+
+
+class Global:
+    """Assembles to the GLOBAL opcode `module.name` (no import, unlike pickling a real object)."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+
+class Call:
+    """Assembles to `fn(*args)` via REDUCE."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+
+class PID:
+    """Assembles to a persistent id (BINPERSID)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+
+class Build:
+    """Assembles to `obj` followed by BUILD with `state` (set attributes / __setstate__)."""
+
+    def __init__(self, obj, state):
+        self.obj, self.state = obj, state
+
+
+class NewObj:
+    """Assembles to `cls.__new__(cls, *args)` via NEWOBJ."""
+
+    def __init__(self, cls, *args):
+        self.cls, self.args = cls, args
+
+
+class _Assembler(pickle._Pickler):
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _global(self, obj):
+        self.write(b"c" + f"{obj.module}\n{obj.name}\n".encode())
+
+    def _call(self, obj):
+        self.save(obj.fn)
+        self.save(obj.args)
+        self.write(pickle.REDUCE)
+
+    def _pid(self, obj):
+        self.save(obj.pid)
+        self.write(pickle.BINPERSID)
+
+    def _build(self, obj):
+        self.save(obj.obj)
+        self.save(obj.state)
+        self.write(pickle.BUILD)
+
+    def _newobj(self, obj):
+        self.save(obj.cls)
+        self.save(obj.args)
+        self.write(pickle.NEWOBJ)
+
+    dispatch[Build] = _build
+    dispatch[NewObj] = _newobj
+    dispatch[Global] = _global
+    dispatch[Call] = _call
+    dispatch[PID] = _pid
+
+
+def assemble(obj):
+    buf = io.BytesIO()
+    _Assembler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def _global_pickle(module, name, args=("x",)):
+    return assemble({"w": Call(Global(module, name), *args)})
+
+
+def test_evil_payload_really_runs_under_plain_pickle(tmp_path):
+    """The control: the payload used below does create the file when unpickled normally."""
+    marker = tmp_path / "pwned_control"
+    code = f"import pickle; pickle.loads({pickle.dumps(Evil(marker), protocol=2)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("container", ["zip", "raw_pickle", "raw_pickle_p5"])
+def test_code_execution_payload_is_refused(tmp_path, container):
+    marker = tmp_path / "pwned"
+    payload = {"evil": Evil(marker), "weight_ih_l0": np.zeros((4, 3), np.float32)}
+    path = tmp_path / "evil.pt"
+    if container == "zip":
+        _zip_with_pickle(path, pickle.dumps(payload, protocol=2))
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2 if container == "raw_pickle" else 5))
+    for reader in (from_torch, tf.load, tf.read_state_dict, tf.open_checkpoint):
+        with pytest.raises(UnsafeFileError) as err:
+            reader(str(path))
+        assert "system" in str(err.value) and ("posix" in str(err.value) or "nt." in str(err.value))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module,name", [
+    ("builtins", "eval"), ("builtins", "exec"), ("builtins", "getattr"), ("builtins", "__import__"),
+    ("__builtin__", "eval"), ("os", "system"), ("subprocess", "Popen"), ("copyreg", "_reconstructor"),
+    ("torch", "load"), ("torch.serialization", "load"), ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ("numpy", "load"), ("numpy.core.multiarray", "frombuffer"), ("pickle", "loads"),
+    ("collections", "namedtuple"), ("functools", "partial"), ("webbrowser", "open"),
+])
+def test_disallowed_globals_are_named(tmp_path, module, name):
+    path = tmp_path / "g.pt"
+    _zip_with_pickle(path, _global_pickle(module, name))
+    with pytest.raises(UnsafeFileError) as err:
+        tf.open_checkpoint(path)
+    shown = {"__builtin__": "builtins"}.get(module, module)
+    assert f"'{shown}.{name}'" in str(err.value)
+
+
+def test_allowed_names_cannot_be_abused(tmp_path):
+    path = tmp_path / "a.pt"
+    # _rebuild_from_type_v2 may only call tensor rebuild functions
+    _zip_with_pickle(path, assemble({"w": Call(Global("torch._tensor", "_rebuild_from_type_v2"),
+                                               Global("torch", "Size"), Global("torch", "Tensor"),
+                                               ((1,),), {})}))
+    with pytest.raises(UnsafeFileError, match="_rebuild_from_type_v2"):
+        tf.open_checkpoint(path)
+    # storage, dtype and type names are data, not callables
+    for mod, name in (("torch", "FloatStorage"), ("torch", "float32"), ("torch", "Tensor")):
+        _zip_with_pickle(path, _global_pickle(mod, name, args=(3,)))
+        with pytest.raises(FormatError):
+            tf.open_checkpoint(path)
+    # numpy object arrays / dtypes are refused
+    _zip_with_pickle(path, pickle.dumps({"a": np.array([1, "x"], dtype=object)}, protocol=2))
+    with pytest.raises(UnsafeFileError, match="dtype"):
+        tf.open_checkpoint(path)
+    # plain numeric numpy arrays and scalars are data
+    _zip_with_pickle(path, pickle.dumps({"a": np.arange(6.0).reshape(2, 3).T, "s": np.float64(2.5),
+                                         "b": np.arange(3, dtype=">i4")}, protocol=2))
+    obj = tf.load(path)
+    np.testing.assert_array_equal(obj["a"], np.arange(6.0).reshape(2, 3).T)
+    np.testing.assert_array_equal(obj["b"], [0, 1, 2])
+    assert obj["s"] == 2.5
+
+
+@pytest.mark.parametrize("target", [
+    Global("torch._utils", "_rebuild_tensor_v2"), Global("collections", "OrderedDict"),
+    Global("numpy", "dtype"), Call(Global("builtins", "set")), Global("torch", "float32"),
+])
+def test_pickle_cannot_set_state_on_allowed_objects(tmp_path, target):
+    path = tmp_path / "b.pt"
+    before = tf._rebuild_tensor_v2.__defaults__
+    _zip_with_pickle(path, assemble({"w": Build(target, (None, {"__defaults__": (1, 2, 3)}))}))
+    with pytest.raises(FormatError):  # UnsafeFileError, or the data class's own refusal
+        tf.open_checkpoint(path)
+    assert tf._rebuild_tensor_v2.__defaults__ == before
+    assert "__defaults__" not in vars(tf._PickledOrderedDict)
+
+
+def test_class_instantiating_opcodes_are_refused(tmp_path):
+    path = tmp_path / "n.pt"
+    _zip_with_pickle(path, assemble({"w": NewObj(Global("collections", "OrderedDict"))}))
+    with pytest.raises(UnsafeFileError, match="class-instantiating"):
+        tf.open_checkpoint(path)
+
+
+def _tensor_pickle(pid, offset=0, size=(2,), stride=(1,)):
+    return assemble({"w": Call(Global("torch._utils", "_rebuild_tensor_v2"), PID(pid), offset,
+                               size, stride, False, Call(Global("collections", "OrderedDict")))})
+
+
+@pytest.mark.parametrize("pid,geometry,match", [
+    (("storage", "F", "0", "cpu", 4), dict(offset=1, size=(3,)), None),  # fine: [1, 2, 3]
+    (("storage", "F", "0", "cpu", 4), dict(offset=2, size=(3,)), "past the end"),
+    (("storage", "F", "0", "cpu", 4), dict(size=(2, 2), stride=(3, 1)), "past the end"),
+    (("storage", "F", "0", "cpu", 4), dict(size=(2,), stride=(-1,)), "negative"),
+    (("storage", "F", "0", "cpu", 4), dict(size=(1 << 40,), stride=(0,)), "needs"),
+    (("storage", "F", "0", "cpu", 4), dict(size=(2,), stride=(1, 1)), "geometry"),
+    (("storage", "F", "9", "cpu", 4), {}, "missing"),
+    (("storage", "F", "0", "cpu", 8), {}, "expected 32"),
+    (("nope",), {}, "persistent id"),
+    (("storage", "FloatStorage", "0", "cpu", 4), {}, "bad storage reference"),
+])
+def test_bad_persistent_ids_and_geometry(tmp_path, pid, geometry, match):
+    path = tmp_path / "p.pt"
+    pid = tuple(Global("torch", "FloatStorage") if v == "F" else v for v in pid)
+    _zip_with_pickle(path, _tensor_pickle(pid, **geometry),
+                     {"0": np.arange(4, dtype=np.float32).tobytes()})
+    if match is None:
+        np.testing.assert_array_equal(tf.load(path)["w"], [1, 2, 3])
+        return
+    with pytest.raises(FormatError, match=match):
+        tf.load(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# against real torch files
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch", reason="checking files written by torch.save needs torch")
+
+
+def _tensors(torch):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    t = {
+        "f64": base, "f32": base.float(), "f16": base.half(), "bf16": base.bfloat16(),
+        "f8e4": base.float().to(torch.float8_e4m3fn), "f8e5": base.float().to(torch.float8_e5m2),
+        "transposed": base.float().t(), "view_offset": base.float()[1:, 2:5],
+        "strided": base.float()[::2, ::3], "expanded": base.float()[0:1].expand(3, 6),
+        "scalar": base[0, 0].clone(), "empty": torch.zeros(0, 3), "i64": torch.arange(5),
+        "i8": torch.arange(-3, 3, dtype=torch.int8), "u8": torch.arange(4, dtype=torch.uint8),
+        "bool": base > 0, "u16": torch.tensor([1, 60000]).to(torch.uint16),
+        "param": torch.nn.Parameter(base.float()),
+    }
+    t["shared_a"] = base.float()
+    t["shared_b"] = t["shared_a"][2]  # a view of the same storage
+    return t
+
+
+def _want(torch, v):
+    v = v.detach()
+    if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64):
+        v = v.float()
+    if v.dtype == torch.uint16:
+        v = v.to(torch.int64)
+    return v.contiguous().numpy()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "safetensors"])
+def test_torch_written_files_round_trip(torch, tmp_path, fmt):
+    tensors = _tensors(torch)
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "safetensors":
+        tensors = {k: v for k, v in tensors.items() if k not in ("shared_b", "expanded", "param")}
+        write_safetensors(path, tensors)
+    else:
+        torch.save(tensors, path, _use_new_zipfile_serialization=fmt == "zip")
+    got = tf.load(path)
+    assert set(got) == set(tensors)
+    for k, v in tensors.items():
+        want = _want(torch, v)
+        assert got[k].shape == want.shape, k
+        assert got[k].dtype == want.dtype or k == "u16", (k, got[k].dtype, want.dtype)
+        np.testing.assert_array_equal(got[k].astype(want.dtype), want, err_msg=k)
+        assert got[k].flags.c_contiguous and got[k].flags.writeable
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickle_protocols(torch, tmp_path, protocol, zip_format):
+    sd = torch.nn.GRU(2, 3, num_layers=2).state_dict()
+    path = tmp_path / "p.pt"
+    torch.save({"state_dict": sd, "hp": {"s": {1, 2}, "b": b"x" * 300}}, path,
+               pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+    got = tf.load(path)
+    assert got["hp"] == {"s": {1, 2}, "b": b"x" * 300}
+    for k, v in sd.items():
+        np.testing.assert_array_equal(got["state_dict"][k], v.numpy())
+
+
+def test_torch_objects_in_checkpoints(torch, tmp_path):
+    obj = {"size": torch.Size([2, 3]), "dtype": torch.float16, "device": torch.device("cpu"),
+           "bytes": b"\x00\xff", "set": {1, 2}, "tuple": (1, "a", None, 2.5), "nested": [[{"x": 1}]],
+           "ordered": __import__("collections").OrderedDict(a=1)}
+    path = tmp_path / "o.pt"
+    torch.save(obj, path)
+    got = tf.load(path)
+    assert got["size"] == (2, 3) and got["device"] == "cpu" and got["bytes"] == b"\x00\xff"
+    assert got["set"] == {1, 2} and got["tuple"] == (1, "a", None, 2.5) and got["nested"] == [[{"x": 1}]]
+    assert repr(got["dtype"]) == "torch.float16" and dict(got["ordered"]) == {"a": 1}
+
+
+def test_state_dict_metadata_and_wrappers(torch, tmp_path):
+    m = torch.nn.GRU(3, 4, num_layers=2)
+    sd = m.state_dict()  # an OrderedDict carrying _metadata
+    for i, ckpt in enumerate([sd, {"state_dict": sd, "epoch": 1}, {"model": {"state_dict": sd}},
+                              {"epoch": 2, "model_state_dict": sd, "optimizer_state_dict": {}}]):
+        path = tmp_path / f"w{i}.pt"
+        torch.save(ckpt, path)
+        got = tf.read_state_dict(path)
+        assert list(got) == list(sd)
+        for k, v in sd.items():
+            np.testing.assert_array_equal(got[k], v.numpy())
+    assert set(tf.read_state_dict(tmp_path / "w1.pt", unwrap=False)) == {f"state_dict.{k}" for k in sd}
+
+
+def test_big_endian_zip(torch, tmp_path):
+    sd = torch.nn.LSTM(2, 3).state_dict()
+    little = tmp_path / "little.pt"
+    torch.save(sd, little)
+    big = tmp_path / "big.pt"
+    with zipfile.ZipFile(little) as src, zipfile.ZipFile(big, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/" in info.filename:
+                data = np.frombuffer(data, "<f4").astype(">f4").tobytes()
+            dst.writestr(info.filename, data)
+    got = tf.read_state_dict(big)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(got[k], v.numpy())
+
+
+class TinyNet:  # pickled as a whole object below; never importable by the reader
+    pass
+
+
+def test_whole_module_pickles_are_refused(torch, tmp_path):
+    marker = tmp_path / "pwned"
+    for i, (obj, legacy) in enumerate([(torch.nn.LSTM(2, 3), False), (torch.nn.LSTM(2, 3), True),
+                                       (torch.nn.Sequential(torch.nn.GRU(2, 3)), False)]):
+        path = tmp_path / f"m{i}.pt"
+        torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UnsafeFileError) as err:
+            from_torch(str(path))
+        msg = str(err.value)
+        assert "nn.Module" in msg and "state_dict()" in msg and "torch.nn.modules" in msg
+    path = tmp_path / "custom.pt"
+    torch.save({"net": TinyNet(), "evil": Evil(marker)}, path)
+    with pytest.raises(UnsafeFileError) as err:
+        from_torch(str(path))
+    assert "TinyNet" in str(err.value) and "state_dict()" in str(err.value)
+    assert not marker.exists()
+
+
+def test_legacy_evil_payload(torch, tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "legacy_evil.pt"
+    torch.save({"w": torch.zeros(2), "evil": Evil(marker)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeFileError, match="system"):
+        from_torch(str(path))
+    assert not marker.exists()
+
+
+def test_torchscript_archive_is_named(torch, tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.LSTM(2, 3)), str(path))
+    with pytest.raises(UnsupportedError, match="TorchScript"):
+        from_torch(str(path))
+
+
+def _checkpoint_files(torch, tmp_path):
+    m = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    files = {}
+    for fmt in ("zip", "legacy", "safetensors"):
+        path = tmp_path / f"c.{fmt}"
+        if fmt == "safetensors":
+            write_safetensors(path, dict(m.state_dict()))
+        else:
+            torch.save({"state_dict": m.state_dict(), "epoch": 4}, path,
+                       _use_new_zipfile_serialization=fmt == "zip")
+        files[fmt] = path.read_bytes()
+    return files
+
+
+def test_truncated_files_give_format_error(torch, tmp_path):
+    for fmt, data in _checkpoint_files(torch, tmp_path).items():
+        cuts = sorted(set(np.linspace(0, len(data) - 1, 60).astype(int)) | {1, 7, 8, 9, len(data) - 1})
+        for cut in cuts:
+            path = tmp_path / f"cut_{fmt}"
+            path.write_bytes(data[:cut])
+            with pytest.raises(FormatError):
+                from_torch(str(path))
+
+
+def test_corrupted_files_never_crash(torch, tmp_path):
+    rng = np.random.default_rng(0)
+    for fmt, data in _checkpoint_files(torch, tmp_path).items():
+        for trial in range(80):
+            buf = bytearray(data)
+            for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 4))):
+                buf[pos] = int(rng.integers(0, 256))
+            path = tmp_path / f"bad_{fmt}"
+            path.write_bytes(bytes(buf))
+            for reader in (from_torch, tf.load):
+                try:
+                    reader(str(path))
+                except FastRNNError:
+                    pass
+
+
+def test_reading_is_lazy(torch, tmp_path):
+    """A checkpoint's other tensors are never read: a corrupt optimizer storage does not matter."""
+    m = torch.nn.GRU(2, 3)
+    path = tmp_path / "lazy.pt"
+    torch.save({"model": m.state_dict(), "optimizer": {"big": torch.zeros(1000)}}, path)
+    with tf.open_checkpoint(path) as f:
+        refs = f.tensors()
+        assert refs["optimizer.big"].shape == (1000,) and refs["optimizer.big"].dtype == "float32"
+        assert isinstance(refs["optimizer.big"], tf.TensorRef)
+    assert from_torch(str(path)).mode == "GRU"
