@@ -377,7 +377,8 @@ def _from_module(module: Any, prefix: str | None, **hints: Any):
 # public API
 # ----------------------------------------------------------------------------------------------
 def from_torch(src: Any, *, nonlinearity: str | None = None, batch_first: bool | None = None,
-               prefix: str | None = None, dtype: Any = None):
+               prefix: str | None = None, dtype: Any = None, embedding: str | None = None,
+               rnn: str | None = None, head: str | None = None, **composite: Any):
     """The fastrnn layer equivalent to a PyTorch RNN / GRU / LSTM.
 
     src: an ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (or a module containing one), a state dict (Mapping
@@ -390,7 +391,16 @@ def from_torch(src: Any, *, nonlinearity: str | None = None, batch_first: bool |
     ``prefix`` (which recurrent group, e.g. "encoder.rnn."; a suffix of the stored prefix is
     enough, so "rnn." finds "module.rnn."), ``dtype`` (float32/float64; default float64 when the
     weights are float64, else float32: float16/bfloat16 are widened).
+
+    Naming parts of a composite model (``embedding=``, ``rnn=``, ``head=`` and the options of
+    ``converters.torch_composite.from_torch_composite``) converts the whole embedding -> recurrent
+    stack -> linear head model into a fastrnn.Sequential instead.
     """
+    if embedding is not None or rnn is not None or head is not None or composite:
+        from .torch_composite import from_torch_composite
+        return from_torch_composite(src, embedding=embedding, rnn=rnn, head=head,
+                                    nonlinearity=nonlinearity, batch_first=batch_first,
+                                    dtype=dtype, **composite)
     hints = dict(nonlinearity=nonlinearity, batch_first=batch_first, dtype=dtype)
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)

@@ -4,6 +4,7 @@ from .fileformat import load, save
 from .layers import GRU, LSTM, RNN, RecurrentLayer, layer_from_config
 from .stream import Stream
 from .threads import get_num_threads, set_num_threads, threading_layer
+from .tasks import (Classifier, Embedding, Generator, Linear, OneHot, Seq2Seq, Sequential, Tagger, Vocabulary)  # noqa: E501 (sequence tasks)
 
 __version__ = "0.1.0"
 

@@ -91,6 +91,11 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args.models or None, repeats=args.repeats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     run.add_argument("-o", "--output", default=None, help="write outputs to this .npz")
     run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="run the shipped models: classify, generate, translate")
+    demo.add_argument("models", nargs="*", metavar="MODEL",
+                      help="dna_motif, weather_chars and/or date_format (default: all)")
+    demo.add_argument("--repeats", type=int, default=5)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

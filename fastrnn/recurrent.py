@@ -133,6 +133,8 @@ class DirectionParams:
         """
         kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
         rows = x.shape[1]
+        if rows * self._recurrent_bytes < _ROW_SPLIT_MIN_BYTES:
+            threads_ = 1
         if threads_ > 1 and rows >= 2:
             eng.run_parallel(*args, min(threads_, rows), False)
         elif threads_ > 1 and self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES:
@@ -146,6 +148,9 @@ _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
 # weights are this large (LSTM/GRU H >= 256 in float32): below it one core streams its weights from
 # its own L2 faster than a region's wake-up and barrier (~1.5 us) pay back.
 _UNIT_SPLIT_MIN_BYTES = 512 * 1024
+# Any split: below this many recurrent-weight bytes streamed per step (summed over the batch rows)
+# a step takes a few microseconds and waking a second thread costs more than it saves.
+_ROW_SPLIT_MIN_BYTES = 256 * 1024
 
 
 def _aligned(size: int, dtype) -> np.ndarray:

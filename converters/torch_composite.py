@@ -1,0 +1,248 @@
+"""PyTorch composite models (embedding + recurrent stack + linear head) -> fastrnn task models.
+
+A composite model is named by its parts, as attribute paths of the module or prefixes of its state
+dict::
+
+    class Net(nn.Module):            # emb = nn.Embedding, lstm = nn.LSTM, fc = nn.Linear
+        ...
+    clf = from_torch_composite(net, embedding="emb", rnn="lstm", head="fc", pool="last")
+    gen = from_torch_composite(sd, embedding="emb", rnn="lstm", head="fc", task="generator",
+                               vocab=vocab)
+    s2s = seq2seq_from_torch(sd, source="src_emb", encoder="enc", target="tgt_emb",
+                             decoder="dec", head="out", target_vocab=tv)
+
+``src`` is a module, a state dict (Mapping of name -> tensor / ndarray; nested checkpoints and a
+"module." prefix are fine) or a .pt/.pth/.safetensors path (read without torch, no pickled code
+run). The recurrent parts go through ``converters.from_torch(..., prefix=...)``. Activations are
+not parameters and so are not in a state dict: give the heads' output activations with
+``head_activation`` (one name, or a list with one per head).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastrnn.errors import ArgumentError, DTypeError, UnsupportedError
+
+__all__ = ["from_torch_composite", "seq2seq_from_torch", "TASKS"]
+
+TASKS = ("classifier", "tagger", "generator", "sequential")
+
+
+def _is_module(src: Any) -> bool:
+    return hasattr(src, "named_modules") and hasattr(src, "state_dict")
+
+
+def _to_array(value: Any, name: str) -> np.ndarray:
+    try:
+        if type(value).__module__.split(".")[0] == "torch":
+            value = value.detach().cpu()
+            if value.is_floating_point() and str(value.dtype) not in ("torch.float32",
+                                                                      "torch.float64"):
+                value = value.float()
+            return value.numpy()
+        if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+            return np.asarray(value.numpy())
+        return np.asarray(value)
+    except Exception as exc:  # an unreadable tensor of a checkpoint file, for one
+        raise UnsupportedError(f"{name}: cannot read this tensor as numpy ({exc})") from exc
+
+
+class _Source:
+    """Flat name -> tensor view of a module, a state dict or a checkpoint file."""
+
+    def __init__(self, src: Any):
+        from .torch_files import flatten_tensors, open_checkpoint
+        self.module = src if _is_module(src) else None
+        if self.module is not None:
+            self.flat = dict(src.state_dict())
+            self.what = f"module {type(src).__name__}"
+        elif isinstance(src, (str, os.PathLike)):
+            with open_checkpoint(os.fspath(src)) as f:
+                self.flat = {k: _to_array(v, k) for k, v in f.tensors().items()}
+            self.what = os.fspath(src)
+        elif isinstance(src, Mapping):
+            self.flat = flatten_tensors(src)
+            self.what = "state dict"
+        else:
+            raise ArgumentError(f"expected a torch module, a state dict or a checkpoint path, got "
+                                f"{type(src).__name__}")
+
+    def key(self, part: str, param: str, required: bool = True) -> str | None:
+        """The flat key of ``{part}.{param}``; a unique key ending in ".{part}.{param}" also
+        matches (for "module." prefixes and nested checkpoints)."""
+        exact = f"{part}.{param}"
+        if exact in self.flat:
+            return exact
+        hits = [k for k in self.flat if k.endswith("." + exact)]
+        if len(hits) == 1:
+            return hits[0]
+        if not required:
+            return None
+        if hits:
+            raise ArgumentError(f"{exact!r} matches several tensors in {self.what}: {hits}; "
+                                f"give a longer name")
+        near = sorted(k for k in self.flat if k.rsplit(".", 1)[0].endswith(part))[:8]
+        raise ArgumentError(f"no tensor {exact!r} in {self.what}"
+                            + (f"; under {part!r} there are {near}" if near else
+                               f"; its parts are {sorted({k.split('.')[0] for k in self.flat})}"))
+
+    def array(self, part: str, param: str, required: bool = True) -> np.ndarray | None:
+        k = self.key(part, param, required)
+        if k is None:
+            return None
+        arr = _to_array(self.flat[k], k)
+        if arr.dtype.kind != "f":
+            raise DTypeError(f"{k} has dtype {arr.dtype}; weights must be floating point")
+        return arr
+
+    def submodule(self, part: str):
+        if self.module is None:
+            return None
+        try:
+            return self.module.get_submodule(part)
+        except AttributeError:
+            return None
+
+
+def _dtype(arr: np.ndarray, dtype: Any) -> Any:
+    if dtype is not None:
+        return dtype
+    return np.float64 if arr.dtype == np.float64 else np.float32
+
+
+def _embedding(s: _Source, name: str, dtype: Any):
+    from fastrnn import Embedding
+    w = s.array(name, "weight")
+    if w.ndim != 2:
+        raise ArgumentError(f"{name}.weight must be 2-D (num_embeddings, embedding_dim), "
+                            f"got shape {w.shape}")
+    mod = s.submodule(name)
+    pad = getattr(mod, "padding_idx", None) if mod is not None else None
+    emb = Embedding(w.shape[0], w.shape[1], padding_idx=pad, dtype=_dtype(w, dtype))
+    return emb.load_state_dict({"weight": w})
+
+
+def _linear(s: _Source, name: str, activation: str, dtype: Any):
+    from fastrnn import Linear
+    w = s.array(name, "weight")
+    if w.ndim != 2:
+        raise ArgumentError(f"{name}.weight must be 2-D (out_features, in_features), got shape "
+                            f"{w.shape}")
+    b = s.array(name, "bias", required=False)
+    lin = Linear(w.shape[1], w.shape[0], bias=b is not None, activation=activation,
+                 dtype=_dtype(w, dtype))
+    return lin.load_state_dict({"weight": w} if b is None else {"weight": w, "bias": b})
+
+
+def _recurrent(s: _Source, name: str, src: Any, hints: dict):
+    from .torch_convert import from_torch
+    mod = s.submodule(name)
+    if mod is not None:
+        return from_torch(mod, **hints)
+    return from_torch(s.flat, prefix=name if name.endswith(".") else name + ".", **hints)
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ArgumentError(f"{what} must be a name or a list of names, got {value!r}")
+
+
+def _activations(head_activation: Any, count: int) -> list[str]:
+    if isinstance(head_activation, str) or head_activation is None:
+        return ["none"] * (count - 1) + [head_activation or "none"] if count else []
+    acts = list(head_activation)
+    if len(acts) != count:
+        raise ArgumentError(f"head_activation lists {len(acts)} activations for {count} heads")
+    return acts
+
+
+def _input_stage(s: _Source, embedding: str | None, vocab: Any, one_hot: int | None, dtype):
+    from fastrnn import OneHot
+    if embedding is not None:
+        return _embedding(s, embedding, dtype)
+    if vocab is not None:
+        return vocab
+    if one_hot is not None:
+        return OneHot(one_hot, dtype=dtype or np.float32)
+    return None
+
+
+def from_torch_composite(src: Any, *, rnn: str | Sequence[str], embedding: str | None = None,
+                         head: str | Sequence[str] | None = None,
+                         head_activation: str | Sequence[str] = "none",
+                         task: str = "classifier", pool: str | None = "last",
+                         vocab: Any = None, one_hot: int | None = None,
+                         labels: Sequence[str] | None = None, stop: Any = None,
+                         nonlinearity: str | None = None, batch_first: bool | None = None,
+                         dtype: Any = None, info: Mapping | None = None):
+    """A fastrnn Classifier / Tagger / Sequential / Generator from a composite torch model.
+
+    rnn: the recurrent part(s), chained; embedding: the nn.Embedding (None: the input is one-hot
+    rows of ``vocab`` (or ``one_hot`` ids), or float features when neither is given);
+    head: the nn.Linear part(s), chained, with ``head_activation``; task: "classifier" (pool:
+    "last", "mean", "max"), "tagger" (per step), "sequential" (uses ``pool`` as given, None =
+    per step) or "generator". Hints for the recurrent parts (nonlinearity, batch_first, dtype)
+    as converters.from_torch.
+    """
+    import fastrnn
+    if task not in TASKS:
+        raise ArgumentError(f"task must be one of {TASKS}, got {task!r}")
+    s = _Source(src)
+    rnns = _names(rnn, "rnn")
+    if not rnns:
+        raise ArgumentError("rnn= must name the recurrent part (e.g. rnn='lstm')")
+    heads = _names(head, "head")
+    acts = _activations(head_activation, len(heads))
+    hints = dict(nonlinearity=nonlinearity, batch_first=batch_first, dtype=dtype)
+    stages = []
+    inp = _input_stage(s, embedding, vocab, one_hot, dtype)
+    if inp is not None:
+        stages.append(inp)
+    stages += [_recurrent(s, name, src, hints) for name in rnns]
+    stages += [_linear(s, name, act, dtype) for name, act in zip(heads, acts)]
+    v = vocab if isinstance(vocab, fastrnn.Vocabulary) else None
+    if task == "generator":
+        return fastrnn.Generator(*stages, vocab=v, stop=stop, info=info)
+    if task == "tagger":
+        return fastrnn.Tagger(*stages, vocab=v, labels=labels, info=info)
+    if task == "classifier":
+        return fastrnn.Classifier(*stages, pool=pool, vocab=v, labels=labels, info=info)
+    return fastrnn.Sequential(*stages, pool=pool, vocab=v, labels=labels, info=info)
+
+
+def seq2seq_from_torch(src: Any, *, encoder: str, decoder: str, head: str | Sequence[str],
+                       source: str | None = None, target: str | None = None,
+                       head_activation: str | Sequence[str] = "none",
+                       source_vocab: Any = None, target_vocab: Any = None,
+                       bos: int | None = None, eos: int | None = None, bridge: str = "concat",
+                       nonlinearity: str | None = None, batch_first: bool | None = None,
+                       dtype: Any = None, info: Mapping | None = None):
+    """A fastrnn Seq2Seq from a torch encoder-decoder: ``source`` / ``target`` name the two
+    nn.Embedding parts (None: one-hot rows of ``source_vocab`` / ``target_vocab``), ``encoder``
+    and ``decoder`` the recurrent parts, ``head`` the nn.Linear part(s) scoring target tokens."""
+    import fastrnn
+    s = _Source(src)
+    hints = dict(nonlinearity=nonlinearity, batch_first=batch_first, dtype=dtype)
+    heads = _names(head, "head")
+    acts = _activations(head_activation, len(heads))
+    src_stage = _input_stage(s, source, source_vocab, None, dtype)
+    tgt_stage = _input_stage(s, target, target_vocab, None, dtype)
+    if src_stage is None or tgt_stage is None:
+        raise ArgumentError("name the source and target embeddings (source=, target=) or give "
+                            "source_vocab= / target_vocab= for one-hot inputs")
+    sv = source_vocab if isinstance(source_vocab, fastrnn.Vocabulary) else None
+    tv = target_vocab if isinstance(target_vocab, fastrnn.Vocabulary) else None
+    return fastrnn.Seq2Seq(
+        source=src_stage, encoder=_recurrent(s, encoder, src, hints), target=tgt_stage,
+        decoder=_recurrent(s, decoder, src, hints),
+        head=[_linear(s, name, act, dtype) for name, act in zip(heads, acts)],
+        source_vocab=sv, target_vocab=tv, bos=bos, eos=eos, bridge=bridge, info=info)

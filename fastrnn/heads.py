@@ -1,0 +1,395 @@
+"""Input and output stages around a recurrent stack: Embedding, OneHot and Linear heads.
+
+``Linear`` is the course's output layer ``y = f(W a + b)`` with f one of ``ACTIVATIONS``; it holds
+PyTorch's ``nn.Linear`` parameters (``weight`` (out, in), ``bias`` (out,)). ``Embedding`` holds
+``nn.Embedding``'s ``weight`` (num_embeddings, embedding_dim). Both check every id and shape in
+Python before their numba kernels run, and both have an ``*_into`` form that writes into a
+preallocated array so that streaming loops allocate nothing per step.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import ArgumentError, DTypeError, ShapeError
+from .kernels._jit import kernel
+from .recurrent import check_dtype
+from .vocab import check_ids
+
+__all__ = ["Embedding", "OneHot", "Linear", "ACTIVATIONS", "sample_token"]
+
+ACTIVATIONS = ("none", "softmax", "log_softmax", "sigmoid", "tanh", "relu")
+_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------ kernels
+@kernel
+def _linear_kernel(x, wt, b, act, out):  # pragma: no cover - compiled
+    """out[n] = act(x[n] @ wt + b) for each row; wt is (I, O) C-contiguous."""
+    rows, inputs = x.shape
+    outs = wt.shape[1]
+    for n in range(rows):
+        for o in range(outs):
+            out[n, o] = b[o]
+        for i in range(inputs):
+            xi = x[n, i]
+            for o in range(outs):
+                out[n, o] += xi * wt[i, o]
+        if act == 1 or act == 2:            # softmax / log_softmax, max-shifted
+            m = out[n, 0]
+            for o in range(1, outs):
+                if out[n, o] > m:
+                    m = out[n, o]
+            s = 0.0
+            for o in range(outs):
+                s += np.exp(out[n, o] - m)
+            if act == 1:
+                for o in range(outs):
+                    out[n, o] = np.exp(out[n, o] - m) / s
+            else:
+                ls = m + np.log(s)
+                for o in range(outs):
+                    out[n, o] = out[n, o] - ls
+        elif act == 3:
+            for o in range(outs):
+                v = out[n, o]
+                if v >= 0:
+                    out[n, o] = 1.0 / (1.0 + np.exp(-v))
+                else:
+                    e = np.exp(v)
+                    out[n, o] = e / (1.0 + e)
+        elif act == 4:
+            for o in range(outs):
+                out[n, o] = np.tanh(out[n, o])
+        elif act == 5:
+            for o in range(outs):
+                if out[n, o] < 0:
+                    out[n, o] = 0.0
+
+
+@kernel
+def _sample_kernel(logits, temperature, top_k, top_p, u, probs, order):  # pragma: no cover
+    """One id from a row of logits: argmax when temperature <= 0, else a draw (uniform u in
+    [0, 1)) from softmax(logits / temperature) cut to the top_k ids (top_k <= 0: all) and then to
+    the smallest set of most likely ids whose mass reaches top_p of what is left.
+    probs (V,) and order (V,) are scratch; O(V * kept) work, nothing allocated."""
+    size = logits.shape[0]
+    best = 0
+    for v in range(1, size):
+        if logits[v] > logits[best]:
+            best = v
+    if temperature <= 0.0:
+        return best
+    m = logits[best]
+    total = 0.0
+    for v in range(size):
+        p = np.exp((logits[v] - m) / temperature)
+        probs[v] = p
+        total += p
+    k = size if (top_k <= 0 or top_k >= size) else top_k
+    if k == size and top_p >= 1.0:        # plain sampling over everything, in id order
+        target = u * total
+        acc = 0.0
+        for v in range(size):
+            acc += probs[v]
+            if acc > target:
+                return v
+        return best
+    for v in range(size):
+        order[v] = v
+    if k < size:                           # partial selection sort: the k most likely first
+        for j in range(k):
+            hi = j
+            for q in range(j + 1, size):
+                if probs[order[q]] > probs[order[hi]]:
+                    hi = q
+            tmp = order[j]
+            order[j] = order[hi]
+            order[hi] = tmp
+        mass = 0.0
+        for j in range(k):
+            mass += probs[order[j]]
+        kept = k
+        if top_p < 1.0:
+            acc = 0.0
+            for j in range(k):
+                acc += probs[order[j]]
+                if acc >= top_p * mass:
+                    kept = j + 1
+                    break
+    else:                                  # nucleus only: sort lazily until the mass is reached
+        kept = size
+        acc = 0.0
+        for j in range(size):
+            hi = j
+            for q in range(j + 1, size):
+                if probs[order[q]] > probs[order[hi]]:
+                    hi = q
+            tmp = order[j]
+            order[j] = order[hi]
+            order[hi] = tmp
+            acc += probs[order[j]]
+            if acc >= top_p * total:
+                kept = j + 1
+                break
+    mass = 0.0
+    for j in range(kept):
+        mass += probs[order[j]]
+    target = u * mass
+    acc = 0.0
+    for j in range(kept):
+        acc += probs[order[j]]
+        if acc > target:
+            return order[j]
+    return order[kept - 1]
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None
+                   ) -> tuple[float, int, float]:
+    """Validated (temperature, top_k, top_p) as the kernel takes them (0 / 1.0 for 'off')."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not np.isfinite(temperature) or temperature < 0:
+        raise ArgumentError(f"temperature must be a finite number >= 0 (0 = greedy), "
+                            f"got {temperature!r}")
+    if top_k is None:
+        top_k = 0
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ArgumentError(f"top_k must be None or an int >= 0 (0 = off), got {top_k!r}")
+    if top_p is None:
+        top_p = 1.0
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating)) \
+            or not 0 < top_p <= 1:
+        raise ArgumentError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    return float(temperature), int(top_k), float(top_p)
+
+
+def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, rng: Any = None) -> int:
+    """One id drawn from a (V,) row of logits (see Generator.generate for the parameters)."""
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+    row = np.ascontiguousarray(logits, dtype=np.float64)
+    if row.ndim != 1 or row.size == 0:
+        raise ShapeError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
+    rng = np.random.default_rng(rng)
+    return int(_sample_kernel(row, temperature, top_k, top_p, float(rng.random()),
+                              np.empty_like(row), np.empty(row.size, np.int64)))
+
+
+# ------------------------------------------------------------------------------------ stages
+class Embedding:
+    """``nn.Embedding``: ids (any shape S) -> (*S, embedding_dim) rows of ``weight``."""
+
+    kind = "embedding"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 dtype: Any = np.float32, *, seed: int | None = None):
+        self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+                    or not -self.num_embeddings <= padding_idx < self.num_embeddings:
+                raise ArgumentError(f"padding_idx must be None or an int in "
+                                    f"[-{self.num_embeddings}, {self.num_embeddings}), got "
+                                    f"{padding_idx!r}")
+            padding_idx = int(padding_idx) % self.num_embeddings
+        self.padding_idx = padding_idx
+        self.dtype = check_dtype(dtype)
+        weight = np.random.default_rng(seed).standard_normal(
+            (self.num_embeddings, self.embedding_dim))          # torch's init: N(0, 1)
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.load_state_dict({"weight": weight})
+
+    @property
+    def output_size(self) -> int:
+        return self.embedding_dim
+
+    @property
+    def size(self) -> int:
+        """How many ids this stage accepts."""
+        return self.num_embeddings
+
+    def __call__(self, ids) -> np.ndarray:
+        ids = check_ids(ids, self.num_embeddings)
+        return self.weight[ids]
+
+    def lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Rows for already-checked int64 ids (N,) into out (N, D); allocates nothing."""
+        return np.take(self.weight, ids, axis=0, out=out)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight.copy()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "Embedding":
+        _expect_names("Embedding", state, ("weight",))
+        self.weight = _param("weight", state["weight"], (self.num_embeddings, self.embedding_dim),
+                             self.dtype)
+        return self
+
+    def config(self) -> dict:
+        return {"type": "embedding", "num_embeddings": self.num_embeddings,
+                "embedding_dim": self.embedding_dim, "padding_idx": self.padding_idx,
+                "dtype": self.dtype.name}
+
+    def __repr__(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"fastrnn.Embedding({self.num_embeddings}, {self.embedding_dim}{pad})"
+
+
+class OneHot:
+    """ids (any shape S) -> (*S, size) one-hot rows: the course's input encoding, no parameters."""
+
+    kind = "one_hot"
+
+    def __init__(self, size: int, dtype: Any = np.float32):
+        self.size = _positive_int("size", size)
+        self.dtype = check_dtype(dtype)
+
+    @property
+    def output_size(self) -> int:
+        return self.size
+
+    def __call__(self, ids) -> np.ndarray:
+        ids = check_ids(ids, self.size)
+        out = np.zeros(ids.shape + (self.size,), self.dtype)
+        np.put_along_axis(out, ids[..., None], 1, axis=-1)
+        return out
+
+    def lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        out.fill(0)
+        for row in range(ids.shape[0]):
+            out[row, ids[row]] = 1
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "OneHot":
+        _expect_names("OneHot", state, ())
+        return self
+
+    def config(self) -> dict:
+        return {"type": "one_hot", "size": self.size, "dtype": self.dtype.name}
+
+    def __repr__(self) -> str:
+        return f"fastrnn.OneHot({self.size})"
+
+
+class Linear:
+    """``nn.Linear`` followed by an output activation: y = f(x W^T + b) over the last axis.
+
+    activation: "none", "softmax", "log_softmax", "sigmoid", "tanh" or "relu".
+    """
+
+    kind = "linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation: str = "none", dtype: Any = np.float32, *, seed: int | None = None):
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        if activation is None:
+            activation = "none"
+        if activation not in _ACT_CODE:
+            raise ArgumentError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        self.bias = bool(bias)
+        self.dtype = check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.in_features)                 # torch's init bound
+        params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features))}
+        if self.bias:
+            params["bias"] = rng.uniform(-bound, bound, self.out_features)
+        self.load_state_dict(params)
+
+    @property
+    def output_size(self) -> int:
+        return self.out_features
+
+    def __call__(self, x, activation: str | None = None) -> np.ndarray:
+        """x (..., in_features) -> (..., out_features); ``activation`` overrides the head's."""
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise DTypeError(f"Linear input must be floating point, got dtype {x.dtype}")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"Linear input must have shape (..., {self.in_features}), "
+                             f"got {x.shape}")
+        rows = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=self.dtype)
+        out = np.empty((rows.shape[0], self.out_features), self.dtype)
+        self.apply_into(rows, out, activation)
+        return out.reshape(x.shape[:-1] + (self.out_features,))
+
+    def apply_into(self, x: np.ndarray, out: np.ndarray, activation: str | None = None) -> np.ndarray:
+        """x (N, in) C-contiguous of the head's dtype -> out (N, out); allocates nothing."""
+        code = _ACT_CODE[self.activation if activation is None else activation]
+        _linear_kernel(x, self._wt, self._b, code, out)
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "Linear":
+        names = ("weight", "bias") if self.bias else ("weight",)
+        _expect_names("Linear", state, names)
+        params = {"weight": _param("weight", state["weight"],
+                                   (self.out_features, self.in_features), self.dtype)}
+        if self.bias:
+            params["bias"] = _param("bias", state["bias"], (self.out_features,), self.dtype)
+        self._params = params
+        self._wt = np.ascontiguousarray(params["weight"].T)
+        self._b = params["bias"] if self.bias else np.zeros(self.out_features, self.dtype)
+        return self
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._params["weight"]
+
+    def config(self) -> dict:
+        return {"type": "linear", "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias,
+                "activation": self.activation, "dtype": self.dtype.name}
+
+    def __repr__(self) -> str:
+        act = f", activation={self.activation!r}" if self.activation != "none" else ""
+        return f"fastrnn.Linear({self.in_features}, {self.out_features}, bias={self.bias}{act})"
+
+
+STAGES = {"embedding": Embedding, "one_hot": OneHot, "linear": Linear}
+
+
+def stage_from_config(config: Mapping) -> Embedding | OneHot | Linear:
+    """Rebuild an (untrained) Embedding / OneHot / Linear from its ``config()``."""
+    cfg = dict(config)
+    kind = cfg.pop("type", None)
+    if kind not in STAGES:
+        raise ArgumentError(f"stage type must be one of {sorted(STAGES)}, got {kind!r}")
+    try:
+        return STAGES[kind](**cfg)
+    except TypeError as exc:
+        raise ArgumentError(f"bad {kind} config {config!r}: {exc}") from None
+
+
+def _expect_names(what: str, state: Mapping, names: tuple[str, ...]) -> None:
+    if not isinstance(state, Mapping):
+        raise ArgumentError(f"{what}.load_state_dict takes a dict, got {type(state).__name__}")
+    unknown = sorted(set(state) - set(names))
+    missing = sorted(set(names) - set(state))
+    if unknown or missing:
+        raise ArgumentError(f"{what} parameters must be {list(names)}; missing {missing}, "
+                            f"unexpected {unknown}")
+
+
+def _param(name: str, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"parameter {name} must be real, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ShapeError(f"parameter {name} must have shape {shape}, got {arr.shape}")
+    return np.array(arr, dtype=dtype, copy=True)

@@ -1,0 +1,517 @@
+"""Sequence tasks (fastrnn.tasks, fastrnn.heads, converters.torch_composite) against PyTorch.
+
+Every task shape runs the same weights in PyTorch and fastrnn: many-to-one with each pooling,
+many-to-many, one-to-many (greedy generation compared token by token, with the logits of each
+step), encoder-decoder (greedy and beam search); probabilities agree within 1e-5 (float32).
+Then the shipped models: they load, reach the accuracy recorded in their files, and match
+PyTorch running their weights. Then the typed errors, ids checked before any kernel runs, and
+the generator's allocation-free steps.
+"""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import demo
+from fastrnn.errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+from converters.torch_composite import from_torch_composite, seq2seq_from_torch  # noqa: E402
+
+ATOL = 1e-5
+MODES = ["RNN", "GRU", "LSTM"]
+
+
+def close(a, b, atol=ATOL):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
+
+
+class TorchSeq(nn.Module):
+    """Embedding (or one-hot) -> recurrent -> Linear, as people write it."""
+
+    def __init__(self, mode, vocab=6, emb=5, hidden=7, layers=1, bidirectional=False, out=3,
+                 embedding=True):
+        super().__init__()
+        self.vocab = vocab
+        self.emb = nn.Embedding(vocab, emb) if embedding else None
+        self.rnn = getattr(nn, mode)(emb if embedding else vocab, hidden, num_layers=layers,
+                                     bidirectional=bidirectional, batch_first=True)
+        self.fc = nn.Linear((2 if bidirectional else 1) * hidden, out)
+
+    def inputs(self, ids):
+        ids = torch.as_tensor(ids)
+        return self.emb(ids) if self.emb is not None else \
+            nn.functional.one_hot(ids, self.vocab).float()
+
+    def forward(self, ids, lengths, pool):
+        x = self.inputs(ids)
+        packed = nn.utils.rnn.pack_padded_sequence(x, torch.as_tensor(lengths), batch_first=True,
+                                                   enforce_sorted=False)
+        out, h = self.rnn(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        h = h[0] if isinstance(h, tuple) else h
+        lengths = torch.as_tensor(lengths)
+        valid = (torch.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+        if pool == "last":
+            feats = torch.cat([h[-2], h[-1]], -1) if self.rnn.bidirectional else h[-1]
+        elif pool == "mean":
+            feats = out.sum(1) / lengths[:, None]
+        elif pool == "max":
+            feats = out.masked_fill(~valid, -float("inf")).max(1).values
+        else:
+            return torch.softmax(self.fc(out), -1) * valid
+        return torch.softmax(self.fc(feats), -1)
+
+
+def _ids(rows=4, steps=9, vocab=6, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (rows, steps))
+    lengths = np.array([steps, 1, 5, steps - 2][:rows])
+    return ids, lengths
+
+
+# ------------------------------------------------------------------------------------ many-to-one / many-to-many
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pool", ["last", "mean", "max", None])
+@pytest.mark.parametrize("bidirectional,layers", [(False, 1), (True, 2)])
+def test_sequential_matches_torch(mode, pool, bidirectional, layers):
+    torch.manual_seed(1)
+    net = TorchSeq(mode, layers=layers, bidirectional=bidirectional).eval()
+    model = from_torch_composite(net, embedding="emb", rnn="rnn", head="fc",
+                                 head_activation="softmax", task="sequential", pool=pool)
+    ids, lengths = _ids()
+    with torch.no_grad():
+        expected = net(ids, lengths, pool).numpy()
+    close(model(ids, lengths=lengths), expected)
+    if pool is not None:                                   # unbatched = one row of a batch
+        close(model(ids[2, :lengths[2]]), expected[2])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_hot_vocabulary_input_and_text(mode):
+    torch.manual_seed(2)
+    net = TorchSeq(mode, vocab=4, embedding=False, out=2).eval()
+    vocab = fastrnn.Vocabulary("ATCG")
+    clf = from_torch_composite(net, rnn="rnn", head="fc", head_activation="softmax",
+                               vocab=vocab, labels=["neg", "pos"])
+    assert isinstance(clf, fastrnn.Classifier) and clf.vocab is vocab
+    texts = ["GATTACA", "TATAAAG", "C"]
+    ids, lengths = vocab.encode_batch(texts)
+    with torch.no_grad():
+        expected = net(ids, lengths, "last").numpy()
+    close(clf(texts), expected)
+    close(clf(ids, lengths=lengths), expected)
+    close(clf("GATTACA"), expected[0])
+    np.testing.assert_array_equal(clf.predict(texts), expected.argmax(1))
+
+
+def test_tagger_pads_with_zeros_and_time_major_layout():
+    torch.manual_seed(3)
+    net = TorchSeq("GRU").eval()
+    tagger = from_torch_composite(net, embedding="emb", rnn="rnn", head="fc",
+                                  head_activation="softmax", task="tagger")
+    ids, lengths = _ids()
+    with torch.no_grad():
+        expected = net(ids, lengths, None).numpy()
+    y = tagger(ids, lengths=lengths)
+    assert y.shape == (4, 9, 3)
+    close(y, expected)
+    assert not y[1, 1:].any()
+    pred = tagger.predict(ids, lengths=lengths)
+    assert pred[1, 0] >= 0 and (pred[1, 1:] == -1).all()
+    # a time-major copy of the same model takes (T, N) ids and returns (T, N, C)
+    rnn_tm = fastrnn.layer_from_config({**tagger.rnns[0].config(), "batch_first": False})
+    rnn_tm.load_state_dict(tagger.rnns[0].state_dict())
+    tm = fastrnn.Tagger(tagger.input, rnn_tm, *tagger.heads)
+    close(tm(ids.T, lengths=lengths), expected.transpose(1, 0, 2))
+
+
+def test_chained_layers_and_heads_match_torch():
+    torch.manual_seed(4)
+    emb, gru, lstm = nn.Embedding(6, 4), nn.GRU(4, 6, batch_first=True), \
+        nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    fc1, fc2 = nn.Linear(10, 8), nn.Linear(8, 3)
+    net = nn.ModuleDict(dict(emb=emb, gru=gru, lstm=lstm, fc1=fc1, fc2=fc2)).eval()
+    model = from_torch_composite(net.state_dict(), embedding="emb", rnn=["gru", "lstm"],
+                                 head=["fc1", "fc2"], head_activation=["tanh", "log_softmax"],
+                                 batch_first=True, task="tagger")
+    ids = np.random.default_rng(5).integers(0, 6, (2, 7))
+    with torch.no_grad():
+        out, _ = lstm(gru(emb(torch.as_tensor(ids)))[0])
+        expected = torch.log_softmax(fc2(torch.tanh(fc1(out))), -1).numpy()
+    close(model(ids), expected)
+
+
+def test_save_load_round_trip_of_every_task(tmp_path):
+    torch.manual_seed(6)
+    net = TorchSeq("LSTM", bidirectional=True).eval()
+    vocab = fastrnn.Vocabulary("abcdef")
+    models = [from_torch_composite(net, embedding="emb", rnn="rnn", head="fc", pool="max",
+                                   vocab=vocab, labels=list("xyz"), info={"accuracy": 0.5}),
+              from_torch_composite(net, embedding="emb", rnn="rnn", head="fc", task="tagger")]
+    for m in models:
+        fastrnn.save(m, tmp_path / "m.frnn")
+        back = fastrnn.load(tmp_path / "m.frnn")
+        assert type(back) is type(m) and back.pool == m.pool and back.info == m.info
+        close(back(np.array([[0, 1, 2, 5]])), m(np.array([[0, 1, 2, 5]])), atol=0)
+    assert fastrnn.fileformat.inspect(tmp_path / "m.frnn")["kind"] == "sequential"
+
+
+# ------------------------------------------------------------------------------------ one-to-many
+class TorchGen(nn.Module):
+    def __init__(self, mode, vocab=7, layers=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 5)
+        self.rnn = getattr(nn, mode)(5, 16, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(16, vocab)
+
+    @torch.no_grad()
+    def greedy(self, prompt, steps, stop=None):
+        out, h = self.rnn(self.emb(torch.as_tensor(prompt))[None])
+        tokens, all_logits = [], []
+        for _ in range(steps):
+            logits = self.fc(out[0, -1])
+            t = int(logits.argmax())
+            if t == stop:
+                break
+            tokens.append(t)
+            all_logits.append(logits.numpy())
+            out, h = self.rnn(self.emb(torch.tensor([[t]])), h)
+        return tokens, all_logits
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_generation_token_by_token(mode):
+    torch.manual_seed(7)
+    net = TorchGen(mode).eval()
+    gen = from_torch_composite(net, embedding="emb", rnn="rnn", head="fc", task="generator")
+    prompt = [1, 4, 2]
+    tokens, logits = net.greedy(prompt, 40)
+    got = []
+    for i, t in enumerate(gen.stream_ids(prompt, 40, greedy=True)):
+        close(gen.logits, logits[i])
+        got.append(t)
+    assert got == tokens
+    np.testing.assert_array_equal(gen.generate_ids(prompt, 40, temperature=0), tokens)
+    stop = tokens[5]
+    assert gen.generate_ids(prompt, 40, greedy=True, stop=stop).tolist() == \
+        net.greedy(prompt, 40, stop=stop)[0]
+
+
+def _text_generator():
+    torch.manual_seed(8)
+    net = TorchGen("LSTM", vocab=6).eval()
+    vocab = fastrnn.Vocabulary("abc .", eos="\n")
+    return net, from_torch_composite(net, embedding="emb", rnn="rnn", head="fc",
+                                     task="generator", vocab=vocab)
+
+
+def test_sampling_is_seeded_and_filters_behave():
+    net, gen = _text_generator()
+    assert gen.stop == gen.vocab.eos_id
+    a = gen.generate("ab", 50, temperature=1.3, seed=11)
+    assert a == gen.generate("ab", 50, temperature=1.3, seed=11)
+    assert any(gen.generate("ab", 50, temperature=1.3, seed=s) != a for s in range(12, 16))
+    greedy = gen.generate("ab", 50, greedy=True)
+    assert gen.generate("ab", 50, top_k=1, seed=3) == greedy
+    assert gen.generate("ab", 50, top_p=1e-6, seed=3) == greedy
+    assert "".join(gen.stream("ab", 50, temperature=0.7, top_k=3, top_p=0.9, seed=5)) == \
+        gen.generate("ab", 50, temperature=0.7, top_k=3, top_p=0.9, seed=5)
+    assert "\n" not in gen.generate("ab", 200, seed=1)       # the stop symbol ends generation
+
+
+def test_top_k_top_p_draw_only_allowed_tokens():
+    from fastrnn.heads import sample_token
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    draws = {sample_token(logits, 1.0, top_k=2, rng=s) for s in range(300)}
+    assert draws == {0, 1}
+    draws = {sample_token(logits, 1.0, top_p=0.75, rng=s) for s in range(300)}
+    assert draws == {0, 1}
+    draws = [sample_token(logits, 1.0, rng=s) for s in range(4000)]
+    close(np.bincount(draws, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+    with pytest.raises(ArgumentError):
+        sample_token(logits, -1.0)
+    with pytest.raises(ArgumentError):
+        sample_token(logits, top_p=0.0)
+    with pytest.raises(ArgumentError):
+        sample_token(logits, top_k=-2)
+
+
+def test_generation_steps_allocate_nothing():
+    _, gen = _text_generator()
+    it = gen.stream_ids("ab", 2000, temperature=1.0, seed=0, stop=False)
+    next(it)                                                  # set-up done
+    first = gen.logits
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        count = sum(1 for _ in zip(range(500), it))
+        grown = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert count == 500 and gen.logits is first
+    assert grown < 2048, f"{grown} bytes allocated over 500 steps"
+
+
+# ------------------------------------------------------------------------------------ encoder-decoder
+class TorchS2S(nn.Module):
+    def __init__(self, mode, src=6, tgt=7, layers=2, bidirectional=True, hidden=6):
+        super().__init__()
+        d = 2 if bidirectional else 1
+        self.mode = mode
+        self.src_emb, self.tgt_emb = nn.Embedding(src, 4), nn.Embedding(tgt, 5)
+        self.enc = getattr(nn, mode)(4, hidden, num_layers=layers, bidirectional=bidirectional,
+                                     batch_first=True)
+        self.dec = getattr(nn, mode)(5, d * hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(d * hidden, tgt)
+
+    @torch.no_grad()
+    def state(self, src):
+        _, h = self.enc(self.src_emb(torch.as_tensor(src))[None])
+
+        def fold(a):
+            if not self.enc.bidirectional:
+                return a
+            a = a.view(self.enc.num_layers, 2, *a.shape[1:])
+            return torch.cat([a[:, 0], a[:, 1]], -1)
+        return tuple(map(fold, h)) if isinstance(h, tuple) else fold(h)
+
+    @torch.no_grad()
+    def step(self, tokens, state):
+        out, state = self.dec(self.tgt_emb(torch.as_tensor(tokens))[:, None], state)
+        return torch.log_softmax(self.fc(out[:, 0]), -1).double().numpy(), state
+
+    def greedy(self, src, bos, eos, max_len):
+        state, tok, out = self.state(src), bos, []
+        for _ in range(max_len):
+            logp, state = self.step([tok], state)
+            tok = int(logp[0].argmax())
+            if tok == eos:
+                break
+            out.append(tok)
+        return out
+
+    def beam(self, src, bos, eos, beam, max_len):
+        """Reference beam search over explicit hypotheses (ids, score, state)."""
+        live, done = [([], 0.0, self.state(src))], []
+        for t in range(max_len):
+            cands = []
+            for ids, score, state in live:
+                logp, new = self.step([ids[-1] if ids else bos], state)
+                cands += [(score + float(logp[0, v]), ids, v, new) for v in range(logp.shape[1])]
+            cands.sort(key=lambda c: -c[0])
+            live = []
+            for score, ids, v, state in cands[:2 * beam]:
+                if v == eos:
+                    done.append((ids, score))
+                else:
+                    live.append((ids + [v], score, state))
+                if len(live) == beam:
+                    break
+            if len(done) >= beam:
+                break
+        else:
+            done += [(ids, score) for ids, score, _ in live]
+        return sorted(done, key=lambda d: -d[1])
+
+
+def _s2s(mode, bidirectional=True):
+    torch.manual_seed(9)
+    net = TorchS2S(mode, bidirectional=bidirectional).eval()
+    model = seq2seq_from_torch(net, source="src_emb", encoder="enc", target="tgt_emb",
+                               decoder="dec", head="fc", bos=0, eos=1)
+    return net, model
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_seq2seq_greedy_matches_torch(mode, bidirectional):
+    net, model = _s2s(mode, bidirectional)
+    srcs = [[1, 2, 3, 4, 5], [5, 5, 0], [2]]
+    expected = [net.greedy(s, 0, 1, 15) for s in srcs]
+    ids, lens = model.greedy_ids(np.array([s + [0] * (5 - len(s)) for s in srcs]),
+                                 lengths=[len(s) for s in srcs], max_len=15)
+    assert [row[:n].tolist() for row, n in zip(ids, lens)] == expected
+    assert model.translate(np.array(srcs[0]), max_len=15) == expected[0]
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_beam_search_matches_reference(mode):
+    net, model = _s2s(mode)
+    for src in ([1, 2, 3, 4, 5], [3, 0, 3]):
+        expected = net.beam(src, 0, 1, beam=3, max_len=8)
+        got = model.beam_search(np.array(src), beam=3, max_len=8, n_best=3)
+        assert [ids for ids, _ in got] == [ids for ids, _ in expected[:3]]
+        close([s for _, s in got], [s for _, s in expected[:3]], atol=1e-4)
+        assert model.beam_search(np.array(src), beam=1, max_len=8)[0][0] == \
+            net.greedy(src, 0, 1, 8)
+
+
+def test_seq2seq_text_save_load(tmp_path):
+    net, model = _s2s("LSTM")
+    sv, tv = fastrnn.Vocabulary("abcdef"), fastrnn.Vocabulary("xyz.!", bos="^", eos="$")
+    model = seq2seq_from_torch(net.state_dict(), source="src_emb", encoder="enc",
+                               target="tgt_emb", decoder="dec", head="fc", source_vocab=sv,
+                               target_vocab=tv, batch_first=True)
+    out = model.translate(["abc", "fed"], max_len=10)
+    assert out == [model.translate("abc", max_len=10), model.translate("fed", max_len=10)]
+    assert model.translate(["abc"], beam=2, max_len=10)[0] == \
+        model.translate("abc", beam=2, max_len=10)
+    fastrnn.save(model, tmp_path / "s.frnn")
+    back = fastrnn.load(tmp_path / "s.frnn")
+    assert back.translate(["abc", "fed"], max_len=10) == out and back.bos == tv.bos_id
+
+
+# ------------------------------------------------------------------------------------ shipped models
+def _torch_rnn(layer):
+    cfg = layer.config()
+    m = getattr(nn, cfg["mode"])(cfg["input_size"], cfg["hidden_size"], cfg["num_layers"],
+                                 batch_first=cfg["batch_first"],
+                                 bidirectional=cfg["bidirectional"])
+    m.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+    return m.eval()
+
+
+def _torch_linear(head):
+    m = nn.Linear(head.in_features, head.out_features)
+    m.load_state_dict({k: torch.tensor(v) for k, v in head.state_dict().items()})
+    return m
+
+
+@pytest.mark.parametrize("name", sorted(demo.MODELS))
+def test_shipped_model_reaches_recorded_accuracy(name):
+    model = demo.load_model(name)
+    recorded = model.info["accuracy"]
+    assert recorded > {"dna_motif": 0.95, "weather_chars": 0.85, "date_format": 0.9}[name]
+    assert demo.SCORERS[name](model) >= recorded - 1e-9
+
+
+def test_shipped_classifier_matches_torch():
+    clf = demo.load_model("dna_motif")
+    seqs, _ = demo.dna_dataset(64, seed=5)
+    ids, lengths = clf.vocab.encode_batch(seqs)
+    rnn, fc = _torch_rnn(clf.rnns[0]), _torch_linear(clf.heads[0])
+    with torch.no_grad():
+        x = torch.tensor(clf.vocab.one_hot(ids))
+        _, (h, _) = rnn(nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths),
+                                                          batch_first=True, enforce_sorted=False))
+        expected = torch.softmax(fc(h[-1]), -1).numpy()
+    close(clf(seqs), expected)
+
+
+def test_shipped_generator_matches_torch_greedy():
+    gen = demo.load_model("weather_chars")
+    net = TorchGen("GRU", vocab=gen.vocab_size, layers=1)
+    net.emb = nn.Embedding.from_pretrained(torch.tensor(gen.input.weight))
+    net.rnn, net.fc = _torch_rnn(gen.rnns[0]), _torch_linear(gen.heads[0])
+    prompt = gen.vocab.encode("Boston")
+    tokens, logits = net.greedy(prompt, 40, stop=gen.stop)
+    got = []
+    for i, t in enumerate(gen.stream_ids(prompt, 40, greedy=True)):
+        close(gen.logits, logits[i], atol=1e-4)
+        got.append(t)
+    assert got == tokens and demo.well_formed_weather("Boston" + gen.vocab.decode(got))
+
+
+def test_shipped_seq2seq_matches_torch_greedy():
+    s2s = demo.load_model("date_format")
+    net = TorchS2S("GRU", bidirectional=True, layers=1)
+    net.src_emb = nn.Embedding.from_pretrained(torch.tensor(s2s.source.weight))
+    net.tgt_emb = nn.Embedding.from_pretrained(torch.tensor(s2s.target.weight))
+    net.enc, net.dec = _torch_rnn(s2s.encoder), _torch_rnn(s2s.decoder)
+    net.fc = _torch_linear(s2s.heads[0])
+    src, tgt = demo.date_dataset(20, seed=7)
+    for s, t in zip(src, tgt):
+        ids = net.greedy(s2s.source_vocab.encode(s), s2s.bos, s2s.eos, 12)
+        assert s2s.target_vocab.decode(np.array(ids)) == s2s.translate(s, max_len=12)
+
+
+# ------------------------------------------------------------------------------------ errors
+def _boom(*args, **kwargs):
+    raise AssertionError("a recurrent kernel ran on invalid input")
+
+
+@pytest.mark.parametrize("bad", [np.array([[0, 1, 6]]), np.array([[-1, 2, 3]]),
+                                 np.array([[0.0, 1.0, 2.0]])])
+def test_bad_ids_are_rejected_before_any_kernel(bad, monkeypatch):
+    torch.manual_seed(10)
+    net = TorchSeq("LSTM").eval()
+    clf = from_torch_composite(net, embedding="emb", rnn="rnn", head="fc")
+    monkeypatch.setattr(fastrnn.LSTM, "__call__", _boom)
+    with pytest.raises(ArgumentError if bad.dtype.kind == "i" else DTypeError):
+        clf(bad)
+    gen = from_torch_composite(TorchGen("LSTM", vocab=6), embedding="emb", rnn="rnn", head="fc",
+                               task="generator")
+    with pytest.raises(ArgumentError if bad.dtype.kind == "i" else DTypeError):
+        next(gen.stream_ids(bad[0], 5))
+
+
+def test_ids_past_lengths_are_never_read():
+    torch.manual_seed(11)
+    clf = from_torch_composite(TorchSeq("GRU").eval(), embedding="emb", rnn="rnn", head="fc")
+    ids = np.array([[1, 2, 3, -7], [4, 99, 99, 99]])
+    close(clf(ids, lengths=[3, 1]), clf(np.array([[1, 2, 3, 0], [4, 0, 0, 0]]), lengths=[3, 1]),
+          atol=0)
+    with pytest.raises(ArgumentError):
+        clf(ids, lengths=[4, 1])
+
+
+def test_typed_errors():
+    emb, lstm, fc = fastrnn.Embedding(5, 3), fastrnn.LSTM(3, 4), fastrnn.Linear(4, 5)
+    with pytest.raises(ShapeError):
+        fastrnn.Sequential(fastrnn.Embedding(5, 2), lstm, fc)
+    with pytest.raises(ShapeError):
+        fastrnn.Sequential(emb, lstm, fastrnn.Linear(3, 2))
+    with pytest.raises(ArgumentError):
+        fastrnn.Sequential(emb, fc, lstm)
+    with pytest.raises(ArgumentError):
+        fastrnn.Sequential(emb, lstm, fc, pool="median")
+    with pytest.raises(ArgumentError):
+        fastrnn.Linear(4, 5, activation="gelu")
+    with pytest.raises(UnsupportedError):
+        fastrnn.Generator(emb, fastrnn.LSTM(3, 2, bidirectional=True), fastrnn.Linear(4, 5))
+    with pytest.raises(ArgumentError):
+        fastrnn.Generator(emb, lstm, fastrnn.Linear(4, 5, activation="sigmoid"))
+    with pytest.raises(ShapeError):
+        fastrnn.Generator(emb, lstm, fastrnn.Linear(4, 6))
+    clf = fastrnn.Sequential(emb, lstm, fc)
+    with pytest.raises(ShapeError):
+        clf(np.zeros((2, 3, 4), np.int64))
+    with pytest.raises(ArgumentError, match="no vocabulary"):
+        clf("abc")
+    with pytest.raises(ShapeError):
+        clf(np.zeros((3, 2), np.int64), lengths=[1, 2, 3])
+    gen = fastrnn.Generator(emb, lstm, fc)
+    with pytest.raises(ArgumentError):
+        gen.generate_ids(None, 5)                          # no prompt, no bos
+    with pytest.raises(ArgumentError):
+        gen.generate_ids([1], 5, temperature=-1)
+    with pytest.raises(ArgumentError):
+        gen.generate("ab", 5)                              # no vocabulary for text
+    with pytest.raises(ShapeError):                        # decoder state size mismatch
+        fastrnn.Seq2Seq(source=emb, encoder=fastrnn.GRU(3, 4, bidirectional=True), target=emb,
+                        decoder=fastrnn.GRU(3, 4), head=fastrnn.Linear(4, 5), bos=0, eos=1)
+    with pytest.raises(ArgumentError):                     # no bos / eos
+        fastrnn.Seq2Seq(source=emb, encoder=fastrnn.GRU(3, 4), target=emb,
+                        decoder=fastrnn.GRU(3, 4), head=fastrnn.Linear(4, 5))
+
+
+def test_composite_from_checkpoint_file_and_module_prefix(tmp_path):
+    torch.manual_seed(12)
+    net = TorchSeq("GRU", layers=2).eval()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": net.state_dict(), "epoch": 3}, path)
+    ids, lengths = _ids()
+    expected = from_torch_composite(net, embedding="emb", rnn="rnn", head="fc")(ids, lengths)
+    from_file = from_torch_composite(str(path), embedding="emb", rnn="rnn", head="fc",
+                                     batch_first=True)
+    close(from_file(ids, lengths=lengths), expected, atol=0)
+    wrapped = {"module." + k: v for k, v in net.state_dict().items()}   # DataParallel names
+    close(from_torch_composite(wrapped, embedding="emb", rnn="rnn", head="fc",
+                               batch_first=True)(ids, lengths=lengths), expected, atol=0)
+    with pytest.raises(ArgumentError, match="no tensor 'head.weight'"):
+        from_torch_composite(net, embedding="emb", rnn="rnn", head="head")
