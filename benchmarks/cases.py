@@ -1,0 +1,183 @@
+"""The benchmark cases of issue 5 and the hardware floor each one is measured against.
+
+Floor model
+-----------
+At batch 1, with the input projection hoisted into one GEMM before the time loop, every step is a
+matrix-vector product with the recurrent weights R (gates*H x H, fp32): 2 FLOP per 4 bytes, so a
+step cannot run faster than R can be read from the cache level it lives in. Per case:
+
+    bytes   = steps * sum_l |R_l|  +  sum_l |W_l|           (W_l read once by the hoisted GEMM)
+    bytes   = sum_l (|W_l| + |R_l|)                          (a streaming step: nothing to hoist)
+    level   = the smallest cache level that holds the weights touched every step (sum_l |R_l|,
+              plus |W_l| when streaming): split evenly over the case's threads for a private
+              level (L1, L2: each core keeps its own slice), whole for a shared one (L3); else DRAM
+    memory  = bytes / (threads * single-core read bandwidth of that level)
+    compute = FLOPs / (threads * single-core sgemm rate),  FLOPs = 2 * steps * N * sum_l gates*H*(I_l+H)
+    floor   = max(memory, compute)
+
+The bandwidths and the sgemm rate are measured once per run by `probe()` (single core: a vectorised
+numba read loop over buffers half the size of each level, and a numpy float32 matmul), not
+hard-coded. Scaling them by the thread count assumes each core reads its own slice at full speed,
+so the floor is optimistic (a true lower bound) for L3/DRAM-bound cases. The memory term governs
+batch 1; the compute term governs batch 64, where each step is a GEMM.
+"""
+import glob
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+STEPS = 100
+CHECK_STEPS = 8          # steps a streaming case runs for the cross-engine output check
+
+
+@dataclass(frozen=True)
+class Case:
+    mode: str            # "LSTM" or "GRU"
+    hidden: int
+    input: int
+    batch: int = 1
+    threads: int = 1
+    layers: int = 1
+    stream: bool = False  # True: one step (T=1) with the state carried between calls
+
+    @property
+    def steps(self) -> int:
+        return 1 if self.stream else STEPS
+
+    @property
+    def id(self) -> str:
+        layers = f"-{self.layers}layer" if self.layers > 1 else ""
+        shape = "step" if self.stream else f"b{self.batch}"
+        return f"{self.mode.lower()}{layers}-{shape}-h{self.hidden}-t{self.threads}"
+
+    def layer_inputs(self):
+        return [self.input] + [self.hidden] * (self.layers - 1)
+
+    def weight_bytes(self):
+        """(bytes of all W_l, bytes of all R_l), fp32."""
+        g, h = GATES[self.mode], self.hidden
+        return (sum(4 * g * h * i for i in self.layer_inputs()), 4 * g * h * h * self.layers)
+
+    def flops(self) -> int:
+        g, h = GATES[self.mode], self.hidden
+        return 2 * self.steps * self.batch * sum(g * h * (i + h) for i in self.layer_inputs())
+
+
+def _input_for(hidden):
+    return 64 if hidden < 512 else 256
+
+
+def all_cases() -> list[Case]:
+    cases = [Case(mode, h, _input_for(h), threads=t)
+             for mode in ("LSTM", "GRU") for h in (64, 128, 256, 512, 1024) for t in (1, 2)]
+    cases += [Case("LSTM", 256, 64, layers=2, threads=t) for t in (1, 2)]
+    cases += [Case(mode, 256, 64, batch=64, threads=2) for mode in ("LSTM", "GRU")]
+    cases += [Case(mode, h, _input_for(h), stream=True)
+              for mode in ("LSTM", "GRU") for h in (128, 256, 512)]
+    return cases
+
+
+CASES = {case.id: case for case in all_cases()}
+
+
+def select(patterns) -> list[Case]:
+    """Cases whose id contains any of the patterns (shell wildcards allowed); all when empty."""
+    from fnmatch import fnmatch
+    if not patterns:
+        return list(CASES.values())
+    globs = [p if any(c in p for c in "*?[") else f"*{p}*" for p in patterns]
+    return [c for c in CASES.values() if any(fnmatch(c.id, g) for g in globs)]
+
+
+# ----- the floor -----
+
+def cache_levels() -> list[dict]:
+    """Data/unified cache levels of cpu0 from sysfs: name, size in bytes, private or shared."""
+    levels = []
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        read = lambda f: open(os.path.join(d, f)).read().strip()  # noqa: E731
+        try:
+            if read("type") == "Instruction":
+                continue
+            size = read("size")
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+            cpus = _count_cpus(read("shared_cpu_list"))
+            levels.append(dict(name=f"L{read('level')}", size=int(size.rstrip("KMG")) * mult,
+                               private=cpus == 1))
+        except (OSError, ValueError):
+            continue
+    return levels or [dict(name="L1", size=32 << 10, private=True),
+                      dict(name="L2", size=1 << 20, private=True),
+                      dict(name="L3", size=32 << 20, private=False)]
+
+
+def _count_cpus(cpu_list: str) -> int:
+    n = 0
+    for part in cpu_list.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def probe() -> dict:
+    """Single-core read bandwidth (GB/s) of each cache level and DRAM, and the sgemm rate (GFLOP/s).
+
+    Run it in a process of its own with BLAS limited to one thread (compare.py does).
+    """
+    import numba
+    import numpy as np
+
+    @numba.njit(fastmath=True, error_model="numpy")
+    def read_all(a, reps):
+        s = np.float32(0)
+        for _ in range(reps):
+            for i in range(a.size):
+                s += a[i]
+        return s
+
+    def best_of(fn, runs=7):
+        fn()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    levels = cache_levels()
+    dram = dict(name="DRAM", size=None, private=False)
+    for level, nbytes in [(lv, lv["size"] // 2) for lv in levels] + [(dram, 4 * levels[-1]["size"])]:
+        a = np.ones(max(nbytes, 4096) // 4, np.float32)
+        reps = max(1, (256 << 20) // a.nbytes)
+        level["gbps"] = a.nbytes * reps / best_of(lambda: read_all(a, reps)) / 1e9
+    n = 512
+    x, y = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
+    gflops = 2 * n ** 3 / best_of(lambda: x @ y) / 1e9
+    return dict(levels=levels + [dram], sgemm_gflops=gflops)
+
+
+def floor(case: Case, machine: dict) -> dict:
+    """The case's floor (seconds) and the level its weights live in, from probe()'s figures."""
+    w, r = case.weight_bytes()
+    resident = r + (w if case.stream else 0)
+    level = machine["levels"][-1]                      # DRAM unless a cache holds them
+    for lv in machine["levels"][:-1]:
+        if (resident / case.threads if lv["private"] else resident) <= lv["size"]:
+            level = lv
+            break
+    moved = w + r if case.stream else case.steps * r + w
+    memory = moved / (case.threads * level["gbps"] * 1e9)
+    compute = case.flops() / (case.threads * machine["sgemm_gflops"] * 1e9)
+    return dict(seconds=max(memory, compute), level=level["name"],
+                bound="memory" if memory >= compute else "compute")
+
+
+if __name__ == "__main__":
+    machine = probe()
+    print(json.dumps(machine, indent=1))
+    for case in CASES.values():
+        f = floor(case, machine)
+        print(f"{case.id:26s} {f['seconds'] * 1e6:10.1f} us  {f['level']:4s} {f['bound']}  "
+              f"{json.dumps(asdict(case))}")

@@ -1,0 +1,281 @@
+"""Side-by-side comparison of fastrnn, ONNX Runtime and PyTorch on the cases of benchmarks/cases.py.
+
+    python -m benchmarks.compare [--cases lstm-b1 step] [--engines fastrnn onnxruntime] [--quick]
+                                 [--out benchmarks/results]
+
+Every (case, engine) pair runs in a process of its own (thread pools of different engines fight
+when they share a process), with the case's thread count pinned through each engine's API and the
+usual environment variables. Each process builds the same seeded PyTorch module, sets its engine
+up, warms it up, then reports the median of many timed runs and a slice of its output, which the
+runner compares across engines. Writes report.md, results.json and (with matplotlib) chart.png.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):          # run as `python benchmarks/compare.py`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import engines  # noqa: E402
+from benchmarks.cases import CASES, floor, probe, select  # noqa: E402
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+PACKAGES = ("fastrnn", "numpy", "numba", "llvmlite", "torch", "onnxruntime", "onnx")
+CHECK_VALUES = 64      # output values each worker sends back for the cross-engine check
+CHECK_TOL = 1e-3
+FULL = dict(repeats=30, min_seconds=0.5, max_seconds=3.0, warmup=0.2)
+QUICK = dict(repeats=10, min_seconds=0.1, max_seconds=0.5, warmup=0.05)
+
+
+# ----- inside a worker process -----
+
+def worker(case_id: str, engine: str, repeats: int, min_seconds: float, max_seconds: float,
+           warmup: float) -> dict:
+    """Set up, check, warm up, then the median of `repeats` runs (fewer, but at least 5, where
+    they would take over max_seconds; more where they take under min_seconds)."""
+    from fastrnn.bench import median_time
+    bench = engines.setup(engine, CASES[case_id])
+    check = bench.output()[:CHECK_VALUES]
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < warmup:
+        bench.run()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    repeats = max(5, min(repeats, int(max_seconds / per_call)))
+    result = dict(seconds=median_time(bench.run, repeats, min_seconds), repeats=repeats,
+                  check=check.tolist())
+    if engine == "fastrnn":
+        import fastrnn
+        result["threading_layer"] = fastrnn.threading_layer()
+    return result
+
+
+# ----- in the runner -----
+
+def subprocess_json(args, threads: int, timeout: float) -> dict:
+    """Run `python -m benchmarks.compare ARGS` with `threads` pinned; its last stdout line is JSON."""
+    env = dict(os.environ, **{v: str(threads) for v in THREAD_VARS})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    try:
+        p = subprocess.run([sys.executable, "-m", "benchmarks.compare", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout:.0f} s")
+    if p.returncode != 0:
+        lines = p.stderr.strip().splitlines() or [f"exit {p.returncode}"]
+        where = [line.strip() for line in lines if line.lstrip().startswith("File ")][-1:]
+        return dict(error=" ".join(where + lines[-1:]))
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return dict(cpu=cpu, logical_cpus=os.cpu_count(), usable_cpus=len(os.sched_getaffinity(0)),
+                python=platform.python_version(), platform=platform.platform(),
+                versions=versions, date=time.strftime("%Y-%m-%d %H:%M"))
+
+
+def run_all(cases, engine_names, timing, timeout) -> list[dict]:
+    pairs = [(c, e) for c in cases for e in engine_names]
+    rows = {c.id: dict(case=c, results={}) for c in cases}
+    t0 = time.perf_counter()
+    for k, (case, engine) in enumerate(pairs, 1):
+        options = [f"--{name.replace('_', '-')}={value}" for name, value in timing.items()]
+        r = subprocess_json(["--worker", case.id, engine, *options], case.threads, timeout)
+        rows[case.id]["results"][engine] = r
+        elapsed = time.perf_counter() - t0
+        shown = f"error: {r['error']}" if "error" in r else fmt_time(r["seconds"])
+        print(f"[{k:3d}/{len(pairs)}] {elapsed:5.0f}s, ~{elapsed / k * (len(pairs) - k):4.0f}s left  "
+              f"{case.id:24s} {engine:12s} {shown}", file=sys.stderr, flush=True)
+    return list(rows.values())
+
+
+def fmt_time(s):
+    return "-" if s is None else f"{s * 1e6:.1f} µs" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def summarise(rows, machine):
+    """Add floor, fastrnn's ratio to the best peer and the output check to each row."""
+    import numpy as np
+    for row in rows:
+        case, res = row["case"], row["results"]
+        row["floor"] = floor(case, machine["probe"])
+        times = {e: r["seconds"] for e, r in res.items() if "seconds" in r}
+        peers = [t for e, t in times.items() if e != "fastrnn"]
+        row["times"] = times
+        row["ratio"] = times["fastrnn"] / min(peers) if "fastrnn" in times and peers else None
+        checks = {e: np.array(r.pop("check")) for e, r in res.items() if "check" in r}
+        ref = checks.get("torch", next(iter(checks.values()), None))
+        row["max_diff"] = {e: float(np.abs(v - ref).max()) for e, v in checks.items()}
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+
+
+def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
+    m, pr = machine, machine["probe"]
+    bw = ", ".join(f"{lv['name']} {lv['gbps']:.0f} GB/s" for lv in pr["levels"])
+    caches = ", ".join(f"{lv['name']} {lv['size'] >> 10} KiB{'' if lv['private'] else ' shared'}"
+                       for lv in pr["levels"] if lv["size"])
+    vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    lines = [
+        "# fastrnn vs ONNX Runtime and PyTorch", "",
+        f"- **Machine**: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs; "
+        f"caches {caches}", f"- **Libraries**: Python {m['python']}, {vers}; fastrnn threading "
+        f"layer {m.get('threading_layer')}", f"- **Measured single-core read bandwidth**: {bw}; "
+        f"sgemm {pr['sgemm_gflops']:.0f} GFLOP/s per core", f"- **Run**: {m['date']}, "
+        f"{m['timing']}; 1-minute load average {m['load_average'][0]:.1f} before, "
+        f"{m['load_average'][1]:.1f} after (anything else running skews the timings)", "",
+        "Median wall time of one call (T = 100) or one streaming step (`step`, T = 1, state carried). "
+        "Ratio = fastrnn / best peer (< 1 is faster). Floor: see `benchmarks/cases.py`; "
+        "% of floor = floor / time.", "",
+        "| case | " + " | ".join(engine_names) + " | fastrnn / best peer | floor | "
+        "fastrnn % of floor | best peer % of floor |",
+        "|---" * (len(engine_names) + 5) + "|"]
+    for row in rows:
+        t, f = row["times"], row["floor"]
+        peers = [v for e, v in t.items() if e != "fastrnn"]
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        if row["ratio"] and row["ratio"] > 1:
+            ratio = f"**{ratio}**"
+        pct = lambda s: "-" if s is None else f"{100 * f['seconds'] / s:.0f}%"  # noqa: E731
+        lines.append(f"| {row['case'].id} | " + " | ".join(fmt_time(t.get(e)) for e in engine_names)
+                     + f" | {ratio} | {fmt_time(f['seconds'])} ({f['level']}, {f['bound']}) | "
+                     f"{pct(t.get('fastrnn'))} | {pct(min(peers) if peers else None)} |")
+    lines += ["", "**Geometric mean of fastrnn / best peer**: "
+              + ("-" if geomean is None else f"{geomean:.2f}") + " over "
+              f"{sum(1 for r in rows if r['ratio'])} cases; cases where fastrnn is slower than the "
+              f"best peer: {sum(1 for r in rows if r['ratio'] and r['ratio'] > 1)}."]
+    for row in rows:
+        for e, r in row["results"].items():
+            if "error" in r:
+                notes.append(f"{row['case'].id} / {e}: {r['error']}")
+        bad = {e: d for e, d in row["max_diff"].items() if d > CHECK_TOL}
+        if bad:
+            notes.append(f"{row['case'].id}: outputs differ from torch's by {bad}")
+    busy = max(m["load_average"]) - m["usable_cpus"] / 2
+    if busy > 0:
+        notes.insert(0, f"**The machine was busy** (load average up to {max(m['load_average']):.1f} "
+                     f"on {m['usable_cpus']} CPUs): these timings, the multi-threaded ones above "
+                     "all, are not reliable.")
+    worst = max((d for r in rows for d in r["max_diff"].values()), default=0.0)
+    if worst <= CHECK_TOL:
+        notes.append(f"Every engine's output agrees with torch's to {worst:.1e} (same weights).")
+    notes.append(chart_note)
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in notes if n]
+    lines += ["", "## Reproduce", "", "```bash", ". .venv/bin/activate && pip install -e \".[bench]\"",
+              "python -m benchmarks.compare            # this report (--quick for a fast pass)",
+              "python -m pytest benchmarks --benchmark-only   # the same cases under pytest-benchmark",
+              "python benchmarks/cold_start.py          # import + load + first call", "```", ""]
+    return "\n".join(lines)
+
+
+def chart(rows, engine_names, path) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart (pip install matplotlib)."
+    ids = [r["case"].id for r in rows]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(ids)), 8), sharex=True)
+    width = 0.8 / len(engine_names)
+    for k, e in enumerate(engine_names):
+        xs = [i + (k - (len(engine_names) - 1) / 2) * width for i in range(len(ids))]
+        rel, frac = [], []
+        for r in rows:
+            t, peers = r["times"].get(e), [v for n, v in r["times"].items() if n != "fastrnn"]
+            rel.append(t / min(peers) if t and peers else math.nan)
+            frac.append(100 * r["floor"]["seconds"] / t if t else math.nan)
+        axes[0].bar(xs, rel, width, label=e)
+        axes[1].bar(xs, frac, width, label=e)
+    axes[0].axhline(1, color="k", lw=0.8)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("time / best peer's (lower is better)")
+    axes[1].set_ylabel("% of the floor (higher is better)")
+    axes[0].legend()
+    axes[1].set_xticks(range(len(ids)), ids, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"Chart: `{path.name}`."
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", nargs="*", default=[], help="case id substrings or wildcards")
+    ap.add_argument("--engines", nargs="*", default=list(engines.ENGINES), choices=engines.ENGINES)
+    ap.add_argument("--quick", action="store_true", help="few repeats (a fast, noisier pass)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per (case, engine)")
+    ap.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
+    ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    for name, value in FULL.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None)
+    args = ap.parse_args(argv)
+    timing = {k: getattr(args, k) if getattr(args, k) is not None else v
+              for k, v in (QUICK if args.quick else FULL).items()}
+    if args.worker:
+        print(json.dumps(worker(*args.worker, **timing)))
+        return
+    if args.probe:
+        print(json.dumps(probe()))
+        return
+
+    cases = select(args.cases)
+    if not cases:
+        ap.error(f"no case matches {args.cases}; cases: {', '.join(CASES)}")
+    notes, engine_names = [], []
+    for e in args.engines:
+        lacking = engines.missing(e)
+        if lacking:
+            notes.append(f"{e} skipped: {', '.join(lacking)} not installed.")
+            print(f"note: {notes[-1]}", file=sys.stderr)
+        else:
+            engine_names.append(e)
+    if engines.missing("torch"):
+        notes.append("torch is not installed: fastrnn used its own seeded weights.")
+    machine = machine_info()
+    print("measuring cache bandwidth and sgemm rate ...", file=sys.stderr, flush=True)
+    machine["probe"] = subprocess_json(["--probe"], 1, args.timeout)
+    if "error" in machine["probe"]:
+        sys.exit(f"the bandwidth probe failed: {machine['probe']['error']}")
+    machine["timing"] = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in timing.items())
+    load_before = os.getloadavg()[0]
+    rows = run_all(cases, engine_names, timing, args.timeout)
+    machine["load_average"] = [load_before, os.getloadavg()[0]]
+    machine["threading_layer"] = next((r["results"]["fastrnn"].get("threading_layer") for r in rows
+                                       if "fastrnn" in r["results"]), None)
+    geomean = summarise(rows, machine)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    chart_note = chart(rows, engine_names, args.out / "chart.png")
+    text = report(rows, engine_names, machine, geomean, notes, chart_note)
+    (args.out / "report.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps(dict(
+        machine=machine, geomean_ratio=geomean, notes=notes,
+        rows=[dict(r, case=dict(vars(r["case"]), id=r["case"].id)) for r in rows]), indent=1))
+    print(text)
+    print(f"wrote {args.out / 'report.md'} and results.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
