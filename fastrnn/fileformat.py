@@ -41,6 +41,7 @@ or read the data into memory as writable arrays (``mmap=False``). Every malforme
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import mmap as _mmap
@@ -300,6 +301,8 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- object registry
 _LOADERS: dict[str, Callable[[dict, dict], Any]] = {}
+# Kinds whose loader lives in a module fastrnn does not import up front.
+_PROVIDERS = {"onnx_plan": "converters.onnx_import"}
 
 
 def register_kind(kind: str, loader: Callable[[dict, dict[str, np.ndarray]], Any]) -> None:
@@ -332,6 +335,8 @@ def save(obj: Any, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike, mmap: bool = True) -> Any:
     """Load the object saved in a .frnn file, dispatching on its kind."""
     kind, meta, tensors = read_container(path, mmap=mmap)
+    if kind not in _LOADERS and kind in _PROVIDERS:
+        importlib.import_module(_PROVIDERS[kind])  # registers its loader; imports no onnx/torch
     loader = _LOADERS.get(kind)
     if loader is None:
         raise FormatError(f"{os.fspath(path)!r} holds an object of kind {kind!r}, which no loader "

@@ -229,4 +229,4 @@ def _initial_state(name, value, shape, dtype):
         raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
-    return np.array(arr, dtype=dtype, copy=True)
+    return np.array(arr, dtype=dtype, copy=True, order="C")

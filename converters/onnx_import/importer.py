@@ -1,0 +1,423 @@
+"""ONNX model -> OnnxPlan: load, validate, convert every node, fold constants, drop dead code.
+
+The only module of the ONNX import that imports onnx, and it does so when called.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from fastrnn.errors import (ArgumentError, FastRNNError, FormatError, ShapeError,
+                            UnsupportedError)
+
+from . import op_converters  # noqa: F401  (registers the converters)
+from . import recurrent_node
+from .dtypes import numpy_dtype, onnx_type_name
+from .plan import OnnxPlan, PlanNode, ValueInfo, execute_node
+from .registry import lookup, supported_versions
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise UnsupportedError("converting ONNX models needs the onnx package: "
+                               "pip install 'fastrnn[onnx]' (running a saved plan does not)") from None
+    return onnx
+
+
+# ------------------------------------------------------------------ loading
+def load_model(src) -> Any:
+    """A ModelProto from a path (external data beside it), bytes, or a ModelProto."""
+    onnx = _onnx()
+    from google.protobuf.message import DecodeError
+
+    if isinstance(src, onnx.ModelProto):
+        model = src
+        where = "the ModelProto"
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        where = f"the {len(src)} bytes given"
+        try:
+            model = onnx.load_model_from_string(bytes(src))
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise FormatError(f"{where} are not a valid ONNX model (protobuf parse failed: {e})") \
+                from None
+    elif isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        where = repr(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such ONNX file: {path!r}")
+        if os.path.isdir(path):
+            raise FormatError(f"{path!r} is a directory, expected an .onnx file")
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise FormatError(f"{path!r} is not a valid ONNX model (protobuf parse failed: {e})") \
+                from None
+        _check_model_basics(model, where)
+        try:
+            from onnx.external_data_helper import load_external_data_for_model
+            load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
+            raise FormatError(f"{path!r}: cannot read the external data it refers to: "
+                              f"{type(e).__name__}: {e}") from None
+    else:
+        raise ArgumentError(f"from_onnx takes a path, bytes or an onnx.ModelProto, got "
+                            f"{type(src).__name__}")
+    _check_model_basics(model, where)
+    return model
+
+
+def _check_model_basics(model, where: str) -> None:
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise FormatError(f"{where} is not an ONNX model (no graph or no IR version; "
+                          f"garbage or truncated data?)")
+    if not model.graph.output:
+        raise FormatError(f"{where}: the graph has no outputs")
+
+
+def _external_refs(model) -> list[str]:
+    onnx = _onnx()
+    refs = []
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data"):
+            refs.append(t.name)
+    return refs
+
+
+# ------------------------------------------------------------------ node view and context
+class NodeView:
+    """One ONNX node with decoded attributes (plain Python / numpy values)."""
+
+    __slots__ = ("op_type", "name", "inputs", "outputs", "attrs", "version", "domain")
+
+    def __init__(self, proto, index: int, version: int):
+        onnx = _onnx()
+        self.op_type = proto.op_type
+        self.name = proto.name or f"{proto.op_type}_{index}"
+        self.inputs = list(proto.input)
+        self.outputs = list(proto.output)
+        self.domain = proto.domain
+        self.version = version
+        attrs = {}
+        for a in proto.attribute:
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                raise UnsupportedError(f"node {self.name!r} ({self.op_type}) has a subgraph "
+                                       f"attribute {a.name!r}; control flow is not supported")
+            value = onnx.helper.get_attribute_value(a)
+            if isinstance(value, onnx.TensorProto):
+                value = _to_array(value)
+            elif isinstance(value, bytes):
+                value = value.decode("utf-8", errors="replace")
+            elif isinstance(value, list) and value and isinstance(value[0], bytes):
+                value = [v.decode("utf-8", errors="replace") for v in value]
+            elif isinstance(value, list) and value and isinstance(value[0], onnx.TensorProto):
+                value = [_to_array(v) for v in value]
+            attrs[a.name] = value
+        self.attrs = attrs
+
+
+def _to_array(tensor) -> np.ndarray:
+    onnx = _onnx()
+    dt = numpy_dtype(tensor.data_type)
+    if dt is None:
+        raise UnsupportedError(f"tensor {tensor.name!r} has element type "
+                               f"{onnx_type_name(tensor.data_type)}, which fastrnn does not support")
+    try:
+        arr = onnx.numpy_helper.to_array(tensor)
+    except Exception as e:  # noqa: BLE001 - onnx raises assorted types for bad tensors
+        raise FormatError(f"tensor {tensor.name!r} cannot be read: {type(e).__name__}: {e}") from None
+    expected = tuple(tensor.dims)
+    if arr.shape != expected:
+        raise FormatError(f"tensor {tensor.name!r} holds {arr.size} values for dims {expected}")
+    return np.asarray(arr, dtype=dt)
+
+
+class ImportContext:
+    """What converters see: constants, known types/shapes, and emit() for plan nodes."""
+
+    def __init__(self, value_types: dict):
+        self.constants: dict[str, np.ndarray] = {}
+        self.nodes: list[PlanNode] = []
+        self.value_types = value_types  # name -> (np.dtype | None, shape list | None)
+        self._names: set[str] = set()
+        self._counter = 0
+        self.current: NodeView | None = None
+
+    def reserve(self, names) -> None:
+        self._names.update(n for n in names if n)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.constants.get(name) if name else None
+
+    def dtype(self, name: str):
+        if name in self.constants:
+            return self.constants[name].dtype
+        info = self.value_types.get(name)
+        return None if info is None else info[0]
+
+    def shape(self, name: str):
+        if name in self.constants:
+            return list(self.constants[name].shape)
+        info = self.value_types.get(name)
+        return None if info is None else info[1]
+
+    def set_const(self, name: str, value: np.ndarray) -> None:
+        self.constants[name] = np.asarray(value)
+        self._names.add(name)
+
+    def add_const(self, value: np.ndarray, hint: str = "const") -> str:
+        base = f"{self.current.name}/{hint}" if self.current is not None else hint
+        name = base
+        while name in self._names:
+            self._counter += 1
+            name = f"{base}_{self._counter}"
+        self.set_const(name, value)
+        return name
+
+    def emit(self, op: str, inputs, outputs, attrs: dict | None = None, foldable: bool = True) -> None:
+        """Add a plan node; run it now instead when every input is a constant."""
+        name = self.current.name if self.current is not None else op
+        node = PlanNode(op, inputs, outputs, attrs, name)
+        if foldable and all((not i) or i in self.constants for i in node.inputs):
+            outs = execute_node(node, [self.constants[i] if i else None for i in node.inputs])
+            for out_name, value in zip(node.outputs, outs):
+                if out_name:
+                    self.set_const(out_name, np.asarray(value))
+            return
+        self.nodes.append(node)
+        self.reserve(node.outputs)
+
+
+# ------------------------------------------------------------------ the importer
+def _value_info(vi) -> tuple:
+    """(numpy dtype or None, shape list or None, onnx elem type) of a ValueInfoProto."""
+    t = vi.type
+    if t.WhichOneof("value") != "tensor_type":
+        return None, None, None
+    tt = t.tensor_type
+    dt = numpy_dtype(tt.elem_type) if tt.elem_type else None
+    shape = None
+    if tt.HasField("shape"):
+        shape = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+    return dt, shape, tt.elem_type
+
+
+def _opsets(model) -> dict:
+    opsets = {}
+    for o in model.opset_import:
+        domain = "" if o.domain in DEFAULT_DOMAINS else o.domain
+        opsets[domain] = int(o.version)
+    return opsets
+
+
+def _unsupported_nodes(model, opsets: dict) -> tuple[list[str], list[int]]:
+    """Describe every node fastrnn cannot convert; return (problems, since_versions)."""
+    onnx = _onnx()
+    problems, versions = [], []
+    local = {(f.domain, f.name) for f in model.functions}
+    for index, n in enumerate(model.graph.node):
+        name = n.name or f"{n.op_type}_{index}"
+        domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
+        if (n.domain, n.op_type) in local:
+            problems.append(f"{n.op_type} (model-local function, domain {n.domain!r}) at node {name!r}")
+            versions.append(0)
+            continue
+        if domain != "":
+            problems.append(f"{n.op_type} (domain {n.domain!r}) at node {name!r}")
+            versions.append(0)
+            continue
+        opset = opsets.get("")
+        if opset is None:
+            problems.append(f"{n.op_type} at node {name!r}: the model imports no default-domain opset")
+            versions.append(0)
+            continue
+        try:
+            since = onnx.defs.get_schema(n.op_type, opset, "").since_version
+        except Exception:  # noqa: BLE001 - SchemaError: no such op at this opset
+            since = None
+        if since is None:
+            problems.append(f"{n.op_type} (no such ONNX op at opset {opset}) at node {name!r}")
+            versions.append(0)
+            continue
+        versions.append(since)
+        if lookup(n.op_type, since) is None:
+            have = supported_versions(n.op_type)
+            detail = (f"supported versions: {have}" if have else "not supported at any version")
+            problems.append(f"{n.op_type} (opset {opset}, op version {since}; {detail}) at node "
+                            f"{name!r}")
+    return problems, versions
+
+
+def _infer(model) -> dict:
+    """name -> (dtype, shape) from ONNX shape inference; inconsistent shapes raise ShapeError."""
+    onnx = _onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                     data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise ShapeError(f"the model's shapes or types are inconsistent (ONNX shape inference): "
+                         f"{e}") from None
+    except ValueError:  # a model over 2 GB cannot be inferred in memory: skip
+        return {}
+    types = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.output) + list(g.input):
+        dt, shape, _ = _value_info(vi)
+        if dt is not None or shape is not None:
+            types[vi.name] = (dt, shape)
+    return types
+
+
+def _check_structure(graph, input_names) -> None:
+    """Every node reads only values defined before it (graph inputs, initializers, earlier nodes).
+
+    onnx.checker is stricter than ONNX Runtime (it rejects, e.g., outputs without a shape), so the
+    importer checks what it relies on itself, and shape inference catches inconsistent shapes.
+    """
+    defined = set(input_names) | {t.name for t in graph.initializer}
+    produced = set()
+    for index, n in enumerate(graph.node):
+        name = n.name or f"{n.op_type}_{index}"
+        missing = [i for i in n.input if i and i not in defined]
+        if missing:
+            raise FormatError(f"node {name!r} ({n.op_type}) reads {missing}, which no graph input, "
+                              f"initializer or earlier node defines (truncated or unsorted graph?)")
+        for o in n.output:
+            if o and o in produced:
+                raise FormatError(f"value {o!r} is produced twice (again by node {name!r})")
+            produced.add(o)
+        defined.update(o for o in n.output if o)
+    missing = [o.name for o in graph.output if o.name not in defined]
+    if missing:
+        raise FormatError(f"graph output(s) {missing} are not produced by any node or initializer")
+
+
+def convert_model(model) -> OnnxPlan:
+    onnx = _onnx()
+    graph = model.graph
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+            graph = model.graph
+        except Exception:  # noqa: BLE001 - left for the unsupported-op report
+            pass
+    if len(graph.sparse_initializer):
+        raise UnsupportedError("sparse initializers are not supported")
+    opsets = _opsets(model)
+    problems, versions = _unsupported_nodes(model, opsets)
+    if problems:
+        raise UnsupportedError(f"the model uses {len(problems)} node(s) fastrnn cannot run:\n  "
+                               + "\n  ".join(problems))
+    if _external_refs(model):
+        raise FormatError(f"initializer(s) {_external_refs(model)[:5]} refer to external data that "
+                          f"was not loaded; pass the model's path so the data beside it is read")
+    _check_structure(graph, [vi.name for vi in graph.input])
+    value_types = _infer(model)
+
+    ctx = ImportContext(value_types)
+    init_names = set()
+    for t in graph.initializer:
+        ctx.set_const(t.name, _to_array(t))
+        init_names.add(t.name)
+    inputs = []
+    for vi in graph.input:
+        if vi.name in init_names:
+            continue  # an initializer listed as input (IR < 4 style): a constant here
+        dt, shape, elem = _value_info(vi)
+        if dt is None:
+            raise UnsupportedError(f"graph input {vi.name!r} has type "
+                                   f"{onnx_type_name(elem) if elem else 'non-tensor'}, fastrnn "
+                                   f"supports numeric tensors only")
+        inputs.append(ValueInfo(vi.name, str(dt), shape))
+    ctx.reserve(v.name for v in inputs)
+    ctx.reserve(n for node in graph.node for n in list(node.input) + list(node.output))
+
+    for index, (proto, version) in enumerate(zip(graph.node, versions)):
+        node = NodeView(proto, index, version)
+        ctx.current = node
+        conv = lookup(node.op_type, version)
+        try:
+            conv(ctx, node)
+        except FastRNNError as e:
+            raise type(e)(f"node {node.name!r} ({node.op_type}-{version}): {e}") from e
+    ctx.current = None
+
+    outputs = []
+    for vi in graph.output:
+        dt, shape, _ = _value_info(vi)
+        if dt is None:
+            dt = ctx.dtype(vi.name)
+        if shape is None:
+            inferred = value_types.get(vi.name)
+            shape = None if inferred is None else inferred[1]
+        outputs.append(ValueInfo(vi.name, None if dt is None else str(np.dtype(dt)), shape))
+
+    _drop_zero_states(ctx.nodes, ctx.constants)
+    nodes, constants = _prune(ctx.nodes, ctx.constants, [v.name for v in outputs])
+    source = {
+        "producer_name": model.producer_name, "producer_version": model.producer_version,
+        "ir_version": int(model.ir_version), "opset": opsets.get("", 0),
+        "graph_name": graph.name,
+    }
+    return OnnxPlan(inputs, outputs, nodes, constants, source)
+
+
+# ops whose first output is all zeros when their first input is
+_ZERO_PRESERVING = {"Expand", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Identity",
+                    "Cast", "CastLike", "Flatten", "Tile", "Gather", "Split"}
+
+
+def _drop_zero_states(nodes: list, constants: dict) -> None:
+    """Initial states that are all zeros (the exporters build them from the input's shape with
+    Shape / Gather / Concat / ConstantOfShape / Expand / Slice) become absent inputs: the recurrent
+    op then starts from zeros itself, and pruning drops the subgraph that built them."""
+    zero = {name for name, arr in constants.items()
+            if arr.dtype.kind in "fiub" and arr.size and not np.any(arr)}
+    for node in nodes:
+        first = node.inputs[0] if node.inputs else ""
+        if node.op == "ConstantOfShape" and len(node.inputs) > 1 and node.inputs[1] in zero:
+            zero.add(node.outputs[0])
+        elif node.op in _ZERO_PRESERVING and first in zero:
+            zero.update(o for o in (node.outputs if node.op == "Split" else node.outputs[:1]) if o)
+        elif node.op == "Concat" and node.inputs and all(i in zero for i in node.inputs):
+            zero.add(node.outputs[0])
+        elif node.op == recurrent_node.OP:
+            for slot in (2, 3):  # initial_h, initial_c
+                if node.inputs[slot] in zero:
+                    node.inputs[slot] = ""
+
+
+def _prune(nodes: list, constants: dict, outputs: list[str]) -> tuple[list, dict]:
+    """Drop nodes and constants no graph output depends on."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o and o in needed for o in node.outputs):
+            keep.append(node)
+            needed.update(i for i in node.inputs if i)
+            if node.op == recurrent_node.OP and node.attrs.get("params"):
+                for entry in node.attrs["params"]:
+                    needed.update(n for n in entry.values() if n)
+    keep.reverse()
+    return keep, {k: v for k, v in constants.items() if k in needed}
+
+
+def from_onnx(src) -> OnnxPlan:
+    """Convert an ONNX model (path, bytes or onnx.ModelProto) into a runnable fastrnn plan.
+
+    The result has onnxruntime's session interface: run(output_names, feeds), get_inputs(),
+    get_outputs(); fastrnn.save() writes it, and it loads and runs without onnx installed.
+    """
+    return convert_model(load_model(src))

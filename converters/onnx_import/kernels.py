@@ -1,0 +1,609 @@
+"""numpy implementations of the plan's surrounding ops (everything but the recurrent layers).
+
+onnx-free: a saved plan runs with numpy and fastrnn only. Each plan op has the semantics of the
+newest ONNX version of the op of the same name; the import-time converters (``op_converters``)
+rewrite older versions into that form (attributes that became inputs are turned into constant
+inputs, opset-dependent defaults are made explicit), so the kernels never look at an opset.
+
+A kernel is ``fn(attrs: dict, inputs: list[ndarray | None], n_out: int) -> list[ndarray]``;
+absent optional inputs are ``None``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import numpy as np
+
+from fastrnn.errors import ArgumentError, ShapeError
+
+Kernel = Callable[[dict, list, int], list]
+KERNELS: dict[str, Kernel] = {}
+
+
+def kernel(*names: str):
+    """Register a kernel under one or more plan op names."""
+    def deco(fn: Kernel) -> Kernel:
+        for name in names:
+            KERNELS[name] = fn
+        return fn
+    return deco
+
+
+def _ints(a) -> list[int]:
+    return [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+def _axis(axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{what} {axis} is out of range for a tensor of rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def _scalar(a, what: str):
+    arr = np.asarray(a)
+    if arr.size != 1:
+        raise ShapeError(f"{what} must hold exactly one value, got shape {arr.shape}")
+    return arr.reshape(-1)[0]
+
+
+# ------------------------------------------------------------------ data movement
+@kernel("Identity")
+def _identity(attrs, ins, n_out):
+    return [ins[0]]
+
+
+@kernel("Dropout")
+def _dropout(attrs, ins, n_out):
+    x = ins[0]
+    out = [x]
+    if n_out > 1:
+        out.append(np.ones(x.shape, dtype=np.bool_))
+    return out
+
+
+@kernel("Transpose")
+def _transpose(attrs, ins, n_out):
+    perm = attrs.get("perm")
+    x = ins[0]
+    if perm is not None and sorted(perm) != list(range(x.ndim)):
+        raise ShapeError(f"perm {perm} is not a permutation of the {x.ndim} axes of shape {x.shape}")
+    return [np.transpose(x, perm)]
+
+
+@kernel("Reshape")
+def _reshape(attrs, ins, n_out):
+    x, shape = ins[0], _ints(ins[1])
+    if not attrs.get("allowzero", 0):
+        for i, s in enumerate(shape):
+            if s == 0:
+                if i >= x.ndim:
+                    raise ShapeError(f"Reshape target {shape} copies dimension {i} (0) but the "
+                                     f"input has shape {x.shape}")
+                shape[i] = x.shape[i]
+    if shape.count(-1) > 1:
+        raise ShapeError(f"Reshape target {shape} has more than one -1")
+    try:
+        return [np.reshape(x, shape)]
+    except ValueError:
+        raise ShapeError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
+                         f"into {shape}") from None
+
+
+@kernel("Flatten")
+def _flatten(attrs, ins, n_out):
+    x = ins[0]
+    axis = attrs.get("axis", 1)
+    if axis < 0:
+        axis += x.ndim
+    if not 0 <= axis <= x.ndim:
+        raise ShapeError(f"Flatten axis {attrs.get('axis', 1)} is out of range for shape {x.shape}")
+    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
+
+
+@kernel("Squeeze")
+def _squeeze(attrs, ins, n_out):
+    x = ins[0]
+    axes = ins[1] if len(ins) > 1 else None
+    if axes is None:
+        return [np.squeeze(x)]
+    axes = tuple(sorted({_axis(a, x.ndim, "Squeeze axis") for a in _ints(axes)}))
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ShapeError(f"Squeeze axis {a} has size {x.shape[a]}, not 1 (shape {x.shape})")
+    return [np.squeeze(x, axis=axes)]
+
+
+@kernel("Unsqueeze")
+def _unsqueeze(attrs, ins, n_out):
+    x = ins[0]
+    axes = _ints(ins[1])
+    rank = x.ndim + len(axes)
+    norm = sorted(_axis(a, rank, "Unsqueeze axis") for a in axes)
+    if len(set(norm)) != len(norm):
+        raise ShapeError(f"Unsqueeze axes {axes} repeat an axis")
+    return [np.expand_dims(x, tuple(norm))]
+
+
+@kernel("Concat")
+def _concat(attrs, ins, n_out):
+    xs = [x for x in ins if x is not None]
+    axis = _axis(attrs["axis"], xs[0].ndim, "Concat axis")
+    try:
+        return [np.concatenate(xs, axis=axis)]
+    except ValueError:
+        raise ShapeError(f"Concat on axis {axis} got incompatible shapes "
+                         f"{[tuple(x.shape) for x in xs]}") from None
+
+
+def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
+    if step == 0:
+        raise ArgumentError("Slice step must not be 0")
+    if start < 0:
+        start += dim
+    if end < 0:
+        end += dim
+    if step > 0:
+        start = min(max(start, 0), dim)
+        end = min(max(end, 0), dim)
+    else:
+        start = min(max(start, 0), dim - 1)
+        end = min(max(end, -1), dim - 1)
+    return slice(start, end if end >= 0 else None, step)
+
+
+@kernel("Slice")
+def _slice(attrs, ins, n_out):
+    x = ins[0]
+    starts, ends = _ints(ins[1]), _ints(ins[2])
+    axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+    steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ShapeError(f"Slice starts/ends/axes/steps differ in length: {len(starts)}, "
+                         f"{len(ends)}, {len(axes)}, {len(steps)}")
+    index = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = _axis(a, x.ndim, "Slice axis")
+        index[a] = _slice_bounds(s, e, st, x.shape[a])
+    return [x[tuple(index)]]
+
+
+@kernel("Split")
+def _split(attrs, ins, n_out):
+    x = ins[0]
+    axis = _axis(attrs.get("axis", 0), x.ndim, "Split axis")
+    dim = x.shape[axis]
+    split = ins[1] if len(ins) > 1 else None
+    if split is not None:
+        sizes = _ints(split)
+        if len(sizes) != n_out or sum(sizes) != dim or min(sizes, default=0) < 0:
+            raise ShapeError(f"Split sizes {sizes} do not cut axis {axis} of size {dim} "
+                             f"into {n_out} outputs")
+    else:
+        chunk = -(-dim // n_out)
+        sizes = [chunk] * (n_out - 1) + [dim - chunk * (n_out - 1)]
+        if sizes[-1] < 0:
+            raise ShapeError(f"cannot split axis {axis} of size {dim} into {n_out} outputs")
+    bounds = np.cumsum(sizes)[:-1]
+    return list(np.split(x, bounds, axis=axis))
+
+
+@kernel("Gather")
+def _gather(attrs, ins, n_out):
+    x, idx = ins
+    axis = _axis(attrs.get("axis", 0), x.ndim, "Gather axis")
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise ShapeError(f"Gather indices must be integers, got {idx.dtype}")
+    try:
+        return [np.take(x, idx, axis=axis)]
+    except IndexError:
+        raise ShapeError(f"Gather index out of range: indices in [{idx.min()}, {idx.max()}] "
+                         f"for axis {axis} of size {x.shape[axis]}") from None
+
+
+def _norm_indices(idx, dim: int) -> np.ndarray:
+    idx = np.asarray(idx).astype(np.int64)
+    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+        raise ShapeError(f"index out of range: indices in [{idx.min()}, {idx.max()}] for an "
+                         f"axis of size {dim}")
+    return np.where(idx < 0, idx + dim, idx)
+
+
+@kernel("GatherElements")
+def _gather_elements(attrs, ins, n_out):
+    x, idx = ins
+    axis = _axis(attrs.get("axis", 0), x.ndim, "GatherElements axis")
+    return [np.take_along_axis(x, _norm_indices(idx, x.shape[axis]), axis=axis)]
+
+
+@kernel("ScatterElements")
+def _scatter_elements(attrs, ins, n_out):
+    data, idx, upd = ins
+    axis = _axis(attrs.get("axis", 0), data.ndim, "ScatterElements axis")
+    idx = _norm_indices(idx, data.shape[axis])
+    if idx.shape != np.shape(upd):
+        raise ShapeError(f"ScatterElements indices {idx.shape} and updates {np.shape(upd)} differ")
+    out = np.array(data, copy=True)
+    grid = list(np.indices(idx.shape, sparse=True))
+    grid[axis] = idx
+    where = tuple(grid)
+    reduction = attrs.get("reduction", "none")
+    if reduction == "none":
+        out[where] = upd
+    else:
+        ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[reduction]
+        ufunc.at(out, where, np.asarray(upd, dtype=out.dtype))
+    return [out]
+
+
+@kernel("Shape")
+def _shape(attrs, ins, n_out):
+    shape = ins[0].shape[attrs.get("start", 0):attrs.get("end")]
+    return [np.array(shape, dtype=np.int64)]
+
+
+@kernel("Size")
+def _size(attrs, ins, n_out):
+    return [np.array(ins[0].size, dtype=np.int64)]
+
+
+@kernel("Expand")
+def _expand(attrs, ins, n_out):
+    x, shape = ins[0], tuple(_ints(ins[1]))
+    try:
+        target = np.broadcast_shapes(x.shape, shape)
+    except ValueError:
+        raise ShapeError(f"Expand cannot broadcast shape {x.shape} to {list(shape)}") from None
+    return [np.broadcast_to(x, target)]
+
+
+@kernel("Tile")
+def _tile(attrs, ins, n_out):
+    x, reps = ins[0], _ints(ins[1])
+    if len(reps) != x.ndim:
+        raise ShapeError(f"Tile repeats {reps} must have one entry per axis of shape {x.shape}")
+    return [np.tile(x, reps)]
+
+
+@kernel("ConstantOfShape")
+def _constant_of_shape(attrs, ins, n_out):
+    shape = _ints(ins[0]) if ins[0] is not None else []
+    if any(s < 0 for s in shape):
+        raise ShapeError(f"ConstantOfShape got a negative dimension in {shape}")
+    value = ins[1] if len(ins) > 1 and ins[1] is not None else np.zeros(1, np.float32)
+    return [np.full(shape, np.asarray(value).reshape(-1)[0], dtype=np.asarray(value).dtype)]
+
+
+@kernel("Cast")
+def _cast(attrs, ins, n_out):
+    x = ins[0]
+    dt = np.dtype(attrs["to"])
+    if x.dtype == dt:
+        return [x]
+    with np.errstate(all="ignore"):
+        return [x.astype(dt)]
+
+
+@kernel("CastLike")
+def _cast_like(attrs, ins, n_out):
+    x, like = ins
+    if x.dtype == like.dtype:
+        return [x]
+    with np.errstate(all="ignore"):
+        return [x.astype(like.dtype)]
+
+
+@kernel("Range")
+def _range(attrs, ins, n_out):
+    start, limit, delta = (_scalar(v, f"Range {w}") for v, w in zip(ins, ("start", "limit", "delta")))
+    if delta == 0:
+        raise ArgumentError("Range delta must not be 0")
+    dtype = np.asarray(ins[0]).dtype
+    count = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
+    return [(start + np.arange(count, dtype=dtype) * delta).astype(dtype)]
+
+
+@kernel("NonZero")
+def _nonzero(attrs, ins, n_out):
+    x = np.asarray(ins[0])
+    if x.ndim == 0:
+        x = x.reshape(1)
+    return [np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1)]
+
+
+@kernel("Where")
+def _where(attrs, ins, n_out):
+    cond, a, b = ins
+    return [np.where(cond, a, b)]
+
+
+# ------------------------------------------------------------------ linear algebra
+@kernel("MatMul")
+def _matmul(attrs, ins, n_out):
+    a, b = ins
+    try:
+        return [np.matmul(a, b)]
+    except ValueError:
+        raise ShapeError(f"MatMul shapes {a.shape} and {b.shape} do not match") from None
+
+
+@kernel("Gemm")
+def _gemm(attrs, ins, n_out):
+    a, b = ins[0], ins[1]
+    c = ins[2] if len(ins) > 2 else None
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError(f"Gemm takes 2-D A and B, got {a.shape} and {b.shape}")
+    if attrs.get("transA", 0):
+        a = a.T
+    if attrs.get("transB", 0):
+        b = b.T
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError(f"Gemm inner dimensions differ: {a.shape} @ {b.shape}")
+    y = a @ b
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    if alpha != 1.0:
+        y = y * y.dtype.type(alpha)
+    if c is not None:
+        y = y + (c if beta == 1.0 else c * c.dtype.type(beta))
+    return [y.astype(a.dtype, copy=False)]
+
+
+# ------------------------------------------------------------------ element-wise
+def _int_div(a, b):
+    q = np.floor_divide(a, b)
+    fix = (a - q * b != 0) & ((a < 0) != (b < 0))
+    return q + fix.astype(q.dtype)
+
+
+def _div(a, b):
+    if np.result_type(a, b).kind in "iu":
+        if np.any(np.asarray(b) == 0):
+            raise ArgumentError("integer division by zero in Div")
+        return _int_div(a, b)
+    return np.true_divide(a, b)
+
+
+def _pow(a, b):
+    return np.power(a, b).astype(np.asarray(a).dtype, copy=False)
+
+
+def _mod(a, b, fmod=0):
+    return np.fmod(a, b) if fmod else np.mod(a, b)
+
+
+BINARY = {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _div, "Pow": _pow,
+    "Equal": np.equal, "Less": np.less, "Greater": np.greater, "LessOrEqual": np.less_equal,
+    "GreaterOrEqual": np.greater_equal, "And": np.logical_and, "Or": np.logical_or,
+    "Xor": np.logical_xor, "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or,
+}
+
+
+def _binary(op):
+    fn = BINARY[op]
+
+    def run(attrs, ins, n_out):
+        a, b = ins
+        try:
+            with np.errstate(all="ignore"):
+                out = fn(a, b)
+        except ValueError:
+            raise ShapeError(f"{op} cannot broadcast shapes {np.shape(a)} and {np.shape(b)}") from None
+        return [np.asarray(out)]
+    return run
+
+
+for _op in BINARY:
+    KERNELS[_op] = _binary(_op)
+
+
+@kernel("Mod")
+def _mod_kernel(attrs, ins, n_out):
+    a, b = ins
+    if np.result_type(a, b).kind in "iu" and np.any(np.asarray(b) == 0):
+        raise ArgumentError("integer modulo by zero in Mod")
+    with np.errstate(all="ignore"):
+        return [np.asarray(_mod(a, b, attrs.get("fmod", 0)))]
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _gelu(x, approximate="none"):
+    if approximate == "tanh":
+        c = math.sqrt(2 / math.pi)
+        return 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x ** 3)))
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return (0.5 * x * (1 + erf(x / math.sqrt(2)))).astype(x.dtype)
+
+
+UNARY = {
+    "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log,
+    "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil, "Sign": np.sign,
+    "Tanh": np.tanh, "Sigmoid": _sigmoid, "Sin": np.sin, "Cos": np.cos, "Not": np.logical_not,
+    "Erf": lambda x: np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype),
+    "Softsign": lambda x: x / (1 + np.abs(x)),
+    "Softplus": lambda x: np.logaddexp(x.dtype.type(0), x),
+    "Relu": lambda x: np.maximum(x, x.dtype.type(0)),
+}
+
+
+def _unary(op):
+    fn = UNARY[op]
+
+    def run(attrs, ins, n_out):
+        x = ins[0]
+        with np.errstate(all="ignore"):
+            return [np.asarray(fn(x)).astype(x.dtype, copy=False) if op != "Not" else fn(x)]
+    return run
+
+
+for _op in UNARY:
+    KERNELS[_op] = _unary(_op)
+
+
+@kernel("LeakyRelu")
+def _leaky_relu(attrs, ins, n_out):
+    x = ins[0]
+    return [np.where(x >= 0, x, x * x.dtype.type(attrs.get("alpha", 0.01)))]
+
+
+@kernel("HardSigmoid")
+def _hard_sigmoid(attrs, ins, n_out):
+    x = ins[0]
+    t = x.dtype.type
+    return [np.clip(x * t(attrs.get("alpha", 0.2)) + t(attrs.get("beta", 0.5)), t(0), t(1))]
+
+
+@kernel("Elu")
+def _elu(attrs, ins, n_out):
+    x = ins[0]
+    t = x.dtype.type
+    with np.errstate(all="ignore"):
+        return [np.where(x >= 0, x, t(attrs.get("alpha", 1.0)) * (np.exp(np.minimum(x, t(0))) - t(1)))]
+
+
+@kernel("Selu")
+def _selu(attrs, ins, n_out):
+    x = ins[0]
+    t = x.dtype.type
+    alpha = t(attrs.get("alpha", 1.67326319217681884765625))
+    gamma = t(attrs.get("gamma", 1.05070102214813232421875))
+    with np.errstate(all="ignore"):
+        return [np.where(x > 0, gamma * x, gamma * (alpha * np.exp(np.minimum(x, t(0))) - alpha))]
+
+
+@kernel("ThresholdedRelu")
+def _thresholded_relu(attrs, ins, n_out):
+    x = ins[0]
+    return [np.where(x > attrs.get("alpha", 1.0), x, x.dtype.type(0))]
+
+
+@kernel("Gelu")
+def _gelu_kernel(attrs, ins, n_out):
+    with np.errstate(all="ignore"):
+        return [_gelu(ins[0], attrs.get("approximate", "none")).astype(ins[0].dtype, copy=False)]
+
+
+@kernel("Clip")
+def _clip(attrs, ins, n_out):
+    x = ins[0]
+    lo = ins[1] if len(ins) > 1 else None
+    hi = ins[2] if len(ins) > 2 else None
+    if lo is not None:
+        x = np.maximum(x, _scalar(lo, "Clip min"))
+    if hi is not None:
+        x = np.minimum(x, _scalar(hi, "Clip max"))
+    return [np.asarray(x).astype(ins[0].dtype, copy=False)]
+
+
+def _variadic(fn):
+    def run(attrs, ins, n_out):
+        xs = [x for x in ins if x is not None]
+        try:
+            out = functools.reduce(fn, xs)
+        except ValueError:
+            raise ShapeError(f"cannot broadcast shapes {[np.shape(x) for x in xs]}") from None
+        return [np.asarray(out)]
+    return run
+
+
+KERNELS["Min"] = _variadic(np.minimum)
+KERNELS["Max"] = _variadic(np.maximum)
+KERNELS["Sum"] = _variadic(np.add)
+
+
+@kernel("Mean")
+def _mean(attrs, ins, n_out):
+    total = KERNELS["Sum"](attrs, ins, 1)[0]
+    return [(total / len([x for x in ins if x is not None])).astype(total.dtype, copy=False)]
+
+
+# ------------------------------------------------------------------ softmax, reductions
+def _softmax_core(x, axis, log):
+    e = x - np.max(x, axis=axis, keepdims=True)
+    with np.errstate(all="ignore"):
+        if log:
+            e -= np.log(np.sum(np.exp(e), axis=axis, keepdims=True))
+            return e
+        np.exp(e, out=e)
+        e /= np.sum(e, axis=axis, keepdims=True)
+        return e
+
+
+def _softmax(log):
+    def run(attrs, ins, n_out):
+        x = ins[0]
+        axis = _axis(attrs.get("axis", -1), max(x.ndim, 1), "Softmax axis")
+        if attrs.get("legacy", False):  # opset < 13: coerce to 2-D at `axis`
+            flat = x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+            return [_softmax_core(flat, 1, log).reshape(x.shape)]
+        return [_softmax_core(x, axis, log)]
+    return run
+
+
+KERNELS["Softmax"] = _softmax(False)
+KERNELS["LogSoftmax"] = _softmax(True)
+
+
+def _arg(fn):
+    def run(attrs, ins, n_out):
+        x = ins[0]
+        axis = _axis(attrs.get("axis", 0), x.ndim, "axis")
+        keepdims = attrs.get("keepdims", 1)
+        if attrs.get("select_last_index", 0):
+            flipped = np.flip(x, axis=axis)
+            idx = x.shape[axis] - 1 - fn(flipped, axis=axis)
+        else:
+            idx = fn(x, axis=axis)
+        idx = np.asarray(idx, dtype=np.int64)
+        return [np.expand_dims(idx, axis) if keepdims else idx]
+    return run
+
+
+KERNELS["ArgMax"] = _arg(np.argmax)
+KERNELS["ArgMin"] = _arg(np.argmin)
+
+REDUCE = {"ReduceMean": np.mean, "ReduceMax": np.max, "ReduceMin": np.min, "ReduceSum": np.sum,
+          "ReduceProd": np.prod}
+
+
+def _reduce(op):
+    fn = REDUCE[op]
+
+    def run(attrs, ins, n_out):
+        x = ins[0]
+        axes = ins[1] if len(ins) > 1 else None
+        keepdims = bool(attrs.get("keepdims", 1))
+        if axes is None or np.asarray(axes).size == 0:
+            if attrs.get("noop_with_empty_axes", 0):
+                return [x]
+            axis = None
+        else:
+            axis = tuple(sorted({_axis(a, x.ndim, f"{op} axis") for a in _ints(axes)}))
+        if x.size == 0 and op in ("ReduceMax", "ReduceMin"):
+            raise ShapeError(f"{op} of an empty tensor of shape {x.shape}")
+        return [np.asarray(fn(x, axis=axis, keepdims=keepdims)).astype(x.dtype, copy=False)]
+    return run
+
+
+for _op in REDUCE:
+    KERNELS[_op] = _reduce(_op)
+
+
+@kernel("TopK")
+def _topk(attrs, ins, n_out):
+    x = ins[0]
+    k = int(_scalar(ins[1], "TopK k"))
+    axis = _axis(attrs.get("axis", -1), x.ndim, "TopK axis")
+    if not 0 <= k <= x.shape[axis]:
+        raise ShapeError(f"TopK k={k} is out of range for axis {axis} of size {x.shape[axis]}")
+    key = x if x.dtype.kind == "f" else x.astype(np.float64)
+    if attrs.get("largest", 1):
+        key = -key
+    order = np.argsort(key, axis=axis, kind="stable")
+    idx = np.take(order, np.arange(k), axis=axis)
+    return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]

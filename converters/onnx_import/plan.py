@@ -1,0 +1,330 @@
+"""fastrnn's execution plan for an imported ONNX graph, and the session that runs it.
+
+onnx-free: the importer (``importer.py``) is the only code that reads ONNX; what it produces is an
+:class:`OnnxPlan` (named inputs and outputs, folded constants, and a topologically ordered list of
+plan nodes: recurrent layers on fastrnn's kernels, everything else on numpy), which runs, saves and
+loads with numpy and fastrnn alone.
+
+The session interface follows onnxruntime.InferenceSession: ``run(output_names, input_feed)``,
+``get_inputs()``, ``get_outputs()``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError)
+
+from . import recurrent_node
+from .dtypes import type_string
+from .kernels import KERNELS
+
+PLAN_KIND = "onnx_plan"
+PLAN_FORMAT = 1
+# dtypes a .frnn file holds; other integer constants are widened to int64 (uint64: bit view)
+_SAVABLE = {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"}
+
+
+class NodeArg:
+    """Name, type and shape of a graph input or output, like onnxruntime's NodeArg."""
+
+    __slots__ = ("name", "type", "shape")
+
+    def __init__(self, name: str, type: str, shape: list):
+        self.name = name
+        self.type = type
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape!r})"
+
+
+class ValueInfo:
+    """A graph input/output: name, numpy dtype name (or None), shape (list of int | str | None) or None."""
+
+    __slots__ = ("name", "dtype", "shape")
+
+    def __init__(self, name: str, dtype: str | None, shape: Sequence | None):
+        self.name = name
+        self.dtype = dtype
+        self.shape = None if shape is None else list(shape)
+
+    def node_arg(self) -> NodeArg:
+        return NodeArg(self.name, type_string(self.dtype), [] if self.shape is None else list(self.shape))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "ValueInfo":
+        shape = d["shape"]
+        if shape is not None and not all(s is None or isinstance(s, (int, str)) for s in shape):
+            raise FormatError(f"plan value {d['name']!r} has a malformed shape {shape!r}")
+        if d["dtype"] is not None:
+            np.dtype(d["dtype"])
+        return cls(str(d["name"]), d["dtype"], shape)
+
+
+class PlanNode:
+    """One step of the plan: op name, input/output value names ('' = absent), JSON-able attrs."""
+
+    __slots__ = ("op", "name", "inputs", "outputs", "attrs", "state")
+
+    def __init__(self, op: str, inputs: Sequence[str], outputs: Sequence[str],
+                 attrs: Mapping | None = None, name: str = ""):
+        self.op = op
+        self.name = name
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.attrs = dict(attrs or {})
+        self.state = None
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "name": self.name, "inputs": self.inputs, "outputs": self.outputs,
+                "attrs": self.attrs}
+
+    def __repr__(self) -> str:
+        return f"PlanNode({self.op}, {self.name!r}, {self.inputs} -> {self.outputs})"
+
+
+def execute_node(node: PlanNode, ins: list) -> list:
+    """Run one plan node on its input arrays (None for absent ones); errors name the node."""
+    try:
+        if node.op == recurrent_node.OP:
+            return recurrent_node.run(node.attrs, node.state, ins, len(node.outputs))
+        return KERNELS[node.op](node.attrs, ins, len(node.outputs))
+    except FastRNNError as e:
+        raise type(e)(f"node {node.name!r} ({node.op}): {e}") from e
+    except (ValueError, IndexError) as e:
+        shapes = [None if x is None else tuple(np.shape(x)) for x in ins]
+        raise ShapeError(f"node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: "
+                         f"{e}") from e
+    except TypeError as e:
+        types = [None if x is None else str(np.asarray(x).dtype) for x in ins]
+        raise DTypeError(f"node {node.name!r} ({node.op}) failed on inputs of dtypes {types}: "
+                         f"{e}") from e
+
+
+def known_op(op: str) -> bool:
+    return op == recurrent_node.OP or op in KERNELS
+
+
+class OnnxPlan:
+    """An imported ONNX graph as fastrnn's execution plan; runs like an onnxruntime session."""
+
+    def __init__(self, inputs: Sequence[ValueInfo], outputs: Sequence[ValueInfo],
+                 nodes: Sequence[PlanNode], constants: Mapping[str, np.ndarray],
+                 source: Mapping | None = None):
+        self._inputs = list(inputs)
+        self._outputs = list(outputs)
+        self._nodes = list(nodes)
+        self._constants = {}
+        for name, value in constants.items():
+            arr = np.asarray(value)
+            if arr.flags.writeable:
+                arr = arr.view()
+                arr.flags.writeable = False  # shared with every run: never written
+            self._constants[name] = arr
+        self.source = dict(source or {})
+        self._input_dtypes = {}
+        for v in self._inputs:
+            self._input_dtypes[v.name] = None if v.dtype is None else np.dtype(v.dtype)
+        self._validate()
+        for node in self._nodes:
+            if node.op == recurrent_node.OP:
+                node.state = recurrent_node.prepare(node.attrs, self._constants)
+        self._schedules: dict[tuple, list] = {}
+
+    # ------------------------------------------------------------------ structure
+    def _validate(self) -> None:
+        defined = set(self._constants)
+        names = [v.name for v in self._inputs]
+        if len(set(names)) != len(names):
+            raise FormatError(f"plan inputs repeat a name: {names}")
+        defined.update(names)
+        for node in self._nodes:
+            if not known_op(node.op):
+                raise FormatError(f"plan node {node.name!r} has unknown op {node.op!r}")
+            for name in node.inputs:
+                if name and name not in defined:
+                    raise FormatError(f"plan node {node.name!r} ({node.op}) reads {name!r}, which "
+                                      f"nothing before it defines")
+            defined.update(n for n in node.outputs if n)
+        for v in self._outputs:
+            if v.name not in defined:
+                raise FormatError(f"plan output {v.name!r} is not produced by any node")
+
+    def _schedule(self, wanted: tuple) -> list:
+        sched = self._schedules.get(wanted)
+        if sched is None:
+            needed = set(wanted)
+            keep = []
+            for node in reversed(self._nodes):
+                if any(o in needed for o in node.outputs if o):
+                    keep.append(node)
+                    needed.update(i for i in node.inputs if i)
+            keep.reverse()
+            sched = [(node, [(name in self._constants, name) for name in node.inputs])
+                     for node in keep]
+            self._schedules[wanted] = sched
+        return sched
+
+    @property
+    def nodes(self) -> list[PlanNode]:
+        return list(self._nodes)
+
+    @property
+    def constants(self) -> dict[str, np.ndarray]:
+        return dict(self._constants)
+
+    def get_inputs(self) -> list[NodeArg]:
+        return [v.node_arg() for v in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [v.node_arg() for v in self._outputs]
+
+    def get_providers(self) -> list[str]:
+        return ["FastRNNExecutionProvider"]
+
+    def __repr__(self) -> str:
+        ops: dict[str, int] = {}
+        for n in self._nodes:
+            ops[n.op] = ops.get(n.op, 0) + 1
+        return (f"OnnxPlan(inputs={[v.name for v in self._inputs]}, "
+                f"outputs={[v.name for v in self._outputs]}, nodes={ops})")
+
+    # ------------------------------------------------------------------ running
+    def _check_feeds(self, input_feed) -> dict:
+        if not isinstance(input_feed, Mapping):
+            raise ArgumentError(f"input_feed must be a dict of input name -> array, got "
+                                f"{type(input_feed).__name__}")
+        expected = [v.name for v in self._inputs]
+        unknown = [k for k in input_feed if k not in self._input_dtypes]
+        if unknown:
+            raise ArgumentError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
+        missing = [k for k in expected if k not in input_feed]
+        if missing:
+            raise ArgumentError(f"required input(s) {missing} are missing from input_feed "
+                                f"(got {list(input_feed)}); the model's inputs are {expected}")
+        feeds = {}
+        for info in self._inputs:
+            value = input_feed[info.name]
+            want = self._input_dtypes[info.name]
+            if not isinstance(value, np.ndarray):
+                try:
+                    value = np.asarray(value, dtype=want if not isinstance(value, np.generic) else None)
+                except (TypeError, ValueError) as e:
+                    raise DTypeError(f"input {info.name!r}: cannot make a {want} array of "
+                                     f"{type(value).__name__}: {e}") from None
+            if want is not None and value.dtype != want:
+                raise DTypeError(f"input {info.name!r} must be {type_string(info.dtype)} "
+                                 f"({want}), got {value.dtype}")
+            if info.shape is not None:
+                if value.ndim != len(info.shape):
+                    raise ShapeError(f"input {info.name!r} must have rank {len(info.shape)} "
+                                     f"(shape {info.shape}), got shape {value.shape}")
+                bad = [(i, d, s) for i, (d, s) in enumerate(zip(info.shape, value.shape))
+                       if isinstance(d, int) and d != s]
+                if bad:
+                    raise ShapeError(f"input {info.name!r} must have shape {info.shape}, got "
+                                     f"{list(value.shape)} (axis {bad[0][0]}: expected "
+                                     f"{bad[0][1]}, got {bad[0][2]})")
+            feeds[info.name] = value
+        return feeds
+
+    def run(self, output_names: Sequence[str] | None = None, input_feed: Mapping | None = None,
+            run_options: Any = None) -> list[np.ndarray]:
+        """Compute the named outputs (all when None or empty) from input_feed, like ORT's run."""
+        if input_feed is None:
+            input_feed = {}
+        feeds = self._check_feeds(input_feed)
+        all_outputs = [v.name for v in self._outputs]
+        if not output_names:
+            wanted = tuple(all_outputs)
+        else:
+            if isinstance(output_names, str):
+                raise ArgumentError(f"output_names must be a list of names, got the string "
+                                    f"{output_names!r}")
+            wanted = tuple(output_names)
+            bad = [n for n in wanted if n not in all_outputs]
+            if bad:
+                raise ArgumentError(f"unknown output name(s) {bad}; the model's outputs are "
+                                    f"{all_outputs}")
+        env: dict[str, Any] = dict(feeds)
+        consts = self._constants
+        for node, sources in self._schedule(wanted):
+            ins = [None if not name else (consts[name] if is_const else env[name])
+                   for is_const, name in sources]
+            outs = execute_node(node, ins)
+            for name, value in zip(node.outputs, outs):
+                if name:
+                    env[name] = value
+        results = []
+        seen: set[int] = {id(v) for v in feeds.values()}
+        for name in wanted:
+            value = env[name] if name in env else consts[name]
+            value = np.asarray(value)
+            if (id(value) in seen or not value.flags.writeable or not value.flags.c_contiguous
+                    or not value.flags.owndata):
+                value = np.array(value, copy=True, order="C")
+            seen.add(id(value))
+            results.append(value)
+        return results
+
+    def __call__(self, **feeds) -> list[np.ndarray]:
+        return self.run(None, feeds)
+
+    # ------------------------------------------------------------------ saving
+    def to_record(self) -> tuple[str, dict, dict[str, np.ndarray]]:
+        """(kind, meta, tensors) for fastrnn.save."""
+        tensors, table = {}, []
+        for i, (name, arr) in enumerate(self._constants.items()):
+            key = f"c{i}"
+            dt = str(arr.dtype)
+            if dt not in _SAVABLE:
+                if arr.dtype.kind not in "iu":
+                    raise DTypeError(f"constant {name!r} has dtype {dt}, which cannot be saved")
+                arr = arr.view(np.int64) if arr.dtype == np.uint64 else arr.astype(np.int64)
+            tensors[key] = arr
+            table.append([name, key, dt])
+        meta = {
+            "format": PLAN_FORMAT,
+            "inputs": [v.to_json() for v in self._inputs],
+            "outputs": [v.to_json() for v in self._outputs],
+            "nodes": [n.to_json() for n in self._nodes],
+            "constants": table,
+            "source": self.source,
+        }
+        return PLAN_KIND, meta, tensors
+
+    @classmethod
+    def from_record(cls, meta: Mapping, tensors: Mapping[str, np.ndarray]) -> "OnnxPlan":
+        """Rebuild a plan from what to_record produced (the registered 'onnx_plan' loader)."""
+        try:
+            fmt = meta["format"]
+            if fmt != PLAN_FORMAT:
+                raise FormatError(f"onnx_plan format {fmt!r} is not supported; this fastrnn reads "
+                                  f"format {PLAN_FORMAT}")
+            constants = {}
+            for name, key, dt in meta["constants"]:
+                arr = tensors[key]
+                if str(arr.dtype) != dt:
+                    arr = arr.view(np.uint64) if dt == "uint64" else arr.astype(dt)
+                constants[name] = arr
+            inputs = [ValueInfo.from_json(d) for d in meta["inputs"]]
+            outputs = [ValueInfo.from_json(d) for d in meta["outputs"]]
+            nodes = [PlanNode(d["op"], d["inputs"], d["outputs"], d["attrs"], d.get("name", ""))
+                     for d in meta["nodes"]]
+            source = meta.get("source", {})
+        except FormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"malformed onnx_plan record: {type(e).__name__}: {e}") from None
+        return cls(inputs, outputs, nodes, constants, source)
+
+
+def load_plan(meta: dict, tensors: dict) -> OnnxPlan:
+    """fastrnn.fileformat loader for kind 'onnx_plan'."""
+    return OnnxPlan.from_record(meta, tensors)

@@ -1,0 +1,368 @@
+"""Malformed models and bad calls give clear, typed fastrnn errors; plans save, load and run
+without onnx; the session behaves like onnxruntime's where users can tell."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import converters  # noqa: E402
+import fastrnn  # noqa: E402
+from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError,  # noqa: E402
+                            ShapeError, UnsupportedError)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+I, H = 5, 4
+
+
+def lstm_model(opset=14, x_shape=("T", "N", I), bidirectional=False, extra_nodes=(), outputs=None,
+               seq=True):
+    rng = np.random.default_rng(0)
+    D = 2 if bidirectional else 1
+    inits = [numpy_helper.from_array(rng.standard_normal((D, 4 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((D, 4 * H, H)).astype(np.float32), "R")]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
+    names = ["X", "W", "R"]
+    if seq:
+        inputs.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [x_shape[1]]))
+        names += ["", "lens"]
+    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], name="lstm", hidden_size=H,
+                            direction="bidirectional" if bidirectional else "forward")
+    outs = outputs or [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                       for n in ("Y", "Y_h", "Y_c")]
+    graph = helper.make_graph([node, *extra_nodes], "g", inputs, outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def feeds(T=3, N=2):
+    rng = np.random.default_rng(1)
+    return {"X": rng.standard_normal((T, N, I)).astype(np.float32),
+            "lens": np.full(N, T, np.int32)}
+
+
+# --------------------------------------------------------------------------------------------------
+# what cannot be read
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("data", [b"this is not an onnx model", b"\x00\xff" * 50, b"",
+                                  np.random.default_rng(0).bytes(4096)],
+                         ids=["text", "binary", "empty", "random"])
+def test_garbage_bytes(data):
+    with pytest.raises(FormatError, match="ONNX model"):
+        converters.from_onnx(data)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.3, 0.6, 0.95, 0.999])
+def test_truncated_bytes(fraction):
+    data = lstm_model().SerializeToString()
+    with pytest.raises(FormatError):
+        converters.from_onnx(data[:int(len(data) * fraction)])
+
+
+def test_truncated_file(tmp_path):
+    data = lstm_model().SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="cut.onnx"):
+        converters.from_onnx(str(path))
+
+
+def test_paths_and_sources(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        converters.from_onnx(str(tmp_path / "missing.onnx"))
+    with pytest.raises(FormatError, match="directory"):
+        converters.from_onnx(tmp_path)
+    with pytest.raises(ArgumentError, match="path, bytes or an onnx.ModelProto"):
+        converters.from_onnx(42)
+    path = tmp_path / "ok.onnx"
+    onnx.save_model(lstm_model(), str(path))
+    for src in (str(path), path, path.read_bytes(), bytearray(path.read_bytes()), lstm_model()):
+        assert converters.from_onnx(src).run(["Y_h"], feeds())[0].shape == (1, 2, H)
+
+
+def test_external_data_missing_or_unreachable(tmp_path):
+    model = lstm_model()
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.bin", size_threshold=0)
+    data = path.read_bytes()
+    with pytest.raises(FormatError, match="external data"):
+        converters.from_onnx(data)  # bytes: nothing to resolve the data file against
+    os.remove(tmp_path / "m.bin")
+    with pytest.raises(FormatError, match="external data"):
+        converters.from_onnx(str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# inconsistent or unsupported graphs fail at import
+# --------------------------------------------------------------------------------------------------
+def test_recurrent_weight_shapes_must_agree():
+    model = lstm_model()
+    model.graph.initializer[1].CopyFrom(
+        numpy_helper.from_array(np.zeros((1, 4 * H, H + 1), np.float32), "R"))
+    with pytest.raises(ShapeError, match=r"node 'lstm'.*R must have shape"):
+        converters.from_onnx(model)
+    model = lstm_model()
+    b = helper.make_node("Constant", [], ["B"], value=numpy_helper.from_array(np.zeros((1, 7), np.float32)))
+    model.graph.node.insert(0, b)
+    model.graph.node[1].input[3] = "B"
+    with pytest.raises(ShapeError, match="B must have shape"):
+        converters.from_onnx(model)
+
+
+def test_input_features_must_match_w():
+    with pytest.raises(ShapeError, match="input features"):
+        converters.from_onnx(lstm_model(x_shape=("T", "N", I + 2)))
+
+
+def test_hidden_size_must_match_r():
+    model = lstm_model()
+    (attr,) = [a for a in model.graph.node[0].attribute if a.name == "hidden_size"]
+    attr.i = H + 1
+    with pytest.raises(ShapeError):
+        converters.from_onnx(model)
+
+
+def test_shape_inference_catches_inconsistent_graph():
+    mm = helper.make_node("MatMul", ["Y_h", "M"], ["Z"], name="proj")
+    outs = [helper.make_tensor_value_info("Z", TensorProto.FLOAT, None)]
+    model = lstm_model(extra_nodes=[mm], outputs=outs)
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((H + 3, 2), np.float32), "M"))
+    with pytest.raises(ShapeError, match="inconsistent"):
+        converters.from_onnx(model)
+
+
+def test_undefined_values_are_a_format_error():
+    model = lstm_model()
+    model.graph.node[0].input[1] = "no_such_weight"
+    with pytest.raises(FormatError, match="no_such_weight"):
+        converters.from_onnx(model)
+
+
+def test_every_unsupported_op_is_listed_at_import():
+    extra = [helper.make_node("Einsum", ["Y_h"], ["E"], equation="dnh->nhd", name="my_einsum"),
+             helper.make_node("NoSuchOp", ["E"], ["F"], name="mystery"),
+             helper.make_node("FusedThing", ["F"], ["G"], domain="com.example", name="vendor"),
+             helper.make_node("If", ["cond"], ["K"], name="branch",
+                              then_branch=helper.make_graph([], "t", [], []),
+                              else_branch=helper.make_graph([], "e", [], []))]
+    outs = [helper.make_tensor_value_info("G", TensorProto.FLOAT, None)]
+    model = lstm_model(extra_nodes=extra, outputs=outs)
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(UnsupportedError) as info:
+        converters.from_onnx(model)
+    msg = str(info.value)
+    for text in ("Einsum", "my_einsum", "NoSuchOp", "mystery", "FusedThing", "com.example", "vendor",
+                 "If", "branch", "4 node(s)"):
+        assert text in msg
+
+
+def test_unsupported_op_version_names_supported_versions():
+    node = helper.make_node("Add", ["a", "b"], ["c"], name="old_add")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2])
+                                            for n in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    with pytest.raises(UnsupportedError, match=r"Add .*version 6.*supported versions: \[7, 13, 14\]"):
+        converters.from_onnx(model)
+
+
+def test_training_mode_dropout_is_unsupported():
+    node = helper.make_node("Dropout", ["Y_h", "", "train"], ["D"], name="drop")
+    outs = [helper.make_tensor_value_info("D", TensorProto.FLOAT, None)]
+    model = lstm_model(extra_nodes=[node], outputs=outs)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "train"))
+    with pytest.raises(UnsupportedError, match="training"):
+        converters.from_onnx(model)
+
+
+def test_float16_weights_are_unsupported():
+    model = lstm_model()
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init).astype(np.float16)
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    for out in model.graph.output:
+        out.type.tensor_type.elem_type = TensorProto.FLOAT16
+    with pytest.raises(UnsupportedError, match="float32 and float64"):
+        converters.from_onnx(model)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad calls
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sess():
+    return converters.from_onnx(lstm_model(x_shape=("T", "N", I)))
+
+
+def test_missing_feed(sess):
+    with pytest.raises(ArgumentError, match=r"\['lens'\] are missing"):
+        sess.run(None, {"X": feeds()["X"]})
+
+
+def test_unknown_feed_and_output_names(sess):
+    with pytest.raises(ArgumentError, match="unknown input"):
+        sess.run(None, {**feeds(), "x": 1})
+    with pytest.raises(ArgumentError, match="unknown output"):
+        sess.run(["Y", "nope"], feeds())
+    with pytest.raises(ArgumentError, match="dict"):
+        sess.run(None, [feeds()["X"]])
+
+
+def test_wrong_rank_feed(sess):
+    f = feeds()
+    f["X"] = f["X"][0]
+    with pytest.raises(ShapeError, match="rank 3"):
+        sess.run(None, f)
+
+
+def test_wrong_static_dim(sess):
+    f = feeds()
+    f["X"] = np.zeros((3, 2, I + 1), np.float32)
+    with pytest.raises(ShapeError, match="axis 2"):
+        sess.run(None, f)
+
+
+def test_wrong_dtype_feed(sess):
+    f = feeds()
+    f["X"] = f["X"].astype(np.float64)
+    with pytest.raises(DTypeError, match=r"tensor\(float\)"):
+        sess.run(None, f)
+    f = feeds()
+    f["lens"] = f["lens"].astype(np.int64)
+    with pytest.raises(DTypeError, match=r"tensor\(int32\)"):
+        sess.run(None, f)
+
+
+def test_python_lists_are_converted_like_onnxruntime(sess):
+    f = feeds(T=2, N=1)
+    got = sess.run(None, {"X": f["X"].tolist(), "lens": [2]})
+    for a, b in zip(got, sess.run(None, f)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_lengths_out_of_range(sess):
+    f = feeds()
+    f["lens"][0] = 9
+    with pytest.raises(ArgumentError, match="lengths"):
+        sess.run(None, f)
+
+
+def test_runtime_shape_error_names_the_node():
+    add = helper.make_node("Add", ["Y_h", "Q"], ["S"], name="bad_add")
+    outs = [helper.make_tensor_value_info("S", TensorProto.FLOAT, None)]
+    model = lstm_model(extra_nodes=[add], outputs=outs)
+    model.graph.input.append(helper.make_tensor_value_info("Q", TensorProto.FLOAT, ["a", "b"]))
+    s = converters.from_onnx(model)
+    with pytest.raises(ShapeError, match="bad_add"):
+        s.run(None, {**feeds(), "Q": np.zeros((3, 3), np.float32)})
+
+
+def test_errors_are_fastrnn_errors_and_builtin_kinds():
+    assert issubclass(FormatError, ValueError) and issubclass(FormatError, FastRNNError)
+    assert issubclass(ShapeError, ValueError) and issubclass(DTypeError, TypeError)
+    assert issubclass(UnsupportedError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------------
+# session behaviour
+# --------------------------------------------------------------------------------------------------
+def test_node_args_like_onnxruntime():
+    model = lstm_model(bidirectional=True)
+    s = converters.from_onnx(model)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for mine, theirs in zip(s.get_inputs() + s.get_outputs(), ref.get_inputs() + ref.get_outputs()):
+        assert (mine.name, mine.type, mine.shape) == (theirs.name, theirs.type, theirs.shape)
+    assert "NodeArg(name='X'" in repr(s.get_inputs()[0])
+
+
+def test_outputs_are_fresh_arrays(sess):
+    f = feeds()
+    y1, h1, c1 = sess.run(None, f)
+    assert y1.flags.c_contiguous and y1.flags.writeable
+    y1[...] = 99
+    y2, h2, _ = sess.run(None, f)
+    assert not np.any(y2 == 99)
+    assert not np.shares_memory(h1, h2)
+
+
+def test_identity_of_input_and_constant_outputs():
+    nodes = [helper.make_node("Identity", ["x"], ["same"]),
+             helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.arange(3.0)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("same", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("k", TensorProto.DOUBLE, [3]),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    s = converters.from_onnx(model)
+    x = np.array([1.0, 2.0], np.float32)
+    same, k, again = s.run(None, {"x": x})
+    np.testing.assert_array_equal(k, [0, 1, 2])
+    same[0] = 7
+    k[0] = 7
+    assert x[0] == 1 and again[0] == 1
+    assert s.run(["k"], {"x": x})[0][0] == 0
+
+
+def test_record_is_json_and_roundtrips(tmp_path):
+    s = converters.from_onnx(lstm_model(bidirectional=True))
+    kind, meta, tensors = s.to_record()
+    assert kind == "onnx_plan"
+    json.dumps(meta, allow_nan=False)
+    fastrnn.save(s, tmp_path / "p.frnn")
+    loaded = fastrnn.load(tmp_path / "p.frnn")
+    for a, b in zip(s.run(None, feeds()), loaded.run(None, feeds())):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_plan_record_is_a_format_error():
+    from converters.onnx_import.plan import OnnxPlan
+
+    kind, meta, tensors = converters.from_onnx(lstm_model()).to_record()
+    bad = dict(meta, nodes=[dict(meta["nodes"][0], op="Nope")])
+    with pytest.raises(FormatError, match="Nope"):
+        OnnxPlan.from_record(bad, tensors)
+    with pytest.raises(FormatError):
+        OnnxPlan.from_record({k: v for k, v in meta.items() if k != "inputs"}, tensors)
+    with pytest.raises(FormatError):
+        OnnxPlan.from_record(meta, {})
+
+
+def test_saved_plan_runs_without_onnx(tmp_path):
+    """A converted plan loads and runs in a process where onnx and onnxruntime cannot be imported."""
+    s = converters.from_onnx(lstm_model(bidirectional=True))
+    f = feeds(T=4, N=3)
+    fastrnn.save(s, tmp_path / "plan.frnn")
+    np.savez(tmp_path / "io.npz", *s.run(None, f), **{"in_" + k: v for k, v in f.items()})
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("onnx", "onnxruntime", "onnxscript", "torch"):
+            sys.modules[name] = None  # any import of them now fails
+        import numpy as np
+        import fastrnn, converters
+        plan = fastrnn.load({str(tmp_path / "plan.frnn")!r})
+        data = np.load({str(tmp_path / "io.npz")!r})
+        got = plan.run(None, {{"X": data["in_X"], "lens": data["in_lens"]}})
+        for i, g in enumerate(got):
+            np.testing.assert_array_equal(g, data[f"arr_{{i}}"])
+        assert not any(m.startswith(("onnx", "torch")) for m in sys.modules if sys.modules[m])
+        print("ran without onnx")
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ran without onnx" in out.stdout

@@ -1,0 +1,229 @@
+"""The surrounding (non-recurrent) ops of the ONNX import, one node at a time, against ONNX Runtime.
+
+Each case is one node at one opset, with its data inputs fed at run time (so the numpy kernels run,
+not constant folding) and, separately, with every input an initializer (so constant folding at
+import computes the same thing). Opset-dependent semantics get a case per version (Softmax's 2-D
+coercion before 13, attributes that became inputs, ...).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import converters  # noqa: E402
+from converters.onnx_import.registry import supported_ops  # noqa: E402
+
+rng = np.random.default_rng(0)
+F = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+I64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+TOL = dict(rtol=1e-5, atol=1e-6)
+ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+        np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
+        np.dtype(np.bool_): TensorProto.BOOL}
+
+# (id, op, opset, inputs (name -> array, None = absent ''), attrs, number of outputs)
+CASES = [
+    ("softmax11_axis1_3d", "Softmax", 11, [F(2, 3, 4)], {"axis": 1}, 1),
+    ("softmax11_default", "Softmax", 11, [F(2, 3, 4)], {}, 1),
+    ("softmax13_axis1_3d", "Softmax", 13, [F(2, 3, 4)], {"axis": 1}, 1),
+    ("softmax13_default", "Softmax", 13, [F(2, 3, 4)], {}, 1),
+    ("logsoftmax9_axis2", "LogSoftmax", 9, [F(2, 3, 4)], {"axis": 2}, 1),
+    ("logsoftmax11_axis0", "LogSoftmax", 11, [F(2, 3, 4)], {"axis": 0}, 1),
+    ("logsoftmax13", "LogSoftmax", 13, [F(2, 3, 4)], {"axis": -2}, 1),
+    ("transpose_default", "Transpose", 13, [F(2, 3, 4)], {}, 1),
+    ("transpose_perm", "Transpose", 13, [F(2, 3, 4, 5)], {"perm": [0, 2, 1, 3]}, 1),
+    ("reshape_zero_minus1", "Reshape", 13, [F(2, 3, 4), I64(0, -1)], {}, 1),
+    ("reshape14_allowzero", "Reshape", 14, [F(2, 3, 4), I64(4, 6)], {"allowzero": 1}, 1),
+    ("reshape5", "Reshape", 9, [F(2, 3, 4), I64(-1, 4)], {}, 1),
+    ("squeeze11_attr", "Squeeze", 11, [F(1, 3, 1, 2)], {"axes": [0, -2]}, 1),
+    ("squeeze11_all", "Squeeze", 11, [F(1, 3, 1, 2)], {}, 1),
+    ("squeeze13_input", "Squeeze", 13, [F(1, 3, 1, 2), I64(2)], {}, 1),
+    ("unsqueeze9_attr", "Unsqueeze", 9, [F(3, 2)], {"axes": [0, 3]}, 1),
+    ("unsqueeze13_neg", "Unsqueeze", 13, [F(3, 2), I64(-1, 0)], {}, 1),
+    ("concat", "Concat", 13, [F(2, 3), F(2, 1), F(2, 0)], {"axis": -1}, 1),
+    ("slice9_attrs", "Slice", 9, [F(5, 6)], {"starts": [1, -4], "ends": [100, -1], "axes": [0, 1]}, 1),
+    ("slice13_negstep", "Slice", 13, [F(5, 6), I64(-1, 4), I64(-100, 0), I64(0, 1), I64(-2, -1)], {}, 1),
+    ("slice13_clamp", "Slice", 13, [F(5, 6), I64(2), I64(2**62), I64(-1), I64(2)], {}, 1),
+    ("slice13_minint", "Slice", 13, [F(5, 6), I64(3), I64(-(2**63)), I64(0), I64(-1)], {}, 1),
+    ("split11_attr", "Split", 11, [F(6, 4)], {"axis": 0, "split": [1, 2, 3]}, 3),
+    ("split11_equal", "Split", 11, [F(6, 4)], {"axis": 1}, 2),
+    ("split13_input", "Split", 13, [F(6, 4), I64(4, 2)], {}, 2),
+    ("split18_num_outputs", "Split", 18, [F(7, 4)], {"num_outputs": 3}, 3),
+    ("gather_neg", "Gather", 13, [F(5, 3), I64(-1, 0, 2)], {"axis": 0}, 1),
+    ("gather_scalar_axis1", "Gather", 13, [F(5, 3), np.array(1, np.int64)], {"axis": 1}, 1),
+    ("gather_int32_2d", "Gather", 11, [F(5, 3), np.array([[0, 4], [3, 3]], np.int32)], {}, 1),
+    ("gather_elements", "GatherElements", 13, [F(3, 4), np.array([[0, -1], [2, 1], [1, 1]], np.int64)],
+     {"axis": 1}, 1),
+    ("scatter_elements", "ScatterElements", 13, [F(4, 3), I64(3, 0, 2, 1).reshape(4, 1), F(4, 1)],
+     {"axis": 0}, 1),
+    ("scatter_elements_add", "ScatterElements", 18, [F(4, 3), np.array([[1, 1, 0]], np.int64), F(1, 3)],
+     {"axis": 0, "reduction": "add"}, 1),
+    ("scatter9", "Scatter", 9, [F(4, 3), np.array([[1, 0, 2]], np.int64), F(1, 3)], {"axis": 1}, 1),
+    ("shape", "Shape", 13, [F(2, 3, 4)], {}, 1),
+    ("shape15_start_end", "Shape", 15, [F(2, 3, 4, 5)], {"start": 1, "end": -1}, 1),
+    ("size", "Size", 13, [F(2, 3, 4)], {}, 1),
+    ("expand", "Expand", 13, [F(3, 1), I64(2, 1, 4)], {}, 1),
+    ("tile", "Tile", 13, [F(2, 3), I64(2, 1)], {}, 1),
+    ("constant_of_shape", "ConstantOfShape", 13, [I64(2, 3)],
+     {"value": numpy_helper.from_array(np.array([1.5], np.float32))}, 1),
+    ("constant_of_shape_default", "ConstantOfShape", 9, [I64(4)], {}, 1),
+    ("cast_int", "Cast", 13, [F(3, 4) * 10], {"to": TensorProto.INT64}, 1),
+    ("cast_int32_float", "Cast", 9, [np.array([1, -2, 3], np.int32)], {"to": TensorProto.FLOAT}, 1),
+    ("cast_bool", "Cast", 19, [np.array([0.0, 2.0, -1.0], np.float32)], {"to": TensorProto.BOOL}, 1),
+    ("cast_like", "CastLike", 15, [np.array([1, 2], np.int64), F(1)], {}, 1),
+    ("matmul_batched", "MatMul", 13, [F(2, 3, 4), F(4, 5)], {}, 1),
+    ("matmul_vec", "MatMul", 9, [F(4), F(2, 4, 3)], {}, 1),
+    ("gemm_transB_alpha_beta", "Gemm", 13, [F(3, 4), F(5, 4), F(5)],
+     {"transB": 1, "alpha": 0.5, "beta": 2.0}, 1),
+    ("gemm_transA_noC", "Gemm", 11, [F(4, 3), F(4, 5)], {"transA": 1}, 1),
+    ("gemm9_C", "Gemm", 9, [F(3, 4), F(4, 5), F(3, 5)], {}, 1),
+    ("add_broadcast", "Add", 14, [F(2, 3, 4), F(4)], {}, 1),
+    ("sub", "Sub", 13, [F(2, 3), F(3)], {}, 1),
+    ("mul", "Mul", 7, [F(2, 3), F(2, 1)], {}, 1),
+    ("div_float", "Div", 13, [F(2, 3), np.abs(F(2, 3)) + 1], {}, 1),
+    ("div_int", "Div", 13, [I64(7, -7, 7, -7, 0), I64(2, 2, -2, -2, 3)], {}, 1),
+    ("pow", "Pow", 15, [np.abs(F(2, 3)) + 0.1, F(3)], {}, 1),
+    ("pow_int_exp", "Pow", 12, [F(2, 3), I64(2)], {}, 1),
+    ("mod_int", "Mod", 13, [I64(7, -7, 7, -7), I64(3, 3, -3, -3)], {}, 1),
+    ("mod_fmod", "Mod", 13, [F(2, 3) * 5, F(3) + 3], {"fmod": 1}, 1),
+    ("neg", "Neg", 13, [F(2, 3)], {}, 1),
+    ("sqrt", "Sqrt", 13, [np.abs(F(2, 3))], {}, 1),
+    ("exp", "Exp", 13, [F(2, 3)], {}, 1),
+    ("log", "Log", 13, [np.abs(F(2, 3)) + 0.1], {}, 1),
+    ("abs", "Abs", 13, [F(2, 3)], {}, 1),
+    ("reciprocal", "Reciprocal", 13, [np.abs(F(2, 3)) + 0.5], {}, 1),
+    ("floor", "Floor", 13, [F(2, 3) * 3], {}, 1),
+    ("ceil", "Ceil", 13, [F(2, 3) * 3], {}, 1),
+    ("sign", "Sign", 13, [F(2, 3)], {}, 1),
+    ("erf", "Erf", 13, [F(2, 3)], {}, 1),
+    ("relu", "Relu", 14, [F(2, 3)], {}, 1),
+    ("tanh", "Tanh", 13, [F(2, 3)], {}, 1),
+    ("sigmoid", "Sigmoid", 13, [F(2, 3) * 10], {}, 1),
+    ("leaky_relu", "LeakyRelu", 16, [F(2, 3)], {"alpha": 0.2}, 1),
+    ("leaky_relu_default", "LeakyRelu", 6, [F(2, 3)], {}, 1),
+    ("hard_sigmoid", "HardSigmoid", 6, [F(2, 3) * 4], {"alpha": 0.3, "beta": 0.4}, 1),
+    ("elu", "Elu", 6, [F(2, 3)], {"alpha": 0.7}, 1),
+    ("selu", "Selu", 6, [F(2, 3)], {}, 1),
+    ("softplus", "Softplus", 1, [F(2, 3) * 5], {}, 1),
+    ("softsign", "Softsign", 1, [F(2, 3)], {}, 1),
+    ("thresholded_relu", "ThresholdedRelu", 10, [F(2, 3)], {"alpha": 0.5}, 1),
+    ("gelu", "Gelu", 20, [F(2, 3)], {}, 1),
+    ("gelu_tanh", "Gelu", 20, [F(2, 3)], {"approximate": "tanh"}, 1),
+    ("sin_cos", "Sin", 7, [F(2, 3)], {}, 1),
+    ("identity", "Identity", 16, [F(2, 3)], {}, 1),
+    ("dropout12_inference", "Dropout", 13, [F(2, 3)], {}, 2),
+    ("dropout10_ratio", "Dropout", 10, [F(2, 3)], {"ratio": 0.3}, 1),
+    ("where", "Where", 16, [F(2, 3) > 0, F(2, 3), F(3)], {}, 1),
+    ("equal", "Equal", 13, [I64(1, 2, 3), I64(1, 0, 3)], {}, 1),
+    ("less", "Less", 13, [F(2, 3), F(3)], {}, 1),
+    ("greater", "Greater", 9, [F(2, 3), F(3)], {}, 1),
+    ("less_or_equal", "LessOrEqual", 16, [I64(1, 2, 3), I64(2)], {}, 1),
+    ("greater_or_equal", "GreaterOrEqual", 12, [I64(1, 2, 3), I64(2)], {}, 1),
+    ("not", "Not", 1, [F(2, 3) > 0], {}, 1),
+    ("and", "And", 7, [F(2, 3) > 0, F(3) > 0], {}, 1),
+    ("or", "Or", 7, [F(2, 3) > 0, F(3) > 0], {}, 1),
+    ("xor", "Xor", 7, [F(2, 3) > 0, F(3) > 0], {}, 1),
+    ("range_int", "Range", 11, [np.array(2, np.int64), np.array(11, np.int64), np.array(3, np.int64)], {}, 1),
+    ("range_float_neg", "Range", 11, [np.array(1.0, np.float32), np.array(-2.0, np.float32),
+                                       np.array(-0.7, np.float32)], {}, 1),
+    ("argmax", "ArgMax", 13, [np.array([[1, 3, 3], [2, 2, 0]], np.float32)], {"axis": 1}, 1),
+    ("argmax_last_nokeep", "ArgMax", 12, [np.array([[1, 3, 3], [2, 2, 0]], np.float32)],
+     {"axis": -1, "keepdims": 0, "select_last_index": 1}, 1),
+    ("argmin", "ArgMin", 11, [F(3, 4)], {"axis": 0}, 1),
+    ("reduce_mean11", "ReduceMean", 11, [F(2, 3, 4)], {"axes": [1, -1], "keepdims": 0}, 1),
+    ("reduce_mean18", "ReduceMean", 18, [F(2, 3, 4), I64(1)], {}, 1),
+    ("reduce_mean18_all", "ReduceMean", 18, [F(2, 3, 4)], {"keepdims": 0}, 1),
+    ("reduce_max13", "ReduceMax", 13, [F(2, 3, 4)], {"axes": [0]}, 1),
+    ("reduce_max20_noop", "ReduceMax", 20, [F(2, 3, 4)], {"noop_with_empty_axes": 1}, 1),
+    ("reduce_min18", "ReduceMin", 18, [F(2, 3, 4), I64(-1)], {"keepdims": 0}, 1),
+    ("reduce_sum11", "ReduceSum", 11, [F(2, 3, 4)], {"axes": [2]}, 1),
+    ("reduce_sum13", "ReduceSum", 13, [F(2, 3, 4), I64(0, 2)], {"keepdims": 0}, 1),
+    ("reduce_sum13_int", "ReduceSum", 13, [I64(1, 2, 3, 4).reshape(2, 2)], {}, 1),
+    ("reduce_prod", "ReduceProd", 13, [I64(1, 2, 3, 4)], {"keepdims": 0}, 1),
+    ("flatten", "Flatten", 13, [F(2, 3, 4, 5)], {"axis": 2}, 1),
+    ("flatten_default", "Flatten", 9, [F(2, 3, 4)], {}, 1),
+    ("flatten_neg", "Flatten", 13, [F(2, 3, 4)], {"axis": -1}, 1),
+    ("min", "Min", 13, [F(2, 3), F(3), F(1, 3)], {}, 1),
+    ("max", "Max", 8, [F(2, 3), F(3)], {}, 1),
+    ("sum", "Sum", 13, [F(2, 3), F(3), F(2, 1)], {}, 1),
+    ("mean", "Mean", 13, [F(2, 3), F(3)], {}, 1),
+    ("clip6", "Clip", 6, [F(3, 4)], {"min": -0.5, "max": 0.3}, 1),
+    ("clip6_default", "Clip", 6, [F(3, 4)], {}, 1),
+    ("clip13", "Clip", 13, [F(3, 4), np.array(-0.2, np.float32), np.array(0.4, np.float32)], {}, 1),
+    ("clip13_min_only", "Clip", 13, [F(3, 4), np.array(0.1, np.float32)], {}, 1),
+    ("clip13_max_only", "Clip", 13, [F(3, 4), None, np.array(0.1, np.float32)], {}, 1),
+    ("clip11_int", "Clip", 12, [I64(-5, 0, 5), np.array(-1, np.int64), np.array(2, np.int64)], {}, 1),
+    ("topk", "TopK", 11, [np.array([[3, 1, 3, 2], [0, 5, 5, 5]], np.float32), I64(2)], {}, 2),
+    ("topk_smallest_axis0", "TopK", 11, [F(4, 3), I64(3)], {"axis": 0, "largest": 0}, 2),
+    ("topk1_attr", "TopK", 9, [F(2, 5)], {"k": 2}, 2),
+    ("nonzero", "NonZero", 13, [np.array([[1, 0, 2], [0, 0, 3]], np.float32)], {}, 1),
+]
+
+
+def build(op, opset, inputs, attrs, n_out, as_initializers):
+    names, graph_inputs, inits, feeds = [], [], [], {}
+    for i, value in enumerate(inputs):
+        if value is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        value = np.asarray(value)
+        if as_initializers:
+            inits.append(numpy_helper.from_array(value, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(name, ELEM[value.dtype], list(value.shape)))
+            feeds[name] = value
+    outs = [f"out{i}" for i in range(n_out)]
+    node = helper.make_node(op, names, outs, name="the_node", **attrs)
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_empty_tensor_value_info(o) for o in outs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model), feeds  # fills in the outputs' types
+
+
+@pytest.mark.parametrize("as_initializers", [False, True], ids=["runtime", "folded"])
+@pytest.mark.parametrize("case_id, op, opset, inputs, attrs, n_out", CASES, ids=[c[0] for c in CASES])
+def test_op_vs_onnxruntime(case_id, op, opset, inputs, attrs, n_out, as_initializers):
+    model, feeds = build(op, opset, inputs, attrs, n_out, as_initializers)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+    sess = converters.from_onnx(model)
+    if as_initializers:
+        assert sess.nodes == []  # everything folded at import
+    got = sess.run(None, feeds)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape, case_id
+        assert g.dtype == w.dtype, case_id
+        np.testing.assert_allclose(g, w, **TOL, err_msg=case_id)
+
+
+def test_every_registered_version_is_a_real_onnx_version():
+    from onnx import defs
+
+    for op, versions in supported_ops().items():
+        real = set()
+        for v in range(1, defs.onnx_opset_version() + 1):
+            try:
+                real.add(defs.get_schema(op, v, "").since_version)
+            except Exception:  # noqa: BLE001 - op not defined yet at v
+                pass
+        assert set(versions) <= real, (op, sorted(set(versions) - real))
+
+
+def test_softmax_before_13_coerces_to_2d():
+    """Opset < 13: softmax over all axes from `axis` on; opset 13: over `axis` only."""
+    x = F(2, 3, 4)
+    old = converters.from_onnx(build("Softmax", 11, [x], {"axis": 1}, 1, False)[0])
+    new = converters.from_onnx(build("Softmax", 13, [x], {"axis": 1}, 1, False)[0])
+    (a,) = old.run(None, {"in0": x})
+    (b,) = new.run(None, {"in0": x})
+    np.testing.assert_allclose(a.reshape(2, -1).sum(-1), 1, rtol=1e-6)
+    np.testing.assert_allclose(b.sum(1), 1, rtol=1e-6)
