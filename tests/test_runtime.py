@@ -4,6 +4,7 @@ import sys
 import threading
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 
@@ -89,16 +90,17 @@ def test_stream_errors():
         fastrnn.GRU(3, 4).stream(0)
 
 
-@pytest.mark.parametrize("batch", [1, 5])
-def test_concurrent_calls_match_serial(batch):
-    layer = fastrnn.LSTM(8, 16, num_layers=2, bidirectional=True, seed=3)
+# (batch, hidden): serial kernels; batch rows split over threads; hidden units split at batch 1.
+@pytest.mark.parametrize("batch,hidden", [(1, 16), (5, 128), (1, 256)])
+def test_concurrent_calls_match_serial(batch, hidden):
+    layer = fastrnn.LSTM(8, hidden, num_layers=2, bidirectional=True, seed=3)
     rng = np.random.default_rng(4)
-    inputs = [rng.standard_normal((20, batch, 8)).astype(np.float32) for _ in range(8)]
+    inputs = [rng.standard_normal((20, batch, 8)).astype(np.float32) for _ in range(6)]
     expected = [layer(x)[0] for x in inputs]
     results = [None] * len(inputs)
 
     def work(i):
-        for _ in range(5):
+        for _ in range(3):
             results[i] = layer(inputs[i])[0]
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
@@ -108,6 +110,26 @@ def test_concurrent_calls_match_serial(batch):
         w.join()
     for got, want in zip(results, expected):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("batch,hidden", [(5, 128), (1, 256)])
+def test_parallel_kernels_match_one_thread(batch, hidden):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("this machine runs one numba thread: there is no parallel kernel to compare")
+    layer = fastrnn.GRU(6, hidden, num_layers=2, seed=7)
+    x = np.random.default_rng(8).standard_normal((15, batch, 6)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        serial = layer(x)
+        fastrnn.set_num_threads(2)
+        parallel = layer(x)
+    finally:
+        fastrnn.set_num_threads(before)
+    # Row blocks change how rows are tiled in the products, so the float32 sums may round
+    # differently; the results agree to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(serial[1], parallel[1], rtol=0, atol=1e-6)
 
 
 def test_streams_in_threads_are_independent():
