@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, FormatError, ShapeError, UnsupportedError
-from .heads import (Embedding, Linear, OneHot, _sample_kernel, check_sampling,
-                    stage_from_config)
+from .heads import Embedding, Linear, OneHot, check_sampling, stage_from_config
+from .kernels.heads import sample
 from .layers import RecurrentLayer, layer_from_config
 from .vocab import Vocabulary, check_ids
 
@@ -472,7 +472,7 @@ class Generator:
         row = self._logits = heads.bufs[-1][0]          # the one logits buffer, reused
         for i in range(steps):
             heads(y)
-            t = _sample_kernel(row, temperature, top_k, top_p, uniforms[i], probs, order)
+            t = sample(row, temperature, top_k, top_p, uniforms[i], probs, order)
             if t == stop_id:
                 return
             yield t
