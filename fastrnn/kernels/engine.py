@@ -100,19 +100,48 @@ def _rnn_update(g, xr, hd, j0, j1, fast, code, alpha, beta, clip):
 
 
 @helper
+def _sigmoid_gate(g, xr, peep, cp, n, clip):
+    """g[j] = sigmoid(g[j] + xr[j] + peep[j] * cp[j]) for j < n."""
+    for j in range(n):
+        g[j] = fast_sigmoid(_clamp(g[j] + xr[j] + peep[j] * cp[j], clip))
+
+
+@helper
+def _sigmoid_rows(g, xr, n, clip):
+    """g[j] = sigmoid(g[j] + xr[j]) for j < n."""
+    for j in range(n):
+        g[j] = fast_sigmoid(_clamp(g[j] + xr[j], clip))
+
+
+@helper
+def _lstm_fast(g, xr, cr, peep, out, hid, j0, j1, clip):
+    """_lstm_update with the default activations, as a few passes over gate slices: each pass
+    has few enough distinct streams for LLVM's runtime alias checks, so each one vectorises (a
+    single fused loop over all the streams stays scalar)."""
+    n = j1 - j0
+    gi = g[j0:j1]
+    gf = g[hid + j0:hid + j1]
+    c = cr[j0:j1]
+    _sigmoid_gate(gi, xr[j0:j1], peep[0, j0:j1], c, n, clip)
+    _sigmoid_gate(gf, xr[hid + j0:hid + j1], peep[1, j0:j1], c, n, clip)
+    gg = g[2 * hid + j0:2 * hid + j1]
+    xg = xr[2 * hid + j0:2 * hid + j1]
+    for j in range(n):
+        c[j] = gf[j] * c[j] + gi[j] * fast_tanh(_clamp(gg[j] + xg[j], clip))
+    go = g[3 * hid + j0:3 * hid + j1]
+    xo = xr[3 * hid + j0:3 * hid + j1]
+    po = peep[2, j0:j1]
+    h = out[j0:j1]
+    for j in range(n):
+        h[j] = fast_sigmoid(_clamp(go[j] + xo[j] + po[j] * c[j], clip)) * fast_tanh(c[j])
+
+
+@helper
 def _lstm_update(g, xr, cr, peep, out, hid, j0, j1, input_forget, fast, codes, fcfg, clip):
     """c updated in place; out[j] = o * h(c') (the new h, or the unprojected one)."""
     one = typed(1.0, g)
     if fast and not input_forget:
-        for j in range(j0, j1):
-            cp = cr[j]
-            i = fast_sigmoid(_clamp(g[j] + xr[j] + peep[0, j] * cp, clip))
-            f = fast_sigmoid(_clamp(g[hid + j] + xr[hid + j] + peep[1, j] * cp, clip))
-            gg = fast_tanh(_clamp(g[2 * hid + j] + xr[2 * hid + j], clip))
-            cn = f * cp + i * gg
-            o = fast_sigmoid(_clamp(g[3 * hid + j] + xr[3 * hid + j] + peep[2, j] * cn, clip))
-            cr[j] = cn
-            out[j] = o * fast_tanh(cn)
+        _lstm_fast(g, xr, cr, peep, out, hid, j0, j1, clip)
     else:
         a0 = typed(fcfg[1], g)
         a1 = typed(fcfg[2], g)
@@ -139,9 +168,8 @@ def _lstm_update(g, xr, cr, peep, out, hid, j0, j1, input_forget, fast, codes, f
 def _gru_gates_rz(g, xr, hp, rh, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
     """r and z into g[0:2H] (activated); rh[j] = r * h_prev (lbr = 0)."""
     if fast:
-        for j in range(j0, j1):
-            g[j] = fast_sigmoid(_clamp(g[j] + xr[j], clip))
-            g[hid + j] = fast_sigmoid(_clamp(g[hid + j] + xr[hid + j], clip))
+        _sigmoid_rows(g[j0:j1], xr[j0:j1], j1 - j0, clip)
+        _sigmoid_rows(g[hid + j0:hid + j1], xr[hid + j0:hid + j1], j1 - j0, clip)
     else:
         for j in range(j0, j1):
             g[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
@@ -156,16 +184,21 @@ def _gru_update(g, xr, hp, hd, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
     """g[0:2H] holds activated r, z; g[2H:3H] holds Rh h + Rbh (lbr) or Rh (r*h) (lbr = 0)."""
     one = typed(1.0, g)
     if fast:
+        m = j1 - j0
+        r = g[j0:j1]
+        z = g[hid + j0:hid + j1]
+        gn = g[2 * hid + j0:2 * hid + j1]
+        xn = xr[2 * hid + j0:2 * hid + j1]
+        hps = hp[j0:j1]
+        hds = hd[j0:j1]
         if lbr:
-            for j in range(j0, j1):
-                n = fast_tanh(_clamp(xr[2 * hid + j] + g[j] * g[2 * hid + j], clip))
-                z = g[hid + j]
-                hd[j] = (one - z) * n + z * hp[j]
+            for j in range(m):
+                n = fast_tanh(_clamp(xn[j] + r[j] * gn[j], clip))
+                hds[j] = (one - z[j]) * n + z[j] * hps[j]
         else:
-            for j in range(j0, j1):
-                n = fast_tanh(_clamp(xr[2 * hid + j] + g[2 * hid + j], clip))
-                z = g[hid + j]
-                hd[j] = (one - z) * n + z * hp[j]
+            for j in range(m):
+                n = fast_tanh(_clamp(xn[j] + gn[j], clip))
+                hds[j] = (one - z[j]) * n + z[j] * hps[j]
     else:
         for j in range(j0, j1):
             if lbr:
@@ -192,10 +225,13 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
     fast = cfg[C_FAST] != 0
     gcount = (1, 3, 4)[mode]
     lbr = cfg[C_LBR] != 0
-    for gi in range(gcount):
-        if mode == GRU and gi == 2 and not lbr:
-            break
-        gemm_nt(src, lo, hi, r, gi * hid + j0, gi * hid + j1, rbias, gates)
+    if mode == GRU and not lbr:
+        gcount = 2  # the n gate's product waits for r * h (phase b)
+    if j0 == 0 and j1 == hid:  # all units: the gates' rows are contiguous, one product
+        gemm_nt(src, lo, hi, r, 0, gcount * hid, rbias, gates)
+    else:
+        for gi in range(gcount):
+            gemm_nt(src, lo, hi, r, gi * hid + j0, gi * hid + j1, rbias, gates)
     for n in range(lo, hi):
         length = lengths[n]
         if s >= length:
