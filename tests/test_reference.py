@@ -227,7 +227,7 @@ def _ort_run(mode, params, x, *, direction="forward", activations=None, alpha=No
              clip=None, lbr=None, input_forget=None, lengths=None, h0=None, c0=None):
     """Build a one-node ONNX model from torch-order params (list per direction) and run it in ORT."""
     ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime checks the ONNX semantics")
-    onnx = pytest.importorskip("onnx", reason="building the ONNX models needs onnx")
+    pytest.importorskip("onnx", reason="building the ONNX models needs onnx")
     from onnx import TensorProto, helper
 
     H = params[0]["w_hh"].shape[0] // GATES[mode]
@@ -235,7 +235,6 @@ def _ort_run(mode, params, x, *, direction="forward", activations=None, alpha=No
     W = np.stack([_to_onnx_rows(p["w_ih"], mode, H) for p in params]).astype(f32)
     R = np.stack([_to_onnx_rows(p["w_hh"], mode, H) for p in params]).astype(f32)
     feeds = {"X": x.astype(f32), "W": W, "R": R}
-    types = {"X": TensorProto.FLOAT, "W": TensorProto.FLOAT, "R": TensorProto.FLOAT}
     if params[0].get("b_ih") is not None:
         feeds["B"] = np.stack([np.concatenate([_to_onnx_rows(p["b_ih"], mode, H),
                                                _to_onnx_rows(p["b_hh"], mode, H)])
