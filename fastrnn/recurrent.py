@@ -111,6 +111,7 @@ class DirectionParams:
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = w_hh.nbytes + proj.nbytes
+        self._input_bytes = w_ih.nbytes
 
     def scratch(self, steps: int, rows: int):
         """The scratch buffer one call of this direction over (steps, rows) needs."""
@@ -128,17 +129,20 @@ class DirectionParams:
         """Run over x (T, N, I) C-contiguous; state (h,) or (h, c) updated in place; writes
         y[:, :, yd] of the layer output y (T, N, D, H_out).
 
-        threads_ is the number of threads the call may use; the kernel and its split (batch rows,
-        or hidden units at batch 1 when H is large) are chosen here.
+        threads_ is the number of threads the call may use; the kernel and its split are chosen
+        here: batch rows; hidden units at batch 1 when H is large; else, when the input projection
+        is large enough, one thread runs the recurrence while another projects ahead of it.
         """
         kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
-        rows = x.shape[1]
-        if rows * self._recurrent_bytes < _ROW_SPLIT_MIN_BYTES:
-            threads_ = 1
-        if threads_ > 1 and rows >= 2:
+        rows, steps = x.shape[1], x.shape[0]
+        if threads_ < 2:
+            kernel(*args)
+        elif rows >= 2 and rows * self._recurrent_bytes >= _ROW_SPLIT_MIN_BYTES:
             eng.run_parallel(*args, min(threads_, rows), False)
-        elif threads_ > 1 and self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES:
+        elif rows == 1 and self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES:
             eng.run_parallel(*args, threads_, True)
+        elif steps * rows * self._input_bytes >= _PROJ_SPLIT_MIN_BYTES:
+            eng.run_pipelined(*args)
         else:
             kernel(*args)
 
@@ -151,6 +155,9 @@ _UNIT_SPLIT_MIN_BYTES = 512 * 1024
 # Any split: below this many recurrent-weight bytes streamed per step (summed over the batch rows)
 # a step takes a few microseconds and waking a second thread costs more than it saves.
 _ROW_SPLIT_MIN_BYTES = 256 * 1024
+# Otherwise, once the input projection is this large (steps * rows * input-weight bytes: some 40 us
+# of work), a second thread projects blocks of steps ahead of the recurrence (run_pipelined).
+_PROJ_SPLIT_MIN_BYTES = 2 << 20
 
 
 def _aligned(size: int, dtype) -> np.ndarray:

@@ -112,20 +112,25 @@ def test_concurrent_calls_match_serial(batch, hidden):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("batch,hidden", [(5, 128), (1, 256)])
-def test_parallel_kernels_match_one_thread(batch, hidden):
+def _one_and_two_threads(layer, x, lengths=None):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("this machine runs one numba thread: there is no parallel kernel to compare")
-    layer = fastrnn.GRU(6, hidden, num_layers=2, seed=7)
-    x = np.random.default_rng(8).standard_normal((15, batch, 6)).astype(np.float32)
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(1)
-        serial = layer(x)
+        serial = layer(x, lengths=lengths)
         fastrnn.set_num_threads(2)
-        parallel = layer(x)
+        parallel = layer(x, lengths=lengths)
     finally:
         fastrnn.set_num_threads(before)
+    return serial, parallel
+
+
+@pytest.mark.parametrize("batch,hidden", [(5, 128), (1, 256)])
+def test_parallel_kernels_match_one_thread(batch, hidden):
+    layer = fastrnn.GRU(6, hidden, num_layers=2, seed=7)
+    x = np.random.default_rng(8).standard_normal((15, batch, 6)).astype(np.float32)
+    serial, parallel = _one_and_two_threads(layer, x)
     # Row blocks change how rows are tiled in the products, so the float32 sums may round
     # differently; the results agree to float32 rounding, not bit for bit.
     np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-6)
@@ -150,3 +155,19 @@ def test_streams_in_threads_are_independent():
         w.join()
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+# Small hidden sizes with long inputs take the pipelined kernel on two threads (one thread runs the
+# recurrence while the other projects the next block of steps): forward and reverse directions,
+# uneven lengths (zero included) and every cell must give the one-thread results.
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pipelined_kernel_matches_one_thread(cls, batch):
+    layer = cls(64, 32, num_layers=2, bidirectional=True, dtype=np.float64, seed=9)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((100, batch, 64))
+    lengths = np.array([100, 0, 57][:batch]) if batch > 1 else np.array([83])
+    serial, parallel = _one_and_two_threads(layer, x, lengths)
+    np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-12)
+    # final state: h_n, or (h_n, c_n) stacked (both (L*D, N, H) here)
+    np.testing.assert_allclose(np.asarray(serial[1]), np.asarray(parallel[1]), rtol=0, atol=1e-12)

@@ -1,7 +1,7 @@
 """Kernel entry points: one direction of one layer over a whole (padded) batch of sequences.
 
-Every cell type runs through the same two entries (`run_serial`, `run_parallel`) with flat buffers,
-so that a call types few arguments (cheap dispatch, one specialisation per dtype):
+Every cell type runs through the same entries (`run_serial`, `run_parallel`, `run_pipelined`) with
+flat buffers, so that a call types few arguments (cheap dispatch, one specialisation per dtype):
   x (T, N, I) C-contiguous input
   wbuf  1-D: every weight of the direction at the offsets in cfg (see recurrent.DirectionParams)
   cfg   int64 [mode, H, H_out, I, P, reverse, linear_before_reset, input_forget, fast, code0..2,
@@ -18,7 +18,6 @@ between two buffers so that a unit-split parallel step never reads a half-update
 own length L: forward t = 0..L-1, reverse t = L-1..0; its final state is copied out at its last step;
 L = 0 leaves a zero state (ONNX Runtime's behaviour).
 """
-import numpy as np
 from numba import prange
 
 from ._jit import helper, inline, kernel
@@ -323,17 +322,19 @@ def _max_len(lengths, lo, hi):
 
 
 @helper
-def _rows(lo, hi, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd,
-          h):
-    """Rows [lo, hi) over their whole sequences, all units, in lock-step."""
+def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
+          y, yd, h):
+    """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
+    loads the initial state)."""
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], r)
     hid = cfg[C_H]
     hout = cfg[C_HOUT]
     reverse = cfg[C_REV] != 0
-    _begin(lo, hi, cfg, lengths, h, c, hb)
+    if s0 == 0:
+        _begin(lo, hi, cfg, lengths, h, c, hb)
     phase_b = _needs_phase_b(cfg)
-    for s in range(_max_len(lengths, lo, hi)):
+    for s in range(s0, min(s1, _max_len(lengths, lo, hi))):
         src = hb[s & 1]
         dst = hb[(s + 1) & 1]
         _phase_a(s, lo, hi, 0, hid, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
@@ -351,7 +352,8 @@ def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     gemm_nt(x2, 0, steps * rows, w_ih, 0, w_ih.shape[0], bias, xp)
-    _rows(0, rows, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd, h)
+    _rows(0, rows, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
+          y, yd, h)
 
 
 @helper
@@ -360,6 +362,48 @@ def _split(total, chunks, c, align):
     lo = (total * c // chunks) // align * align
     hi = total if c == chunks - 1 else (total * (c + 1) // chunks) // align * align
     return lo, hi
+
+
+@helper
+def _project_block(x2, w_ih, bias, xp, s0, s1, reverse, min_len, max_len, rows, chunk, chunks):
+    """Chunk `chunk` of the input projection that steps [s0, s1) need beyond earlier blocks: time
+    t = s forward; reverse, t = L - 1 - s ranges over [min_len - s1, max_len - s0) and the earlier
+    blocks already covered [min_len - s0, max_len)."""
+    if reverse:
+        t0 = max(min_len - s1, 0)
+        t1 = max_len if s0 == 0 else max(min_len - s0, 0)
+    else:
+        t0, t1 = s0, s1
+    lo, hi = _split((t1 - t0) * rows, chunks, chunk, 4)
+    gemm_nt(x2, t0 * rows + lo, t0 * rows + hi, w_ih, 0, w_ih.shape[0], bias, xp)
+
+
+@kernel(parallel=True)
+def run_pipelined(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
+    """Two threads: the calling one runs the recurrence over blocks of steps while the other
+    projects the input of the next block (one parallel region per block; blocks double in length,
+    as a step of the recurrence costs about twice its projection)."""
+    steps, rows = x.shape[0], x.shape[1]
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    x2 = x.reshape(steps * rows, x.shape[2])
+    reverse = cfg[C_REV] != 0
+    lmin = lengths.min()
+    lmax = lengths.max()
+    s0, s1 = 0, min(4, lmax)
+    for ch in prange(2):
+        _project_block(x2, w_ih, bias, xp, s0, s1, reverse, lmin, lmax, rows, ch, 2)
+    while s1 < lmax:
+        s2 = min(3 * s1 - 2 * s0, lmax)
+        for ch in prange(2):
+            if ch == 0:
+                _rows(0, rows, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
+                      gates, hb, aux, c, y, yd, h)
+            else:
+                _project_block(x2, w_ih, bias, xp, s1, s2, reverse, lmin, lmax, rows, 0, 1)
+        s0, s1 = s1, s2
+    _rows(0, rows, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux,
+          c, y, yd, h)
 
 
 @kernel(parallel=True)
@@ -379,8 +423,8 @@ def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_u
     if not split_units:
         for ch in prange(chunks):
             lo, hi = _split(rows, chunks, ch, 1)
-            _rows(lo, hi, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
-                  y, yd, h)
+            _rows(lo, hi, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
+                  aux, c, y, yd, h)
         return
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], r)
