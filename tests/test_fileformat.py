@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import fastrnn
 import fastrnn.fileformat as ff
 from fastrnn.errors import ArgumentError, DTypeError, FormatError
 
@@ -405,13 +406,6 @@ def test_inspect(tmp_path):
 
 
 # ------------------------------------------------------------------ real layers
-def _layers():
-    fastrnn = pytest.importorskip("fastrnn")
-    if not hasattr(fastrnn, "LSTM"):
-        pytest.skip("fastrnn layers are not available")
-    return fastrnn
-
-
 LAYER_CASES = [
     ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
     ("RNN", dict(dtype=np.float64, bias=False, batch_first=True)),
@@ -427,7 +421,6 @@ LAYER_CASES = [
 @pytest.mark.parametrize("use_mmap", [True, False])
 @pytest.mark.parametrize("mode, kwargs", LAYER_CASES)
 def test_layer_save_load_round_trip(tmp_path, mode, kwargs, use_mmap):
-    fastrnn = _layers()
     layer = getattr(fastrnn, mode)(5, 4, seed=0, **kwargs)
     p = tmp_path / "layer.frnn"
     fastrnn.save(layer, p)
