@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
+pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
 
 import converters  # noqa: E402
 import fastrnn  # noqa: E402

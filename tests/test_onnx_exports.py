@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch", reason="the models are built (and exported) with torch")
+onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference these tests compare with")
 
 import converters  # noqa: E402
 import fastrnn  # noqa: E402

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference these tests compare with")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 

@@ -18,7 +18,7 @@ import fastrnn
 from fastrnn import demo
 from fastrnn.errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="the models are built (and exported) with torch")
 nn = torch.nn
 from converters.torch_composite import from_torch_composite, seq2seq_from_torch  # noqa: E402
 
