@@ -11,6 +11,8 @@ from .errors import FastRNNError
 
 
 def _cmd_bench(args) -> int:
+    if args.compare:
+        return _compare_with_peers(args)
     from .bench import DEFAULT_CASES, format_table, run_case
     from .threads import threading_layer
     import numba
@@ -27,6 +29,18 @@ def _cmd_bench(args) -> int:
           f"numba {numba.__version__}, threading layer {threading_layer()})")
     print(format_table(results))
     return 0
+
+
+def _compare_with_peers(args) -> int:
+    """Run the repository's side-by-side runner (benchmarks/compare.py) in a checkout."""
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "compare.py").is_file():
+        raise FastRNNError("the side-by-side runner lives in the repository's benchmarks/ folder; "
+                           "run `fastrnn bench --compare` from an editable install of a checkout")
+    cmd = [sys.executable, "-m", "benchmarks.compare"] + (["--quick"] if args.quick else [])
+    return subprocess.call(cmd, cwd=root)
 
 
 def _cmd_convert(args) -> int:
@@ -105,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, nargs="+", default=[1])
     bench.add_argument("--steps", type=int, default=100)
     bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--compare", action="store_true",
+                       help="side by side with ONNX Runtime and PyTorch, each in its own process "
+                            "(needs the bench extra and a checkout: benchmarks/compare.py)")
     bench.set_defaults(func=_cmd_bench)
 
     convert = sub.add_parser("convert", help="PyTorch checkpoint or ONNX model -> .frnn")
