@@ -108,10 +108,26 @@ class DirectionParams:
                               self.linear_before_reset, self.input_forget, fast, *codes,
                               *offsets], dtype=np.int64)
         assert self._cfg.size == eng.CFG_LEN
+        self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
+        self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = w_hh.nbytes + proj.nbytes
         self._input_bytes = w_ih.nbytes
+
+    def _fused_weights(self):
+        """([W_ih | W_hh] (G*H, I+H), b_ih + b_hh) for run_fused, packed once on first use
+        (only batches of 8+ rows take that path, so smaller workloads never pay its memory)."""
+        if self._fused is None:
+            gh = NUM_GATES[self.mode] * self.hidden_size
+            o_ih, o_bias, o_hh, o_rbias = self._cfg[eng.C_OFF:eng.C_OFF + 4]
+            w_ih = self._wbuf[o_ih:o_ih + gh * self.input_size].reshape(gh, self.input_size)
+            bias = self._wbuf[o_bias:o_bias + gh]
+            w_hh = self._wbuf[o_hh:o_hh + gh * self.hidden_out].reshape(gh, self.hidden_out)
+            rbias = self._wbuf[o_rbias:o_rbias + gh]
+            self._fused = (np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1)),
+                           np.ascontiguousarray(bias + rbias))
+        return self._fused
 
     def scratch(self, steps: int, rows: int):
         """The scratch buffer one call of this direction over (steps, rows) needs."""
@@ -132,9 +148,26 @@ class DirectionParams:
         threads_ is the number of threads the call may use; the kernel and its split are chosen
         here: batch rows; hidden units at batch 1 when H is large; else, when the input projection
         is large enough, one thread runs the recurrence while another projects ahead of it.
+        LSTM without projection and RNN with >= 8 rows per chunk run run_fused: one product per
+        step over [x_t, h] (no hoisted projection), rows split over threads as above.
         """
         kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
         rows, steps = x.shape[1], x.shape[0]
+        if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD:
+            chunks = max(1, min(threads_, rows // _FUSED_MIN_ROWS_PER_THREAD))
+            if rows * self._recurrent_bytes < _ROW_SPLIT_MIN_BYTES:
+                chunks = 1
+            wr, bsum = self._fused_weights()
+            h = state[0]
+            c = state[1] if len(state) > 1 else self._dummy_c
+            xh = _aligned(2 * rows * wr.shape[1], self.dtype).reshape(2, rows, wr.shape[1])
+            gates = _aligned(rows * wr.shape[0], self.dtype).reshape(rows, wr.shape[0])
+            fused = (x, wr, bsum, self._wbuf, self._cfg, self._fcfg, lengths, h, c, y, yd, xh, gates)
+            if chunks > 1:
+                eng.run_fused(*fused, chunks)
+            else:
+                eng.run_fused_serial(*fused)
+            return
         if threads_ < 2:
             kernel(*args)
         elif rows >= 2 and rows * self._recurrent_bytes >= _ROW_SPLIT_MIN_BYTES:
@@ -148,6 +181,9 @@ class DirectionParams:
 
 
 _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
+# LSTM (no projection) / RNN with at least this many batch rows per thread: one product per step
+# over [x_t, h] (run_fused) instead of a hoisted input projection plus the recurrent product.
+_FUSED_MIN_ROWS_PER_THREAD = 8
 # Batch 1: split hidden units across threads (one parallel region per step) once the recurrent
 # weights are this large (LSTM/GRU H >= 256 in float32): below it one core streams its weights from
 # its own L2 faster than a region's wake-up and barrier (~1.5 us) pay back.

@@ -67,8 +67,14 @@ def _scratch(sbuf, cfg, rows_total, steps):
 
 
 def scratch_size(gates, hid, hout, steps, rows):
-    return (_pad(steps * rows * gates * hid) + _pad(rows * gates * hid) + _pad(2 * rows * hout)
-            + _pad(rows * hid))
+    """Elements of sbuf that _scratch lays out (plain Python: calling the jitted _pad from Python
+    cost ~2 us a call, 8 us of every forward call)."""
+    return (_pad_py(steps * rows * gates * hid) + _pad_py(rows * gates * hid)
+            + _pad_py(2 * rows * hout) + _pad_py(rows * hid))
+
+
+def _pad_py(n):
+    return (n + 15) // 16 * 16
 
 
 @inline
@@ -452,3 +458,71 @@ def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_u
                 _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
                          gates, src, dst, aux, c)
                 _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
+
+
+# ----- batches: input and recurrent products fused into one product per step -----
+
+@helper
+def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd, h):
+    """Rows [lo, hi) of an LSTM (no projection) or RNN: each step gates = [x_t, h] @ [W, R]^T +
+    bias, one product with K = I + H instead of a hoisted K = I projection and a K = H product
+    (each output pays one horizontal reduction, not two: about 20% less time at batch 32-64).
+    xh (2, N, I + H) ping-pongs [x_t, h]."""
+    codes = cfg[C_CODE:C_CODE + 3]
+    clip = typed(fcfg[0], wr)
+    mode = cfg[C_MODE]
+    hid = cfg[C_H]
+    feats = x.shape[2]
+    gh = wr.shape[0]
+    reverse = cfg[C_REV] != 0
+    fast = cfg[C_FAST] != 0
+    for n in range(lo, hi):
+        if lengths[n] == 0:
+            h[n, :] = 0
+            if mode == LSTM:
+                c[n, :] = 0
+        xh[0, n, feats:] = h[n, :]
+    for s in range(_max_len(lengths, lo, hi)):
+        src = xh[s & 1]
+        dst = xh[(s + 1) & 1]
+        for n in range(lo, hi):
+            length = lengths[n]
+            if s < length:
+                src[n, :feats] = x[_time(s, length, reverse), n]
+        gemm_nt(src, lo, hi, wr, 0, gh, bsum, gates)
+        for n in range(lo, hi):
+            length = lengths[n]
+            if s >= length:
+                continue
+            out = dst[n, feats:]
+            if mode == LSTM:
+                _lstm_update(gates[n], zeros, c[n], peep, out, hid, 0, hid, cfg[C_IFG] != 0, fast,
+                             codes, fcfg, clip)
+            else:
+                _rnn_update(gates[n], zeros, out, 0, hid, fast, codes[0], typed(fcfg[1], clip),
+                            typed(fcfg[4], clip), clip)
+            yr = y[_time(s, length, reverse), n, yd]
+            for j in range(hid):
+                yr[j] = out[j]
+            if s == length - 1:
+                hr = h[n]
+                for j in range(hid):
+                    hr[j] = out[j]
+
+
+@kernel(parallel=True)
+def run_fused(x, wr, bsum, wbuf, cfg, fcfg, lengths, h, c, y, yd, xh, gates, chunks):
+    """LSTM without projection / RNN over batch rows split into `chunks` blocks (one thread each)."""
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    rows = x.shape[1]
+    for ch in prange(chunks):
+        lo, hi = _split(rows, chunks, ch, 1)
+        _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd, h)
+
+
+@kernel
+def run_fused_serial(x, wr, bsum, wbuf, cfg, fcfg, lengths, h, c, y, yd, xh, gates):
+    """run_fused on the calling thread (no parallel region: safe whatever the threading layer)."""
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    _fused_rows(0, x.shape[1], x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd,
+                h)

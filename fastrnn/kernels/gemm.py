@@ -11,7 +11,7 @@ from .activations import typed
 
 @helper
 def gemm_nt(a, m_lo, m_hi, b, o_lo, o_hi, bias, out):
-    """out[m, o] = bias[o] + a[m] . b[o] for m_lo <= m < m_hi, o_lo <= o < o_hi."""
+    """gemm_nt unblocked: 4 x 4 tiles, a 1 x 8 row product for the last m_hi - m_lo mod 4 rows."""
     kk = a.shape[1]
     zero = typed(0.0, out)
     m = m_lo
