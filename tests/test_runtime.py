@@ -171,3 +171,17 @@ def test_pipelined_kernel_matches_one_thread(cls, batch):
     np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-12)
     # final state: h_n, or (h_n, c_n) stacked (both (L*D, N, H) here)
     np.testing.assert_allclose(np.asarray(serial[1]), np.asarray(parallel[1]), rtol=0, atol=1e-12)
+
+
+# Batches of 8+ rows per thread take the fused [x_t, h] product (LSTM without projection, RNN),
+# split over threads when the work is large enough; uneven lengths and both directions included.
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM])
+def test_fused_kernel_on_two_threads_matches_one_thread(cls):
+    layer = cls(16, 128, bidirectional=True, dtype=np.float64, seed=11)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((30, 24, 16))
+    lengths = rng.integers(0, 31, 24)
+    lengths[0] = 30
+    serial, parallel = _one_and_two_threads(layer, x, lengths)
+    np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(serial[1]), np.asarray(parallel[1]), rtol=0, atol=1e-12)
