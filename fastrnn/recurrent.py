@@ -5,7 +5,6 @@ once into the layout the kernels stream; `run_layer` runs a layer of directions 
 Layers (fastrnn.layers), streams and the ONNX converter all run through here.
 """
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -221,13 +220,6 @@ def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
         raise ArgumentError(f"lengths must lie in 0..{steps} (the sequence length), "
                             f"got min {arr.min()} max {arr.max()}")
     return arr
-
-
-@dataclass
-class LayerResult:
-    y: np.ndarray          # (T, N, D, H_out)
-    h_n: np.ndarray        # (D, N, H_out)
-    c_n: np.ndarray | None  # (D, N, H) for LSTM
 
 
 def run_layer(directions, x, h0=None, c0=None, lengths=None):

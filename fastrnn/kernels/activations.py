@@ -17,11 +17,6 @@ SOFTPLUS = 10
 
 
 @inline
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-@inline
 def activate(code, alpha, beta, x):
     """Apply activation `code` with parameters alpha/beta to the scalar x."""
     if code == SIGMOID:
