@@ -1,7 +1,7 @@
 """Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
 import numpy as np
 
-from .errors import ShapeError, UnsupportedError, ArgumentError, DTypeError
+from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 
 
 class Stream:
@@ -75,24 +75,16 @@ class Stream:
     @state.setter
     def state(self, value) -> None:
         if self._c is None:
-            self._assign("h", self._h, value)
-            return
-        if not isinstance(value, (tuple, list)) or len(value) != 2:
-            raise ArgumentError("an LSTM stream's state is a tuple (h, c)")
-        h, c = np.asarray(value[0]), np.asarray(value[1])
-        self._check("h", self._h, h)
-        self._check("c", self._c, c)
-        self._h[...] = h
-        self._c[...] = c
-
-    def _assign(self, name, target, value) -> None:
-        value = np.asarray(value)
-        self._check(name, target, value)
-        target[...] = value
-
-    @staticmethod
-    def _check(name, target, value) -> None:
-        if value.dtype.kind not in "fiu":
-            raise DTypeError(f"state {name} must be real, got dtype {value.dtype}")
-        if value.shape != target.shape:
-            raise ShapeError(f"state {name} must have shape {target.shape}, got {value.shape}")
+            targets = [("h", self._h, value)]
+        else:
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise ArgumentError("an LSTM stream's state is a tuple (h, c)")
+            targets = [("h", self._h, value[0]), ("c", self._c, value[1])]
+        arrays = [np.asarray(v) for _, _, v in targets]
+        for (name, target, _), arr in zip(targets, arrays):  # check all before changing any
+            if arr.dtype.kind not in "fiu":
+                raise DTypeError(f"state {name} must be real, got dtype {arr.dtype}")
+            if arr.shape != target.shape:
+                raise ShapeError(f"state {name} must have shape {target.shape}, got {arr.shape}")
+        for (_, target, _), arr in zip(targets, arrays):
+            target[...] = arr
