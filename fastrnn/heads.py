@@ -15,19 +15,13 @@ import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernels.heads import linear_forward, sample
-from .recurrent import check_dtype
+from .validation import build_from_config, check_dtype, positive_int
 from .vocab import check_ids
 
 __all__ = ["Embedding", "OneHot", "Linear", "ACTIVATIONS", "sample_token"]
 
 ACTIVATIONS = ("none", "softmax", "log_softmax", "sigmoid", "tanh", "relu")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
-
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None
@@ -69,8 +63,8 @@ class Embedding:
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  dtype: Any = np.float32, *, seed: int | None = None):
-        self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
-        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        self.num_embeddings = positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = positive_int("embedding_dim", embedding_dim)
         if padding_idx is not None:
             if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
                     or not -self.num_embeddings <= padding_idx < self.num_embeddings:
@@ -128,7 +122,7 @@ class OneHot:
     kind = "one_hot"
 
     def __init__(self, size: int, dtype: Any = np.float32):
-        self.size = _positive_int("size", size)
+        self.size = positive_int("size", size)
         self.dtype = check_dtype(dtype)
 
     @property
@@ -171,8 +165,8 @@ class Linear:
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  activation: str = "none", dtype: Any = np.float32, *, seed: int | None = None):
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         if activation is None:
             activation = "none"
         if activation not in _ACT_CODE:
@@ -244,14 +238,7 @@ STAGES = {"embedding": Embedding, "one_hot": OneHot, "linear": Linear}
 
 def stage_from_config(config: Mapping) -> Embedding | OneHot | Linear:
     """Rebuild an (untrained) Embedding / OneHot / Linear from its ``config()``."""
-    cfg = dict(config)
-    kind = cfg.pop("type", None)
-    if kind not in STAGES:
-        raise ArgumentError(f"stage type must be one of {sorted(STAGES)}, got {kind!r}")
-    try:
-        return STAGES[kind](**cfg)
-    except TypeError as exc:
-        raise ArgumentError(f"bad {kind} config {config!r}: {exc}") from None
+    return build_from_config(STAGES, "type", config)
 
 
 def _expect_names(what: str, state: Mapping, names: tuple[str, ...]) -> None:

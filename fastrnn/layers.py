@@ -10,15 +10,10 @@ import numpy as np
 from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
-from .recurrent import DirectionParams, check_dtype, run_layer
+from .recurrent import DirectionParams, run_layer
+from .validation import build_from_config, check_clip, check_dtype, positive_int
 
 SUFFIXES = ("", "_reverse")
-
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class RecurrentLayer:
@@ -30,10 +25,10 @@ class RecurrentLayer:
                  bidirectional=False, proj_size=0, dtype=np.float32, *, activations=None,
                  activation_alpha=None, activation_beta=None, clip=None,
                  linear_before_reset=True, peepholes=False, input_forget=False, seed=None):
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
-        self.proj_size = _positive_int("proj_size", proj_size, minimum=0)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.proj_size = positive_int("proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size and self.proj_size:
             raise ArgumentError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
                                 f"got {self.proj_size}")
@@ -41,10 +36,7 @@ class RecurrentLayer:
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = check_dtype(dtype)
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                                 or not clip > 0):
-            raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
-        self.clip = None if clip is None else float(clip)
+        self.clip = check_clip(clip)
         self.linear_before_reset = bool(linear_before_reset)
         self.peepholes = bool(peepholes)
         self.input_forget = bool(input_forget)
@@ -304,11 +296,4 @@ LAYERS = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}
 
 def layer_from_config(config: Mapping) -> RecurrentLayer:
     """Build an (untrained) layer from `layer.config()`."""
-    cfg = dict(config)
-    mode = cfg.pop("mode", None)
-    if mode not in LAYERS:
-        raise ArgumentError(f"config mode must be one of {sorted(LAYERS)}, got {mode!r}")
-    try:
-        return LAYERS[mode](**cfg)
-    except TypeError as exc:
-        raise ArgumentError(f"bad {mode} config {config!r}: {exc}") from None
+    return build_from_config(LAYERS, "mode", config)

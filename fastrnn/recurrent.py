@@ -13,19 +13,7 @@ from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
-
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def check_dtype(dtype) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in SUPPORTED_DTYPES:
-        raise DTypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
+from .validation import check_clip, check_dtype
 
 def _matrix(name, value, shape, dtype):
     arr = np.asarray(value)
@@ -64,9 +52,8 @@ class DirectionParams:
         self.reverse = bool(reverse)
         self.linear_before_reset = bool(linear_before_reset)
         self.input_forget = bool(input_forget)
-        if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
-            raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
-        self.clip = math.inf if clip is None else float(clip)
+        clip = check_clip(clip)
+        self.clip = math.inf if clip is None else clip
         self.activations = acts.normalize_direction(mode, activations)
 
         gh = gates * hidden

@@ -1,0 +1,47 @@
+"""Argument checks shared by the layers and the task stages: dtypes, sizes, rebuilding from config."""
+from typing import Mapping
+
+import numpy as np
+
+from .errors import ArgumentError, DTypeError
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The numpy dtype for `dtype`, which must be float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in SUPPORTED_DTYPES:
+        raise DTypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    """`value` as an int >= minimum (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def build_from_config(classes: Mapping, key: str, config: Mapping):
+    """classes[config[key]](**rest of config), with typed errors for unknown kinds or arguments."""
+    cfg = dict(config)
+    kind = cfg.pop(key, None)
+    if kind not in classes:
+        raise ArgumentError(f"config {key} must be one of {sorted(classes)}, got {kind!r}")
+    try:
+        return classes[kind](**cfg)
+    except TypeError as exc:
+        raise ArgumentError(f"bad {kind} config {dict(config)!r}: {exc}") from None
+
+
+def check_clip(clip) -> float | None:
+    """None (no clip) or a positive finite-or-infinite float."""
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not isinstance(clip, (int, float, np.floating)) or not clip > 0:
+        raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
+    return float(clip)
