@@ -13,6 +13,7 @@ from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
+from .kernels.gemm import pack_panels, padded
 from .validation import check_clip, check_dtype
 
 def _matrix(name, value, shape, dtype):
@@ -72,9 +73,19 @@ class DirectionParams:
         proj = np.zeros((0, hidden), dtype)
         if w_hr is not None:
             proj = _matrix("weight_hr", w_hr, (self.proj_size, hidden), dtype)
-        # One flat, 64-byte aligned buffer in the order the kernels stream (gate-major rows, the
-        # PyTorch layout: a block of hidden units of every gate is a set of contiguous rows).
-        parts = [w_ih, bias, w_hh, rbias, peep, proj, np.zeros(max(gh, self.hidden_out), dtype)]
+        # One flat, 64-byte aligned buffer in the order the kernels stream: each gate's rows
+        # padded to whole panels (so a block of hidden units is whole panels of every gate), then
+        # packed as panels (kernels/gemm.py).
+        self._gates = gates
+        self._hp = padded(hidden)
+        hout_p = padded(self.hidden_out)
+        bias_p = self._pad_gates(bias[:, None])[:, 0]
+        rbias_p = self._pad_gates(rbias[:, None])[:, 0]
+        proj_p = np.zeros((0,), dtype)
+        if w_hr is not None:
+            proj_p = pack_panels(np.pad(proj, ((0, hout_p - self.proj_size), (0, 0))))
+        parts = [pack_panels(self._pad_gates(w_ih)), bias_p, pack_panels(self._pad_gates(w_hh)),
+                 rbias_p, peep, proj_p, np.zeros(max(gates * self._hp, hout_p), dtype)]
         offsets, total = [], 0
         for part in parts:
             offsets.append(total)
@@ -92,27 +103,30 @@ class DirectionParams:
         self._cfg = np.array([_MODES[mode], hidden,
                               self.hidden_out, self.input_size, self.proj_size, self.reverse,
                               self.linear_before_reset, self.input_forget, fast, *codes,
-                              *offsets], dtype=np.int64)
+                              self._hp, hout_p, *offsets], dtype=np.int64)
         assert self._cfg.size == eng.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
+        self._torch_weights = (w_ih, w_hh, bias_p + rbias_p) if self._fusable else None
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = w_hh.nbytes + proj.nbytes
         self._input_bytes = w_ih.nbytes
 
+    def _pad_gates(self, w):
+        """(G*H, K) -> (G*Hp, K): each gate's rows followed by zero rows up to whole panels."""
+        rows = w.reshape(self._gates, self.hidden_size, -1)
+        rows = np.pad(rows, ((0, 0), (0, self._hp - self.hidden_size), (0, 0)))
+        return rows.reshape(self._gates * self._hp, -1)
+
     def _fused_weights(self):
-        """([W_ih | W_hh] (G*H, I+H), b_ih + b_hh) for run_fused, packed once on first use
-        (only batches of 8+ rows take that path, so smaller workloads never pay its memory)."""
+        """(packed [W_ih | W_hh] (K = I + H), b_ih + b_hh padded) for run_fused, packed once on
+        first use (only batches of 8+ rows take that path, so smaller workloads never pay its
+        memory)."""
         if self._fused is None:
-            gh = NUM_GATES[self.mode] * self.hidden_size
-            o_ih, o_bias, o_hh, o_rbias = self._cfg[eng.C_OFF:eng.C_OFF + 4]
-            w_ih = self._wbuf[o_ih:o_ih + gh * self.input_size].reshape(gh, self.input_size)
-            bias = self._wbuf[o_bias:o_bias + gh]
-            w_hh = self._wbuf[o_hh:o_hh + gh * self.hidden_out].reshape(gh, self.hidden_out)
-            rbias = self._wbuf[o_rbias:o_rbias + gh]
-            self._fused = (np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1)),
-                           np.ascontiguousarray(bias + rbias))
+            w_ih, w_hh, bsum = self._torch_weights
+            both = self._pad_gates(np.concatenate([w_ih, w_hh], axis=1))
+            self._fused = (_aligned_copy(pack_panels(both)), _aligned_copy(bsum))
         return self._fused
 
     def scratch(self, steps: int, rows: int):
@@ -146,8 +160,9 @@ class DirectionParams:
             wr, bsum = self._fused_weights()
             h = state[0]
             c = state[1] if len(state) > 1 else self._dummy_c
-            xh = _aligned(2 * rows * wr.shape[1], self.dtype).reshape(2, rows, wr.shape[1])
-            gates = _aligned(rows * wr.shape[0], self.dtype).reshape(rows, wr.shape[0])
+            width = self.input_size + self.hidden_out
+            xh = _aligned(2 * rows * width, self.dtype).reshape(2, rows, width)
+            gates = _aligned(rows * bsum.size, self.dtype).reshape(rows, bsum.size)
             fused = (x, wr, bsum, self._wbuf, self._cfg, self._fcfg, lengths, h, c, y, yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
@@ -180,6 +195,12 @@ _ROW_SPLIT_MIN_BYTES = 256 * 1024
 # Otherwise, once the input projection is this large (steps * rows * input-weight bytes: some 40 us
 # of work), a second thread projects blocks of steps ahead of the recurrence (run_pipelined).
 _PROJ_SPLIT_MIN_BYTES = 2 << 20
+
+
+def _aligned_copy(arr: np.ndarray) -> np.ndarray:
+    out = _aligned(arr.size, arr.dtype)
+    out[:] = arr.ravel()
+    return out
 
 
 def _aligned(size: int, dtype) -> np.ndarray:

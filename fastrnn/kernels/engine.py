@@ -5,12 +5,15 @@ flat buffers, so that a call types few arguments (cheap dispatch, one specialisa
   x (T, N, I) C-contiguous input
   wbuf  1-D: every weight of the direction at the offsets in cfg (see recurrent.DirectionParams)
   cfg   int64 [mode, H, H_out, I, P, reverse, linear_before_reset, input_forget, fast, code0..2,
-               offsets w_ih, bias, r, rbias, peep, w_hr, zeros]
+               Hp, H_out_p, offsets w_ih, bias, r, rbias, peep, w_hr, zeros]
+  Hp and H_out_p are H and H_out rounded up to whole panels (gemm.py): each gate's block of
+  columns in the packed weights, the biases, xp and gates is Hp wide (zero-padded), so that any
+  block of hidden units is whole panels of every gate.
   fcfg  float64 [clip, alpha0..2, beta0..2]
   lengths int64 (N,); h (N, H_out) and c (N, H) hold the initial state and receive the final one
   (c is a dummy for RNN/GRU); y (T, N, D, H_out) the layer's output, zero-filled by the caller,
   of which this direction writes y[:, :, yd] (one array layout for every call: one specialisation)
-  sbuf  1-D scratch: xp (T*N, G*H), gates (N, G*H), hb (2, N, H_out), aux (N, H)
+  sbuf  1-D scratch: xp (T*N, G*Hp), gates (N, G*Hp), hb (2, N, H_out_p), aux (N, H)
 
 Each step: gates = h_prev @ R^T (+ Rbh for GRU lbr=1), one blocked product over all the rows of
 a chunk; then the fused, vectorised gate/cell update per row for the rows still running. h ping-pongs
@@ -22,38 +25,40 @@ from numba import prange
 
 from ._jit import helper, inline, kernel
 from .activations import activate, fast_sigmoid, fast_tanh, typed
-from .gemm import gemm_nt
+from .gemm import PANEL, gemm_packed, padded
 
 RNN, GRU, LSTM = 0, 1, 2
 GATES = (1, 3, 4)
 # cfg slots
 C_MODE, C_H, C_HOUT, C_I, C_P, C_REV, C_LBR, C_IFG, C_FAST, C_CODE = range(10)
-C_OFF = 12  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
+C_HP, C_HOUTP = 12, 13
+C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
 CFG_LEN = C_OFF + 7
 
 
 @helper
 def _views(wbuf, cfg):
+    """Packed weights (1-D panels, gemm.pack_panels) w_ih, r, w_hr; bias and rbias (G*Hp);
+    peep (3, H); zeros (at least G*Hp and H_out_p)."""
     gates = (1, 3, 4)[cfg[C_MODE]]
     hid = cfg[C_H]
-    hout = cfg[C_HOUT]
-    gh = gates * hid
+    gh = gates * cfg[C_HP]
     o = C_OFF
-    w_ih = wbuf[cfg[o]:cfg[o] + gh * cfg[C_I]].reshape(gh, cfg[C_I])
+    w_ih = wbuf[cfg[o]:cfg[o] + gh * cfg[C_I]]
     bias = wbuf[cfg[o + 1]:cfg[o + 1] + gh]
-    r = wbuf[cfg[o + 2]:cfg[o + 2] + gh * hout].reshape(gh, hout)
+    r = wbuf[cfg[o + 2]:cfg[o + 2] + gh * cfg[C_HOUT]]
     rbias = wbuf[cfg[o + 3]:cfg[o + 3] + gh]
     peep = wbuf[cfg[o + 4]:cfg[o + 4] + 3 * hid].reshape(3, hid)
-    w_hr = wbuf[cfg[o + 5]:cfg[o + 5] + cfg[C_P] * hid].reshape(cfg[C_P], hid)
-    zeros = wbuf[cfg[o + 6]:cfg[o + 6] + max(gh, hout)]
+    w_hr = wbuf[cfg[o + 5]:cfg[o + 5] + (cfg[C_HOUTP] * hid if cfg[C_P] > 0 else 0)]
+    zeros = wbuf[cfg[o + 6]:cfg[o + 6] + max(gh, cfg[C_HOUTP])]
     return w_ih, bias, r, rbias, peep, w_hr, zeros
 
 
 @helper
 def _scratch(sbuf, cfg, rows_total, steps):
-    gh = (1, 3, 4)[cfg[C_MODE]] * cfg[C_H]
+    gh = (1, 3, 4)[cfg[C_MODE]] * cfg[C_HP]
     hid = cfg[C_H]
-    hout = cfg[C_HOUT]
+    hout = cfg[C_HOUTP]
     m = steps * rows_total
     p = 0
     xp = sbuf[p:p + m * gh].reshape(m, gh)
@@ -69,8 +74,9 @@ def _scratch(sbuf, cfg, rows_total, steps):
 def scratch_size(gates, hid, hout, steps, rows):
     """Elements of sbuf that _scratch lays out (plain Python: calling the jitted _pad from Python
     cost ~2 us a call, 8 us of every forward call)."""
-    return (_pad_py(steps * rows * gates * hid) + _pad_py(rows * gates * hid)
-            + _pad_py(2 * rows * hout) + _pad_py(rows * hid))
+    gh = gates * padded(hid)
+    return (_pad_py(steps * rows * gh) + _pad_py(rows * gh) + _pad_py(2 * rows * padded(hout))
+            + _pad_py(rows * hid))
 
 
 def _pad_py(n):
@@ -119,22 +125,22 @@ def _sigmoid_rows(g, xr, n, clip):
 
 
 @helper
-def _lstm_fast(g, xr, cr, peep, out, hid, j0, j1, clip):
+def _lstm_fast(g, xr, cr, peep, out, gs, j0, j1, clip):
     """_lstm_update with the default activations, as a few passes over gate slices: each pass
     has few enough distinct streams for LLVM's runtime alias checks, so each one vectorises (a
     single fused loop over all the streams stays scalar)."""
     n = j1 - j0
     gi = g[j0:j1]
-    gf = g[hid + j0:hid + j1]
+    gf = g[gs + j0:gs + j1]
     c = cr[j0:j1]
     _sigmoid_gate(gi, xr[j0:j1], peep[0, j0:j1], c, n, clip)
-    _sigmoid_gate(gf, xr[hid + j0:hid + j1], peep[1, j0:j1], c, n, clip)
-    gg = g[2 * hid + j0:2 * hid + j1]
-    xg = xr[2 * hid + j0:2 * hid + j1]
+    _sigmoid_gate(gf, xr[gs + j0:gs + j1], peep[1, j0:j1], c, n, clip)
+    gg = g[2 * gs + j0:2 * gs + j1]
+    xg = xr[2 * gs + j0:2 * gs + j1]
     for j in range(n):
         c[j] = gf[j] * c[j] + gi[j] * fast_tanh(_clamp(gg[j] + xg[j], clip))
-    go = g[3 * hid + j0:3 * hid + j1]
-    xo = xr[3 * hid + j0:3 * hid + j1]
+    go = g[3 * gs + j0:3 * gs + j1]
+    xo = xr[3 * gs + j0:3 * gs + j1]
     po = peep[2, j0:j1]
     h = out[j0:j1]
     for j in range(n):
@@ -142,11 +148,11 @@ def _lstm_fast(g, xr, cr, peep, out, hid, j0, j1, clip):
 
 
 @helper
-def _lstm_update(g, xr, cr, peep, out, hid, j0, j1, input_forget, fast, codes, fcfg, clip):
+def _lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fcfg, clip):
     """c updated in place; out[j] = o * h(c') (the new h, or the unprojected one)."""
     one = typed(1.0, g)
     if fast and not input_forget:
-        _lstm_fast(g, xr, cr, peep, out, hid, j0, j1, clip)
+        _lstm_fast(g, xr, cr, peep, out, gs, j0, j1, clip)
     else:
         a0 = typed(fcfg[1], g)
         a1 = typed(fcfg[2], g)
@@ -160,40 +166,40 @@ def _lstm_update(g, xr, cr, peep, out, hid, j0, j1, input_forget, fast, codes, f
             if input_forget:
                 f = one - i
             else:
-                f = activate(codes[0], a0, b0, _clamp(g[hid + j] + xr[hid + j] + peep[1, j] * cp, clip))
-            gg = activate(codes[1], a1, b1, _clamp(g[2 * hid + j] + xr[2 * hid + j], clip))
+                f = activate(codes[0], a0, b0, _clamp(g[gs + j] + xr[gs + j] + peep[1, j] * cp, clip))
+            gg = activate(codes[1], a1, b1, _clamp(g[2 * gs + j] + xr[2 * gs + j], clip))
             cn = f * cp + i * gg
             o = activate(codes[0], a0, b0,
-                         _clamp(g[3 * hid + j] + xr[3 * hid + j] + peep[2, j] * cn, clip))
+                         _clamp(g[3 * gs + j] + xr[3 * gs + j] + peep[2, j] * cn, clip))
             cr[j] = cn
             out[j] = o * activate(codes[2], a2, b2, cn)
 
 
 @helper
-def _gru_gates_rz(g, xr, hp, rh, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
+def _gru_gates_rz(g, xr, hp, rh, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
     """r and z into g[0:2H] (activated); rh[j] = r * h_prev (lbr = 0)."""
     if fast:
         _sigmoid_rows(g[j0:j1], xr[j0:j1], j1 - j0, clip)
-        _sigmoid_rows(g[hid + j0:hid + j1], xr[hid + j0:hid + j1], j1 - j0, clip)
+        _sigmoid_rows(g[gs + j0:gs + j1], xr[gs + j0:gs + j1], j1 - j0, clip)
     else:
         for j in range(j0, j1):
             g[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
-            g[hid + j] = activate(code, alpha, beta, _clamp(g[hid + j] + xr[hid + j], clip))
+            g[gs + j] = activate(code, alpha, beta, _clamp(g[gs + j] + xr[gs + j], clip))
     if not lbr:
         for j in range(j0, j1):
             rh[j] = g[j] * hp[j]
 
 
 @helper
-def _gru_update(g, xr, hp, hd, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
+def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
     """g[0:2H] holds activated r, z; g[2H:3H] holds Rh h + Rbh (lbr) or Rh (r*h) (lbr = 0)."""
     one = typed(1.0, g)
     if fast:
         m = j1 - j0
         r = g[j0:j1]
-        z = g[hid + j0:hid + j1]
-        gn = g[2 * hid + j0:2 * hid + j1]
-        xn = xr[2 * hid + j0:2 * hid + j1]
+        z = g[gs + j0:gs + j1]
+        gn = g[2 * gs + j0:2 * gs + j1]
+        xn = xr[2 * gs + j0:2 * gs + j1]
         hps = hp[j0:j1]
         hds = hd[j0:j1]
         if lbr:
@@ -207,11 +213,11 @@ def _gru_update(g, xr, hp, hd, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
     else:
         for j in range(j0, j1):
             if lbr:
-                pre = xr[2 * hid + j] + g[j] * g[2 * hid + j]
+                pre = xr[2 * gs + j] + g[j] * g[2 * gs + j]
             else:
-                pre = xr[2 * hid + j] + g[2 * hid + j]
+                pre = xr[2 * gs + j] + g[2 * gs + j]
             n = activate(code, alpha, beta, _clamp(pre, clip))
-            z = g[hid + j]
+            z = g[gs + j]
             hd[j] = (one - z) * n + z * hp[j]
 
 
@@ -220,11 +226,12 @@ def _gru_update(g, xr, hp, hd, hid, j0, j1, lbr, fast, code, alpha, beta, clip):
 @helper
 def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates, src,
              dst, aux, c):
-    """Recurrent product for units [j0, j1) of every gate, then the update of those units.
-    Returns nothing; LSTM with projection leaves o*tanh(c') in aux, GRU lbr=0 leaves r, z in
-    gates and r*h in aux (the second phase finishes the step)."""
+    """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
+    Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
+    aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step)."""
     mode = cfg[C_MODE]
-    hid = cfg[C_H]
+    gs = cfg[C_HP]
+    u1 = min(j1, cfg[C_H])
     rows_total = lengths.shape[0]
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
@@ -232,11 +239,12 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
     lbr = cfg[C_LBR] != 0
     if mode == GRU and not lbr:
         gcount = 2  # the n gate's product waits for r * h (phase b)
-    if j0 == 0 and j1 == hid:  # all units: the gates' rows are contiguous, one product
-        gemm_nt(src, lo, hi, r, 0, gcount * hid, rbias, gates)
+    k_len = cfg[C_HOUT]
+    if j0 == 0 and j1 == gs:  # all units: the gates' columns are contiguous, one product
+        gemm_packed(src, lo, hi, k_len, r, 0, gcount * gs, rbias, gates)
     else:
         for gi in range(gcount):
-            gemm_nt(src, lo, hi, r, gi * hid + j0, gi * hid + j1, rbias, gates)
+            gemm_packed(src, lo, hi, k_len, r, gi * gs + j0, gi * gs + j1, rbias, gates)
     for n in range(lo, hi):
         length = lengths[n]
         if s >= length:
@@ -246,20 +254,20 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
         g = gates[n]
         if mode == LSTM:
             out = dst[n] if cfg[C_P] == 0 else aux[n]
-            _lstm_update(g, xr, c[n], peep, out, hid, j0, j1, cfg[C_IFG] != 0, fast, codes, fcfg,
+            _lstm_update(g, xr, c[n], peep, out, gs, j0, u1, cfg[C_IFG] != 0, fast, codes, fcfg,
                          clip)
         elif mode == GRU:
             a = typed(fcfg[1], clip)
             b = typed(fcfg[4], clip)
-            _gru_gates_rz(g, xr, src[n], aux[n], hid, j0, j1, lbr, fast, codes[0], a, b, clip)
+            _gru_gates_rz(g, xr, src[n], aux[n], gs, j0, u1, lbr, fast, codes[0], a, b, clip)
             if lbr:
                 a = typed(fcfg[2], clip)
                 b = typed(fcfg[5], clip)
-                _gru_update(g, xr, src[n], dst[n], hid, j0, j1, lbr, fast, codes[1], a, b, clip)
+                _gru_update(g, xr, src[n], dst[n], gs, j0, u1, lbr, fast, codes[1], a, b, clip)
         else:
             a = typed(fcfg[1], clip)
             b = typed(fcfg[4], clip)
-            _rnn_update(g, xr, dst[n], j0, j1, fast, codes[0], a, b, clip)
+            _rnn_update(g, xr, dst[n], j0, u1, fast, codes[0], a, b, clip)
 
 
 @helper
@@ -270,13 +278,16 @@ def _needs_phase_b(cfg):
 @helper
 def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp, gates, src,
              dst, aux):
-    """Second half of a step: LSTM projection (units = projected outputs) or GRU lbr=0's n gate."""
+    """Second half of a step: LSTM projection (units = projected outputs, [j0, j1) whole panels
+    of H_out_p) or GRU lbr=0's n gate (units as in _phase_a)."""
     hid = cfg[C_H]
+    gs = cfg[C_HP]
     rows_total = lengths.shape[0]
     if cfg[C_MODE] == LSTM:
-        gemm_nt(aux, lo, hi, w_hr, j0, j1, zeros, dst)
+        gemm_packed(aux, lo, hi, hid, w_hr, j0, j1, zeros, dst)
         return
-    gemm_nt(aux, lo, hi, r, 2 * hid + j0, 2 * hid + j1, zeros, gates)
+    gemm_packed(aux, lo, hi, hid, r, 2 * gs + j0, 2 * gs + j1, zeros, gates)
+    u1 = min(j1, hid)
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
     a = typed(fcfg[2], clip)
@@ -286,13 +297,15 @@ def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
         if s >= length:
             continue
         t = _time(s, length, reverse)
-        _gru_update(gates[n], xp[t * rows_total + n], src[n], dst[n], hid, j0, j1, False, fast,
+        _gru_update(gates[n], xp[t * rows_total + n], src[n], dst[n], gs, j0, u1, False, fast,
                     codes[1], a, b, clip)
 
 
 @helper
 def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, y, yd, h):
-    """Copy the new h of units [j0, j1) to y; at a row's last step also to the final state."""
+    """Copy the new h of units [j0, min(j1, H_out)) to y; at a row's last step also to the final
+    state."""
+    j1 = min(j1, h.shape[1])
     for n in range(lo, hi):
         length = lengths[n]
         if s >= length:
@@ -316,7 +329,7 @@ def _begin(lo, hi, cfg, lengths, h, c, hb):
             h[n, :] = 0
             if cfg[C_MODE] == LSTM:
                 c[n, :] = 0
-        hb[0, n, :] = h[n, :]
+        hb[0, n, :h.shape[1]] = h[n, :]
 
 
 @helper
@@ -334,7 +347,6 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
     loads the initial state)."""
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], r)
-    hid = cfg[C_H]
     hout = cfg[C_HOUT]
     reverse = cfg[C_REV] != 0
     if s0 == 0:
@@ -343,11 +355,11 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
     for s in range(s0, min(s1, _max_len(lengths, lo, hi))):
         src = hb[s & 1]
         dst = hb[(s + 1) & 1]
-        _phase_a(s, lo, hi, 0, hid, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
-                 src, dst, aux, c)
+        _phase_a(s, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
+                 gates, src, dst, aux, c)
         if phase_b:
-            _phase_b(s, lo, hi, 0, hout, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
-                     gates, src, dst, aux)
+            _phase_b(s, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
+                     xp, gates, src, dst, aux)
         _emit(s, lo, hi, 0, hout, reverse, lengths, dst, y, yd, h)
 
 
@@ -357,7 +369,7 @@ def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    gemm_nt(x2, 0, steps * rows, w_ih, 0, w_ih.shape[0], bias, xp)
+    gemm_packed(x2, 0, steps * rows, x2.shape[1], w_ih, 0, xp.shape[1], bias, xp)
     _rows(0, rows, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
           y, yd, h)
 
@@ -381,7 +393,7 @@ def _project_block(x2, w_ih, bias, xp, s0, s1, reverse, min_len, max_len, rows, 
     else:
         t0, t1 = s0, s1
     lo, hi = _split((t1 - t0) * rows, chunks, chunk, 4)
-    gemm_nt(x2, t0 * rows + lo, t0 * rows + hi, w_ih, 0, w_ih.shape[0], bias, xp)
+    gemm_packed(x2, t0 * rows + lo, t0 * rows + hi, x2.shape[1], w_ih, 0, xp.shape[1], bias, xp)
 
 
 @kernel(parallel=True)
@@ -425,7 +437,7 @@ def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_u
     m = steps * rows
     for ch in prange(chunks):
         lo, hi = _split(m, chunks, ch, 4)
-        gemm_nt(x2, lo, hi, w_ih, 0, w_ih.shape[0], bias, xp)
+        gemm_packed(x2, lo, hi, x2.shape[1], w_ih, 0, xp.shape[1], bias, xp)
     if not split_units:
         for ch in prange(chunks):
             lo, hi = _split(rows, chunks, ch, 1)
@@ -434,8 +446,6 @@ def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_u
         return
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], r)
-    hid = cfg[C_H]
-    hout = cfg[C_HOUT]
     reverse = cfg[C_REV] != 0
     _begin(0, rows, cfg, lengths, h, c, hb)
     phase_b = _needs_phase_b(cfg)
@@ -444,17 +454,17 @@ def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_u
         dst = hb[(s + 1) & 1]
         if phase_b:
             for ch in prange(chunks):
-                j0, j1 = _split(hid, chunks, ch, 8)
+                j0, j1 = _split(cfg[C_HP], chunks, ch, PANEL)
                 _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
                          gates, src, dst, aux, c)
             for ch in prange(chunks):
-                j0, j1 = _split(hout, chunks, ch, 8)
+                j0, j1 = _split(cfg[C_HOUTP], chunks, ch, PANEL)
                 _phase_b(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
                          gates, src, dst, aux)
                 _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
         else:
             for ch in prange(chunks):
-                j0, j1 = _split(hid, chunks, ch, 8)
+                j0, j1 = _split(cfg[C_HP], chunks, ch, PANEL)
                 _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
                          gates, src, dst, aux, c)
                 _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
@@ -465,15 +475,14 @@ def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_u
 @helper
 def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd, h):
     """Rows [lo, hi) of an LSTM (no projection) or RNN: each step gates = [x_t, h] @ [W, R]^T +
-    bias, one product with K = I + H instead of a hoisted K = I projection and a K = H product
-    (each output pays one horizontal reduction, not two: about 20% less time at batch 32-64).
+    bias, one product with K = I + H (wr packed, G*Hp columns) instead of a hoisted K = I
+    projection and a K = H product: the gates of a step are written and read once, not twice.
     xh (2, N, I + H) ping-pongs [x_t, h]."""
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], wr)
     mode = cfg[C_MODE]
     hid = cfg[C_H]
     feats = x.shape[2]
-    gh = wr.shape[0]
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
     for n in range(lo, hi):
@@ -489,15 +498,15 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
             length = lengths[n]
             if s < length:
                 src[n, :feats] = x[_time(s, length, reverse), n]
-        gemm_nt(src, lo, hi, wr, 0, gh, bsum, gates)
+        gemm_packed(src, lo, hi, src.shape[1], wr, 0, gates.shape[1], bsum, gates)
         for n in range(lo, hi):
             length = lengths[n]
             if s >= length:
                 continue
             out = dst[n, feats:]
             if mode == LSTM:
-                _lstm_update(gates[n], zeros, c[n], peep, out, hid, 0, hid, cfg[C_IFG] != 0, fast,
-                             codes, fcfg, clip)
+                _lstm_update(gates[n], zeros, c[n], peep, out, cfg[C_HP], 0, hid, cfg[C_IFG] != 0,
+                             fast, codes, fcfg, clip)
             else:
                 _rnn_update(gates[n], zeros, out, 0, hid, fast, codes[0], typed(fcfg[1], clip),
                             typed(fcfg[4], clip), clip)
