@@ -13,7 +13,7 @@ from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
-from .kernels.gemm import pack_panels, padded
+from .kernels.gemm import PANEL, pack_gates, padded
 from .validation import check_clip, check_dtype
 
 def _matrix(name, value, shape, dtype):
@@ -83,8 +83,9 @@ class DirectionParams:
         rbias_p = self._pad_gates(rbias[:, None])[:, 0]
         proj_p = np.zeros((0,), dtype)
         if w_hr is not None:
-            proj_p = pack_panels(np.pad(proj, ((0, hout_p - self.proj_size), (0, 0))))
-        parts = [pack_panels(self._pad_gates(w_ih)), bias_p, pack_panels(self._pad_gates(w_hh)),
+            proj_p = pack_gates(np.pad(proj, ((0, hout_p - self.proj_size), (0, 0))), 1)
+        parts = [pack_gates(self._pad_gates(w_ih), gates), bias_p,
+                 pack_gates(self._pad_gates(w_hh), gates),
                  rbias_p, peep, proj_p, np.zeros(max(gates * self._hp, hout_p), dtype)]
         offsets, total = [], 0
         for part in parts:
@@ -111,7 +112,6 @@ class DirectionParams:
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = w_hh.nbytes + proj.nbytes
-        self._input_bytes = w_ih.nbytes
 
     def _pad_gates(self, w):
         """(G*H, K) -> (G*Hp, K): each gate's rows followed by zero rows up to whole panels."""
@@ -126,7 +126,7 @@ class DirectionParams:
         if self._fused is None:
             w_ih, w_hh, bsum = self._torch_weights
             both = self._pad_gates(np.concatenate([w_ih, w_hh], axis=1))
-            self._fused = (_aligned_copy(pack_panels(both)), _aligned_copy(bsum))
+            self._fused = (_aligned_copy(pack_gates(both, self._gates)), _aligned_copy(bsum))
         return self._fused
 
     def scratch(self, steps: int, rows: int):
@@ -146,10 +146,11 @@ class DirectionParams:
         y[:, :, yd] of the layer output y (T, N, D, H_out).
 
         threads_ is the number of threads the call may use; the kernel and its split are chosen
-        here: batch rows; hidden units at batch 1 when H is large; else, when the input projection
-        is large enough, one thread runs the recurrence while another projects ahead of it.
-        LSTM without projection and RNN with >= 8 rows per chunk run run_fused: one product per
-        step over [x_t, h] (no hoisted projection), rows split over threads as above.
+        here: batches of 8+ rows split their rows over threads (no synchronisation); smaller
+        batches split each step's hidden units (run_units: each thread keeps its slice of the
+        weights in its own cache, one handover per step). LSTM without projection and RNN with
+        >= 8 rows per chunk run run_fused: one product per step over [x_t, h] (no hoisted
+        projection), rows split over threads as above.
         """
         kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
         rows, steps = x.shape[1], x.shape[0]
@@ -169,14 +170,15 @@ class DirectionParams:
             else:
                 eng.run_fused_serial(*fused)
             return
+        work = rows * self._recurrent_bytes  # weight bytes streamed per step
         if threads_ < 2:
             kernel(*args)
-        elif rows >= 2 and rows * self._recurrent_bytes >= _ROW_SPLIT_MIN_BYTES:
-            eng.run_parallel(*args, min(threads_, rows), False)
-        elif rows == 1 and self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES:
-            eng.run_parallel(*args, threads_, True)
-        elif steps * rows * self._input_bytes >= _PROJ_SPLIT_MIN_BYTES:
-            eng.run_pipelined(*args)
+        elif rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES:
+            eng.run_parallel(*args, min(threads_, rows))
+        elif self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
+            chunks = min(threads_, self._hp // PANEL)
+            sync = np.zeros((2 * steps, eng.sync_width(chunks)), np.int64)
+            eng.run_units(*args, sync, chunks)
         else:
             kernel(*args)
 
@@ -185,16 +187,14 @@ _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
 # LSTM (no projection) / RNN with at least this many batch rows per thread: one product per step
 # over [x_t, h] (run_fused) instead of a hoisted input projection plus the recurrent product.
 _FUSED_MIN_ROWS_PER_THREAD = 8
-# Batch 1: split hidden units across threads (one parallel region per step) once the recurrent
-# weights are this large (LSTM/GRU H >= 256 in float32): below it one core streams its weights from
-# its own L2 faster than a region's wake-up and barrier (~1.5 us) pay back.
-_UNIT_SPLIT_MIN_BYTES = 512 * 1024
-# Any split: below this many recurrent-weight bytes streamed per step (summed over the batch rows)
-# a step takes a few microseconds and waking a second thread costs more than it saves.
+# Row split: batches of at least this many rows (each thread then runs 4-row register tiles) and
+# this many recurrent-weight bytes streamed per step (below it a step takes a few microseconds
+# and waking a second thread costs more than it saves).
+_ROW_SPLIT_MIN_ROWS = 8
 _ROW_SPLIT_MIN_BYTES = 256 * 1024
-# Otherwise, once the input projection is this large (steps * rows * input-weight bytes: some 40 us
-# of work), a second thread projects blocks of steps ahead of the recurrence (run_pipelined).
-_PROJ_SPLIT_MIN_BYTES = 2 << 20
+# Unit split: at least this many weight bytes over the whole call (steps * rows * recurrent
+# bytes). Its parallel region costs a few microseconds once; each step's handover ~0.1 us.
+_UNIT_SPLIT_MIN_BYTES = 1 << 20
 
 
 def _aligned_copy(arr: np.ndarray) -> np.ndarray:

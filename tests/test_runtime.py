@@ -157,20 +157,63 @@ def test_streams_in_threads_are_independent():
         np.testing.assert_allclose(g, e, atol=1e-6)
 
 
-# Small hidden sizes with long inputs take the pipelined kernel on two threads (one thread runs the
-# recurrence while the other projects the next block of steps): forward and reverse directions,
-# uneven lengths (zero included) and every cell must give the one-thread results.
-@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
+# Batches under 8 rows split each step's hidden units over threads (run_units): every cell and
+# variant (projection and GRU lbr=0 take a second stage per step), H that is not a whole number of
+# panels, forward and reverse directions and uneven lengths (zero included) must give the
+# one-thread results.
+UNIT_SPLIT_LAYERS = [
+    lambda: fastrnn.RNN(64, 70, num_layers=2, bidirectional=True, dtype=np.float64, seed=9),
+    lambda: fastrnn.GRU(64, 70, num_layers=2, bidirectional=True, dtype=np.float64, seed=9),
+    lambda: fastrnn.GRU(64, 64, bidirectional=True, linear_before_reset=False, dtype=np.float64,
+                        seed=9),
+    lambda: fastrnn.LSTM(64, 70, num_layers=2, bidirectional=True, dtype=np.float64, seed=9),
+    lambda: fastrnn.LSTM(64, 96, proj_size=40, bidirectional=True, peepholes=True,
+                         dtype=np.float64, seed=9),
+]
+
+
+@pytest.mark.parametrize("make", UNIT_SPLIT_LAYERS)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_pipelined_kernel_matches_one_thread(cls, batch):
-    layer = cls(64, 32, num_layers=2, bidirectional=True, dtype=np.float64, seed=9)
+def test_unit_split_kernel_matches_one_thread(make, batch):
+    layer = make()
     rng = np.random.default_rng(10)
     x = rng.standard_normal((100, batch, 64))
     lengths = np.array([100, 0, 57][:batch]) if batch > 1 else np.array([83])
     serial, parallel = _one_and_two_threads(layer, x, lengths)
     np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-12)
-    # final state: h_n, or (h_n, c_n) stacked (both (L*D, N, H) here)
-    np.testing.assert_allclose(np.asarray(serial[1]), np.asarray(parallel[1]), rtol=0, atol=1e-12)
+    # final state: h_n, or (h_n, c_n) (h_n and c_n differ in width with a projection)
+    final_serial = serial[1] if isinstance(serial[1], tuple) else (serial[1],)
+    final_parallel = parallel[1] if isinstance(parallel[1], tuple) else (parallel[1],)
+    for want, got in zip(final_serial, final_parallel, strict=True):
+        np.testing.assert_allclose(want, got, rtol=0, atol=1e-12)
+
+
+# run_units hands out blocks by claiming, so it must finish with the right answer however many
+# threads the region really gets: more blocks than threads, or one thread running every block.
+@pytest.mark.parametrize("chunks,threads", [(3, 2), (2, 1), (3, 1)])
+def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads):
+    from fastrnn.kernels import engine
+    from fastrnn.recurrent import check_lengths
+
+    if numba.config.NUMBA_NUM_THREADS < threads or fastrnn.threading_layer() is None:
+        pytest.skip("needs numba's parallel threading layer")
+    layer = fastrnn.LSTM(16, 96, proj_size=40, dtype=np.float64, seed=13)
+    params = layer._directions[0][0]
+    x = np.random.default_rng(14).standard_normal((40, 2, 16))
+    lengths = check_lengths(np.array([40, 23]), 2, 40)
+    want = layer(x, lengths=lengths)[0][:, :, None]
+
+    h, c = np.zeros((2, 40)), np.zeros((2, 96))
+    y = np.zeros((40, 2, 1, 40))
+    kernel, args = params.serial_call(x, lengths, (h, c), y, 0, params.scratch(40, 2))
+    sync = np.zeros((2 * 40, engine.sync_width(chunks)), np.int64)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        engine.run_units(*args, sync, chunks)
+    finally:
+        fastrnn.set_num_threads(before)
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-12)
 
 
 # Batches of 8+ rows per thread take the fused [x_t, h] product (LSTM without projection, RNN),

@@ -8,7 +8,7 @@ error_model="numpy" removes the division-by-zero branch that blocks vectorisatio
 import numba
 
 FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
-_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy", _nrt=False)
 
 
 def kernel(fn=None, *, parallel=False):

@@ -1,6 +1,6 @@
 """Kernel entry points: one direction of one layer over a whole (padded) batch of sequences.
 
-Every cell type runs through the same entries (`run_serial`, `run_parallel`, `run_pipelined`) with
+Every cell type runs through the same entries (`run_serial`, `run_parallel`, `run_units`) with
 flat buffers, so that a call types few arguments (cheap dispatch, one specialisation per dtype):
   x (T, N, I) C-contiguous input
   wbuf  1-D: every weight of the direction at the offsets in cfg (see recurrent.DirectionParams)
@@ -24,8 +24,9 @@ L = 0 leaves a zero state (ONNX Runtime's behaviour).
 from numba import prange
 
 from ._jit import helper, inline, kernel
+from .atomics import atomic_add, atomic_claim, atomic_load, spin_pause
 from .activations import activate, fast_sigmoid, fast_tanh, typed
-from .gemm import PANEL, gemm_packed, padded
+from .gemm import PANEL, gemm_gates, padded
 
 RNN, GRU, LSTM = 0, 1, 2
 GATES = (1, 3, 4)
@@ -38,7 +39,7 @@ CFG_LEN = C_OFF + 7
 
 @helper
 def _views(wbuf, cfg):
-    """Packed weights (1-D panels, gemm.pack_panels) w_ih, r, w_hr; bias and rbias (G*Hp);
+    """Packed weights (1-D panels, gemm.pack_gates) w_ih, r, w_hr; bias and rbias (G*Hp);
     peep (3, H); zeros (at least G*Hp and H_out_p)."""
     gates = (1, 3, 4)[cfg[C_MODE]]
     hid = cfg[C_H]
@@ -239,12 +240,7 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
     lbr = cfg[C_LBR] != 0
     if mode == GRU and not lbr:
         gcount = 2  # the n gate's product waits for r * h (phase b)
-    k_len = cfg[C_HOUT]
-    if j0 == 0 and j1 == gs:  # all units: the gates' columns are contiguous, one product
-        gemm_packed(src, lo, hi, k_len, r, 0, gcount * gs, rbias, gates)
-    else:
-        for gi in range(gcount):
-            gemm_packed(src, lo, hi, k_len, r, gi * gs + j0, gi * gs + j1, rbias, gates)
+    gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, gs, rbias, gates)
     for n in range(lo, hi):
         length = lengths[n]
         if s >= length:
@@ -284,9 +280,9 @@ def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
     gs = cfg[C_HP]
     rows_total = lengths.shape[0]
     if cfg[C_MODE] == LSTM:
-        gemm_packed(aux, lo, hi, hid, w_hr, j0, j1, zeros, dst)
+        gemm_gates(aux, lo, hi, hid, w_hr, 1, 0, 1, j0, j1, cfg[C_HOUTP], zeros, dst)
         return
-    gemm_packed(aux, lo, hi, hid, r, 2 * gs + j0, 2 * gs + j1, zeros, gates)
+    gemm_gates(aux, lo, hi, hid, r, 3, 2, 3, j0, j1, gs, zeros, gates)
     u1 = min(j1, hid)
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
@@ -325,11 +321,27 @@ def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, y, yd, h):
 def _begin(lo, hi, cfg, lengths, h, c, hb):
     """Load the initial state of rows [lo, hi) into the ping-pong buffer; zero L = 0 rows."""
     for n in range(lo, hi):
-        if lengths[n] == 0:
-            h[n, :] = 0
-            if cfg[C_MODE] == LSTM:
-                c[n, :] = 0
-        hb[0, n, :h.shape[1]] = h[n, :]
+        _zero_if_empty(n, cfg, lengths, h, c)
+        _copy(h[n], hb[0, n], h.shape[1])
+
+
+@helper
+def _zero_if_empty(n, cfg, lengths, h, c):
+    """L = 0 rows start (and end) with a zero state, as ONNX Runtime does."""
+    if lengths[n] == 0:
+        for j in range(h.shape[1]):
+            h[n, j] = 0
+        if cfg[C_MODE] == LSTM:
+            for j in range(c.shape[1]):
+                c[n, j] = 0
+
+
+@inline
+def _copy(src, dst, count):
+    """dst[:count] = src[:count], as a loop: kernels run without numba's runtime (no refcounted
+    temporaries), which slice assignment needs."""
+    for j in range(count):
+        dst[j] = src[j]
 
 
 @helper
@@ -363,13 +375,21 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
         _emit(s, lo, hi, 0, hout, reverse, lengths, dst, y, yd, h)
 
 
+@helper
+def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
+    """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows)."""
+    lo, hi = _split(x2.shape[0], chunks, chunk, 4)
+    gates = GATES[cfg[C_MODE]]
+    gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP], bias, xp)
+
+
 @kernel
 def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    gemm_packed(x2, 0, steps * rows, x2.shape[1], w_ih, 0, xp.shape[1], bias, xp)
+    _project(x2, w_ih, bias, xp, cfg, 1, 0)
     _rows(0, rows, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
           y, yd, h)
 
@@ -382,92 +402,90 @@ def _split(total, chunks, c, align):
     return lo, hi
 
 
-@helper
-def _project_block(x2, w_ih, bias, xp, s0, s1, reverse, min_len, max_len, rows, chunk, chunks):
-    """Chunk `chunk` of the input projection that steps [s0, s1) need beyond earlier blocks: time
-    t = s forward; reverse, t = L - 1 - s ranges over [min_len - s1, max_len - s0) and the earlier
-    blocks already covered [min_len - s0, max_len)."""
-    if reverse:
-        t0 = max(min_len - s1, 0)
-        t1 = max_len if s0 == 0 else max(min_len - s0, 0)
-    else:
-        t0, t1 = s0, s1
-    lo, hi = _split((t1 - t0) * rows, chunks, chunk, 4)
-    gemm_packed(x2, t0 * rows + lo, t0 * rows + hi, x2.shape[1], w_ih, 0, xp.shape[1], bias, xp)
-
-
 @kernel(parallel=True)
-def run_pipelined(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
-    """Two threads: the calling one runs the recurrence over blocks of steps while the other
-    projects the input of the next block (one parallel region per block; blocks double in length,
-    as a step of the recurrence costs about twice its projection)."""
+def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
+    """chunks > 1 threads, each with a block of batch rows for the whole sequence (no
+    synchronisation)."""
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    reverse = cfg[C_REV] != 0
-    lmin = lengths.min()
-    lmax = lengths.max()
-    s0, s1 = 0, min(4, lmax)
-    for ch in prange(2):
-        _project_block(x2, w_ih, bias, xp, s0, s1, reverse, lmin, lmax, rows, ch, 2)
-    while s1 < lmax:
-        s2 = min(3 * s1 - 2 * s0, lmax)
-        for ch in prange(2):
-            if ch == 0:
-                _rows(0, rows, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
-                      gates, hb, aux, c, y, yd, h)
-            else:
-                _project_block(x2, w_ih, bias, xp, s1, s2, reverse, lmin, lmax, rows, 0, 1)
-        s0, s1 = s1, s2
-    _rows(0, rows, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux,
-          c, y, yd, h)
-
-
-@kernel(parallel=True)
-def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks, split_units):
-    """chunks > 1 threads: split_units=False gives each chunk a block of batch rows for the whole
-    sequence (no synchronisation); split_units=True gives each chunk a block of hidden units (its
-    slice of R stays in its core's cache) with one parallel region per step (two with a second
-    phase)."""
-    steps, rows = x.shape[0], x.shape[1]
-    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
-    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
-    x2 = x.reshape(steps * rows, x.shape[2])
-    m = steps * rows
     for ch in prange(chunks):
-        lo, hi = _split(m, chunks, ch, 4)
-        gemm_packed(x2, lo, hi, x2.shape[1], w_ih, 0, xp.shape[1], bias, xp)
-    if not split_units:
-        for ch in prange(chunks):
-            lo, hi = _split(rows, chunks, ch, 1)
-            _rows(lo, hi, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
-                  aux, c, y, yd, h)
-        return
+        _project(x2, w_ih, bias, xp, cfg, chunks, ch)
+    for ch in prange(chunks):
+        lo, hi = _split(rows, chunks, ch, 1)
+        _rows(lo, hi, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
+              aux, c, y, yd, h)
+
+
+# sync rows: [stages done, claim of block 0, claim of block 1, ...], one row per stage
+SYNC_DONE = 0
+
+
+def sync_width(chunks):
+    """int64 slots per stage row of run_units' sync array: a whole number of 64-byte lines."""
+    return (chunks + 1 + 7) // 8 * 8
+
+
+@kernel(parallel=True)
+def run_units(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks):
+    """chunks > 1 threads in one parallel region for the whole sequence: each step's hidden units
+    are split into `chunks` blocks (whole panels), thread k works block k, so its slice of R stays
+    in its core's cache. A step is one stage (two when a second phase follows: LSTM projection,
+    GRU lbr=0). sync (stages, sync_width) int64, zeroed by the caller, hands out the blocks: a
+    thread claims its own block, then any block nobody has claimed, then waits until every block
+    of the stage is done. Claiming (not fixed ownership) is what makes the wait safe: a thread
+    that never arrives (the region ran on fewer threads, or it was descheduled) has its blocks
+    done by the others, so no wait can hang."""
+    steps, rows = x.shape[0], x.shape[1]
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    x2 = x.reshape(steps * rows, x.shape[2])
+    for ch in prange(chunks):
+        _project(x2, w_ih, bias, xp, cfg, chunks, ch)
+    _begin(0, rows, cfg, lengths, h, c, hb)
+    stages = 2 if _needs_phase_b(cfg) else 1
+    total = _max_len(lengths, 0, rows) * stages
+    for ch in prange(chunks):
+        for stage in range(total):
+            _unit_stage(ch, stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
+                        zeros, xp, gates, hb, aux, c, y, yd, h)
+
+
+@inline
+def _unit_stage(me, stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
+                xp, gates, hb, aux, c, y, yd, h):
+    base = stage * sync.shape[1]
+    for i in range(chunks):
+        block = (me + i) % chunks
+        if atomic_claim(sync, base + 1 + block):
+            _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr,
+                        zeros, xp, gates, hb, aux, c, y, yd, h)
+            atomic_add(sync, base + SYNC_DONE, 1)
+    while atomic_load(sync, base + SYNC_DONE) < chunks:
+        spin_pause()
+
+
+@inline
+def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
+                gates, hb, aux, c, y, yd, h):
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], r)
-    reverse = cfg[C_REV] != 0
-    _begin(0, rows, cfg, lengths, h, c, hb)
-    phase_b = _needs_phase_b(cfg)
-    for s in range(_max_len(lengths, 0, rows)):
-        src = hb[s & 1]
-        dst = hb[(s + 1) & 1]
-        if phase_b:
-            for ch in prange(chunks):
-                j0, j1 = _split(cfg[C_HP], chunks, ch, PANEL)
-                _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
-                         gates, src, dst, aux, c)
-            for ch in prange(chunks):
-                j0, j1 = _split(cfg[C_HOUTP], chunks, ch, PANEL)
-                _phase_b(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
-                         gates, src, dst, aux)
-                _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
-        else:
-            for ch in prange(chunks):
-                j0, j1 = _split(cfg[C_HP], chunks, ch, PANEL)
-                _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
-                         gates, src, dst, aux, c)
-                _emit(s, 0, rows, j0, j1, reverse, lengths, dst, y, yd, h)
+    rows = lengths.shape[0]
+    s = stage // stages
+    src = hb[s & 1]
+    dst = hb[(s + 1) & 1]
+    if stage % stages == 0:
+        j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
+        _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
+                 src, dst, aux, c)
+        if stages == 1:
+            _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
+    else:
+        j0, j1 = _split(cfg[C_HOUTP], chunks, block, PANEL)
+        _phase_b(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp, gates,
+                 src, dst, aux)
+        _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
 
 
 # ----- batches: input and recurrent products fused into one product per step -----
@@ -486,19 +504,17 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
     for n in range(lo, hi):
-        if lengths[n] == 0:
-            h[n, :] = 0
-            if mode == LSTM:
-                c[n, :] = 0
-        xh[0, n, feats:] = h[n, :]
+        _zero_if_empty(n, cfg, lengths, h, c)
+        _copy(h[n], xh[0, n, feats:], hid)
     for s in range(_max_len(lengths, lo, hi)):
         src = xh[s & 1]
         dst = xh[(s + 1) & 1]
         for n in range(lo, hi):
             length = lengths[n]
             if s < length:
-                src[n, :feats] = x[_time(s, length, reverse), n]
-        gemm_packed(src, lo, hi, src.shape[1], wr, 0, gates.shape[1], bsum, gates)
+                _copy(x[_time(s, length, reverse), n], src[n], feats)
+        gemm_gates(src, lo, hi, src.shape[1], wr, GATES[mode], 0, GATES[mode], 0, cfg[C_HP],
+                   cfg[C_HP], bsum, gates)
         for n in range(lo, hi):
             length = lengths[n]
             if s >= length:

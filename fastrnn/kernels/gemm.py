@@ -1,10 +1,12 @@
-"""Matrix products out[m, o] = bias[o] + a[m, :k_len] . B[:, o] against prepacked weights.
+"""Matrix products out[m, g*gs + j] = bias[...] + a[m, :k_len] . B[:, g*gs + j] against weights
+prepacked for them, where the columns of B are G gates of gs (a whole number of panels) units.
 
-B (K x O, from weights stored O x K) is packed once by `pack_panels` into panels of PANEL
-columns (simd.py): each register tile then streams its weights contiguously. Every output width
-the engine asks for is a whole number of panels (the caller pads O), so tiles never need edges.
-Batch 1 (one row of a) uses 1 x 128 tiles: eight vectors in flight hide the FMA latency and
-stream four panels at once; more rows use 4 x 32 tiles over blocks of rows.
+B (K x G*gs, from weights stored G*gs x K) is packed once by `pack_gates` into panels of PANEL
+columns (simd.py) ordered unit block first, gate second: the panels of one block of units, every
+gate, are contiguous. So a thread that owns a block of units streams one contiguous slice, and
+one batch-1 tile covers one panel of every gate (2*G vectors in flight hide the FMA latency).
+More rows use 4 x 32 tiles over blocks of rows. Output widths are whole panels (the caller pads),
+so tiles never need edges.
 """
 import numpy as np
 
@@ -16,6 +18,8 @@ _T3 = tile(3, PANEL)
 _T2 = tile(2, PANEL)
 _T1 = tile(1, PANEL)
 _T1_WIDE = tile(1, 4 * PANEL)
+_T1_X2 = tile(1, 2 * PANEL)
+_T1_X3 = tile(1, 3 * PANEL)
 _ROW_BLOCK = 128  # rows of a per pass over B: a block of a stays in L2 while B's panels stream
 
 
@@ -24,44 +28,69 @@ def padded(n: int) -> int:
     return -(-n // PANEL) * PANEL
 
 
-def pack_panels(w: np.ndarray) -> np.ndarray:
-    """Weights w (O, K), O a multiple of PANEL, as panels: the 1-D array gemm_packed streams."""
+def pack_gates(w: np.ndarray, gates: int) -> np.ndarray:
+    """Weights w (G*gs, K), gs a multiple of PANEL, as the 1-D panels gemm_gates streams."""
     rows, k = w.shape
-    if rows % PANEL:
-        raise ValueError(f"pack_panels needs a multiple of {PANEL} rows, got {rows}")
-    return np.ascontiguousarray(w.reshape(rows // PANEL, PANEL, k).transpose(0, 2, 1)).ravel()
+    if rows % (gates * PANEL):
+        raise ValueError(f"pack_gates needs {gates} gates of whole {PANEL}-row panels, got {rows}")
+    blocks = rows // gates // PANEL
+    panels = w.reshape(gates, blocks, PANEL, k).transpose(1, 0, 3, 2)
+    return np.ascontiguousarray(panels).ravel()
 
 
 @helper
-def gemm_packed(a, m_lo, m_hi, k_len, bp, o_lo, o_hi, bias, out):
-    """out[m, o] = bias[o] + sum_{k < k_len} a[m, k] * B[k, o] for m in [m_lo, m_hi) and
-    o in [o_lo, o_hi) (o_lo, o_hi multiples of PANEL); bp = pack_panels(B^T)."""
+def gemm_gates(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out):
+    """out[m, g*gs + j] = bias[g*gs + j] + sum_{k < k_len} a[m, k] * B[k, g*gs + j] for m in
+    [m_lo, m_hi), gates g in [g0, g1) of `gates`, units j in [j0, j1) (multiples of PANEL);
+    bp = pack_gates(B^T, gates)."""
     lda = a.shape[1]
     ldo = out.shape[1]
-    pstride = k_len * PANEL
+    ps = k_len * PANEL
     if m_hi - m_lo == 1:
-        m = m_lo
-        o = o_lo
-        while o + 4 * PANEL <= o_hi:
-            _T1_WIDE(a, m * lda, lda, bp, o * k_len, pstride, k_len, bias, o, out, m * ldo + o,
-                     ldo)
-            o += 4 * PANEL
-        while o < o_hi:
-            _T1(a, m * lda, lda, bp, o * k_len, pstride, k_len, bias, o, out, m * ldo + o, ldo)
-            o += PANEL
+        a_off = m_lo * lda
+        o_row = m_lo * ldo
+        if g1 - g0 == 1:  # one gate: 4 consecutive unit panels per tile, gates * ps apart
+            j = j0
+            col = g0 * gs
+            while j + 4 * PANEL <= j1:
+                b_off = (j // PANEL * gates + g0) * ps
+                _T1_WIDE(a, a_off, lda, bp, b_off, gates * ps, k_len, bias, col + j, out,
+                         o_row + col + j, ldo, PANEL)
+                j += 4 * PANEL
+            while j < j1:
+                b_off = (j // PANEL * gates + g0) * ps
+                _T1(a, a_off, lda, bp, b_off, ps, k_len, bias, col + j, out, o_row + col + j, ldo,
+                    PANEL)
+                j += PANEL
+            return
+        for j in range(j0, j1, PANEL):  # one panel of each gate: contiguous in bp
+            b_off = (j // PANEL * gates + g0) * ps
+            col = g0 * gs + j
+            if g1 - g0 == 4:
+                _T1_WIDE(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_row + col, ldo, gs)
+            elif g1 - g0 == 3:
+                _T1_X3(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_row + col, ldo, gs)
+            else:
+                _T1_X2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_row + col, ldo, gs)
         return
     for block in range(m_lo, m_hi, _ROW_BLOCK):
         block_hi = min(block + _ROW_BLOCK, m_hi)
-        for o in range(o_lo, o_hi, PANEL):
-            b_off = o * k_len
-            m = block
-            while m + 4 <= block_hi:
-                _T4(a, m * lda, lda, bp, b_off, pstride, k_len, bias, o, out, m * ldo + o, ldo)
-                m += 4
-            left = block_hi - m
-            if left == 3:
-                _T3(a, m * lda, lda, bp, b_off, pstride, k_len, bias, o, out, m * ldo + o, ldo)
-            elif left == 2:
-                _T2(a, m * lda, lda, bp, b_off, pstride, k_len, bias, o, out, m * ldo + o, ldo)
-            elif left == 1:
-                _T1(a, m * lda, lda, bp, b_off, pstride, k_len, bias, o, out, m * ldo + o, ldo)
+        for j in range(j0, j1, PANEL):
+            for g in range(g0, g1):
+                b_off = (j // PANEL * gates + g) * ps
+                col = g * gs + j
+                m = block
+                while m + 4 <= block_hi:
+                    _T4(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
+                        PANEL)
+                    m += 4
+                left = block_hi - m
+                if left == 3:
+                    _T3(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
+                        PANEL)
+                elif left == 2:
+                    _T2(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
+                        PANEL)
+                elif left == 1:
+                    _T1(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
+                        PANEL)

@@ -7,8 +7,8 @@ columns of packed B, accumulators as <64-byte vector> phi nodes, one broadcast o
 `llvm.fmuladd` per vector per k. LLVM lowers the vector type to whatever the target has (zmm on
 AVX-512, two ymm on AVX2, NEON quads), so the code stays portable.
 
-B is packed in panels of PANEL columns (gemm.pack_panels): panel p holds B[k, p*PANEL + j] at
-p*pstride + k*PANEL + j, so each vector of a tile streams contiguously over k.
+B is packed in panels of PANEL columns (gemm.pack_gates): a panel holds K rows of PANEL
+consecutive columns, row after row, so each vector of a tile streams contiguously over k.
 """
 import functools
 
@@ -24,31 +24,34 @@ _I64 = ir.IntType(64)
 
 @functools.lru_cache(maxsize=None)
 def tile(mr: int, ncols: int):
-    """An intrinsic tile(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo)
-    computing, for r < mr and j < ncols (a multiple of PANEL, starting on a panel):
-        out[out_off + r*ldo + j] = bias[bias_off + j] + sum_k a[a_off + r*lda + k] * B(k, j)
-    where B(k, j) = b[b_off + (j // PANEL)*pstride + k*PANEL + j % PANEL]. Every array is
+    """An intrinsic tile(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo,
+    cstride) computing, for r < mr and j < ncols (a multiple of PANEL):
+        out[out_off + r*ldo + C(j)] = bias[bias_off + C(j)] + sum_k a[a_off + r*lda + k] * B(k, j)
+    where B(k, j) = b[b_off + (j // PANEL)*pstride + k*PANEL + j % PANEL] and
+    C(j) = (j // PANEL)*cstride + j % PANEL: the tile's panels are pstride apart in b and cstride
+    columns apart in out and bias (consecutive panels: pstride = k_len*PANEL, cstride = PANEL;
+    the same block of units of every gate: both strides one gate further). Every array is
     C-contiguous (offsets are flat element offsets); the caller keeps every index in bounds."""
     if ncols % PANEL:
         raise ValueError(f"tile width {ncols} is not a multiple of {PANEL}")
 
     @intrinsic
     def _tile(typingctx, a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
-              ldo):
+              ldo, cstride):
         arrays = (a, b, bias, out)
         if any(not isinstance(t, types.Array) or t.layout != "C" for t in arrays):
             raise errors.TypingError("tile needs C-contiguous arrays")
         if len({t.dtype for t in arrays}) != 1 or a.dtype not in (types.float32, types.float64):
             raise errors.TypingError("tile needs float32 or float64 arrays of one dtype")
         sig = types.void(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
-                         ldo)
+                         ldo, cstride)
         return sig, functools.partial(_codegen, mr, ncols)
 
     return _tile
 
 
 def _codegen(mr, ncols, context, builder, sig, args):
-    (a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo) = args
+    (a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride) = args
     dtype = sig.args[0].dtype
     width = dtype.bitwidth // 8
     lanes = 64 // width
@@ -72,12 +75,16 @@ def _codegen(mr, ncols, context, builder, sig, args):
 
     a_p, b_p = base(a, sig.args[0], a_off), base(b, sig.args[3], b_off)
     bias_p, out_p = base(bias, sig.args[7], bias_off), base(out, sig.args[9], out_off)
-    lda, pstride, k_len, ldo = i64(lda), i64(pstride), i64(k_len), i64(ldo)
-    # vector j of a row: panel j // per_panel, lanes (j % per_panel) * lanes onwards
-    vec_offsets = [builder.add(builder.mul(const(j // per_panel), pstride),
-                               const((j % per_panel) * lanes)) for j in range(nvec)]
+    lda, pstride, k_len, ldo, cstride = (i64(v) for v in (lda, pstride, k_len, ldo, cstride))
+
+    def offsets(stride):  # vector j of a row: panel j // per_panel, lane (j % per_panel) * lanes
+        return [builder.add(builder.mul(const(j // per_panel), stride),
+                            const((j % per_panel) * lanes)) for j in range(nvec)]
+
+    vec_offsets = offsets(pstride)
+    col_offsets = offsets(cstride)
     row_offsets = [builder.mul(const(r), lda) for r in range(mr)]
-    init = [vload(builder.gep(bias_p, [const(j * lanes)])) for j in range(nvec)]
+    init = [vload(builder.gep(bias_p, [off])) for off in col_offsets]
 
     entry = builder.block
     loop = builder.append_basic_block("tile.loop")
@@ -119,7 +126,7 @@ def _codegen(mr, ncols, context, builder, sig, args):
     for r in range(mr):
         out_row = builder.gep(out_p, [builder.mul(const(r), ldo)])
         for j in range(nvec):
-            builder.store(finals[r][j], builder.bitcast(builder.gep(out_row, [const(j * lanes)]),
+            builder.store(finals[r][j], builder.bitcast(builder.gep(out_row, [col_offsets[j]]),
                                                         vptr), align=width)
     return context.get_dummy_value()
 
