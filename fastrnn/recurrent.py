@@ -5,6 +5,7 @@ once into the layout the kernels stream; `run_layer` runs a layer of directions 
 Layers (fastrnn.layers), streams and the ONNX converter all run through here.
 """
 import math
+import threading
 
 import numpy as np
 
@@ -129,10 +130,14 @@ class DirectionParams:
             self._fused = (_aligned_copy(pack_gates(both, self._gates)), _aligned_copy(bsum))
         return self._fused
 
+    def scratch_size(self, steps: int, rows: int) -> int:
+        """Elements of the scratch buffer one call of this direction over (steps, rows) needs."""
+        return eng.scratch_size(NUM_GATES[self.mode], self.hidden_size, self.hidden_out, steps,
+                                rows)
+
     def scratch(self, steps: int, rows: int):
-        """The scratch buffer one call of this direction over (steps, rows) needs."""
-        return _aligned(eng.scratch_size(NUM_GATES[self.mode], self.hidden_size, self.hidden_out,
-                                         steps, rows), self.dtype)
+        """A scratch buffer of its own for calls over (steps, rows) (streams keep one)."""
+        return _aligned(self.scratch_size(steps, rows), self.dtype)
 
     def serial_call(self, x, lengths, state, y, yd, scratch):
         """(kernel, args) of the serial call `run` would make: callers on a hot path (streams)
@@ -162,8 +167,8 @@ class DirectionParams:
             h = state[0]
             c = state[1] if len(state) > 1 else self._dummy_c
             width = self.input_size + self.hidden_out
-            xh = _aligned(2 * rows * width, self.dtype).reshape(2, rows, width)
-            gates = _aligned(rows * bsum.size, self.dtype).reshape(rows, bsum.size)
+            xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
+            gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
             fused = (x, wr, bsum, self._wbuf, self._cfg, self._fcfg, lengths, h, c, y, yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
@@ -195,6 +200,29 @@ _ROW_SPLIT_MIN_BYTES = 256 * 1024
 # Unit split: at least this many weight bytes over the whole call (steps * rows * recurrent
 # bytes). Its parallel region costs a few microseconds once; each step's handover ~0.1 us.
 _UNIT_SPLIT_MIN_BYTES = 1 << 20
+
+
+_workspaces = threading.local()
+# Workspaces up to this size are kept for the thread's next call: a fresh one costs an allocation
+# and, above glibc's mmap threshold, a page fault per 4 KiB on first touch (25 us at H256, T=100).
+_WORKSPACE_KEEP_BYTES = 16 << 20
+
+
+def workspace(name: str, size: int, dtype) -> np.ndarray:
+    """A 64-byte aligned 1-D scratch array of `size` elements with undefined contents, reused by
+    the calling thread's later calls (one per name and dtype; a call must not hold it across
+    another call that asks for the same name)."""
+    dtype = np.dtype(dtype)
+    key = (name, dtype.char)
+    kept = getattr(_workspaces, "buffers", None)
+    if kept is None:
+        kept = _workspaces.buffers = {}
+    buf = kept.get(key)
+    if buf is None or buf.size < size:
+        buf = _aligned(size, dtype)
+        if size * dtype.itemsize <= _WORKSPACE_KEEP_BYTES:
+            kept[key] = buf
+    return buf[:size]
 
 
 def _aligned_copy(arr: np.ndarray) -> np.ndarray:
@@ -256,9 +284,11 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
     if first.mode == "LSTM":
         c_n = _initial_state("initial c", c0, (count, rows, first.hidden_size), dtype)
         states = [(h_n[d], c_n[d]) for d in range(count)]
-    y = np.zeros((steps, rows, count, hidden_out), dtype)
+    # every (t, n) is written when every row runs all T steps; padding steps stay zero
+    full = lengths.min() == steps
+    y = (np.empty if full else np.zeros)((steps, rows, count, hidden_out), dtype)
     workers = threads.workers()
-    scratch = first.scratch(steps, rows)
+    scratch = workspace("scratch", first.scratch_size(steps, rows), dtype)
     for d, params in enumerate(directions):
         params.run(x, lengths, states[d], y, d, scratch, workers)
     return y, h_n, c_n
