@@ -171,8 +171,10 @@ class RecurrentLayer:
             c_finals.append(c_n)
             layer_input = y.reshape(steps, rows, -1)
         out = layer_input
-        h_n = np.concatenate(h_finals, axis=0)
-        c_n = np.concatenate(c_finals, axis=0) if self.mode == "LSTM" else None
+        h_n = h_finals[0] if len(h_finals) == 1 else np.concatenate(h_finals, axis=0)
+        c_n = None
+        if self.mode == "LSTM":
+            c_n = c_finals[0] if len(c_finals) == 1 else np.concatenate(c_finals, axis=0)
         if not batched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]

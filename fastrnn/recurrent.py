@@ -275,6 +275,7 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
     if steps == 0 or rows == 0:
         raise ShapeError(f"x must have at least one step and one row, got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=dtype)
+    full = lengths is None
     lengths = check_lengths(lengths, rows, steps)
     count = len(directions)
     hidden_out = first.hidden_out
@@ -285,7 +286,6 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
         c_n = _initial_state("initial c", c0, (count, rows, first.hidden_size), dtype)
         states = [(h_n[d], c_n[d]) for d in range(count)]
     # every (t, n) is written when every row runs all T steps; padding steps stay zero
-    full = lengths.min() == steps
     y = (np.empty if full else np.zeros)((steps, rows, count, hidden_out), dtype)
     workers = threads.workers()
     scratch = workspace("scratch", first.scratch_size(steps, rows), dtype)

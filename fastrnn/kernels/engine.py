@@ -111,21 +111,21 @@ def _rnn_update(g, xr, hd, j0, j1, fast, code, alpha, beta, clip):
             hd[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
 
 
-@helper
+@inline
 def _sigmoid_gate(g, xr, peep, cp, n, clip):
     """g[j] = sigmoid(g[j] + xr[j] + peep[j] * cp[j]) for j < n."""
     for j in range(n):
         g[j] = fast_sigmoid(_clamp(g[j] + xr[j] + peep[j] * cp[j], clip))
 
 
-@helper
+@inline
 def _sigmoid_rows(g, xr, n, clip):
     """g[j] = sigmoid(g[j] + xr[j]) for j < n."""
     for j in range(n):
         g[j] = fast_sigmoid(_clamp(g[j] + xr[j], clip))
 
 
-@helper
+@inline
 def _lstm_fast(g, xr, cr, peep, out, gs, j0, j1, clip):
     """_lstm_update with the default activations, as a few passes over gate slices: each pass
     has few enough distinct streams for LLVM's runtime alias checks, so each one vectorises (a
@@ -297,7 +297,7 @@ def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
                     codes[1], a, b, clip)
 
 
-@helper
+@inline
 def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, y, yd, h):
     """Copy the new h of units [j0, min(j1, H_out)) to y; at a row's last step also to the final
     state."""
