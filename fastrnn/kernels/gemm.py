@@ -13,6 +13,7 @@ import numpy as np
 from ._jit import helper
 from .simd import PANEL, tile
 
+_T8 = tile(8, PANEL)
 _T4 = tile(4, PANEL)
 _T3 = tile(3, PANEL)
 _T2 = tile(2, PANEL)
@@ -80,6 +81,10 @@ def gemm_gates(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out):
                 b_off = (j // PANEL * gates + g) * ps
                 col = g * gs + j
                 m = block
+                while m + 8 <= block_hi:
+                    _T8(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
+                        PANEL)
+                    m += 8
                 while m + 4 <= block_hi:
                     _T4(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
                         PANEL)
