@@ -139,12 +139,25 @@ class DirectionParams:
         """A scratch buffer of its own for calls over (steps, rows) (streams keep one)."""
         return _aligned(self.scratch_size(steps, rows), self.dtype)
 
+    def own_args(self, state, scratch):
+        """This direction's own kernel arguments: (wbuf, cfg, fcfg, h, c, scratch)."""
+        h = state[0]
+        c = state[1] if len(state) > 1 else self._dummy_c
+        return self._wbuf, self._cfg, self._fcfg, h, c, scratch
+
     def serial_call(self, x, lengths, state, y, yd, scratch):
         """(kernel, args) of the serial call `run` would make: callers on a hot path (streams)
         build it once and call kernel(*args) per step."""
-        h = state[0]
-        c = state[1] if len(state) > 1 else self._dummy_c
-        return eng.run_serial, (x, self._wbuf, self._cfg, self._fcfg, lengths, h, c, y, yd, scratch)
+        wbuf, cfg, fcfg, h, c, scratch = self.own_args(state, scratch)
+        return eng.run_serial, (x, wbuf, cfg, fcfg, lengths, h, c, y, yd, scratch)
+
+    def directions_concurrently(self, steps: int, rows: int, threads_: int) -> bool:
+        """Whether a bidirectional layer of these parameters runs its two directions at once,
+        one thread each: with two or three threads, for batches too small to split by rows and
+        calls long enough to pay for the parallel region. (With more threads each direction in
+        turn splits its hidden units over all of them.)"""
+        return (2 <= threads_ < 4 and rows < _ROW_SPLIT_MIN_ROWS
+                and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
     def run(self, x, lengths, state, y, yd, scratch, threads_: int = 1) -> None:
         """Run over x (T, N, I) C-contiguous; state (h,) or (h, c) updated in place; writes
@@ -288,7 +301,13 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
     # every (t, n) is written when every row runs all T steps; padding steps stay zero
     y = (np.empty if full else np.zeros)((steps, rows, count, hidden_out), dtype)
     workers = threads.workers()
-    scratch = workspace("scratch", first.scratch_size(steps, rows), dtype)
+    size = first.scratch_size(steps, rows)
+    if count == 2 and first.directions_concurrently(steps, rows, workers):
+        own = [params.own_args(states[d], workspace(f"scratch{d}", size, dtype))
+               for d, params in enumerate(directions)]
+        eng.run_directions(x, lengths, y, *own[0], *own[1])
+        return y, h_n, c_n
+    scratch = workspace("scratch", size, dtype)
     for d, params in enumerate(directions):
         params.run(x, lengths, states[d], y, d, scratch, workers)
     return y, h_n, c_n

@@ -157,25 +157,26 @@ def test_streams_in_threads_are_independent():
         np.testing.assert_allclose(g, e, atol=1e-6)
 
 
-# Batches under 8 rows split each step's hidden units over threads (run_units): every cell and
-# variant (projection and GRU lbr=0 take a second stage per step), H that is not a whole number of
-# panels, forward and reverse directions and uneven lengths (zero included) must give the
-# one-thread results.
-UNIT_SPLIT_LAYERS = [
-    lambda: fastrnn.RNN(64, 70, num_layers=2, bidirectional=True, dtype=np.float64, seed=9),
-    lambda: fastrnn.GRU(64, 70, num_layers=2, bidirectional=True, dtype=np.float64, seed=9),
-    lambda: fastrnn.GRU(64, 64, bidirectional=True, linear_before_reset=False, dtype=np.float64,
-                        seed=9),
-    lambda: fastrnn.LSTM(64, 70, num_layers=2, bidirectional=True, dtype=np.float64, seed=9),
-    lambda: fastrnn.LSTM(64, 96, proj_size=40, bidirectional=True, peepholes=True,
-                         dtype=np.float64, seed=9),
+# Batches under 8 rows split each step's hidden units over threads (run_units), and bidirectional
+# layers run their two directions at once (run_directions): every cell and variant (projection and
+# GRU lbr=0 take a second stage per step), H that is not a whole number of panels, both directions
+# and uneven lengths (zero included) must give the one-thread results.
+SMALL_BATCH_LAYERS = [
+    lambda bi: fastrnn.RNN(64, 70, num_layers=2, bidirectional=bi, dtype=np.float64, seed=9),
+    lambda bi: fastrnn.GRU(64, 70, num_layers=2, bidirectional=bi, dtype=np.float64, seed=9),
+    lambda bi: fastrnn.GRU(64, 64, bidirectional=bi, linear_before_reset=False, dtype=np.float64,
+                           seed=9),
+    lambda bi: fastrnn.LSTM(64, 70, num_layers=2, bidirectional=bi, dtype=np.float64, seed=9),
+    lambda bi: fastrnn.LSTM(64, 96, proj_size=40, bidirectional=bi, peepholes=True,
+                            dtype=np.float64, seed=9),
 ]
 
 
-@pytest.mark.parametrize("make", UNIT_SPLIT_LAYERS)
+@pytest.mark.parametrize("make", SMALL_BATCH_LAYERS)
+@pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_unit_split_kernel_matches_one_thread(make, batch):
-    layer = make()
+def test_small_batch_parallel_kernels_match_one_thread(make, bidirectional, batch):
+    layer = make(bidirectional)
     rng = np.random.default_rng(10)
     x = rng.standard_normal((100, batch, 64))
     lengths = np.array([100, 0, 57][:batch]) if batch > 1 else np.array([83])
@@ -186,6 +187,35 @@ def test_unit_split_kernel_matches_one_thread(make, batch):
     final_parallel = parallel[1] if isinstance(parallel[1], tuple) else (parallel[1],)
     for want, got in zip(final_serial, final_parallel, strict=True):
         np.testing.assert_allclose(want, got, rtol=0, atol=1e-12)
+
+
+def test_small_batch_parallel_kernels_are_the_ones_tested(monkeypatch):
+    """The test above reaches run_units and run_directions (not the serial kernel)."""
+    from fastrnn.kernels import engine
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
+        pytest.skip("needs numba's parallel threading layer")
+    called = []
+
+    def spy(name):
+        original = getattr(engine, name)
+
+        def call(*args):
+            called.append(name)
+            return original(*args)
+        return call
+
+    for name in ("run_units", "run_directions"):
+        monkeypatch.setattr(engine, name, spy(name))
+    x = np.random.default_rng(1).standard_normal((100, 1, 64))
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        SMALL_BATCH_LAYERS[3](False)(x)
+        SMALL_BATCH_LAYERS[3](True)(x)
+    finally:
+        fastrnn.set_num_threads(before)
+    assert called == ["run_units", "run_units", "run_directions", "run_directions"]
 
 
 # run_units hands out blocks by claiming, so it must finish with the right answer however many

@@ -383,8 +383,8 @@ def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
     gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP], bias, xp)
 
 
-@kernel
-def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
+@helper
+def _serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
@@ -392,6 +392,23 @@ def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     _project(x2, w_ih, bias, xp, cfg, 1, 0)
     _rows(0, rows, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
           y, yd, h)
+
+
+@kernel
+def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
+    _serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf)
+
+
+@kernel(parallel=True)
+def run_directions(x, lengths, y, wbuf0, cfg0, fcfg0, h0, c0, sbuf0, wbuf1, cfg1, fcfg1, h1, c1,
+                   sbuf1):
+    """Both directions of a bidirectional layer at once, one thread each (they share nothing but
+    x and y, of which each writes its own half)."""
+    for d in prange(2):
+        if d == 0:
+            _serial(x, wbuf0, cfg0, fcfg0, lengths, h0, c0, y, 0, sbuf0)
+        else:
+            _serial(x, wbuf1, cfg1, fcfg1, lengths, h1, c1, y, 1, sbuf1)
 
 
 @helper
