@@ -7,7 +7,8 @@ Every (case, engine) pair runs in a process of its own (thread pools of differen
 when they share a process), with the case's thread count pinned through each engine's API and the
 usual environment variables. Each process builds the same seeded PyTorch module, sets its engine
 up, warms it up, then reports the median of many timed runs and a slice of its output, which the
-runner compares across engines. Writes report.md, results.json and (with matplotlib) chart.png.
+runner compares across engines. Every pair runs in two rounds (--rounds) and keeps the faster
+median: bursts of other work on a shared machine only ever add time. Writes report.md, results.json and (with matplotlib) chart.png.
 """
 import argparse
 import json
@@ -94,17 +95,24 @@ def machine_info() -> dict:
                 versions=versions, date=time.strftime("%Y-%m-%d %H:%M"))
 
 
-def run_all(cases, engine_names, timing, timeout) -> list[dict]:
+def run_all(cases, engine_names, timing, timeout, rounds=1) -> list[dict]:
+    """Every (case, engine) pair once per round, each round in the opposite order of the last;
+    a pair keeps its fastest round's median. On a shared machine other tenants' bursts only ever
+    add time, and with rounds far apart a burst rarely hits every round of one pair."""
     pairs = [(c, e) for c in cases for e in engine_names]
     rows = {c.id: dict(case=c, results={}) for c in cases}
     t0 = time.perf_counter()
-    for k, (case, engine) in enumerate(pairs, 1):
-        options = [f"--{name.replace('_', '-')}={value}" for name, value in timing.items()]
+    total = rounds * len(pairs)
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in timing.items()]
+    for k, (case, engine) in enumerate((p for n in range(rounds)
+                                        for p in (pairs if n % 2 == 0 else pairs[::-1])), 1):
         r = subprocess_json(["--worker", case.id, engine, *options], case.threads, timeout)
-        rows[case.id]["results"][engine] = r
+        kept = rows[case.id]["results"].get(engine)
+        if kept is None or "error" in kept or ("seconds" in r and r["seconds"] < kept["seconds"]):
+            rows[case.id]["results"][engine] = r
         elapsed = time.perf_counter() - t0
         shown = f"error: {r['error']}" if "error" in r else fmt_time(r["seconds"])
-        print(f"[{k:3d}/{len(pairs)}] {elapsed:5.0f}s, ~{elapsed / k * (len(pairs) - k):4.0f}s left  "
+        print(f"[{k:3d}/{total}] {elapsed:5.0f}s, ~{elapsed / k * (total - k):4.0f}s left  "
               f"{case.id:24s} {engine:12s} {shown}", file=sys.stderr, flush=True)
     return list(rows.values())
 
@@ -226,6 +234,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="few repeats (a fast, noisier pass)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per (case, engine)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="passes over every (case, engine); each keeps its fastest pass's median "
+                         "(default 2, 1 with --quick)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     for name, value in FULL.items():
@@ -260,7 +271,9 @@ def main(argv=None):
         sys.exit(f"the bandwidth probe failed: {machine['probe']['error']}")
     machine["timing"] = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in timing.items())
     load_before = os.getloadavg()[0]
-    rows = run_all(cases, engine_names, timing, args.timeout)
+    rounds = args.rounds or (1 if args.quick else 2)
+    machine["timing"] += f", best of {rounds} round{'s' * (rounds > 1)}"
+    rows = run_all(cases, engine_names, timing, args.timeout, rounds)
     machine["load_average"] = [load_before, os.getloadavg()[0]]
     machine["threading_layer"] = next((r["results"]["fastrnn"].get("threading_layer") for r in rows
                                        if "fastrnn" in r["results"]), None)
