@@ -22,8 +22,25 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
+def _vector_budget() -> int:
+    """How many 64-byte vectors the target's register file holds: 32 zmm with AVX-512, 16 ymm
+    (8 such vectors) with AVX/AVX2 and 32 NEON registers (8), 16 xmm (4) otherwise."""
+    import llvmlite.binding as llvm
+    import numba
+
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    if "+avx512f" in features:
+        return 32
+    if "+avx" in features or llvm.get_process_triple().startswith(("aarch64", "arm64")):
+        return 8
+    return 4
+
+
+VECTOR_BUDGET = _vector_budget()
+
+
 @functools.lru_cache(maxsize=None)
-def tile(mr: int, ncols: int):
+def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
     """An intrinsic tile(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo,
     cstride) computing, for r < mr and j < ncols (a multiple of PANEL):
         out[out_off + r*ldo + C(j)] = bias[bias_off + C(j)] + sum_k a[a_off + r*lda + k] * B(k, j)
@@ -31,7 +48,11 @@ def tile(mr: int, ncols: int):
     C(j) = (j // PANEL)*cstride + j % PANEL: the tile's panels are pstride apart in b and cstride
     columns apart in out and bias (consecutive panels: pstride = k_len*PANEL, cstride = PANEL;
     the same block of units of every gate: both strides one gate further). Every array is
-    C-contiguous (offsets are flat element offsets); the caller keeps every index in bounds."""
+    C-contiguous (offsets are flat element offsets); the caller keeps every index in bounds.
+
+    A tile whose accumulators would not fit `budget` 64-byte vector registers (see _passes) runs
+    as several passes over k, each on a block of rows and vectors that fits: spilling
+    accumulators to the stack costs more than streaming B twice."""
     if ncols % PANEL:
         raise ValueError(f"tile width {ncols} is not a multiple of {PANEL}")
 
@@ -45,12 +66,31 @@ def tile(mr: int, ncols: int):
             raise errors.TypingError("tile needs float32 or float64 arrays of one dtype")
         sig = types.void(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
                          ldo, cstride)
-        return sig, functools.partial(_codegen, mr, ncols)
+        return sig, functools.partial(_codegen, mr, ncols, budget)
 
     return _tile
 
 
-def _codegen(mr, ncols, context, builder, sig, args):
+def _passes(rows, nvec, budget):
+    """Even blocks (rows, vectors) covering rows x nvec that fit the budget: r*v accumulators,
+    plus the v B vectors when several rows share them (one row folds each load into its FMA),
+    plus a broadcast and a spare."""
+    def fits(r, v):
+        return r * v + (v if r > 1 else 1) + 2 <= budget
+
+    vecs = nvec
+    while vecs > 1 and not fits(1, vecs):
+        vecs -= 1
+    per = rows
+    while per > 1 and not fits(per, vecs):
+        per -= 1
+    vecs = -(-nvec // -(-nvec // vecs))  # the same number of passes, evened out
+    per = -(-rows // -(-rows // per))
+    return [(range(r, min(r + per, rows)), range(v, min(v + vecs, nvec)))
+            for v in range(0, nvec, vecs) for r in range(0, rows, per)]
+
+
+def _codegen(mr, ncols, budget, context, builder, sig, args):
     (a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride) = args
     dtype = sig.args[0].dtype
     width = dtype.bitwidth // 8
@@ -83,51 +123,47 @@ def _codegen(mr, ncols, context, builder, sig, args):
 
     vec_offsets = offsets(pstride)
     col_offsets = offsets(cstride)
-    row_offsets = [builder.mul(const(r), lda) for r in range(mr)]
-    init = [vload(builder.gep(bias_p, [off])) for off in col_offsets]
-
-    entry = builder.block
-    loop = builder.append_basic_block("tile.loop")
-    done = builder.append_basic_block("tile.done")
-    builder.cbranch(builder.icmp_signed(">", k_len, const(0)), loop, done)
-
-    builder.position_at_end(loop)
-    k = builder.phi(_I64)
-    acc = [[builder.phi(vty) for _ in range(nvec)] for _ in range(mr)]
-    b_row = builder.gep(b_p, [builder.mul(k, const(PANEL))])
-    b_vecs = [vload(builder.gep(b_row, [off])) for off in vec_offsets]
     zero_mask = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
-    new = []
-    for r in range(mr):
-        scalar = builder.load(builder.gep(a_p, [builder.add(row_offsets[r], k)]))
-        splat = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(_I32, 0))
-        splat = builder.shuffle_vector(splat, splat, zero_mask)
-        new.append([builder.call(fma, [splat, b_vecs[j], acc[r][j]]) for j in range(nvec)])
-    k_next = builder.add(k, const(1))
-    latch = builder.block
-    builder.cbranch(builder.icmp_signed("<", k_next, k_len), loop, done)
-    k.add_incoming(const(0), entry)
-    k.add_incoming(k_next, latch)
-    for r in range(mr):
-        for j in range(nvec):
-            acc[r][j].add_incoming(init[j], entry)
-            acc[r][j].add_incoming(new[r][j], latch)
+    for rows, vecs in _passes(mr, nvec, budget):
+        init = {j: vload(builder.gep(bias_p, [col_offsets[j]])) for j in vecs}
+        entry = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", k_len, const(0)), loop, done)
 
-    builder.position_at_end(done)
-    finals = []
-    for r in range(mr):  # every phi first: LLVM requires them at the top of the block
-        row = []
-        for j in range(nvec):
-            phi = builder.phi(vty)
+        builder.position_at_end(loop)
+        k = builder.phi(_I64)
+        acc = {(r, j): builder.phi(vty) for r in rows for j in vecs}
+        b_row = builder.gep(b_p, [builder.mul(k, const(PANEL))])
+        b_vecs = {j: vload(builder.gep(b_row, [vec_offsets[j]])) for j in vecs}
+        new = {}
+        for r in rows:
+            a_at = builder.add(builder.mul(const(r), lda), k)
+            scalar = builder.load(builder.gep(a_p, [a_at]))
+            splat = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar,
+                                           ir.Constant(_I32, 0))
+            splat = builder.shuffle_vector(splat, splat, zero_mask)
+            for j in vecs:
+                new[r, j] = builder.call(fma, [splat, b_vecs[j], acc[r, j]])
+        k_next = builder.add(k, const(1))
+        latch = builder.block
+        builder.cbranch(builder.icmp_signed("<", k_next, k_len), loop, done)
+        k.add_incoming(const(0), entry)
+        k.add_incoming(k_next, latch)
+        for (r, j), phi in acc.items():
             phi.add_incoming(init[j], entry)
-            phi.add_incoming(new[r][j], latch)
-            row.append(phi)
-        finals.append(row)
-    for r in range(mr):
-        out_row = builder.gep(out_p, [builder.mul(const(r), ldo)])
-        for j in range(nvec):
-            builder.store(finals[r][j], builder.bitcast(builder.gep(out_row, [col_offsets[j]]),
-                                                        vptr), align=width)
+            phi.add_incoming(new[r, j], latch)
+
+        builder.position_at_end(done)
+        finals = {}
+        for (r, j) in acc:  # every phi first: LLVM requires them at the top of the block
+            finals[r, j] = builder.phi(vty)
+            finals[r, j].add_incoming(init[j], entry)
+            finals[r, j].add_incoming(new[r, j], latch)
+        for (r, j), value in finals.items():
+            out_row = builder.gep(out_p, [builder.mul(const(r), ldo)])
+            builder.store(value, builder.bitcast(builder.gep(out_row, [col_offsets[j]]), vptr),
+                          align=width)
     return context.get_dummy_value()
 
 

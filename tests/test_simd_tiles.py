@@ -1,0 +1,66 @@
+"""The LLVM-IR register tiles (fastrnn/kernels/simd.py) and the panel packing they read, against
+numpy: every tile shape the products use, under every register budget a target may have (AVX-512,
+AVX/AVX2 or NEON, SSE), in both dtypes, with gate-gathering strides."""
+import itertools
+
+import numba
+import numpy as np
+import pytest
+
+from fastrnn.kernels.gemm import pack_gates
+from fastrnn.kernels.simd import PANEL, _passes, tile
+
+SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL), (4, PANEL),
+          (8, PANEL)]
+BUDGETS = [32, 8, 4]
+
+
+@pytest.mark.parametrize("rows,nvec,budget", list(itertools.product([1, 2, 3, 4, 8], [1, 2, 4, 6, 8, 16],
+                                                                    BUDGETS)))
+def test_passes_cover_the_tile_once_within_budget(rows, nvec, budget):
+    cells = []
+    for block_rows, block_vecs in _passes(rows, nvec, budget):
+        r, v = len(block_rows), len(block_vecs)
+        assert r * v + (v if r > 1 else 1) + 2 <= budget or (r == 1 and v == 1)
+        cells += [(i, j) for i in block_rows for j in block_vecs]
+    assert sorted(cells) == [(i, j) for i in range(rows) for j in range(nvec)]
+
+
+def _runner(mr, ncols, budget):
+    fn = tile(mr, ncols, budget)
+
+    @numba.njit(cache=False)
+    def run(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride):
+        fn(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride)
+    return run
+
+
+@pytest.mark.parametrize("mr,ncols", SHAPES)
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_matches_numpy_with_gate_strides(mr, ncols, budget, dtype):
+    rng = np.random.default_rng(mr * 100 + ncols + budget)
+    gates, k_len, rows_a = ncols // PANEL, 37, mr + 3
+    gs = 3 * PANEL  # each gate has 3 panels of units; the tile takes panel 1 of every gate
+    weights = rng.standard_normal((gates * gs, k_len)).astype(dtype)  # (G*gs, K), gate-major
+    packed = pack_gates(weights, gates)
+    a = rng.standard_normal((rows_a, k_len + 5)).astype(dtype)  # lda > k_len
+    bias = rng.standard_normal(gates * gs).astype(dtype)
+    out = np.full((rows_a, gates * gs), np.nan, dtype)
+    unit = PANEL  # panel 1 of the units
+    ps = k_len * PANEL
+    b_off = (unit // PANEL * gates) * ps
+    _runner(mr, ncols, budget)(a, 1 * a.shape[1], a.shape[1], packed, b_off, ps, k_len, bias, unit,
+                               out, 1 * out.shape[1] + unit, out.shape[1], gs)
+    want = a[1:1 + mr, :k_len].astype(np.float64) @ weights.astype(np.float64).T + bias
+    cols = [g * gs + unit + j for g in range(gates) for j in range(PANEL)]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out[1:1 + mr, cols], want[:, cols], rtol=tol, atol=tol)
+    written = np.zeros(out.shape, bool)
+    written[1:1 + mr, cols] = True
+    assert np.isnan(out[~written]).all()  # nothing outside the tile was touched
+
+
+def test_pack_gates_refuses_partial_panels():
+    with pytest.raises(ValueError, match="whole"):
+        pack_gates(np.zeros((2 * PANEL + 1, 3), np.float32), 1)
