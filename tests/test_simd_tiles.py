@@ -15,8 +15,10 @@ SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL)
 BUDGETS = [32, 8, 4]
 
 
-@pytest.mark.parametrize("rows,nvec,budget", list(itertools.product([1, 2, 3, 4, 8], [1, 2, 4, 6, 8, 16],
-                                                                    BUDGETS)))
+PASS_GRID = list(itertools.product([1, 2, 3, 4, 8], [1, 2, 4, 6, 8, 16], BUDGETS))
+
+
+@pytest.mark.parametrize("rows,nvec,budget", PASS_GRID)
 def test_passes_cover_the_tile_once_within_budget(rows, nvec, budget):
     cells = []
     for block_rows, block_vecs in _passes(rows, nvec, budget):
