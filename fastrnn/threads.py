@@ -93,6 +93,7 @@ def get_num_threads() -> int:
 
 def workers() -> int:
     """Threads a call may use (1 means the serial kernels); the kernel picks how to split them."""
-    if numba.get_num_threads() < 2 or not parallel_enabled():
+    count = numba.get_num_threads()
+    if count < 2 or not parallel_enabled():
         return 1
-    return numba.get_num_threads()
+    return count
