@@ -1,4 +1,5 @@
 """Runtime guarantees: light import, allocation-free streaming, thread safety, thread controls."""
+import platform
 import subprocess
 import sys
 import threading
@@ -258,3 +259,34 @@ def test_fused_kernel_on_two_threads_matches_one_thread(cls):
     serial, parallel = _one_and_two_threads(layer, x, lengths)
     np.testing.assert_allclose(serial[0], parallel[0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.asarray(serial[1]), np.asarray(parallel[1]), rtol=0, atol=1e-12)
+
+
+# A state decaying towards zero passes through the denormal range, where x86 cores can take a
+# slow microcode assist per operation: kernels flush denormals to zero while they run (x86
+# MXCSR FTZ/DAZ), and only while they run.
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"),
+                    reason="FTZ/DAZ are x86 modes")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_flush_denormals_and_restore_the_fp_mode(threads):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two numba threads")
+    hidden = 256
+    layer = fastrnn.RNN(8, hidden, nonlinearity="relu", bias=False)
+    weights = layer.state_dict()
+    weights["weight_hh_l0"] = np.eye(hidden, dtype=np.float32) * np.float32(0.5)
+    weights["weight_ih_l0"] = np.zeros_like(weights["weight_ih_l0"])
+    layer.load_state_dict(weights)
+    x = np.zeros((200, 1, 8), np.float32)
+    h0 = np.ones((1, 1, hidden), np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        y, _ = layer(x, h0)
+    finally:
+        fastrnn.set_num_threads(before)
+    tiny = np.finfo(np.float32).tiny
+    assert y[125, 0, 0] == np.float32(2.0 ** -126)  # the last normal value: exact halving so far
+    assert not ((y > 0) & (y < tiny)).any()  # then zero, never denormal
+    assert (y[130:] == 0).all()
+    # the thread's own arithmetic is IEEE again afterwards
+    assert np.float32(tiny) * np.float32(0.5) > 0

@@ -25,6 +25,7 @@ from numba import prange
 
 from ._jit import helper, inline, kernel
 from .atomics import atomic_add, atomic_claim, atomic_load, spin_pause
+from .fpmode import denormals_off, restore_fp_mode
 from .activations import activate, fast_sigmoid, fast_tanh, typed
 from .gemm import PANEL, gemm_gates, padded
 
@@ -357,6 +358,7 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
           y, yd, h):
     """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
     loads the initial state)."""
+    fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], r)
     hout = cfg[C_HOUT]
@@ -373,14 +375,17 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
             _phase_b(s, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
                      xp, gates, src, dst, aux)
         _emit(s, lo, hi, 0, hout, reverse, lengths, dst, y, yd, h)
+    restore_fp_mode(fp_mode)
 
 
 @helper
 def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
     """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows)."""
+    fp_mode = denormals_off()
     lo, hi = _split(x2.shape[0], chunks, chunk, 4)
     gates = GATES[cfg[C_MODE]]
     gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP], bias, xp)
+    restore_fp_mode(fp_mode)
 
 
 @helper
@@ -464,9 +469,11 @@ def run_units(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks):
     stages = 2 if _needs_phase_b(cfg) else 1
     total = _max_len(lengths, 0, rows) * stages
     for ch in prange(chunks):
+        fp_mode = denormals_off()
         for stage in range(total):
             _unit_stage(ch, stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
                         zeros, xp, gates, hb, aux, c, y, yd, h)
+        restore_fp_mode(fp_mode)
 
 
 @inline
@@ -513,6 +520,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
     bias, one product with K = I + H (wr packed, G*Hp columns) instead of a hoisted K = I
     projection and a K = H product: the gates of a step are written and read once, not twice.
     xh (2, N, I + H) ping-pongs [x_t, h]."""
+    fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], wr)
     mode = cfg[C_MODE]
@@ -550,6 +558,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
                 hr = h[n]
                 for j in range(hid):
                     hr[j] = out[j]
+    restore_fp_mode(fp_mode)
 
 
 @kernel(parallel=True)
