@@ -14,7 +14,7 @@ from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
-from .kernels.gemm import PANEL, pack_gates, padded
+from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
 from .validation import check_clip, check_dtype
 
 def _matrix(name, value, shape, dtype):
@@ -109,7 +109,6 @@ class DirectionParams:
         assert self._cfg.size == eng.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
-        self._torch_weights = (w_ih, w_hh, bias_p + rbias_p) if self._fusable else None
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = w_hh.nbytes + proj.nbytes
@@ -125,9 +124,15 @@ class DirectionParams:
         first use (only batches of 8+ rows take that path, so smaller workloads never pay its
         memory)."""
         if self._fused is None:
-            w_ih, w_hh, bsum = self._torch_weights
-            both = self._pad_gates(np.concatenate([w_ih, w_hh], axis=1))
-            self._fused = (_aligned_copy(pack_gates(both, self._gates)), _aligned_copy(bsum))
+            gh = self._gates * self._hp
+            o_ih, o_bias, o_hh, o_rbias = self._cfg[eng.C_OFF:eng.C_OFF + 4]
+            w_ih = unpack_gates(self._wbuf[o_ih:o_ih + gh * self.input_size], self._gates,
+                                self.input_size)
+            w_hh = unpack_gates(self._wbuf[o_hh:o_hh + gh * self.hidden_out], self._gates,
+                                self.hidden_out)
+            both = pack_gates(np.concatenate([w_ih, w_hh], axis=1), self._gates)
+            bsum = self._wbuf[o_bias:o_bias + gh] + self._wbuf[o_rbias:o_rbias + gh]
+            self._fused = (_aligned_copy(both), _aligned_copy(bsum))
         return self._fused
 
     def scratch_size(self, steps: int, rows: int) -> int:

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastrnn.kernels.gemm import pack_gates
+from fastrnn.kernels.gemm import pack_gates, unpack_gates
 from fastrnn.kernels.simd import PANEL, _passes, tile
 
 SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL), (4, PANEL),
@@ -66,3 +66,9 @@ def test_tile_matches_numpy_with_gate_strides(mr, ncols, budget, dtype):
 def test_pack_gates_refuses_partial_panels():
     with pytest.raises(ValueError, match="whole"):
         pack_gates(np.zeros((2 * PANEL + 1, 3), np.float32), 1)
+
+
+@pytest.mark.parametrize("gates", [1, 3, 4])
+def test_unpack_gates_inverts_pack_gates(gates):
+    w = np.random.default_rng(gates).standard_normal((gates * 2 * PANEL, 7)).astype(np.float32)
+    np.testing.assert_array_equal(unpack_gates(pack_gates(w, gates), gates, 7), w)

@@ -5,8 +5,8 @@ B (K x G*gs, from weights stored G*gs x K) is packed once by `pack_gates` into p
 columns (simd.py) ordered unit block first, gate second: the panels of one block of units, every
 gate, are contiguous. So a thread that owns a block of units streams one contiguous slice, and
 one batch-1 tile covers one panel of every gate (2*G vectors in flight hide the FMA latency).
-More rows use 4 x 32 tiles over blocks of rows. Output widths are whole panels (the caller pads),
-so tiles never need edges.
+More rows use 8 x 32 tiles (then 4, 3, 2, 1 rows) over blocks of rows. Output widths are whole
+panels (the caller pads), so tiles never need edges.
 """
 import numpy as np
 
@@ -37,6 +37,13 @@ def pack_gates(w: np.ndarray, gates: int) -> np.ndarray:
     blocks = rows // gates // PANEL
     panels = w.reshape(gates, blocks, PANEL, k).transpose(1, 0, 3, 2)
     return np.ascontiguousarray(panels).ravel()
+
+
+def unpack_gates(packed: np.ndarray, gates: int, k: int) -> np.ndarray:
+    """pack_gates' inverse: the (G*gs, K) weights back from their panels."""
+    blocks = packed.size // (gates * PANEL * k)
+    panels = packed.reshape(blocks, gates, k, PANEL).transpose(1, 0, 3, 2)
+    return panels.reshape(gates * blocks * PANEL, k)
 
 
 @helper
