@@ -12,7 +12,7 @@ from numba.core import errors
 from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
-_X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
+IS_X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
 
 
 def _slot(context, builder, aty, arr, idx):
@@ -68,7 +68,7 @@ def spin_pause(typingctx):
     """A spin-wait hint (x86 `pause`: yields the core's pipeline to its sibling and saves power);
     nothing elsewhere."""
     def codegen(context, builder, sig, args):
-        if _X86:
+        if IS_X86:
             name = "llvm.x86.sse2.pause"
             fn = builder.module.globals.get(name) or ir.Function(
                 builder.module, ir.FunctionType(ir.VoidType(), []), name)

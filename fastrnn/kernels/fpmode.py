@@ -13,7 +13,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .atomics import _X86
+from .atomics import IS_X86
 
 _I8P = ir.IntType(8).as_pointer()
 _I32 = ir.IntType(32)
@@ -30,7 +30,7 @@ def _mxcsr_call(builder, name, slot):
 def denormals_off(typingctx):
     """Set flush-to-zero and denormals-are-zero on this thread; returns the previous mode."""
     def codegen(context, builder, sig, args):
-        if not _X86:
+        if not IS_X86:
             return ir.Constant(ir.IntType(64), 0)
         slot = cgutils.alloca_once(builder, _I32)  # in the entry block: no growth in loops
         _mxcsr_call(builder, "llvm.x86.sse.stmxcsr", slot)
@@ -48,7 +48,7 @@ def restore_fp_mode(typingctx, saved):
         return None
 
     def codegen(context, builder, sig, args):
-        if _X86:
+        if IS_X86:
             slot = cgutils.alloca_once(builder, _I32)
             builder.store(builder.trunc(args[0], _I32), slot)
             _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", slot)
