@@ -11,7 +11,8 @@ from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, run_layer
-from .validation import build_from_config, check_clip, check_dtype, positive_int
+from .validation import (build_from_config, check_clip, check_dtype, check_weight_dtype,
+                         positive_int)
 
 SUFFIXES = ("", "_reverse")
 
@@ -24,7 +25,8 @@ class RecurrentLayer:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, proj_size=0, dtype=np.float32, *, activations=None,
                  activation_alpha=None, activation_beta=None, clip=None,
-                 linear_before_reset=True, peepholes=False, input_forget=False, seed=None):
+                 linear_before_reset=True, peepholes=False, input_forget=False, seed=None,
+                 weight_dtype=None):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -36,6 +38,7 @@ class RecurrentLayer:
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = check_dtype(dtype)
+        self.weight_dtype = check_weight_dtype(weight_dtype, self.dtype)
         self.clip = check_clip(clip)
         self.linear_before_reset = bool(linear_before_reset)
         self.peepholes = bool(peepholes)
@@ -121,7 +124,8 @@ class RecurrentLayer:
             self.mode, p[f"weight_ih_{tag}"], p[f"weight_hh_{tag}"], p.get(f"bias_ih_{tag}"),
             p.get(f"bias_hh_{tag}"), reverse=direction == 1,
             activations=self.activations[direction], clip=self.clip,
-            linear_before_reset=self.linear_before_reset, dtype=self.dtype, **extra)
+            linear_before_reset=self.linear_before_reset, dtype=self.dtype,
+            weight_dtype=self.weight_dtype, **extra)
 
     def num_parameters(self) -> int:
         return int(sum(v.size for v in self._params.values()))
@@ -131,7 +135,8 @@ class RecurrentLayer:
         """Constructor arguments as a JSON-able dict (with "mode"); see layer_from_config."""
         cfg = dict(mode=self.mode, input_size=self.input_size, hidden_size=self.hidden_size,
                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                   bidirectional=self.bidirectional, dtype=self.dtype.name, clip=self.clip,
+                   bidirectional=self.bidirectional, dtype=self.dtype.name,
+                   weight_dtype=self.weight_dtype.name, clip=self.clip,
                    activations=[n for direction in self.activations for n, _, _ in direction],
                    activation_alpha=[a for direction in self.activations
                                      for n, a, _ in direction if n in acts.TAKES_ALPHA],
@@ -142,6 +147,13 @@ class RecurrentLayer:
 
     def _extra_config(self) -> dict:
         return {}
+
+    def with_weight_dtype(self, weight_dtype) -> "RecurrentLayer":
+        """A copy of this layer whose weight matrices are stored in `weight_dtype`: 'float16'
+        halves the bytes a step streams (float32 layers; biases, peepholes, state and arithmetic
+        stay float32), the layer's dtype gives back full precision."""
+        config = dict(self.config(), weight_dtype=check_weight_dtype(weight_dtype, self.dtype).name)
+        return layer_from_config(config).load_state_dict(self.state_dict())
 
     def to_record(self):
         return "layer", {"config": self.config()}, self.state_dict()
@@ -241,14 +253,16 @@ class RNN(RecurrentLayer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, bidirectional=False, dtype=np.float32, *, activations=None,
-                 activation_alpha=None, activation_beta=None, clip=None, seed=None):
+                 activation_alpha=None, activation_beta=None, clip=None, seed=None,
+                 weight_dtype=None):
         if nonlinearity not in ("tanh", "relu"):
             raise ArgumentError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         if activations is None:
             activations = [nonlinearity]
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          0, dtype, activations=activations, activation_alpha=activation_alpha,
-                         activation_beta=activation_beta, clip=clip, seed=seed)
+                         activation_beta=activation_beta, clip=clip, seed=seed,
+                         weight_dtype=weight_dtype)
 
     @property
     def nonlinearity(self) -> str:
@@ -264,11 +278,12 @@ class GRU(RecurrentLayer):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, dtype=np.float32, *, linear_before_reset=True,
                  activations=None, activation_alpha=None, activation_beta=None, clip=None,
-                 seed=None):
+                 seed=None, weight_dtype=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          0, dtype, activations=activations, activation_alpha=activation_alpha,
                          activation_beta=activation_beta, clip=clip,
-                         linear_before_reset=linear_before_reset, seed=seed)
+                         linear_before_reset=linear_before_reset, seed=seed,
+                         weight_dtype=weight_dtype)
 
     def _extra_config(self) -> dict:
         return {"linear_before_reset": self.linear_before_reset}
@@ -282,11 +297,12 @@ class LSTM(RecurrentLayer):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, proj_size=0, dtype=np.float32, *, peepholes=False,
                  input_forget=False, activations=None, activation_alpha=None,
-                 activation_beta=None, clip=None, seed=None):
+                 activation_beta=None, clip=None, seed=None, weight_dtype=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          proj_size, dtype, activations=activations,
                          activation_alpha=activation_alpha, activation_beta=activation_beta,
-                         clip=clip, peepholes=peepholes, input_forget=input_forget, seed=seed)
+                         clip=clip, peepholes=peepholes, input_forget=input_forget, seed=seed,
+                         weight_dtype=weight_dtype)
 
     def _extra_config(self) -> dict:
         return {"proj_size": self.proj_size, "peepholes": self.peepholes,

@@ -15,7 +15,7 @@ from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
-from .validation import check_clip, check_dtype
+from .validation import check_clip, check_dtype, check_weight_dtype
 
 def _matrix(name, value, shape, dtype):
     arr = np.asarray(value)
@@ -31,10 +31,11 @@ class DirectionParams:
 
     def __init__(self, mode, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, peephole=None,
                  reverse=False, activations=None, clip=None, linear_before_reset=True,
-                 input_forget=False, dtype=np.float32):
+                 input_forget=False, dtype=np.float32, weight_dtype=None):
         if mode not in NUM_GATES:
             raise ArgumentError(f"mode must be one of {sorted(NUM_GATES)}, got {mode!r}")
         dtype = check_dtype(dtype)
+        self.weight_dtype = check_weight_dtype(weight_dtype, dtype)
         gates = NUM_GATES[mode]
         w_hh = np.asarray(w_hh)
         w_ih = np.asarray(w_ih)
@@ -74,27 +75,23 @@ class DirectionParams:
         proj = np.zeros((0, hidden), dtype)
         if w_hr is not None:
             proj = _matrix("weight_hr", w_hr, (self.proj_size, hidden), dtype)
-        # One flat, 64-byte aligned buffer in the order the kernels stream: each gate's rows
-        # padded to whole panels (so a block of hidden units is whole panels of every gate), then
-        # packed as panels (kernels/gemm.py).
+        # Two flat, 64-byte aligned buffers in the order the kernels stream: the weight matrices
+        # (_wpk, in weight_dtype), each gate's rows padded to whole panels (so a block of hidden
+        # units is whole panels of every gate) and packed as panels (kernels/gemm.py); the
+        # vectors (_wbuf, in dtype).
         self._gates = gates
         self._hp = padded(hidden)
         hout_p = padded(self.hidden_out)
-        bias_p = self._pad_gates(bias[:, None])[:, 0]
-        rbias_p = self._pad_gates(rbias[:, None])[:, 0]
         proj_p = np.zeros((0,), dtype)
         if w_hr is not None:
             proj_p = pack_gates(np.pad(proj, ((0, hout_p - self.proj_size), (0, 0))), 1)
-        parts = [pack_gates(self._pad_gates(w_ih), gates), bias_p,
-                 pack_gates(self._pad_gates(w_hh), gates),
-                 rbias_p, peep, proj_p, np.zeros(max(gates * self._hp, hout_p), dtype)]
-        offsets, total = [], 0
-        for part in parts:
-            offsets.append(total)
-            total += -(-part.size // 16) * 16
-        self._wbuf = _aligned(total, dtype)
-        for off, part in zip(offsets, parts):
-            self._wbuf[off:off + part.size] = part.ravel()
+        matrices = [pack_gates(self._pad_gates(w_ih), gates),
+                    pack_gates(self._pad_gates(w_hh), gates), proj_p]
+        vectors = [self._pad_gates(bias[:, None])[:, 0], self._pad_gates(rbias[:, None])[:, 0],
+                   peep, np.zeros(max(gates * self._hp, hout_p), dtype)]
+        self._wpk, (o_ih, o_hh, o_hr) = _flat(matrices, self.weight_dtype)
+        self._wbuf, (o_bias, o_rbias, o_peep, o_zeros) = _flat(vectors, dtype)
+        offsets = [o_ih, o_bias, o_hh, o_rbias, o_peep, o_hr, o_zeros]
         codes, alpha, beta = acts.kernel_arrays(self.activations)
         self.act = (codes, alpha, beta)
         pad = 3 - codes.size  # the kernels read three of each
@@ -111,7 +108,7 @@ class DirectionParams:
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
-        self._recurrent_bytes = w_hh.nbytes + proj.nbytes
+        self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
 
     def _pad_gates(self, w):
         """(G*H, K) -> (G*Hp, K): each gate's rows followed by zero rows up to whole panels."""
@@ -126,13 +123,15 @@ class DirectionParams:
         if self._fused is None:
             gh = self._gates * self._hp
             o_ih, o_bias, o_hh, o_rbias = self._cfg[eng.C_OFF:eng.C_OFF + 4]
-            w_ih = unpack_gates(self._wbuf[o_ih:o_ih + gh * self.input_size], self._gates,
+            wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
+            w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], self._gates,
                                 self.input_size)
-            w_hh = unpack_gates(self._wbuf[o_hh:o_hh + gh * self.hidden_out], self._gates,
+            w_hh = unpack_gates(wpk[o_hh:o_hh + gh * self.hidden_out], self._gates,
                                 self.hidden_out)
             both = pack_gates(np.concatenate([w_ih, w_hh], axis=1), self._gates)
             bsum = self._wbuf[o_bias:o_bias + gh] + self._wbuf[o_rbias:o_rbias + gh]
-            self._fused = (_aligned_copy(both), _aligned_copy(bsum))
+            both = _flat([both], self.weight_dtype)[0]
+            self._fused = (both, _flat([bsum], self.dtype)[0])
         return self._fused
 
     def scratch_size(self, steps: int, rows: int) -> int:
@@ -145,16 +144,16 @@ class DirectionParams:
         return _aligned(self.scratch_size(steps, rows), self.dtype)
 
     def own_args(self, state, scratch):
-        """This direction's own kernel arguments: (wbuf, cfg, fcfg, h, c, scratch)."""
+        """This direction's own kernel arguments: (wbuf, wpk, cfg, fcfg, h, c, scratch)."""
         h = state[0]
         c = state[1] if len(state) > 1 else self._dummy_c
-        return self._wbuf, self._cfg, self._fcfg, h, c, scratch
+        return self._wbuf, self._wpk, self._cfg, self._fcfg, h, c, scratch
 
     def serial_call(self, x, lengths, state, y, yd, scratch):
         """(kernel, args) of the serial call `run` would make: callers on a hot path (streams)
         build it once and call kernel(*args) per step."""
-        wbuf, cfg, fcfg, h, c, scratch = self.own_args(state, scratch)
-        return eng.run_serial, (x, wbuf, cfg, fcfg, lengths, h, c, y, yd, scratch)
+        wbuf, wpk, cfg, fcfg, h, c, scratch = self.own_args(state, scratch)
+        return eng.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, scratch)
 
     def directions_concurrently(self, steps: int, rows: int, threads_: int) -> bool:
         """Whether a bidirectional layer of these parameters runs its two directions at once,
@@ -187,7 +186,8 @@ class DirectionParams:
             width = self.input_size + self.hidden_out
             xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
             gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, self._wbuf, self._cfg, self._fcfg, lengths, h, c, y, yd, xh, gates)
+            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h, c, y,
+                     yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
             else:
@@ -243,10 +243,30 @@ def workspace(name: str, size: int, dtype) -> np.ndarray:
     return buf[:size]
 
 
-def _aligned_copy(arr: np.ndarray) -> np.ndarray:
-    out = _aligned(arr.size, arr.dtype)
-    out[:] = arr.ravel()
-    return out
+def _flat(parts, dtype):
+    """parts as one 64-byte aligned 1-D buffer (each part starting on a 16-element boundary) and
+    their offsets. float16 is stored as its bits (uint16: numba has no float16 arrays); finite
+    values beyond float16's range are refused rather than turned into infinities."""
+    dtype = np.dtype(dtype)
+    offsets, total = [], 0
+    for part in parts:
+        offsets.append(total)
+        total += -(-part.size // 16) * 16
+    if dtype == np.float16:
+        limit = float(np.finfo(np.float16).max)
+        for part in parts:
+            beyond = np.isfinite(part) & (np.abs(part) > limit)
+            if beyond.any():
+                raise ArgumentError(f"float16 weights must lie within +-{limit:g}, got "
+                                    f"{part[beyond].ravel()[0]:g}")
+        buf = _aligned(total, np.uint16)
+        for off, part in zip(offsets, parts):
+            buf[off:off + part.size] = part.ravel().astype(np.float16).view(np.uint16)
+        return buf, offsets
+    buf = _aligned(total, dtype)
+    for off, part in zip(offsets, parts):
+        buf[off:off + part.size] = part.ravel()
+    return buf, offsets
 
 
 def _aligned(size: int, dtype) -> np.ndarray:

@@ -45,3 +45,21 @@ def check_clip(clip) -> float | None:
     if isinstance(clip, bool) or not isinstance(clip, (int, float, np.floating)) or not clip > 0:
         raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
     return float(clip)
+
+
+def check_weight_dtype(weight_dtype, dtype) -> np.dtype:
+    """The dtype weight matrices are stored in: the layer's dtype, or float16 for float32 layers
+    (half the bytes each step streams; see the README for the accuracy cost)."""
+    if weight_dtype is None:
+        return np.dtype(dtype)
+    try:
+        wanted = np.dtype(weight_dtype)
+    except TypeError:
+        raise ArgumentError(f"weight_dtype must be None, 'float16' or the layer's dtype, "
+                            f"got {weight_dtype!r}") from None
+    if wanted == dtype:
+        return wanted
+    if wanted == np.float16 and dtype == np.float32:
+        return wanted
+    raise ArgumentError(f"weight_dtype {wanted.name} is not available for {np.dtype(dtype).name} "
+                        f"layers: use None, the layer's dtype or (float32 layers) 'float16'")

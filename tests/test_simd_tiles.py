@@ -72,3 +72,23 @@ def test_pack_gates_refuses_partial_panels():
 def test_unpack_gates_inverts_pack_gates(gates):
     w = np.random.default_rng(gates).standard_normal((gates * 2 * PANEL, 7)).astype(np.float32)
     np.testing.assert_array_equal(unpack_gates(pack_gates(w, gates), gates, 7), w)
+
+
+@pytest.mark.parametrize("mr,ncols", SHAPES)
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_tile_widens_float16_weights(mr, ncols, budget):
+    """float32 tiles over float16 weights (as uint16 bits) equal float32 tiles over the same
+    weights rounded to float16."""
+    rng = np.random.default_rng(mr + ncols + budget)
+    gates, k_len = ncols // PANEL, 29
+    weights = rng.standard_normal((gates * PANEL, k_len)).astype(np.float16)
+    a = rng.standard_normal((mr, k_len)).astype(np.float32)
+    bias = rng.standard_normal(gates * PANEL).astype(np.float32)
+    run = _runner(mr, ncols, budget)
+    outs = []
+    for packed in (pack_gates(weights, gates).view(np.uint16),
+                   pack_gates(weights.astype(np.float32), gates)):
+        out = np.zeros((mr, gates * PANEL), np.float32)
+        run(a, 0, k_len, packed, 0, k_len * PANEL, k_len, bias, 0, out, 0, out.shape[1], PANEL)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])

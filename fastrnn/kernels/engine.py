@@ -3,7 +3,9 @@
 Every cell type runs through the same entries (`run_serial`, `run_parallel`, `run_units`) with
 flat buffers, so that a call types few arguments (cheap dispatch, one specialisation per dtype):
   x (T, N, I) C-contiguous input
-  wbuf  1-D: every weight of the direction at the offsets in cfg (see recurrent.DirectionParams)
+  wbuf  1-D: biases, peepholes and zeros of the direction at the offsets in cfg
+  wpk   1-D: its packed weight matrices (see recurrent.DirectionParams): x's dtype, or float16
+        bits (uint16) for float32
   cfg   int64 [mode, H, H_out, I, P, reverse, linear_before_reset, input_forget, fast, code0..2,
                Hp, H_out_p, offsets w_ih, bias, r, rbias, peep, w_hr, zeros]
   Hp and H_out_p are H and H_out rounded up to whole panels (gemm.py): each gate's block of
@@ -39,19 +41,19 @@ CFG_LEN = C_OFF + 7
 
 
 @helper
-def _views(wbuf, cfg):
-    """Packed weights (1-D panels, gemm.pack_gates) w_ih, r, w_hr; bias and rbias (G*Hp);
-    peep (3, H); zeros (at least G*Hp and H_out_p)."""
+def _views(wbuf, wpk, cfg):
+    """From wpk the packed weights (1-D panels, gemm.pack_gates) w_ih, r, w_hr; from wbuf bias
+    and rbias (G*Hp), peep (3, H), zeros (at least G*Hp and H_out_p)."""
     gates = (1, 3, 4)[cfg[C_MODE]]
     hid = cfg[C_H]
     gh = gates * cfg[C_HP]
     o = C_OFF
-    w_ih = wbuf[cfg[o]:cfg[o] + gh * cfg[C_I]]
+    w_ih = wpk[cfg[o]:cfg[o] + gh * cfg[C_I]]
     bias = wbuf[cfg[o + 1]:cfg[o + 1] + gh]
-    r = wbuf[cfg[o + 2]:cfg[o + 2] + gh * cfg[C_HOUT]]
+    r = wpk[cfg[o + 2]:cfg[o + 2] + gh * cfg[C_HOUT]]
     rbias = wbuf[cfg[o + 3]:cfg[o + 3] + gh]
     peep = wbuf[cfg[o + 4]:cfg[o + 4] + 3 * hid].reshape(3, hid)
-    w_hr = wbuf[cfg[o + 5]:cfg[o + 5] + (cfg[C_HOUTP] * hid if cfg[C_P] > 0 else 0)]
+    w_hr = wpk[cfg[o + 5]:cfg[o + 5] + (cfg[C_HOUTP] * hid if cfg[C_P] > 0 else 0)]
     zeros = wbuf[cfg[o + 6]:cfg[o + 6] + max(gh, cfg[C_HOUTP])]
     return w_ih, bias, r, rbias, peep, w_hr, zeros
 
@@ -360,7 +362,7 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
     loads the initial state)."""
     fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
-    clip = typed(fcfg[0], r)
+    clip = typed(fcfg[0], rbias)
     hout = cfg[C_HOUT]
     reverse = cfg[C_REV] != 0
     if s0 == 0:
@@ -389,9 +391,9 @@ def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
 
 
 @helper
-def _serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
+def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     steps, rows = x.shape[0], x.shape[1]
-    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     _project(x2, w_ih, bias, xp, cfg, 1, 0)
@@ -400,20 +402,20 @@ def _serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
 
 
 @kernel
-def run_serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf):
-    _serial(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf)
+def run_serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
+    _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf)
 
 
 @kernel(parallel=True)
-def run_directions(x, lengths, y, wbuf0, cfg0, fcfg0, h0, c0, sbuf0, wbuf1, cfg1, fcfg1, h1, c1,
-                   sbuf1):
+def run_directions(x, lengths, y, wbuf0, wpk0, cfg0, fcfg0, h0, c0, sbuf0, wbuf1, wpk1, cfg1,
+                   fcfg1, h1, c1, sbuf1):
     """Both directions of a bidirectional layer at once, one thread each (they share nothing but
     x and y, of which each writes its own half)."""
     for d in prange(2):
         if d == 0:
-            _serial(x, wbuf0, cfg0, fcfg0, lengths, h0, c0, y, 0, sbuf0)
+            _serial(x, wbuf0, wpk0, cfg0, fcfg0, lengths, h0, c0, y, 0, sbuf0)
         else:
-            _serial(x, wbuf1, cfg1, fcfg1, lengths, h1, c1, y, 1, sbuf1)
+            _serial(x, wbuf1, wpk1, cfg1, fcfg1, lengths, h1, c1, y, 1, sbuf1)
 
 
 @helper
@@ -425,11 +427,11 @@ def _split(total, chunks, c, align):
 
 
 @kernel(parallel=True)
-def run_parallel(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
+def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
     """chunks > 1 threads, each with a block of batch rows for the whole sequence (no
     synchronisation)."""
     steps, rows = x.shape[0], x.shape[1]
-    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     for ch in prange(chunks):
@@ -450,7 +452,7 @@ def sync_width(chunks):
 
 
 @kernel(parallel=True)
-def run_units(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks):
+def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks):
     """chunks > 1 threads in one parallel region for the whole sequence: each step's hidden units
     are split into `chunks` blocks (whole panels), thread k works block k, so its slice of R stays
     in its core's cache. A step is one stage (two when a second phase follows: LSTM projection,
@@ -460,7 +462,7 @@ def run_units(x, wbuf, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks):
     that never arrives (the region ran on fewer threads, or it was descheduled) has its blocks
     done by the others, so no wait can hang."""
     steps, rows = x.shape[0], x.shape[1]
-    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     for ch in prange(chunks):
@@ -494,7 +496,7 @@ def _unit_stage(me, stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, p
 def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
                 gates, hb, aux, c, y, yd, h):
     codes = cfg[C_CODE:C_CODE + 3]
-    clip = typed(fcfg[0], r)
+    clip = typed(fcfg[0], rbias)
     rows = lengths.shape[0]
     s = stage // stages
     src = hb[s & 1]
@@ -522,7 +524,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
     xh (2, N, I + H) ping-pongs [x_t, h]."""
     fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
-    clip = typed(fcfg[0], wr)
+    clip = typed(fcfg[0], bsum)
     mode = cfg[C_MODE]
     hid = cfg[C_H]
     feats = x.shape[2]
@@ -562,9 +564,9 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
 
 
 @kernel(parallel=True)
-def run_fused(x, wr, bsum, wbuf, cfg, fcfg, lengths, h, c, y, yd, xh, gates, chunks):
+def run_fused(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates, chunks):
     """LSTM without projection / RNN over batch rows split into `chunks` blocks (one thread each)."""
-    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     rows = x.shape[1]
     for ch in prange(chunks):
         lo, hi = _split(rows, chunks, ch, 1)
@@ -572,8 +574,8 @@ def run_fused(x, wr, bsum, wbuf, cfg, fcfg, lengths, h, c, y, yd, xh, gates, chu
 
 
 @kernel
-def run_fused_serial(x, wr, bsum, wbuf, cfg, fcfg, lengths, h, c, y, yd, xh, gates):
+def run_fused_serial(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates):
     """run_fused on the calling thread (no parallel region: safe whatever the threading layer)."""
-    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, cfg)
+    w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     _fused_rows(0, x.shape[1], x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd,
                 h)

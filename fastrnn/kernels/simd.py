@@ -49,6 +49,8 @@ def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
     columns apart in out and bias (consecutive panels: pstride = k_len*PANEL, cstride = PANEL;
     the same block of units of every gate: both strides one gate further). Every array is
     C-contiguous (offsets are flat element offsets); the caller keeps every index in bounds.
+    Weights b are of a's dtype, or, for float32, IEEE float16 bit patterns in a uint16 array
+    (numba has no float16 arrays), widened as they load: half the bytes per weight streamed.
 
     A tile whose accumulators would not fit `budget` 64-byte vector registers (see _passes) runs
     as several passes over k, each on a block of rows and vectors that fits: spilling
@@ -62,8 +64,12 @@ def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
         arrays = (a, b, bias, out)
         if any(not isinstance(t, types.Array) or t.layout != "C" for t in arrays):
             raise errors.TypingError("tile needs C-contiguous arrays")
-        if len({t.dtype for t in arrays}) != 1 or a.dtype not in (types.float32, types.float64):
-            raise errors.TypingError("tile needs float32 or float64 arrays of one dtype")
+        if len({a.dtype, bias.dtype, out.dtype}) != 1 or a.dtype not in (types.float32,
+                                                                        types.float64):
+            raise errors.TypingError("tile needs float32 or float64 a, bias and out of one dtype")
+        if b.dtype != a.dtype and not (b.dtype == types.uint16 and a.dtype == types.float32):
+            raise errors.TypingError("tile's weights are the dtype of a, or float16 bits "
+                                     "(uint16) for float32")
         sig = types.void(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
                          ldo, cstride)
         return sig, functools.partial(_codegen, mr, ncols, budget)
@@ -99,6 +105,8 @@ def _codegen(mr, ncols, budget, context, builder, sig, args):
     per_panel = PANEL // lanes
     vty = ir.VectorType(context.get_value_type(dtype), lanes)
     vptr = vty.as_pointer()
+    half_weights = sig.args[3].dtype == types.uint16
+    hty = ir.VectorType(ir.HalfType(), lanes)
     fma = _fmuladd(builder.module, vty, "f64" if width == 8 else "f32")
 
     def i64(v):
@@ -112,6 +120,12 @@ def _codegen(mr, ncols, budget, context, builder, sig, args):
 
     def vload(ptr):
         return builder.load(builder.bitcast(ptr, vptr), align=width)
+
+    def bload(ptr):  # weights: float16 bits widened to float32, or a's dtype as it is
+        if half_weights:
+            return builder.fpext(builder.load(builder.bitcast(ptr, hty.as_pointer()), align=2),
+                                 vty)
+        return vload(ptr)
 
     a_p, b_p = base(a, sig.args[0], a_off), base(b, sig.args[3], b_off)
     bias_p, out_p = base(bias, sig.args[7], bias_off), base(out, sig.args[9], out_off)
@@ -135,7 +149,7 @@ def _codegen(mr, ncols, budget, context, builder, sig, args):
         k = builder.phi(_I64)
         acc = {(r, j): builder.phi(vty) for r in rows for j in vecs}
         b_row = builder.gep(b_p, [builder.mul(k, const(PANEL))])
-        b_vecs = {j: vload(builder.gep(b_row, [vec_offsets[j]])) for j in vecs}
+        b_vecs = {j: bload(builder.gep(b_row, [vec_offsets[j]])) for j in vecs}
         new = {}
         for r in rows:
             a_at = builder.add(builder.mul(const(r), lda), k)
