@@ -37,11 +37,12 @@ def median_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
     return float(np.median(times))
 
 
-def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20) -> BenchResult:
+def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20,
+             weight_dtype=None) -> BenchResult:
     previous = get_num_threads()
     set_num_threads(threads)
     try:
-        layer = LAYERS[mode](input_size, hidden, seed=0)
+        layer = LAYERS[mode](input_size, hidden, seed=0, weight_dtype=weight_dtype)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
         t0 = time.perf_counter()

@@ -24,9 +24,11 @@ def _cmd_bench(args) -> int:
             print(f"  {mode} H={hidden} batch={batch} threads={threads} ...", file=sys.stderr,
                   flush=True)
             results.append(run_case(mode, hidden, inp, batch, steps=args.steps, threads=threads,
-                                    repeats=args.repeats))
-    print(f"fastrnn latency, float32, median wall time ({platform.processor() or platform.machine()}, "
-          f"numba {numba.__version__}, threading layer {threading_layer()})")
+                                    repeats=args.repeats, weight_dtype=args.weight_dtype))
+    weights = f", {args.weight_dtype} weights" if args.weight_dtype else ""
+    print(f"fastrnn latency, float32{weights}, median wall time "
+          f"({platform.processor() or platform.machine()}, numba {numba.__version__}, "
+          f"threading layer {threading_layer()})")
     print(format_table(results))
     return 0
 
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, nargs="+", default=[1])
     bench.add_argument("--steps", type=int, default=100)
     bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--weight-dtype", choices=["float16"], default=None,
+                       help="store the weight matrices in float16 (see the README)")
     bench.add_argument("--compare", action="store_true",
                        help="side by side with ONNX Runtime and PyTorch, each in its own process "
                             "(needs the bench extra and a checkout: benchmarks/compare.py)")

@@ -13,6 +13,13 @@ def test_bench_quick_prints_a_latency_table(capsys):
     assert out.count("| LSTM |") == 3
 
 
+def test_bench_with_float16_weights(capsys):
+    assert main(["bench", "--quick", "--steps", "5", "--repeats", "2",
+                 "--weight-dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "float16 weights" in out and out.count("| LSTM |") == 3
+
+
 def test_run_layer_file_writes_outputs(tmp_path, capsys):
     layer = fastrnn.LSTM(3, 5, num_layers=2, seed=0)
     fastrnn.save(layer, tmp_path / "m.frnn")
