@@ -227,7 +227,7 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
 
 # ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
 
-@helper
+@inline
 def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates, src,
              dst, aux, c):
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
