@@ -174,25 +174,23 @@ class DirectionParams:
         >= 8 rows per chunk run run_fused: one product per step over [x_t, h] (no hoisted
         projection), rows split over threads as above.
         """
-        kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
-        rows, steps = x.shape[1], x.shape[0]
+        steps, rows = x.shape[0], x.shape[1]
         if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD:
             chunks = max(1, min(threads_, rows // _FUSED_MIN_ROWS_PER_THREAD))
             if rows * self._recurrent_bytes < _ROW_SPLIT_MIN_BYTES:
                 chunks = 1
             wr, bsum = self._fused_weights()
-            h = state[0]
-            c = state[1] if len(state) > 1 else self._dummy_c
+            wbuf, wpk, cfg, fcfg, h, c, _ = self.own_args(state, scratch)
             width = self.input_size + self.hidden_out
             xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
             gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h, c, y,
-                     yd, xh, gates)
+            fused = (x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
             else:
                 eng.run_fused_serial(*fused)
             return
+        kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
         work = rows * self._recurrent_bytes  # weight bytes streamed per step
         if threads_ < 2:
             kernel(*args)
