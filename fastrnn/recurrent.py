@@ -198,8 +198,7 @@ class DirectionParams:
             eng.run_parallel(*args, min(threads_, rows))
         elif self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
             chunks = min(threads_, self._hp // PANEL)
-            sync = np.zeros((2 * steps, eng.sync_width(chunks)), np.int64)
-            eng.run_units(*args, sync, chunks)
+            eng.run_units(*args, eng.sync_array(chunks), chunks)
         else:
             kernel(*args)
 

@@ -237,11 +237,10 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads):
     h, c = np.zeros((2, 40)), np.zeros((2, 96))
     y = np.zeros((40, 2, 1, 40))
     kernel, args = params.serial_call(x, lengths, (h, c), y, 0, params.scratch(40, 2))
-    sync = np.zeros((2 * 40, engine.sync_width(chunks)), np.int64)
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        engine.run_units(*args, sync, chunks)
+        engine.run_units(*args, engine.sync_array(chunks), chunks)
     finally:
         fastrnn.set_num_threads(before)
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-12)

@@ -51,16 +51,16 @@ def atomic_add(typingctx, arr, idx, value):
 
 
 @intrinsic
-def atomic_claim(typingctx, arr, idx):
-    """Set arr[idx] from 0 to 1 atomically; True for the one caller that did."""
-    _check(arr, idx)
+def atomic_cas(typingctx, arr, idx, expected, new):
+    """Set arr[idx] from `expected` to `new` atomically; True for the one caller that did."""
+    _check(arr, idx, expected, new)
 
     def codegen(context, builder, sig, args):
         ptr = _slot(context, builder, sig.args[0], args[0], args[1])
-        pair = builder.cmpxchg(ptr, ir.Constant(_I64, 0), ir.Constant(_I64, 1), "acq_rel",
-                               "acquire")
+        old, value = (v if v.type == _I64 else builder.sext(v, _I64) for v in args[2:])
+        pair = builder.cmpxchg(ptr, old, value, "acq_rel", "acquire")
         return builder.extract_value(pair, 1)
-    return types.boolean(arr, idx), codegen
+    return types.boolean(arr, idx, expected, new), codegen
 
 
 @intrinsic

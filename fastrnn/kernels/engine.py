@@ -23,13 +23,14 @@ between two buffers so that a unit-split parallel step never reads a half-update
 own length L: forward t = 0..L-1, reverse t = L-1..0; its final state is copied out at its last step;
 L = 0 leaves a zero state (ONNX Runtime's behaviour).
 """
+import numpy as np
 from numba import prange
 
 from ._jit import helper, inline, kernel
-from .atomics import atomic_add, atomic_claim, atomic_load, spin_pause
+from .atomics import atomic_add, atomic_cas, atomic_load, spin_pause
 from .fpmode import denormals_off, restore_fp_mode
 from .activations import activate, fast_sigmoid, fast_tanh, typed
-from .gemm import PANEL, gemm_gates, padded
+from .gemm import PANEL, gemm_gates, gemv_gates, padded
 
 RNN, GRU, LSTM = 0, 1, 2
 GATES = (1, 3, 4)
@@ -72,7 +73,9 @@ def _scratch(sbuf, cfg, rows_total, steps):
     hb = sbuf[p:p + 2 * rows_total * hout].reshape(2, rows_total, hout)
     p += _pad(2 * rows_total * hout)
     aux = sbuf[p:p + rows_total * hid].reshape(rows_total, hid)
-    return xp, gates, hb, aux
+    p += _pad(rows_total * hid)
+    cb = sbuf[p:p + rows_total * cfg[C_HP]].reshape(rows_total, cfg[C_HP])
+    return xp, gates, hb, aux, cb
 
 
 def scratch_size(gates, hid, hout, steps, rows):
@@ -80,7 +83,7 @@ def scratch_size(gates, hid, hout, steps, rows):
     cost ~2 us a call, 8 us of every forward call)."""
     gh = gates * padded(hid)
     return (_pad_py(steps * rows * gh) + _pad_py(rows * gh) + _pad_py(2 * rows * padded(hout))
-            + _pad_py(rows * hid))
+            + _pad_py(rows * hid) + rows * padded(hid))
 
 
 def _pad_py(n):
@@ -234,16 +237,26 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step)."""
     mode = cfg[C_MODE]
+    gcount = (1, 3, 4)[mode]
+    if mode == GRU and cfg[C_LBR] == 0:
+        gcount = 2  # the n gate's product waits for r * h (phase b)
+    gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
+               gates)
+    _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
+              c)
+
+
+@inline
+def _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
+              c):
+    """_phase_a's update, once gates holds the recurrent product of units [j0, j1)."""
+    mode = cfg[C_MODE]
     gs = cfg[C_HP]
     u1 = min(j1, cfg[C_H])
     rows_total = lengths.shape[0]
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
-    gcount = (1, 3, 4)[mode]
     lbr = cfg[C_LBR] != 0
-    if mode == GRU and not lbr:
-        gcount = 2  # the n gate's product waits for r * h (phase b)
-    gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, gs, rbias, gates)
     for n in range(lo, hi):
         length = lengths[n]
         if s >= length:
@@ -394,7 +407,7 @@ def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
 def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
-    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     _project(x2, w_ih, bias, xp, cfg, 1, 0)
     _rows(0, rows, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
@@ -432,7 +445,7 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
     synchronisation)."""
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
-    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     for ch in prange(chunks):
         _project(x2, w_ih, bias, xp, cfg, chunks, ch)
@@ -442,13 +455,16 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
               aux, c, y, yd, h)
 
 
-# sync rows: [stages done, claim of block 0, claim of block 1, ...], one row per stage
-SYNC_DONE = 0
+# run_units' sync array: one 64-byte line per block (slot 0: how many stages of that block have
+# been claimed), then one line whose slot 0 counts the blocks done over all stages.
+SYNC_LINE = 8
+# A waiting thread looks for unclaimed blocks to take over every this many spin-wait hints.
+STEAL_SPINS = 16
 
 
-def sync_width(chunks):
-    """int64 slots per stage row of run_units' sync array: a whole number of 64-byte lines."""
-    return (chunks + 1 + 7) // 8 * 8
+def sync_array(chunks):
+    """A zeroed sync array for run_units with `chunks` blocks."""
+    return np.zeros((chunks + 1) * SYNC_LINE, np.int64)
 
 
 @kernel(parallel=True)
@@ -456,48 +472,134 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     """chunks > 1 threads in one parallel region for the whole sequence: each step's hidden units
     are split into `chunks` blocks (whole panels), thread k works block k, so its slice of R stays
     in its core's cache. A step is one stage (two when a second phase follows: LSTM projection,
-    GRU lbr=0). sync (stages, sync_width) int64, zeroed by the caller, hands out the blocks: a
-    thread claims its own block, then any block nobody has claimed, then waits until every block
-    of the stage is done. Claiming (not fixed ownership) is what makes the wait safe: a thread
-    that never arrives (the region ran on fewer threads, or it was descheduled) has its blocks
-    done by the others, so no wait can hang."""
+    GRU lbr=0). sync (sync_array) hands out the blocks: for each stage a thread claims its own
+    block, waits until every block of the previous stage is done, then works its block.
+    Claiming (not fixed ownership) is what makes the wait safe: while it waits, a thread takes
+    over any block of the awaited stage that nobody has claimed, so a thread that never arrives
+    (the region ran on fewer threads, or it was descheduled) has its blocks done by the others
+    and no wait can hang.
+
+    With one row and one stage per step, a block's product starts before the wait: the part over
+    the block's own units of h (which its thread has just computed) runs while the other blocks
+    finish, and the wait then only has to cover the rest. Every block's product sums k in that
+    order, whichever thread works it, so results do not depend on the scheduling."""
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
-    xp, gates, hb, aux = _scratch(sbuf, cfg, rows, steps)
+    xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     for ch in prange(chunks):
         _project(x2, w_ih, bias, xp, cfg, chunks, ch)
     _begin(0, rows, cfg, lengths, h, c, hb)
+    # the cell state in rows whose blocks start on cache lines: a block boundary inside a line of
+    # the caller's c made both threads write that line every step (~0.2 us a step at H64)
+    lstm = cfg[C_MODE] == LSTM
+    if lstm:
+        for n in range(rows):
+            _copy(c[n], cb[n], c.shape[1])
     stages = 2 if _needs_phase_b(cfg) else 1
     total = _max_len(lengths, 0, rows) * stages
+    early = stages == 1 and rows == 1
     for ch in prange(chunks):
         fp_mode = denormals_off()
+        mine = True  # this thread worked its block of the previous stage
         for stage in range(total):
-            _unit_stage(ch, stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                        zeros, xp, gates, hb, aux, c, y, yd, h)
+            claimed = atomic_cas(sync, ch * SYNC_LINE, stage, stage + 1)
+            if claimed and mine and early:
+                _own_part(ch, stage, chunks, cfg, r, rbias, gates, hb)
+                _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
+                            w_hr, zeros, xp, gates, hb, aux, cb, y, yd, h)
+                _finish_block(ch, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux,
+                              cb, y, yd, h)
+            else:
+                _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
+                            w_hr, zeros, xp, gates, hb, aux, cb, y, yd, h)
+                if claimed:
+                    _unit_block(ch, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep,
+                                w_hr, zeros, xp, gates, hb, aux, cb, y, yd, h)
+            if claimed:
+                atomic_add(sync, chunks * SYNC_LINE, 1)
+            mine = claimed
+        _wait_stage(total - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
+                    zeros, xp, gates, hb, aux, cb, y, yd, h)
         restore_fp_mode(fp_mode)
+    if lstm:
+        for n in range(rows):
+            _copy(cb[n], c[n], c.shape[1])
 
 
 @inline
-def _unit_stage(me, stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-                xp, gates, hb, aux, c, y, yd, h):
-    base = stage * sync.shape[1]
-    for i in range(chunks):
-        block = (me + i) % chunks
-        if atomic_claim(sync, base + 1 + block):
-            _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                        zeros, xp, gates, hb, aux, c, y, yd, h)
-            atomic_add(sync, base + SYNC_DONE, 1)
-    while atomic_load(sync, base + SYNC_DONE) < chunks:
+def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
+                gates, hb, aux, c, y, yd, h):
+    """Return once every block of `stage` (< 0: none) is done, working any block of it that
+    nobody has claimed."""
+    if stage < 0:
+        return
+    target = (stage + 1) * chunks
+    spins = 0
+    while atomic_load(sync, chunks * SYNC_LINE) < target:
         spin_pause()
+        spins += 1
+        if spins == STEAL_SPINS:
+            spins = 0
+            for block in range(chunks):
+                slot = block * SYNC_LINE
+                if atomic_load(sync, slot) == stage and atomic_cas(sync, slot, stage, stage + 1):
+                    _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias,
+                                peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd, h)
+                    atomic_add(sync, chunks * SYNC_LINE, 1)
 
 
 @inline
+def _own_range(block, chunks, cfg):
+    """Units [j0, j1) of a block and the part [k0, k1) of h that they produce."""
+    j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
+    k_len = cfg[C_HOUT]
+    return j0, j1, min(j0, k_len), min(j1, k_len)
+
+
+@inline
+def _own_part(block, stage, chunks, cfg, r, rbias, gates, hb):
+    """The first part of a one-row, one-stage block's product: k over the block's own units."""
+    j0, j1, k0, k1 = _own_range(block, chunks, cfg)
+    mode = cfg[C_MODE]
+    gemv_gates(hb[stage & 1], 0, k0, k1, cfg[C_HOUT], r, GATES[mode], 0, GATES[mode], j0, j1,
+               cfg[C_HP], rbias, gates)
+
+
+@inline
+def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux, c, y,
+                  yd, h):
+    """The rest of a one-row, one-stage block after _own_part: k before and after the block's
+    own units, then the update and the output."""
+    j0, j1, k0, k1 = _own_range(block, chunks, cfg)
+    mode = cfg[C_MODE]
+    k_len = cfg[C_HOUT]
+    src = hb[stage & 1]
+    dst = hb[(stage + 1) & 1]
+    acc = gates[0]
+    gemv_gates(src, 0, 0, k0, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
+               gates)
+    gemv_gates(src, 0, k1, k_len, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
+               gates)
+    codes = cfg[C_CODE:C_CODE + 3]
+    clip = typed(fcfg[0], acc)
+    _update_a(stage, 0, 1, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
+              c)
+    _emit(stage, 0, 1, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
+
+
+@helper
 def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
                 gates, hb, aux, c, y, yd, h):
+    """Block `block` of stage `stage`, all of it (its thread, or one that took it over)."""
+    rows = lengths.shape[0]
+    if stages == 1 and rows == 1:  # the same order of k as run_units' early start
+        _own_part(block, stage, chunks, cfg, r, rbias, gates, hb)
+        _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux, c, y,
+                      yd, h)
+        return
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], rbias)
-    rows = lengths.shape[0]
     s = stage // stages
     src = hb[s & 1]
     dst = hb[(s + 1) & 1]

@@ -51,36 +51,12 @@ def gemm_gates(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out):
     """out[m, g*gs + j] = bias[g*gs + j] + sum_{k < k_len} a[m, k] * B[k, g*gs + j] for m in
     [m_lo, m_hi), gates g in [g0, g1) of `gates`, units j in [j0, j1) (multiples of PANEL);
     bp = pack_gates(B^T, gates)."""
+    if m_hi - m_lo == 1:
+        gemv_gates(a, m_lo, 0, k_len, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out)
+        return
     lda = a.shape[1]
     ldo = out.shape[1]
     ps = k_len * PANEL
-    if m_hi - m_lo == 1:
-        a_off = m_lo * lda
-        o_row = m_lo * ldo
-        if g1 - g0 == 1:  # one gate: 4 consecutive unit panels per tile, gates * ps apart
-            j = j0
-            col = g0 * gs
-            while j + 4 * PANEL <= j1:
-                b_off = (j // PANEL * gates + g0) * ps
-                _T1_WIDE(a, a_off, lda, bp, b_off, gates * ps, k_len, bias, col + j, out,
-                         o_row + col + j, ldo, PANEL)
-                j += 4 * PANEL
-            while j < j1:
-                b_off = (j // PANEL * gates + g0) * ps
-                _T1(a, a_off, lda, bp, b_off, ps, k_len, bias, col + j, out, o_row + col + j, ldo,
-                    PANEL)
-                j += PANEL
-            return
-        for j in range(j0, j1, PANEL):  # one panel of each gate: contiguous in bp
-            b_off = (j // PANEL * gates + g0) * ps
-            col = g0 * gs + j
-            if g1 - g0 == 4:
-                _T1_WIDE(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_row + col, ldo, gs)
-            elif g1 - g0 == 3:
-                _T1_X3(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_row + col, ldo, gs)
-            else:
-                _T1_X2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_row + col, ldo, gs)
-        return
     for block in range(m_lo, m_hi, _ROW_BLOCK):
         block_hi = min(block + _ROW_BLOCK, m_hi)
         for j in range(j0, j1, PANEL):
@@ -106,3 +82,39 @@ def gemm_gates(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out):
                 elif left == 1:
                     _T1(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
                         PANEL)
+
+
+@helper
+def gemv_gates(a, m, k0, k1, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out):
+    """gemm_gates for the one row m, over the part k in [k0, k1) of the k_len rows of B:
+    out[m, g*gs + j] = bias[g*gs + j] + sum_{k0 <= k < k1} a[m, k] * B[k, g*gs + j]. bias may be
+    out[m] itself, so that parts over successive ranges of k add up to the whole product."""
+    lda = a.shape[1]
+    ldo = out.shape[1]
+    ps = k_len * PANEL
+    a_off = m * lda + k0
+    o_row = m * ldo
+    part = k1 - k0
+    if g1 - g0 == 1:  # one gate: 4 consecutive unit panels per tile, gates * ps apart
+        j = j0
+        col = g0 * gs
+        while j + 4 * PANEL <= j1:
+            b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
+            _T1_WIDE(a, a_off, lda, bp, b_off, gates * ps, part, bias, col + j, out,
+                     o_row + col + j, ldo, PANEL)
+            j += 4 * PANEL
+        while j < j1:
+            b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
+            _T1(a, a_off, lda, bp, b_off, ps, part, bias, col + j, out, o_row + col + j, ldo,
+                PANEL)
+            j += PANEL
+        return
+    for j in range(j0, j1, PANEL):  # one panel of each gate: contiguous in bp
+        b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
+        col = g0 * gs + j
+        if g1 - g0 == 4:
+            _T1_WIDE(a, a_off, lda, bp, b_off, ps, part, bias, col, out, o_row + col, ldo, gs)
+        elif g1 - g0 == 3:
+            _T1_X3(a, a_off, lda, bp, b_off, ps, part, bias, col, out, o_row + col, ldo, gs)
+        else:
+            _T1_X2(a, a_off, lda, bp, b_off, ps, part, bias, col, out, o_row + col, ldo, gs)
