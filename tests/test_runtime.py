@@ -220,30 +220,44 @@ def test_small_batch_parallel_kernels_are_the_ones_tested(monkeypatch):
 
 
 # run_units hands out blocks by claiming, so it must finish with the right answer however many
-# threads the region really gets: more blocks than threads, or one thread running every block.
+# threads the region really gets: more blocks than threads, or one thread running every block;
+# with two stages per step (projection) over two rows, and with the one-row early start.
+UNIT_SPLIT_CASES = [
+    (lambda: fastrnn.LSTM(16, 96, proj_size=40, dtype=np.float64, seed=13), [40, 23]),
+    (lambda: fastrnn.LSTM(16, 96, dtype=np.float64, seed=13), [37]),
+    (lambda: fastrnn.GRU(16, 80, dtype=np.float64, seed=13), [40]),
+]
+
+
 @pytest.mark.parametrize("chunks,threads", [(3, 2), (2, 1), (3, 1)])
-def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads):
+@pytest.mark.parametrize("case", range(len(UNIT_SPLIT_CASES)))
+def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     from fastrnn.kernels import engine
     from fastrnn.recurrent import check_lengths
 
     if numba.config.NUMBA_NUM_THREADS < threads or fastrnn.threading_layer() is None:
         pytest.skip("needs numba's parallel threading layer")
-    layer = fastrnn.LSTM(16, 96, proj_size=40, dtype=np.float64, seed=13)
+    make, lengths = UNIT_SPLIT_CASES[case]
+    layer = make()
     params = layer._directions[0][0]
-    x = np.random.default_rng(14).standard_normal((40, 2, 16))
-    lengths = check_lengths(np.array([40, 23]), 2, 40)
-    want = layer(x, lengths=lengths)[0][:, :, None]
-
-    h, c = np.zeros((2, 40)), np.zeros((2, 96))
-    y = np.zeros((40, 2, 1, 40))
-    kernel, args = params.serial_call(x, lengths, (h, c), y, 0, params.scratch(40, 2))
+    rows = len(lengths)
+    x = np.random.default_rng(14).standard_normal((40, rows, 16))
+    lengths = check_lengths(np.array(lengths), rows, 40)
+    want = layer(x, lengths=lengths)
+    h = np.zeros((rows, layer.hidden_out))
+    state = (h, np.zeros((rows, layer.hidden_size))) if layer.mode == "LSTM" else (h,)
+    y = np.zeros((40, rows, 1, layer.hidden_out))
+    kernel, args = params.serial_call(x, lengths, state, y, 0, params.scratch(40, rows))
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
         engine.run_units(*args, engine.sync_array(chunks), chunks)
     finally:
         fastrnn.set_num_threads(before)
-    np.testing.assert_allclose(y, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y, want[0][:, :, None], rtol=0, atol=1e-12)
+    final = want[1] if isinstance(want[1], tuple) else (want[1],)
+    for expected, got in zip(final, state, strict=True):
+        np.testing.assert_allclose(got, expected[0], rtol=0, atol=1e-12)
 
 
 # Batches of 8+ rows per thread take the fused [x_t, h] product (LSTM without projection, RNN),
