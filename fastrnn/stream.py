@@ -1,4 +1,5 @@
 """Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
+import numba
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
@@ -40,10 +41,10 @@ class Stream:
         self._x0 = self._x[0]
         self._step_shape = self._x.shape[1:]
         # Prebuilt kernel calls (serial: a step is far too small for a parallel region).
-        self._calls = [p.serial_call(x, self._lengths, state, y, 0, scratch)
-                       for p, x, state, y, scratch in zip(self._directions, self._inputs,
-                                                          self._states, self._outputs,
-                                                          self._scratch)]
+        calls = [p.serial_call(x, self._lengths, state, y, 0, scratch)
+                 for p, x, state, y, scratch in zip(self._directions, self._inputs, self._states,
+                                                    self._outputs, self._scratch)]
+        self._calls = [(_compiled_for(kernel, args), args) for kernel, args in calls]
 
     def step(self, x_t) -> np.ndarray:
         """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
@@ -88,3 +89,12 @@ class Stream:
                 raise ShapeError(f"state {name} must have shape {target.shape}, got {arr.shape}")
         for (_, target, _), arr in zip(targets, arrays):
             target[...] = arr
+
+
+def _compiled_for(kernel, args):
+    """The kernel's compiled function for exactly these arguments' types. A stream passes the same
+    buffers every step, so it can skip numba's per-call type dispatch (~0.2 us of a ~5 us step)."""
+    compile_for = getattr(kernel, "compile", None)
+    if compile_for is None:  # numba's JIT disabled: a plain Python function
+        return kernel
+    return compile_for(tuple(numba.typeof(arg) for arg in args))
