@@ -456,7 +456,8 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
 
 
 # run_units' sync array: one 64-byte line per block (slot 0: how many stages of that block have
-# been claimed), then one line whose slot 0 counts the blocks done over all stages.
+# been claimed), then one line whose slot 0 counts the blocks done over all stages, then the
+# input projection's ticket counter and its count of chunks done.
 SYNC_LINE = 8
 # A waiting thread looks for unclaimed blocks to take over every this many spin-wait hints.
 STEAL_SPINS = 16
@@ -464,7 +465,7 @@ STEAL_SPINS = 16
 
 def sync_array(chunks):
     """A zeroed sync array for run_units with `chunks` blocks."""
-    return np.zeros((chunks + 1) * SYNC_LINE, np.int64)
+    return np.zeros((chunks + 3) * SYNC_LINE, np.int64)
 
 
 @kernel(parallel=True)
@@ -487,8 +488,6 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    for ch in prange(chunks):
-        _project(x2, w_ih, bias, xp, cfg, chunks, ch)
     _begin(0, rows, cfg, lengths, h, c, hb)
     # the cell state in rows whose blocks start on cache lines: a block boundary inside a line of
     # the caller's c made both threads write that line every step (~0.2 us a step at H64)
@@ -499,7 +498,11 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     stages = 2 if _needs_phase_b(cfg) else 1
     total = _max_len(lengths, 0, rows) * stages
     early = stages == 1 and rows == 1
-    for ch in prange(chunks):
+    for chunk in prange(chunks):
+        ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
+        # the input projection first, in chunks of rows handed out by ticket (one parallel region
+        # for the whole call: a second costs a region start and much compile time)
+        _project_by_ticket(x2, w_ih, bias, xp, cfg, chunks, sync)
         fp_mode = denormals_off()
         mine = True  # this thread worked its block of the previous stage
         for stage in range(total):
@@ -527,7 +530,22 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
             _copy(cb[n], c[n], c.shape[1])
 
 
-@inline
+@helper
+def _project_by_ticket(x2, w_ih, bias, xp, cfg, chunks, sync):
+    """Project the chunks of rows whose tickets this thread draws, then wait until every chunk is
+    done (a chunk is only waited for once a running thread has drawn it: no wait can hang)."""
+    tickets = (chunks + 1) * SYNC_LINE
+    done = tickets + SYNC_LINE
+    ticket = atomic_add(sync, tickets, 1)
+    while ticket < chunks:
+        _project(x2, w_ih, bias, xp, cfg, chunks, ticket)
+        atomic_add(sync, done, 1)
+        ticket = atomic_add(sync, tickets, 1)
+    while atomic_load(sync, done) < chunks:
+        spin_pause()
+
+
+@helper
 def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
                 gates, hb, aux, c, y, yd, h):
     """Return once every block of `stage` (< 0: none) is done, working any block of it that
@@ -557,7 +575,7 @@ def _own_range(block, chunks, cfg):
     return j0, j1, min(j0, k_len), min(j1, k_len)
 
 
-@inline
+@helper
 def _own_part(block, stage, chunks, cfg, r, rbias, gates, hb):
     """The first part of a one-row, one-stage block's product: k over the block's own units."""
     j0, j1, k0, k1 = _own_range(block, chunks, cfg)
@@ -566,7 +584,7 @@ def _own_part(block, stage, chunks, cfg, r, rbias, gates, hb):
                cfg[C_HP], rbias, gates)
 
 
-@inline
+@helper
 def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux, c, y,
                   yd, h):
     """The rest of a one-row, one-stage block after _own_part: k before and after the block's
