@@ -15,7 +15,8 @@ flat buffers, so that a call types few arguments (cheap dispatch, one specialisa
   lengths int64 (N,); h (N, H_out) and c (N, H) hold the initial state and receive the final one
   (c is a dummy for RNN/GRU); y (T, N, D, H_out) the layer's output, zero-filled by the caller,
   of which this direction writes y[:, :, yd] (one array layout for every call: one specialisation)
-  sbuf  1-D scratch: xp (T*N, G*Hp), gates (N, G*Hp), hb (2, N, H_out_p), aux (N, H)
+  sbuf  1-D scratch: xp (T*N, G*Hp), gates (N, G*Hp), hb (2, N, H_out_p), aux (N, H),
+        cb (N, Hp) (run_units' copy of c)
 
 Each step: gates = h_prev @ R^T (+ Rbh for GRU lbr=1), one blocked product over all the rows of
 a chunk; then the fused, vectorised gate/cell update per row for the rows still running. h ping-pongs
