@@ -46,7 +46,7 @@ CFG_LEN = C_OFF + 7
 def _views(wbuf, wpk, cfg):
     """From wpk the packed weights (1-D panels, gemm.pack_gates) w_ih, r, w_hr; from wbuf bias
     and rbias (G*Hp), peep (3, H), zeros (at least G*Hp and H_out_p)."""
-    gates = (1, 3, 4)[cfg[C_MODE]]
+    gates = GATES[cfg[C_MODE]]
     hid = cfg[C_H]
     gh = gates * cfg[C_HP]
     o = C_OFF
@@ -62,7 +62,7 @@ def _views(wbuf, wpk, cfg):
 
 @helper
 def _scratch(sbuf, cfg, rows_total, steps):
-    gh = (1, 3, 4)[cfg[C_MODE]] * cfg[C_HP]
+    gh = GATES[cfg[C_MODE]] * cfg[C_HP]
     hid = cfg[C_H]
     hout = cfg[C_HOUTP]
     m = steps * rows_total
@@ -238,7 +238,7 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step)."""
     mode = cfg[C_MODE]
-    gcount = (1, 3, 4)[mode]
+    gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
         gcount = 2  # the n gate's product waits for r * h (phase b)
     gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
@@ -508,18 +508,17 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
         mine = True  # this thread worked its block of the previous stage
         for stage in range(total):
             claimed = atomic_cas(sync, ch * SYNC_LINE, stage, stage + 1)
-            if claimed and mine and early:
+            started = claimed and mine and early
+            if started:
                 _own_part(ch, stage, chunks, cfg, r, rbias, gates, hb)
-                _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
-                            w_hr, zeros, xp, gates, hb, aux, cb, y, yd, h)
+            _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
+                        zeros, xp, gates, hb, aux, cb, y, yd, h)
+            if started:
                 _finish_block(ch, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux,
                               cb, y, yd, h)
-            else:
-                _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
-                            w_hr, zeros, xp, gates, hb, aux, cb, y, yd, h)
-                if claimed:
-                    _unit_block(ch, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep,
-                                w_hr, zeros, xp, gates, hb, aux, cb, y, yd, h)
+            elif claimed:
+                _unit_block(ch, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr,
+                            zeros, xp, gates, hb, aux, cb, y, yd, h)
             if claimed:
                 atomic_add(sync, chunks * SYNC_LINE, 1)
             mine = claimed
@@ -674,13 +673,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
             else:
                 _rnn_update(gates[n], zeros, out, 0, hid, fast, codes[0], typed(fcfg[1], clip),
                             typed(fcfg[4], clip), clip)
-            yr = y[_time(s, length, reverse), n, yd]
-            for j in range(hid):
-                yr[j] = out[j]
-            if s == length - 1:
-                hr = h[n]
-                for j in range(hid):
-                    hr[j] = out[j]
+        _emit(s, lo, hi, 0, hid, reverse, lengths, dst[:, feats:], y, yd, h)
     restore_fp_mode(fp_mode)
 
 
