@@ -8,7 +8,8 @@ when they share a process), with the case's thread count pinned through each eng
 usual environment variables. Each process builds the same seeded PyTorch module, sets its engine
 up, warms it up, then reports the median of many timed runs and a slice of its output, which the
 runner compares across engines. Every pair runs in two rounds (--rounds) and keeps the faster
-median: bursts of other work on a shared machine only ever add time. Writes report.md, results.json and (with matplotlib) chart.png.
+median: bursts of other work on a shared machine only ever add time. Writes report.md,
+results.json and (with matplotlib) chart.png.
 """
 import argparse
 import json
