@@ -242,7 +242,7 @@ def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep,
     if mode == GRU and cfg[C_LBR] == 0:
         gcount = 2  # the n gate's product waits for r * h (phase b)
     gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
-               gates)
+               gates, s & 1)
     _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c)
 
@@ -297,9 +297,9 @@ def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
     gs = cfg[C_HP]
     rows_total = lengths.shape[0]
     if cfg[C_MODE] == LSTM:
-        gemm_gates(aux, lo, hi, hid, w_hr, 1, 0, 1, j0, j1, cfg[C_HOUTP], zeros, dst)
+        gemm_gates(aux, lo, hi, hid, w_hr, 1, 0, 1, j0, j1, cfg[C_HOUTP], zeros, dst, s & 1)
         return
-    gemm_gates(aux, lo, hi, hid, r, 3, 2, 3, j0, j1, gs, zeros, gates)
+    gemm_gates(aux, lo, hi, hid, r, 3, 2, 3, j0, j1, gs, zeros, gates, s & 1)
     u1 = min(j1, hid)
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
@@ -400,7 +400,8 @@ def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
     fp_mode = denormals_off()
     lo, hi = _split(x2.shape[0], chunks, chunk, 4)
     gates = GATES[cfg[C_MODE]]
-    gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP], bias, xp)
+    gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP], bias, xp,
+               0)
     restore_fp_mode(fp_mode)
 
 
@@ -581,7 +582,7 @@ def _own_part(block, stage, chunks, cfg, r, rbias, gates, hb):
     j0, j1, k0, k1 = _own_range(block, chunks, cfg)
     mode = cfg[C_MODE]
     gemv_gates(hb[stage & 1], 0, k0, k1, cfg[C_HOUT], r, GATES[mode], 0, GATES[mode], j0, j1,
-               cfg[C_HP], rbias, gates)
+               cfg[C_HP], rbias, gates, stage & 1)
 
 
 @helper
@@ -596,9 +597,9 @@ def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, 
     dst = hb[(stage + 1) & 1]
     acc = gates[0]
     gemv_gates(src, 0, 0, k0, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
-               gates)
+               gates, stage & 1)
     gemv_gates(src, 0, k1, k_len, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
-               gates)
+               gates, stage & 1)
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], acc)
     _update_a(stage, 0, 1, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
@@ -661,7 +662,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
             if s < length:
                 _copy(x[_time(s, length, reverse), n], src[n], feats)
         gemm_gates(src, lo, hi, src.shape[1], wr, GATES[mode], 0, GATES[mode], 0, cfg[C_HP],
-                   cfg[C_HP], bsum, gates)
+                   cfg[C_HP], bsum, gates, s & 1)
         for n in range(lo, hi):
             length = lengths[n]
             if s >= length:
