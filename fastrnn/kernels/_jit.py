@@ -10,7 +10,8 @@ an atomic increment on a shared counter, i.e. cross-core traffic, in parallel ke
 versions without that option get the default (slower, same results).
 """
 import numba
-from numba.core import cpu
+from numba.core import cpu, types
+from numba.core.registry import CPUDispatcher
 
 FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 _OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
@@ -32,4 +33,24 @@ def inline(fn):
 
 def helper(fn):
     """Compile a helper called from kernels (compiled once, inlined by LLVM where it pays)."""
-    return numba.njit(fn, **_OPTIONS)
+    if numba.config.DISABLE_JIT:
+        return fn
+    options = {k: v for k, v in _OPTIONS.items() if k != "cache"}
+    dispatcher = _HelperDispatcher(py_func=fn, locals={},
+                                   targetoptions=dict(options, nopython=True))
+    dispatcher.enable_caching()
+    return dispatcher
+
+
+class _HelperDispatcher(CPUDispatcher):
+    """A dispatcher that types its calls from other jitted code without literal values.
+
+    numba compiles a jitted callee once per distinct set of argument types, and a constant
+    argument (`gemm_gates(x, 0, n, ...)`) types as that very value: every call site with other
+    constants made another full compilation of the helper (gemm_gates had 7, gemv_gates 8), most
+    of a kernel's cold compile time. Typing calls by their plain types compiles each helper once
+    per dtype; the constants still fold where LLVM inlines the helper."""
+
+    def get_call_template(self, args, kws):
+        return super().get_call_template(tuple(types.unliteral(a) for a in args),
+                                         {k: types.unliteral(v) for k, v in kws.items()})
