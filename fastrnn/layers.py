@@ -10,7 +10,7 @@ import numpy as np
 from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
-from .recurrent import DirectionParams, run_layer
+from .recurrent import DirectionParams, run_checked
 from .validation import (build_from_config, check_clip, check_dtype, check_weight_dtype,
                          positive_int)
 
@@ -176,9 +176,9 @@ class RecurrentLayer:
         directions_count = self.num_directions
         for layer, directions in enumerate(self._directions):
             span = slice(layer * directions_count, (layer + 1) * directions_count)
-            y, h_n, c_n = run_layer(directions, layer_input,
-                                    None if h0 is None else h0[span],
-                                    None if c0 is None else c0[span], lengths)
+            y, h_n, c_n = run_checked(directions, layer_input,
+                                      None if h0 is None else h0[span],
+                                      None if c0 is None else c0[span], lengths)
             h_finals.append(h_n)
             c_finals.append(c_n)
             layer_input = y.reshape(steps, rows, -1)
@@ -210,6 +210,9 @@ class RecurrentLayer:
             x = x[:, None, :]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ShapeError(f"input must have at least one step and one batch row, got shape "
+                             f"{x.shape} (as T, N, I)")
         return np.ascontiguousarray(x, dtype=self.dtype), batched
 
     def _state_shapes(self, rows: int):

@@ -109,6 +109,7 @@ class DirectionParams:
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
+        self._scratch_sizes = {}  # (steps, rows) -> scratch_size, for the calls' shapes
 
     def _pad_gates(self, w):
         """(G*H, K) -> (G*Hp, K): each gate's rows followed by zero rows up to whole panels."""
@@ -136,8 +137,14 @@ class DirectionParams:
 
     def scratch_size(self, steps: int, rows: int) -> int:
         """Elements of the scratch buffer one call of this direction over (steps, rows) needs."""
-        return eng.scratch_size(NUM_GATES[self.mode], self.hidden_size, self.hidden_out, steps,
-                                rows)
+        size = self._scratch_sizes.get((steps, rows))
+        if size is None:
+            size = eng.scratch_size(NUM_GATES[self.mode], self.hidden_size, self.hidden_out,
+                                    steps, rows)
+            if len(self._scratch_sizes) >= _SHAPES_KEPT:
+                self._scratch_sizes.clear()
+            self._scratch_sizes[steps, rows] = size
+        return size
 
     def scratch(self, steps: int, rows: int):
         """A scratch buffer of its own for calls over (steps, rows) (streams keep one)."""
@@ -217,6 +224,9 @@ _ROW_SPLIT_MIN_BYTES = 256 * 1024
 _UNIT_SPLIT_MIN_BYTES = 1 << 20
 
 
+# Per-shape memos (full lengths arrays, scratch sizes) are dropped when they reach this many shapes.
+_SHAPES_KEPT = 64
+_full_lengths: dict = {}
 _workspaces = threading.local()
 # Workspaces up to this size are kept for the thread's next call: a fresh one costs an allocation
 # and, above glibc's mmap threshold, a page fault per 4 KiB on first touch (25 us at H256, T=100).
@@ -237,7 +247,7 @@ def workspace(name: str, size: int, dtype) -> np.ndarray:
         buf = _aligned(size, dtype)
         if size * dtype.itemsize <= _WORKSPACE_KEEP_BYTES:
             kept[key] = buf
-    return buf[:size]
+    return buf if buf.size == size else buf[:size]
 
 
 def _flat(parts, dtype):
@@ -275,9 +285,17 @@ def _aligned(size: int, dtype) -> np.ndarray:
 
 
 def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
-    """Validate per-row valid lengths (0 <= L <= T) and return them as int64."""
+    """Validate per-row valid lengths (0 <= L <= T) and return them as int64 (None: every row runs
+    all T steps; that array is shared between calls and must not be written: it stays writeable
+    only because a read-only array would make numba compile every kernel a second time)."""
     if lengths is None:
-        return np.full(rows, steps, dtype=np.int64)
+        full = _full_lengths.get((rows, steps))
+        if full is None:
+            full = np.full(rows, steps, dtype=np.int64)
+            if len(_full_lengths) >= _SHAPES_KEPT:
+                _full_lengths.clear()
+            _full_lengths[rows, steps] = full
+        return full
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
@@ -298,7 +316,6 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
     if not directions:
         raise ArgumentError("run_layer needs at least one direction")
     first = directions[0]
-    dtype = first.dtype
     x = np.asarray(x)
     if x.ndim != 3:
         raise ShapeError(f"x must be (T, N, I), got shape {x.shape}")
@@ -309,7 +326,15 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
         raise ShapeError(f"x has {features} features, the layer expects {first.input_size}")
     if steps == 0 or rows == 0:
         raise ShapeError(f"x must have at least one step and one row, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=dtype)
+    return run_checked(directions, np.ascontiguousarray(x, dtype=first.dtype), h0, c0, lengths)
+
+
+def run_checked(directions, x, h0, c0, lengths):
+    """run_layer for an x already known to be (T >= 1, N >= 1, I) C-contiguous in the directions'
+    dtype (layers check their input once for all their layers)."""
+    first = directions[0]
+    dtype = first.dtype
+    steps, rows = x.shape[0], x.shape[1]
     full = lengths is None
     lengths = check_lengths(lengths, rows, steps)
     count = len(directions)

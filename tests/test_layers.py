@@ -12,6 +12,7 @@ the only difference is the layer's arithmetic.
 """
 from __future__ import annotations
 
+import copy
 import zlib
 
 import numpy as np
@@ -594,9 +595,33 @@ def test_input_shape_errors(layers, mode):
     layer = layers[mode]
     for bad in (np.zeros(I, np.float32), np.zeros((1, T, N, I), np.float32),
                 np.zeros((T, N, I + 1), np.float32), np.zeros((T, I - 1), np.float32),
-                np.zeros((), np.float32)):
+                np.zeros((), np.float32), np.zeros((0, N, I), np.float32),
+                np.zeros((T, 0, I), np.float32), np.zeros((0, I), np.float32)):
         with pytest.raises(ShapeError):
             layer(bad)
+
+
+def _flat(result):
+    """A layer call's arrays: output, then h_n (and c_n)."""
+    out, state = result
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_repeated_calls_keep_their_results(layers, mode):
+    """Calls share per-shape memos (full lengths, scratch sizes) and workspaces: results of one
+    call stay intact after later calls of the same and other shapes, and calls repeat exactly."""
+    layer = layers[mode]
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(shape).astype(np.float32)
+          for shape in ((T, N, I), (T + 3, N, I), (T, N + 2, I), (T, N, I))]
+    first = [layer(x) for x in xs]
+    kept = [copy.deepcopy(r) for r in first]
+    again = [layer(x) for x in xs]
+    for a, b, c in zip(first, kept, again):
+        for got, want, rerun in zip(_flat(a), _flat(b), _flat(c)):
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(rerun, want)
 
 
 @pytest.mark.parametrize("bad_dtype", [np.int64, np.int32, np.complex128, np.bool_, object])
