@@ -457,17 +457,19 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
               aux, c, y, yd, h)
 
 
-# run_units' sync array: one 64-byte line per block (slot 0: how many stages of that block have
-# been claimed), then one line whose slot 0 counts the blocks done over all stages, then the
-# input projection's ticket counter and its count of chunks done.
+# run_units' sync array: one 64-byte line per block, then one line whose slot 0 counts the blocks
+# projected. A block's line holds how many of its stages have been claimed (slot 0) and finished
+# (DONE), and whether its input projection has been claimed (PROJECTED). Each thread polls the
+# others' lines, each written by one thread in the common case: one transfer per line and step.
 SYNC_LINE = 8
+PROJECTED, DONE = 1, 2
 # A waiting thread looks for unclaimed blocks to take over every this many spin-wait hints.
 STEAL_SPINS = 16
 
 
 def sync_array(chunks):
     """A zeroed sync array for run_units with `chunks` blocks."""
-    return np.zeros((chunks + 3) * SYNC_LINE, np.int64)
+    return np.zeros((chunks + 1) * SYNC_LINE, np.int64)
 
 
 @kernel(parallel=True)
@@ -502,9 +504,9 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     early = stages == 1 and rows == 1
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
-        # the input projection first, in chunks of rows handed out by ticket (one parallel region
-        # for the whole call: a second costs a region start and much compile time)
-        _project_by_ticket(x2, w_ih, bias, xp, cfg, chunks, sync)
+        # the input projection first, by blocks of units (one parallel region for the whole call:
+        # a second costs a region start and much compile time)
+        _project_units(ch, x2, w_ih, bias, xp, cfg, chunks, sync)
         fp_mode = denormals_off()
         mine = True  # this thread worked its block of the previous stage
         for stage in range(total):
@@ -521,7 +523,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
                 _unit_block(ch, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr,
                             zeros, xp, gates, hb, aux, cb, y, yd, h)
             if claimed:
-                atomic_add(sync, chunks * SYNC_LINE, 1)
+                atomic_add(sync, ch * SYNC_LINE + DONE, 1)
             mine = claimed
         _wait_stage(total - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
                     zeros, xp, gates, hb, aux, cb, y, yd, h)
@@ -532,18 +534,31 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
 
 
 @helper
-def _project_by_ticket(x2, w_ih, bias, xp, cfg, chunks, sync):
-    """Project the chunks of rows whose tickets this thread draws, then wait until every chunk is
-    done (a chunk is only waited for once a running thread has drawn it: no wait can hang)."""
-    tickets = (chunks + 1) * SYNC_LINE
-    done = tickets + SYNC_LINE
-    ticket = atomic_add(sync, tickets, 1)
-    while ticket < chunks:
-        _project(x2, w_ih, bias, xp, cfg, chunks, ticket)
-        atomic_add(sync, done, 1)
-        ticket = atomic_add(sync, tickets, 1)
+def _project_units(block, x2, w_ih, bias, xp, cfg, chunks, sync):
+    """The input projection by the unit split's blocks (every row, the block's units of every
+    gate): the thread's own block first, so that the columns of xp its steps read are in its own
+    cache, then any block nobody has claimed; returns once every block is done (a block is only
+    waited for once a running thread has claimed it: no wait can hang)."""
+    done = chunks * SYNC_LINE
+    _project_block(block, x2, w_ih, bias, xp, cfg, chunks, sync)
+    for other in range(chunks):
+        _project_block(other, x2, w_ih, bias, xp, cfg, chunks, sync)
     while atomic_load(sync, done) < chunks:
         spin_pause()
+
+
+@helper
+def _project_block(block, x2, w_ih, bias, xp, cfg, chunks, sync):
+    """Project block `block` of the unit split if no thread has claimed it yet."""
+    claim = block * SYNC_LINE + PROJECTED
+    if atomic_load(sync, claim) == 0 and atomic_cas(sync, claim, 0, 1):
+        fp_mode = denormals_off()
+        j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
+        gates = GATES[cfg[C_MODE]]
+        gemm_gates(x2, 0, x2.shape[0], x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias,
+                   xp, 0)
+        restore_fp_mode(fp_mode)
+        atomic_add(sync, chunks * SYNC_LINE, 1)
 
 
 @helper
@@ -553,9 +568,8 @@ def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
     nobody has claimed."""
     if stage < 0:
         return
-    target = (stage + 1) * chunks
     spins = 0
-    while atomic_load(sync, chunks * SYNC_LINE) < target:
+    while not _stage_done(stage, chunks, sync):
         spin_pause()
         spins += 1
         if spins == STEAL_SPINS:
@@ -565,7 +579,16 @@ def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
                 if atomic_load(sync, slot) == stage and atomic_cas(sync, slot, stage, stage + 1):
                     _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias,
                                 peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd, h)
-                    atomic_add(sync, chunks * SYNC_LINE, 1)
+                    atomic_add(sync, slot + DONE, 1)
+
+
+@inline
+def _stage_done(stage, chunks, sync):
+    """Whether every block has finished stage `stage` (blocks finish their stages in order)."""
+    for block in range(chunks):
+        if atomic_load(sync, block * SYNC_LINE + DONE) <= stage:
+            return False
+    return True
 
 
 @inline
