@@ -16,7 +16,7 @@ flat buffers, so that a call types few arguments (cheap dispatch, one specialisa
   (c is a dummy for RNN/GRU); y (T, N, D, H_out) the layer's output, zero-filled by the caller,
   of which this direction writes y[:, :, yd] (one array layout for every call: one specialisation)
   sbuf  1-D scratch: xp (T*N, G*Hp), gates (N, G*Hp), hb (2, N, H_out_p), aux (N, H),
-        cb (N, Hp) (run_units' copy of c)
+        cb (N, Hp) (run_units' copy of c), then one slot that run_serial keeps across calls
 
 Each step: gates = h_prev @ R^T (+ Rbh for GRU lbr=1), one blocked product over all the rows of
 a chunk; then the fused, vectorised gate/cell update per row for the rows still running. h ping-pongs
@@ -84,7 +84,7 @@ def scratch_size(gates, hid, hout, steps, rows):
     cost ~2 us a call, 8 us of every forward call)."""
     gh = gates * padded(hid)
     return (_pad_py(steps * rows * gh) + _pad_py(rows * gh) + _pad_py(2 * rows * padded(hout))
-            + _pad_py(rows * hid) + rows * padded(hid))
+            + _pad_py(rows * hid) + _pad_py(rows * padded(hid)) + 1)
 
 
 def _pad_py(n):
@@ -232,17 +232,18 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
 # ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
 
 @inline
-def _phase_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates, src,
-             dst, aux, c):
+def _phase_a(s, back, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
+             src, dst, aux, c):
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
-    aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step)."""
+    aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
+    back: walk the weights backward (gemm.py)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
         gcount = 2  # the n gate's product waits for r * h (phase b)
     gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
-               gates, s & 1)
+               gates, back)
     _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c)
 
@@ -289,17 +290,17 @@ def _needs_phase_b(cfg):
 
 
 @helper
-def _phase_b(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp, gates, src,
-             dst, aux):
+def _phase_b(s, back, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp, gates,
+             src, dst, aux):
     """Second half of a step: LSTM projection (units = projected outputs, [j0, j1) whole panels
     of H_out_p) or GRU lbr=0's n gate (units as in _phase_a)."""
     hid = cfg[C_H]
     gs = cfg[C_HP]
     rows_total = lengths.shape[0]
     if cfg[C_MODE] == LSTM:
-        gemm_gates(aux, lo, hi, hid, w_hr, 1, 0, 1, j0, j1, cfg[C_HOUTP], zeros, dst, s & 1)
+        gemm_gates(aux, lo, hi, hid, w_hr, 1, 0, 1, j0, j1, cfg[C_HOUTP], zeros, dst, back)
         return
-    gemm_gates(aux, lo, hi, hid, r, 3, 2, 3, j0, j1, gs, zeros, gates, s & 1)
+    gemm_gates(aux, lo, hi, hid, r, 3, 2, 3, j0, j1, gs, zeros, gates, back)
     u1 = min(j1, hid)
     reverse = cfg[C_REV] != 0
     fast = cfg[C_FAST] != 0
@@ -370,10 +371,10 @@ def _max_len(lengths, lo, hi):
 
 
 @helper
-def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
-          y, yd, h):
+def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
+          aux, c, y, yd, h):
     """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
-    loads the initial state)."""
+    loads the initial state). Steps s with (s + flip) odd walk the weights backward."""
     fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], rbias)
@@ -385,11 +386,12 @@ def _rows(lo, hi, s0, s1, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, g
     for s in range(s0, min(s1, _max_len(lengths, lo, hi))):
         src = hb[s & 1]
         dst = hb[(s + 1) & 1]
-        _phase_a(s, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
-                 gates, src, dst, aux, c)
+        back = (s + flip) & 1
+        _phase_a(s, back, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r, rbias, peep,
+                 xp, gates, src, dst, aux, c)
         if phase_b:
-            _phase_b(s, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr, zeros,
-                     xp, gates, src, dst, aux)
+            _phase_b(s, back, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr,
+                     zeros, xp, gates, src, dst, aux)
         _emit(s, lo, hi, 0, hout, reverse, lengths, dst, y, yd, h)
     restore_fp_mode(fp_mode)
 
@@ -412,8 +414,12 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     _project(x2, w_ih, bias, xp, cfg, 1, 0)
-    _rows(0, rows, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb, aux, c,
-          y, yd, h)
+    # The walking order alternates across calls too: a stream's one-step calls with the same
+    # scratch then alternate as a sequence's steps do. The scratch's last slot keeps the parity.
+    flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
+    _rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
+          aux, c, y, yd, h)
+    sbuf[sbuf.size - 1] = (flip + _max_len(lengths, 0, rows)) & 1
 
 
 @kernel
@@ -453,8 +459,8 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
         _project(x2, w_ih, bias, xp, cfg, chunks, ch)
     for ch in prange(chunks):
         lo, hi = _split(rows, chunks, ch, 1)
-        _rows(lo, hi, 0, steps, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
-              aux, c, y, yd, h)
+        _rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates,
+              hb, aux, c, y, yd, h)
 
 
 # run_units' sync array: one 64-byte line per block, then one line whose slot 0 counts the blocks
@@ -647,14 +653,14 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
     dst = hb[(s + 1) & 1]
     if stage % stages == 0:
         j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
-        _phase_a(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
-                 src, dst, aux, c)
+        _phase_a(s, s & 1, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
+                 gates, src, dst, aux, c)
         if stages == 1:
             _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
     else:
         j0, j1 = _split(cfg[C_HOUTP], chunks, block, PANEL)
-        _phase_b(s, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp, gates,
-                 src, dst, aux)
+        _phase_b(s, s & 1, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
+                 gates, src, dst, aux)
         _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
 
 
