@@ -38,7 +38,6 @@ def helper(fn):
     options = {k: v for k, v in _OPTIONS.items() if k != "cache"}
     dispatcher = _HelperDispatcher(py_func=fn, locals={},
                                    targetoptions=dict(options, nopython=True))
-    dispatcher.enable_caching()
     return dispatcher
 
 

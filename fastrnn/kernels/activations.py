@@ -1,7 +1,7 @@
 """Scalar activation functions, selected by an integer code (ONNX's list)."""
 import numpy as np
 
-from ._jit import inline
+from ._jit import helper
 
 SIGMOID = 0
 TANH = 1
@@ -16,7 +16,7 @@ SOFTSIGN = 9
 SOFTPLUS = 10
 
 
-@inline
+@helper
 def activate(code, alpha, beta, x):
     """Apply activation `code` with parameters alpha/beta to the scalar x."""
     if code == SIGMOID:

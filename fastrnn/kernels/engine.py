@@ -42,7 +42,7 @@ C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
 CFG_LEN = C_OFF + 7
 
 
-@helper
+@inline
 def _views(wbuf, wpk, cfg):
     """From wpk the packed weights (1-D panels, gemm.pack_gates) w_ih, r, w_hr; from wbuf bias
     and rbias (G*Hp), peep (3, H), zeros (at least G*Hp and H_out_p)."""
@@ -60,7 +60,7 @@ def _views(wbuf, wpk, cfg):
     return w_ih, bias, r, rbias, peep, w_hr, zeros
 
 
-@helper
+@inline
 def _scratch(sbuf, cfg, rows_total, steps):
     gh = GATES[cfg[C_MODE]] * cfg[C_HP]
     hid = cfg[C_H]
@@ -284,7 +284,7 @@ def _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gate
             _rnn_update(g, xr, dst[n], j0, u1, fast, codes[0], a, b, clip)
 
 
-@helper
+@inline
 def _needs_phase_b(cfg):
     return (cfg[C_MODE] == LSTM and cfg[C_P] > 0) or (cfg[C_MODE] == GRU and cfg[C_LBR] == 0)
 
@@ -335,7 +335,7 @@ def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, y, yd, h):
                 hr[j] = d[j]
 
 
-@helper
+@inline
 def _begin(lo, hi, cfg, lengths, h, c, hb):
     """Load the initial state of rows [lo, hi) into the ping-pong buffer; zero L = 0 rows."""
     for n in range(lo, hi):
@@ -343,7 +343,7 @@ def _begin(lo, hi, cfg, lengths, h, c, hb):
         _copy(h[n], hb[0, n], h.shape[1])
 
 
-@helper
+@inline
 def _zero_if_empty(n, cfg, lengths, h, c):
     """L = 0 rows start (and end) with a zero state, as ONNX Runtime does."""
     if lengths[n] == 0:
@@ -362,7 +362,7 @@ def _copy(src, dst, count):
         dst[j] = src[j]
 
 
-@helper
+@inline
 def _max_len(lengths, lo, hi):
     m = 0
     for n in range(lo, hi):
@@ -439,7 +439,7 @@ def run_directions(x, lengths, y, wbuf0, wpk0, cfg0, fcfg0, h0, c0, sbuf0, wbuf1
             _serial(x, wbuf1, wpk1, cfg1, fcfg1, lengths, h1, c1, y, 1, sbuf1)
 
 
-@helper
+@inline
 def _split(total, chunks, c, align):
     """Bounds of chunk c of `chunks` over range(total), aligned to `align`."""
     lo = (total * c // chunks) // align * align
