@@ -226,6 +226,8 @@ UNIT_SPLIT_CASES = [
     (lambda: fastrnn.LSTM(16, 96, proj_size=40, dtype=np.float64, seed=13), [40, 23]),
     (lambda: fastrnn.LSTM(16, 96, dtype=np.float64, seed=13), [37]),
     (lambda: fastrnn.GRU(16, 80, dtype=np.float64, seed=13), [40]),
+    # blocks above EARLY_START_MAX_BYTES: one-row blocks without the early start
+    (lambda: fastrnn.LSTM(16, 192, dtype=np.float64, seed=13), [33]),
 ]
 
 

@@ -471,6 +471,12 @@ SYNC_LINE = 8
 PROJECTED, DONE = 1, 2
 # A waiting thread looks for unclaimed blocks to take over every this many spin-wait hints.
 STEAL_SPINS = 16
+# Blocks start their product before the wait (run_units) up to this many bytes of recurrent
+# weights a block. Beyond it a step is long enough that the wait is a small part of it, and the
+# split product costs more: its three passes over k, and a weight slice larger than L2 then
+# misses the lines the step before left in cache in the other walking order (H = 256 on two
+# threads: 2-4 % faster without, H = 512: ~6 %; H = 64: 10-15 % faster with).
+EARLY_START_MAX_BYTES = 256 * 1024
 
 
 def sync_array(chunks):
@@ -490,10 +496,11 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     (the region ran on fewer threads, or it was descheduled) has its blocks done by the others
     and no wait can hang.
 
-    With one row and one stage per step, a block's product starts before the wait: the part over
-    the block's own units of h (which its thread has just computed) runs while the other blocks
-    finish, and the wait then only has to cover the rest. Every block's product sums k in that
-    order, whichever thread works it, so results do not depend on the scheduling."""
+    With one row and one stage per step and small blocks (_starts_early), a block's product starts
+    before the wait: the part over the block's own units of h (which its thread has just
+    computed) runs while the other blocks finish, and the wait then only has to cover the rest.
+    Every block's product sums k in that order, whichever thread works it, so results do not
+    depend on the scheduling."""
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
@@ -507,7 +514,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
             _copy(c[n], cb[n], c.shape[1])
     stages = 2 if _needs_phase_b(cfg) else 1
     total = _max_len(lengths, 0, rows) * stages
-    early = stages == 1 and rows == 1
+    early = _starts_early(stages, rows, chunks, cfg, r)
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
         # the input projection first, by blocks of units (one parallel region for the whole call:
@@ -537,6 +544,14 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     if lstm:
         for n in range(rows):
             _copy(cb[n], c[n], c.shape[1])
+
+
+@inline
+def _starts_early(stages, rows, chunks, cfg, r):
+    """Whether run_units starts each block's product before the wait (see EARLY_START_MAX_BYTES):
+    one row, one stage a step, blocks of few weights."""
+    block_bytes = r.size // chunks * r.itemsize
+    return stages == 1 and rows == 1 and block_bytes <= EARLY_START_MAX_BYTES
 
 
 @helper
@@ -641,7 +656,7 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
                 gates, hb, aux, c, y, yd, h):
     """Block `block` of stage `stage`, all of it (its thread, or one that took it over)."""
     rows = lengths.shape[0]
-    if stages == 1 and rows == 1:  # the same order of k as run_units' early start
+    if _starts_early(stages, rows, chunks, cfg, r):  # the same order of k as run_units
         _own_part(block, stage, chunks, cfg, r, rbias, gates, hb)
         _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux, c, y,
                       yd, h)
