@@ -32,13 +32,12 @@ def inline(fn):
 
 
 def helper(fn):
-    """Compile a helper called from kernels (compiled once, inlined by LLVM where it pays)."""
+    """Compile a helper called from kernels (compiled once per dtype, inlined by LLVM where it
+    pays). Helpers are not written to the disk cache: a cached kernel carries their code."""
     if numba.config.DISABLE_JIT:
         return fn
     options = {k: v for k, v in _OPTIONS.items() if k != "cache"}
-    dispatcher = _HelperDispatcher(py_func=fn, locals={},
-                                   targetoptions=dict(options, nopython=True))
-    return dispatcher
+    return _HelperDispatcher(py_func=fn, locals={}, targetoptions=dict(options, nopython=True))
 
 
 class _HelperDispatcher(CPUDispatcher):

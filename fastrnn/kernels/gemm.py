@@ -121,7 +121,7 @@ def gemv_gates(a, m, k0, k1, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, ba
                 _T1_WIDE(a, a_off, lda, bp, b_off, gates * ps, part, bias, col + j, out,
                          o_row + col + j, ldo, PANEL)
             else:
-                j = j0 + (wide * 4 + t - wide) * PANEL
+                j = j0 + (3 * wide + t) * PANEL  # after the wide tiles' 4 * wide panels
                 b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
                 _T1(a, a_off, lda, bp, b_off, ps, part, bias, col + j, out, o_row + col + j,
                     ldo, PANEL)
