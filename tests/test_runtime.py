@@ -326,3 +326,36 @@ def test_walking_order_never_changes_results(cls):
     steps = [np.array(stream.step(x[t]), copy=True) for t in range(7)]
     for got in (second[0], np.stack(steps)):
         np.testing.assert_array_equal(got, first[0])
+
+
+@pytest.mark.parametrize("cls,kwargs", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
+                                        (fastrnn.LSTM, {"proj_size": 24}),
+                                        (fastrnn.LSTM, {"weight_dtype": "float16"})])
+def test_projecting_ahead_equals_projecting_first(cls, kwargs):
+    """One-row serial calls carry the input projection of later steps inside the recurrent steps
+    (engine._ahead_slot); every output equals, to the bit, the projection done before the first
+    step: lengths below, at and between whole blocks, both directions, two layers."""
+    from fastrnn.kernels import engine
+
+    layer = cls(20, 72, num_layers=2, bidirectional=True, seed=5, **kwargs)
+    directions = [d for pair in layer._directions for d in pair]
+    assert all(d._cfg[engine.C_AHEAD] == 1 for d in directions)
+    rng = np.random.default_rng(6)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        for steps in (1, 7, 8, 15, 16, 17, 24, 41):
+            x = rng.standard_normal((steps, 1, 20)).astype(np.float32)
+            for length in sorted({steps, max(steps - 5, 0), steps // 2}):
+                runs = []
+                for flag in (1, 0):
+                    for d in directions:
+                        d._cfg[engine.C_AHEAD] = flag
+                    out, state = layer(x, lengths=[length])
+                    runs.append([out, *(state if isinstance(state, tuple) else (state,))])
+                for got, want in zip(*runs):
+                    np.testing.assert_array_equal(got, want)
+    finally:
+        fastrnn.set_num_threads(before)
+        for d in directions:
+            d._cfg[engine.C_AHEAD] = 1

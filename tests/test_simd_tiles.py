@@ -1,6 +1,7 @@
 """The LLVM-IR register tiles (fastrnn/kernels/simd.py) and the panel packing they read, against
 numpy: every tile shape the products use, under every register budget a target may have (AVX-512,
-AVX/AVX2 or NEON, SSE), in both dtypes, with gate-gathering strides."""
+AVX/AVX2 or NEON, SSE), in both dtypes, with gate-gathering strides; the tile that carries the
+projection of later steps along (tile_ahead) against tile, to the bit."""
 import itertools
 
 import numba
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from fastrnn.kernels.gemm import pack_gates, unpack_gates
-from fastrnn.kernels.simd import PANEL, _passes, tile
+from fastrnn.kernels.simd import AHEAD, PANEL, _passes, tile, tile_ahead
 
 SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL), (4, PANEL),
           (8, PANEL)]
@@ -92,3 +93,74 @@ def test_tile_widens_float16_weights(mr, ncols, budget):
         run(a, 0, k_len, packed, 0, k_len * PANEL, k_len, bias, 0, out, 0, out.shape[1], PANEL)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _ahead_runner(ncols):
+    fn = tile_ahead(ncols)
+
+    @numba.njit(cache=False)
+    def run(a, a_off, b, b_off, pstride, k_len, bias, bias_off, out, out_off, cstride, x, x_off,
+            ldx, w, w_off, kx, xbias, xbias_off, xp, xp_off, ldxp):
+        fn(a, a_off, b, b_off, pstride, k_len, bias, bias_off, out, out_off, cstride, x, x_off,
+           ldx, w, w_off, kx, xbias, xbias_off, xp, xp_off, ldxp)
+    return run
+
+
+@pytest.mark.parametrize("ncols", [PANEL, 3 * PANEL, 4 * PANEL])
+@pytest.mark.parametrize("k_len,kx", [(37, 37), (20, 45), (45, 20), (0, 9), (9, 0)])
+@pytest.mark.parametrize("weights", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tile_ahead_equals_two_tiles(ncols, k_len, kx, weights, reverse):
+    """Both products of tile_ahead equal to the bit what tile computes for each on its own:
+    the recurrent one (gate strides, as tile(1, ncols)) and the AHEAD rows of x (rows walked
+    backward too, as a reversed sequence does) times one vector of a panel."""
+    dtype = np.float64 if weights == "float64" else np.float32
+    rng = np.random.default_rng(ncols + 7 * k_len + kx + reverse)
+    gates, gs = ncols // PANEL, 3 * PANEL
+    lanes = 64 // np.dtype(dtype).itemsize
+    r_w = rng.standard_normal((gates * gs, k_len)).astype(dtype)
+    x_w = rng.standard_normal((gates * gs, kx)).astype(dtype)
+    if weights == "float16":
+        r_w, x_w = r_w.astype(np.float16), x_w.astype(np.float16)
+
+    def packed(w):
+        p = pack_gates(w, gates)
+        return p.view(np.uint16) if weights == "float16" else p
+
+    def plain(w):
+        return pack_gates(w.astype(dtype), gates)
+
+    h = rng.standard_normal((1, k_len + 3)).astype(dtype)
+    x = rng.standard_normal((AHEAD + 4, kx + 2)).astype(dtype)
+    bias = rng.standard_normal(gates * gs).astype(dtype)
+    xbias = rng.standard_normal(gates * gs).astype(dtype)
+    unit, gate, lane = PANEL, gates - 1, PANEL - lanes  # the tile's panel 1; x: its last vector
+    ps, psx = k_len * PANEL, kx * PANEL
+    out = np.full((1, gates * gs), np.nan, dtype)
+    xp = np.full((AHEAD + 4, gates * gs), np.nan, dtype)
+    ldx, ldxp = x.shape[1], xp.shape[1]
+    first = AHEAD + 1 if reverse else 2  # rows 2..9, or 9 down to 2
+    step = -1 if reverse else 1
+    x_col = gate * gs + unit + lane
+    _ahead_runner(ncols)(h, 1, packed(r_w), unit // PANEL * gates * ps, ps, k_len, bias, unit,
+                         out, unit, gs, x, first * ldx + 1, step * ldx, packed(x_w),
+                         (unit // PANEL * gates + gate) * psx + lane, kx, xbias, x_col, xp,
+                         first * ldxp + x_col, step * ldxp)
+
+    want_out = np.full_like(out, np.nan)
+    _runner(1, ncols, 32)(h, 1, h.shape[1], plain(r_w), unit // PANEL * gates * ps, ps, k_len,
+                          bias, unit, want_out, unit, out.shape[1], gs)
+    np.testing.assert_array_equal(out, want_out)
+    rows = np.arange(2, AHEAD + 2)
+    want_xp = np.full((AHEAD, gates * gs), np.nan, dtype)
+    _runner(AHEAD, ncols, 32)(x[rows], 1, ldx, plain(x_w), unit // PANEL * gates * psx, psx, kx,
+                              xbias, unit, want_xp, unit, want_xp.shape[1], gs)
+    got = xp[rows]
+    cols = slice(x_col, x_col + lanes)
+    np.testing.assert_array_equal(got[:, cols], want_xp[:, cols])
+    untouched = np.ones(xp.shape, bool)
+    untouched[rows, cols] = False
+    assert np.isnan(xp[untouched]).all()
+    reference = x[rows, 1:1 + kx].astype(np.float64) @ x_w.astype(np.float64).T + xbias
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got[:, cols], reference[:, cols], rtol=tol, atol=tol)

@@ -7,7 +7,7 @@ flat buffers, so that a call types few arguments (cheap dispatch, one specialisa
   wpk   1-D: its packed weight matrices (see recurrent.DirectionParams): x's dtype, or float16
         bits (uint16) for float32
   cfg   int64 [mode, H, H_out, I, P, reverse, linear_before_reset, input_forget, fast, code0..2,
-               Hp, H_out_p, offsets w_ih, bias, r, rbias, peep, w_hr, zeros]
+               Hp, H_out_p, offsets w_ih, bias, r, rbias, peep, w_hr, zeros, ahead]
   Hp and H_out_p are H and H_out rounded up to whole panels (gemm.py): each gate's block of
   columns in the packed weights, the biases, xp and gates is Hp wide (zero-padded), so that any
   block of hidden units is whole panels of every gate.
@@ -31,7 +31,8 @@ from ._jit import helper, inline, kernel
 from .atomics import atomic_add, atomic_cas, atomic_load, spin_pause
 from .fpmode import denormals_off, restore_fp_mode
 from .activations import activate, fast_sigmoid, fast_tanh, typed
-from .gemm import PANEL, gemm_gates, gemv_gates, padded
+from .gemm import PANEL, gemm_gates, gemv_gates, gemv_gates_ahead, padded
+from .simd import AHEAD
 
 RNN, GRU, LSTM = 0, 1, 2
 GATES = (1, 3, 4)
@@ -39,7 +40,8 @@ GATES = (1, 3, 4)
 C_MODE, C_H, C_HOUT, C_I, C_P, C_REV, C_LBR, C_IFG, C_FAST, C_CODE = range(10)
 C_HP, C_HOUTP = 12, 13
 C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
-CFG_LEN = C_OFF + 7
+C_AHEAD = C_OFF + 7  # one-row serial calls project their input ahead (_ahead_slot)
+CFG_LEN = C_AHEAD + 1
 
 
 @inline
@@ -232,20 +234,67 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
 # ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
 
 @inline
-def _phase_a(s, back, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp, gates,
-             src, dst, aux, c):
+def _phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
+             gates, src, dst, aux, c):
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
-    back: walk the weights backward (gemm.py)."""
+    back: walk the weights backward (gemm.py). ahead: None, or (x2, w_ih, bias) when the call
+    may project its input ahead (_ahead_slot)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
         gcount = 2  # the n gate's product waits for r * h (phase b)
-    gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
-               gates, back)
+    if ahead is None:
+        gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
+                   gates, back)
+    else:
+        _product_ahead(s, back, ahead, lo, hi, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates,
+                       src)
     _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c)
+
+
+@inline
+def _product_ahead(s, back, ahead, lo, hi, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates,
+                   src):
+    """_phase_a's product on a call that may project ahead: with this step's share of a later
+    block's input projection when it has one (_ahead_slot)."""
+    slot, first = _ahead_slot(s, cfg, lengths)
+    if slot >= 0:
+        x2, w_ih, bias = ahead
+        t = _time(first, lengths[0], cfg[C_REV] != 0)
+        down = -1 if cfg[C_REV] != 0 else 1  # reversed: the block's rows run backward in x
+        gemv_gates_ahead(src, lo, cfg[C_HOUT], r, gcount, j0, j1, cfg[C_HP], rbias, gates, back,
+                         x2, t * x2.shape[1], down * x2.shape[1], w_ih, bias, xp,
+                         t * xp.shape[1], down * xp.shape[1], slot)
+    else:
+        gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[cfg[C_MODE]], 0, gcount, j0, j1, cfg[C_HP],
+                   rbias, gates, back)
+
+
+@inline
+def _ahead_slot(s, cfg, lengths):
+    """(slot, first step of the block it projects) of step s, or slot -1: nothing to project.
+
+    A one-row serial call with cfg's ahead flag (LSTM, GRU lbr=1, float32 with 32 vector
+    registers, weights small enough to share L2) does not project its whole input before the
+    first step. Its steps run in blocks of AHEAD; while block b runs, each of its steps (slot
+    s % AHEAD) projects one vector of every panel of units for the AHEAD rows of block b + 1
+    inside its own recurrent product (gemm.gemv_gates_ahead): that product waits on the cache,
+    the projection reuses each weight AHEAD times and fills the idle FMA units. _project does
+    the first block and the steps after the last whole block up front."""
+    if not _projects_ahead(cfg, lengths):
+        return -1, 0
+    block = s // AHEAD
+    if block + 2 > lengths[0] // AHEAD:
+        return -1, 0
+    return s - block * AHEAD, (block + 1) * AHEAD
+
+
+@inline
+def _projects_ahead(cfg, lengths):
+    return cfg[C_AHEAD] != 0 and lengths.shape[0] == 1
 
 
 @inline
@@ -371,8 +420,8 @@ def _max_len(lengths, lo, hi):
 
 
 @helper
-def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
-          aux, c, y, yd, h):
+def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, ahead, xp,
+          gates, hb, aux, c, y, yd, h):
     """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
     loads the initial state). Steps s with (s + flip) odd walk the weights backward."""
     fp_mode = denormals_off()
@@ -387,8 +436,8 @@ def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
         src = hb[s & 1]
         dst = hb[(s + 1) & 1]
         back = (s + flip) & 1
-        _phase_a(s, back, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r, rbias, peep,
-                 xp, gates, src, dst, aux, c)
+        _phase_a(s, back, ahead, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r, rbias,
+                 peep, xp, gates, src, dst, aux, c)
         if phase_b:
             _phase_b(s, back, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr,
                      zeros, xp, gates, src, dst, aux)
@@ -397,13 +446,25 @@ def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
 
 
 @helper
-def _project(x2, w_ih, bias, xp, cfg, chunks, chunk):
-    """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows)."""
+def _project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk):
+    """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows); a call that
+    projects ahead (_ahead_slot) has only the steps that no step carries done here: the first
+    block and the steps after the last whole one (one range when there are fewer than two)."""
     fp_mode = denormals_off()
-    lo, hi = _split(x2.shape[0], chunks, chunk, 4)
     gates = GATES[cfg[C_MODE]]
-    gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP], bias, xp,
-               0)
+    ahead = _projects_ahead(cfg, lengths)
+    length = lengths[0]
+    blocks = length // AHEAD
+    for part in range(2 if ahead and blocks >= 2 else 1):
+        if not ahead:
+            lo, hi = _split(x2.shape[0], chunks, chunk, 4)
+        else:
+            s0 = blocks * AHEAD if part == 1 else 0
+            s1 = length if part == 1 or blocks < 2 else AHEAD
+            lo, hi = (length - s1, length - s0) if cfg[C_REV] != 0 else (s0, s1)
+        if lo < hi:
+            gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP],
+                       bias, xp, 0)
     restore_fp_mode(fp_mode)
 
 
@@ -413,12 +474,12 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    _project(x2, w_ih, bias, xp, cfg, 1, 0)
+    _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0)
     # The walking order alternates across calls too: a stream's one-step calls with the same
     # scratch then alternate as a sequence's steps do. The scratch's last slot keeps the parity.
     flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
-    _rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates, hb,
-          aux, c, y, yd, h)
+    _rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
+          (x2, w_ih, bias), xp, gates, hb, aux, c, y, yd, h)
     sbuf[sbuf.size - 1] = (flip + _max_len(lengths, 0, rows)) & 1
 
 
@@ -456,11 +517,11 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     for ch in prange(chunks):
-        _project(x2, w_ih, bias, xp, cfg, chunks, ch)
+        _project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch)
     for ch in prange(chunks):
         lo, hi = _split(rows, chunks, ch, 1)
-        _rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp, gates,
-              hb, aux, c, y, yd, h)
+        _rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
+              (x2, w_ih, bias), xp, gates, hb, aux, c, y, yd, h)
 
 
 # run_units' sync array: one 64-byte line per block, then one line whose slot 0 counts the blocks
@@ -668,8 +729,8 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
     dst = hb[(s + 1) & 1]
     if stage % stages == 0:
         j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
-        _phase_a(s, s & 1, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
-                 gates, src, dst, aux, c)
+        _phase_a(s, s & 1, None, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias,
+                 peep, xp, gates, src, dst, aux, c)
         if stages == 1:
             _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
     else:

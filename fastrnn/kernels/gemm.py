@@ -16,7 +16,7 @@ last, still in cache when the weights are a little larger than it (LSTM H=256: 1
 import numpy as np
 
 from ._jit import helper, inline
-from .simd import PANEL, tile
+from .simd import PANEL, tile, tile_ahead
 
 _T8 = tile(8, PANEL)
 _T4 = tile(4, PANEL)
@@ -26,6 +26,8 @@ _T1 = tile(1, PANEL)
 _T1_WIDE = tile(1, 4 * PANEL)
 _T1_X2 = tile(1, 2 * PANEL)
 _T1_X3 = tile(1, 3 * PANEL)
+_A4 = tile_ahead(4 * PANEL)
+_A3 = tile_ahead(3 * PANEL)
 _ROW_BLOCK = 128  # rows of a per pass over B: a block of a stays in L2 while B's panels stream
 
 
@@ -136,3 +138,37 @@ def gemv_gates(a, m, k0, k1, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, ba
             _T1_X3(a, a_off, lda, bp, b_off, ps, part, bias, col, out, o_row + col, ldo, gs)
         else:
             _T1_X2(a, a_off, lda, bp, b_off, ps, part, bias, col, out, o_row + col, ldo, gs)
+
+
+@helper
+def gemv_gates_ahead(a, m, k_len, bp, gates, j0, j1, gs, bias, out, backward, x, x_off, ldx, w,
+                     xbias, xp, xp_off, ldxp, slot):
+    """gemv_gates over all 3 or 4 gates that also carries a share of a later block of steps'
+    input projection (simd.tile_ahead): for each panel of units in [j0, j1), its vector `slot`
+    (slot // vectors-per-panel picks the gate; a slot past the last gate adds nothing) of
+        xp[xp_off + r*ldxp + col] = xbias[col] + sum_k x[x_off + r*ldx + k] * W[k, col]
+    for the AHEAD rows r, with w = pack_gates(W^T, gates) over K = x's width. Over AHEAD steps,
+    slots 0..AHEAD-1 project every column of those rows once (float32: gates * 2 <= AHEAD)."""
+    lanes = 64 // a.itemsize
+    per_panel = PANEL // lanes
+    g = slot // per_panel
+    if g >= gates:
+        gemv_gates(a, m, 0, k_len, k_len, bp, gates, 0, gates, j0, j1, gs, bias, out, backward)
+        return
+    lane = slot % per_panel * lanes
+    kx = x.shape[1]
+    ps = k_len * PANEL
+    a_off = m * a.shape[1]
+    o_row = m * out.shape[1]
+    panels = (j1 - j0) // PANEL
+    for q in range(panels):
+        j = j0 + _nth(q, panels, backward) * PANEL
+        b_off = j // PANEL * gates * ps
+        w_off = (j // PANEL * gates + g) * kx * PANEL + lane
+        col = g * gs + j + lane
+        if gates == 4:
+            _A4(a, a_off, bp, b_off, ps, k_len, bias, j, out, o_row + j, gs, x, x_off, ldx, w,
+                w_off, kx, xbias, col, xp, xp_off + col, ldxp)
+        else:
+            _A3(a, a_off, bp, b_off, ps, k_len, bias, j, out, o_row + j, gs, x, x_off, ldx, w,
+                w_off, kx, xbias, col, xp, xp_off + col, ldxp)

@@ -61,20 +61,23 @@ def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
     @intrinsic
     def _tile(typingctx, a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
               ldo, cstride):
-        arrays = (a, b, bias, out)
-        if any(not isinstance(t, types.Array) or t.layout != "C" for t in arrays):
-            raise errors.TypingError("tile needs C-contiguous arrays")
-        if len({a.dtype, bias.dtype, out.dtype}) != 1 or a.dtype not in (types.float32,
-                                                                        types.float64):
-            raise errors.TypingError("tile needs float32 or float64 a, bias and out of one dtype")
-        if b.dtype != a.dtype and not (b.dtype == types.uint16 and a.dtype == types.float32):
-            raise errors.TypingError("tile's weights are the dtype of a, or float16 bits "
-                                     "(uint16) for float32")
+        _check_operands(a, b, bias, out)
         sig = types.void(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
                          ldo, cstride)
         return sig, functools.partial(_codegen, mr, ncols, budget)
 
     return _tile
+
+
+def _check_operands(a, b, bias, out):
+    if any(not isinstance(t, types.Array) or t.layout != "C" for t in (a, b, bias, out)):
+        raise errors.TypingError("tile needs C-contiguous arrays")
+    if len({a.dtype, bias.dtype, out.dtype}) != 1 or a.dtype not in (types.float32,
+                                                                    types.float64):
+        raise errors.TypingError("tile needs float32 or float64 a, bias and out of one dtype")
+    if b.dtype != a.dtype and not (b.dtype == types.uint16 and a.dtype == types.float32):
+        raise errors.TypingError("tile's weights are the dtype of a, or float16 bits "
+                                 "(uint16) for float32")
 
 
 def _passes(rows, nvec, budget):
@@ -96,88 +99,211 @@ def _passes(rows, nvec, budget):
             for v in range(0, nvec, vecs) for r in range(0, rows, per)]
 
 
-def _codegen(mr, ncols, budget, context, builder, sig, args):
-    (a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride) = args
-    dtype = sig.args[0].dtype
-    width = dtype.bitwidth // 8
-    lanes = 64 // width
-    nvec = ncols // lanes
-    per_panel = PANEL // lanes
-    vty = ir.VectorType(context.get_value_type(dtype), lanes)
-    vptr = vty.as_pointer()
-    half_weights = sig.args[3].dtype == types.uint16
-    hty = ir.VectorType(ir.HalfType(), lanes)
-    fma = _fmuladd(builder.module, vty, "f64" if width == 8 else "f32")
+class _Emitter:
+    """IR building blocks for tiles of one dtype: flat-offset pointers into arrays, vector loads
+    (weights widened from float16 bits when they are uint16), splats and counted loops whose
+    accumulators are phi nodes."""
 
-    def i64(v):
-        return v if v.type == _I64 else builder.sext(v, _I64)
+    def __init__(self, context, builder, dtype):
+        self.context, self.builder = context, builder
+        self.width = dtype.bitwidth // 8
+        self.lanes = 64 // self.width
+        self.vty = ir.VectorType(context.get_value_type(dtype), self.lanes)
+        self.fma = _fmuladd(builder.module, self.vty, "f64" if self.width == 8 else "f32")
+        self._zero_mask = ir.Constant(ir.VectorType(_I32, self.lanes), [0] * self.lanes)
 
-    def base(arr, aty, off):
-        return builder.gep(context.make_array(aty)(context, builder, arr).data, [i64(off)])
+    def i64(self, v):
+        return v if v.type == _I64 else self.builder.sext(v, _I64)
 
+    @staticmethod
     def const(n):
         return ir.Constant(_I64, n)
 
-    def vload(ptr):
-        return builder.load(builder.bitcast(ptr, vptr), align=width)
+    def base(self, arr, aty, off):
+        data = self.context.make_array(aty)(self.context, self.builder, arr).data
+        return self.builder.gep(data, [self.i64(off)])
 
-    def bload(ptr):  # weights: float16 bits widened to float32, or a's dtype as it is
-        if half_weights:
-            return builder.fpext(builder.load(builder.bitcast(ptr, hty.as_pointer()), align=2),
-                                 vty)
-        return vload(ptr)
+    def at(self, ptr, *offsets):
+        return self.builder.gep(ptr, [self._sum(offsets)])
 
-    a_p, b_p = base(a, sig.args[0], a_off), base(b, sig.args[3], b_off)
-    bias_p, out_p = base(bias, sig.args[7], bias_off), base(out, sig.args[9], out_off)
-    lda, pstride, k_len, ldo, cstride = (i64(v) for v in (lda, pstride, k_len, ldo, cstride))
+    def _sum(self, terms):
+        total = terms[0]
+        for term in terms[1:]:
+            total = self.builder.add(total, term)
+        return total
 
-    def offsets(stride):  # vector j of a row: panel j // per_panel, lane (j % per_panel) * lanes
-        return [builder.add(builder.mul(const(j // per_panel), stride),
-                            const((j % per_panel) * lanes)) for j in range(nvec)]
+    def mul(self, a, b):
+        return self.builder.mul(a, b)
 
-    vec_offsets = offsets(pstride)
-    col_offsets = offsets(cstride)
-    zero_mask = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
-    for rows, vecs in _passes(mr, nvec, budget):
-        init = {j: vload(builder.gep(bias_p, [col_offsets[j]])) for j in vecs}
-        entry = builder.block
-        loop = builder.append_basic_block("tile.loop")
-        done = builder.append_basic_block("tile.done")
-        builder.cbranch(builder.icmp_signed(">", k_len, const(0)), loop, done)
+    def vload(self, ptr):
+        return self.builder.load(self.builder.bitcast(ptr, self.vty.as_pointer()), align=self.width)
 
-        builder.position_at_end(loop)
-        k = builder.phi(_I64)
-        acc = {(r, j): builder.phi(vty) for r in rows for j in vecs}
-        b_row = builder.gep(b_p, [builder.mul(k, const(PANEL))])
-        b_vecs = {j: bload(builder.gep(b_row, [vec_offsets[j]])) for j in vecs}
-        new = {}
-        for r in rows:
-            a_at = builder.add(builder.mul(const(r), lda), k)
-            scalar = builder.load(builder.gep(a_p, [a_at]))
-            splat = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar,
-                                           ir.Constant(_I32, 0))
-            splat = builder.shuffle_vector(splat, splat, zero_mask)
-            for j in vecs:
-                new[r, j] = builder.call(fma, [splat, b_vecs[j], acc[r, j]])
-        k_next = builder.add(k, const(1))
-        latch = builder.block
-        builder.cbranch(builder.icmp_signed("<", k_next, k_len), loop, done)
-        k.add_incoming(const(0), entry)
+    def wload(self, ptr, half):
+        """A vector of weights: float16 bits widened to float32, or the dtype as it is."""
+        if half:
+            hty = ir.VectorType(ir.HalfType(), self.lanes)
+            bits = self.builder.load(self.builder.bitcast(ptr, hty.as_pointer()), align=2)
+            return self.builder.fpext(bits, self.vty)
+        return self.vload(ptr)
+
+    def vstore(self, value, ptr):
+        self.builder.store(value, self.builder.bitcast(ptr, self.vty.as_pointer()),
+                           align=self.width)
+
+    def splat(self, ptr):
+        b = self.builder
+        v = b.insert_element(ir.Constant(self.vty, ir.Undefined), b.load(ptr), ir.Constant(_I32, 0))
+        return b.shuffle_vector(v, v, self._zero_mask)
+
+    def loop(self, lo, hi, accs, body):
+        """for k in [lo, hi): accs = body(k, accs), accs a dict of vectors; returns the final
+        accs (the initial ones when the range is empty)."""
+        b = self.builder
+        entry = b.block
+        block = b.append_basic_block("tile.loop")
+        done = b.append_basic_block("tile.done")
+        b.cbranch(b.icmp_signed("<", lo, hi), block, done)
+        b.position_at_end(block)
+        k = b.phi(_I64)
+        phis = {key: b.phi(self.vty) for key in accs}
+        new = body(k, phis)
+        k_next = b.add(k, self.const(1))
+        latch = b.block
+        b.cbranch(b.icmp_signed("<", k_next, hi), block, done)
+        k.add_incoming(lo, entry)
         k.add_incoming(k_next, latch)
-        for (r, j), phi in acc.items():
-            phi.add_incoming(init[j], entry)
-            phi.add_incoming(new[r, j], latch)
-
-        builder.position_at_end(done)
+        for key, phi in phis.items():
+            phi.add_incoming(accs[key], entry)
+            phi.add_incoming(new[key], latch)
+        b.position_at_end(done)
         finals = {}
-        for (r, j) in acc:  # every phi first: LLVM requires them at the top of the block
-            finals[r, j] = builder.phi(vty)
-            finals[r, j].add_incoming(init[j], entry)
-            finals[r, j].add_incoming(new[r, j], latch)
-        for (r, j), value in finals.items():
-            out_row = builder.gep(out_p, [builder.mul(const(r), ldo)])
-            builder.store(value, builder.bitcast(builder.gep(out_row, [col_offsets[j]]), vptr),
-                          align=width)
+        for key in accs:  # every phi first: LLVM requires them at the top of the block
+            finals[key] = b.phi(self.vty)
+            finals[key].add_incoming(accs[key], entry)
+            finals[key].add_incoming(new[key], latch)
+        return finals
+
+
+def _codegen(mr, ncols, budget, context, builder, sig, args):
+    (a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride) = args
+    em = _Emitter(context, builder, sig.args[0].dtype)
+    half = sig.args[3].dtype == types.uint16
+    a_p, b_p = em.base(a, sig.args[0], a_off), em.base(b, sig.args[3], b_off)
+    bias_p, out_p = em.base(bias, sig.args[7], bias_off), em.base(out, sig.args[9], out_off)
+    lda, pstride, k_len, ldo, cstride = (em.i64(v) for v in (lda, pstride, k_len, ldo, cstride))
+    vec_offsets = _vector_offsets(em, ncols // em.lanes, pstride)
+    col_offsets = _vector_offsets(em, ncols // em.lanes, cstride)
+    for rows, vecs in _passes(mr, ncols // em.lanes, budget):
+        init = {(r, j): em.vload(em.at(bias_p, col_offsets[j])) for r in rows for j in vecs}
+
+        def step(k, acc):
+            b_row = em.at(b_p, em.mul(k, em.const(PANEL)))
+            b_vecs = {j: em.wload(em.at(b_row, vec_offsets[j]), half) for j in vecs}
+            new = {}
+            for r in rows:
+                splat = em.splat(em.at(a_p, em.mul(em.const(r), lda), k))
+                for j in vecs:
+                    new[r, j] = builder.call(em.fma, [splat, b_vecs[j], acc[r, j]])
+            return new
+
+        for (r, j), value in em.loop(em.const(0), k_len, init, step).items():
+            em.vstore(value, em.at(out_p, em.mul(em.const(r), ldo), col_offsets[j]))
+    return context.get_dummy_value()
+
+
+def _vector_offsets(em, nvec, stride):
+    """Flat offset of vector j of a row: panel j // per_panel (`stride` apart), lane
+    (j % per_panel) * lanes."""
+    per_panel = PANEL // em.lanes
+    return [em.builder.add(em.mul(em.const(j // per_panel), stride),
+                           em.const((j % per_panel) * em.lanes)) for j in range(nvec)]
+
+
+AHEAD = 8
+
+
+@functools.lru_cache(maxsize=None)
+def tile_ahead(ncols: int):
+    """An intrinsic tile_ahead(a, a_off, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
+    cstride, x, x_off, ldx, w, w_off, kx, xbias, xbias_off, xp, xp_off, ldxp): tile(1, ncols)'s
+    one-row product (lda and ldo unused) and, in the same loop over k, the product of AHEAD rows
+    of x with one vector of weight columns (a vector: 64 bytes of a's dtype):
+        xp[xp_off + r*ldxp + v] = xbias[xbias_off + v] + sum_{k < kx} x[x_off + r*ldx + k]
+                                  * w[w_off + k*PANEL + v]          for r < AHEAD, v < lanes
+    (w packed in panels as b; ldx and ldxp may be negative). A batch-1 recurrent step reads one
+    weight per multiply-add, so it waits on the cache and leaves the FMA units half idle; the
+    AHEAD-row product reuses each weight vector AHEAD times and fills them: the input projection
+    of later steps rides along with this step's recurrent product.
+    Sums run over k in the same order as tile's, so both products equal tile's to the bit."""
+    if ncols % PANEL:
+        raise ValueError(f"tile width {ncols} is not a multiple of {PANEL}")
+
+    @intrinsic
+    def _tile_ahead(typingctx, a, a_off, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
+                    cstride, x, x_off, ldx, w, w_off, kx, xbias, xbias_off, xp, xp_off, ldxp):
+        _check_operands(a, b, bias, out)
+        _check_operands(x, w, xbias, xp)
+        if x.dtype != a.dtype or w.dtype != b.dtype:
+            raise errors.TypingError("tile_ahead's two products need the same dtypes")
+        sig = types.void(a, a_off, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
+                         cstride, x, x_off, ldx, w, w_off, kx, xbias, xbias_off, xp, xp_off, ldxp)
+        return sig, functools.partial(_ahead_codegen, ncols)
+
+    return _tile_ahead
+
+
+def _ahead_codegen(ncols, context, builder, sig, args):
+    (a, a_off, b, b_off, pstride, k_len, bias, bias_off, out, out_off, cstride,
+     x, x_off, ldx, w, w_off, kx, xbias, xbias_off, xp, xp_off, ldxp) = args
+    em = _Emitter(context, builder, sig.args[0].dtype)
+    half = sig.args[2].dtype == types.uint16
+    a_p, b_p = em.base(a, sig.args[0], a_off), em.base(b, sig.args[2], b_off)
+    bias_p, out_p = em.base(bias, sig.args[6], bias_off), em.base(out, sig.args[8], out_off)
+    x_p, w_p = em.base(x, sig.args[11], x_off), em.base(w, sig.args[14], w_off)
+    xbias_p, xp_p = em.base(xbias, sig.args[17], xbias_off), em.base(xp, sig.args[19], xp_off)
+    pstride, k_len, cstride, ldx, kx, ldxp = (em.i64(v) for v in
+                                              (pstride, k_len, cstride, ldx, kx, ldxp))
+    nvec = ncols // em.lanes
+    vec_offsets = _vector_offsets(em, nvec, pstride)
+    col_offsets = _vector_offsets(em, nvec, cstride)
+    acc = {("h", j): em.vload(em.at(bias_p, col_offsets[j])) for j in range(nvec)}
+    x_bias = em.vload(xbias_p)
+    acc.update({("x", r): x_bias for r in range(AHEAD)})
+
+    def recurrent(k, acc, new):
+        b_row = em.at(b_p, em.mul(k, em.const(PANEL)))
+        splat = em.splat(em.at(a_p, k))
+        for j in range(nvec):
+            weights = em.wload(em.at(b_row, vec_offsets[j]), half)
+            new["h", j] = builder.call(em.fma, [splat, weights, acc["h", j]])
+
+    def ahead(k, acc, new):
+        weights = em.wload(em.at(w_p, em.mul(k, em.const(PANEL))), half)
+        for r in range(AHEAD):
+            splat = em.splat(em.at(x_p, em.mul(em.const(r), ldx), k))
+            new["x", r] = builder.call(em.fma, [splat, weights, acc["x", r]])
+
+    def parts(*fns):
+        def body(k, acc):
+            new = {}
+            for fn in fns:
+                fn(k, acc, new)
+            return new
+        return body
+
+    def only(kind, values):
+        return {key: v for key, v in values.items() if key[0] == kind}
+
+    joint = builder.select(builder.icmp_signed("<", k_len, kx), k_len, kx)
+    zero = em.const(0)
+    joint = builder.select(builder.icmp_signed("<", joint, zero), zero, joint)
+    acc = em.loop(zero, joint, acc, parts(recurrent, ahead))
+    finals = em.loop(joint, k_len, only("h", acc), parts(recurrent))
+    finals.update(em.loop(joint, kx, only("x", acc), parts(ahead)))
+    for j in range(nvec):
+        em.vstore(finals["h", j], em.at(out_p, col_offsets[j]))
+    for r in range(AHEAD):
+        em.vstore(finals["x", r], em.at(xp_p, em.mul(em.const(r), ldxp)))
     return context.get_dummy_value()
 
 
