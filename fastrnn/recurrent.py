@@ -4,6 +4,7 @@
 once into the layout the kernels stream; `run_layer` runs a layer of directions over a batch.
 Layers (fastrnn.layers), streams and the ONNX converter all run through here.
 """
+import functools
 import math
 import threading
 
@@ -111,7 +112,6 @@ class DirectionParams:
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
-        self._scratch_sizes = {}  # (steps, rows) -> scratch_size, for the calls' shapes
 
     def _projects_ahead(self) -> bool:
         """Whether one-row serial calls carry the input projection inside the recurrent steps
@@ -150,14 +150,7 @@ class DirectionParams:
 
     def scratch_size(self, steps: int, rows: int) -> int:
         """Elements of the scratch buffer one call of this direction over (steps, rows) needs."""
-        size = self._scratch_sizes.get((steps, rows))
-        if size is None:
-            size = eng.scratch_size(NUM_GATES[self.mode], self.hidden_size, self.hidden_out,
-                                    steps, rows)
-            if len(self._scratch_sizes) >= _SHAPES_KEPT:
-                self._scratch_sizes.clear()
-            self._scratch_sizes[steps, rows] = size
-        return size
+        return _scratch_size(self._gates, self.hidden_size, self.hidden_out, steps, rows)
 
     def scratch(self, steps: int, rows: int):
         """A scratch buffer of its own for calls over (steps, rows) (streams keep one)."""
@@ -241,9 +234,8 @@ _ROW_SPLIT_MIN_BYTES = 256 * 1024
 _UNIT_SPLIT_MIN_BYTES = 1 << 20
 
 
-# Per-shape memos (full lengths arrays, scratch sizes) are dropped when they reach this many shapes.
-_SHAPES_KEPT = 64
-_full_lengths: dict = {}
+# Kept per shape: every call of a layer asks for them again (plain Python, ~0.5 us each).
+_scratch_size = functools.lru_cache(maxsize=256)(eng.scratch_size)
 _workspaces = threading.local()
 # Workspaces up to this size are kept for the thread's next call: a fresh one costs an allocation
 # and, above glibc's mmap threshold, a page fault per 4 KiB on first touch (25 us at H256, T=100).
@@ -306,13 +298,7 @@ def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
     all T steps; that array is shared between calls and must not be written: it stays writeable
     only because a read-only array would make numba compile every kernel a second time)."""
     if lengths is None:
-        full = _full_lengths.get((rows, steps))
-        if full is None:
-            full = np.full(rows, steps, dtype=np.int64)
-            if len(_full_lengths) >= _SHAPES_KEPT:
-                _full_lengths.clear()
-            _full_lengths[rows, steps] = full
-        return full
+        return _full_lengths(rows, steps)
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
@@ -326,6 +312,11 @@ def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
         raise ArgumentError(f"lengths must lie in 0..{steps} (the sequence length), "
                             f"got min {arr.min()} max {arr.max()}")
     return arr
+
+
+@functools.lru_cache(maxsize=256)
+def _full_lengths(rows: int, steps: int) -> np.ndarray:
+    return np.full(rows, steps, dtype=np.int64)
 
 
 def run_layer(directions, x, h0=None, c0=None, lengths=None):

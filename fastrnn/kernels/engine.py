@@ -246,32 +246,31 @@ def _phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r,
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
         gcount = 2  # the n gate's product waits for r * h (phase b)
-    if ahead is None:
+    carried = False
+    if ahead is not None:  # typed away for callers that pass None
+        carried = _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp,
+                                 gates, src)
+    if not carried:
         gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
                    gates, back)
-    else:
-        _product_ahead(s, back, ahead, lo, hi, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates,
-                       src)
     _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c)
 
 
 @inline
-def _product_ahead(s, back, ahead, lo, hi, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates,
-                   src):
-    """_phase_a's product on a call that may project ahead: with this step's share of a later
-    block's input projection when it has one (_ahead_slot)."""
+def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates, src):
+    """_phase_a's product with this step's share of a later block's input projection, if the
+    step carries one (_ahead_slot); False when it does not (the caller runs the plain one)."""
     slot, first = _ahead_slot(s, cfg, lengths)
-    if slot >= 0:
-        x2, w_ih, bias = ahead
-        t = _time(first, lengths[0], cfg[C_REV] != 0)
-        down = -1 if cfg[C_REV] != 0 else 1  # reversed: the block's rows run backward in x
-        gemv_gates_ahead(src, lo, cfg[C_HOUT], r, gcount, j0, j1, cfg[C_HP], rbias, gates, back,
-                         x2, t * x2.shape[1], down * x2.shape[1], w_ih, bias, xp,
-                         t * xp.shape[1], down * xp.shape[1], slot)
-    else:
-        gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[cfg[C_MODE]], 0, gcount, j0, j1, cfg[C_HP],
-                   rbias, gates, back)
+    if slot < 0:
+        return False
+    x2, w_ih, bias = ahead
+    t = _time(first, lengths[0], cfg[C_REV] != 0)
+    down = -1 if cfg[C_REV] != 0 else 1  # reversed: the block's rows run backward in x
+    gemv_gates_ahead(src, lo, cfg[C_HOUT], r, gcount, j0, j1, cfg[C_HP], rbias, gates, back, x2,
+                     t * x2.shape[1], down * x2.shape[1], w_ih, bias, xp, t * xp.shape[1],
+                     down * xp.shape[1], slot)
+    return True
 
 
 @inline
@@ -456,6 +455,8 @@ def _project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk):
     ahead = _projects_ahead(cfg, lengths)
     length = lengths[0]
     blocks = length // AHEAD
+    # one call site of gemm_gates for every case: each call site is compiled (and LLVM may
+    # inline it) again
     for part in range(2 if ahead and blocks >= 2 else 1):
         if not ahead:
             lo, hi = _split(x2.shape[0], chunks, chunk, 4)
