@@ -26,8 +26,9 @@ batch 1; the compute term governs batch 64, where each step is a GEMM.
 import glob
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 STEPS = 100
@@ -82,6 +83,31 @@ def all_cases() -> list[Case]:
 
 
 CASES = {case.id: case for case in all_cases()}
+_ID = re.compile(r"(lstm|gru)(?:-(\d+)layer)?-(?:b(\d+)|(step))-h(\d+)-t(\d+)")
+
+
+def by_id(case_id: str) -> Case:
+    """The case an id names: one of CASES, or a shape of theirs at another thread count (the
+    runner's --threads makes those)."""
+    if case_id in CASES:
+        return CASES[case_id]
+    m = _ID.fullmatch(case_id)
+    if not m:
+        raise ValueError(f"not a case id: {case_id!r}")
+    mode, layers, batch, step, hidden, threads = m.groups()
+    hidden = int(hidden)
+    return Case(mode.upper(), hidden, _input_for(hidden), batch=int(batch or 1),
+                threads=int(threads), layers=int(layers or 1), stream=step is not None)
+
+
+def at_threads(cases, counts) -> list[Case]:
+    """Each case's shape at each thread count of `counts`, without repeats, in the cases' order."""
+    out = {}
+    for case in cases:
+        for t in counts:
+            c = replace(case, threads=t)
+            out.setdefault(c.id, c)
+    return list(out.values())
 
 
 def select(patterns) -> list[Case]:

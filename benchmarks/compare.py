@@ -1,7 +1,7 @@
 """Side-by-side comparison of fastrnn, ONNX Runtime and PyTorch on the cases of benchmarks/cases.py.
 
     python -m benchmarks.compare [--cases lstm-b1 step] [--engines fastrnn onnxruntime] [--quick]
-                                 [--out benchmarks/results]
+                                 [--out benchmarks/results] [--threads 1 4 16]
 
 Every (case, engine) pair runs in a process of its own (thread pools of different engines fight
 when they share a process), with the case's thread count pinned through each engine's API and the
@@ -27,7 +27,7 @@ if __package__ in (None, ""):          # run as `python benchmarks/compare.py`
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import engines  # noqa: E402
-from benchmarks.cases import CASES, floor, probe, select  # noqa: E402
+from benchmarks.cases import CASES, at_threads, by_id, floor, probe, select  # noqa: E402
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 PACKAGES = ("fastrnn", "numpy", "numba", "llvmlite", "torch", "onnxruntime", "onnx")
@@ -44,7 +44,7 @@ def worker(case_id: str, engine: str, repeats: int, min_seconds: float, max_seco
     """Set up, check, warm up, then the median of `repeats` runs (fewer, but at least 5, where
     they would take over max_seconds; more where they take under min_seconds)."""
     from fastrnn.bench import median_time
-    bench = engines.setup(engine, CASES[case_id])
+    bench = engines.setup(engine, by_id(case_id))
     check = bench.output()[:CHECK_VALUES]
     start, calls = time.perf_counter(), 0
     while calls < 3 or time.perf_counter() - start < warmup:
@@ -238,6 +238,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None,
                     help="passes over every (case, engine); each keeps its fastest pass's median "
                          "(default 2, 1 with --quick)")
+    ap.add_argument("--threads", nargs="+", type=int, metavar="N",
+                    help="run the selected cases' shapes at these thread counts instead of "
+                         "their own (multi-core scaling)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     for name, value in FULL.items():
@@ -255,6 +258,10 @@ def main(argv=None):
     cases = select(args.cases)
     if not cases:
         ap.error(f"no case matches {args.cases}; cases: {', '.join(CASES)}")
+    if args.threads:
+        if min(args.threads) < 1:
+            ap.error("--threads takes counts >= 1")
+        cases = at_threads(cases, args.threads)
     notes, engine_names = [], []
     for e in args.engines:
         lacking = engines.missing(e)
