@@ -89,8 +89,6 @@ _ID = re.compile(r"(lstm|gru)(?:-(\d+)layer)?-(?:b(\d+)|(step))-h(\d+)-t(\d+)")
 def by_id(case_id: str) -> Case:
     """The case an id names: one of CASES, or a shape of theirs at another thread count (the
     runner's --threads makes those)."""
-    if case_id in CASES:
-        return CASES[case_id]
     m = _ID.fullmatch(case_id)
     if not m:
         raise ValueError(f"not a case id: {case_id!r}")
