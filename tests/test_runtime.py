@@ -276,6 +276,37 @@ def test_fused_kernel_on_two_threads_matches_one_thread(cls):
     np.testing.assert_allclose(np.asarray(serial[1]), np.asarray(parallel[1]), rtol=0, atol=1e-12)
 
 
+# The fused product runs only where it keeps every thread the row split would use busy: with 8-15
+# rows on two threads it would run one thread, so the row split (4+ rows a thread) runs instead.
+@pytest.mark.parametrize("threads,rows,expected", [
+    (1, 12, "run_fused_serial"), (2, 12, "run_parallel"), (2, 16, "run_fused"),
+    (2, 4, "run_units")])
+def test_batch_kernel_choice(monkeypatch, threads, rows, expected):
+    from fastrnn.kernels import engine
+
+    if threads > 1 and (numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None):
+        pytest.skip("needs numba's parallel threading layer")
+    called = []
+    for name in ("run_serial", "run_parallel", "run_units", "run_fused", "run_fused_serial"):
+        original = getattr(engine, name)
+        monkeypatch.setattr(engine, name,
+                            lambda *args, _name=name, _run=original: (called.append(_name),
+                                                                      _run(*args)))
+    layer = fastrnn.LSTM(16, 256, dtype=np.float64, seed=13)
+    x = np.random.default_rng(14).standard_normal((20, rows, 16))
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        got = layer(x)
+        fastrnn.set_num_threads(1)
+        monkeypatch.undo()
+        want = layer(x)
+    finally:
+        fastrnn.set_num_threads(before)
+    assert called == [expected]
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
+
+
 # A state decaying towards zero passes through the denormal range, where x86 cores can take a
 # slow microcode assist per operation: kernels flush denormals to zero while they run (x86
 # MXCSR FTZ/DAZ), and only while they run.
