@@ -118,7 +118,7 @@ class DirectionParams:
         (kernels/engine.py, _ahead_slot) instead of running it before them: float32 with 32
         vector registers (the fused tile holds 16 accumulators), every gate in one product (not
         GRU linear_before_reset=0, nor RNN's one-gate tiles), and input plus recurrent weights
-        small enough to stay in L2 together (larger ones evict each other: slower than apart)."""
+        of at most _AHEAD_MAX_BYTES."""
         weights = self._gates * self._hp * (self.input_size + self.hidden_out)
         return (self.dtype == np.float32 and VECTOR_BUDGET >= 32
                 and (self.mode == "LSTM" or (self.mode == "GRU" and self.linear_before_reset))
@@ -222,9 +222,12 @@ class DirectionParams:
 
 _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
 # Input plus recurrent weight bytes up to which one-row serial calls project their input inside
-# the recurrent steps (measured on a 1 MiB L2: ~5 % faster at H = 64 and 128 with I = 64; slower
-# at H = 256, whose weights then no longer fit in L2 together).
-_AHEAD_MAX_BYTES = 512 * 1024
+# the recurrent steps. Measured on one thread (AMD EPYC, 1 MiB L2, 32 MiB L3 that reads at full
+# speed up to ~8 MiB), time with / without: LSTM H = 64, 128 (I = 64) ~0.95; H = 256 I = 64 1.00;
+# W + R of 2-9 MiB: LSTM H = 256 I = 256 0.92, H = 384 I = 256 0.94, H = 512 I = 256-512
+# 0.93-0.95, H = 640 I = 256 0.97, GRU H = 256 I = 256 0.90, H = 512 I = 256 0.96, H = 768 0.96;
+# 12 MiB and more: LSTM H = 768 1.04, H = 1024 1.04-1.05, GRU H = 1024 1.04.
+_AHEAD_MAX_BYTES = 8 << 20
 # LSTM (no projection) / RNN with at least this many batch rows for each thread: one product per
 # step over [x_t, h] (run_fused) instead of a hoisted input projection plus the recurrent product.
 _FUSED_MIN_ROWS_PER_THREAD = 8

@@ -359,6 +359,22 @@ def test_walking_order_never_changes_results(cls):
         np.testing.assert_array_equal(got, first[0])
 
 
+# Which float32 layers carry their input projection inside the steps: input plus recurrent weights
+# up to 8 MiB (LSTM H = 512, I = 256: 6 MiB; H = 1024: 20 MiB), not GRU linear_before_reset=0
+# (its n gate waits for r * h), not float64.
+@pytest.mark.parametrize("make,ahead", [
+    (lambda: fastrnn.LSTM(256, 512), True), (lambda: fastrnn.GRU(256, 512), True),
+    (lambda: fastrnn.LSTM(64, 64), True), (lambda: fastrnn.LSTM(256, 1024), False),
+    (lambda: fastrnn.GRU(256, 512, linear_before_reset=False), False),
+    (lambda: fastrnn.LSTM(64, 64, dtype=np.float64), False)])
+def test_which_layers_project_ahead(make, ahead):
+    from fastrnn.kernels import engine
+    from fastrnn.kernels.simd import VECTOR_BUDGET
+
+    # the fused tile holds 16 accumulators: only with 32 vector registers (AVX-512)
+    assert make()._directions[0][0]._cfg[engine.C_AHEAD] == (ahead and VECTOR_BUDGET >= 32)
+
+
 @pytest.mark.parametrize("cls,kwargs", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
                                         (fastrnn.LSTM, {"proj_size": 24}),
                                         (fastrnn.LSTM, {"weight_dtype": "float16"})])

@@ -278,8 +278,8 @@ def _ahead_slot(s, cfg, lengths):
     """(slot, first step of the block it projects) of step s, or slot -1: nothing to project.
 
     A one-row serial call with cfg's ahead flag (LSTM, GRU lbr=1, float32 with 32 vector
-    registers, weights small enough to share L2) does not project its whole input before the
-    first step. Its steps run in blocks of AHEAD; while block b runs, each of its steps (slot
+    registers, weights up to recurrent._AHEAD_MAX_BYTES) does not project its whole input before
+    the first step. Its steps run in blocks of AHEAD; while block b runs, each of its steps (slot
     s % AHEAD) projects one vector of every panel of units for the AHEAD rows of block b + 1
     inside its own recurrent product (gemm.gemv_gates_ahead): that product waits on the cache,
     the projection reuses each weight AHEAD times and fills the idle FMA units. _project does
