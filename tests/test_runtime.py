@@ -406,3 +406,40 @@ def test_projecting_ahead_equals_projecting_first(cls, kwargs):
         fastrnn.set_num_threads(before)
         for d in directions:
             d._cfg[engine.C_AHEAD] = 1
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU])
+def test_unit_split_projecting_ahead_equals_projecting_first(monkeypatch, cls):
+    """On two threads, blocks of units too large to start early (H = 256: 512 KiB of weights a
+    block for LSTM) carry their own columns of the projection; bitwise equal to projecting first,
+    over lengths below, at and between whole blocks of steps, two layers."""
+    from fastrnn.kernels import engine
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
+        pytest.skip("needs numba's parallel threading layer")
+    layer = cls(20, 256, num_layers=2, seed=7)
+    directions = [pair[0] for pair in layer._directions]
+    assert all(d._cfg[engine.C_AHEAD] == 1 for d in directions)
+    called = []
+    run_units = engine.run_units
+    monkeypatch.setattr(engine, "run_units", lambda *a: (called.append(1), run_units(*a)))
+    rng = np.random.default_rng(8)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        for steps in (1, 7, 16, 17, 41):
+            x = rng.standard_normal((steps, 1, 20)).astype(np.float32)
+            for length in sorted({steps, max(steps - 5, 0), steps // 2}):
+                runs = []
+                for flag in (1, 0):
+                    for d in directions:
+                        d._cfg[engine.C_AHEAD] = flag
+                    out, state = layer(x, lengths=[length])
+                    runs.append([out, *(state if isinstance(state, tuple) else (state,))])
+                for got, want in zip(*runs):
+                    np.testing.assert_array_equal(got, want)
+    finally:
+        fastrnn.set_num_threads(before)
+        for d in directions:
+            d._cfg[engine.C_AHEAD] = 1
+    assert called  # the unit split ran

@@ -446,27 +446,27 @@ def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
 
 
 @helper
-def _project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk):
-    """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows); a call that
-    projects ahead (_ahead_slot) has only the steps that no step carries done here: the first
-    block and the steps after the last whole one (one range when there are fewer than two)."""
+def _project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk, j0, j1, carried):
+    """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows) for units
+    [j0, j1) of every gate; a call whose steps carry the projection (`carried`, _ahead_slot) has
+    only the steps that no step carries done here: the first block and the steps after the last
+    whole one (one range when there are fewer than two)."""
     fp_mode = denormals_off()
     gates = GATES[cfg[C_MODE]]
-    ahead = _projects_ahead(cfg, lengths)
     length = lengths[0]
     blocks = length // AHEAD
     # one call site of gemm_gates for every case: each call site is compiled (and LLVM may
     # inline it) again
-    for part in range(2 if ahead and blocks >= 2 else 1):
-        if not ahead:
+    for part in range(2 if carried and blocks >= 2 else 1):
+        if not carried:
             lo, hi = _split(x2.shape[0], chunks, chunk, 4)
         else:
             s0 = blocks * AHEAD if part == 1 else 0
             s1 = length if part == 1 or blocks < 2 else AHEAD
             lo, hi = (length - s1, length - s0) if cfg[C_REV] != 0 else (s0, s1)
         if lo < hi:
-            gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, 0, cfg[C_HP], cfg[C_HP],
-                       bias, xp, 0)
+            gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias,
+                       xp, 0)
     restore_fp_mode(fp_mode)
 
 
@@ -476,7 +476,7 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0)
+    _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], _projects_ahead(cfg, lengths))
     # The walking order alternates across calls too: a stream's one-step calls with the same
     # scratch then alternate as a sequence's steps do. The scratch's last slot keeps the parity.
     flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
@@ -519,7 +519,7 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
     for ch in prange(chunks):
-        _project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch)
+        _project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch, 0, cfg[C_HP], False)
     for ch in prange(chunks):
         lo, hi = _split(rows, chunks, ch, 1)
         _rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
@@ -578,11 +578,14 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     stages = 2 if _needs_phase_b(cfg) else 1
     total = _max_len(lengths, 0, rows) * stages
     early = _starts_early(stages, rows, chunks, cfg, r)
+    # blocks that start early run their product in parts, none of which carries the projection
+    carried = _projects_ahead(cfg, lengths) and not early
+    ahead = (x2, w_ih, bias)
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
-        # the input projection first, by blocks of units (one parallel region for the whole call:
-        # a second costs a region start and much compile time)
-        _project_units(ch, x2, w_ih, bias, xp, cfg, chunks, sync)
+        # the input projection first (what the steps do not carry), by blocks of units (one
+        # parallel region for the whole call: a second costs a region start and much compile time)
+        _project_units(ch, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried)
         fp_mode = denormals_off()
         mine = True  # this thread worked its block of the previous stage
         for stage in range(total):
@@ -591,18 +594,18 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
             if started:
                 _own_part(ch, stage, chunks, cfg, r, rbias, gates, hb)
             _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                        zeros, xp, gates, hb, aux, cb, y, yd, h)
+                        zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
             if started:
                 _finish_block(ch, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux,
                               cb, y, yd, h)
             elif claimed:
                 _unit_block(ch, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                            zeros, xp, gates, hb, aux, cb, y, yd, h)
+                            zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
             if claimed:
                 atomic_add(sync, ch * SYNC_LINE + DONE, 1)
             mine = claimed
         _wait_stage(total - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                    zeros, xp, gates, hb, aux, cb, y, yd, h)
+                    zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
         restore_fp_mode(fp_mode)
     if lstm:
         for n in range(rows):
@@ -618,36 +621,33 @@ def _starts_early(stages, rows, chunks, cfg, r):
 
 
 @helper
-def _project_units(block, x2, w_ih, bias, xp, cfg, chunks, sync):
+def _project_units(block, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried):
     """The input projection by the unit split's blocks (every row, the block's units of every
-    gate): the thread's own block first, so that the columns of xp its steps read are in its own
-    cache, then any block nobody has claimed; returns once every block is done (a block is only
-    waited for once a running thread has claimed it: no wait can hang)."""
+    gate; only the rows no step carries when `carried`, see _project): the thread's own block
+    first, so that the columns of xp its steps read are in its own cache, then any block nobody
+    has claimed; returns once every block is done (a block is only waited for once a running
+    thread has claimed it: no wait can hang)."""
     done = chunks * SYNC_LINE
-    _project_block(block, x2, w_ih, bias, xp, cfg, chunks, sync)
+    _project_block(block, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried)
     for other in range(chunks):
-        _project_block(other, x2, w_ih, bias, xp, cfg, chunks, sync)
+        _project_block(other, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried)
     while atomic_load(sync, done) < chunks:
         spin_pause()
 
 
 @helper
-def _project_block(block, x2, w_ih, bias, xp, cfg, chunks, sync):
-    """Project block `block` of the unit split if no thread has claimed it yet."""
+def _project_block(block, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried):
+    """Project block `block` of the unit split (_project) if no thread has claimed it yet."""
     claim = block * SYNC_LINE + PROJECTED
     if atomic_load(sync, claim) == 0 and atomic_cas(sync, claim, 0, 1):
-        fp_mode = denormals_off()
         j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
-        gates = GATES[cfg[C_MODE]]
-        gemm_gates(x2, 0, x2.shape[0], x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias,
-                   xp, 0)
-        restore_fp_mode(fp_mode)
+        _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, j0, j1, carried)
         atomic_add(sync, chunks * SYNC_LINE, 1)
 
 
 @helper
-def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
-                gates, hb, aux, c, y, yd, h):
+def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
+                ahead, xp, gates, hb, aux, c, y, yd, h):
     """Return once every block of `stage` (< 0: none) is done, working any block of it that
     nobody has claimed."""
     if stage < 0:
@@ -662,7 +662,7 @@ def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
                 slot = block * SYNC_LINE
                 if atomic_load(sync, slot) == stage and atomic_cas(sync, slot, stage, stage + 1):
                     _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias,
-                                peep, w_hr, zeros, xp, gates, hb, aux, c, y, yd, h)
+                                peep, w_hr, zeros, ahead, xp, gates, hb, aux, c, y, yd, h)
                     atomic_add(sync, slot + DONE, 1)
 
 
@@ -715,9 +715,10 @@ def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, 
 
 
 @helper
-def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, xp,
-                gates, hb, aux, c, y, yd, h):
-    """Block `block` of stage `stage`, all of it (its thread, or one that took it over)."""
+def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
+                ahead, xp, gates, hb, aux, c, y, yd, h):
+    """Block `block` of stage `stage`, all of it (its thread, or one that took it over); ahead
+    as in _phase_a."""
     rows = lengths.shape[0]
     if _starts_early(stages, rows, chunks, cfg, r):  # the same order of k as run_units
         _own_part(block, stage, chunks, cfg, r, rbias, gates, hb)
@@ -731,7 +732,7 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
     dst = hb[(s + 1) & 1]
     if stage % stages == 0:
         j0, j1 = _split(cfg[C_HP], chunks, block, PANEL)
-        _phase_a(s, s & 1, None, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias,
+        _phase_a(s, s & 1, ahead, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias,
                  peep, xp, gates, src, dst, aux, c)
         if stages == 1:
             _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
