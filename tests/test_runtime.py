@@ -382,30 +382,8 @@ def test_projecting_ahead_equals_projecting_first(cls, kwargs):
     """One-row serial calls carry the input projection of later steps inside the recurrent steps
     (engine._ahead_slot); every output equals, to the bit, the projection done before the first
     step: lengths below, at and between whole blocks, both directions, two layers."""
-    from fastrnn.kernels import engine
-
     layer = cls(20, 72, num_layers=2, bidirectional=True, seed=5, **kwargs)
-    directions = [d for pair in layer._directions for d in pair]
-    assert all(d._cfg[engine.C_AHEAD] == 1 for d in directions)
-    rng = np.random.default_rng(6)
-    before = fastrnn.get_num_threads()
-    try:
-        fastrnn.set_num_threads(1)
-        for steps in (1, 7, 8, 15, 16, 17, 24, 41):
-            x = rng.standard_normal((steps, 1, 20)).astype(np.float32)
-            for length in sorted({steps, max(steps - 5, 0), steps // 2}):
-                runs = []
-                for flag in (1, 0):
-                    for d in directions:
-                        d._cfg[engine.C_AHEAD] = flag
-                    out, state = layer(x, lengths=[length])
-                    runs.append([out, *(state if isinstance(state, tuple) else (state,))])
-                for got, want in zip(*runs):
-                    np.testing.assert_array_equal(got, want)
-    finally:
-        fastrnn.set_num_threads(before)
-        for d in directions:
-            d._cfg[engine.C_AHEAD] = 1
+    _assert_ahead_equals_first(layer, threads=1, step_counts=(1, 7, 8, 15, 16, 17, 24, 41))
 
 
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU])
@@ -417,17 +395,26 @@ def test_unit_split_projecting_ahead_equals_projecting_first(monkeypatch, cls):
 
     if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
         pytest.skip("needs numba's parallel threading layer")
-    layer = cls(20, 256, num_layers=2, seed=7)
-    directions = [pair[0] for pair in layer._directions]
-    assert all(d._cfg[engine.C_AHEAD] == 1 for d in directions)
     called = []
     run_units = engine.run_units
     monkeypatch.setattr(engine, "run_units", lambda *a: (called.append(1), run_units(*a)))
-    rng = np.random.default_rng(8)
+    layer = cls(20, 256, num_layers=2, seed=7)
+    _assert_ahead_equals_first(layer, threads=2, step_counts=(1, 7, 16, 17, 41))
+    assert called  # the unit split ran
+
+
+def _assert_ahead_equals_first(layer, threads, step_counts):
+    """Every output and final state of `layer` (input width 20, one row) with the projection
+    carried equals, to the bit, the one with it done before the first step."""
+    from fastrnn.kernels import engine
+
+    directions = [d for pair in layer._directions for d in pair]
+    assert all(d._cfg[engine.C_AHEAD] == 1 for d in directions)
+    rng = np.random.default_rng(6)
     before = fastrnn.get_num_threads()
     try:
-        fastrnn.set_num_threads(2)
-        for steps in (1, 7, 16, 17, 41):
+        fastrnn.set_num_threads(threads)
+        for steps in step_counts:
             x = rng.standard_normal((steps, 1, 20)).astype(np.float32)
             for length in sorted({steps, max(steps - 5, 0), steps // 2}):
                 runs = []
@@ -442,4 +429,3 @@ def test_unit_split_projecting_ahead_equals_projecting_first(monkeypatch, cls):
         fastrnn.set_num_threads(before)
         for d in directions:
             d._cfg[engine.C_AHEAD] = 1
-    assert called  # the unit split ran
