@@ -240,17 +240,15 @@ def _phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r,
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
-    back: walk the weights backward (gemm.py). ahead: None, or (x2, w_ih, bias) when the call
-    may project its input ahead (_ahead_slot)."""
+    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias), the call's input and
+    its projection weights, for steps that carry part of a later block's projection
+    (_ahead_slot)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
         gcount = 2  # the n gate's product waits for r * h (phase b)
-    carried = False
-    if ahead is not None:  # typed away for callers that pass None
-        carried = _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp,
-                                 gates, src)
-    if not carried:
+    if not _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates,
+                          src):
         gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
                    gates, back)
     _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
