@@ -114,7 +114,7 @@ class DirectionParams:
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
 
     def _projects_ahead(self) -> bool:
-        """Whether one-row serial calls carry the input projection inside the recurrent steps
+        """Whether one-row calls carry the input projection inside the recurrent steps
         (kernels/engine.py, _ahead_slot) instead of running it before them: float32 with 32
         vector registers (the fused tile holds 16 accumulators), every gate in one product (not
         GRU linear_before_reset=0, nor RNN's one-gate tiles), and input plus recurrent weights
@@ -221,12 +221,13 @@ class DirectionParams:
 
 
 _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
-# Input plus recurrent weight bytes up to which one-row serial calls project their input inside
-# the recurrent steps. Measured on one thread (AMD EPYC, 1 MiB L2, 32 MiB L3 that reads at full
-# speed up to ~8 MiB), time with / without: LSTM H = 64, 128 (I = 64) ~0.95; H = 256 I = 64 1.00;
-# W + R of 2-9 MiB: LSTM H = 256 I = 256 0.92, H = 384 I = 256 0.94, H = 512 I = 256-512
-# 0.93-0.95, H = 640 I = 256 0.97, GRU H = 256 I = 256 0.90, H = 512 I = 256 0.96, H = 768 0.96;
-# 12 MiB and more: LSTM H = 768 1.04, H = 1024 1.04-1.05, GRU H = 1024 1.04.
+# Input plus recurrent weight bytes up to which one-row calls project their input inside the
+# recurrent steps (on two threads, the blocks that do not start early). Measured on one thread
+# (AMD EPYC, 1 MiB L2, 32 MiB L3 that reads at full speed up to ~8 MiB), time with / without:
+# LSTM H = 64, 128 (I = 64) ~0.95; H = 256 I = 64 1.00; W + R of 2-9 MiB: LSTM H = 256 I = 256
+# 0.92, H = 384 I = 256 0.94, H = 512 I = 256-512 0.93-0.95, H = 640 I = 256 0.97, GRU H = 256
+# I = 256 0.90, H = 512 I = 256 0.96, H = 768 0.96; 12 MiB and more: LSTM H = 768 1.04,
+# H = 1024 1.04-1.05, GRU H = 1024 1.04 (two threads: LSTM H = 1024 1.08, GRU 0.98).
 _AHEAD_MAX_BYTES = 8 << 20
 # LSTM (no projection) / RNN with at least this many batch rows for each thread: one product per
 # step over [x_t, h] (run_fused) instead of a hoisted input projection plus the recurrent product.

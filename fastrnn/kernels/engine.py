@@ -19,8 +19,8 @@ flat buffers, so that a call types few arguments (cheap dispatch, one specialisa
         cb (N, Hp) (run_units' copy of c), then one slot that run_serial keeps across calls
 
 Each step: gates = h_prev @ R^T (+ Rbh for GRU lbr=1), one blocked product over all the rows of
-a chunk (on a one-row serial call, carrying part of a later block's input projection:
-_ahead_slot); then the fused, vectorised gate/cell update per row for the rows still running. h
+a chunk (on a one-row call, carrying part of a later block's input projection: _ahead_slot);
+then the fused, vectorised gate/cell update per row for the rows still running. h
 ping-pongs between two buffers so that a unit-split parallel step never reads a half-updated h.
 Row n runs its own length L: forward t = 0..L-1, reverse t = L-1..0; its final state is copied
 out at its last step; L = 0 leaves a zero state (ONNX Runtime's behaviour).
@@ -41,7 +41,7 @@ GATES = (1, 3, 4)
 C_MODE, C_H, C_HOUT, C_I, C_P, C_REV, C_LBR, C_IFG, C_FAST, C_CODE = range(10)
 C_HP, C_HOUTP = 12, 13
 C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
-C_AHEAD = C_OFF + 7  # one-row serial calls project their input ahead (_ahead_slot)
+C_AHEAD = C_OFF + 7  # one-row calls may project their input ahead (_ahead_slot)
 CFG_LEN = C_AHEAD + 1
 
 
@@ -275,9 +275,9 @@ def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, x
 def _ahead_slot(s, cfg, lengths):
     """(slot, first step of the block it projects) of step s, or slot -1: nothing to project.
 
-    A one-row serial call with cfg's ahead flag (LSTM, GRU lbr=1, float32 with 32 vector
-    registers, weights up to recurrent._AHEAD_MAX_BYTES) does not project its whole input before
-    the first step. Its steps run in blocks of AHEAD; while block b runs, each of its steps (slot
+    A one-row call with cfg's ahead flag (LSTM, GRU lbr=1, float32 with 32 vector registers,
+    weights up to recurrent._AHEAD_MAX_BYTES; serial, or run_units' blocks that do not start
+    early) does not project its whole input before the first step. Its steps run in blocks of AHEAD; while block b runs, each of its steps (slot
     s % AHEAD) projects one vector of every panel of units for the AHEAD rows of block b + 1
     inside its own recurrent product (gemm.gemv_gates_ahead): that product waits on the cache,
     the projection reuses each weight AHEAD times and fills the idle FMA units. _project does
