@@ -221,13 +221,15 @@ def test_small_batch_parallel_kernels_are_the_ones_tested(monkeypatch):
 
 # run_units hands out blocks by claiming, so it must finish with the right answer however many
 # threads the region really gets: more blocks than threads, or one thread running every block;
-# with two stages per step (projection) over two rows, and with the one-row early start.
+# with two stages per step (projection) over two rows, with the one-row early start, and with
+# float32 blocks that carry their input projection (whichever thread works a block carries it).
 UNIT_SPLIT_CASES = [
     (lambda: fastrnn.LSTM(16, 96, proj_size=40, dtype=np.float64, seed=13), [40, 23]),
     (lambda: fastrnn.LSTM(16, 96, dtype=np.float64, seed=13), [37]),
     (lambda: fastrnn.GRU(16, 80, dtype=np.float64, seed=13), [40]),
     # blocks above EARLY_START_MAX_BYTES: one-row blocks without the early start
     (lambda: fastrnn.LSTM(16, 192, dtype=np.float64, seed=13), [33]),
+    (lambda: fastrnn.LSTM(16, 256, seed=13), [37]),
 ]
 
 
@@ -243,12 +245,13 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     layer = make()
     params = layer._directions[0][0]
     rows = len(lengths)
-    x = np.random.default_rng(14).standard_normal((40, rows, 16))
+    dtype = layer.dtype
+    x = np.random.default_rng(14).standard_normal((40, rows, 16)).astype(dtype)
     lengths = check_lengths(np.array(lengths), rows, 40)
     want = layer(x, lengths=lengths)
-    h = np.zeros((rows, layer.hidden_out))
-    state = (h, np.zeros((rows, layer.hidden_size))) if layer.mode == "LSTM" else (h,)
-    y = np.zeros((40, rows, 1, layer.hidden_out))
+    h = np.zeros((rows, layer.hidden_out), dtype)
+    state = (h, np.zeros((rows, layer.hidden_size), dtype)) if layer.mode == "LSTM" else (h,)
+    y = np.zeros((40, rows, 1, layer.hidden_out), dtype)
     kernel, args = params.serial_call(x, lengths, state, y, 0, params.scratch(40, rows))
     before = fastrnn.get_num_threads()
     try:
