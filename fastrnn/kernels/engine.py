@@ -240,8 +240,8 @@ def _phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r,
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
-    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias), the call's input and
-    its projection weights, for steps that carry part of a later block's projection
+    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried), the call's
+    input, its projection weights and whether its steps carry part of a later block's projection
     (_ahead_slot)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
@@ -259,10 +259,12 @@ def _phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r,
 def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates, src):
     """_phase_a's product with this step's share of a later block's input projection, if the
     step carries one (_ahead_slot); False when it does not (the caller runs the plain one)."""
-    slot, first = _ahead_slot(s, cfg, lengths)
+    x2, w_ih, bias, carried = ahead
+    if not carried:
+        return False
+    slot, first = _ahead_slot(s, lengths)
     if slot < 0:
         return False
-    x2, w_ih, bias = ahead
     t = _time(first, lengths[0], cfg[C_REV] != 0)
     down = -1 if cfg[C_REV] != 0 else 1  # reversed: the block's rows run backward in x
     gemv_gates_ahead(src, lo, cfg[C_HOUT], r, gcount, j0, j1, cfg[C_HP], rbias, gates, back, x2,
@@ -272,18 +274,17 @@ def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, x
 
 
 @inline
-def _ahead_slot(s, cfg, lengths):
+def _ahead_slot(s, lengths):
     """(slot, first step of the block it projects) of step s, or slot -1: nothing to project.
 
-    A one-row call with cfg's ahead flag (LSTM, GRU lbr=1, float32 with 32 vector registers,
-    weights up to recurrent._AHEAD_MAX_BYTES; serial, or run_units' blocks that do not start
-    early) does not project its whole input before the first step. Its steps run in blocks of AHEAD; while block b runs, each of its steps (slot
-    s % AHEAD) projects one vector of every panel of units for the AHEAD rows of block b + 1
-    inside its own recurrent product (gemm.gemv_gates_ahead): that product waits on the cache,
-    the projection reuses each weight AHEAD times and fills the idle FMA units. _project does
-    the first block and the steps after the last whole block up front."""
-    if not _projects_ahead(cfg, lengths):
-        return -1, 0
+    A one-row call whose steps carry its input projection (LSTM, GRU lbr=1, float32 with 32
+    vector registers, weights up to recurrent._AHEAD_MAX_BYTES; serial, or run_units' blocks
+    that do not start early) does not project its whole input before the first step. Its steps
+    run in blocks of AHEAD; while block b runs, each of its steps (slot s % AHEAD) projects one
+    vector of every panel of units for the AHEAD rows of block b + 1 inside its own recurrent
+    product (gemm.gemv_gates_ahead): that product waits on the cache, the projection reuses each
+    weight AHEAD times and fills the idle FMA units. _project does the first block and the steps
+    after the last whole block up front."""
     block = s // AHEAD
     if block + 2 > lengths[0] // AHEAD:
         return -1, 0
@@ -292,6 +293,7 @@ def _ahead_slot(s, cfg, lengths):
 
 @inline
 def _projects_ahead(cfg, lengths):
+    """Whether a call's steps may carry its input projection: cfg's flag, and one row."""
     return cfg[C_AHEAD] != 0 and lengths.shape[0] == 1
 
 
@@ -474,12 +476,13 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
     x2 = x.reshape(steps * rows, x.shape[2])
-    _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], _projects_ahead(cfg, lengths))
+    carried = _projects_ahead(cfg, lengths)
+    _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried)
     # The walking order alternates across calls too: a stream's one-step calls with the same
     # scratch then alternate as a sequence's steps do. The scratch's last slot keeps the parity.
     flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
     _rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-          (x2, w_ih, bias), xp, gates, hb, aux, c, y, yd, h)
+          (x2, w_ih, bias, carried), xp, gates, hb, aux, c, y, yd, h)
     sbuf[sbuf.size - 1] = (flip + _max_len(lengths, 0, rows)) & 1
 
 
@@ -521,7 +524,7 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
     for ch in prange(chunks):
         lo, hi = _split(rows, chunks, ch, 1)
         _rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-              (x2, w_ih, bias), xp, gates, hb, aux, c, y, yd, h)
+              (x2, w_ih, bias, False), xp, gates, hb, aux, c, y, yd, h)
 
 
 # run_units' sync array: one 64-byte line per block, then one line whose slot 0 counts the blocks
@@ -578,7 +581,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     early = _starts_early(stages, rows, chunks, cfg, r)
     # blocks that start early run their product in parts, none of which carries the projection
     carried = _projects_ahead(cfg, lengths) and not early
-    ahead = (x2, w_ih, bias)
+    ahead = (x2, w_ih, bias, carried)
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
         # the input projection first (what the steps do not carry), by blocks of units (one

@@ -196,7 +196,8 @@ def _codegen(mr, ncols, budget, context, builder, sig, args):
     vec_offsets = _vector_offsets(em, ncols // em.lanes, pstride)
     col_offsets = _vector_offsets(em, ncols // em.lanes, cstride)
     for rows, vecs in _passes(mr, ncols // em.lanes, budget):
-        init = {(r, j): em.vload(em.at(bias_p, col_offsets[j])) for r in rows for j in vecs}
+        bias_vecs = {j: em.vload(em.at(bias_p, col_offsets[j])) for j in vecs}
+        init = {(r, j): bias_vecs[j] for r in rows for j in vecs}
 
         def step(k, acc):
             b_row = em.at(b_p, em.mul(k, em.const(PANEL)))
