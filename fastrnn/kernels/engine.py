@@ -34,6 +34,7 @@ from .fpmode import denormals_off, restore_fp_mode
 from .activations import activate, fast_sigmoid, fast_tanh, typed
 from .gemm import PANEL, gemm_gates, gemv_gates, gemv_gates_ahead, padded
 from .simd import AHEAD
+from .views import carve
 
 RNN, GRU, LSTM = 0, 1, 2
 GATES = (1, 3, 4)
@@ -57,7 +58,7 @@ def _views(wbuf, wpk, cfg):
     bias = wbuf[cfg[o + 1]:cfg[o + 1] + gh]
     r = wpk[cfg[o + 2]:cfg[o + 2] + gh * cfg[C_HOUT]]
     rbias = wbuf[cfg[o + 3]:cfg[o + 3] + gh]
-    peep = wbuf[cfg[o + 4]:cfg[o + 4] + 3 * hid].reshape(3, hid)
+    peep = carve(wbuf, cfg[o + 4], (3, hid))
     w_hr = wpk[cfg[o + 5]:cfg[o + 5] + (cfg[C_HOUTP] * hid if cfg[C_P] > 0 else 0)]
     zeros = wbuf[cfg[o + 6]:cfg[o + 6] + max(gh, cfg[C_HOUTP])]
     return w_ih, bias, r, rbias, peep, w_hr, zeros
@@ -70,15 +71,15 @@ def _scratch(sbuf, cfg, rows_total, steps):
     hout = cfg[C_HOUTP]
     m = steps * rows_total
     p = 0
-    xp = sbuf[p:p + m * gh].reshape(m, gh)
+    xp = carve(sbuf, p, (m, gh))
     p += _pad(m * gh)
-    gates = sbuf[p:p + rows_total * gh].reshape(rows_total, gh)
+    gates = carve(sbuf, p, (rows_total, gh))
     p += _pad(rows_total * gh)
-    hb = sbuf[p:p + 2 * rows_total * hout].reshape(2, rows_total, hout)
+    hb = carve(sbuf, p, (2, rows_total, hout))
     p += _pad(2 * rows_total * hout)
-    aux = sbuf[p:p + rows_total * hid].reshape(rows_total, hid)
+    aux = carve(sbuf, p, (rows_total, hid))
     p += _pad(rows_total * hid)
-    cb = sbuf[p:p + rows_total * cfg[C_HP]].reshape(rows_total, cfg[C_HP])
+    cb = carve(sbuf, p, (rows_total, cfg[C_HP]))
     return xp, gates, hb, aux, cb
 
 
@@ -110,15 +111,20 @@ def _clamp(x, clip):
 
 
 # ----- per-row updates over a unit range [j0, j1) -----
+# Loops run over slices from 0, never over range(j0, j1): numba wraps a possibly negative index
+# per element, and LLVM vectorises such a loop with gathers and scatters (several times slower).
 
 @helper
 def _rnn_update(g, xr, hd, j0, j1, fast, code, alpha, beta, clip):
+    gs = g[j0:j1]
+    xs = xr[j0:j1]
+    hs = hd[j0:j1]
     if fast:
-        for j in range(j0, j1):
-            hd[j] = fast_tanh(_clamp(g[j] + xr[j], clip))
+        for j in range(hs.size):
+            hs[j] = fast_tanh(_clamp(gs[j] + xs[j], clip))
     else:
-        for j in range(j0, j1):
-            hd[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
+        for j in range(hs.size):
+            hs[j] = activate(code, alpha, beta, _clamp(gs[j] + xs[j], clip))
 
 
 @inline
@@ -171,19 +177,25 @@ def _lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fc
         b0 = typed(fcfg[4], g)
         b1 = typed(fcfg[5], g)
         b2 = typed(fcfg[6], g)
-        for j in range(j0, j1):
-            cp = cr[j]
-            i = activate(codes[0], a0, b0, _clamp(g[j] + xr[j] + peep[0, j] * cp, clip))
+        gv = g[j0:]
+        xv = xr[j0:]
+        cv = cr[j0:j1]
+        pv = peep[:, j0:]
+        ov = out[j0:]
+        for j in range(cv.size):
+            cp = cv[j]
+            i = activate(codes[0], a0, b0, _clamp(gv[j] + xv[j] + pv[0, j] * cp, clip))
             if input_forget:
                 f = one - i
             else:
-                f = activate(codes[0], a0, b0, _clamp(g[gs + j] + xr[gs + j] + peep[1, j] * cp, clip))
-            gg = activate(codes[1], a1, b1, _clamp(g[2 * gs + j] + xr[2 * gs + j], clip))
+                f = activate(codes[0], a0, b0,
+                             _clamp(gv[gs + j] + xv[gs + j] + pv[1, j] * cp, clip))
+            gg = activate(codes[1], a1, b1, _clamp(gv[2 * gs + j] + xv[2 * gs + j], clip))
             cn = f * cp + i * gg
             o = activate(codes[0], a0, b0,
-                         _clamp(g[3 * gs + j] + xr[3 * gs + j] + peep[2, j] * cn, clip))
-            cr[j] = cn
-            out[j] = o * activate(codes[2], a2, b2, cn)
+                         _clamp(gv[3 * gs + j] + xv[3 * gs + j] + pv[2, j] * cn, clip))
+            cv[j] = cn
+            ov[j] = o * activate(codes[2], a2, b2, cn)
 
 
 @helper
@@ -193,12 +205,17 @@ def _gru_gates_rz(g, xr, hp, rh, gs, j0, j1, lbr, fast, code, alpha, beta, clip)
         _sigmoid_rows(g[j0:j1], xr[j0:j1], j1 - j0, clip)
         _sigmoid_rows(g[gs + j0:gs + j1], xr[gs + j0:gs + j1], j1 - j0, clip)
     else:
-        for j in range(j0, j1):
-            g[j] = activate(code, alpha, beta, _clamp(g[j] + xr[j], clip))
-            g[gs + j] = activate(code, alpha, beta, _clamp(g[gs + j] + xr[gs + j], clip))
+        gv = g[j0:]
+        xv = xr[j0:]
+        for j in range(j1 - j0):
+            gv[j] = activate(code, alpha, beta, _clamp(gv[j] + xv[j], clip))
+            gv[gs + j] = activate(code, alpha, beta, _clamp(gv[gs + j] + xv[gs + j], clip))
     if not lbr:
-        for j in range(j0, j1):
-            rh[j] = g[j] * hp[j]
+        r = g[j0:j1]
+        hps = hp[j0:j1]
+        rhs = rh[j0:j1]
+        for j in range(rhs.size):
+            rhs[j] = r[j] * hps[j]
 
 
 @helper
@@ -222,14 +239,18 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
                 n = fast_tanh(_clamp(xn[j] + gn[j], clip))
                 hds[j] = (one - z[j]) * n + z[j] * hps[j]
     else:
-        for j in range(j0, j1):
+        gv = g[j0:]
+        xv = xr[j0:]
+        hps = hp[j0:j1]
+        hds = hd[j0:j1]
+        for j in range(hds.size):
             if lbr:
-                pre = xr[2 * gs + j] + g[j] * g[2 * gs + j]
+                pre = xv[2 * gs + j] + gv[j] * gv[2 * gs + j]
             else:
-                pre = xr[2 * gs + j] + g[2 * gs + j]
+                pre = xv[2 * gs + j] + gv[2 * gs + j]
             n = activate(code, alpha, beta, _clamp(pre, clip))
-            z = g[gs + j]
-            hd[j] = (one - z) * n + z * hp[j]
+            z = gv[gs + j]
+            hds[j] = (one - z) * n + z * hps[j]
 
 
 # ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
@@ -365,23 +386,19 @@ def _phase_b(s, back, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, 
 
 
 @inline
-def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, y, yd, h):
-    """Copy the new h of units [j0, min(j1, H_out)) to y; at a row's last step also to the final
-    state."""
+def _emit(s, lo, hi, j0, j1, reverse, lengths, dst, col0, y, yd, h):
+    """Copy the new h of units [j0, min(j1, H_out)) (dst's columns from col0 on) to y; at a row's
+    last step also to the final state."""
     j1 = min(j1, h.shape[1])
     for n in range(lo, hi):
         length = lengths[n]
         if s >= length:
             continue
         t = _time(s, length, reverse)
-        d = dst[n]
-        yr = y[t, n, yd]
-        for j in range(j0, j1):
-            yr[j] = d[j]
+        d = dst[n, col0 + j0:col0 + j1]
+        _copy(d, y[t, n, yd, j0:j1], d.size)
         if s == length - 1:
-            hr = h[n]
-            for j in range(j0, j1):
-                hr[j] = d[j]
+            _copy(d, h[n, j0:j1], d.size)
 
 
 @inline
@@ -414,8 +431,9 @@ def _copy(src, dst, count):
 @inline
 def _max_len(lengths, lo, hi):
     m = 0
-    for n in range(lo, hi):
-        m = max(m, lengths[n])
+    rows = lengths[lo:hi]
+    for n in range(rows.size):
+        m = max(m, rows[n])
     return m
 
 
@@ -441,7 +459,7 @@ def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
         if phase_b:
             _phase_b(s, back, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr,
                      zeros, xp, gates, src, dst, aux)
-        _emit(s, lo, hi, 0, hout, reverse, lengths, dst, y, yd, h)
+        _emit(s, lo, hi, 0, hout, reverse, lengths, dst, 0, y, yd, h)
     restore_fp_mode(fp_mode)
 
 
@@ -475,7 +493,7 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
-    x2 = x.reshape(steps * rows, x.shape[2])
+    x2 = carve(x, 0, (steps * rows, x.shape[2]))
     carried = _projects_ahead(cfg, lengths)
     _project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried)
     # The walking order alternates across calls too: a stream's one-step calls with the same
@@ -518,7 +536,7 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
-    x2 = x.reshape(steps * rows, x.shape[2])
+    x2 = carve(x, 0, (steps * rows, x.shape[2]))
     for ch in prange(chunks):
         _project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch, 0, cfg[C_HP], False)
     for ch in prange(chunks):
@@ -568,7 +586,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
-    x2 = x.reshape(steps * rows, x.shape[2])
+    x2 = carve(x, 0, (steps * rows, x.shape[2]))
     _begin(0, rows, cfg, lengths, h, c, hb)
     # the cell state in rows whose blocks start on cache lines: a block boundary inside a line of
     # the caller's c made both threads write that line every step (~0.2 us a step at H64)
@@ -712,7 +730,7 @@ def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, 
     clip = typed(fcfg[0], acc)
     _update_a(stage, 0, 1, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c)
-    _emit(stage, 0, 1, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
+    _emit(stage, 0, 1, j0, j1, cfg[C_REV] != 0, lengths, dst, 0, y, yd, h)
 
 
 @helper
@@ -736,12 +754,12 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
         _phase_a(s, s & 1, ahead, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias,
                  peep, xp, gates, src, dst, aux, c)
         if stages == 1:
-            _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
+            _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, 0, y, yd, h)
     else:
         j0, j1 = _split(cfg[C_HOUTP], chunks, block, PANEL)
         _phase_b(s, s & 1, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
                  gates, src, dst, aux)
-        _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, y, yd, h)
+        _emit(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, 0, y, yd, h)
 
 
 # ----- batches: input and recurrent products fused into one product per step -----
@@ -783,7 +801,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
             else:
                 _rnn_update(gates[n], zeros, out, 0, hid, fast, codes[0], typed(fcfg[1], clip),
                             typed(fcfg[4], clip), clip)
-        _emit(s, lo, hi, 0, hid, reverse, lengths, dst[:, feats:], y, yd, h)
+        _emit(s, lo, hi, 0, hid, reverse, lengths, dst, feats, y, yd, h)
     restore_fp_mode(fp_mode)
 
 
