@@ -722,10 +722,12 @@ def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, 
     src = hb[stage & 1]
     dst = hb[(stage + 1) & 1]
     acc = gates[0]
-    gemv_gates(src, 0, 0, k0, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
-               gates, stage & 1)
-    gemv_gates(src, 0, k1, k_len, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
-               gates, stage & 1)
+    if k0 > 0:
+        gemv_gates(src, 0, 0, k0, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP], acc,
+                   gates, stage & 1)
+    if k1 < k_len:
+        gemv_gates(src, 0, k1, k_len, k_len, r, GATES[mode], 0, GATES[mode], j0, j1, cfg[C_HP],
+                   acc, gates, stage & 1)
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], acc)
     _update_a(stage, 0, 1, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
