@@ -612,8 +612,10 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
             started = claimed and mine and early
             if started:
                 _own_part(ch, stage, chunks, cfg, r, rbias, gates, hb)
-            _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                        zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
+            # checked here first: a helper call passes each array as 7-9 scalars on the stack
+            if stage > 0 and not _stage_done(stage - 1, chunks, sync):
+                _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
+                            w_hr, zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
             if started:
                 _finish_block(ch, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux,
                               cb, y, yd, h)
