@@ -713,7 +713,7 @@ def _own_part(block, stage, chunks, cfg, r, rbias, gates, hb):
                cfg[C_HP], rbias, gates, stage & 1)
 
 
-@helper
+@inline
 def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux, c, y,
                   yd, h):
     """The rest of a one-row, one-stage block after _own_part: k before and after the block's
