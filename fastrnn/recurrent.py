@@ -254,17 +254,19 @@ def workspace(name: str, size: int, dtype) -> np.ndarray:
     """A 64-byte aligned 1-D scratch array of `size` elements with undefined contents, reused by
     the calling thread's later calls (one per name and dtype; a call must not hold it across
     another call that asks for the same name)."""
-    dtype = np.dtype(dtype)
-    key = (name, dtype.char)
-    kept = getattr(_workspaces, "buffers", None)
-    if kept is None:
-        kept = _workspaces.buffers = {}
-    buf = kept.get(key)
+    kept = _workspaces.__dict__  # this thread's: {(name, dtype): (buffer, its last view)}
+    key = (name, dtype)
+    entry = kept.get(key)
+    if entry is not None and entry[1].size == size:  # the common case: the same shape again
+        return entry[1]
+    buf = None if entry is None else entry[0]
     if buf is None or buf.size < size:
         buf = _aligned(size, dtype)
-        if size * dtype.itemsize <= _WORKSPACE_KEEP_BYTES:
-            kept[key] = buf
-    return buf if buf.size == size else buf[:size]
+        if size * buf.itemsize > _WORKSPACE_KEEP_BYTES:
+            return buf
+    view = buf if buf.size == size else buf[:size]
+    kept[key] = (buf, view)
+    return view
 
 
 def _flat(parts, dtype):
@@ -357,23 +359,27 @@ def run_checked(directions, x, h0, c0, lengths):
     hidden_out = first.hidden_out
     h_n = _initial_state("initial h", h0, (count, rows, hidden_out), dtype)
     c_n = None
-    states = [(h_n[d],) for d in range(count)]
     if first.mode == "LSTM":
         c_n = _initial_state("initial c", c0, (count, rows, first.hidden_size), dtype)
-        states = [(h_n[d], c_n[d]) for d in range(count)]
     # every (t, n) is written when every row runs all T steps; padding steps stay zero
     y = (np.empty if full else np.zeros)((steps, rows, count, hidden_out), dtype)
     workers = threads.workers()
     size = first.scratch_size(steps, rows)
     if count == 2 and first.directions_concurrently(steps, rows, workers):
-        own = [params.own_args(states[d], workspace(f"scratch{d}", size, dtype))
+        own = [params.own_args(_state(h_n, c_n, d), workspace(f"scratch{d}", size, dtype))
                for d, params in enumerate(directions)]
         eng.run_directions(x, lengths, y, *own[0], *own[1])
         return y, h_n, c_n
     scratch = workspace("scratch", size, dtype)
-    for d, params in enumerate(directions):
-        params.run(x, lengths, states[d], y, d, scratch, workers)
+    first.run(x, lengths, _state(h_n, c_n, 0), y, 0, scratch, workers)
+    if count == 2:
+        directions[1].run(x, lengths, _state(h_n, c_n, 1), y, 1, scratch, workers)
     return y, h_n, c_n
+
+
+def _state(h_n, c_n, d):
+    """Direction d's state: (h,) or, for LSTM, (h, c) (views the kernels update in place)."""
+    return (h_n[d],) if c_n is None else (h_n[d], c_n[d])
 
 
 def _initial_state(name, value, shape, dtype):
