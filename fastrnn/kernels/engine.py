@@ -488,7 +488,7 @@ def _project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk, j0, j1, carried):
     restore_fp_mode(fp_mode)
 
 
-@helper
+@inline
 def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
