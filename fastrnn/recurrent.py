@@ -371,9 +371,8 @@ def run_checked(directions, x, h0, c0, lengths):
         eng.run_directions(x, lengths, y, *own[0], *own[1])
         return y, h_n, c_n
     scratch = workspace("scratch", size, dtype)
-    first.run(x, lengths, _state(h_n, c_n, 0), y, 0, scratch, workers)
-    if count == 2:
-        directions[1].run(x, lengths, _state(h_n, c_n, 1), y, 1, scratch, workers)
+    for d, params in enumerate(directions):
+        params.run(x, lengths, _state(h_n, c_n, d), y, d, scratch, workers)
     return y, h_n, c_n
 
 
