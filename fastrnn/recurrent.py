@@ -104,7 +104,8 @@ class DirectionParams:
         self._cfg = np.array([_MODES[mode], hidden,
                               self.hidden_out, self.input_size, self.proj_size, self.reverse,
                               self.linear_before_reset, self.input_forget, fast, *codes,
-                              self._hp, hout_p, *offsets, self._projects_ahead()],
+                              self._hp, hout_p, *offsets, self._projects_ahead(),
+                              peephole is not None],
                              dtype=np.int64)
         assert self._cfg.size == eng.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0

@@ -1,7 +1,7 @@
 """Scalar activation functions, selected by an integer code (ONNX's list)."""
 import numpy as np
 
-from ._jit import helper
+from ._jit import helper, inline
 
 SIGMOID = 0
 TANH = 1
@@ -14,6 +14,12 @@ HARD_SIGMOID = 7
 ELU = 8
 SOFTSIGN = 9
 SOFTPLUS = 10
+
+
+@inline
+def clamp(x, clip):
+    """x limited to [-clip, clip] (clip = inf: no limit); NaN stays NaN."""
+    return min(max(x, -clip), clip)
 
 
 @helper
@@ -50,18 +56,15 @@ def activate(code, alpha, beta, x):
 from numba import types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
-_T_CLAMP = np.float32(7.90531110763549805)
-_A1 = np.float32(4.89352455891786e-03)
-_A3 = np.float32(6.37261928875436e-04)
-_A5 = np.float32(1.48572235717979e-05)
-_A7 = np.float32(5.12229709037114e-08)
-_A9 = np.float32(-8.60467152213735e-11)
-_A11 = np.float32(2.00018790482477e-13)
-_A13 = np.float32(-2.76076847742355e-16)
-_B0 = np.float32(4.89352518554385e-03)
-_B2 = np.float32(2.26843463243900e-03)
-_B4 = np.float32(1.18534705686654e-04)
-_B6 = np.float32(1.19825839466702e-06)
+T_CLAMP = np.float32(7.90531110763549805)
+# numerator (times x) and denominator coefficients in x^2, highest power first
+TANH_P = tuple(np.float32(a) for a in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+TANH_Q = tuple(np.float32(b) for b in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+_A13, _A11, _A9, _A7, _A5, _A3, _A1 = TANH_P
+_B6, _B4, _B2, _B0 = TANH_Q
 _HALF32 = np.float32(0.5)
 _ONE32 = np.float32(1.0)
 
@@ -89,7 +92,7 @@ def typed(value, like):
 def _ov_fast_tanh(x):
     if x == types.float32:
         def impl(x):
-            x = min(max(x, -_T_CLAMP), _T_CLAMP)
+            x = min(max(x, -T_CLAMP), T_CLAMP)
             x2 = x * x
             p = x2 * _A13 + _A11
             p = x2 * p + _A9

@@ -7,7 +7,7 @@ flat buffers, so that a call types few arguments (cheap dispatch, one specialisa
   wpk   1-D: its packed weight matrices (see recurrent.DirectionParams): x's dtype, or float16
         bits (uint16) for float32
   cfg   int64 [mode, H, H_out, I, P, reverse, linear_before_reset, input_forget, fast, code0..2,
-               Hp, H_out_p, offsets w_ih, bias, r, rbias, peep, w_hr, zeros, ahead]
+               Hp, H_out_p, offsets w_ih, bias, r, rbias, peep, w_hr, zeros, ahead, peepholes]
   Hp and H_out_p are H and H_out rounded up to whole panels (gemm.py): each gate's block of
   columns in the packed weights, the biases, xp and gates is Hp wide (zero-padded), so that any
   block of hidden units is whole panels of every gate.
@@ -31,7 +31,8 @@ from numba import prange
 from ._jit import helper, inline, kernel
 from .atomics import atomic_add, atomic_cas, atomic_load, spin_pause
 from .fpmode import denormals_off, restore_fp_mode
-from .activations import activate, fast_sigmoid, fast_tanh, typed
+from .activations import activate, clamp, fast_tanh, typed
+from .cells import gru_cell, lstm_cell, sigmoid_rows
 from .gemm import PANEL, gemm_gates, gemv_gates, gemv_gates_ahead, padded
 from .simd import AHEAD
 from .views import carve
@@ -43,7 +44,8 @@ C_MODE, C_H, C_HOUT, C_I, C_P, C_REV, C_LBR, C_IFG, C_FAST, C_CODE = range(10)
 C_HP, C_HOUTP = 12, 13
 C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
 C_AHEAD = C_OFF + 7  # one-row calls may project their input ahead (_ahead_slot)
-CFG_LEN = C_AHEAD + 1
+C_PEEP = C_AHEAD + 1  # an LSTM with peepholes (without, peep holds zeros the update skips)
+CFG_LEN = C_PEEP + 1
 
 
 @inline
@@ -105,11 +107,6 @@ def _time(s, length, reverse):
     return length - 1 - s if reverse else s
 
 
-@inline
-def _clamp(x, clip):
-    return min(max(x, -clip), clip)
-
-
 # ----- per-row updates over a unit range [j0, j1) -----
 # Loops run over slices from 0, never over range(j0, j1): numba wraps a possibly negative index
 # per element, and LLVM vectorises such a loop with gathers and scatters (several times slower).
@@ -121,55 +118,19 @@ def _rnn_update(g, xr, hd, j0, j1, fast, code, alpha, beta, clip):
     hs = hd[j0:j1]
     if fast:
         for j in range(hs.size):
-            hs[j] = fast_tanh(_clamp(gs[j] + xs[j], clip))
+            hs[j] = fast_tanh(clamp(gs[j] + xs[j], clip))
     else:
         for j in range(hs.size):
-            hs[j] = activate(code, alpha, beta, _clamp(gs[j] + xs[j], clip))
-
-
-@inline
-def _sigmoid_gate(g, xr, peep, cp, n, clip):
-    """g[j] = sigmoid(g[j] + xr[j] + peep[j] * cp[j]) for j < n."""
-    for j in range(n):
-        g[j] = fast_sigmoid(_clamp(g[j] + xr[j] + peep[j] * cp[j], clip))
-
-
-@inline
-def _sigmoid_rows(g, xr, n, clip):
-    """g[j] = sigmoid(g[j] + xr[j]) for j < n."""
-    for j in range(n):
-        g[j] = fast_sigmoid(_clamp(g[j] + xr[j], clip))
-
-
-@inline
-def _lstm_fast(g, xr, cr, peep, out, gs, j0, j1, clip):
-    """_lstm_update with the default activations, as a few passes over gate slices: each pass
-    has few enough distinct streams for LLVM's runtime alias checks, so each one vectorises (a
-    single fused loop over all the streams stays scalar)."""
-    n = j1 - j0
-    gi = g[j0:j1]
-    gf = g[gs + j0:gs + j1]
-    c = cr[j0:j1]
-    _sigmoid_gate(gi, xr[j0:j1], peep[0, j0:j1], c, n, clip)
-    _sigmoid_gate(gf, xr[gs + j0:gs + j1], peep[1, j0:j1], c, n, clip)
-    gg = g[2 * gs + j0:2 * gs + j1]
-    xg = xr[2 * gs + j0:2 * gs + j1]
-    for j in range(n):
-        c[j] = gf[j] * c[j] + gi[j] * fast_tanh(_clamp(gg[j] + xg[j], clip))
-    go = g[3 * gs + j0:3 * gs + j1]
-    xo = xr[3 * gs + j0:3 * gs + j1]
-    po = peep[2, j0:j1]
-    h = out[j0:j1]
-    for j in range(n):
-        h[j] = fast_sigmoid(_clamp(go[j] + xo[j] + po[j] * c[j], clip)) * fast_tanh(c[j])
+            hs[j] = activate(code, alpha, beta, clamp(gs[j] + xs[j], clip))
 
 
 @helper
-def _lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fcfg, clip):
+def _lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fcfg, clip,
+                 peepholes):
     """c updated in place; out[j] = o * h(c') (the new h, or the unprojected one)."""
     one = typed(1.0, g)
     if fast and not input_forget:
-        _lstm_fast(g, xr, cr, peep, out, gs, j0, j1, clip)
+        lstm_cell(g, xr, cr, peep, out, gs, j0, j1, clip, peepholes)
     else:
         a0 = typed(fcfg[1], g)
         a1 = typed(fcfg[2], g)
@@ -184,16 +145,16 @@ def _lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fc
         ov = out[j0:]
         for j in range(cv.size):
             cp = cv[j]
-            i = activate(codes[0], a0, b0, _clamp(gv[j] + xv[j] + pv[0, j] * cp, clip))
+            i = activate(codes[0], a0, b0, clamp(gv[j] + xv[j] + pv[0, j] * cp, clip))
             if input_forget:
                 f = one - i
             else:
                 f = activate(codes[0], a0, b0,
-                             _clamp(gv[gs + j] + xv[gs + j] + pv[1, j] * cp, clip))
-            gg = activate(codes[1], a1, b1, _clamp(gv[2 * gs + j] + xv[2 * gs + j], clip))
+                             clamp(gv[gs + j] + xv[gs + j] + pv[1, j] * cp, clip))
+            gg = activate(codes[1], a1, b1, clamp(gv[2 * gs + j] + xv[2 * gs + j], clip))
             cn = f * cp + i * gg
             o = activate(codes[0], a0, b0,
-                         _clamp(gv[3 * gs + j] + xv[3 * gs + j] + pv[2, j] * cn, clip))
+                         clamp(gv[3 * gs + j] + xv[3 * gs + j] + pv[2, j] * cn, clip))
             cv[j] = cn
             ov[j] = o * activate(codes[2], a2, b2, cn)
 
@@ -202,14 +163,14 @@ def _lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fc
 def _gru_gates_rz(g, xr, hp, rh, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
     """r and z into g[0:2H] (activated); rh[j] = r * h_prev (lbr = 0)."""
     if fast:
-        _sigmoid_rows(g[j0:j1], xr[j0:j1], j1 - j0, clip)
-        _sigmoid_rows(g[gs + j0:gs + j1], xr[gs + j0:gs + j1], j1 - j0, clip)
+        sigmoid_rows(g[j0:j1], xr[j0:j1], j1 - j0, clip)
+        sigmoid_rows(g[gs + j0:gs + j1], xr[gs + j0:gs + j1], j1 - j0, clip)
     else:
         gv = g[j0:]
         xv = xr[j0:]
         for j in range(j1 - j0):
-            gv[j] = activate(code, alpha, beta, _clamp(gv[j] + xv[j], clip))
-            gv[gs + j] = activate(code, alpha, beta, _clamp(gv[gs + j] + xv[gs + j], clip))
+            gv[j] = activate(code, alpha, beta, clamp(gv[j] + xv[j], clip))
+            gv[gs + j] = activate(code, alpha, beta, clamp(gv[gs + j] + xv[gs + j], clip))
     if not lbr:
         r = g[j0:j1]
         hps = hp[j0:j1]
@@ -219,25 +180,25 @@ def _gru_gates_rz(g, xr, hp, rh, gs, j0, j1, lbr, fast, code, alpha, beta, clip)
 
 
 @helper
+def _gru_fast(g, xr, hp, hd, gs, j0, j1, clip):
+    """The whole GRU update, linear_before_reset with the default activations (cells.gru_cell)."""
+    gru_cell(g, xr, hp, hd, gs, j0, j1, clip)
+
+
+@helper
 def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
-    """g[0:2H] holds activated r, z; g[2H:3H] holds Rh h + Rbh (lbr) or Rh (r*h) (lbr = 0)."""
+    """g[0:2H] holds activated r, z; g[2H:3H] holds Rh h + Rbh (lbr) or Rh (r*h) (lbr = 0).
+    (fast with lbr runs _gru_fast instead.)"""
     one = typed(1.0, g)
     if fast:
-        m = j1 - j0
-        r = g[j0:j1]
         z = g[gs + j0:gs + j1]
         gn = g[2 * gs + j0:2 * gs + j1]
         xn = xr[2 * gs + j0:2 * gs + j1]
         hps = hp[j0:j1]
         hds = hd[j0:j1]
-        if lbr:
-            for j in range(m):
-                n = fast_tanh(_clamp(xn[j] + r[j] * gn[j], clip))
-                hds[j] = (one - z[j]) * n + z[j] * hps[j]
-        else:
-            for j in range(m):
-                n = fast_tanh(_clamp(xn[j] + gn[j], clip))
-                hds[j] = (one - z[j]) * n + z[j] * hps[j]
+        for j in range(hds.size):
+            n = fast_tanh(clamp(xn[j] + gn[j], clip))
+            hds[j] = (one - z[j]) * n + z[j] * hps[j]
     else:
         gv = g[j0:]
         xv = xr[j0:]
@@ -248,7 +209,7 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
                 pre = xv[2 * gs + j] + gv[j] * gv[2 * gs + j]
             else:
                 pre = xv[2 * gs + j] + gv[2 * gs + j]
-            n = activate(code, alpha, beta, _clamp(pre, clip))
+            n = activate(code, alpha, beta, clamp(pre, clip))
             z = gv[gs + j]
             hds[j] = (one - z) * n + z * hps[j]
 
@@ -339,7 +300,9 @@ def _update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gate
         if mode == LSTM:
             out = dst[n] if cfg[C_P] == 0 else aux[n]
             _lstm_update(g, xr, c[n], peep, out, gs, j0, u1, cfg[C_IFG] != 0, fast, codes, fcfg,
-                         clip)
+                         clip, cfg[C_PEEP] != 0)
+        elif mode == GRU and lbr and fast:
+            _gru_fast(g, xr, src[n], dst[n], gs, j0, u1, clip)
         elif mode == GRU:
             a = typed(fcfg[1], clip)
             b = typed(fcfg[4], clip)
@@ -803,7 +766,7 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
             out = dst[n, feats:]
             if mode == LSTM:
                 _lstm_update(gates[n], zeros, c[n], peep, out, cfg[C_HP], 0, hid, cfg[C_IFG] != 0,
-                             fast, codes, fcfg, clip)
+                             fast, codes, fcfg, clip, cfg[C_PEEP] != 0)
             else:
                 _rnn_update(gates[n], zeros, out, 0, hid, fast, codes[0], typed(fcfg[1], clip),
                             typed(fcfg[4], clip), clip)

@@ -160,30 +160,36 @@ class _Emitter:
     def loop(self, lo, hi, accs, body):
         """for k in [lo, hi): accs = body(k, accs), accs a dict of vectors; returns the final
         accs (the initial ones when the range is empty)."""
-        b = self.builder
-        entry = b.block
-        block = b.append_basic_block("tile.loop")
-        done = b.append_basic_block("tile.done")
-        b.cbranch(b.icmp_signed("<", lo, hi), block, done)
-        b.position_at_end(block)
-        k = b.phi(_I64)
-        phis = {key: b.phi(self.vty) for key in accs}
-        new = body(k, phis)
-        k_next = b.add(k, self.const(1))
-        latch = b.block
-        b.cbranch(b.icmp_signed("<", k_next, hi), block, done)
-        k.add_incoming(lo, entry)
-        k.add_incoming(k_next, latch)
-        for key, phi in phis.items():
-            phi.add_incoming(accs[key], entry)
-            phi.add_incoming(new[key], latch)
-        b.position_at_end(done)
-        finals = {}
-        for key in accs:  # every phi first: LLVM requires them at the top of the block
-            finals[key] = b.phi(self.vty)
-            finals[key].add_incoming(accs[key], entry)
-            finals[key].add_incoming(new[key], latch)
-        return finals
+        return counted_loop(self.builder, lo, hi, 1, accs, body)
+
+
+def counted_loop(b, lo, hi, step, accs, body):
+    """IR for `for k in range(lo, hi, step): accs = body(k, accs)` (i64 bounds, hi - lo a
+    multiple of step), accs a dict of values carried as phi nodes; returns the final accs (the
+    initial ones when the range is empty)."""
+    entry = b.block
+    block = b.append_basic_block("loop")
+    done = b.append_basic_block("loop.done")
+    b.cbranch(b.icmp_signed("<", lo, hi), block, done)
+    b.position_at_end(block)
+    k = b.phi(_I64)
+    phis = {key: b.phi(value.type) for key, value in accs.items()}
+    new = body(k, phis)
+    k_next = b.add(k, ir.Constant(_I64, step))
+    latch = b.block
+    b.cbranch(b.icmp_signed("<", k_next, hi), block, done)
+    k.add_incoming(lo, entry)
+    k.add_incoming(k_next, latch)
+    for key, phi in phis.items():
+        phi.add_incoming(accs[key], entry)
+        phi.add_incoming(new[key], latch)
+    b.position_at_end(done)
+    finals = {}
+    for key, value in accs.items():  # every phi first: LLVM requires them at the top of the block
+        finals[key] = b.phi(value.type)
+        finals[key].add_incoming(value, entry)
+        finals[key].add_incoming(new[key], latch)
+    return finals
 
 
 def _codegen(mr, ncols, budget, context, builder, sig, args):
