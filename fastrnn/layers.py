@@ -170,23 +170,22 @@ class RecurrentLayer:
         steps, rows, _ = x.shape
         if lengths is not None and not batched:
             lengths = np.asarray(lengths).reshape(-1)
-        h0, c0 = self._split_state(hx, rows, batched)
-        layer_input = x
+        h0 = c0 = None
+        if hx is not None:
+            h0, c0 = self._split_state(hx, rows, batched)
+        out = x
         h_finals, c_finals = [], []
-        directions_count = self.num_directions
+        count = 2 if self.bidirectional else 1
         for layer, directions in enumerate(self._directions):
-            span = slice(layer * directions_count, (layer + 1) * directions_count)
-            y, h_n, c_n = run_checked(directions, layer_input,
-                                      None if h0 is None else h0[span],
-                                      None if c0 is None else c0[span], lengths)
+            lo = layer * count
+            y, h_n, c_n = run_checked(directions, out, None if h0 is None else h0[lo:lo + count],
+                                      None if c0 is None else c0[lo:lo + count], lengths)
             h_finals.append(h_n)
             c_finals.append(c_n)
-            layer_input = y.reshape(steps, rows, -1)
-        out = layer_input
-        h_n = h_finals[0] if len(h_finals) == 1 else np.concatenate(h_finals, axis=0)
-        c_n = None
-        if self.mode == "LSTM":
-            c_n = c_finals[0] if len(c_finals) == 1 else np.concatenate(c_finals, axis=0)
+            out = y.reshape(steps, rows, -1)
+        if len(h_finals) > 1:
+            h_n = np.concatenate(h_finals, axis=0)
+            c_n = None if c_n is None else np.concatenate(c_finals, axis=0)
         if not batched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
@@ -220,9 +219,7 @@ class RecurrentLayer:
         return (stacked, rows, self.hidden_out), (stacked, rows, self.hidden_size)
 
     def _split_state(self, hx, rows: int, batched: bool):
-        """(h0, c0) as (L*D, N, H_out) / (L*D, N, H) arrays or None."""
-        if hx is None:
-            return None, None
+        """(h0, c0) as (L*D, N, H_out) / (L*D, N, H) arrays (c0 None for RNN and GRU)."""
         h_shape, c_shape = self._state_shapes(rows)
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:

@@ -110,6 +110,7 @@ class DirectionParams:
         assert self._cfg.size == eng.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
+        self._routes = {}  # (steps, rows, threads) -> route()
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self._dummy_c = np.zeros((0, hidden), dtype)
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
@@ -177,50 +178,72 @@ class DirectionParams:
         return (2 <= threads_ < 4 and rows < _ROW_SPLIT_MIN_ROWS
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
-    def run(self, x, lengths, state, y, yd, scratch, threads_: int = 1) -> None:
-        """Run over x (T, N, I) C-contiguous; state (h,) or (h, c) updated in place; writes
-        y[:, :, yd] of the layer output y (T, N, D, H_out).
-
-        threads_ is the number of threads the call may use; the kernel and its split are chosen
-        here: batches of 8+ rows split their rows over threads (no synchronisation); smaller
-        batches split each step's hidden units (run_units: each thread keeps its slice of the
-        weights in its own cache, one handover per step). LSTM without projection and RNN run
-        run_fused (one product per step over [x_t, h], no hoisted projection; rows split over
-        threads as above) when it can give each thread the row split would use 8+ rows: with
-        fewer it would leave threads idle (8-15 rows on two threads ran on one: 1.7-2x the
-        time of the row split on both; 64 rows on 16 threads: 7.1 against 5.4 ms on a 16-core
-        Xeon).
-        """
-        steps, rows = x.shape[0], x.shape[1]
-        work = rows * self._recurrent_bytes  # weight bytes streamed per step
-        row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
-        split_threads = min(threads_, rows) if row_split else 1
-        fused_threads = min(threads_, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
-        if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD and fused_threads >= split_threads:
-            chunks = fused_threads
+    def run(self, x, lengths, h, c, y, yd, threads_: int = 1) -> None:
+        """Run over x (T, N, I) C-contiguous; h (N, H_out) and, for LSTM, c (N, H) (else None)
+        hold the initial state and receive the final one; writes y[:, :, yd] of the layer output
+        y (T, N, D, H_out). threads_ is the number of threads the call may use; `route` picks the
+        kernel and its split. The scratch is the calling thread's workspace."""
+        key = (x.shape[0], x.shape[1], threads_)
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            route = self._routes[key] = self.route(*key)
+        kind, chunks, size = route
+        if c is None:
+            c = self._dummy_c
+        if kind == FUSED:
+            rows = x.shape[1]
             wr, bsum = self._fused_weights()
-            wbuf, wpk, cfg, fcfg, h, c, _ = self.own_args(state, scratch)
             width = self.input_size + self.hidden_out
             xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
             gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates)
+            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h, c, y,
+                     yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
             else:
                 eng.run_fused_serial(*fused)
             return
-        kernel, args = self.serial_call(x, lengths, state, y, yd, scratch)
-        if threads_ < 2:
-            kernel(*args)
-        elif row_split:
-            eng.run_parallel(*args, split_threads)
-        elif self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
-            chunks = min(threads_, self._hp // PANEL)
-            eng.run_units(*args, eng.sync_array(chunks), chunks)
+        args = (x, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h, c, y, yd,
+                workspace("scratch", size, self.dtype))
+        if kind == SERIAL:
+            eng.run_serial(*args)
+        elif kind == ROWS:
+            eng.run_parallel(*args, chunks)
         else:
-            kernel(*args)
+            eng.run_units(*args, eng.sync_array(chunks), chunks)
+
+    def route(self, steps: int, rows: int, threads_: int):
+        """(kind, chunks, scratch size): the kernel a call over (steps, rows) with threads_
+        threads runs, over how many blocks, and its scratch. Batches of 8+ rows split their rows over threads (no
+        synchronisation); smaller batches split each step's hidden units (run_units: each thread
+        keeps its slice of the weights in its own cache, one handover per step). LSTM without
+        projection and RNN run run_fused (one product per step over [x_t, h], no hoisted
+        projection; rows split over threads as above) when it can give each thread the row split
+        would use 8+ rows: with fewer it would leave threads idle (8-15 rows on two threads ran
+        on one: 1.7-2x the time of the row split on both; 64 rows on 16 threads: 7.1 against
+        5.4 ms on a 16-core Xeon)."""
+        work = rows * self._recurrent_bytes  # weight bytes streamed per step
+        row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
+        split_threads = min(threads_, rows) if row_split else 1
+        fused_threads = min(threads_, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
+        size = self.scratch_size(steps, rows)
+        if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD and fused_threads >= split_threads:
+            return FUSED, fused_threads, size
+        if threads_ < 2:
+            return SERIAL, 1, size
+        if row_split:
+            return ROWS, split_threads, size
+        if self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
+            return UNITS, min(threads_, self._hp // PANEL), size
+        return SERIAL, 1, size
 
 
+# DirectionParams.route's kinds of call, and how many routes a direction keeps (one per shape
+# and thread count it is called with)
+SERIAL, ROWS, UNITS, FUSED = range(4)
+_ROUTES_KEPT = 64
 _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
 # Input plus recurrent weight bytes up to which one-row calls project their input inside the
 # recurrent steps (on two threads, the blocks that do not start early). Measured on one thread
@@ -305,11 +328,7 @@ def _aligned(size: int, dtype) -> np.ndarray:
 
 
 def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
-    """Validate per-row valid lengths (0 <= L <= T) and return them as int64 (None: every row runs
-    all T steps; that array is shared between calls and must not be written: it stays writeable
-    only because a read-only array would make numba compile every kernel a second time)."""
-    if lengths is None:
-        return _full_lengths(rows, steps)
+    """Validate per-row valid lengths (0 <= L <= T) and return them as int64."""
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
@@ -327,6 +346,9 @@ def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _full_lengths(rows: int, steps: int) -> np.ndarray:
+    """Every row running all T steps: an array shared between calls that must not be written (it
+    stays writeable only because a read-only array would make numba compile every kernel a
+    second time)."""
     return np.full(rows, steps, dtype=np.int64)
 
 
@@ -354,26 +376,30 @@ def run_checked(directions, x, h0, c0, lengths):
     first = directions[0]
     dtype = first.dtype
     steps, rows = x.shape[0], x.shape[1]
-    full = lengths is None
-    lengths = check_lengths(lengths, rows, steps)
     count = len(directions)
     hidden_out = first.hidden_out
-    h_n = _initial_state("initial h", h0, (count, rows, hidden_out), dtype)
+    if lengths is None:
+        lengths = _full_lengths(rows, steps)
+        y = np.empty((steps, rows, count, hidden_out), dtype)  # every (t, n) is written
+    else:
+        lengths = check_lengths(lengths, rows, steps)
+        y = np.zeros((steps, rows, count, hidden_out), dtype)  # padding steps stay zero
+    shape = (count, rows, hidden_out)
+    h_n = np.zeros(shape, dtype) if h0 is None else _initial_state("initial h", h0, shape, dtype)
     c_n = None
     if first.mode == "LSTM":
-        c_n = _initial_state("initial c", c0, (count, rows, first.hidden_size), dtype)
-    # every (t, n) is written when every row runs all T steps; padding steps stay zero
-    y = (np.empty if full else np.zeros)((steps, rows, count, hidden_out), dtype)
+        shape = (count, rows, first.hidden_size)
+        c_n = np.zeros(shape, dtype) if c0 is None else _initial_state("initial c", c0, shape,
+                                                                       dtype)
     workers = threads.workers()
-    size = first.scratch_size(steps, rows)
     if count == 2 and first.directions_concurrently(steps, rows, workers):
+        size = first.scratch_size(steps, rows)
         own = [params.own_args(_state(h_n, c_n, d), workspace(f"scratch{d}", size, dtype))
                for d, params in enumerate(directions)]
         eng.run_directions(x, lengths, y, *own[0], *own[1])
         return y, h_n, c_n
-    scratch = workspace("scratch", size, dtype)
     for d, params in enumerate(directions):
-        params.run(x, lengths, _state(h_n, c_n, d), y, d, scratch, workers)
+        params.run(x, lengths, h_n[d], None if c_n is None else c_n[d], y, d, workers)
     return y, h_n, c_n
 
 
@@ -383,8 +409,6 @@ def _state(h_n, c_n, d):
 
 
 def _initial_state(name, value, shape, dtype):
-    if value is None:
-        return np.zeros(shape, dtype)
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
