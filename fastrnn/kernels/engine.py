@@ -400,7 +400,7 @@ def _max_len(lengths, lo, hi):
     return m
 
 
-@helper
+@inline
 def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, ahead, xp,
           gates, hb, aux, c, y, yd, h):
     """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
