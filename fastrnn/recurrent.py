@@ -156,7 +156,7 @@ class DirectionParams:
 
     def scratch(self, steps: int, rows: int):
         """A scratch buffer of its own for calls over (steps, rows) (streams keep one)."""
-        return _aligned(self.scratch_size(steps, rows), self.dtype)
+        return aligned(self.scratch_size(steps, rows), self.dtype)
 
     def own_args(self, state, scratch):
         """This direction's own kernel arguments: (wbuf, wpk, cfg, fcfg, h, c, scratch)."""
@@ -164,11 +164,19 @@ class DirectionParams:
         c = state[1] if len(state) > 1 else self._dummy_c
         return self._wbuf, self._wpk, self._cfg, self._fcfg, h, c, scratch
 
-    def serial_call(self, x, lengths, state, y, yd, scratch):
-        """(kernel, args) of the serial call `run` would make: callers on a hot path (streams)
-        build it once and call kernel(*args) per step."""
-        wbuf, wpk, cfg, fcfg, h, c, scratch = self.own_args(state, scratch)
-        return eng.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, scratch)
+    def kernel_args(self, x, lengths, h, c, y, yd, scratch):
+        """The arguments of run_serial, run_parallel and run_units (before their split)."""
+        return (x, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h,
+                self._dummy_c if c is None else c, y, yd, scratch)
+
+    def stream_call(self, buf, rows, x, h, c, y, scratch):
+        """(kernel, args) of one streaming step of this direction over `rows` batch rows, its
+        arrays in the buffer buf at these offsets (c: LSTM only; the scratch: scratch_size(1, rows)
+        elements); callers build it once and call kernel(*args) per step."""
+        meta = np.array([*self._cfg, rows, x, h, c, y, scratch, self.scratch_size(1, rows)]
+                        + [1] * rows, dtype=np.int64)
+        assert meta.size == eng.S_LENGTHS + rows
+        return eng.run_stream, (buf, meta, self._wbuf, self._wpk, self._fcfg)
 
     def directions_concurrently(self, steps: int, rows: int, threads_: int) -> bool:
         """Whether a bidirectional layer of these parameters runs its two directions at once,
@@ -190,23 +198,20 @@ class DirectionParams:
                 self._routes.clear()
             route = self._routes[key] = self.route(*key)
         kind, chunks, size = route
-        if c is None:
-            c = self._dummy_c
         if kind == FUSED:
             rows = x.shape[1]
             wr, bsum = self._fused_weights()
             width = self.input_size + self.hidden_out
             xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
             gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h, c, y,
-                     yd, xh, gates)
+            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h,
+                     self._dummy_c if c is None else c, y, yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
             else:
                 eng.run_fused_serial(*fused)
             return
-        args = (x, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h, c, y, yd,
-                workspace("scratch", size, self.dtype))
+        args = self.kernel_args(x, lengths, h, c, y, yd, workspace("scratch", size, self.dtype))
         if kind == SERIAL:
             eng.run_serial(*args)
         elif kind == ROWS:
@@ -285,7 +290,7 @@ def workspace(name: str, size: int, dtype) -> np.ndarray:
         return entry[1]
     buf = None if entry is None else entry[0]
     if buf is None or buf.size < size:
-        buf = _aligned(size, dtype)
+        buf = aligned(size, dtype)
         if size * buf.itemsize > _WORKSPACE_KEEP_BYTES:
             return buf
     view = buf if buf.size == size else buf[:size]
@@ -309,17 +314,17 @@ def _flat(parts, dtype):
             if beyond.any():
                 raise ArgumentError(f"float16 weights must lie within +-{limit:g}, got "
                                     f"{part[beyond].ravel()[0]:g}")
-        buf = _aligned(total, np.uint16)
+        buf = aligned(total, np.uint16)
         for off, part in zip(offsets, parts):
             buf[off:off + part.size] = part.ravel().astype(np.float16).view(np.uint16)
         return buf, offsets
-    buf = _aligned(total, dtype)
+    buf = aligned(total, dtype)
     for off, part in zip(offsets, parts):
         buf[off:off + part.size] = part.ravel()
     return buf, offsets
 
 
-def _aligned(size: int, dtype) -> np.ndarray:
+def aligned(size: int, dtype) -> np.ndarray:
     """A zeroed 1-D array of `size` elements whose data starts on a 64-byte boundary."""
     dtype = np.dtype(dtype)
     raw = np.zeros(size + 64 // dtype.itemsize, dtype)

@@ -3,6 +3,7 @@ import numba
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
+from .recurrent import aligned
 
 
 class Stream:
@@ -23,27 +24,31 @@ class Stream:
             raise ArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.layer = layer
         self.batch_size = rows = int(batch_size)
-        self._directions = [directions[0] for directions in layer._directions]
-        dtype = layer.dtype
-        layers = layer.num_layers
-        self._h = np.zeros((layers, rows, layer.hidden_out), dtype)
-        self._c = np.zeros((layers, rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
-        self._x = np.zeros((1, rows, layer.input_size), dtype)
-        # Each layer's step output, shaped (T=1, N, D=1, H_out) as the kernels write it; the next
-        # layer reads it as its (1, N, H_out) input.
-        self._outputs = [np.zeros((1, rows, 1, layer.hidden_out), dtype) for _ in range(layers)]
-        self._lengths = np.ones(rows, dtype=np.int64)
-        self._states = [(self._h[k],) if self._c is None else (self._h[k], self._c[k])
-                        for k in range(layers)]
-        self._scratch = [p.scratch(1, rows) for p in self._directions]
-        self._inputs = [self._x] + [out[:, :, 0] for out in self._outputs[:-1]]
-        self._result = self._outputs[-1][0, :, 0]
+        directions = [directions[0] for directions in layer._directions]
+        layers, inputs = layer.num_layers, layer.input_size
+        hout, hid = layer.hidden_out, layer.hidden_size
+        lstm = layer.mode == "LSTM"
+        # Every array a step touches lies in one buffer (so that a step passes few arrays, see
+        # kernels/engine.run_stream), each starting on a 64-byte line: the input, every layer's
+        # h and c, every layer's step output (the next layer's input) and scratch.
+        offsets = []
+        total = 0
+        for size in ([rows * inputs, layers * rows * hout, layers * rows * hid if lstm else 0]
+                     + [rows * hout] * layers + [p.scratch_size(1, rows) for p in directions]):
+            offsets.append(total)
+            total += -(-size // 16) * 16
+        x_at, h_at, c_at = offsets[:3]
+        y_at, scratch_at = offsets[3:3 + layers], offsets[3 + layers:]
+        buf = aligned(total, layer.dtype)
+        self._x = buf[x_at:x_at + rows * inputs].reshape(1, rows, inputs)
+        self._h = buf[h_at:h_at + layers * rows * hout].reshape(layers, rows, hout)
+        self._c = buf[c_at:c_at + layers * rows * hid].reshape(layers, rows, hid) if lstm else None
+        self._result = buf[y_at[-1]:y_at[-1] + rows * hout].reshape(rows, hout)
         self._x0 = self._x[0]
         self._step_shape = self._x.shape[1:]
-        # Prebuilt kernel calls (serial: a step is far too small for a parallel region).
-        calls = [p.serial_call(x, self._lengths, state, y, 0, scratch)
-                 for p, x, state, y, scratch in zip(self._directions, self._inputs, self._states,
-                                                    self._outputs, self._scratch)]
+        calls = [p.stream_call(buf, rows, x_at if k == 0 else y_at[k - 1], h_at + k * rows * hout,
+                               c_at + k * rows * hid, y_at[k], scratch_at[k])
+                 for k, p in enumerate(directions)]
         self._calls = [(_compiled_for(kernel, args), args) for kernel, args in calls]
 
     def step(self, x_t) -> np.ndarray:

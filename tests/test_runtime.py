@@ -79,6 +79,20 @@ def test_stream_returns_same_buffer_and_state_round_trip():
     assert not stream.state[0].any() and not stream.state[1].any()
 
 
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
+def test_stream_steps_alternate_their_weight_walk(cls):
+    """Steps walk their weight tiles forward and backward in turn (kernels/gemm.py), a stream's
+    one-step calls too: the parity kept in the last slot of each layer's scratch flips every step."""
+    from fastrnn.kernels import engine
+
+    stream = cls(4, 40, num_layers=2, seed=3).stream(2)
+    x_t = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    for step in range(4):
+        stream.step(x_t)
+        for _, (buf, meta, *_) in stream._calls:
+            assert buf[meta[engine.S_SCRATCH] + meta[engine.S_SIZE] - 1] == (step + 1) % 2
+
+
 def test_stream_errors():
     with pytest.raises(UnsupportedError, match="bidirectional"):
         fastrnn.GRU(3, 4, bidirectional=True).stream()
@@ -250,9 +264,10 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     lengths = check_lengths(np.array(lengths), rows, 40)
     want = layer(x, lengths=lengths)
     h = np.zeros((rows, layer.hidden_out), dtype)
-    state = (h, np.zeros((rows, layer.hidden_size), dtype)) if layer.mode == "LSTM" else (h,)
+    c = np.zeros((rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
+    state = (h,) if c is None else (h, c)
     y = np.zeros((40, rows, 1, layer.hidden_out), dtype)
-    kernel, args = params.serial_call(x, lengths, state, y, 0, params.scratch(40, rows))
+    args = params.kernel_args(x, lengths, h, c, y, 0, params.scratch(40, rows))
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)

@@ -1,7 +1,8 @@
 """Kernel entry points: one direction of one layer over a whole (padded) batch of sequences.
 
-Every cell type runs through the same entries (`run_serial`, `run_parallel`, `run_units`) with
-flat buffers, so that a call types few arguments (cheap dispatch, one specialisation per dtype):
+Every cell type runs through the same entries (`run_serial`, `run_parallel`, `run_units`; a
+stream's step through `run_stream`) with flat buffers, so that a call types few arguments (cheap
+dispatch, one specialisation per dtype):
   x (T, N, I) C-contiguous input
   wbuf  1-D: biases, peepholes and zeros of the direction at the offsets in cfg
   wpk   1-D: its packed weight matrices (see recurrent.DirectionParams): x's dtype, or float16
@@ -400,7 +401,7 @@ def _max_len(lengths, lo, hi):
     return m
 
 
-@inline
+@helper
 def _rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, ahead, xp,
           gates, hb, aux, c, y, yd, h):
     """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
@@ -470,6 +471,27 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
 @kernel
 def run_serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf)
+
+
+# run_stream's meta array: the direction's cfg, then these slots: batch rows and the offsets in the
+# stream's buffer of x, h, c, y and the scratch (and its size), then one length (1) per row
+S_ROWS, S_X, S_H, S_C, S_Y, S_SCRATCH, S_SIZE, S_LENGTHS = range(CFG_LEN, CFG_LEN + 8)
+
+
+@kernel
+def run_stream(buf, meta, wbuf, wpk, fcfg):
+    """run_serial over one step of a stream: x (1, N, I), h (N, H_out), c (N, H; LSTM, else
+    empty), y (1, N, 1, H_out) and the scratch all lie in the stream's one buffer, at the offsets
+    in meta. Five arrays to pass instead of ten: each costs ~30 ns a call, of a step of a few
+    microseconds."""
+    cfg = carve(meta, 0, (CFG_LEN,))
+    rows = meta[S_ROWS]
+    x = carve(buf, meta[S_X], (1, rows, cfg[C_I]))
+    h = carve(buf, meta[S_H], (rows, cfg[C_HOUT]))
+    c = carve(buf, meta[S_C], (rows if cfg[C_MODE] == LSTM else 0, cfg[C_H]))
+    y = carve(buf, meta[S_Y], (1, rows, 1, cfg[C_HOUT]))
+    sbuf = carve(buf, meta[S_SCRATCH], (meta[S_SIZE],))
+    _serial(x, wbuf, wpk, cfg, fcfg, carve(meta, S_LENGTHS, (rows,)), h, c, y, 0, sbuf)
 
 
 @kernel(parallel=True)
