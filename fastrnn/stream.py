@@ -40,12 +40,11 @@ class Stream:
         x_at, h_at, c_at = offsets[:3]
         y_at, scratch_at = offsets[3:3 + layers], offsets[3 + layers:]
         buf = aligned(total, layer.dtype)
-        self._x = buf[x_at:x_at + rows * inputs].reshape(1, rows, inputs)
+        self._x0 = buf[x_at:x_at + rows * inputs].reshape(rows, inputs)
         self._h = buf[h_at:h_at + layers * rows * hout].reshape(layers, rows, hout)
         self._c = buf[c_at:c_at + layers * rows * hid].reshape(layers, rows, hid) if lstm else None
         self._result = buf[y_at[-1]:y_at[-1] + rows * hout].reshape(rows, hout)
-        self._x0 = self._x[0]
-        self._step_shape = self._x.shape[1:]
+        self._step_shape = self._x0.shape
         calls = [p.stream_call(buf, rows, x_at if k == 0 else y_at[k - 1], h_at + k * rows * hout,
                                c_at + k * rows * hid, y_at[k], scratch_at[k])
                  for k, p in enumerate(directions)]
@@ -56,7 +55,7 @@ class Stream:
         if type(x_t) is not np.ndarray:
             x_t = np.asarray(x_t)
         if x_t.shape != self._step_shape:
-            raise ShapeError(f"step input must have shape {self._x.shape[1:]} "
+            raise ShapeError(f"step input must have shape {self._step_shape} "
                              f"(batch_size, input_size), got {x_t.shape}")
         if x_t.dtype.kind != "f":
             raise DTypeError(f"step input must be floating point, got dtype {x_t.dtype}")
