@@ -66,7 +66,6 @@ TANH_Q = tuple(np.float32(b) for b in (
 _A13, _A11, _A9, _A7, _A5, _A3, _A1 = TANH_P
 _B6, _B4, _B2, _B0 = TANH_Q
 _HALF32 = np.float32(0.5)
-_ONE32 = np.float32(1.0)
 
 
 def _is32(t):
