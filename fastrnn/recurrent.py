@@ -154,20 +154,11 @@ class DirectionParams:
         """Elements of the scratch buffer one call of this direction over (steps, rows) needs."""
         return _scratch_size(self._gates, self.hidden_size, self.hidden_out, steps, rows)
 
-    def scratch(self, steps: int, rows: int):
-        """A scratch buffer of its own for calls over (steps, rows) (streams keep one)."""
-        return aligned(self.scratch_size(steps, rows), self.dtype)
-
-    def own_args(self, state, scratch):
-        """This direction's own kernel arguments: (wbuf, wpk, cfg, fcfg, h, c, scratch)."""
-        h = state[0]
-        c = state[1] if len(state) > 1 else self._dummy_c
-        return self._wbuf, self._wpk, self._cfg, self._fcfg, h, c, scratch
-
-    def kernel_args(self, x, lengths, h, c, y, yd, scratch):
-        """The arguments of run_serial, run_parallel and run_units (before their split)."""
-        return (x, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h,
-                self._dummy_c if c is None else c, y, yd, scratch)
+    def own_args(self, h, c, scratch):
+        """This direction's own kernel arguments (wbuf, wpk, cfg, fcfg, h, c, scratch); c None
+        (RNN, GRU) passes the kernels' empty dummy."""
+        return (self._wbuf, self._wpk, self._cfg, self._fcfg, h,
+                self._dummy_c if c is None else c, scratch)
 
     def stream_call(self, buf, rows, x, h, c, y, scratch):
         """(kernel, args) of one streaming step of this direction over `rows` batch rows, its
@@ -198,20 +189,21 @@ class DirectionParams:
                 self._routes.clear()
             route = self._routes[key] = self.route(*key)
         kind, chunks, size = route
+        scratch = None if kind == FUSED else workspace("scratch", size, self.dtype)
+        wbuf, wpk, cfg, fcfg, h, c, scratch = self.own_args(h, c, scratch)
         if kind == FUSED:
             rows = x.shape[1]
             wr, bsum = self._fused_weights()
             width = self.input_size + self.hidden_out
             xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
             gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, h,
-                     self._dummy_c if c is None else c, y, yd, xh, gates)
+            fused = (x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates)
             if chunks > 1:
                 eng.run_fused(*fused, chunks)
             else:
                 eng.run_fused_serial(*fused)
             return
-        args = self.kernel_args(x, lengths, h, c, y, yd, workspace("scratch", size, self.dtype))
+        args = (x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, scratch)
         if kind == SERIAL:
             eng.run_serial(*args)
         elif kind == ROWS:
@@ -221,14 +213,14 @@ class DirectionParams:
 
     def route(self, steps: int, rows: int, threads_: int):
         """(kind, chunks, scratch size): the kernel a call over (steps, rows) with threads_
-        threads runs, over how many blocks, and its scratch. Batches of 8+ rows split their rows over threads (no
-        synchronisation); smaller batches split each step's hidden units (run_units: each thread
-        keeps its slice of the weights in its own cache, one handover per step). LSTM without
-        projection and RNN run run_fused (one product per step over [x_t, h], no hoisted
-        projection; rows split over threads as above) when it can give each thread the row split
-        would use 8+ rows: with fewer it would leave threads idle (8-15 rows on two threads ran
-        on one: 1.7-2x the time of the row split on both; 64 rows on 16 threads: 7.1 against
-        5.4 ms on a 16-core Xeon)."""
+        threads runs, over how many blocks, and its scratch. Batches of 8+ rows split their rows
+        over threads (no synchronisation); smaller batches split each step's hidden units
+        (run_units: each thread keeps its slice of the weights in its own cache, one handover per
+        step). LSTM without projection and RNN run run_fused (one product per step over
+        [x_t, h], no hoisted projection; rows split over threads as above) when it can give each
+        thread the row split would use 8+ rows: with fewer it would leave threads idle (8-15 rows
+        on two threads ran on one: 1.7-2x the time of the row split on both; 64 rows on 16
+        threads: 7.1 against 5.4 ms on a 16-core Xeon)."""
         work = rows * self._recurrent_bytes  # weight bytes streamed per step
         row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
         split_threads = min(threads_, rows) if row_split else 1
@@ -399,18 +391,14 @@ def run_checked(directions, x, h0, c0, lengths):
     workers = threads.workers()
     if count == 2 and first.directions_concurrently(steps, rows, workers):
         size = first.scratch_size(steps, rows)
-        own = [params.own_args(_state(h_n, c_n, d), workspace(f"scratch{d}", size, dtype))
+        own = [params.own_args(h_n[d], None if c_n is None else c_n[d],
+                               workspace(f"scratch{d}", size, dtype))
                for d, params in enumerate(directions)]
         eng.run_directions(x, lengths, y, *own[0], *own[1])
         return y, h_n, c_n
     for d, params in enumerate(directions):
         params.run(x, lengths, h_n[d], None if c_n is None else c_n[d], y, d, workers)
     return y, h_n, c_n
-
-
-def _state(h_n, c_n, d):
-    """Direction d's state: (h,) or, for LSTM, (h, c) (views the kernels update in place)."""
-    return (h_n[d],) if c_n is None else (h_n[d], c_n[d])
 
 
 def _initial_state(name, value, shape, dtype):

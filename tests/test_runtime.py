@@ -82,7 +82,8 @@ def test_stream_returns_same_buffer_and_state_round_trip():
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
 def test_stream_steps_alternate_their_weight_walk(cls):
     """Steps walk their weight tiles forward and backward in turn (kernels/gemm.py), a stream's
-    one-step calls too: the parity kept in the last slot of each layer's scratch flips every step."""
+    one-step calls too: the parity kept in the last slot of each layer's scratch flips every
+    step."""
     from fastrnn.kernels import engine
 
     stream = cls(4, 40, num_layers=2, seed=3).stream(2)
@@ -251,7 +252,7 @@ UNIT_SPLIT_CASES = [
 @pytest.mark.parametrize("case", range(len(UNIT_SPLIT_CASES)))
 def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     from fastrnn.kernels import engine
-    from fastrnn.recurrent import check_lengths
+    from fastrnn.recurrent import aligned, check_lengths
 
     if numba.config.NUMBA_NUM_THREADS < threads or fastrnn.threading_layer() is None:
         pytest.skip("needs numba's parallel threading layer")
@@ -267,7 +268,9 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     c = np.zeros((rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
     state = (h,) if c is None else (h, c)
     y = np.zeros((40, rows, 1, layer.hidden_out), dtype)
-    args = params.kernel_args(x, lengths, h, c, y, 0, params.scratch(40, rows))
+    scratch = aligned(params.scratch_size(40, rows), dtype)
+    wbuf, wpk, cfg, fcfg, h, c, scratch = params.own_args(h, c, scratch)
+    args = (x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, 0, scratch)
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
