@@ -10,7 +10,7 @@ import numpy as np
 from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
-from .recurrent import DirectionParams, run_checked
+from .recurrent import DirectionParams, canonical, run_stack
 from .validation import (build_from_config, check_clip, check_dtype, check_weight_dtype,
                          positive_int)
 
@@ -167,25 +167,12 @@ class RecurrentLayer:
     # ----- calls -----
     def __call__(self, x, hx=None, lengths=None):
         x, batched = self._check_input(x)
-        steps, rows, _ = x.shape
         if lengths is not None and not batched:
             lengths = np.asarray(lengths).reshape(-1)
         h0 = c0 = None
         if hx is not None:
-            h0, c0 = self._split_state(hx, rows, batched)
-        out = x
-        h_finals, c_finals = [], []
-        count = 2 if self.bidirectional else 1
-        for layer, directions in enumerate(self._directions):
-            lo = layer * count
-            y, h_n, c_n = run_checked(directions, out, None if h0 is None else h0[lo:lo + count],
-                                      None if c0 is None else c0[lo:lo + count], lengths)
-            h_finals.append(h_n)
-            c_finals.append(c_n)
-            out = y.reshape(steps, rows, -1)
-        if len(h_finals) > 1:
-            h_n = np.concatenate(h_finals, axis=0)
-            c_n = None if c_n is None else np.concatenate(c_finals, axis=0)
+            h0, c0 = self._split_state(hx, x.shape[1], batched)
+        out, h_n, c_n = run_stack(self._directions, x, h0, c0, lengths)
         if not batched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
@@ -212,7 +199,7 @@ class RecurrentLayer:
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ShapeError(f"input must have at least one step and one batch row, got shape "
                              f"{x.shape} (as T, N, I)")
-        return np.ascontiguousarray(x, dtype=self.dtype), batched
+        return canonical(x, self.dtype), batched
 
     def _state_shapes(self, rows: int):
         stacked = self.num_layers * self.num_directions

@@ -15,6 +15,7 @@ from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
+from .kernels._jit import compiled_for
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
 from .kernels.simd import VECTOR_BUDGET
 from .validation import check_clip, check_dtype, check_weight_dtype
@@ -111,8 +112,9 @@ class DirectionParams:
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
         self._routes = {}  # (steps, rows, threads) -> route()
+        self._entries = {}  # kernel -> its compiled function for this direction's argument types
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
-        self._dummy_c = np.zeros((0, hidden), dtype)
+        self._dummy_c = np.zeros((1, 0, hidden), dtype)
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
 
     def _projects_ahead(self) -> bool:
@@ -154,17 +156,16 @@ class DirectionParams:
         """Elements of the scratch buffer one call of this direction over (steps, rows) needs."""
         return _scratch_size(self._gates, self.hidden_size, self.hidden_out, steps, rows)
 
-    def own_args(self, h, c, scratch):
-        """This direction's own kernel arguments (wbuf, wpk, cfg, fcfg, h, c, scratch); c None
-        (RNN, GRU) passes the kernels' empty dummy."""
-        return (self._wbuf, self._wpk, self._cfg, self._fcfg, h,
-                self._dummy_c if c is None else c, scratch)
+    def own_args(self, scratch):
+        """This direction's own kernel arguments but the state: (wbuf, wpk, cfg, fcfg, scratch)."""
+        return self._wbuf, self._wpk, self._cfg, self._fcfg, scratch
 
-    def stream_call(self, buf, rows, x, h, c, y, scratch):
-        """(kernel, args) of one streaming step of this direction over `rows` batch rows, its
-        arrays in the buffer buf at these offsets (c: LSTM only; the scratch: scratch_size(1, rows)
-        elements); callers build it once and call kernel(*args) per step."""
-        meta = np.array([*self._cfg, rows, x, h, c, y, scratch, self.scratch_size(1, rows)]
+    def stream_call(self, buf, rows, h, c, y, scratch):
+        """(kernel, args) of one streaming step of this direction over `rows` batch rows, but the
+        step's input, which the kernel takes first; its other arrays lie in the buffer buf at
+        these offsets (c: LSTM only; the scratch: scratch_size(1, rows) elements). Callers build
+        it once and call kernel(x, *args) per step."""
+        meta = np.array([*self._cfg, rows, h, c, y, scratch, self.scratch_size(1, rows)]
                         + [1] * rows, dtype=np.int64)
         assert meta.size == eng.S_LENGTHS + rows
         return eng.run_stream, (buf, meta, self._wbuf, self._wpk, self._fcfg)
@@ -177,11 +178,13 @@ class DirectionParams:
         return (2 <= threads_ < 4 and rows < _ROW_SPLIT_MIN_ROWS
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
-    def run(self, x, lengths, h, c, y, yd, threads_: int = 1) -> None:
-        """Run over x (T, N, I) C-contiguous; h (N, H_out) and, for LSTM, c (N, H) (else None)
-        hold the initial state and receive the final one; writes y[:, :, yd] of the layer output
-        y (T, N, D, H_out). threads_ is the number of threads the call may use; `route` picks the
-        kernel and its split. The scratch is the calling thread's workspace."""
+    def run(self, x, lengths, hs, cs, slot, y, yd, threads_: int = 1) -> None:
+        """Run over x (T, N, I); hs (S, N, H_out) and, for LSTM, cs (S, N, H) (else None) hold
+        the initial state in slot `slot` and receive the final one there; writes columns
+        [yd*H_out, (yd+1)*H_out) of the layer output y (T, N, D*H_out). Every array is
+        C-contiguous, aligned and writeable (`canonical`), of the direction's dtype, lengths
+        int64. threads_ is the number of threads the call may use; `route` picks the kernel and
+        its split. The scratch is the calling thread's workspace."""
         key = (x.shape[0], x.shape[1], threads_)
         route = self._routes.get(key)
         if route is None:
@@ -189,27 +192,38 @@ class DirectionParams:
                 self._routes.clear()
             route = self._routes[key] = self.route(*key)
         kind, chunks, size = route
-        scratch = None if kind == FUSED else workspace("scratch", size, self.dtype)
-        wbuf, wpk, cfg, fcfg, h, c, scratch = self.own_args(h, c, scratch)
+        if cs is None:
+            cs = self._dummy_c
         if kind == FUSED:
             rows = x.shape[1]
             wr, bsum = self._fused_weights()
             width = self.input_size + self.hidden_out
             xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
             gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates)
+            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, hs, cs,
+                     slot, y, yd, xh, gates)
             if chunks > 1:
-                eng.run_fused(*fused, chunks)
+                self._call(eng.run_fused, fused + (chunks,))
             else:
-                eng.run_fused_serial(*fused)
+                self._call(eng.run_fused_serial, fused)
             return
-        args = (x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, scratch)
+        args = (x, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, hs, cs, slot, y, yd,
+                workspace("scratch", size, self.dtype))
         if kind == SERIAL:
-            eng.run_serial(*args)
+            self._call(eng.run_serial, args)
         elif kind == ROWS:
-            eng.run_parallel(*args, chunks)
+            self._call(eng.run_parallel, args + (chunks,))
         else:
-            eng.run_units(*args, eng.sync_array(chunks), chunks)
+            self._call(eng.run_units, args + (eng.sync_array(chunks), chunks))
+
+    def _call(self, kernel, args):
+        """kernel(*args) through its compiled function for these arguments' types, found once
+        per kernel: the arrays a call passes are always of the same types (see `run`), and
+        numba's dispatch types each of the 12-14 arguments on every call (~0.3 us)."""
+        entry = self._entries.get(kernel)
+        if entry is None:
+            entry = self._entries[kernel] = compiled_for(kernel, args)
+        entry(*args)
 
     def route(self, steps: int, rows: int, threads_: int):
         """(kind, chunks, scratch size): the kernel a call over (steps, rows) with threads_
@@ -364,41 +378,56 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
         raise ShapeError(f"x has {features} features, the layer expects {first.input_size}")
     if steps == 0 or rows == 0:
         raise ShapeError(f"x must have at least one step and one row, got shape {x.shape}")
-    return run_checked(directions, np.ascontiguousarray(x, dtype=first.dtype), h0, c0, lengths)
+    y, h_n, c_n = run_stack([directions], canonical(x, first.dtype), h0, c0, lengths)
+    return y.reshape(steps, rows, len(directions), -1), h_n, c_n
 
 
-def run_checked(directions, x, h0, c0, lengths):
-    """run_layer for an x already known to be (T >= 1, N >= 1, I) C-contiguous in the directions'
-    dtype (layers check their input once for all their layers)."""
-    first = directions[0]
+def canonical(x, dtype):
+    """x as a C-contiguous, aligned, writeable array of dtype: x itself when it is one, else a
+    copy. The kernels' compiled functions are called without type checks (DirectionParams._call)
+    for exactly such arrays (and a read-only one would need a compilation of its own)."""
+    if x.dtype != dtype or not x.flags.carray:
+        return np.array(x, dtype=dtype, order="C")
+    return x
+
+
+def run_stack(stack, x, h0, c0, lengths):
+    """Run layers in turn, each a list of 1 or 2 directions, the input of each the output of the
+    one before; x (T >= 1, N >= 1, I) `canonical` in the directions' dtype (checked by the
+    caller); h0 / c0 (L*D, N, H_out) / (L*D, N, H) or None; lengths (N,) or None. Returns the last
+    layer's y (T, N, D*H_out), h_n (L*D, N, H_out) and c_n (L*D, N, H) (None but for LSTM)."""
+    first = stack[0][0]
     dtype = first.dtype
     steps, rows = x.shape[0], x.shape[1]
-    count = len(directions)
-    hidden_out = first.hidden_out
+    count = len(stack[0])
+    width = count * first.hidden_out
     if lengths is None:
         lengths = _full_lengths(rows, steps)
-        y = np.empty((steps, rows, count, hidden_out), dtype)  # every (t, n) is written
+        padded_out = False
     else:
         lengths = check_lengths(lengths, rows, steps)
-        y = np.zeros((steps, rows, count, hidden_out), dtype)  # padding steps stay zero
-    shape = (count, rows, hidden_out)
+        padded_out = True  # steps past a row's length stay zero
+    shape = (len(stack) * count, rows, first.hidden_out)
     h_n = np.zeros(shape, dtype) if h0 is None else _initial_state("initial h", h0, shape, dtype)
     c_n = None
     if first.mode == "LSTM":
-        shape = (count, rows, first.hidden_size)
+        shape = (len(stack) * count, rows, first.hidden_size)
         c_n = np.zeros(shape, dtype) if c0 is None else _initial_state("initial c", c0, shape,
                                                                        dtype)
     workers = threads.workers()
-    if count == 2 and first.directions_concurrently(steps, rows, workers):
-        size = first.scratch_size(steps, rows)
-        own = [params.own_args(h_n[d], None if c_n is None else c_n[d],
-                               workspace(f"scratch{d}", size, dtype))
-               for d, params in enumerate(directions)]
-        eng.run_directions(x, lengths, y, *own[0], *own[1])
-        return y, h_n, c_n
-    for d, params in enumerate(directions):
-        params.run(x, lengths, h_n[d], None if c_n is None else c_n[d], y, d, workers)
-    return y, h_n, c_n
+    for layer, directions in enumerate(stack):
+        y = (np.zeros if padded_out else np.empty)((steps, rows, width), dtype)
+        slot = layer * count
+        if count == 2 and directions[0].directions_concurrently(steps, rows, workers):
+            size = directions[0].scratch_size(steps, rows)
+            eng.run_directions(x, lengths, h_n, first._dummy_c if c_n is None else c_n, slot, y,
+                               *directions[0].own_args(workspace("scratch0", size, dtype)),
+                               *directions[1].own_args(workspace("scratch1", size, dtype)))
+        else:
+            for d, params in enumerate(directions):
+                params.run(x, lengths, h_n, c_n, slot + d, y, d, workers)
+        x = y
+    return x, h_n, c_n
 
 
 def _initial_state(name, value, shape, dtype):

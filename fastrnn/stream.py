@@ -1,8 +1,8 @@
 """Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
-import numba
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
+from .kernels._jit import compiled_for
 from .recurrent import aligned
 
 
@@ -45,24 +45,39 @@ class Stream:
         self._c = buf[c_at:c_at + layers * rows * hid].reshape(layers, rows, hid) if lstm else None
         self._result = buf[y_at[-1]:y_at[-1] + rows * hout].reshape(rows, hout)
         self._step_shape = self._x0.shape
-        calls = [p.stream_call(buf, rows, x_at if k == 0 else y_at[k - 1], h_at + k * rows * hout,
-                               c_at + k * rows * hid, y_at[k], scratch_at[k])
+        self._dtype = layer.dtype
+        inputs = [self._x0] + [buf[at:at + rows * hout].reshape(rows, hout) for at in y_at[:-1]]
+        calls = [p.stream_call(buf, rows, h_at + k * rows * hout, c_at + k * rows * hid, y_at[k],
+                               scratch_at[k])
                  for k, p in enumerate(directions)]
-        self._calls = [(_compiled_for(kernel, args), args) for kernel, args in calls]
+        (first, args), rest = calls[0], calls[1:]
+        self._first, self._first_args = compiled_for(first, (self._x0, *args)), args
+        self._rest = [(compiled_for(kernel, (x, *args)), (x, *args))
+                      for x, (kernel, args) in zip(inputs[1:], rest)]
 
     def step(self, x_t) -> np.ndarray:
         """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
-        if type(x_t) is not np.ndarray:
-            x_t = np.asarray(x_t)
+        # The first layer reads x_t itself when it is what its kernel was compiled for (the
+        # layer's dtype, C-contiguous, aligned, writeable: 'carray'), else a checked copy.
+        # x_t may be the previous step's output: a step reads its input before writing.
+        if not (type(x_t) is np.ndarray and x_t.dtype is self._dtype
+                and x_t.shape == self._step_shape and x_t.flags.carray):
+            x_t = self._copied(x_t)
+        self._first(x_t, *self._first_args)
+        for kernel, args in self._rest:
+            kernel(*args)
+        return self._result
+
+    def _copied(self, x_t):
+        """x_t checked and copied into the stream's own input buffer."""
+        x_t = np.asarray(x_t)
         if x_t.shape != self._step_shape:
             raise ShapeError(f"step input must have shape {self._step_shape} "
                              f"(batch_size, input_size), got {x_t.shape}")
         if x_t.dtype.kind != "f":
             raise DTypeError(f"step input must be floating point, got dtype {x_t.dtype}")
         self._x0[...] = x_t
-        for kernel, args in self._calls:
-            kernel(*args)
-        return self._result
+        return self._x0
 
     def reset(self) -> None:
         """Back to the zero initial state."""
@@ -93,12 +108,3 @@ class Stream:
                 raise ShapeError(f"state {name} must have shape {target.shape}, got {arr.shape}")
         for (_, target, _), arr in zip(targets, arrays):
             target[...] = arr
-
-
-def _compiled_for(kernel, args):
-    """The kernel's compiled function for exactly these arguments' types. A stream passes the same
-    buffers every step, so it can skip numba's per-call type dispatch (~0.2 us of a ~5 us step)."""
-    compile_for = getattr(kernel, "compile", None)
-    if compile_for is None:  # numba's JIT disabled: a plain Python function
-        return kernel
-    return compile_for(tuple(numba.typeof(arg) for arg in args))

@@ -79,6 +79,69 @@ def test_stream_returns_same_buffer_and_state_round_trip():
     assert not stream.state[0].any() and not stream.state[1].any()
 
 
+def _awkward_copies(x):
+    """x as arrays the kernels were not compiled for: read-only, strided, float64, misaligned,
+    a list."""
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    strided = np.repeat(x, 2, axis=-1)[..., ::2]
+    raw = np.zeros(x.size * 4 + 1, np.uint8)
+    misaligned = raw[1:].view(np.float32).reshape(x.shape)
+    misaligned[...] = x
+    assert not misaligned.flags.aligned and not strided.flags.c_contiguous
+    return [readonly, strided, x.astype(np.float64), misaligned, x.tolist()]
+
+
+@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
+def test_stream_step_takes_any_input_and_its_own_output(cls):
+    """A step reads a canonical float32 input in place and copies any other (same results, and
+    no new compilation); the previous step's output fed back as the input (autoregression) is
+    read before the step overwrites it."""
+    from fastrnn.kernels import engine
+
+    layer = cls(6, 6, num_layers=2, seed=4)
+    rng = np.random.default_rng(5)
+    xs = rng.standard_normal((8, 2, 6)).astype(np.float32)
+    plain, fed = layer.stream(2), layer.stream(2)
+    out = fed.step(xs[0])  # the stream's own output buffer
+    y = plain.step(xs[0]).copy()
+    for _ in range(7):
+        want = plain.step(y).copy()
+        assert fed.step(out) is out
+        np.testing.assert_array_equal(out, want)
+        y = want
+    signatures = len(engine.run_stream.signatures)
+    reference = layer.stream(2).step(xs[1]).copy()
+    for awkward in _awkward_copies(xs[1]):
+        np.testing.assert_array_equal(layer.stream(2).step(awkward), reference)
+    assert len(engine.run_stream.signatures) == signatures
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_call_takes_any_input_without_new_compilation(threads):
+    """Layers run a canonical input in place and a copy of any other, through the kernels'
+    compiled functions for the canonical types: the same results, and no new compilation."""
+    from fastrnn.kernels import engine
+
+    if threads > 1 and (numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None):
+        pytest.skip("needs numba's parallel threading layer")
+    layer = fastrnn.LSTM(6, 64, num_layers=2, seed=6)
+    x = np.random.default_rng(7).standard_normal((50, 1, 6)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        want = layer(x)
+        kernels = [engine.run_serial, engine.run_units]
+        counts = [len(k.signatures) for k in kernels]
+        for awkward in _awkward_copies(x):
+            got = layer(awkward)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1][1], want[1][1])
+        assert [len(k.signatures) for k in kernels] == counts
+    finally:
+        fastrnn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
 def test_stream_steps_alternate_their_weight_walk(cls):
     """Steps walk their weight tiles forward and backward in turn (kernels/gemm.py), a stream's
@@ -90,7 +153,7 @@ def test_stream_steps_alternate_their_weight_walk(cls):
     x_t = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     for step in range(4):
         stream.step(x_t)
-        for _, (buf, meta, *_) in stream._calls:
+        for buf, meta, *_ in [stream._first_args] + [args[1:] for _, args in stream._rest]:
             assert buf[meta[engine.S_SCRATCH] + meta[engine.S_SIZE] - 1] == (step + 1) % 2
 
 
@@ -264,23 +327,23 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     x = np.random.default_rng(14).standard_normal((40, rows, 16)).astype(dtype)
     lengths = check_lengths(np.array(lengths), rows, 40)
     want = layer(x, lengths=lengths)
-    h = np.zeros((rows, layer.hidden_out), dtype)
-    c = np.zeros((rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
+    h = np.zeros((1, rows, layer.hidden_out), dtype)
+    c = np.zeros((1, rows, layer.hidden_size), dtype) if layer.mode == "LSTM" else None
     state = (h,) if c is None else (h, c)
-    y = np.zeros((40, rows, 1, layer.hidden_out), dtype)
-    scratch = aligned(params.scratch_size(40, rows), dtype)
-    wbuf, wpk, cfg, fcfg, h, c, scratch = params.own_args(h, c, scratch)
-    args = (x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, 0, scratch)
+    y = np.zeros((40, rows, layer.hidden_out), dtype)
+    wbuf, wpk, cfg, fcfg, scratch = params.own_args(aligned(params.scratch_size(40, rows), dtype))
+    args = (x, wbuf, wpk, cfg, fcfg, lengths, h, params._dummy_c if c is None else c, 0, y, 0,
+            scratch)
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
         engine.run_units(*args, engine.sync_array(chunks), chunks)
     finally:
         fastrnn.set_num_threads(before)
-    np.testing.assert_allclose(y, want[0][:, :, None], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y, want[0], rtol=0, atol=1e-12)
     final = want[1] if isinstance(want[1], tuple) else (want[1],)
     for expected, got in zip(final, state, strict=True):
-        np.testing.assert_allclose(got, expected[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
 # Batches of 8+ rows per thread take the fused [x_t, h] product (LSTM without projection, RNN),

@@ -52,3 +52,14 @@ class _HelperDispatcher(CPUDispatcher):
     def get_call_template(self, args, kws):
         return super().get_call_template(tuple(types.unliteral(a) for a in args),
                                          {k: types.unliteral(v) for k, v in kws.items()})
+
+
+def compiled_for(kernel, args):
+    """The kernel's compiled function for exactly these arguments' types, to call again with
+    arguments of the same types: it skips numba's typing of every argument on every call, and
+    checks nothing (an array of another dtype or layout would be read as if it had these). With
+    numba's JIT disabled (or for a plain Python function), the function itself."""
+    compile_for = getattr(kernel, "compile", None)
+    if compile_for is None:
+        return kernel
+    return compile_for(tuple(numba.typeof(arg) for arg in args))

@@ -13,9 +13,12 @@ dispatch, one specialisation per dtype):
   columns in the packed weights, the biases, xp and gates is Hp wide (zero-padded), so that any
   block of hidden units is whole panels of every gate.
   fcfg  float64 [clip, alpha0..2, beta0..2]
-  lengths int64 (N,); h (N, H_out) and c (N, H) hold the initial state and receive the final one
-  (c is a dummy for RNN/GRU); y (T, N, D, H_out) the layer's output, zero-filled by the caller,
-  of which this direction writes y[:, :, yd] (one array layout for every call: one specialisation)
+  lengths int64 (N,)
+  hs (S, N, H_out), cs (S, N, H): the states of a stack of layers; the direction's slot holds its
+  initial state and receives the final one (cs is a (1, 0, H) dummy for RNN/GRU)
+  y (T, N, D*H_out) the layer's output, zero-filled by the caller where lengths leave steps out,
+  of which this direction writes columns [yd*H_out, (yd+1)*H_out) (one array layout for every
+  call: one specialisation; the next layer's x)
   sbuf  1-D scratch: xp (T*N, G*Hp), gates (N, G*Hp), hb (2, N, H_out_p), aux (N, H),
         cb (N, Hp) (run_units' copy of c), then one slot that run_serial keeps across calls
 
@@ -478,42 +481,55 @@ def _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     sbuf[sbuf.size - 1] = (flip + _max_len(lengths, 0, rows)) & 1
 
 
+@inline
+def _state_views(cfg, hs, cs, slot, y):
+    """A direction's h (N, H_out) and c (N, H; empty for RNN/GRU) in the stacks of states, and
+    the layer output y (T, N, D*H_out) as (T, N, D, H_out)."""
+    hout = cfg[C_HOUT]
+    return (hs[slot], cs[slot if cfg[C_MODE] == LSTM else 0],
+            carve(y, 0, (y.shape[0], y.shape[1], y.shape[2] // hout, hout)))
+
+
 @kernel
-def run_serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
-    _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf)
+def run_serial(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd, sbuf):
+    h, c, y4 = _state_views(cfg, hs, cs, slot, y)
+    _serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y4, yd, sbuf)
 
 
 # run_stream's meta array: the direction's cfg, then these slots: batch rows and the offsets in the
-# stream's buffer of x, h, c, y and the scratch (and its size), then one length (1) per row
-S_ROWS, S_X, S_H, S_C, S_Y, S_SCRATCH, S_SIZE, S_LENGTHS = range(CFG_LEN, CFG_LEN + 8)
+# stream's buffer of h, c, y and the scratch (and its size), then one length (1) per row
+S_ROWS, S_H, S_C, S_Y, S_SCRATCH, S_SIZE, S_LENGTHS = range(CFG_LEN, CFG_LEN + 7)
 
 
 @kernel
-def run_stream(buf, meta, wbuf, wpk, fcfg):
-    """run_serial over one step of a stream: x (1, N, I), h (N, H_out), c (N, H; LSTM, else
-    empty), y (1, N, 1, H_out) and the scratch all lie in the stream's one buffer, at the offsets
-    in meta. Five arrays to pass instead of ten: each costs ~30 ns a call, of a step of a few
-    microseconds."""
+def run_stream(x, buf, meta, wbuf, wpk, fcfg):
+    """run_serial over one step of a stream: x (N, I) C-contiguous, the step's input (read
+    before the step writes anything); h (N, H_out), c (N, H; LSTM, else empty), y (1, N, 1,
+    H_out) and the scratch all lie in the stream's one buffer, at the offsets in meta. Six
+    arrays to pass instead of eleven: each costs ~30 ns a call, of a step of a few microseconds."""
     cfg = carve(meta, 0, (CFG_LEN,))
     rows = meta[S_ROWS]
-    x = carve(buf, meta[S_X], (1, rows, cfg[C_I]))
     h = carve(buf, meta[S_H], (rows, cfg[C_HOUT]))
     c = carve(buf, meta[S_C], (rows if cfg[C_MODE] == LSTM else 0, cfg[C_H]))
     y = carve(buf, meta[S_Y], (1, rows, 1, cfg[C_HOUT]))
     sbuf = carve(buf, meta[S_SCRATCH], (meta[S_SIZE],))
-    _serial(x, wbuf, wpk, cfg, fcfg, carve(meta, S_LENGTHS, (rows,)), h, c, y, 0, sbuf)
+    _serial(carve(x, 0, (1, rows, cfg[C_I])), wbuf, wpk, cfg, fcfg,
+            carve(meta, S_LENGTHS, (rows,)), h, c, y, 0, sbuf)
 
 
 @kernel(parallel=True)
-def run_directions(x, lengths, y, wbuf0, wpk0, cfg0, fcfg0, h0, c0, sbuf0, wbuf1, wpk1, cfg1,
-                   fcfg1, h1, c1, sbuf1):
+def run_directions(x, lengths, hs, cs, slot, y, wbuf0, wpk0, cfg0, fcfg0, sbuf0, wbuf1, wpk1,
+                   cfg1, fcfg1, sbuf1):
     """Both directions of a bidirectional layer at once, one thread each (they share nothing but
-    x and y, of which each writes its own half)."""
+    x, y, of which each writes its own half, and the stacks of states, where the forward
+    direction has `slot` and the reverse one the next)."""
+    h0, c0, y4 = _state_views(cfg0, hs, cs, slot, y)
+    h1, c1, y4 = _state_views(cfg1, hs, cs, slot + 1, y)
     for d in prange(2):
         if d == 0:
-            _serial(x, wbuf0, wpk0, cfg0, fcfg0, lengths, h0, c0, y, 0, sbuf0)
+            _serial(x, wbuf0, wpk0, cfg0, fcfg0, lengths, h0, c0, y4, 0, sbuf0)
         else:
-            _serial(x, wbuf1, wpk1, cfg1, fcfg1, lengths, h1, c1, y, 1, sbuf1)
+            _serial(x, wbuf1, wpk1, cfg1, fcfg1, lengths, h1, c1, y4, 1, sbuf1)
 
 
 @inline
@@ -525,9 +541,10 @@ def _split(total, chunks, c, align):
 
 
 @kernel(parallel=True)
-def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, chunks):
+def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, chunks):
     """chunks > 1 threads, each with a block of batch rows for the whole sequence (no
     synchronisation)."""
+    h, c, y = _state_views(cfg, hs, cs, slot, y3)
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
@@ -562,7 +579,7 @@ def sync_array(chunks):
 
 
 @kernel(parallel=True)
-def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks):
+def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync, chunks):
     """chunks > 1 threads in one parallel region for the whole sequence: each step's hidden units
     are split into `chunks` blocks (whole panels), thread k works block k, so its slice of R stays
     in its core's cache. A step is one stage (two when a second phase follows: LSTM projection,
@@ -578,6 +595,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf, sync, chunks)
     computed) runs while the other blocks finish, and the wait then only has to cover the rest.
     Every block's product sums k in that order, whichever thread works it, so results do not
     depend on the scheduling."""
+    h, c, y = _state_views(cfg, hs, cs, slot, y3)
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = _scratch(sbuf, cfg, rows, steps)
@@ -807,8 +825,10 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
 
 
 @kernel(parallel=True)
-def run_fused(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates, chunks):
+def run_fused(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, xh, gates,
+              chunks):
     """LSTM without projection / RNN over batch rows split into `chunks` blocks (one thread each)."""
+    h, c, y = _state_views(cfg, hs, cs, slot, y3)
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     rows = x.shape[1]
     for ch in prange(chunks):
@@ -817,8 +837,9 @@ def run_fused(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates
 
 
 @kernel
-def run_fused_serial(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, xh, gates):
+def run_fused_serial(x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, xh, gates):
     """run_fused on the calling thread (no parallel region: safe whatever the threading layer)."""
+    h, c, y = _state_views(cfg, hs, cs, slot, y3)
     w_ih, bias, r, rbias, peep, w_hr, zeros = _views(wbuf, wpk, cfg)
     _fused_rows(0, x.shape[1], x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd,
                 h)
