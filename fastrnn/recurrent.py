@@ -114,7 +114,7 @@ class DirectionParams:
         self._routes = {}  # (steps, rows, threads) -> route()
         self._entries = {}  # kernel -> its compiled function for this direction's argument types
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
-        self._dummy_c = np.zeros((1, 0, hidden), dtype)
+        self.dummy_c = np.zeros((1, 0, hidden), dtype)  # the kernels' c for RNN and GRU
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
 
     def _projects_ahead(self) -> bool:
@@ -179,9 +179,9 @@ class DirectionParams:
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
     def run(self, x, lengths, hs, cs, slot, y, yd, threads_: int = 1) -> None:
-        """Run over x (T, N, I); hs (S, N, H_out) and, for LSTM, cs (S, N, H) (else None) hold
-        the initial state in slot `slot` and receive the final one there; writes columns
-        [yd*H_out, (yd+1)*H_out) of the layer output y (T, N, D*H_out). Every array is
+        """Run over x (T, N, I); hs (S, N, H_out) and, for LSTM, cs (S, N, H) (else the empty
+        `dummy_c`) hold the initial state in slot `slot` and receive the final one there; writes
+        columns [yd*H_out, (yd+1)*H_out) of the layer output y (T, N, D*H_out). Every array is
         C-contiguous, aligned and writeable (`canonical`), of the direction's dtype, lengths
         int64. threads_ is the number of threads the call may use; `route` picks the kernel and
         its split. The scratch is the calling thread's workspace."""
@@ -192,8 +192,6 @@ class DirectionParams:
                 self._routes.clear()
             route = self._routes[key] = self.route(*key)
         kind, chunks, size = route
-        if cs is None:
-            cs = self._dummy_c
         if kind == FUSED:
             rows = x.shape[1]
             wr, bsum = self._fused_weights()
@@ -414,18 +412,19 @@ def run_stack(stack, x, h0, c0, lengths):
         shape = (len(stack) * count, rows, first.hidden_size)
         c_n = np.zeros(shape, dtype) if c0 is None else _initial_state("initial c", c0, shape,
                                                                        dtype)
+    cs = first.dummy_c if c_n is None else c_n
     workers = threads.workers()
     for layer, directions in enumerate(stack):
         y = (np.zeros if padded_out else np.empty)((steps, rows, width), dtype)
         slot = layer * count
         if count == 2 and directions[0].directions_concurrently(steps, rows, workers):
             size = directions[0].scratch_size(steps, rows)
-            eng.run_directions(x, lengths, h_n, first._dummy_c if c_n is None else c_n, slot, y,
+            eng.run_directions(x, lengths, h_n, cs, slot, y,
                                *directions[0].own_args(workspace("scratch0", size, dtype)),
                                *directions[1].own_args(workspace("scratch1", size, dtype)))
         else:
             for d, params in enumerate(directions):
-                params.run(x, lengths, h_n, c_n, slot + d, y, d, workers)
+                params.run(x, lengths, h_n, cs, slot + d, y, d, workers)
         x = y
     return x, h_n, c_n
 

@@ -46,14 +46,14 @@ class Stream:
         self._result = buf[y_at[-1]:y_at[-1] + rows * hout].reshape(rows, hout)
         self._step_shape = self._x0.shape
         self._dtype = layer.dtype
-        inputs = [self._x0] + [buf[at:at + rows * hout].reshape(rows, hout) for at in y_at[:-1]]
+        layer_inputs = [buf[at:at + rows * hout].reshape(rows, hout) for at in y_at[:-1]]
         calls = [p.stream_call(buf, rows, h_at + k * rows * hout, c_at + k * rows * hid, y_at[k],
                                scratch_at[k])
                  for k, p in enumerate(directions)]
         (first, args), rest = calls[0], calls[1:]
         self._first, self._first_args = compiled_for(first, (self._x0, *args)), args
         self._rest = [(compiled_for(kernel, (x, *args)), (x, *args))
-                      for x, (kernel, args) in zip(inputs[1:], rest)]
+                      for x, (kernel, args) in zip(layer_inputs, rest)]
 
     def step(self, x_t) -> np.ndarray:
         """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""

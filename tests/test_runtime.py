@@ -110,6 +110,7 @@ def test_stream_step_takes_any_input_and_its_own_output(cls):
         assert fed.step(out) is out
         np.testing.assert_array_equal(out, want)
         y = want
+    assert not plain._x0.any()  # canonical inputs were read in place, never copied in
     signatures = len(engine.run_stream.signatures)
     reference = layer.stream(2).step(xs[1]).copy()
     for awkward in _awkward_copies(xs[1]):
@@ -332,7 +333,7 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     state = (h,) if c is None else (h, c)
     y = np.zeros((40, rows, layer.hidden_out), dtype)
     wbuf, wpk, cfg, fcfg, scratch = params.own_args(aligned(params.scratch_size(40, rows), dtype))
-    args = (x, wbuf, wpk, cfg, fcfg, lengths, h, params._dummy_c if c is None else c, 0, y, 0,
+    args = (x, wbuf, wpk, cfg, fcfg, lengths, h, params.dummy_c if c is None else c, 0, y, 0,
             scratch)
     before = fastrnn.get_num_threads()
     try:
