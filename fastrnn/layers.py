@@ -10,7 +10,7 @@ import numpy as np
 from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
-from .recurrent import DirectionParams, canonical, run_stack
+from .recurrent import DirectionParams, Stack, canonical
 from .validation import (build_from_config, check_clip, check_dtype, check_weight_dtype,
                          positive_int)
 
@@ -109,8 +109,8 @@ class RecurrentLayer:
                 raise ShapeError(f"parameter {name} must have shape {shape}, got {arr.shape}")
             new[name] = np.array(arr, dtype=self.dtype, copy=True)
         self._params = new
-        self._directions = [[self._pack(layer, d) for d in range(self.num_directions)]
-                            for layer in range(self.num_layers)]
+        self._stack = Stack([[self._pack(layer, d) for d in range(self.num_directions)]
+                             for layer in range(self.num_layers)])
         return self
 
     def _pack(self, layer: int, direction: int) -> DirectionParams:
@@ -172,7 +172,7 @@ class RecurrentLayer:
         h0 = c0 = None
         if hx is not None:
             h0, c0 = self._split_state(hx, x.shape[1], batched)
-        out, h_n, c_n = run_stack(self._directions, x, h0, c0, lengths)
+        out, h_n, c_n = self._stack.run(x, h0, c0, lengths)
         if not batched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]

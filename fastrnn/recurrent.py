@@ -1,7 +1,8 @@
 """One recurrent layer (one or two directions) on the kernels: weight prepacking and the call.
 
 `DirectionParams` takes one direction's weights in PyTorch's layout and gate order and packs them
-once into the layout the kernels stream; `run_layer` runs a layer of directions over a batch.
+once into the layout the kernels stream; a `Stack` runs layers of directions over a batch, with
+the calls of each shape worked out once; `run_layer` checks the input of a one-layer stack.
 Layers (fastrnn.layers), streams and the ONNX converter all run through here.
 """
 import functools
@@ -111,7 +112,6 @@ class DirectionParams:
         assert self._cfg.size == eng.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
-        self._routes = {}  # (steps, rows, threads) -> route()
         self._entries = {}  # kernel -> its compiled function for this direction's argument types
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self.dummy_c = np.zeros((1, 0, hidden), dtype)  # the kernels' c for RNN and GRU
@@ -178,50 +178,59 @@ class DirectionParams:
         return (2 <= threads_ < 4 and rows < _ROW_SPLIT_MIN_ROWS
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
-    def run(self, x, lengths, hs, cs, slot, y, yd, threads_: int = 1) -> None:
-        """Run over x (T, N, I); hs (S, N, H_out) and, for LSTM, cs (S, N, H) (else the empty
-        `dummy_c`) hold the initial state in slot `slot` and receive the final one there; writes
-        columns [yd*H_out, (yd+1)*H_out) of the layer output y (T, N, D*H_out). Every array is
-        C-contiguous, aligned and writeable (`canonical`), of the direction's dtype, lengths
-        int64. threads_ is the number of threads the call may use; `route` picks the kernel and
-        its split. The scratch is the calling thread's workspace."""
-        key = (x.shape[0], x.shape[1], threads_)
-        route = self._routes.get(key)
-        if route is None:
-            if len(self._routes) >= _ROUTES_KEPT:
-                self._routes.clear()
-            route = self._routes[key] = self.route(*key)
-        kind, chunks, size = route
+    def bind(self, steps: int, rows: int, threads_: int, slot: int, yd: int):
+        """call(x, lengths, hs, cs, y, scratch) running this direction over x (steps, rows, I)
+        with threads_ threads (`route` picks the kernel and its split): hs (S, N, H_out) and, for
+        LSTM, cs (S, N, H) (else the empty `dummy_c`) hold the initial state in slot `slot` and
+        receive the final one there; it writes columns [yd*H_out, (yd+1)*H_out) of the layer
+        output y (T, N, D*H_out). Every array is C-contiguous, aligned and writeable
+        (`canonical`), of the direction's dtype, lengths int64; scratch is the calling thread's
+        workspace of scratch_size(steps, rows) elements."""
+        kind, chunks, _ = self.route(steps, rows, threads_)
+        wbuf, wpk, cfg, fcfg = self._wbuf, self._wpk, self._cfg, self._fcfg
         if kind == FUSED:
-            rows = x.shape[1]
             wr, bsum = self._fused_weights()
             width = self.input_size + self.hidden_out
-            xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
-            gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
-            fused = (x, wr, bsum, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, hs, cs,
-                     slot, y, yd, xh, gates)
-            if chunks > 1:
-                self._call(eng.run_fused, fused + (chunks,))
-            else:
-                self._call(eng.run_fused_serial, fused)
-            return
-        args = (x, self._wbuf, self._wpk, self._cfg, self._fcfg, lengths, hs, cs, slot, y, yd,
-                workspace("scratch", size, self.dtype))
-        if kind == SERIAL:
-            self._call(eng.run_serial, args)
-        elif kind == ROWS:
-            self._call(eng.run_parallel, args + (chunks,))
-        else:
-            self._call(eng.run_units, args + (eng.sync_array(chunks), chunks))
+            kernel, extra = (eng.run_fused, (chunks,)) if chunks > 1 else (eng.run_fused_serial, ())
+
+            def call(x, lengths, hs, cs, y, scratch):
+                xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
+                gates = workspace("gates", rows * bsum.size, self.dtype).reshape(rows, bsum.size)
+                self._call(kernel, (x, wr, bsum, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
+                                    yd, xh, gates, *extra))
+            return call
+        if kind == UNITS:
+            def call(x, lengths, hs, cs, y, scratch):
+                self._call(eng.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd,
+                                           scratch, eng.sync_array(chunks), chunks))
+            return call
+        if kind == ROWS:
+            def call(x, lengths, hs, cs, y, scratch):
+                self._call(eng.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
+                                              yd, scratch, chunks))
+            return call
+        entry = None  # the most frequent call, a few microseconds at small H: no dict lookup
+
+        def call(x, lengths, hs, cs, y, scratch):
+            nonlocal entry
+            if entry is None:
+                entry = self._entry(eng.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs,
+                                                     slot, y, yd, scratch))
+            entry(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd, scratch)
+        return call
 
     def _call(self, kernel, args):
-        """kernel(*args) through its compiled function for these arguments' types, found once
-        per kernel: the arrays a call passes are always of the same types (see `run`), and
-        numba's dispatch types each of the 12-14 arguments on every call (~0.3 us)."""
+        """kernel(*args) through its compiled function for these arguments' types (_entry)."""
+        self._entry(kernel, args)(*args)
+
+    def _entry(self, kernel, args):
+        """kernel's compiled function for these arguments' types, found once per kernel: the
+        arrays a call passes are always of the same types (see `bind`), and numba's dispatch
+        types each of the 12-14 arguments on every call (~0.3 us)."""
         entry = self._entries.get(kernel)
         if entry is None:
             entry = self._entries[kernel] = compiled_for(kernel, args)
-        entry(*args)
+        return entry
 
     def route(self, steps: int, rows: int, threads_: int):
         """(kind, chunks, scratch size): the kernel a call over (steps, rows) with threads_
@@ -249,10 +258,8 @@ class DirectionParams:
         return SERIAL, 1, size
 
 
-# DirectionParams.route's kinds of call, and how many routes a direction keeps (one per shape
-# and thread count it is called with)
+# DirectionParams.route's kinds of call
 SERIAL, ROWS, UNITS, FUSED = range(4)
-_ROUTES_KEPT = 64
 _MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
 # Input plus recurrent weight bytes up to which one-row calls project their input inside the
 # recurrent steps (on two threads, the blocks that do not start early). Measured on one thread
@@ -361,11 +368,10 @@ def _full_lengths(rows: int, steps: int) -> np.ndarray:
     return np.full(rows, steps, dtype=np.int64)
 
 
-def run_layer(directions, x, h0=None, c0=None, lengths=None):
-    """Run one layer of 1 or 2 directions. Returns (y (T,N,D,H_out), h_n (D,N,H_out), c_n or None)."""
-    if not directions:
-        raise ArgumentError("run_layer needs at least one direction")
-    first = directions[0]
+def run_layer(stack, x, h0=None, c0=None, lengths=None):
+    """Run a one-layer `Stack` (1 or 2 directions) on x (T, N, I) after checking it. Returns
+    (y (T,N,D,H_out), h_n (D,N,H_out), c_n or None)."""
+    first = stack.layers[0][0]
     x = np.asarray(x)
     if x.ndim != 3:
         raise ShapeError(f"x must be (T, N, I), got shape {x.shape}")
@@ -376,8 +382,8 @@ def run_layer(directions, x, h0=None, c0=None, lengths=None):
         raise ShapeError(f"x has {features} features, the layer expects {first.input_size}")
     if steps == 0 or rows == 0:
         raise ShapeError(f"x must have at least one step and one row, got shape {x.shape}")
-    y, h_n, c_n = run_stack([directions], canonical(x, first.dtype), h0, c0, lengths)
-    return y.reshape(steps, rows, len(directions), -1), h_n, c_n
+    y, h_n, c_n = stack.run(canonical(x, first.dtype), h0, c0, lengths)
+    return y.reshape(steps, rows, len(stack.layers[0]), -1), h_n, c_n
 
 
 def canonical(x, dtype):
@@ -389,44 +395,89 @@ def canonical(x, dtype):
     return x
 
 
-def run_stack(stack, x, h0, c0, lengths):
-    """Run layers in turn, each a list of 1 or 2 directions, the input of each the output of the
-    one before; x (T >= 1, N >= 1, I) `canonical` in the directions' dtype (checked by the
-    caller); h0 / c0 (L*D, N, H_out) / (L*D, N, H) or None; lengths (N,) or None. Returns the last
-    layer's y (T, N, D*H_out), h_n (L*D, N, H_out) and c_n (L*D, N, H) (None but for LSTM)."""
-    first = stack[0][0]
-    dtype = first.dtype
-    steps, rows = x.shape[0], x.shape[1]
-    count = len(stack[0])
-    width = count * first.hidden_out
-    if lengths is None:
-        lengths = _full_lengths(rows, steps)
-        padded_out = False
-    else:
-        lengths = check_lengths(lengths, rows, steps)
-        padded_out = True  # steps past a row's length stay zero
-    shape = (len(stack) * count, rows, first.hidden_out)
-    h_n = np.zeros(shape, dtype) if h0 is None else _initial_state("initial h", h0, shape, dtype)
-    c_n = None
-    if first.mode == "LSTM":
-        shape = (len(stack) * count, rows, first.hidden_size)
-        c_n = np.zeros(shape, dtype) if c0 is None else _initial_state("initial c", c0, shape,
-                                                                       dtype)
-    cs = first.dummy_c if c_n is None else c_n
-    workers = threads.workers()
-    for layer, directions in enumerate(stack):
-        y = (np.zeros if padded_out else np.empty)((steps, rows, width), dtype)
-        slot = layer * count
-        if count == 2 and directions[0].directions_concurrently(steps, rows, workers):
-            size = directions[0].scratch_size(steps, rows)
-            eng.run_directions(x, lengths, h_n, cs, slot, y,
-                               *directions[0].own_args(workspace("scratch0", size, dtype)),
-                               *directions[1].own_args(workspace("scratch1", size, dtype)))
+class Stack:
+    """Layers of 1 or 2 directions (DirectionParams of one mode and dtype, the input of each
+    layer the output of the one before), with the calls a shape takes worked out on its first
+    call: a layer call's Python path is a few dict lookups, allocations and the kernels' calls."""
+
+    def __init__(self, layers):
+        self.layers = tuple(tuple(directions) for directions in layers)
+        if not self.layers or not all(self.layers):
+            raise ArgumentError("a stack needs at least one layer of at least one direction")
+        self._plans = {}  # (steps, rows, threads) -> _plan()
+
+    def run(self, x, h0, c0, lengths):
+        """x (T >= 1, N >= 1, I) `canonical` in the directions' dtype (checked by the caller);
+        h0 / c0 (L*D, N, H_out) / (L*D, N, H) or None; lengths (N,) or None. Returns the last
+        layer's y (T, N, D*H_out), h_n (L*D, N, H_out) and c_n (L*D, N, H) (None but for
+        LSTM)."""
+        steps, rows = x.shape[0], x.shape[1]
+        key = (steps, rows, threads.workers())
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            plan = self._plans[key] = self._plan(*key)
+        calls, size, h_shape, c_shape, y_shape, dtype, full_lengths = plan
+        if lengths is None:
+            lengths = full_lengths
+            new_y = np.empty
         else:
-            for d, params in enumerate(directions):
-                params.run(x, lengths, h_n, cs, slot + d, y, d, workers)
-        x = y
-    return x, h_n, c_n
+            lengths = check_lengths(lengths, rows, steps)
+            new_y = np.zeros  # steps past a row's length stay zero
+        h_n = np.zeros(h_shape, dtype) if h0 is None else _initial_state("initial h", h0,
+                                                                          h_shape, dtype)
+        c_n = None
+        if c_shape is not None:
+            c_n = np.zeros(c_shape, dtype) if c0 is None else _initial_state("initial c", c0,
+                                                                              c_shape, dtype)
+        cs = self.layers[0][0].dummy_c if c_n is None else c_n
+        scratch = workspace("scratch", size, dtype)
+        for layer in calls:
+            y = new_y(y_shape, dtype)
+            for call in layer:
+                call(x, lengths, h_n, cs, y, scratch)
+            x = y
+        return x, h_n, c_n
+
+    def _plan(self, steps, rows, workers):
+        """(calls: one list per layer of its directions' calls (DirectionParams.bind, or one
+        call running both at once), the size of the scratch they share, shapes of h_n, c_n (None
+        but for LSTM) and each layer's y, dtype, lengths of rows that run every step)."""
+        first = self.layers[0][0]
+        count = len(self.layers[0])
+        size = 0  # batches that run only the fused product need no scratch (its xp is T*N*G*Hp)
+        calls = []
+        for layer, directions in enumerate(self.layers):
+            slot = layer * count
+            if count == 2 and directions[0].directions_concurrently(steps, rows, workers):
+                calls.append([_both_at_once(directions, steps, rows, slot)])
+                continue
+            calls.append([params.bind(steps, rows, workers, slot + d, d)
+                          for d, params in enumerate(directions)])
+            if any(p.route(steps, rows, workers)[0] != FUSED for p in directions):
+                size = first.scratch_size(steps, rows)
+        states = len(self.layers) * count
+        c_shape = (states, rows, first.hidden_size) if first.mode == "LSTM" else None
+        return (calls, size, (states, rows, first.hidden_out), c_shape,
+                (steps, rows, count * first.hidden_out), first.dtype, _full_lengths(rows, steps))
+
+
+def _both_at_once(directions, steps, rows, slot):
+    """A layer's call running its two directions at once, one thread each (run_directions)."""
+    forward, backward = directions
+    size = forward.scratch_size(steps, rows)
+    dtype = forward.dtype
+
+    def call(x, lengths, hs, cs, y, scratch):
+        eng.run_directions(x, lengths, hs, cs, slot, y,
+                           *forward.own_args(workspace("scratch0", size, dtype)),
+                           *backward.own_args(workspace("scratch1", size, dtype)))
+    return call
+
+
+# How many shapes (steps, rows, threads) a stack keeps the plan of
+_PLANS_KEPT = 64
 
 
 def _initial_state(name, value, shape, dtype):

@@ -24,7 +24,7 @@ class Stream:
             raise ArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.layer = layer
         self.batch_size = rows = int(batch_size)
-        directions = [directions[0] for directions in layer._directions]
+        directions = [directions[0] for directions in layer._stack.layers]
         layers, inputs = layer.num_layers, layer.input_size
         hout, hid = layer.hidden_out, layer.hidden_size
         lstm = layer.mode == "LSTM"

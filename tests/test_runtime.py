@@ -118,6 +118,24 @@ def test_stream_step_takes_any_input_and_its_own_output(cls):
     assert len(engine.run_stream.signatures) == signatures
 
 
+def test_call_plans_per_shape_stay_bounded_and_right():
+    """A layer works out its calls once per (steps, rows, threads) and keeps at most a bounded
+    number of such plans; every shape, new or planned again after a clear, gives the reference
+    result (float64 layer against a fresh layer's first call of that shape)."""
+    from fastrnn import recurrent
+
+    layer = fastrnn.GRU(3, 20, num_layers=2, bidirectional=True, dtype=np.float64, seed=4)
+    rng = np.random.default_rng(5)
+    shapes = [(steps, rows) for steps in range(1, 14) for rows in (1, 2, 3, 9, 17)]
+    assert len(shapes) > recurrent._PLANS_KEPT
+    for steps, rows in shapes + shapes[:5]:
+        x = rng.standard_normal((steps, rows, 3))
+        fresh = fastrnn.GRU(3, 20, num_layers=2, bidirectional=True, dtype=np.float64, seed=4)
+        for got, want in zip(layer(x), fresh(x)):
+            np.testing.assert_array_equal(got, want)
+        assert len(layer._stack._plans) <= recurrent._PLANS_KEPT
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layer_call_takes_any_input_without_new_compilation(threads):
     """Layers run a canonical input in place and a copy of any other, through the kernels'
@@ -322,7 +340,7 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
         pytest.skip("needs numba's parallel threading layer")
     make, lengths = UNIT_SPLIT_CASES[case]
     layer = make()
-    params = layer._directions[0][0]
+    params = layer._stack.layers[0][0]
     rows = len(lengths)
     dtype = layer.dtype
     x = np.random.default_rng(14).standard_normal((40, rows, 16)).astype(dtype)
@@ -377,15 +395,14 @@ def test_batch_kernel_choice(monkeypatch, threads, rows, expected):
         monkeypatch.setattr(engine, name,
                             lambda *args, _name=name, _run=original: (called.append(_name),
                                                                       _run(*args)))
-    layer = fastrnn.LSTM(16, 256, dtype=np.float64, seed=13)
     x = np.random.default_rng(14).standard_normal((20, rows, 16))
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        got = layer(x)
+        got = fastrnn.LSTM(16, 256, dtype=np.float64, seed=13)(x)
         fastrnn.set_num_threads(1)
-        monkeypatch.undo()
-        want = layer(x)
+        monkeypatch.undo()  # a layer binds its kernels on its first call of a shape: a new one
+        want = fastrnn.LSTM(16, 256, dtype=np.float64, seed=13)(x)
     finally:
         fastrnn.set_num_threads(before)
     assert called == [expected]
@@ -457,7 +474,7 @@ def test_which_layers_project_ahead(make, ahead):
     from fastrnn.kernels.simd import VECTOR_BUDGET
 
     # the fused tile holds 16 accumulators: only with 32 vector registers (AVX-512)
-    assert make()._directions[0][0]._cfg[engine.C_AHEAD] == (ahead and VECTOR_BUDGET >= 32)
+    assert make()._stack.layers[0][0]._cfg[engine.C_AHEAD] == (ahead and VECTOR_BUDGET >= 32)
 
 
 @pytest.mark.parametrize("cls,kwargs", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
@@ -493,7 +510,7 @@ def _assert_ahead_equals_first(layer, threads, step_counts):
     carried equals, to the bit, the one with it done before the first step."""
     from fastrnn.kernels import engine
 
-    directions = [d for pair in layer._directions for d in pair]
+    directions = [d for pair in layer._stack.layers for d in pair]
     assert all(d._cfg[engine.C_AHEAD] == 1 for d in directions)
     rng = np.random.default_rng(6)
     before = fastrnn.get_num_threads()

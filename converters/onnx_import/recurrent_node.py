@@ -2,8 +2,8 @@
 
 onnx-free. At import the converter turns the node's W / R / B / P into PyTorch-order weights
 (``onnx_to_torch_params``, the only place gate orders are touched, through fastrnn.gates) and stores
-them as plan constants; ``prepare`` builds the prepacked ``DirectionParams`` once, when the plan is
-built or loaded. Weights that are not constant at import (graph inputs) are reordered and packed on
+them as plan constants; ``prepare`` builds the prepacked directions (a ``Stack``) once, when the
+plan is built or loaded. Weights that are not constant at import (graph inputs) are reordered and packed on
 every call instead.
 """
 from __future__ import annotations
@@ -58,8 +58,9 @@ def onnx_to_torch_params(mode: str, W, R, B, P, hidden_size: int) -> list[dict]:
     return out
 
 
-def make_direction_params(attrs: dict, params: list[dict]):
-    from fastrnn.recurrent import DirectionParams
+def make_stack(attrs: dict, params: list[dict]):
+    """The node's one layer of directions as a fastrnn.recurrent.Stack."""
+    from fastrnn.recurrent import DirectionParams, Stack
 
     mode = attrs["mode"]
     result = []
@@ -74,18 +75,18 @@ def make_direction_params(attrs: dict, params: list[dict]):
             reverse=attrs["reverse"][d],
             activations=[tuple(a) for a in attrs["activations"][d]],
             clip=attrs.get("clip"), dtype=attrs["dtype"], **extra))
-    return result
+    return Stack([result])
 
 
 def prepare(attrs: dict, constants: dict):
-    """Build the DirectionParams once from the constants the converter stored (static weights)."""
+    """Build the node's Stack once from the constants the converter stored (static weights)."""
     names = attrs.get("params")
     if names is None:
         return None
     # writable copies: the constants may be read-only views of a memory-mapped file
     params = [{k: (None if n is None else np.array(constants[n], copy=True)) for k, n in entry.items()}
               for entry in names]
-    return make_direction_params(attrs, params)
+    return make_stack(attrs, params)
 
 
 def run(attrs: dict, state, ins: list, n_out: int) -> list:
@@ -102,14 +103,15 @@ def run(attrs: dict, state, ins: list, n_out: int) -> list:
     if state is None:  # weights only known at run time
         W, R, B, P = (ins + [None] * 8)[4:8]
         H = check_weight_shapes(attrs["mode"], W, R, B, P, attrs.get("hidden_size"), D, "weights")
-        state = make_direction_params(attrs, onnx_to_torch_params(attrs["mode"], W, R, B, P, H))
+        state = make_stack(attrs, onnx_to_torch_params(attrs["mode"], W, R, B, P, H))
     if layout:  # [N, T, I] / [N, D, H] -> fastrnn's [T, N, I] / [D, N, H], C-contiguous
         X = np.ascontiguousarray(X.transpose(1, 0, 2))
         h0 = None if h0 is None else np.ascontiguousarray(h0.transpose(1, 0, 2))
         c0 = None if c0 is None else np.ascontiguousarray(c0.transpose(1, 0, 2))
     T, N, I = X.shape
-    if I != state[0].input_size:
-        raise ShapeError(f"X has {I} input features, W expects {state[0].input_size}")
+    features = state.layers[0][0].input_size
+    if I != features:
+        raise ShapeError(f"X has {I} input features, W expects {features}")
     if T == 0 or N == 0:
         raise UnsupportedError(f"X with shape {X.shape}: empty sequences or batches are not supported")
     y, h_n, c_n = run_layer(state, X, h0, c0, seq_lens)
