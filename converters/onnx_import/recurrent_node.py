@@ -3,8 +3,8 @@
 onnx-free. At import the converter turns the node's W / R / B / P into PyTorch-order weights
 (``onnx_to_torch_params``, the only place gate orders are touched, through fastrnn.gates) and stores
 them as plan constants; ``prepare`` builds the prepacked directions (a ``Stack``) once, when the
-plan is built or loaded. Weights that are not constant at import (graph inputs) are reordered and packed on
-every call instead.
+plan is built or loaded. Weights that are not constant at import (graph inputs) are reordered and
+packed on every call instead.
 """
 from __future__ import annotations
 
