@@ -178,15 +178,15 @@ class DirectionParams:
         return (2 <= threads_ < 4 and rows < _ROW_SPLIT_MIN_ROWS
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
-    def bind(self, steps: int, rows: int, threads_: int, slot: int, yd: int):
-        """call(x, lengths, hs, cs, y, scratch) running this direction over x (steps, rows, I)
-        with threads_ threads (`route` picks the kernel and its split): hs (S, N, H_out) and, for
+    def bind(self, route, rows: int, slot: int, yd: int):
+        """call(x, lengths, hs, cs, y, scratch) running this direction over x (T, rows, I) the
+        way `route` (this direction's route for that shape) says: hs (S, N, H_out) and, for
         LSTM, cs (S, N, H) (else the empty `dummy_c`) hold the initial state in slot `slot` and
         receive the final one there; it writes columns [yd*H_out, (yd+1)*H_out) of the layer
         output y (T, N, D*H_out). Every array is C-contiguous, aligned and writeable
         (`canonical`), of the direction's dtype, lengths int64; scratch is the calling thread's
-        workspace of scratch_size(steps, rows) elements."""
-        kind, chunks, _ = self.route(steps, rows, threads_)
+        workspace of scratch_size(T, rows) elements (unused by FUSED)."""
+        kind, chunks = route
         wbuf, wpk, cfg, fcfg = self._wbuf, self._wpk, self._cfg, self._fcfg
         if kind == FUSED:
             wr, bsum = self._fused_weights()
@@ -233,8 +233,8 @@ class DirectionParams:
         return entry
 
     def route(self, steps: int, rows: int, threads_: int):
-        """(kind, chunks, scratch size): the kernel a call over (steps, rows) with threads_
-        threads runs, over how many blocks, and its scratch. Batches of 8+ rows split their rows
+        """(kind, chunks): the kernel a call over (steps, rows) with threads_ threads runs, and
+        over how many blocks. Batches of 8+ rows split their rows
         over threads (no synchronisation); smaller batches split each step's hidden units
         (run_units: each thread keeps its slice of the weights in its own cache, one handover per
         step). LSTM without projection and RNN run run_fused (one product per step over
@@ -246,16 +246,15 @@ class DirectionParams:
         row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
         split_threads = min(threads_, rows) if row_split else 1
         fused_threads = min(threads_, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
-        size = self.scratch_size(steps, rows)
         if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD and fused_threads >= split_threads:
-            return FUSED, fused_threads, size
+            return FUSED, fused_threads
         if threads_ < 2:
-            return SERIAL, 1, size
+            return SERIAL, 1
         if row_split:
-            return ROWS, split_threads, size
+            return ROWS, split_threads
         if self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
-            return UNITS, min(threads_, self._hp // PANEL), size
-        return SERIAL, 1, size
+            return UNITS, min(threads_, self._hp // PANEL)
+        return SERIAL, 1
 
 
 # DirectionParams.route's kinds of call
@@ -388,7 +387,7 @@ def run_layer(stack, x, h0=None, c0=None, lengths=None):
 
 def canonical(x, dtype):
     """x as a C-contiguous, aligned, writeable array of dtype: x itself when it is one, else a
-    copy. The kernels' compiled functions are called without type checks (DirectionParams._call)
+    copy. The kernels' compiled functions are called without type checks (DirectionParams.bind)
     for exactly such arrays (and a read-only one would need a compilation of its own)."""
     if x.dtype != dtype or not x.flags.carray:
         return np.array(x, dtype=dtype, order="C")
@@ -453,9 +452,10 @@ class Stack:
             if count == 2 and directions[0].directions_concurrently(steps, rows, workers):
                 calls.append([_both_at_once(directions, steps, rows, slot)])
                 continue
-            calls.append([params.bind(steps, rows, workers, slot + d, d)
-                          for d, params in enumerate(directions)])
-            if any(p.route(steps, rows, workers)[0] != FUSED for p in directions):
+            routes = [params.route(steps, rows, workers) for params in directions]
+            calls.append([params.bind(route, rows, slot + d, d)
+                          for d, (params, route) in enumerate(zip(directions, routes))])
+            if any(kind != FUSED for kind, _ in routes):
                 size = first.scratch_size(steps, rows)
         states = len(self.layers) * count
         c_shape = (states, rows, first.hidden_size) if first.mode == "LSTM" else None
@@ -470,9 +470,9 @@ def _both_at_once(directions, steps, rows, slot):
     dtype = forward.dtype
 
     def call(x, lengths, hs, cs, y, scratch):
-        eng.run_directions(x, lengths, hs, cs, slot, y,
-                           *forward.own_args(workspace("scratch0", size, dtype)),
-                           *backward.own_args(workspace("scratch1", size, dtype)))
+        forward._call(eng.run_directions, (
+            x, lengths, hs, cs, slot, y, *forward.own_args(workspace("scratch0", size, dtype)),
+            *backward.own_args(workspace("scratch1", size, dtype))))
     return call
 
 

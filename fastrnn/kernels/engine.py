@@ -524,7 +524,7 @@ def run_directions(x, lengths, hs, cs, slot, y, wbuf0, wpk0, cfg0, fcfg0, sbuf0,
     x, y, of which each writes its own half, and the stacks of states, where the forward
     direction has `slot` and the reverse one the next)."""
     h0, c0, y4 = _state_views(cfg0, hs, cs, slot, y)
-    h1, c1, y4 = _state_views(cfg1, hs, cs, slot + 1, y)
+    h1, c1, _ = _state_views(cfg1, hs, cs, slot + 1, y)
     for d in prange(2):
         if d == 0:
             _serial(x, wbuf0, wpk0, cfg0, fcfg0, lengths, h0, c0, y4, 0, sbuf0)
