@@ -181,6 +181,11 @@ class RecurrentLayer:
         return out, ((h_n, c_n) if self.mode == "LSTM" else h_n)
 
     def _check_input(self, x):
+        # the common call first: a (T, N, I) array that the kernels can read as it is
+        if (type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 3
+                and not self.batch_first and x.shape[2] == self.input_size and x.size
+                and x.flags.carray):
+            return x, True
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise DTypeError(f"input must be a floating-point array, got dtype {x.dtype}")

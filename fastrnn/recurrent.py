@@ -12,13 +12,13 @@ import threading
 import numpy as np
 
 from . import activations as acts
-from . import threads
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .kernels import engine as eng
 from .kernels._jit import compiled_for
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
 from .kernels.simd import VECTOR_BUDGET
+from .threads import workers
 from .validation import check_clip, check_dtype, check_weight_dtype
 
 def _matrix(name, value, shape, dtype):
@@ -389,9 +389,9 @@ def canonical(x, dtype):
     """x as a C-contiguous, aligned, writeable array of dtype: x itself when it is one, else a
     copy. The kernels' compiled functions are called without type checks (DirectionParams.bind)
     for exactly such arrays (and a read-only one would need a compilation of its own)."""
-    if x.dtype != dtype or not x.flags.carray:
-        return np.array(x, dtype=dtype, order="C")
-    return x
+    if (x.dtype is dtype or x.dtype == dtype) and x.flags.carray:  # `is`: 0.1 us less than ==
+        return x
+    return np.array(x, dtype=dtype, order="C")
 
 
 class Stack:
@@ -410,8 +410,8 @@ class Stack:
         h0 / c0 (L*D, N, H_out) / (L*D, N, H) or None; lengths (N,) or None. Returns the last
         layer's y (T, N, D*H_out), h_n (L*D, N, H_out) and c_n (L*D, N, H) (None but for
         LSTM)."""
-        steps, rows = x.shape[0], x.shape[1]
-        key = (steps, rows, threads.workers())
+        steps, rows, _ = x.shape
+        key = (steps, rows, workers())
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= _PLANS_KEPT:

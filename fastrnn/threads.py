@@ -93,18 +93,21 @@ def get_num_threads() -> int:
 
 def workers() -> int:
     """Threads a call may use (1 means the serial kernels); the kernel picks how to split them."""
+    count = _read_count()
+    return count if count > 1 and _parallel_ok else 1
+
+
+def _first_read() -> int:
+    """The first call's count: it starts numba's thread pool, settles the threading layer and
+    puts the cheap reader in place for the calls after it."""
     global _read_count
-    if _read_count is None:
-        count = numba.get_num_threads()  # starts numba's thread pool
-        _read_count = _count_reader()
-    else:
-        count = _read_count()
-    if count < 2 or not parallel_enabled():
-        return 1
+    count = numba.get_num_threads()
+    parallel_enabled()
+    _read_count = _count_reader()
     return count
 
 
-_read_count = None
+_read_count = _first_read
 
 
 def _count_reader():
