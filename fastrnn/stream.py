@@ -50,23 +50,34 @@ class Stream:
         calls = [p.stream_call(buf, rows, h_at + k * rows * hout, c_at + k * rows * hid, y_at[k],
                                scratch_at[k])
                  for k, p in enumerate(directions)]
+        # each layer's kernel arguments after its input: (buf, meta, wbuf, wpk, fcfg)
+        self._layer_args = [args for _, args in calls]
         (first, args), rest = calls[0], calls[1:]
-        self._first, self._first_args = compiled_for(first, (self._x0, *args)), args
-        self._rest = [(compiled_for(kernel, (x, *args)), (x, *args))
-                      for x, (kernel, args) in zip(layer_inputs, rest)]
+        first = compiled_for(first, (self._x0, *args))
+        rest = [(compiled_for(kernel, (x, *args)), (x, *args))
+                for x, (kernel, args) in zip(layer_inputs, rest)]
+        self.step = self._stepper(first, args, rest)
 
-    def step(self, x_t) -> np.ndarray:
-        """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
-        # The first layer reads x_t itself when it is what its kernel was compiled for (the
-        # layer's dtype, C-contiguous, aligned, writeable: 'carray'), else a checked copy.
-        # x_t may be the previous step's output: a step reads its input before writing.
-        if not (type(x_t) is np.ndarray and x_t.dtype is self._dtype
-                and x_t.shape == self._step_shape and x_t.flags.carray):
-            x_t = self._copied(x_t)
-        self._first(x_t, *self._first_args)
-        for kernel, args in self._rest:
-            kernel(*args)
-        return self._result
+    def _stepper(self, first, first_args, rest):
+        """The stream's `step` function: a closure over everything a step reads (a step's
+        Python is ~0.25 us this way, ~0.4 us as a method reading its attributes)."""
+        buf, meta, wbuf, wpk, fcfg = first_args
+        dtype, shape, result, copied = self._dtype, self._step_shape, self._result, self._copied
+        ndarray = np.ndarray
+
+        def step(x_t) -> np.ndarray:
+            """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
+            # The first layer reads x_t itself when it is what its kernel was compiled for (the
+            # layer's dtype, C-contiguous, aligned, writeable: 'carray'), else a checked copy.
+            # x_t may be the previous step's output: a step reads its input before writing.
+            if not (type(x_t) is ndarray and x_t.dtype is dtype and x_t.shape == shape
+                    and x_t.flags.carray):
+                x_t = copied(x_t)
+            first(x_t, buf, meta, wbuf, wpk, fcfg)
+            for kernel, args in rest:
+                kernel(*args)
+            return result
+        return step
 
     def _copied(self, x_t):
         """x_t checked and copied into the stream's own input buffer."""

@@ -172,7 +172,7 @@ def test_stream_steps_alternate_their_weight_walk(cls):
     x_t = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     for step in range(4):
         stream.step(x_t)
-        for buf, meta, *_ in [stream._first_args] + [args[1:] for _, args in stream._rest]:
+        for buf, meta, *_ in stream._layer_args:
             assert buf[meta[engine.S_SCRATCH] + meta[engine.S_SIZE] - 1] == (step + 1) % 2
 
 
