@@ -170,12 +170,12 @@ class DirectionParams:
         assert meta.size == eng.S_LENGTHS + rows
         return eng.run_stream, (buf, meta, self._wbuf, self._wpk, self._fcfg)
 
-    def directions_concurrently(self, steps: int, rows: int, threads_: int) -> bool:
+    def directions_concurrently(self, steps: int, rows: int, thread_count: int) -> bool:
         """Whether a bidirectional layer of these parameters runs its two directions at once,
         one thread each: with two or three threads, for batches too small to split by rows and
         calls long enough to pay for the parallel region. (With more threads each direction in
         turn splits its hidden units over all of them.)"""
-        return (2 <= threads_ < 4 and rows < _ROW_SPLIT_MIN_ROWS
+        return (2 <= thread_count < 4 and rows < _ROW_SPLIT_MIN_ROWS
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
     def bind(self, route, rows: int, slot: int, yd: int):
@@ -232,8 +232,8 @@ class DirectionParams:
             entry = self._entries[kernel] = compiled_for(kernel, args)
         return entry
 
-    def route(self, steps: int, rows: int, threads_: int):
-        """(kind, chunks): the kernel a call over (steps, rows) with threads_ threads runs, and
+    def route(self, steps: int, rows: int, thread_count: int):
+        """(kind, chunks): the kernel a call over (steps, rows) with thread_count threads runs, and
         over how many blocks. Batches of 8+ rows split their rows
         over threads (no synchronisation); smaller batches split each step's hidden units
         (run_units: each thread keeps its slice of the weights in its own cache, one handover per
@@ -244,16 +244,16 @@ class DirectionParams:
         threads: 7.1 against 5.4 ms on a 16-core Xeon)."""
         work = rows * self._recurrent_bytes  # weight bytes streamed per step
         row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
-        split_threads = min(threads_, rows) if row_split else 1
-        fused_threads = min(threads_, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
+        split_threads = min(thread_count, rows) if row_split else 1
+        fused_threads = min(thread_count, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
         if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD and fused_threads >= split_threads:
             return FUSED, fused_threads
-        if threads_ < 2:
+        if thread_count < 2:
             return SERIAL, 1
         if row_split:
             return ROWS, split_threads
         if self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
-            return UNITS, min(threads_, self._hp // PANEL)
+            return UNITS, min(thread_count, self._hp // PANEL)
         return SERIAL, 1
 
 
@@ -439,7 +439,7 @@ class Stack:
             x = y
         return x, h_n, c_n
 
-    def _plan(self, steps, rows, workers):
+    def _plan(self, steps, rows, thread_count):
         """(calls: one list per layer of its directions' calls (DirectionParams.bind, or one
         call running both at once), the size of the scratch they share, shapes of h_n, c_n (None
         but for LSTM) and each layer's y, dtype, lengths of rows that run every step)."""
@@ -449,10 +449,10 @@ class Stack:
         calls = []
         for layer, directions in enumerate(self.layers):
             slot = layer * count
-            if count == 2 and directions[0].directions_concurrently(steps, rows, workers):
+            if count == 2 and directions[0].directions_concurrently(steps, rows, thread_count):
                 calls.append([_both_at_once(directions, steps, rows, slot)])
                 continue
-            routes = [params.route(steps, rows, workers) for params in directions]
+            routes = [params.route(steps, rows, thread_count) for params in directions]
             calls.append([params.bind(route, rows, slot + d, d)
                           for d, (params, route) in enumerate(zip(directions, routes))])
             if any(kind != FUSED for kind, _ in routes):
