@@ -531,3 +531,22 @@ def _assert_ahead_equals_first(layer, threads, step_counts):
         fastrnn.set_num_threads(before)
         for d in directions:
             d._cfg[engine.C_AHEAD] = 1
+
+
+def test_a_dropped_stream_is_freed_at_once():
+    """A stream's step holds no reference back to the stream (no cycle for the garbage collector
+    to find later): its buffers go as soon as the last reference does."""
+    import gc
+    import weakref
+
+    stream = fastrnn.LSTM(4, 8, num_layers=2, seed=0).stream(2)
+    stream.step(np.ones((2, 4), np.float32))
+    gone = weakref.ref(stream)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del stream
+        assert gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()
