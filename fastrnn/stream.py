@@ -1,4 +1,6 @@
 """Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
+from typing import Callable
+
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
@@ -13,6 +15,8 @@ class Stream:
     copy it to keep it. Streams are independent of each other and of the layer's own calls, so
     several can run on one model from different threads.
     """
+
+    step: Callable[[np.ndarray], np.ndarray]  # x_t (N, I) -> (N, H_out); built per stream
 
     def __init__(self, layer, batch_size: int = 1):
         if layer.bidirectional:
