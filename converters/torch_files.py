@@ -726,7 +726,8 @@ def _open_zip(path: str, fh: Any) -> TorchFile:
     try:
         zf = zipfile.ZipFile(fh)
         infos = {i.filename: i for i in zf.infolist()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            NotImplementedError) as exc:  # the last: a zip version or method zipfile lacks
         raise FormatError(f"{path}: truncated or corrupt zip archive ({exc})") from exc
     pkls = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
     if not pkls:

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def _load_layer(meta, tensors):
-    return layer_from_config(meta["config"]).load_state_dict(tensors)
+    return layer_from_config(meta["config"], tensors)
 
 
 fileformat.register_kind("layer", _load_layer)

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from fastrnn.errors import ArgumentError, DTypeError, FormatError
+from fastrnn.errors import ArgumentError, DTypeError, FastRNNError, FormatError
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "ALIGNMENT", "DTYPES",
@@ -342,4 +342,12 @@ def load(path: str | os.PathLike, mmap: bool = True) -> Any:
         raise FormatError(f"{os.fspath(path)!r} holds an object of kind {kind!r}, which no loader "
                           f"is registered for; known kinds: {known_kinds()} (import the module that "
                           f"registers it, e.g. converters for 'onnx_plan')")
-    return loader(meta, tensors)
+    try:
+        return loader(meta, tensors)
+    except FastRNNError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        # a meta that is valid JSON but not the record its kind writes (a key missing, a list
+        # where a dict belongs, ...)
+        raise FormatError(f"{os.fspath(path)!r}: malformed {kind!r} record "
+                          f"({type(exc).__name__}: {exc})") from exc

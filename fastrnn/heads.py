@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernels.heads import linear_forward, sample
-from .validation import build_from_config, check_dtype, positive_int
+from .validation import NO_INIT, build_from_config, check_dtype, positive_int
 from .vocab import check_ids
 
 __all__ = ["Embedding", "OneHot", "Linear", "ACTIVATIONS", "sample_token"]
@@ -74,6 +74,8 @@ class Embedding:
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = check_dtype(dtype)
+        if seed is NO_INIT:
+            return
         weight = np.random.default_rng(seed).standard_normal(
             (self.num_embeddings, self.embedding_dim))          # torch's init: N(0, 1)
         if padding_idx is not None:
@@ -174,6 +176,8 @@ class Linear:
         self.activation = activation
         self.bias = bool(bias)
         self.dtype = check_dtype(dtype)
+        if seed is NO_INIT:
+            return
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.in_features)                 # torch's init bound
         params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features))}
@@ -236,9 +240,10 @@ class Linear:
 STAGES = {"embedding": Embedding, "one_hot": OneHot, "linear": Linear}
 
 
-def stage_from_config(config: Mapping) -> Embedding | OneHot | Linear:
-    """Rebuild an (untrained) Embedding / OneHot / Linear from its ``config()``."""
-    return build_from_config(STAGES, "type", config)
+def stage_from_config(config: Mapping, state: Mapping | None = None) -> Embedding | OneHot | Linear:
+    """Rebuild an Embedding / OneHot / Linear from its ``config()``: untrained, or with the
+    parameters `state`, checked against the config before anything is allocated."""
+    return build_from_config(STAGES, "type", config, state)
 
 
 def _expect_names(what: str, state: Mapping, names: tuple[str, ...]) -> None:

@@ -11,7 +11,7 @@ from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, Stack, canonical
-from .validation import (build_from_config, check_clip, check_dtype, check_weight_dtype,
+from .validation import (NO_INIT, build_from_config, check_clip, check_dtype, check_weight_dtype,
                          positive_int)
 
 SUFFIXES = ("", "_reverse")
@@ -80,6 +80,8 @@ class RecurrentLayer:
 
     def _reset_parameters(self, seed) -> None:
         """PyTorch's initialisation: every parameter uniform in ±1/sqrt(hidden_size)."""
+        if seed is NO_INIT:
+            return
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.hidden_size)
         self.load_state_dict({name: rng.uniform(-bound, bound, shape)
@@ -91,6 +93,13 @@ class RecurrentLayer:
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> "RecurrentLayer":
         """Set parameters from PyTorch-named arrays; casts to the layer dtype and repacks."""
+        if not isinstance(state, Mapping):
+            raise ArgumentError(f"load_state_dict takes a dict of arrays, got {type(state).__name__}")
+        needed = 2 * self.num_layers * self.num_directions  # weight_ih and weight_hh of each
+        if (strict or not self._params) and len(state) < needed:
+            # before parameter_shapes(), whose size a file's config sets
+            raise ArgumentError(f"{self.num_layers} layer(s) of {self.num_directions} "
+                                f"direction(s) need at least {needed} parameters, got {len(state)}")
         shapes = self.parameter_shapes()
         unknown = sorted(set(state) - set(shapes))
         missing = sorted(set(shapes) - set(state))
@@ -153,7 +162,7 @@ class RecurrentLayer:
         halves the bytes a step streams (float32 layers; biases, peepholes, state and arithmetic
         stay float32), the layer's dtype gives back full precision."""
         config = dict(self.config(), weight_dtype=check_weight_dtype(weight_dtype, self.dtype).name)
-        return layer_from_config(config).load_state_dict(self.state_dict())
+        return layer_from_config(config, self.state_dict())
 
     def to_record(self):
         return "layer", {"config": self.config()}, self.state_dict()
@@ -304,6 +313,7 @@ class LSTM(RecurrentLayer):
 LAYERS = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}
 
 
-def layer_from_config(config: Mapping) -> RecurrentLayer:
-    """Build an (untrained) layer from `layer.config()`."""
-    return build_from_config(LAYERS, "mode", config)
+def layer_from_config(config: Mapping, state: Mapping | None = None) -> RecurrentLayer:
+    """Build a layer from `layer.config()`: untrained, or with the parameters `state` (a
+    state_dict), which are checked against the config before anything is allocated."""
+    return build_from_config(LAYERS, "mode", config, state)

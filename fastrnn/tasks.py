@@ -206,14 +206,11 @@ def _stages_load(meta: dict, tensors: Mapping, prefix: str = "") -> list:
     try:
         stages = []
         if meta["input"] is not None:
-            inp = stage_from_config(meta["input"])
-            stages.append(inp.load_state_dict(_sub(tensors, f"{prefix}input.")))
+            stages.append(stage_from_config(meta["input"], _sub(tensors, f"{prefix}input.")))
         for i, cfg in enumerate(meta["rnns"]):
-            stages.append(layer_from_config(cfg).load_state_dict(
-                _sub(tensors, f"{prefix}rnn.{i}.")))
+            stages.append(layer_from_config(cfg, _sub(tensors, f"{prefix}rnn.{i}.")))
         for i, cfg in enumerate(meta["heads"]):
-            stages.append(stage_from_config(cfg).load_state_dict(
-                _sub(tensors, f"{prefix}head.{i}.")))
+            stages.append(stage_from_config(cfg, _sub(tensors, f"{prefix}head.{i}.")))
         return stages
     except (KeyError, TypeError) as exc:
         raise FormatError(f"bad model record: missing or malformed {exc}") from None

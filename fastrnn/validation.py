@@ -1,4 +1,5 @@
 """Argument checks shared by the layers and the task stages: dtypes, sizes, rebuilding from config."""
+import inspect
 from typing import Mapping
 
 import numpy as np
@@ -26,16 +27,28 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def build_from_config(classes: Mapping, key: str, config: Mapping):
-    """classes[config[key]](**rest of config), with typed errors for unknown kinds or arguments."""
+# The `seed` that skips an object's random initialisation, for one whose parameters are loaded
+# next: a file's config can claim any size, and nothing may be allocated from it before the
+# parameters have been checked against it.
+NO_INIT = object()
+
+
+def build_from_config(classes: Mapping, key: str, config: Mapping, state: Mapping | None = None):
+    """classes[config[key]](**rest of config), with typed errors for unknown kinds or arguments;
+    with `state`, its parameters loaded (load_state_dict) instead of a random initialisation."""
+    if not isinstance(config, Mapping):
+        raise ArgumentError(f"a config must be a dict, got {type(config).__name__}")
     cfg = dict(config)
     kind = cfg.pop(key, None)
-    if kind not in classes:
+    if not isinstance(kind, str) or kind not in classes:
         raise ArgumentError(f"config {key} must be one of {sorted(classes)}, got {kind!r}")
+    if state is not None and "seed" in inspect.signature(classes[kind]).parameters:
+        cfg["seed"] = NO_INIT
     try:
-        return classes[kind](**cfg)
+        obj = classes[kind](**cfg)
     except TypeError as exc:
         raise ArgumentError(f"bad {kind} config {dict(config)!r}: {exc}") from None
+    return obj if state is None else obj.load_state_dict(state)
 
 
 def check_clip(clip) -> float | None:

@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastrnn
 import fastrnn.fileformat as ff
-from fastrnn.errors import ArgumentError, DTypeError, FormatError
+from fastrnn.errors import ArgumentError, DTypeError, FormatError, ShapeError
 
 DTYPE_NAMES = list(ff.DTYPES)
 SHAPES = [(), (0,), (3, 0, 2), (1,), (7,), (3, 5), (2, 3, 4)]
@@ -441,3 +441,73 @@ def test_layer_save_load_round_trip(tmp_path, mode, kwargs, use_mmap):
 def _flat(out):
     y, state = out
     return [y, *state] if isinstance(state, tuple) else [y, state]
+
+
+# ------------------------------------------------------------------ records that lie about sizes
+def _rewritten(tmp_path, obj, edit):
+    """obj saved, its (kind, meta, tensors) passed through edit, written back as a valid file."""
+    p = tmp_path / "orig.frnn"
+    fastrnn.save(obj, p)
+    kind, meta, tensors = ff.read_container(p, mmap=False)
+    out = tmp_path / "edited.frnn"
+    ff.write_container(out, kind, *edit(meta, tensors))
+    return out
+
+
+def _config(**changes):
+    return lambda meta, tensors: ({"config": dict(meta["config"], **changes)}, tensors)
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    # each would have allocated (or looped over) what the config claims before the check
+    (_config(num_layers=2**62), ArgumentError, "need at least"),
+    (_config(num_layers=3), ArgumentError, "missing parameters"),
+    (_config(hidden_size=2**31), ShapeError, "weight_ih_l0 must have shape"),
+    (_config(input_size=2**40), ShapeError, "weight_ih_l0 must have shape"),
+    (_config(hidden_size="4"), ArgumentError, "hidden_size must be an int"),
+    (lambda meta, t: ({"config": None}, t), ArgumentError, "config must be a dict"),
+    (lambda meta, t: ({"config": ["LSTM"]}, t), ArgumentError, "config must be a dict"),
+    (lambda meta, t: ({"config": dict(meta["config"], mode=["LSTM"])}, t), ArgumentError,
+     "mode must be one of"),
+    (lambda meta, t: ({}, t), FormatError, r"malformed 'layer' record \(KeyError"),
+    (lambda meta, t: (meta, {k: v for k, v in t.items() if "l1" not in k}), ArgumentError,
+     "need at least|missing"),
+])
+def test_a_layer_record_that_lies_is_refused_before_allocating(tmp_path, edit, error, message):
+    layer = fastrnn.LSTM(5, 4, num_layers=2, seed=0)
+    with pytest.raises(error, match=message):
+        fastrnn.load(_rewritten(tmp_path, layer, edit))
+
+
+def test_a_task_record_that_lies_is_refused_before_allocating(tmp_path):
+    model = fastrnn.Classifier(fastrnn.Embedding(10, 3, seed=0), fastrnn.GRU(3, 4, seed=0),
+                               fastrnn.Linear(4, 2, seed=0))
+
+    def claim(stage, key, value):
+        def edit(meta, tensors):
+            meta = json.loads(json.dumps(meta))
+            stages = meta["stages"]
+            target = stages["input"] if stage == "input" else stages[stage][0]
+            target[key] = value
+            return meta, tensors
+        return edit
+
+    for edit, message in [(claim("input", "num_embeddings", 2**40), "weight must have shape"),
+                          (claim("heads", "in_features", 2**40), "weight must have shape"),
+                          (claim("rnns", "num_layers", 2**40), "need at least"),
+                          (claim("rnns", "hidden_size", 2**35), "must have shape")]:
+        with pytest.raises((ShapeError, ArgumentError), match=message):
+            fastrnn.load(_rewritten(tmp_path, model, edit))
+
+
+def test_loading_does_not_draw_a_random_initialisation(tmp_path, monkeypatch):
+    """The parameters come from the file: the untrained layer's random ones are never made."""
+    p = tmp_path / "m.frnn"
+    fastrnn.save(fastrnn.Sequential(fastrnn.Embedding(10, 3, seed=0), fastrnn.LSTM(3, 4, seed=0),
+                                    fastrnn.Linear(4, 2, seed=0)), p)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a random initialisation was drawn while loading")
+    monkeypatch.setattr(np.random, "default_rng", refuse)
+    model = fastrnn.load(p)
+    assert model.predict(np.array([[1], [2], [3]])).shape == (1,)  # (T=3, N=1) ids

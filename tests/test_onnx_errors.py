@@ -143,6 +143,33 @@ def test_shape_inference_catches_inconsistent_graph():
         converters.from_onnx(model)
 
 
+@pytest.mark.parametrize("change", ["float", "string", "undefined"])
+def test_attributes_of_the_wrong_type_are_a_format_error(change):
+    """An attribute whose declared type is not the schema's (or no valid type at all) is refused
+    at import, not read as something else (a None value broke int())."""
+    model = lstm_model()
+    (attr,) = [a for a in model.graph.node[0].attribute if a.name == "hidden_size"]
+    if change == "float":
+        attr.type, attr.f = onnx.AttributeProto.FLOAT, float(H)
+    elif change == "string":
+        attr.type, attr.s = onnx.AttributeProto.STRING, b"4"
+    else:
+        attr.type = onnx.AttributeProto.UNDEFINED  # what an unknown type parses as
+    with pytest.raises(FormatError, match="attribute 'hidden_size'"):
+        converters.from_onnx(model)
+
+
+def test_a_required_input_left_empty_is_a_format_error():
+    shape = helper.make_node("Shape", [""], ["S"], name="shape_of_nothing")
+    outs = [helper.make_tensor_value_info("S", TensorProto.INT64, None)]
+    with pytest.raises(FormatError, match=r"'shape_of_nothing' \(Shape\): input 0 \(data\) is required"):
+        converters.from_onnx(lstm_model(extra_nodes=[shape], outputs=outs))
+    model = lstm_model()
+    model.graph.node[0].input[2] = ""  # R
+    with pytest.raises(FormatError, match=r"input 2 \(R\) is required"):
+        converters.from_onnx(model)
+
+
 def test_undefined_values_are_a_format_error():
     model = lstm_model()
     model.graph.node[0].input[1] = "no_such_weight"
@@ -339,6 +366,20 @@ def test_corrupt_plan_record_is_a_format_error():
         OnnxPlan.from_record({k: v for k, v in meta.items() if k != "inputs"}, tensors)
     with pytest.raises(FormatError):
         OnnxPlan.from_record(meta, {})
+
+
+def test_a_saved_plan_node_without_a_required_attribute_fails_typed():
+    from converters.onnx_import.plan import OnnxPlan
+
+    cat = helper.make_node("Concat", ["Y_h", "Y_c"], ["Z"], name="cat", axis=0)
+    outs = [helper.make_tensor_value_info("Z", TensorProto.FLOAT, None)]
+    kind, meta, tensors = converters.from_onnx(lstm_model(extra_nodes=[cat], outputs=outs)).to_record()
+    for node in meta["nodes"]:
+        if node["op"] == "Concat":
+            del node["attrs"]["axis"]
+    plan = OnnxPlan.from_record(meta, tensors)
+    with pytest.raises(FormatError, match=r"node 'cat' \(Concat\) lacks the attribute 'axis'"):
+        plan.run(None, feeds())
 
 
 def test_saved_plan_runs_without_onnx(tmp_path):

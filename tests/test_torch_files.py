@@ -532,6 +532,17 @@ def _checkpoint_files(torch, tmp_path):
     return files
 
 
+def test_a_zip_version_zipfile_cannot_read_is_a_format_error(torch, tmp_path):
+    """zipfile raises NotImplementedError for a 'version needed to extract' it lacks."""
+    data = bytearray(_checkpoint_files(torch, tmp_path)["zip"])
+    central = data.index(b"PK\x01\x02")
+    data[central + 6:central + 8] = struct.pack("<H", 0x7F)  # version needed: 12.7
+    path = tmp_path / "future_zip.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="zip file version"):
+        from_torch(str(path))
+
+
 def test_truncated_files_give_format_error(torch, tmp_path):
     for fmt, data in _checkpoint_files(torch, tmp_path).items():
         cuts = sorted(set(np.linspace(0, len(data) - 1, 60).astype(int)) | {1, 7, 8, 9, len(data) - 1})

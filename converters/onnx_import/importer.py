@@ -4,6 +4,7 @@ The only module of the ONNX import that imports onnx, and it does so when called
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -108,6 +109,7 @@ class NodeView:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                 raise UnsupportedError(f"node {self.name!r} ({self.op_type}) has a subgraph "
                                        f"attribute {a.name!r}; control flow is not supported")
+            _check_attribute_type(a, self, version)
             value = onnx.helper.get_attribute_value(a)
             if isinstance(value, onnx.TensorProto):
                 value = _to_array(value)
@@ -119,6 +121,51 @@ class NodeView:
                 value = [_to_array(v) for v in value]
             attrs[a.name] = value
         self.attrs = attrs
+        _check_required_inputs(self)
+
+
+def _check_required_inputs(node: "NodeView") -> None:
+    """Every input the operator's schema requires is named (an empty name means absent: the
+    kernels would get None where they need an array)."""
+    schema = _schema(node.op_type, node.domain, node.version)
+    if schema is None:
+        return
+    onnx = _onnx()
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for i, formal in enumerate(schema.inputs):
+        if formal.option == single and (i >= len(node.inputs) or not node.inputs[i]):
+            raise FormatError(f"node {node.name!r} ({node.op_type}): input {i} ({formal.name}) "
+                              f"is required, but the node leaves it empty")
+
+
+def _check_attribute_type(attr, node: "NodeView", version: int) -> None:
+    """The attribute's declared type must be the one the operator's schema gives it (the
+    converters read its value as that type); attributes the schema does not know are left to
+    the converters."""
+    onnx = _onnx()
+    names = onnx.AttributeProto.AttributeType
+    declared = attr.type
+    if declared not in names.values() or declared == onnx.AttributeProto.UNDEFINED:
+        raise FormatError(f"node {node.name!r} ({node.op_type}): attribute {attr.name!r} has no "
+                          f"valid type (type field {declared})")
+    schema = _schema(node.op_type, node.domain, version)
+    if schema is None or attr.name not in schema.attributes:
+        return
+    expected = int(schema.attributes[attr.name].type)
+    if expected != declared:
+        raise FormatError(f"node {node.name!r} ({node.op_type}): attribute {attr.name!r} is "
+                          f"{names.Name(declared)}, the operator takes {names.Name(expected)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(op_type: str, domain: str, version: int):
+    """The operator's ONNX schema at this opset version, or None (an operator onnx does not
+    define: the importer reports it as unsupported)."""
+    onnx = _onnx()
+    try:
+        return onnx.defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
+    except onnx.defs.SchemaError:
+        return None
 
 
 def _to_array(tensor) -> np.ndarray:

@@ -105,6 +105,12 @@ def execute_node(node: PlanNode, ins: list) -> list:
         types = [None if x is None else str(np.asarray(x).dtype) for x in ins]
         raise DTypeError(f"node {node.name!r} ({node.op}) failed on inputs of dtypes {types}: "
                          f"{e}") from e
+    except AttributeError as e:  # an input the kernel needs is absent (None)
+        absent = [i for i, x in enumerate(ins) if x is None]
+        raise FormatError(f"node {node.name!r} ({node.op}) failed with inputs {absent} absent: "
+                          f"{e}") from e
+    except KeyError as e:  # a saved plan's node without an attribute its op requires
+        raise FormatError(f"node {node.name!r} ({node.op}) lacks the attribute {e}") from e
 
 
 def known_op(op: str) -> bool:
