@@ -511,3 +511,29 @@ def test_loading_does_not_draw_a_random_initialisation(tmp_path, monkeypatch):
     monkeypatch.setattr(np.random, "default_rng", refuse)
     model = fastrnn.load(p)
     assert model.predict(np.array([[1], [2], [3]])).shape == (1,)  # (T=3, N=1) ids
+
+
+_ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
+                       st.sampled_from([0, 1, 2, 3, 5, 2**31, 2**62]),
+                       st.floats(allow_nan=False, allow_infinity=False),
+                       st.sampled_from(["LSTM", "GRU", "RNN", "tanh", "float64", "float16", ""]),
+                       st.lists(st.sampled_from(["tanh", "sigmoid", "relu", 1, None]), max_size=7))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(sorted(fastrnn.LSTM(5, 4).config())), _ANY_VALUE,
+                               min_size=1, max_size=3))
+def test_any_layer_config_loads_or_fails_typed(tmp_path, changes):
+    """Whatever values a file's layer config holds, loading (and running what loads) raises
+    nothing but fastrnn's errors, and never allocates from an unchecked size."""
+    layer = fastrnn.LSTM(5, 4, num_layers=2, bidirectional=True, seed=0)
+    try:
+        path = _rewritten(tmp_path, layer, _config(**changes))
+    except fastrnn.errors.FastRNNError:
+        return  # not even writable (e.g. a value JSON cannot hold)
+    try:
+        back = fastrnn.load(path)
+    except fastrnn.errors.FastRNNError:
+        return
+    x = np.random.default_rng(0).standard_normal((3, 2, back.input_size))
+    back(x if not back.batch_first else x.transpose(1, 0, 2))

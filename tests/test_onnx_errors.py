@@ -10,6 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference these tests compare with")
@@ -168,6 +170,40 @@ def test_a_required_input_left_empty_is_a_format_error():
     model.graph.node[0].input[2] = ""  # R
     with pytest.raises(FormatError, match=r"input 2 \(R\) is required"):
         converters.from_onnx(model)
+
+
+_ATTRIBUTE_VALUES = {
+    "hidden_size": st.integers(-2**63, 2**63 - 1) | st.sampled_from([0, 1, H, 2**31]),
+    "layout": st.integers(-3, 3),
+    "input_forget": st.integers(-2, 2),
+    "clip": st.floats(allow_nan=True, allow_infinity=True),
+    "direction": st.sampled_from(["forward", "reverse", "bidirectional", "", "Forward", "x"]),
+    "activations": st.lists(st.sampled_from(["Sigmoid", "Tanh", "Relu", "HardSigmoid", "x", ""]),
+                            max_size=7),
+    "activation_alpha": st.lists(st.floats(-10, 10), max_size=7),
+    "activation_beta": st.lists(st.floats(-10, 10), max_size=7),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.fixed_dictionaries({}, optional=_ATTRIBUTE_VALUES))
+def test_any_recurrent_attributes_import_or_fail_typed(values):
+    """Whatever values the LSTM node's attributes hold, importing (and running what imports)
+    raises nothing but fastrnn's errors."""
+    model = lstm_model()
+    node = model.graph.node[0]
+    keep = [a for a in node.attribute if a.name not in values]
+    del node.attribute[:]
+    node.attribute.extend(keep + [helper.make_attribute(k, v) for k, v in values.items()
+                                  if not (isinstance(v, list) and not v)])
+    try:
+        sess = converters.from_onnx(model)
+    except FastRNNError:
+        return
+    try:
+        sess.run(None, feeds())
+    except FastRNNError:
+        pass
 
 
 def test_undefined_values_are_a_format_error():
