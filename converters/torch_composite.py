@@ -115,27 +115,28 @@ def _dtype(arr: np.ndarray, dtype: Any) -> Any:
 
 
 def _embedding(s: _Source, name: str, dtype: Any):
-    from fastrnn import Embedding
+    from fastrnn.heads import stage_from_config
     w = s.array(name, "weight")
     if w.ndim != 2:
         raise ArgumentError(f"{name}.weight must be 2-D (num_embeddings, embedding_dim), "
                             f"got shape {w.shape}")
     mod = s.submodule(name)
     pad = getattr(mod, "padding_idx", None) if mod is not None else None
-    emb = Embedding(w.shape[0], w.shape[1], padding_idx=pad, dtype=_dtype(w, dtype))
-    return emb.load_state_dict({"weight": w})
+    config = dict(type="embedding", num_embeddings=w.shape[0], embedding_dim=w.shape[1],
+                  padding_idx=pad, dtype=_dtype(w, dtype))
+    return stage_from_config(config, {"weight": w})  # no random initialisation to overwrite
 
 
 def _linear(s: _Source, name: str, activation: str, dtype: Any):
-    from fastrnn import Linear
+    from fastrnn.heads import stage_from_config
     w = s.array(name, "weight")
     if w.ndim != 2:
         raise ArgumentError(f"{name}.weight must be 2-D (out_features, in_features), got shape "
                             f"{w.shape}")
     b = s.array(name, "bias", required=False)
-    lin = Linear(w.shape[1], w.shape[0], bias=b is not None, activation=activation,
-                 dtype=_dtype(w, dtype))
-    return lin.load_state_dict({"weight": w} if b is None else {"weight": w, "bias": b})
+    config = dict(type="linear", in_features=w.shape[1], out_features=w.shape[0],
+                  bias=b is not None, activation=activation, dtype=_dtype(w, dtype))
+    return stage_from_config(config, {"weight": w} if b is None else {"weight": w, "bias": b})
 
 
 def _recurrent(s: _Source, name: str, src: Any, hints: dict):

@@ -305,17 +305,14 @@ def _build(params: Mapping[str, Any], where: str, *, nonlinearity: Any, batch_fi
     bf = bool(batch_first) if batch_first is not None else bool(recorded_batch_first)
     arrays = {name: _to_numpy(value, f"{where}: {name}") for name, value in params.items()}
     dt = _resolve_dtype(dtype, arrays)
-    kwargs = dict(input_size=arch["input_size"], hidden_size=arch["hidden_size"],
+    config = dict(mode=mode, input_size=arch["input_size"], hidden_size=arch["hidden_size"],
                   num_layers=arch["num_layers"], bias=arch["bias"], batch_first=bf,
                   bidirectional=arch["bidirectional"], dtype=dt)
     if mode == "RNN":
-        layer = fastrnn.RNN(nonlinearity=nl, **kwargs)
-    elif mode == "GRU":
-        layer = fastrnn.GRU(**kwargs)
-    else:
-        layer = fastrnn.LSTM(proj_size=arch["proj_size"], **kwargs)
-    layer.load_state_dict(arrays)
-    return layer
+        config["nonlinearity"] = nl
+    elif mode == "LSTM":
+        config["proj_size"] = arch["proj_size"]
+    return fastrnn.layer_from_config(config, arrays)  # no random initialisation to overwrite
 
 
 def _from_flat(flat: Mapping[str, Any], what: str, prefix: str | None, **hints: Any):
