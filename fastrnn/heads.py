@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernels.heads import linear_forward, sample
-from .validation import NO_INIT, build_from_config, check_dtype, positive_int
+from .validation import NO_INIT, as_array, build_from_config, check_dtype, positive_int
 from .vocab import check_ids
 
 __all__ = ["Embedding", "OneHot", "Linear", "ACTIVATIONS", "sample_token"]
@@ -191,7 +191,7 @@ class Linear:
 
     def __call__(self, x, activation: str | None = None) -> np.ndarray:
         """x (..., in_features) -> (..., out_features); ``activation`` overrides the head's."""
-        x = np.asarray(x)
+        x = as_array(x, "Linear input")
         if x.dtype.kind != "f":
             raise DTypeError(f"Linear input must be floating point, got dtype {x.dtype}")
         if x.ndim == 0 or x.shape[-1] != self.in_features:
@@ -257,7 +257,7 @@ def _expect_names(what: str, state: Mapping, names: tuple[str, ...]) -> None:
 
 
 def _param(name: str, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    arr = np.asarray(value)
+    arr = as_array(value, f"parameter {name}")
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"parameter {name} must be real, got dtype {arr.dtype}")
     if arr.shape != shape:

@@ -11,7 +11,7 @@ from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, Stack, canonical
-from .validation import (NO_INIT, build_from_config, check_clip, check_dtype, check_weight_dtype,
+from .validation import (NO_INIT, as_array, build_from_config, check_clip, check_dtype, check_weight_dtype,
                          positive_int)
 
 SUFFIXES = ("", "_reverse")
@@ -111,7 +111,7 @@ class RecurrentLayer:
         for name, shape in shapes.items():
             if name not in state:
                 continue
-            arr = np.asarray(state[name])
+            arr = as_array(state[name], f"parameter {name}")
             if arr.dtype.kind not in "fiu":
                 raise DTypeError(f"parameter {name} must be real, got dtype {arr.dtype}")
             if arr.shape != shape:
@@ -177,7 +177,7 @@ class RecurrentLayer:
     def __call__(self, x, hx=None, lengths=None):
         x, batched = self._check_input(x)
         if lengths is not None and not batched:
-            lengths = np.asarray(lengths).reshape(-1)
+            lengths = as_array(lengths, "lengths").reshape(-1)
         h0 = c0 = None
         if hx is not None:
             h0, c0 = self._split_state(hx, x.shape[1], batched)
@@ -195,7 +195,7 @@ class RecurrentLayer:
                 and not self.batch_first and x.shape[2] == self.input_size and x.size
                 and x.flags.carray):
             return x, True
-        x = np.asarray(x)
+        x = as_array(x, "input")
         if x.dtype.kind != "f":
             raise DTypeError(f"input must be a floating-point array, got dtype {x.dtype}")
         if x.ndim not in (2, 3):
@@ -238,7 +238,7 @@ class RecurrentLayer:
 
 
 def _state_array(name, value, shape, batched):
-    arr = np.asarray(value)
+    arr = as_array(value, name)
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
     expected = shape if batched else (shape[0], shape[2])

@@ -19,10 +19,10 @@ from .kernels._jit import compiled_for
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
 from .kernels.simd import VECTOR_BUDGET
 from .threads import workers
-from .validation import check_clip, check_dtype, check_weight_dtype
+from .validation import as_array, check_clip, check_dtype, check_weight_dtype
 
 def _matrix(name, value, shape, dtype):
-    arr = np.asarray(value)
+    arr = as_array(value, name)
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.shape != shape:
@@ -344,7 +344,7 @@ def aligned(size: int, dtype) -> np.ndarray:
 
 def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
     """Validate per-row valid lengths (0 <= L <= T) and return them as int64."""
-    arr = np.asarray(lengths)
+    arr = as_array(lengths, "lengths")
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
@@ -371,7 +371,7 @@ def run_layer(stack, x, h0=None, c0=None, lengths=None):
     """Run a one-layer `Stack` (1 or 2 directions) on x (T, N, I) after checking it. Returns
     (y (T,N,D,H_out), h_n (D,N,H_out), c_n or None)."""
     first = stack.layers[0][0]
-    x = np.asarray(x)
+    x = as_array(x, "x")
     if x.ndim != 3:
         raise ShapeError(f"x must be (T, N, I), got shape {x.shape}")
     if x.dtype.kind != "f":
@@ -481,7 +481,7 @@ _PLANS_KEPT = 64
 
 
 def _initial_state(name, value, shape, dtype):
-    arr = np.asarray(value)
+    arr = as_array(value, name)
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
     if arr.shape != shape:

@@ -6,6 +6,7 @@ import numpy as np
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 from .kernels._jit import compiled_for
 from .recurrent import aligned
+from .validation import as_array
 
 
 class Stream:
@@ -104,7 +105,7 @@ class Stream:
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise ArgumentError("an LSTM stream's state is a tuple (h, c)")
             targets = [("h", self._h, value[0]), ("c", self._c, value[1])]
-        arrays = [np.asarray(v) for _, _, v in targets]
+        arrays = [as_array(v, f"state {name}") for name, _, v in targets]
         for (name, target, _), arr in zip(targets, arrays):  # check all before changing any
             if arr.dtype.kind not in "fiu":
                 raise DTypeError(f"state {name} must be real, got dtype {arr.dtype}")
@@ -116,7 +117,7 @@ class Stream:
 
 def _copied(x_t, x0):
     """x_t checked and copied into x0, the stream's own input buffer."""
-    x_t = np.asarray(x_t)
+    x_t = as_array(x_t, "step input")
     if x_t.shape != x0.shape:
         raise ShapeError(f"step input must have shape {x0.shape} "
                          f"(batch_size, input_size), got {x_t.shape}")

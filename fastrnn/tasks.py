@@ -28,6 +28,7 @@ from .errors import ArgumentError, DTypeError, FormatError, ShapeError, Unsuppor
 from .heads import Embedding, Linear, OneHot, check_sampling, stage_from_config
 from .kernels.heads import sample
 from .layers import RecurrentLayer, layer_from_config
+from .validation import as_array
 from .vocab import Vocabulary, check_ids
 
 __all__ = ["Sequential", "Classifier", "Tagger", "Generator", "Seq2Seq"]
@@ -76,8 +77,11 @@ def _split_stages(stages: Sequence[Any], what: str, *, need_input: bool = False)
     return inp, vocab, rnns, heads
 
 
+_UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
+
+
 def _check_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
-    arr = np.asarray(lengths)
+    arr = as_array(lengths, "lengths")
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise DTypeError(f"lengths must be integers, got dtype {arr.dtype}")
     arr = arr.reshape(-1).astype(np.int64)
@@ -105,7 +109,7 @@ def _prepare(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str):
             ids, lengths = vocab.encode_batch(x, batch_first=False)
             batched = True
     else:
-        arr = np.asarray(x)
+        arr = as_array(x, f"{what}'s input")
         if arr.dtype.kind == "f":
             if inp is not None and not (isinstance(inp, OneHot) and arr.ndim in (2, 3)
                                         and arr.shape[-1] == inp.size):
@@ -399,7 +403,7 @@ class Generator:
             if stop not in self.vocab:
                 raise ArgumentError(f"stop symbol {stop!r} is not in the vocabulary")
             return self.vocab.id(stop)
-        return int(check_ids(np.asarray(stop), self.vocab_size, "stop id"))
+        return int(check_ids(stop, self.vocab_size, "stop id"))
 
     def _prompt_ids(self, prompt) -> np.ndarray:
         if isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt
@@ -410,7 +414,7 @@ class Generator:
         elif prompt is None:
             ids = np.zeros(0, np.int64)
         else:
-            ids = np.asarray(prompt)
+            ids = as_array(prompt, "prompt ids")
             if ids.size == 0:
                 ids = ids.astype(np.int64)
         ids = check_ids(ids, self.vocab_size, "prompt ids")
@@ -446,13 +450,19 @@ class Generator:
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ArgumentError(f"steps must be an int >= 0, got {steps!r}")
         temperature, top_k, top_p = check_sampling(0.0 if greedy else temperature, top_k, top_p)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise ArgumentError(f"seed must be None or an int >= 0, got {seed!r}")
         stop_id = self.stop if stop is None else (None if stop is False else self._stop_id(stop))
         stop_id = -1 if stop_id is None else stop_id
         ids = self._prompt_ids(prompt)
         return self._loop(ids, int(steps), temperature, top_k, top_p, seed, stop_id)
 
     def _loop(self, ids, steps, temperature, top_k, top_p, seed, stop_id):
-        uniforms = np.random.default_rng(seed).random(max(steps, 1))
+        rng = np.random.default_rng(seed)
+        # drawn a block at a time (refilled in place: the same numbers as one draw of `steps`),
+        # so that a long generation, which is a lazy stream, needs no memory up front
+        uniforms = rng.random(min(max(steps, 1), _UNIFORM_BLOCK))
         streams = [r.stream(1) for r in self.rnns]
         feats = self.input(ids)
         for r, s in zip(self.rnns, streams):
@@ -469,7 +479,10 @@ class Generator:
         row = self._logits = heads.bufs[-1][0]          # the one logits buffer, reused
         for i in range(steps):
             heads(y)
-            t = sample(row, temperature, top_k, top_p, uniforms[i], probs, order)
+            j = i % _UNIFORM_BLOCK
+            if j == 0 and i:
+                rng.random(out=uniforms)
+            t = sample(row, temperature, top_k, top_p, uniforms[j], probs, order)
             if t == stop_id:
                 return
             yield t
@@ -582,10 +595,10 @@ class Seq2Seq:
             raise ShapeError(f"the decoder's cell state has {d.hidden_size} features, the "
                              f"encoder's gives {e.hidden_size * factor}")
         tvocab = self.target_vocab
-        self.bos = int(check_ids(np.asarray(bos if bos is not None else
+        self.bos = int(check_ids((bos if bos is not None else
                                             (tvocab.bos_id if tvocab is not None else -1)),
                                  self.target.size, "bos id (target_vocab needs a bos symbol)"))
-        self.eos = int(check_ids(np.asarray(eos if eos is not None else
+        self.eos = int(check_ids((eos if eos is not None else
                                             (tvocab.eos_id if tvocab is not None else -1)),
                                  self.target.size, "eos id (target_vocab needs an eos symbol)"))
         self.info = dict(info or {})
@@ -734,7 +747,9 @@ class Seq2Seq:
             elif isinstance(src, (list, tuple)) and src and isinstance(src[0], str):
                 seqs, single = list(src), False
             else:
-                arr = np.asarray(src)
+                arr = as_array(src, "source ids")
+                if arr.ndim not in (1, 2):
+                    raise ShapeError(f"source ids must be (T,) or 2-D, got shape {arr.shape}")
                 if arr.ndim == 1:
                     seqs, single = [arr], True
                 else:

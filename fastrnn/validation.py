@@ -4,7 +4,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import ArgumentError, DTypeError
+from .errors import ArgumentError, DTypeError, ShapeError
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -18,6 +18,16 @@ def check_dtype(dtype) -> np.dtype:
     if dt not in SUPPORTED_DTYPES:
         raise DTypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def as_array(value, what: str) -> np.ndarray:
+    """np.asarray(value), with a typed error for nested sequences of unequal lengths (numpy
+    raises a plain ValueError for them)."""
+    try:
+        return np.asarray(value)
+    except ValueError as exc:
+        raise ShapeError(f"{what} must be a rectangular array (every row of one length), got "
+                         f"nested sequences of unequal lengths ({exc})") from None
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
+from .validation import as_array
 
 __all__ = ["Vocabulary", "check_ids"]
 
@@ -30,7 +31,7 @@ def check_ids(ids: Any, size: int, what: str = "token ids") -> np.ndarray:
     Raises DTypeError for non-integer arrays (floats that hold integers included: they are
     almost always a bug) and ArgumentError naming the first bad id and where it is.
     """
-    arr = np.asarray(ids)
+    arr = as_array(ids, what)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         if arr.size == 0 and arr.dtype.kind == "f":   # np.asarray([]) is float64
             return arr.astype(np.int64)

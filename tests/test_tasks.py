@@ -515,3 +515,44 @@ def test_composite_from_checkpoint_file_and_module_prefix(tmp_path):
                                batch_first=True)(ids, lengths=lengths), expected, atol=0)
     with pytest.raises(ArgumentError, match="no tensor 'head.weight'"):
         from_torch_composite(net, embedding="emb", rnn="rnn", head="head")
+
+
+# ------------------------------------------------------------------ odd arguments fail typed
+def test_ragged_and_scalar_inputs_are_typed_errors():
+    """Nested lists of unequal lengths (numpy's plain ValueError) and scalars where sequences
+    belong give fastrnn's errors everywhere a user passes ids, features, lengths or states."""
+    ragged = [[1, 2], [3]]
+    layer = fastrnn.GRU(2, 3, seed=0)
+    with pytest.raises(ShapeError, match="rectangular"):
+        layer(ragged)
+    with pytest.raises(ShapeError, match="rectangular"):
+        layer(np.zeros((3, 2, 2), np.float32), lengths=ragged)
+    with pytest.raises(ShapeError, match="rectangular"):
+        layer.stream(1).step(ragged)
+    clf = fastrnn.Classifier(fastrnn.Embedding(6, 2, seed=0), layer, fastrnn.Linear(3, 2, seed=0))
+    with pytest.raises(ShapeError, match="rectangular"):
+        clf.predict(ragged)
+    net, gen = _text_generator()
+    with pytest.raises(ShapeError, match="rectangular"):
+        gen.generate_ids(ragged)
+    net, s2s = _s2s("GRU")
+    for beam in (1, 3):
+        with pytest.raises(ShapeError, match="rectangular"):
+            s2s.translate(ragged, beam=beam)
+        with pytest.raises((ShapeError, DTypeError)):
+            s2s.translate(3, beam=beam)  # one id is not a sequence
+
+
+def test_generation_seed_is_checked_and_a_long_stream_needs_no_memory_up_front():
+    net, gen = _text_generator()
+    for bad in (1.5, -1, True, "7", float("inf")):
+        with pytest.raises(ArgumentError, match="seed must be None or an int"):
+            gen.generate_ids("ab", 5, seed=bad)
+    first = gen.generate_ids("ab", 5000, seed=4, stop=False)
+    tracemalloc.start()
+    stream = gen.stream_ids("ab", 2**40, seed=4, stop=False)     # lazy: 2^40 steps asked for
+    got = [next(stream) for _ in range(5000)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == first.tolist()                # the same draws across the 4096-step refill
+    assert peak < 2**20
