@@ -77,9 +77,6 @@ def _split_stages(stages: Sequence[Any], what: str, *, need_input: bool = False)
     return inp, vocab, rnns, heads
 
 
-_UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
-
-
 def _check_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
     arr = as_array(lengths, "lengths")
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
@@ -356,6 +353,9 @@ def _load_sequential(meta, tensors):
 
 
 # ------------------------------------------------------------------------------------ one-to-many
+_UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
+
+
 class Generator:
     """Input stage -> unidirectional recurrent layer(s) -> Linear head(s) scoring the next token.
 
@@ -595,12 +595,12 @@ class Seq2Seq:
             raise ShapeError(f"the decoder's cell state has {d.hidden_size} features, the "
                              f"encoder's gives {e.hidden_size * factor}")
         tvocab = self.target_vocab
-        self.bos = int(check_ids((bos if bos is not None else
-                                            (tvocab.bos_id if tvocab is not None else -1)),
-                                 self.target.size, "bos id (target_vocab needs a bos symbol)"))
-        self.eos = int(check_ids((eos if eos is not None else
-                                            (tvocab.eos_id if tvocab is not None else -1)),
-                                 self.target.size, "eos id (target_vocab needs an eos symbol)"))
+        if bos is None:
+            bos = tvocab.bos_id if tvocab is not None else -1
+        if eos is None:
+            eos = tvocab.eos_id if tvocab is not None else -1
+        self.bos = int(check_ids(bos, self.target.size, "bos id (target_vocab needs a bos symbol)"))
+        self.eos = int(check_ids(eos, self.target.size, "eos id (target_vocab needs an eos symbol)"))
         self.info = dict(info or {})
 
     # ----- encoder -----
