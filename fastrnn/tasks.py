@@ -672,6 +672,7 @@ class Seq2Seq:
         if isinstance(n_best, bool) or not isinstance(n_best, (int, np.integer)) \
                 or not 1 <= n_best <= beam:
             raise ArgumentError(f"n_best must be an int in [1, beam={beam}], got {n_best!r}")
+        length_penalty = _check_length_penalty(length_penalty)
         max_len = _check_max_len(max_len)
         state, batched = self.encode(src)
         if batched:
@@ -736,6 +737,7 @@ class Seq2Seq:
         """Source text (or ids) -> target text (or ids): one string or a list for a batch.
 
         beam=1 decodes greedily (batched); beam>1 runs beam_search on each sequence."""
+        _check_length_penalty(length_penalty)  # whether or not a beam search uses it
         if beam == 1:
             ids, lens = self.greedy_ids(src, lengths, max_len)
             rows = [ids[:lens].tolist()] if ids.ndim == 1 else \
@@ -777,6 +779,13 @@ class Seq2Seq:
     def __repr__(self) -> str:
         return (f"fastrnn.Seq2Seq(source={self.source!r}, encoder={self.encoder!r}, "
                 f"target={self.target!r}, decoder={self.decoder!r}, head={self.heads!r})")
+
+
+def _check_length_penalty(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not np.isfinite(value):
+        raise ArgumentError(f"length_penalty must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _check_max_len(max_len) -> int:

@@ -541,6 +541,10 @@ def test_ragged_and_scalar_inputs_are_typed_errors():
             s2s.translate(ragged, beam=beam)
         with pytest.raises((ShapeError, DTypeError)):
             s2s.translate(3, beam=beam)  # one id is not a sequence
+    for bad in ("x", None, float("nan"), True):
+        for beam in (1, 3):
+            with pytest.raises(ArgumentError, match="length_penalty must be a finite number"):
+                s2s.translate([1, 2], beam=beam, length_penalty=bad)
 
 
 def test_generation_seed_is_checked_and_a_long_stream_needs_no_memory_up_front():
