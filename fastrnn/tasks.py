@@ -782,7 +782,7 @@ class Seq2Seq:
 
 
 def _check_length_penalty(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not np.isfinite(value):
         raise ArgumentError(f"length_penalty must be a finite number, got {value!r}")
     return float(value)
