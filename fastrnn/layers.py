@@ -11,8 +11,8 @@ from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, Stack, canonical
-from .validation import (NO_INIT, as_array, build_from_config, check_clip, check_dtype, check_weight_dtype,
-                         positive_int)
+from .validation import (NO_INIT, as_array, build_from_config, check_clip, check_dtype,
+                         check_weight_dtype, positive_int)
 
 SUFFIXES = ("", "_reverse")
 
@@ -94,7 +94,8 @@ class RecurrentLayer:
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> "RecurrentLayer":
         """Set parameters from PyTorch-named arrays; casts to the layer dtype and repacks."""
         if not isinstance(state, Mapping):
-            raise ArgumentError(f"load_state_dict takes a dict of arrays, got {type(state).__name__}")
+            raise ArgumentError(f"load_state_dict takes a dict of arrays, got "
+                                f"{type(state).__name__}")
         needed = 2 * self.num_layers * self.num_directions  # weight_ih and weight_hh of each
         if (strict or not self._params) and len(state) < needed:
             # before parameter_shapes(), whose size a file's config sets

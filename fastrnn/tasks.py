@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError, DTypeError, FormatError, ShapeError, UnsupportedError
+from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 from .heads import Embedding, Linear, OneHot, check_sampling, stage_from_config
 from .kernels.heads import sample
 from .layers import RecurrentLayer, layer_from_config
@@ -204,17 +204,15 @@ def _sub(tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray
 
 
 def _stages_load(meta: dict, tensors: Mapping, prefix: str = "") -> list:
-    try:
-        stages = []
-        if meta["input"] is not None:
-            stages.append(stage_from_config(meta["input"], _sub(tensors, f"{prefix}input.")))
-        for i, cfg in enumerate(meta["rnns"]):
-            stages.append(layer_from_config(cfg, _sub(tensors, f"{prefix}rnn.{i}.")))
-        for i, cfg in enumerate(meta["heads"]):
-            stages.append(stage_from_config(cfg, _sub(tensors, f"{prefix}head.{i}.")))
-        return stages
-    except (KeyError, TypeError) as exc:
-        raise FormatError(f"bad model record: missing or malformed {exc}") from None
+    """The stages of a saved record (a malformed one: fileformat.load's FormatError)."""
+    stages = []
+    if meta["input"] is not None:
+        stages.append(stage_from_config(meta["input"], _sub(tensors, f"{prefix}input.")))
+    for i, cfg in enumerate(meta["rnns"]):
+        stages.append(layer_from_config(cfg, _sub(tensors, f"{prefix}rnn.{i}.")))
+    for i, cfg in enumerate(meta["heads"]):
+        stages.append(stage_from_config(cfg, _sub(tensors, f"{prefix}head.{i}.")))
+    return stages
 
 
 def _vocab_meta(v: Vocabulary | None):
@@ -737,8 +735,8 @@ class Seq2Seq:
         """Source text (or ids) -> target text (or ids): one string or a list for a batch.
 
         beam=1 decodes greedily (batched); beam>1 runs beam_search on each sequence."""
-        _check_length_penalty(length_penalty)  # whether or not a beam search uses it
         if beam == 1:
+            _check_length_penalty(length_penalty)  # unused by greedy decoding, checked alike
             ids, lens = self.greedy_ids(src, lengths, max_len)
             rows = [ids[:lens].tolist()] if ids.ndim == 1 else \
                 [r[:n].tolist() for r, n in zip(ids, lens)]
