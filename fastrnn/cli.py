@@ -1,4 +1,4 @@
-"""The `fastrnn` command line: bench, convert, inspect, run."""
+"""The `fastrnn` command line: bench, convert, inspect, run, demo, warmup."""
 import argparse
 import json
 import os
@@ -112,6 +112,29 @@ def _cmd_demo(args) -> int:
     return run_demo(args.models or None, repeats=args.repeats)
 
 
+def _cmd_warmup(args) -> int:
+    import time
+    from .warmup import plan, warmup, worker_count
+    float16 = args.weight_dtype == "float16"
+    tasks = plan(args.dtype, float16)
+    variants = ", ".join(dict.fromkeys(d + (f" ({w} weights)" if w else "") for _, d, w in tasks))
+    print(f"fastrnn warmup: {len(tasks)} calls, one per kernel and dtype ({variants}), "
+          f"in {worker_count(args.jobs, tasks)} processes", flush=True)
+    start = time.perf_counter()
+
+    def show(record):
+        weights = f" {record['weight_dtype']} weights" if record["weight_dtype"] else ""
+        state = "compiled" if record["compiled"] else "cached already"
+        print(f"  {record['name']:<13} {record['dtype']}{weights:<16} {record['seconds']:6.1f} s  "
+              f"{state}", flush=True)
+
+    records = warmup(args.dtype, float16, jobs=args.jobs, progress=show)
+    compiled = sum(r["compiled"] for r in records)
+    print(f"{compiled} of {len(records)} compiled, the rest cached already; "
+          f"{time.perf_counter() - start:.1f} s. Kernel cache: {records[0]['cache']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dna_motif, weather_chars and/or date_format (default: all)")
     demo.add_argument("--repeats", type=int, default=5)
     demo.set_defaults(func=_cmd_demo)
+
+    warm = sub.add_parser("warmup", help="compile every kernel into numba's cache ahead of time")
+    warm.add_argument("--dtype", nargs="+", choices=["float32", "float64"], default=["float32"])
+    warm.add_argument("--weight-dtype", choices=["float16"], default=None,
+                      help="also the kernels of float16 weight storage (float32 models)")
+    warm.add_argument("--jobs", type=int, default=None,
+                      help="worker processes compiling at once (default: one per core)")
+    warm.set_defaults(func=_cmd_warmup)
     return parser
 
 

@@ -31,3 +31,7 @@ class UnsupportedError(FastRNNError, ValueError):
 
 class UnsafeFileError(FormatError):
     """A file asks to run code (a pickle global outside the allowed set) and was refused."""
+
+
+class WarmupError(FastRNNError, RuntimeError):
+    """A warm-up worker (fastrnn.warmup) failed: a kernel did not compile or was not reached."""
