@@ -62,7 +62,8 @@ def warmup_times(dtype: str) -> None:
                                capture_output=True, text=True, check=False)
         if p.returncode != 0:
             sys.exit(f"the warm-up worker failed:\n{p.stderr}")
-        seconds = json.loads(p.stdout.strip().splitlines()[-1])["seconds"]
+        record = next(line for line in p.stdout.splitlines() if line.startswith(wu.RECORD_PREFIX))
+        seconds = json.loads(record[len(wu.RECORD_PREFIX):])["seconds"]
         alone += seconds
         print(f"| {exercise.name} alone | empty | {seconds:.1f} |", flush=True)
     print(f"| all, one after another | empty | {alone:.1f} |")

@@ -29,6 +29,8 @@ import numpy as np
 from .errors import ArgumentError, WarmupError
 from .validation import check_dtype
 
+RECORD_PREFIX = "fastrnn-warmup-record "  # a worker's output line that carries one task's record
+
 @dataclass(frozen=True)
 class Exercise:
     """A call that reaches `kernels` (module-level dispatchers in fastrnn.kernels: engine or
@@ -212,22 +214,30 @@ def warmup(dtypes=("float32",), float16_weights=False, jobs=None,
 
 def _drive(group, results):
     """Run one worker process over `group`, putting each record on `results` as it finishes,
-    then the worker's error ('' when it ended well)."""
+    then the worker's error ('' when it ended well): always len(group) + 1 items, so that the
+    caller never waits for a worker that is gone."""
     spec = json.dumps([(e.name, d, w) for e, d, w in group])
-    with tempfile.TemporaryFile("w+") as err:
-        worker = subprocess.Popen([sys.executable, "-m", "fastrnn.warmup", spec], env=_worker_env(),
-                                  stdout=subprocess.PIPE, stderr=err, text=True)
-        done = 0
-        for line in worker.stdout:
-            results.put(json.loads(line))
-            done += 1
-        code = worker.wait()
-        err.seek(0)
-        message = err.read().strip().splitlines()
+    done, error = 0, ""
+    try:
+        with tempfile.TemporaryFile("w+") as err:
+            worker = subprocess.Popen([sys.executable, "-m", "fastrnn.warmup", spec],
+                                      env=_worker_env(), stdout=subprocess.PIPE, stderr=err,
+                                      text=True)
+            for line in worker.stdout:  # anything else a worker prints is not ours
+                if line.startswith(RECORD_PREFIX):
+                    results.put(json.loads(line[len(RECORD_PREFIX):]))
+                    done += 1
+            code = worker.wait()
+            err.seek(0)
+            message = err.read().strip().splitlines()
+        if code != 0 or done != len(group):
+            error = message[-1] if message else (f"a worker exited (status {code}) after "
+                                                 f"{done} of its {len(group)} calls")
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it
+        error = f"{type(exc).__name__}: {exc}"
     for _ in range(done, len(group)):  # the records it never sent
         results.put("")
-    results.put("" if code == 0 and done == len(group) else
-                (message[-1] if message else f"a worker exited with status {code}"))
+    results.put(error)
 
 
 def _worker_env():
@@ -240,7 +250,7 @@ def _worker_env():
 
 def _worker(spec: str) -> int:
     for name, dtype, weight_dtype in json.loads(spec):
-        print(json.dumps(_run_exercise(name, dtype, weight_dtype)), flush=True)
+        print(RECORD_PREFIX + json.dumps(_run_exercise(name, dtype, weight_dtype)), flush=True)
     return 0
 
 

@@ -92,6 +92,36 @@ def test_a_failing_worker_raises_with_its_message(monkeypatch):
     assert [r["name"] for r in seen] == ["serial"]
 
 
+class _FakeWorker:
+    """A worker process that printed `lines` and exited with `code`."""
+    def __init__(self, lines, code, stderr_text, args, stderr, **kw):
+        self.stdout = iter(lines)
+        self.code = code
+        stderr.write(stderr_text)
+
+    def wait(self):
+        return self.code
+
+
+@pytest.mark.parametrize("code, lines, error", [
+    (0, ["numba says hello\n", wu.RECORD_PREFIX + '{"name": "serial"}\n'], ""),
+    (0, [], "a worker exited (status 0) after 0 of its 1 calls"),
+    (1, [wu.RECORD_PREFIX + '{"name": "serial"}\n'], "Boom: at the end"),
+])
+def test_a_worker_always_ends_its_share_of_the_queue(monkeypatch, code, lines, error):
+    import queue
+    monkeypatch.setattr(wu.subprocess, "Popen", lambda *a, **kw: _FakeWorker(
+        lines, code, "Traceback\nBoom: at the end\n" if code else "", *a, **kw))
+    serial = next(e for e in wu.EXERCISES if e.name == "serial")
+    results = queue.Queue()
+    wu._drive([(serial, "float32", None)], results)
+    items = [results.get_nowait() for _ in range(2)]
+    assert results.empty()
+    assert items[1] == error
+    assert items[0] == ({"name": "serial"} if lines and lines[-1].startswith(wu.RECORD_PREFIX)
+                        else "")
+
+
 def test_cli_warmup_prints_each_kernel(capsys):
     assert main(["warmup", "--jobs", "2"]) == 0
     out = capsys.readouterr().out
