@@ -166,9 +166,11 @@ def _timeit(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def run_demo(names=None, repeats: int = 5, out=print) -> int:
-    """Run each shipped model on a few examples and print results and latency per step."""
+def run_demo(names=None, repeats: int = 5, out=print, slow_seconds: float = 5.0) -> int:
+    """Run each shipped model on a few examples and print results and latency per step; a run
+    longer than `slow_seconds` ends with a word on where its time went (compiling)."""
     from .threads import get_num_threads
+    start = time.perf_counter()
     names = list(names or MODELS)
     out(f"fastrnn demo: shipped models in {MODELS_DIR} (threads: {get_num_threads()})")
     for name in names:
@@ -212,4 +214,11 @@ def run_demo(names=None, repeats: int = 5, out=print) -> int:
             t = _timeit(lambda: model.translate(src[0], max_len=12), repeats)
             out(f"   latency: {t * 1e3:.3f} ms per date (greedy, encoder + 11 decoder steps), "
                 f"{t / 11 * 1e6:.2f} us per decoder step")
+    took = time.perf_counter() - start
+    if took > slow_seconds:
+        out("")
+        out(f"This run took {took:.0f} s, nearly all of it numba compiling fastrnn's kernels on "
+            f"their first use here.")
+        out("They are cached now: the next run takes about a second. `fastrnn warmup` compiles "
+            "every kernel ahead of time.")
     return 0

@@ -62,6 +62,16 @@ def test_demo_runs_one_shipped_model(capsys):
     assert "dna_motif" in capsys.readouterr().out
 
 
+def test_a_slow_demo_says_where_its_time_went():
+    from fastrnn.demo import run_demo
+    lines = []
+    assert run_demo(["dna_motif"], repeats=1, out=lines.append, slow_seconds=0.0) == 0
+    assert "numba compiling fastrnn's kernels" in lines[-2] and "fastrnn warmup" in lines[-1]
+    lines.clear()
+    run_demo(["dna_motif"], repeats=1, out=lines.append, slow_seconds=1e9)
+    assert not any("compiling" in line for line in lines)
+
+
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
     bad = tmp_path / "bad.frnn"
     bad.write_bytes(b"not a model")
