@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -113,7 +114,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_warmup(args) -> int:
-    import time
     from .warmup import plan, warmup, worker_count
     float16 = args.weight_dtype == "float16"
     tasks = plan(args.dtype, float16)

@@ -121,6 +121,12 @@ def _cache_misses(kernels):
     return sum(sum(k.stats.cache_misses.values()) for k in kernels)
 
 
+def compiled_here() -> int:
+    """How many kernels (entry and dtype) this process has compiled so far, rather than loaded
+    from numba's cache."""
+    return _cache_misses([_dispatcher(k) for e in EXERCISES for k in e.kernels])
+
+
 @contextlib.contextmanager
 def _watch(kernels):
     """The set of `kernels` that calls inside the block reached: asked for a compiled function
