@@ -26,10 +26,11 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ArgumentError, WarmupError
-from .validation import check_dtype
+from .errors import WarmupError
+from .validation import check_dtype, positive_int
 
 RECORD_PREFIX = "fastrnn-warmup-record "  # a worker's output line that carries one task's record
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -187,9 +188,7 @@ def worker_count(jobs, tasks) -> int:
     on), at most one per task."""
     if jobs is None:
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ArgumentError(f"jobs must be an int >= 1, got {jobs!r}")
-    return max(1, min(jobs, len(tasks)))
+    return max(1, min(positive_int("jobs", jobs), len(tasks)))
 
 
 def warmup(dtypes=("float32",), float16_weights=False, jobs=None,
