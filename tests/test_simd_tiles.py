@@ -1,6 +1,6 @@
 """The LLVM-IR register tiles (fastrnn/kernels/simd.py) and the panel packing they read, against
-numpy: every tile shape the products use, under every register budget a target may have (AVX-512,
-AVX/AVX2 or NEON, SSE), in both dtypes, with gate-gathering strides; the tile that carries the
+numpy: every tile shape the products use, under every register file a target may have (AVX-512,
+AVX/AVX2, NEON, SSE), in both dtypes, with gate-gathering strides; the tile that carries the
 projection of later steps along (tile_ahead) against tile, to the bit."""
 import itertools
 
@@ -9,24 +9,37 @@ import numpy as np
 import pytest
 
 from fastrnn.kernels.gemm import pack_gates, unpack_gates
-from fastrnn.kernels.simd import AHEAD, PANEL, _passes, tile, tile_ahead
+from fastrnn.kernels.simd import AHEAD, PANEL, _fits, _passes, _row_tile, tile, tile_ahead
 
 SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL), (4, PANEL),
-          (8, PANEL)]
-BUDGETS = [32, 8, 4]
+          (6, PANEL), (8, PANEL)]
+# (registers, bytes each): AVX-512, AVX/AVX2, NEON, SSE
+BUDGETS = [(32, 64), (16, 32), (32, 16), (16, 16)]
 
 
-PASS_GRID = list(itertools.product([1, 2, 3, 4, 8], [1, 2, 4, 6, 8, 16], BUDGETS))
+PASS_GRID = list(itertools.product([1, 2, 3, 4, 6, 8], [1, 2, 4, 6, 8, 16], BUDGETS))
 
 
 @pytest.mark.parametrize("rows,nvec,budget", PASS_GRID)
 def test_passes_cover_the_tile_once_within_budget(rows, nvec, budget):
+    count, width = budget
     cells = []
     for block_rows, block_vecs in _passes(rows, nvec, budget):
         r, v = len(block_rows), len(block_vecs)
-        assert r * v + (v if r > 1 else 1) + 2 <= budget or (r == 1 and v == 1)
+        # accumulators, the weight vectors rows share, a broadcast and a spare
+        assert 64 // width * (r * v + (v if r > 1 else 0)) + 2 <= count or (r == 1 and v == 1)
         cells += [(i, j) for i in block_rows for j in block_vecs]
     assert sorted(cells) == [(i, j) for i in range(rows) for j in range(nvec)]
+
+
+@pytest.mark.parametrize("budget,rows", [((32, 64), 8), ((16, 32), 6), ((32, 16), 6)])
+def test_the_tall_tile_shares_each_weight_load_across_its_rows(budget, rows):
+    """The multi-row products' tallest tile (gemm.py) runs its rows in one pass over k per
+    vector of columns: AVX2's 6 rows keep 12 ymm accumulators, where 8 rows took four passes
+    of 8 accumulators each, two rows sharing each weight load."""
+    assert _row_tile(budget) == rows
+    assert _fits(rows, 1, budget) and (rows == 8 or not _fits(rows + 1, 1, budget))
+    assert all(len(block_rows) == rows for block_rows, _ in _passes(rows, 2, budget))
 
 
 def _runner(mr, ncols, budget):
@@ -42,7 +55,7 @@ def _runner(mr, ncols, budget):
 @pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tile_matches_numpy_with_gate_strides(mr, ncols, budget, dtype):
-    rng = np.random.default_rng(mr * 100 + ncols + budget)
+    rng = np.random.default_rng(mr * 100 + ncols + sum(budget))
     gates, k_len, rows_a = ncols // PANEL, 37, mr + 3
     gs = 3 * PANEL  # each gate has 3 panels of units; the tile takes panel 1 of every gate
     weights = rng.standard_normal((gates * gs, k_len)).astype(dtype)  # (G*gs, K), gate-major
@@ -80,7 +93,7 @@ def test_unpack_gates_inverts_pack_gates(gates):
 def test_tile_widens_float16_weights(mr, ncols, budget):
     """float32 tiles over float16 weights (as uint16 bits) equal float32 tiles over the same
     weights rounded to float16."""
-    rng = np.random.default_rng(mr + ncols + budget)
+    rng = np.random.default_rng(mr + ncols + sum(budget))
     gates, k_len = ncols // PANEL, 29
     weights = rng.standard_normal((gates * PANEL, k_len)).astype(np.float16)
     a = rng.standard_normal((mr, k_len)).astype(np.float32)
@@ -148,13 +161,14 @@ def test_tile_ahead_equals_two_tiles(ncols, k_len, kx, weights, reverse):
                          first * ldxp + x_col, step * ldxp)
 
     want_out = np.full_like(out, np.nan)
-    _runner(1, ncols, 32)(h, 1, h.shape[1], plain(r_w), unit // PANEL * gates * ps, ps, k_len,
-                          bias, unit, want_out, unit, out.shape[1], gs)
+    avx512 = (32, 64)
+    _runner(1, ncols, avx512)(h, 1, h.shape[1], plain(r_w), unit // PANEL * gates * ps, ps, k_len,
+                              bias, unit, want_out, unit, out.shape[1], gs)
     np.testing.assert_array_equal(out, want_out)
     rows = np.arange(2, AHEAD + 2)
     want_xp = np.full((AHEAD, gates * gs), np.nan, dtype)
-    _runner(AHEAD, ncols, 32)(x[rows], 1, ldx, plain(x_w), unit // PANEL * gates * psx, psx, kx,
-                              xbias, unit, want_xp, unit, want_xp.shape[1], gs)
+    _runner(AHEAD, ncols, avx512)(x[rows], 1, ldx, plain(x_w), unit // PANEL * gates * psx, psx,
+                                  kx, xbias, unit, want_xp, unit, want_xp.shape[1], gs)
     got = xp[rows]
     cols = slice(x_col, x_col + lanes)
     np.testing.assert_array_equal(got[:, cols], want_xp[:, cols])

@@ -5,8 +5,8 @@ B (K x G*gs, from weights stored G*gs x K) is packed once by `pack_gates` into p
 columns (simd.py) ordered unit block first, gate second: the panels of one block of units, every
 gate, are contiguous. So a thread that owns a block of units streams one contiguous slice, and
 one batch-1 tile covers one panel of every gate (2*G vectors in flight hide the FMA latency).
-More rows use 8 x 32 tiles (then 4, 3, 2, 1 rows) over blocks of rows. Output widths are whole
-panels (the caller pads), so tiles never need edges.
+More rows use tiles of ROW_TILE x 32 (8 rows with AVX-512, 6 with AVX2; then 4, 3, 2, 1 rows)
+over blocks of rows. Output widths are whole panels (the caller pads), so tiles never need edges.
 
 A recurrent step calls the same product every step; `backward` walks its column tiles last to
 first, and steps alternate it: the tiles a step starts with are the ones the step before read
@@ -16,9 +16,9 @@ last, still in cache when the weights are a little larger than it (LSTM H=256: 1
 import numpy as np
 
 from ._jit import helper, inline
-from .simd import PANEL, tile, tile_ahead
+from .simd import PANEL, ROW_TILE, tile, tile_ahead
 
-_T8 = tile(8, PANEL)
+_TALL = tile(ROW_TILE, PANEL)  # 8 rows with AVX-512, 6 with AVX2 (simd._row_tile)
 _T4 = tile(4, PANEL)
 _T3 = tile(3, PANEL)
 _T2 = tile(2, PANEL)
@@ -79,10 +79,10 @@ def gemm_gates(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
                 b_off = (j // PANEL * gates + g) * ps
                 col = g * gs + j
                 m = block
-                while m + 8 <= block_hi:
-                    _T8(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
-                        PANEL)
-                    m += 8
+                while m + ROW_TILE <= block_hi:
+                    _TALL(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col,
+                          ldo, PANEL)
+                    m += ROW_TILE
                 while m + 4 <= block_hi:
                     _T4(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
                         PANEL)

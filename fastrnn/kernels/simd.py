@@ -24,25 +24,51 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
-def _vector_budget() -> int:
-    """How many 64-byte vectors the target's register file holds: 32 zmm with AVX-512, 16 ymm
-    (8 such vectors) with AVX/AVX2 and 32 NEON registers (8), 16 xmm (4) otherwise."""
+def _vector_registers() -> tuple[int, int]:
+    """The target's vector registers: (how many, bytes each). 32 zmm with AVX-512, 16 ymm with
+    AVX/AVX2, 32 NEON quads, 16 xmm otherwise."""
     import llvmlite.binding as llvm
     import numba
 
     features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
     if "+avx512f" in features:
-        return 32
-    if "+avx" in features or llvm.get_process_triple().startswith(("aarch64", "arm64")):
-        return 8
-    return 4
+        return 32, 64
+    if "+avx" in features:
+        return 16, 32
+    if llvm.get_process_triple().startswith(("aarch64", "arm64")):
+        return 32, 16
+    return 16, 16
 
 
-VECTOR_BUDGET = _vector_budget()
+REGISTERS = _vector_registers()
+# How many 64-byte vectors the register file holds (32 with AVX-512, 8 with AVX2 or NEON).
+VECTOR_BUDGET = REGISTERS[0] * REGISTERS[1] // 64
+
+
+def _fits(rows, nvec, registers):
+    """Whether a pass of `rows` rows by `nvec` 64-byte vectors keeps its accumulators in
+    registers: rows * nvec of them, plus the nvec weight vectors when several rows share each
+    load (one row folds its load into the FMA), plus a broadcast and a spare."""
+    count, width = registers
+    return 64 // width * (rows * nvec + (nvec if rows > 1 else 0)) + 2 <= count
+
+
+def _row_tile(registers):
+    """Rows of the tallest tile the multi-row products use: the most rows that share each
+    weight vector in one pass, at most 8 (AVX-512: 8 rows by a panel in one pass; AVX2: 6 rows,
+    12 ymm accumulators, where 8-row tiles ran as four passes of 8 accumulators each: a
+    batch-64 LSTM step's product 77 -> 88 GFLOP/s on one Zen 3 core)."""
+    rows = 8
+    while rows > 1 and not _fits(rows, 1, registers):
+        rows -= 1
+    return rows
+
+
+ROW_TILE = _row_tile(REGISTERS)
 
 
 @functools.lru_cache(maxsize=None)
-def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
+def tile(mr: int, ncols: int, registers: tuple[int, int] = REGISTERS):
     """An intrinsic tile(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo,
     cstride) computing, for r < mr and j < ncols (a multiple of PANEL):
         out[out_off + r*ldo + C(j)] = bias[bias_off + C(j)] + sum_k a[a_off + r*lda + k] * B(k, j)
@@ -54,8 +80,8 @@ def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
     Weights b are of a's dtype, or, for float32, IEEE float16 bit patterns in a uint16 array
     (numba has no float16 arrays), widened as they load: half the bytes per weight streamed.
 
-    A tile whose accumulators would not fit `budget` 64-byte vector registers (see _passes) runs
-    as several passes over k, each on a block of rows and vectors that fits: spilling
+    A tile whose accumulators would not fit the target's `registers` (count, bytes; see _passes)
+    runs as several passes over k, each on a block of rows and vectors that fits: spilling
     accumulators to the stack costs more than streaming B twice."""
     if ncols % PANEL:
         raise ValueError(f"tile width {ncols} is not a multiple of {PANEL}")
@@ -66,7 +92,7 @@ def tile(mr: int, ncols: int, budget: int = VECTOR_BUDGET):
         _check_operands(a, b, bias, out)
         sig = types.void(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off,
                          ldo, cstride)
-        return sig, functools.partial(_codegen, mr, ncols, budget)
+        return sig, functools.partial(_codegen, mr, ncols, registers)
 
     return _tile
 
@@ -82,19 +108,12 @@ def _check_operands(a, b, bias, out):
                                  "(uint16) for float32")
 
 
-def _passes(rows, nvec, budget):
-    """Even blocks (rows, vectors) covering rows x nvec that fit the budget: r*v accumulators,
-    plus the v B vectors when several rows share them (one row folds each load into its FMA),
-    plus a broadcast and a spare."""
-    def fits(r, v):
-        return r * v + (v if r > 1 else 1) + 2 <= budget
-
-    vecs = nvec
-    while vecs > 1 and not fits(1, vecs):
-        vecs -= 1
-    per = rows
-    while per > 1 and not fits(per, vecs):
-        per -= 1
+def _passes(rows, nvec, registers):
+    """Even blocks (rows, vectors) covering rows x nvec, each fitting the registers (_fits):
+    the fewest passes over k, then the most vectors a pass (the most rows on a tie)."""
+    shapes = [(r, v) for r in range(1, rows + 1) for v in range(1, nvec + 1)
+              if _fits(r, v, registers)] or [(1, 1)]
+    per, vecs = min(shapes, key=lambda rv: (-(-rows // rv[0]) * -(-nvec // rv[1]), -rv[1], -rv[0]))
     vecs = -(-nvec // -(-nvec // vecs))  # the same number of passes, evened out
     per = -(-rows // -(-rows // per))
     return [(range(r, min(r + per, rows)), range(v, min(v + vecs, nvec)))
@@ -192,7 +211,7 @@ def counted_loop(b, lo, hi, step, accs, body):
     return finals
 
 
-def _codegen(mr, ncols, budget, context, builder, sig, args):
+def _codegen(mr, ncols, registers, context, builder, sig, args):
     (a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride) = args
     em = _Emitter(context, builder, sig.args[0].dtype)
     half = sig.args[3].dtype == types.uint16
@@ -201,7 +220,7 @@ def _codegen(mr, ncols, budget, context, builder, sig, args):
     lda, pstride, k_len, ldo, cstride = (em.i64(v) for v in (lda, pstride, k_len, ldo, cstride))
     vec_offsets = _vector_offsets(em, ncols // em.lanes, pstride)
     col_offsets = _vector_offsets(em, ncols // em.lanes, cstride)
-    for rows, vecs in _passes(mr, ncols // em.lanes, budget):
+    for rows, vecs in _passes(mr, ncols // em.lanes, registers):
         bias_vecs = {j: em.vload(em.at(bias_p, col_offsets[j])) for j in vecs}
         init = {(r, j): bias_vecs[j] for r in rows for j in vecs}
 
