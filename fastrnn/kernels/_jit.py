@@ -8,7 +8,17 @@ Kernels never allocate, so they compile without numba's runtime (its `_nrt` targ
 reference counting on every array view and helper call, which cost ~15% of a small-H step (and
 an atomic increment on a shared counter, i.e. cross-core traffic, in parallel kernels). numba
 versions without that option get the default (slower, same results).
+
+numba's disk cache keys a function on its own source file and bytecode, not on the helpers and
+intrinsics it compiles in: a kernel cached before an edit of gemm.py or simd.py would load as it
+was. Kernels are therefore cached under a stamp that also covers every module of this folder
+(`sources_stamp`); numba versions without the cache classes this relies on get numba's own.
 """
+import functools
+import glob
+import hashlib
+import os
+
 import numba
 from numba.core import cpu, types
 from numba.core.registry import CPUDispatcher
@@ -19,16 +29,62 @@ if hasattr(cpu.CPUTargetOptions, "_nrt"):
     _OPTIONS["_nrt"] = False
 
 
+KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources_stamp() -> str:
+    """A digest of the contents of every Python module in KERNELS_DIR (read once per process)."""
+    return _folder_digest(KERNELS_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_digest(folder: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+def _kernel_cache_class():
+    """numba's FunctionCache with each of its locators' source stamps extended by
+    sources_stamp(), or None where this numba lacks those classes."""
+    try:
+        from numba.core.caching import CompileResultCacheImpl, FunctionCache
+        locators = list(CompileResultCacheImpl._locator_classes)
+    except (ImportError, AttributeError):
+        return None
+
+    def stamped(base):
+        def get_source_stamp(self):
+            return base.get_source_stamp(self), sources_stamp()
+        return type(base.__name__, (base,), {"get_source_stamp": get_source_stamp})
+
+    impl = type("KernelCacheImpl", (CompileResultCacheImpl,),
+                {"_locator_classes": [stamped(base) for base in locators]})
+    return type("KernelCache", (FunctionCache,), {"_impl_class": impl})
+
+
+_KERNEL_CACHE = _kernel_cache_class()
+
+
+def _cached(dispatcher):
+    """The dispatcher, its disk cache stamped with sources_stamp() as well as its own source."""
+    if _KERNEL_CACHE is not None and isinstance(dispatcher, CPUDispatcher):  # not with JIT off
+        dispatcher._cache = _KERNEL_CACHE(dispatcher.py_func)
+    return dispatcher
+
+
 def kernel(fn=None, *, parallel=False):
     """Compile a kernel entry point (optionally with prange loops)."""
-    if fn is None:
-        return lambda f: numba.njit(f, parallel=parallel, **_OPTIONS)
-    return numba.njit(fn, parallel=parallel, **_OPTIONS)
+    def compile_kernel(f):
+        return _cached(numba.njit(f, parallel=parallel, **_OPTIONS))
+    return compile_kernel if fn is None else compile_kernel(fn)
 
 
 def inline(fn):
     """Compile a helper that is always inlined into the kernels that call it."""
-    return numba.njit(fn, inline="always", **_OPTIONS)
+    return _cached(numba.njit(fn, inline="always", **_OPTIONS))
 
 
 def helper(fn):
