@@ -14,17 +14,17 @@ from fastrnn.kernels.simd import AHEAD, PANEL, _fits, _passes, _row_tile, tile, 
 SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL), (4, PANEL),
           (6, PANEL), (8, PANEL)]
 # (registers, bytes each): AVX-512, AVX/AVX2, NEON, SSE
-BUDGETS = [(32, 64), (16, 32), (32, 16), (16, 16)]
+REGISTER_FILES = [(32, 64), (16, 32), (32, 16), (16, 16)]
 
 
-PASS_GRID = list(itertools.product([1, 2, 3, 4, 6, 8], [1, 2, 4, 6, 8, 16], BUDGETS))
+PASS_GRID = list(itertools.product([1, 2, 3, 4, 6, 8], [1, 2, 4, 6, 8, 16], REGISTER_FILES))
 
 
-@pytest.mark.parametrize("rows,nvec,budget", PASS_GRID)
-def test_passes_cover_the_tile_once_within_budget(rows, nvec, budget):
-    count, width = budget
+@pytest.mark.parametrize("rows,nvec,registers", PASS_GRID)
+def test_passes_cover_the_tile_once_within_the_registers(rows, nvec, registers):
+    count, width = registers
     cells = []
-    for block_rows, block_vecs in _passes(rows, nvec, budget):
+    for block_rows, block_vecs in _passes(rows, nvec, registers):
         r, v = len(block_rows), len(block_vecs)
         # accumulators, the weight vectors rows share, a broadcast and a spare
         assert 64 // width * (r * v + (v if r > 1 else 0)) + 2 <= count or (r == 1 and v == 1)
@@ -32,18 +32,18 @@ def test_passes_cover_the_tile_once_within_budget(rows, nvec, budget):
     assert sorted(cells) == [(i, j) for i in range(rows) for j in range(nvec)]
 
 
-@pytest.mark.parametrize("budget,rows", [((32, 64), 8), ((16, 32), 6), ((32, 16), 6)])
-def test_the_tall_tile_shares_each_weight_load_across_its_rows(budget, rows):
+@pytest.mark.parametrize("registers,rows", [((32, 64), 8), ((16, 32), 6), ((32, 16), 6)])
+def test_the_tall_tile_shares_each_weight_load_across_its_rows(registers, rows):
     """The multi-row products' tallest tile (gemm.py) runs its rows in one pass over k per
     vector of columns: AVX2's 6 rows keep 12 ymm accumulators, where 8 rows took four passes
     of 8 accumulators each, two rows sharing each weight load."""
-    assert _row_tile(budget) == rows
-    assert _fits(rows, 1, budget) and (rows == 8 or not _fits(rows + 1, 1, budget))
-    assert all(len(block_rows) == rows for block_rows, _ in _passes(rows, 2, budget))
+    assert _row_tile(registers) == rows
+    assert _fits(rows, 1, registers) and (rows == 8 or not _fits(rows + 1, 1, registers))
+    assert all(len(block_rows) == rows for block_rows, _ in _passes(rows, 2, registers))
 
 
-def _runner(mr, ncols, budget):
-    fn = tile(mr, ncols, budget)
+def _runner(mr, ncols, registers):
+    fn = tile(mr, ncols, registers)
 
     @numba.njit(cache=False)
     def run(a, a_off, lda, b, b_off, pstride, k_len, bias, bias_off, out, out_off, ldo, cstride):
@@ -52,10 +52,10 @@ def _runner(mr, ncols, budget):
 
 
 @pytest.mark.parametrize("mr,ncols", SHAPES)
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("registers", REGISTER_FILES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tile_matches_numpy_with_gate_strides(mr, ncols, budget, dtype):
-    rng = np.random.default_rng(mr * 100 + ncols + sum(budget))
+def test_tile_matches_numpy_with_gate_strides(mr, ncols, registers, dtype):
+    rng = np.random.default_rng(mr * 100 + ncols + sum(registers))
     gates, k_len, rows_a = ncols // PANEL, 37, mr + 3
     gs = 3 * PANEL  # each gate has 3 panels of units; the tile takes panel 1 of every gate
     weights = rng.standard_normal((gates * gs, k_len)).astype(dtype)  # (G*gs, K), gate-major
@@ -66,8 +66,8 @@ def test_tile_matches_numpy_with_gate_strides(mr, ncols, budget, dtype):
     unit = PANEL  # panel 1 of the units
     ps = k_len * PANEL
     b_off = (unit // PANEL * gates) * ps
-    _runner(mr, ncols, budget)(a, 1 * a.shape[1], a.shape[1], packed, b_off, ps, k_len, bias, unit,
-                               out, 1 * out.shape[1] + unit, out.shape[1], gs)
+    _runner(mr, ncols, registers)(a, 1 * a.shape[1], a.shape[1], packed, b_off, ps, k_len, bias,
+                                  unit, out, 1 * out.shape[1] + unit, out.shape[1], gs)
     want = a[1:1 + mr, :k_len].astype(np.float64) @ weights.astype(np.float64).T + bias
     cols = [g * gs + unit + j for g in range(gates) for j in range(PANEL)]
     tol = 1e-5 if dtype == np.float32 else 1e-12
@@ -89,16 +89,16 @@ def test_unpack_gates_inverts_pack_gates(gates):
 
 
 @pytest.mark.parametrize("mr,ncols", SHAPES)
-@pytest.mark.parametrize("budget", BUDGETS)
-def test_tile_widens_float16_weights(mr, ncols, budget):
+@pytest.mark.parametrize("registers", REGISTER_FILES)
+def test_tile_widens_float16_weights(mr, ncols, registers):
     """float32 tiles over float16 weights (as uint16 bits) equal float32 tiles over the same
     weights rounded to float16."""
-    rng = np.random.default_rng(mr + ncols + sum(budget))
+    rng = np.random.default_rng(mr + ncols + sum(registers))
     gates, k_len = ncols // PANEL, 29
     weights = rng.standard_normal((gates * PANEL, k_len)).astype(np.float16)
     a = rng.standard_normal((mr, k_len)).astype(np.float32)
     bias = rng.standard_normal(gates * PANEL).astype(np.float32)
-    run = _runner(mr, ncols, budget)
+    run = _runner(mr, ncols, registers)
     outs = []
     for packed in (pack_gates(weights, gates).view(np.uint16),
                    pack_gates(weights.astype(np.float32), gates)):

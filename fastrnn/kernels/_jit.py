@@ -68,23 +68,27 @@ def _kernel_cache_class():
 _KERNEL_CACHE = _kernel_cache_class()
 
 
-def _cached(dispatcher):
-    """The dispatcher, its disk cache stamped with sources_stamp() as well as its own source."""
-    if _KERNEL_CACHE is not None and isinstance(dispatcher, CPUDispatcher):  # not with JIT off
+def _cached_njit(fn, **options):
+    """numba.njit with the shared options, its disk cache stamped with sources_stamp() as well as
+    the function's own source (numba's own cache where this numba lacks the classes)."""
+    if _KERNEL_CACHE is None:
+        return numba.njit(fn, **_OPTIONS, **options)
+    dispatcher = numba.njit(fn, **dict(_OPTIONS, cache=False), **options)
+    if isinstance(dispatcher, CPUDispatcher):  # not with numba's JIT disabled
         dispatcher._cache = _KERNEL_CACHE(dispatcher.py_func)
     return dispatcher
 
 
 def kernel(fn=None, *, parallel=False):
     """Compile a kernel entry point (optionally with prange loops)."""
-    def compile_kernel(f):
-        return _cached(numba.njit(f, parallel=parallel, **_OPTIONS))
-    return compile_kernel if fn is None else compile_kernel(fn)
+    if fn is None:
+        return lambda f: _cached_njit(f, parallel=parallel)
+    return _cached_njit(fn, parallel=parallel)
 
 
 def inline(fn):
     """Compile a helper that is always inlined into the kernels that call it."""
-    return _cached(numba.njit(fn, inline="always", **_OPTIONS))
+    return _cached_njit(fn, inline="always")
 
 
 def helper(fn):
