@@ -40,6 +40,19 @@ def canonical_name(name) -> str:
     return key
 
 
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise ArgumentError(f"{what} must be finite numbers, got {value!r}")
+    return float(value)
+
+
+def _sequence(value, what: str) -> list:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ArgumentError(f"{what} must be a list, got {type(value).__name__} {value!r}")
+    return list(value)
+
+
 def parse(mode: str, names: Sequence[str] | None, alpha: Sequence[float] | None,
           beta: Sequence[float] | None, num_directions: int) -> tuple[tuple[Activation, ...], ...]:
     """Normalise an ONNX-style activation list into per-direction tuples of (name, alpha, beta).
@@ -52,7 +65,7 @@ def parse(mode: str, names: Sequence[str] | None, alpha: Sequence[float] | None,
         if alpha or beta:
             raise ArgumentError("activation_alpha/activation_beta given without activations")
         names = DEFAULTS[mode]
-    names = [canonical_name(n) for n in names]
+    names = [canonical_name(n) for n in _sequence(names, "activations")]
     if len(names) == per and num_directions > 1:
         return parse(mode, names, alpha, beta, 1) * num_directions
     if len(names) != per * num_directions:
@@ -60,13 +73,13 @@ def parse(mode: str, names: Sequence[str] | None, alpha: Sequence[float] | None,
             f"{mode} with {num_directions} direction(s) expects {per} or {per * num_directions} "
             f"activations, got {len(names)}: {names}"
         )
-    alphas = list(alpha or [])
-    betas = list(beta or [])
+    alphas = [] if alpha is None else _sequence(alpha, "activation_alpha")
+    betas = [] if beta is None else _sequence(beta, "activation_beta")
     parsed = []
     for name in names:
         a = alphas.pop(0) if name in TAKES_ALPHA and alphas else DEFAULT_ALPHA.get(name, 0.0)
         b = betas.pop(0) if name in TAKES_BETA and betas else DEFAULT_BETA.get(name, 0.0)
-        parsed.append((name, float(a), float(b)))
+        parsed.append((name, _number(a, "activation_alpha"), _number(b, "activation_beta")))
     return tuple(tuple(parsed[d * per:(d + 1) * per]) for d in range(num_directions))
 
 
@@ -74,9 +87,14 @@ def normalize_direction(mode: str, activations) -> tuple[Activation, ...]:
     """One direction's activations from names or (name, alpha, beta) tuples."""
     if activations is None:
         return parse(mode, None, None, None, 1)[0]
+    activations = _sequence(activations, "activations")
     if all(isinstance(a, str) for a in activations):
         return parse(mode, activations, None, None, 1)[0]
-    result = tuple((canonical_name(n), float(a), float(b)) for n, a, b in activations)
+    if not all(isinstance(a, (tuple, list)) and len(a) == 3 for a in activations):
+        raise ArgumentError(f"activations must be names or (name, alpha, beta) tuples, got "
+                            f"{activations!r}")
+    result = tuple((canonical_name(n), _number(a, "activation alpha"),
+                    _number(b, "activation beta")) for n, a, b in activations)
     if len(result) != PER_DIRECTION[mode]:
         raise ArgumentError(f"{mode} expects {PER_DIRECTION[mode]} activations per direction, "
                             f"got {len(result)}")

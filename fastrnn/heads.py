@@ -3,8 +3,9 @@
 ``Linear`` is the course's output layer ``y = f(W a + b)`` with f one of ``ACTIVATIONS``; it holds
 PyTorch's ``nn.Linear`` parameters (``weight`` (out, in), ``bias`` (out,)). ``Embedding`` holds
 ``nn.Embedding``'s ``weight`` (num_embeddings, embedding_dim). Both check every id and shape in
-Python before their numba kernels run, and both have an ``*_into`` form that writes into a
-preallocated array so that streaming loops allocate nothing per step.
+Python before their numba kernels run, and all three have an ``*_into`` form that writes into
+a preallocated array so that streaming loops allocate nothing per step (checked too: a wrong
+output array would be written out of bounds; the task loops call the unchecked ``_*_into``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernels.heads import linear_forward, sample
-from .validation import NO_INIT, as_array, build_from_config, check_dtype, positive_int
+from .validation import (NO_INIT, as_array, build_from_config, check_dtype, check_seed,
+                         positive_int)
 from .vocab import check_ids
 
 __all__ = ["Embedding", "OneHot", "Linear", "ACTIVATIONS", "sample_token"]
@@ -50,7 +52,7 @@ def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
     row = np.ascontiguousarray(logits, dtype=np.float64)
     if row.ndim != 1 or row.size == 0:
         raise ShapeError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
-    rng = np.random.default_rng(rng)
+    rng = np.random.default_rng(check_seed(rng, "rng"))
     return int(sample(row, temperature, top_k, top_p, float(rng.random()),
                               np.empty_like(row), np.empty(row.size, np.int64)))
 
@@ -76,7 +78,7 @@ class Embedding:
         self.dtype = check_dtype(dtype)
         if seed is NO_INIT:
             return
-        weight = np.random.default_rng(seed).standard_normal(
+        weight = np.random.default_rng(check_seed(seed)).standard_normal(
             (self.num_embeddings, self.embedding_dim))          # torch's init: N(0, 1)
         if padding_idx is not None:
             weight[padding_idx] = 0
@@ -95,8 +97,13 @@ class Embedding:
         ids = check_ids(ids, self.num_embeddings)
         return self.weight[ids]
 
-    def lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Rows for already-checked int64 ids (N,) into out (N, D); allocates nothing."""
+    def lookup_into(self, ids, out: np.ndarray) -> np.ndarray:
+        """Rows for ids (N,) into out (N, embedding_dim) of the stage's dtype; allocates nothing."""
+        ids = _check_into(self, "lookup_into", ids, out, self.embedding_dim)
+        return self._lookup_into(ids, out)
+
+    def _lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """lookup_into for int64 ids already checked against out."""
         return np.take(self.weight, ids, axis=0, out=out)
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -137,7 +144,13 @@ class OneHot:
         np.put_along_axis(out, ids[..., None], 1, axis=-1)
         return out
 
-    def lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def lookup_into(self, ids, out: np.ndarray) -> np.ndarray:
+        """One-hot rows for ids (N,) into out (N, size) of the stage's dtype; allocates nothing."""
+        ids = _check_into(self, "lookup_into", ids, out, self.size)
+        return self._lookup_into(ids, out)
+
+    def _lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """lookup_into for int64 ids already checked against out."""
         out.fill(0)
         for row in range(ids.shape[0]):
             out[row, ids[row]] = 1
@@ -169,16 +182,12 @@ class Linear:
                  activation: str = "none", dtype: Any = np.float32, *, seed: int | None = None):
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        if activation is None:
-            activation = "none"
-        if activation not in _ACT_CODE:
-            raise ArgumentError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
+        self.activation = _activation(activation)
         self.bias = bool(bias)
         self.dtype = check_dtype(dtype)
         if seed is NO_INIT:
             return
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         bound = 1.0 / np.sqrt(self.in_features)                 # torch's init bound
         params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features))}
         if self.bias:
@@ -197,15 +206,35 @@ class Linear:
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Linear input must have shape (..., {self.in_features}), "
                              f"got {x.shape}")
+        code = _ACT_CODE[self.activation if activation is None else _activation(activation)]
         rows = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=self.dtype)
         out = np.empty((rows.shape[0], self.out_features), self.dtype)
-        self.apply_into(rows, out, activation)
+        linear_forward(rows, self._wt, self._b, code, out)
         return out.reshape(x.shape[:-1] + (self.out_features,))
 
     def apply_into(self, x: np.ndarray, out: np.ndarray, activation: str | None = None) -> np.ndarray:
-        """x (N, in) C-contiguous of the head's dtype -> out (N, out); allocates nothing."""
-        code = _ACT_CODE[self.activation if activation is None else activation]
-        linear_forward(x, self._wt, self._b, code, out)
+        """x (N, in_features) -> out (N, out_features), both C-contiguous arrays of the head's
+        dtype; allocates nothing. ``activation`` overrides the head's."""
+        act = self.activation if activation is None else _activation(activation)
+        for name, arr, width in (("x", x, self.in_features), ("out", out, self.out_features)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != self.dtype \
+                    or not arr.flags.c_contiguous:
+                raise DTypeError(f"Linear.apply_into needs {name} as a C-contiguous "
+                                 f"{self.dtype.name} array, got {_described(arr)}")
+            if arr.ndim != 2 or arr.shape[1] != width:
+                raise ShapeError(f"Linear.apply_into needs {name} of shape (N, {width}), got "
+                                 f"{arr.shape}")
+        if out.shape[0] != x.shape[0]:
+            raise ShapeError(f"Linear.apply_into needs out with x's {x.shape[0]} rows, got "
+                             f"{out.shape[0]}")
+        if not out.flags.writeable:
+            raise ArgumentError("Linear.apply_into needs a writeable out array")
+        return self._apply_into(x, out, act)
+
+    def _apply_into(self, x: np.ndarray, out: np.ndarray, activation: str | None = None
+                    ) -> np.ndarray:
+        """apply_into for arrays already checked (the task loops' preallocated buffers)."""
+        linear_forward(x, self._wt, self._b, _ACT_CODE[activation or self.activation], out)
         return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -244,6 +273,36 @@ def stage_from_config(config: Mapping, state: Mapping | None = None) -> Embeddin
     """Rebuild an Embedding / OneHot / Linear from its ``config()``: untrained, or with the
     parameters `state`, checked against the config before anything is allocated."""
     return build_from_config(STAGES, "type", config, state)
+
+
+def _activation(name) -> str:
+    """A Linear activation name, checked (None means "none")."""
+    if name is None:
+        return "none"
+    if not isinstance(name, str) or name not in _ACT_CODE:
+        raise ArgumentError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+    return name
+
+
+def _described(arr) -> str:
+    if not isinstance(arr, np.ndarray):
+        return type(arr).__name__
+    return f"a {'C-contiguous' if arr.flags.c_contiguous else 'non-contiguous'} {arr.dtype} array"
+
+
+def _check_into(stage, method: str, ids, out, width: int) -> np.ndarray:
+    """The ids (N,) of an input stage's lookup_into, checked with its output (N, width)."""
+    what = f"{type(stage).__name__}.{method}"
+    ids = check_ids(ids, stage.size, f"{what} ids")
+    if ids.ndim != 1:
+        raise ShapeError(f"{what} takes ids of shape (N,), got {ids.shape}")
+    if not isinstance(out, np.ndarray) or out.dtype != stage.dtype:
+        raise DTypeError(f"{what} needs out as a {stage.dtype.name} array, got {_described(out)}")
+    if out.shape != (ids.size, width):
+        raise ShapeError(f"{what} needs out of shape ({ids.size}, {width}), got {out.shape}")
+    if not out.flags.writeable:
+        raise ArgumentError(f"{what} needs a writeable out array")
+    return ids
 
 
 def _expect_names(what: str, state: Mapping, names: tuple[str, ...]) -> None:

@@ -11,8 +11,9 @@ from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, Stack, canonical
+from .stream import Stream, weights_changed
 from .validation import (NO_INIT, as_array, build_from_config, check_clip, check_dtype,
-                         check_weight_dtype, positive_int)
+                         check_seed, check_weight_dtype, positive_int)
 
 SUFFIXES = ("", "_reverse")
 
@@ -82,7 +83,7 @@ class RecurrentLayer:
         """PyTorch's initialisation: every parameter uniform in ±1/sqrt(hidden_size)."""
         if seed is NO_INIT:
             return
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         bound = 1.0 / np.sqrt(self.hidden_size)
         self.load_state_dict({name: rng.uniform(-bound, bound, shape)
                               for name, shape in self.parameter_shapes().items()})
@@ -121,6 +122,7 @@ class RecurrentLayer:
         self._params = new
         self._stack = Stack([[self._pack(layer, d) for d in range(self.num_directions)]
                              for layer in range(self.num_layers)])
+        weights_changed(self)
         return self
 
     def _pack(self, layer: int, direction: int) -> DirectionParams:
@@ -224,8 +226,10 @@ class RecurrentLayer:
         """(h0, c0) as (L*D, N, H_out) / (L*D, N, H) arrays (c0 None for RNN and GRU)."""
         h_shape, c_shape = self._state_shapes(rows)
         if self.mode == "LSTM":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ArgumentError("LSTM initial state must be a tuple (h0, c0)")
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 \
+                    or hx[0] is None or hx[1] is None:
+                raise ArgumentError("LSTM initial state must be a tuple (h0, c0) of two arrays "
+                                    "(torch's rule too: no None for either)")
             h0, c0 = hx
         else:
             h0, c0 = hx, None
@@ -234,7 +238,6 @@ class RecurrentLayer:
 
     def stream(self, batch_size: int = 1):
         """A step-by-step stream with preallocated state (unidirectional stacks only)."""
-        from .stream import Stream
         return Stream(self, batch_size)
 
 

@@ -345,18 +345,17 @@ def aligned(size: int, dtype) -> np.ndarray:
 def check_lengths(lengths, rows: int, steps: int) -> np.ndarray:
     """Validate per-row valid lengths (0 <= L <= T) and return them as int64."""
     arr = as_array(lengths, "lengths")
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        elif arr.size:
-            raise DTypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+        raise DTypeError(f"lengths must be whole numbers, got {arr.dtype} values that are not")
+    if arr.dtype.kind not in "iuf" and arr.size:
+        raise DTypeError(f"lengths must be integers, got dtype {arr.dtype}")
     if arr.shape != (rows,):
         raise ShapeError(f"lengths must have shape ({rows},) (one per batch row), got {arr.shape}")
-    arr = arr.astype(np.int64)
+    # checked in their own dtype: a cast first would wrap values past int64 into range
     if rows and (arr.min() < 0 or arr.max() > steps):
         raise ArgumentError(f"lengths must lie in 0..{steps} (the sequence length), "
                             f"got min {arr.min()} max {arr.max()}")
-    return arr
+    return arr.astype(np.int64)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,4 +1,5 @@
 """Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -14,7 +15,8 @@ class Stream:
 
     `step(x_t)` returns a view of a preallocated (N, H_out) buffer that the next step overwrites;
     copy it to keep it. Streams are independent of each other and of the layer's own calls, so
-    several can run on one model from different threads.
+    several can run on one model from different threads. A stream follows its layer's weights:
+    after `layer.load_state_dict` its next step uses the new ones, from the state it has.
     """
 
     step: Callable[[np.ndarray], np.ndarray]  # x_t (N, I) -> (N, H_out); built per stream
@@ -25,11 +27,12 @@ class Stream:
                 "a bidirectional layer cannot stream: its reverse direction needs the whole "
                 "sequence; call the layer on the full sequence instead")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+                or not 1 <= batch_size <= _MAX_BATCH:
+            raise ArgumentError(f"batch_size must be an int in [1, {_MAX_BATCH}], got "
+                                f"{batch_size!r}")
         self.layer = layer
         self.batch_size = rows = int(batch_size)
-        directions = [directions[0] for directions in layer._stack.layers]
+        directions = _directions(layer)
         layers, inputs = layer.num_layers, layer.input_size
         hout, hid = layer.hidden_out, layer.hidden_size
         lstm = layer.mode == "LSTM"
@@ -49,26 +52,41 @@ class Stream:
         self._h = buf[h_at:h_at + layers * rows * hout].reshape(layers, rows, hout)
         self._c = buf[c_at:c_at + layers * rows * hid].reshape(layers, rows, hid) if lstm else None
         self._result = buf[y_at[-1]:y_at[-1] + rows * hout].reshape(rows, hout)
-        layer_inputs = [buf[at:at + rows * hout].reshape(rows, hout) for at in y_at[:-1]]
-        calls = [p.stream_call(buf, rows, h_at + k * rows * hout, c_at + k * rows * hid, y_at[k],
-                               scratch_at[k])
-                 for k, p in enumerate(directions)]
-        # each layer's kernel arguments after its input: (buf, meta, wbuf, wpk, fcfg)
-        self._layer_args = [args for _, args in calls]
+        self._buf = buf
+        self._layer_inputs = [buf[at:at + rows * hout].reshape(rows, hout) for at in y_at[:-1]]
+        self._offsets = [(h_at + k * rows * hout, c_at + k * rows * hid, y_at[k], scratch_at[k])
+                         for k in range(layers)]
+        self.step, self._rebind = self._stepper(self._calls(directions))
+        _STREAMS.setdefault(layer, weakref.WeakSet()).add(self)
+
+    def _calls(self, directions):
+        """(first layer's compiled kernel, its arguments after the input, [(compiled kernel,
+        arguments) of each further layer]) for these DirectionParams of the layer."""
+        calls = [p.stream_call(self._buf, self.batch_size, *offsets)
+                 for p, offsets in zip(directions, self._offsets)]
         (first, args), rest = calls[0], calls[1:]
         first = compiled_for(first, (self._x0, *args))
         rest = [(compiled_for(kernel, (x, *args)), (x, *args))
-                for x, (kernel, args) in zip(layer_inputs, rest)]
-        self.step = self._stepper(first, args, rest)
+                for x, (kernel, args) in zip(self._layer_inputs, rest)]
+        return first, args, rest
 
-    def _stepper(self, first, first_args, rest):
-        """The stream's `step` function: a closure over everything a step reads (a step's
-        Python is ~0.25 us this way, ~0.4 us as a method reading its attributes). It holds no
-        reference to the stream, so that a stream is freed as soon as it is dropped."""
-        buf, meta, wbuf, wpk, fcfg = first_args
+    def _weights_changed(self) -> None:
+        """Called by the layer's load_state_dict: the next step runs the new weights."""
+        self._rebind(self._calls(_directions(self.layer)))
+
+    def _stepper(self, calls):
+        """The stream's `step` function, a closure over everything a step reads (a step's
+        Python is ~0.25 us this way, ~0.4 us as a method reading its attributes), and the
+        function that rebinds it to new `_calls`. Neither holds a reference to the stream, so
+        that a stream is freed as soon as it is dropped."""
+        first, (buf, meta, wbuf, wpk, fcfg), rest = calls
         x0, result = self._x0, self._result
         dtype, shape = x0.dtype, x0.shape
         ndarray = np.ndarray
+
+        def rebind(new_calls) -> None:
+            nonlocal first, buf, meta, wbuf, wpk, fcfg, rest
+            first, (buf, meta, wbuf, wpk, fcfg), rest = new_calls
 
         def step(x_t) -> np.ndarray:
             """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
@@ -82,7 +100,7 @@ class Stream:
             for kernel, args in rest:
                 kernel(*args)
             return result
-        return step
+        return step, rebind
 
     def reset(self) -> None:
         """Back to the zero initial state."""
@@ -113,6 +131,27 @@ class Stream:
                 raise ShapeError(f"state {name} must have shape {target.shape}, got {arr.shape}")
         for (_, target, _), arr in zip(targets, arrays):
             target[...] = arr
+
+
+# Each layer's live streams, for weights_changed. Kept here rather than on the layer, where a
+# copy of the layer would carry (and then rebind) the original's streams.
+_STREAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def weights_changed(layer) -> None:
+    """Rebind the layer's streams to its new weights (its load_state_dict calls this)."""
+    for stream in list(_STREAMS.get(layer, ())):
+        stream._weights_changed()
+
+
+# Rows of a stream: its buffer is allocated up front, so a size is refused before numpy would
+# fail on it (2**31 rows of one float is 8 GiB).
+_MAX_BATCH = 1 << 31
+
+
+def _directions(layer):
+    """The layer's DirectionParams, one per layer (streams are unidirectional)."""
+    return [directions[0] for directions in layer._stack.layers]
 
 
 def _copied(x_t, x0):

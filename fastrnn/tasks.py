@@ -28,6 +28,7 @@ from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 from .heads import Embedding, Linear, OneHot, check_sampling, stage_from_config
 from .kernels.heads import sample
 from .layers import RecurrentLayer, layer_from_config
+from .recurrent import check_lengths
 from .validation import as_array
 from .vocab import Vocabulary, check_ids
 
@@ -78,16 +79,8 @@ def _split_stages(stages: Sequence[Any], what: str, *, need_input: bool = False)
 
 
 def _check_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
-    arr = as_array(lengths, "lengths")
-    if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
-        raise DTypeError(f"lengths must be integers, got dtype {arr.dtype}")
-    arr = arr.reshape(-1).astype(np.int64)
-    if arr.shape != (rows,):
-        raise ShapeError(f"lengths must have one entry per batch row ({rows}), got {arr.size}")
-    if arr.size and (arr.min() < 0 or arr.max() > steps):
-        raise ArgumentError(f"lengths must be in [0, {steps}] (the sequence length), got "
-                            f"{arr.tolist()}")
-    return arr
+    """The layers' check (recurrent.check_lengths), any shape of N entries taken as (N,)."""
+    return check_lengths(as_array(lengths, "lengths").reshape(-1), rows, steps)
 
 
 def _prepare(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str):
@@ -178,7 +171,7 @@ class _HeadChain:
             x = self.inp[0]
         last = len(self.heads) - 1
         for i, (h, out) in enumerate(zip(self.heads, self.bufs)):
-            h.apply_into(x, out, self.final if i == last else None)
+            h._apply_into(x, out, self.final if i == last else None)
             x = out
         return x
 
@@ -289,25 +282,31 @@ class Sequential:
     def __call__(self, x, lengths=None) -> np.ndarray:
         """Many-to-one: (N, C) or (C,) unbatched. pool=None: per step, (T, N, C) / (N, T, C)
         with batch_first / (T, C) unbatched, zeros at padded steps."""
-        feats, lengths, batched = self.features(x, lengths)
-        y = _apply_heads(self.heads, feats)
-        if self.pool is None:
-            if lengths is not None:
-                pad = np.arange(y.shape[0])[:, None] >= lengths[None, :]
-                y[pad] = 0
-            if not batched:
-                return y[:, 0]
-            return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
-        return y if batched else y[0]
+        return self._outputs(x, lengths)[0]
 
     def predict(self, x, lengths=None) -> np.ndarray:
         """The argmax over the outputs: class ids (N,) / () or per-step ids (like __call__).
         At padded steps of a tagger the id is -1."""
-        y = self(x, lengths)
+        y, pad = self._outputs(x, lengths)
         ids = y.argmax(axis=-1)
-        if self.pool is None and lengths is not None:
-            ids = np.where((y != 0).any(axis=-1), ids, -1)
-        return ids
+        return ids if pad is None else np.where(pad, -1, ids)
+
+    def _outputs(self, x, lengths):
+        """(outputs as __call__ returns them, the padded steps in their layout or None)."""
+        feats, lengths, batched = self.features(x, lengths)
+        y = _apply_heads(self.heads, feats)
+        if self.pool is not None:
+            return (y if batched else y[0]), None
+        pad = None
+        if lengths is not None:
+            pad = np.arange(y.shape[0])[:, None] >= lengths[None, :]
+            y[pad] = 0
+        if not batched:
+            return y[:, 0], None if pad is None else pad[:, 0]
+        if self.batch_first:
+            return (np.ascontiguousarray(y.transpose(1, 0, 2)),
+                    None if pad is None else np.ascontiguousarray(pad.T))
+        return y, pad
 
     def stages(self) -> list:
         return ([self.input] if self.input is not None else []) + self.rnns + self.heads
@@ -401,7 +400,10 @@ class Generator:
             if stop not in self.vocab:
                 raise ArgumentError(f"stop symbol {stop!r} is not in the vocabulary")
             return self.vocab.id(stop)
-        return int(check_ids(stop, self.vocab_size, "stop id"))
+        stop_id = check_ids(stop, self.vocab_size, "stop id")
+        if stop_id.ndim:
+            raise ShapeError(f"stop is one symbol or id, got shape {stop_id.shape}")
+        return int(stop_id)
 
     def _prompt_ids(self, prompt) -> np.ndarray:
         if isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt
@@ -487,7 +489,7 @@ class Generator:
             if i + 1 == steps:
                 return
             tok[0] = t
-            self.input.lookup_into(tok, x)
+            self.input._lookup_into(tok, x)
             y = x
             for s in streams:
                 y = s.step(y)
@@ -606,6 +608,9 @@ class Seq2Seq:
         """Source -> (decoder's initial state, batched): h (L, N, H) or (h, c) for an LSTM."""
         feats, lengths, batched = _prepare(self.source, self.source_vocab, self.encoder.batch_first,
                                            src, lengths, "Seq2Seq encoder")
+        if feats.shape[0] == 0:  # an empty source: one padded step, the encoder's zero state
+            feats = np.zeros((1,) + feats.shape[1:], feats.dtype)
+            lengths = np.zeros(feats.shape[1], np.int64)
         _, state = _run_rnns([self.encoder], feats, lengths)
         e, d = self.encoder, self.decoder
         h, c = (state if e.mode == "LSTM" else (state, None))
@@ -643,7 +648,7 @@ class Seq2Seq:
         done = np.zeros(rows, bool)
         hit = np.zeros(rows, bool)
         for t in range(max_len):
-            self.target.lookup_into(tok, x)
+            self.target._lookup_into(tok, x)
             logits = heads(stream.step(x))
             np.argmax(logits, axis=1, out=tok)
             out[:, t] = tok
@@ -657,8 +662,10 @@ class Seq2Seq:
 
     # ----- beam search -----
     def beam_search(self, src, beam: int = 4, max_len: int = 50, length_penalty: float = 0.0,
-                    n_best: int = 1) -> list[tuple[list[int], float]]:
-        """One source sequence -> the n_best hypotheses as (ids without eos, score), best first.
+                    n_best: int = 1, lengths=None) -> list[tuple[list[int], float]]:
+        """One source sequence (or a batch of one, with ``lengths`` as for encode) -> the n_best
+        hypotheses as (ids without eos, score), best first; none where every score is NaN or
+        -inf (a model whose weights are).
 
         Each step extends every live hypothesis by every token, keeps the ``beam`` best by the
         sum of log-probabilities, and sets those ending in eos aside; the search ends once
@@ -672,7 +679,7 @@ class Seq2Seq:
             raise ArgumentError(f"n_best must be an int in [1, beam={beam}], got {n_best!r}")
         length_penalty = _check_length_penalty(length_penalty)
         max_len = _check_max_len(max_len)
-        state, batched = self.encode(src)
+        state, batched = self.encode(src, lengths)
         if batched:
             h = state[0] if isinstance(state, tuple) else state
             if h.shape[1] != 1:
@@ -696,7 +703,7 @@ class Seq2Seq:
             return score / (n ** length_penalty) if length_penalty else score
 
         for t in range(max_len):
-            self.target.lookup_into(tokens, x)
+            self.target._lookup_into(tokens, x)
             logp = heads(stream.step(x)).astype(np.float64)
             cand = (scores[:, None] + logp).ravel()
             order = np.argsort(-cand, kind="stable")[:2 * beam]
@@ -742,27 +749,34 @@ class Seq2Seq:
                 [r[:n].tolist() for r, n in zip(ids, lens)]
             single = ids.ndim == 1
         else:
-            if isinstance(src, str):
-                seqs, single = [src], True
-            elif isinstance(src, (list, tuple)) and src and isinstance(src[0], str):
-                seqs, single = list(src), False
-            else:
-                arr = as_array(src, "source ids")
-                if arr.ndim not in (1, 2):
-                    raise ShapeError(f"source ids must be (T,) or 2-D, got shape {arr.shape}")
-                if arr.ndim == 1:
-                    seqs, single = [arr], True
-                else:
-                    if self.encoder.batch_first is False:
-                        arr = arr.T
-                    n = arr.shape[0]
-                    lens = np.full(n, arr.shape[1]) if lengths is None else \
-                        _check_lengths(lengths, n, arr.shape[1])
-                    seqs, single = [arr[i, :lens[i]] for i in range(n)], False
-            rows = [self.beam_search(s, beam, max_len, length_penalty)[0][0] for s in seqs]
+            sources, single = self._one_by_one(src, lengths)
+            rows = []
+            for one, length in sources:
+                hyps = self.beam_search(one, beam, max_len, length_penalty, lengths=length)
+                rows.append(hyps[0][0] if hyps else [])
         if self.target_vocab is not None:
             rows = [self.target_vocab.decode(np.array(r, np.int64)) for r in rows]
         return rows[0] if single else rows
+
+    def _one_by_one(self, src, lengths):
+        """translate's beam path: ([(one source, its lengths or None)], whether src is one
+        sequence); the rows of a 2-D batch as batches of one in the encoder's layout."""
+        if isinstance(src, str) or (isinstance(src, (list, tuple)) and src
+                                    and isinstance(src[0], str)):
+            if lengths is not None:
+                raise ArgumentError("lengths= goes with id arrays; texts carry their own lengths")
+            texts = [src] if isinstance(src, str) else list(src)
+            return [(text, None) for text in texts], isinstance(src, str)
+        arr = as_array(src, "source ids")
+        if arr.ndim == 1:
+            return [(arr, lengths)], True
+        if arr.ndim != 2:
+            raise ShapeError(f"source ids must be (T,) or 2-D, got shape {arr.shape}")
+        first = self.encoder.batch_first
+        rows, steps = arr.shape if first else arr.shape[::-1]
+        lens = None if lengths is None else _check_lengths(lengths, rows, steps)
+        return [(arr[i:i + 1] if first else arr[:, i:i + 1],
+                 None if lens is None else lens[i:i + 1]) for i in range(rows)], False
 
     def to_record(self):
         tensors: dict[str, np.ndarray] = {}

@@ -21,13 +21,33 @@ def check_dtype(dtype) -> np.dtype:
 
 
 def as_array(value, what: str) -> np.ndarray:
-    """np.asarray(value), with a typed error for nested sequences of unequal lengths (numpy
-    raises a plain ValueError for them)."""
+    """np.asarray(value), with typed errors for nested sequences of unequal lengths and for what
+    numpy cannot read (numpy raises its own ValueError / TypeError for them). PyTorch tensors
+    are read detached and, for bfloat16 (which numpy lacks), widened to float32."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
     try:
         return np.asarray(value)
     except ValueError as exc:
         raise ShapeError(f"{what} must be a rectangular array (every row of one length), got "
                          f"nested sequences of unequal lengths ({exc})") from None
+    except (TypeError, RuntimeError) as exc:
+        raise DTypeError(f"{what} must be an array of numbers, got {type(value).__name__} that "
+                         f"numpy cannot read ({exc})") from None
+
+
+def check_seed(seed, what: str = "seed"):
+    """`seed` for np.random.default_rng: None, an int >= 0, or numpy's Generator, BitGenerator
+    or SeedSequence (numpy's own errors for anything else are untyped)."""
+    if seed is None or isinstance(seed, (np.random.Generator, np.random.BitGenerator,
+                                         np.random.SeedSequence)):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ArgumentError(f"{what} must be None, an int >= 0 or a numpy Generator, got "
+                            f"{seed!r}")
+    return int(seed)
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

@@ -99,7 +99,7 @@ class Vocabulary:
         return len(self._symbols)
 
     def __contains__(self, symbol: object) -> bool:
-        return symbol in self._index
+        return isinstance(symbol, str) and symbol in self._index
 
     def __iter__(self):
         return iter(self._symbols)
@@ -115,6 +115,8 @@ class Vocabulary:
 
     def id(self, symbol: str) -> int:
         """The id of one symbol (the unknown symbol's id for others, if set; else ArgumentError)."""
+        if not isinstance(symbol, str):
+            raise ArgumentError(f"a symbol is a string, got {type(symbol).__name__} {symbol!r}")
         i = self._index.get(symbol)
         if i is None:
             if self.unknown is not None:
@@ -128,8 +130,10 @@ class Vocabulary:
 
     def symbol(self, i: int) -> str:
         """The symbol of one id."""
-        check_ids(np.asarray(i), len(self), "id")
-        return self._symbols[int(i)]
+        arr = check_ids(i, len(self), "id")
+        if arr.ndim:
+            raise ShapeError(f"symbol takes one id, got shape {arr.shape}; use decode for several")
+        return self._symbols[int(arr)]
 
     def special_id(self, name: str) -> int | None:
         """The id of the special symbol ``name`` ("pad", "unknown", "bos", "eos"), or None."""
@@ -192,9 +196,19 @@ class Vocabulary:
         return ("" if self.chars else " ").join(out)
 
     def one_hot(self, text: str | Sequence[str] | np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """One-hot rows: text or ids (any shape S) -> (*S, len(self)) array of 0/1."""
+        """One-hot rows: text, ids or an array of symbols (any shape S) -> (*S, len(self))
+        array of 0/1."""
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype!r}") from None
+        if dtype.kind not in "biuf":
+            raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype}")
         if isinstance(text, np.ndarray) and text.dtype.kind in "iub":
             ids = check_ids(text, len(self))
+        elif isinstance(text, np.ndarray) and text.dtype.kind == "U":
+            ids = np.array([self.id(str(s)) for s in text.reshape(-1)],
+                           np.int64).reshape(text.shape)
         else:
             ids = self.encode(text)
         out = np.zeros(ids.shape + (len(self),), dtype=dtype)
@@ -208,6 +222,8 @@ class Vocabulary:
         (or ``pad_id``, or 0 when the vocabulary has no pad symbol: padded steps are never read)."""
         if isinstance(texts, str):
             raise ArgumentError("encode_batch takes a list of texts; use encode for one text")
+        if not isinstance(texts, Iterable):
+            raise ArgumentError(f"encode_batch takes a list of texts, got {type(texts).__name__}")
         seqs = [self.encode(t, bos=bos, eos=eos) for t in texts]
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         fill = pad_id if pad_id is not None else (self.pad_id or 0)

@@ -674,6 +674,73 @@ def test_lengths_errors(layers, mode):
         layer(x, None, np.array([2.5, 1.0, 3.0]))
 
 
+@pytest.mark.parametrize("mode", CELLS)
+def test_lengths_past_int64_are_reported_as_given(layers, mode):
+    """Lengths are range-checked in their own dtype: a cast to int64 first would wrap them."""
+    x = np.zeros((T, N, I), np.float32)
+    with pytest.raises(ArgumentError, match=r"1e\+30"):
+        layers[mode](x, None, [1e30, 1.0, 1.0])
+    with pytest.raises(ArgumentError, match="18446744073709551615"):
+        layers[mode](x, None, np.array([2**64 - 1, 1, 1], np.uint64))
+    with pytest.raises(DTypeError):
+        layers[mode](x, None, [np.nan, 1.0, 1.0])
+    with pytest.raises(DTypeError):
+        layers[mode](x, None, np.array([True, True, False]))
+
+
+def test_lstm_state_needs_both_arrays():
+    """torch refuses (h0, None) too: a missing c0 is not silently zero."""
+    layer = fastrnn.LSTM(I, H, seed=0)
+    x = np.zeros((T, N, I), np.float32)
+    h = np.zeros((1, N, H), np.float32)
+    for hx in ((h, None), (None, h), (h,), (h, h, h)):
+        with pytest.raises(ArgumentError, match="h0, c0"):
+            layer(x, hx)
+
+
+@pytest.mark.parametrize("bad", [1.5, -1, "x", True, [1, 2]])
+def test_seeds_are_checked(bad):
+    for make in (lambda: fastrnn.GRU(I, H, seed=bad), lambda: fastrnn.LSTM(I, H, seed=bad),
+                 lambda: fastrnn.Embedding(4, 3, seed=bad), lambda: fastrnn.Linear(4, 3, seed=bad)):
+        with pytest.raises(ArgumentError, match="seed"):
+            make()
+    with pytest.raises(ArgumentError, match="rng"):
+        fastrnn.heads.sample_token([1.0, 2.0], rng=bad)
+
+
+def test_seeds_take_ints_and_numpy_generators():
+    a = fastrnn.GRU(I, H, seed=np.int64(3)).state_dict()
+    b = fastrnn.GRU(I, H, seed=np.random.default_rng(3)).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert fastrnn.heads.sample_token([0.0, 50.0], rng=np.random.default_rng(0)) == 1
+
+
+@pytest.mark.parametrize("kw", [dict(activations=["LeakyRelu"] * 3, activation_alpha=["x"]),
+                                dict(activations=["LeakyRelu"] * 3, activation_alpha=[np.nan]),
+                                dict(activations=["LeakyRelu"] * 3, activation_alpha=0.1),
+                                dict(activations=["Affine"] * 3, activation_beta=[True]),
+                                dict(activations="Tanh"),
+                                dict(activations=5)])
+def test_activation_lists_are_checked(kw):
+    with pytest.raises(ArgumentError):
+        fastrnn.GRU(I, H, **kw)
+
+
+def test_torch_tensors_with_grad_and_bfloat16_are_read():
+    """Tensors that numpy cannot take directly: read detached; bfloat16 widened to float32."""
+    torch = pytest.importorskip("torch")
+    layer = fastrnn.LSTM(I, H, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
+    expected = layer(x)[0]
+    np.testing.assert_array_equal(layer(torch.tensor(x, requires_grad=True))[0], expected)
+    wide = torch.tensor(x).to(torch.bfloat16)
+    np.testing.assert_array_equal(layer(wide)[0], layer(wide.float().numpy())[0])
+    state = {k: torch.tensor(v, requires_grad=True) for k, v in layer.state_dict().items()}
+    np.testing.assert_array_equal(fastrnn.LSTM(I, H).load_state_dict(state)(x)[0], expected)
+    with pytest.raises(DTypeError):
+        layer(object())
+
+
 CTOR_ERRORS = [
     ("RNN", (0, H), {}, ArgumentError),
     ("RNN", (I, 0), {}, ArgumentError),

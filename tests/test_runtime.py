@@ -168,12 +168,34 @@ def test_stream_steps_alternate_their_weight_walk(cls):
     step."""
     from fastrnn.kernels import engine
 
-    stream = cls(4, 40, num_layers=2, seed=3).stream(2)
+    layer = cls(4, 40, num_layers=2, seed=3)
+    stream = layer.stream(2)
+    _, first_args, rest = stream._calls([d[0] for d in layer._stack.layers])
+    layer_args = [first_args] + [args[1:] for _, args in rest]  # (buf, meta, ...) of each layer
     x_t = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     for step in range(4):
         stream.step(x_t)
-        for buf, meta, *_ in stream._layer_args:
+        for buf, meta, *_ in layer_args:
             assert buf[meta[engine.S_SCRATCH] + meta[engine.S_SIZE] - 1] == (step + 1) % 2
+
+
+@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
+def test_stream_follows_load_state_dict(cls):
+    """After layer.load_state_dict a stream's next step (through a `step` taken before the load
+    too) runs the new weights from the state it has, as a layer call from that state does."""
+    layer = cls(4, 6, num_layers=2, seed=0)
+    stream = layer.stream(3)
+    step = stream.step
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    for x_t in xs[:3]:
+        step(x_t)
+    state = stream.state
+    new = {k: v * 0.7 + 0.01 for k, v in layer.state_dict().items()}
+    layer.load_state_dict(new)
+    got = np.stack([step(x_t).copy() for x_t in xs[3:]])
+    expected = cls(4, 6, num_layers=2).load_state_dict(new)(xs[3:], state)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_stream_errors():
@@ -186,6 +208,8 @@ def test_stream_errors():
         stream.state = np.zeros((1, 2, 5), np.float32)
     with pytest.raises(ArgumentError):
         fastrnn.GRU(3, 4).stream(0)
+    with pytest.raises(ArgumentError):
+        fastrnn.GRU(3, 4).stream(2**40)  # refused before its buffer is allocated
 
 
 # (batch, hidden): serial kernels; batch rows split over threads; hidden units split at batch 1.

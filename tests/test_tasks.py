@@ -351,6 +351,111 @@ def test_beam_search_matches_reference(mode):
             net.greedy(src, 0, 1, 8)
 
 
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_beam_translate_honours_lengths_and_empty_rows(mode):
+    """translate(beam > 1) reads lengths as greedy decoding does: a padded row decodes as the row
+    alone, a row of length 0 (or an empty source) from the encoder's zero state, and the beams of
+    a batch as each row on its own; text with lengths= is refused on both paths."""
+    net, model = _s2s(mode)
+    src, junk = [1, 2, 3], [5, 4, 4, 5]
+    alone = model.translate(np.array(src), beam=3, max_len=8)
+    assert alone == net.beam(src, 0, 1, beam=3, max_len=8)[0][0]
+    padded = np.array(src + junk)
+    assert model.translate(padded, beam=3, max_len=8, lengths=[3]) == alone
+    rows = [[1, 2, 3, 4, 5], [5, 5, 0], [2], []]
+    batch = np.array([r + [3] * (5 - len(r)) for r in rows])  # (N, T): the encoder's layout
+    got = model.translate(batch, beam=3, max_len=8, lengths=[len(r) for r in rows])
+    assert got[:3] == [model.translate(np.array(r), beam=3, max_len=8) for r in rows[:3]]
+    empty = model.beam_search(batch[3:], beam=3, max_len=8, lengths=[0])[0][0]
+    assert got[3] == empty
+    assert model.beam_search(np.zeros(0, np.int64), beam=3, max_len=8)[0][0] == empty
+    sv, tv = fastrnn.Vocabulary("abcdef"), fastrnn.Vocabulary("xyz.!", bos="^", eos="$")
+    text = seq2seq_from_torch(net.state_dict(), source="src_emb", encoder="enc",
+                              target="tgt_emb", decoder="dec", head="fc", source_vocab=sv,
+                              target_vocab=tv, batch_first=True)
+    assert text.translate(["", "abc"], beam=3, max_len=8) == \
+        [text.translate("", beam=3, max_len=8), text.translate("abc", beam=3, max_len=8)]
+    for beam in (1, 3):
+        with pytest.raises(ArgumentError, match="lengths"):
+            text.translate("abc", beam=beam, lengths=[2])
+
+
+def test_beam_search_without_a_finite_score_finds_nothing():
+    net, model = _s2s("GRU")
+    head = model.heads[-1]
+    state = head.state_dict()
+    state["bias"][:] = np.nan
+    head.load_state_dict(state)
+    assert model.beam_search(np.array([1, 2]), beam=3, max_len=5) == []
+    assert model.translate(np.array([1, 2]), beam=3, max_len=5) == []
+
+
+def test_tagger_predict_marks_padding_from_lengths_not_from_zero_scores():
+    """A head whose scores are all exactly 0 (relu) at valid steps keeps their argmax; only
+    steps past a row's length are -1 (text batches carry their lengths too)."""
+    head = fastrnn.Linear(4, 2, activation="relu")
+    head.load_state_dict({"weight": np.zeros((2, 4)), "bias": np.zeros(2)})
+    vocab = fastrnn.Vocabulary("abc")
+    tagger = fastrnn.Tagger(fastrnn.OneHot(3), fastrnn.GRU(3, 4, batch_first=True, seed=0), head,
+                            vocab=vocab)
+    ids = np.array([[0, 1, 2], [2, 1, 0]])
+    assert tagger.predict(ids).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert tagger.predict(ids, lengths=[3, 2]).tolist() == [[0, 0, 0], [0, 0, -1]]
+    assert tagger.predict(["abc", "c"]).tolist() == [[0, 0, 0], [0, -1, -1]]
+    assert tagger.predict("ab").tolist() == [0, 0]
+
+
+def test_into_forms_check_their_arrays():
+    """The *_into forms write into the caller's array: every shape, dtype and id is checked
+    first (a wrong out array would be written out of bounds by the kernel)."""
+    rng = np.random.default_rng(0)
+    lin = fastrnn.Linear(4, 3, activation="tanh", seed=0)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    out = np.empty((5, 3), np.float32)
+    assert lin.apply_into(x, out) is out
+    close(out, lin(x))
+    close(lin.apply_into(x, out, "none"), lin(x, activation="none"))
+    f32 = np.float32
+    bad = [(np.ones((2000, 4), f32), np.zeros((1, 1), f32), ShapeError),
+           (np.ones((5, 2), f32), out, ShapeError),
+           (x, np.zeros((4, 3), f32), ShapeError),
+           (x, np.zeros((5, 3)), DTypeError),
+           (x.astype(np.float64), out, DTypeError),
+           (np.asfortranarray(rng.standard_normal((5, 4)).astype(f32)), out, DTypeError),
+           (x.tolist(), out, DTypeError),
+           (x[None], out, ShapeError)]
+    for a, o, error in bad:
+        with pytest.raises(error):
+            lin.apply_into(a, o)
+    with pytest.raises(ArgumentError):
+        lin.apply_into(x, out, "bogus")
+    read_only = np.zeros((5, 3), f32)
+    read_only.flags.writeable = False
+    with pytest.raises(ArgumentError):
+        lin.apply_into(x, read_only)
+    for stage, width in ((fastrnn.OneHot(4), 4), (fastrnn.Embedding(4, 6, seed=0), 6)):
+        ids = np.array([3, 0, 2])
+        got = stage.lookup_into(ids, np.full((3, width), 7, np.float32))
+        close(got, stage(ids))
+        for bad_ids, o, error in [(np.array([-1, 0, 0]), np.zeros((3, width), f32), ArgumentError),
+                                  (np.array([4, 0, 0]), np.zeros((3, width), f32), ArgumentError),
+                                  (np.array([1.0, 0, 0]), np.zeros((3, width), f32), DTypeError),
+                                  (ids, np.zeros((2, width), f32), ShapeError),
+                                  (ids, np.zeros((3, width + 1), f32), ShapeError),
+                                  (ids, np.zeros((3, width)), DTypeError),
+                                  (ids[None], np.zeros((3, width), f32), ShapeError)]:
+            with pytest.raises(error):
+                stage.lookup_into(bad_ids, o)
+
+
+def test_stop_is_one_symbol_or_id():
+    gen = fastrnn.load(demo.model_path("weather_chars"))
+    with pytest.raises(ShapeError):
+        gen.generate("Denver", 5, stop=[1])
+    assert gen.generate("Denver", 5, stop=np.int64(1), greedy=True) == \
+        gen.generate("Denver", 5, stop=1, greedy=True)
+
+
 def test_seq2seq_text_save_load(tmp_path):
     net, model = _s2s("LSTM")
     sv, tv = fastrnn.Vocabulary("abcdef"), fastrnn.Vocabulary("xyz.!", bos="^", eos="$")

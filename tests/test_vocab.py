@@ -111,3 +111,28 @@ def test_save_load_and_meta_round_trip(tmp_path):
         fastrnn.Vocabulary.from_meta({"symbols": "ab", "eos": "$"})
     with pytest.raises(FormatError):
         fastrnn.Vocabulary.from_meta({})
+
+
+def test_non_symbols_and_non_lists_are_typed_errors():
+    v = fastrnn.Vocabulary("ATCG")
+    for call in (lambda: v.encode([["A"]]), lambda: v[["A"]], lambda: v.id(3),
+                 lambda: v.encode_batch(5), lambda: v.encode_batch(None)):
+        with pytest.raises(ArgumentError):
+            call()
+    assert [] not in v and 1 not in v and "A" in v
+    with pytest.raises(ShapeError):
+        v.symbol([1, 2])
+    assert v.symbol(np.int64(2)) == "C"
+    with pytest.raises(DTypeError):
+        v.one_hot("A", dtype="bogus")
+    with pytest.raises(DTypeError):
+        v.one_hot("A", dtype=object)
+
+
+def test_one_hot_of_an_array_of_symbols():
+    v = fastrnn.Vocabulary("ATCG")
+    symbols = np.array([["A", "T"], ["G", "G"]])
+    np.testing.assert_array_equal(v.one_hot(symbols), v.one_hot(np.array([[0, 1], [3, 3]])))
+    assert v.one_hot("AT", dtype=np.int8).dtype == np.int8
+    with pytest.raises(ArgumentError):
+        v.one_hot(np.array(["A", "X"]))
