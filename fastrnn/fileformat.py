@@ -73,6 +73,10 @@ DTYPES = {
     "int8": np.dtype("i1"), "int32": np.dtype("<i4"), "int64": np.dtype("<i8"),
     "uint8": np.dtype("u1"), "bool": np.dtype("?"),
 }
+# a tensor's rank and extent: within what numpy can reshape to (the sizes of an empty tensor are
+# not bounded by its bytes)
+MAX_DIMS = 32
+MAX_DIM = 2**62
 
 
 def _align(n: int) -> int:
@@ -206,7 +210,8 @@ def _read_header(f, path: str) -> tuple[int, dict, int, int]:
     try:
         header = json.loads(blob.decode("utf-8"), object_pairs_hook=_reject_duplicates,
                             parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError,
+        # and integers of more digits than Python converts
         raise FormatError(f"{path!r}: the header is not valid UTF-8 JSON: {e}") from None
     _check_keys(header, HEADER_KEYS, "the JSON header")
     kind, meta, table, data_nbytes = (header[k] for k in HEADER_KEYS)
@@ -234,12 +239,13 @@ def _read_header(f, path: str) -> tuple[int, dict, int, int]:
         if name in seen:
             raise FormatError(f"{path!r}: the tensor name {name!r} appears twice")
         seen.add(name)
-        if dname not in DTYPES:
+        if not isinstance(dname, str) or dname not in DTYPES:
             raise FormatError(f"{path!r}: tensor {name!r} has unknown dtype {dname!r}; "
                               f"allowed: {', '.join(DTYPES)}")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise FormatError(f"{path!r}: tensor {name!r} has shape {shape!r}, "
-                              f"expected a list of non-negative integers")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS \
+                or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+            raise FormatError(f"{path!r}: tensor {name!r} has shape {shape!r:.100}, expected a list "
+                              f"of at most {MAX_DIMS} integers in [0, {MAX_DIM}]")
         if not _is_int(offset) or offset < 0 or offset % ALIGNMENT:
             raise FormatError(f"{path!r}: tensor {name!r} has offset {offset!r}, expected a "
                               f"non-negative multiple of {ALIGNMENT}")

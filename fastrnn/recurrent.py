@@ -402,6 +402,7 @@ class Stack:
         self.layers = tuple(tuple(directions) for directions in layers)
         if not self.layers or not all(self.layers):
             raise ArgumentError("a stack needs at least one layer of at least one direction")
+        _check_stack(self.layers)
         self._plans = {}  # (steps, rows, threads) -> _plan()
 
     def run(self, x, h0, c0, lengths):
@@ -460,6 +461,27 @@ class Stack:
         c_shape = (states, rows, first.hidden_size) if first.mode == "LSTM" else None
         return (calls, size, (states, rows, first.hidden_out), c_shape,
                 (steps, rows, count * first.hidden_out), first.dtype, _full_lengths(rows, steps))
+
+
+def _check_stack(layers) -> None:
+    """Every direction of one mode, dtype and size, each layer's input the one before's output:
+    the calls index one state stack and chain outputs by these sizes, unchecked in the kernels
+    (a saved ONNX plan's directions come from a file)."""
+    first = layers[0][0]
+    count = len(layers[0])
+    for k, directions in enumerate(layers):
+        if len(directions) != count or count > 2:
+            raise ShapeError(f"every layer of a stack has the same 1 or 2 directions, got "
+                             f"{[len(d) for d in layers]}")
+        inputs = first.input_size if k == 0 else count * first.hidden_out
+        for p in directions:
+            if (p.mode, p.dtype, p.hidden_size, p.hidden_out, p.input_size) != \
+                    (first.mode, first.dtype, first.hidden_size, first.hidden_out, inputs):
+                raise ShapeError(
+                    f"layer {k}'s directions must all be {first.mode} {first.dtype} with hidden "
+                    f"size {first.hidden_size} (output {first.hidden_out}) and input size "
+                    f"{inputs}; got {p.mode} {p.dtype} hidden {p.hidden_size} (output "
+                    f"{p.hidden_out}), input {p.input_size}")
 
 
 def _both_at_once(directions, steps, rows, slot):

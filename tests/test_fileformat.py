@@ -274,6 +274,14 @@ CORRUPT = {
     "shape/nbytes mismatch": (dict(header=edit(lambda h: h["tensors"][0].update(shape=[2, 4]))),
                               r"nbytes 24, but float32 of shape \(2, 4\) needs 32"),
     "huge shape": (dict(header=edit(lambda h: h["tensors"][0].update(shape=[2**40, 2**40]))), "needs"),
+    "empty but huge shape": (dict(header=edit(lambda h: h["tensors"][0].update(
+        shape=[0, 2**70], nbytes=0))), r"at most 32 integers in \[0, 4611686018427387904\]"),
+    "too many dims": (dict(header=edit(lambda h: h["tensors"][0].update(
+        shape=[1] * 65, nbytes=4))), "at most 32"),
+    "dtype not a string": (dict(header=edit(lambda h: h["tensors"][0].update(dtype=["float32"]))),
+                           "unknown dtype"),
+    "integer past Python's digits": (dict(blob=b'{"kind": "k", "x": ' + b"9" * 5000 + b"}"),
+                                     "not valid UTF-8 JSON"),
     "truncated data": (dict(data=bytes(80)), "truncated: the header says the file is .* it is"),
     "trailing bytes": (dict(data=bytes(100)), "has trailing bytes"),
 }

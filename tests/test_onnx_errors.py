@@ -404,6 +404,48 @@ def test_corrupt_plan_record_is_a_format_error():
         OnnxPlan.from_record(meta, {})
 
 
+def test_a_saved_plan_whose_directions_disagree_is_a_format_error():
+    """Direction 1's constants swapped for a consistent set of another size (or input size)
+    would have the kernels index one state stack and output by direction 0's sizes: refused at
+    load, whatever the record claims."""
+    from converters.onnx_import.plan import OnnxPlan
+
+    kind, meta, tensors = converters.from_onnx(lstm_model(bidirectional=True)).to_record()
+    names = {name: key for name, key, _ in meta["constants"]}
+    params = meta["nodes"][0]["attrs"]["params"][1]
+    rng = np.random.default_rng(0)
+    for hidden, inputs in ((H * 8, I), (1, I), (H, I + 5), (H, 1)):
+        bad = dict(tensors)
+        shapes = {"w_ih": (4 * hidden, inputs), "w_hh": (4 * hidden, hidden),
+                  "b_ih": (4 * hidden,), "b_hh": (4 * hidden,)}
+        for k, shape in shapes.items():
+            if params[k] is not None:
+                bad[names[params[k]]] = rng.standard_normal(shape).astype(np.float32)
+        with pytest.raises(FormatError, match="directions must all be"):
+            OnnxPlan.from_record(meta, bad)
+    attrs = dict(meta["nodes"][0]["attrs"], reverse=[False])
+    with pytest.raises(FormatError, match="direction"):
+        OnnxPlan.from_record(dict(meta, nodes=[dict(meta["nodes"][0], attrs=attrs)]
+                                  + meta["nodes"][1:]), tensors)
+
+
+def test_a_saved_plan_with_odd_names_or_constant_dtypes_is_a_format_error():
+    from converters.onnx_import.plan import OnnxPlan
+
+    kind, meta, tensors = converters.from_onnx(lstm_model()).to_record()
+    node = meta["nodes"][0]
+    for change in (dict(inputs=[{}] + node["inputs"][1:]), dict(outputs="Y"), dict(op=3),
+                   dict(attrs=[])):
+        with pytest.raises(FormatError, match="onnx_plan record"):
+            OnnxPlan.from_record(dict(meta, nodes=[dict(node, **change)] + meta["nodes"][1:]),
+                                 tensors)
+    name, key, _ = meta["constants"][0]
+    for dt in ("U500000000", "float64", "object"):
+        table = [[name, key, dt]] + meta["constants"][1:]
+        with pytest.raises(FormatError, match="widens only"):
+            OnnxPlan.from_record(dict(meta, constants=table), tensors)
+
+
 def test_a_saved_plan_node_without_a_required_attribute_fails_typed():
     from converters.onnx_import.plan import OnnxPlan
 

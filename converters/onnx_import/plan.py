@@ -25,6 +25,7 @@ PLAN_KIND = "onnx_plan"
 PLAN_FORMAT = 1
 # dtypes a .frnn file holds; other integer constants are widened to int64 (uint64: bit view)
 _SAVABLE = {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"}
+_WIDENED = {"int16", "uint16", "uint32", "uint64"}  # saved as int64, their dtype in the table
 
 
 class NodeArg:
@@ -317,18 +318,45 @@ class OnnxPlan:
             for name, key, dt in meta["constants"]:
                 arr = tensors[key]
                 if str(arr.dtype) != dt:
+                    if dt not in _WIDENED or arr.dtype != np.int64:
+                        raise FormatError(f"onnx_plan constant {name!r} is stored as "
+                                          f"{arr.dtype} with dtype {dt!r}: a saved plan widens "
+                                          f"only {sorted(_WIDENED)} to int64")
                     arr = arr.view(np.uint64) if dt == "uint64" else arr.astype(dt)
                 constants[name] = arr
             inputs = [ValueInfo.from_json(d) for d in meta["inputs"]]
             outputs = [ValueInfo.from_json(d) for d in meta["outputs"]]
-            nodes = [PlanNode(d["op"], d["inputs"], d["outputs"], d["attrs"], d.get("name", ""))
+            nodes = [PlanNode(_text(d["op"]), _texts(d["inputs"]), _texts(d["outputs"]),
+                              _attrs(d["attrs"]), _text(d.get("name", "")))
                      for d in meta["nodes"]]
             source = meta.get("source", {})
         except FormatError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed onnx_plan record: {type(e).__name__}: {e}") from None
-        return cls(inputs, outputs, nodes, constants, source)
+        try:
+            return cls(inputs, outputs, nodes, constants, source)
+        except (ShapeError, DTypeError, ArgumentError) as e:
+            raise FormatError(f"inconsistent onnx_plan record: {e}") from None
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"onnx_plan record: expected a string, found {value!r:.80}")
+    return value
+
+
+def _texts(values) -> list[str]:
+    if not isinstance(values, list):
+        raise FormatError(f"onnx_plan record: expected a list of names, found {values!r:.80}")
+    return [_text(v) for v in values]
+
+
+def _attrs(value) -> dict:
+    if not isinstance(value, dict):
+        raise FormatError(f"onnx_plan record: a node's attrs must be an object, found "
+                          f"{value!r:.80}")
+    return value
 
 
 def load_plan(meta: dict, tensors: dict) -> OnnxPlan:

@@ -63,6 +63,10 @@ def make_stack(attrs: dict, params: list[dict]):
     from fastrnn.recurrent import DirectionParams, Stack
 
     mode = attrs["mode"]
+    if not len(params) == len(attrs["reverse"]) == len(attrs["activations"]):
+        raise ShapeError(f"a recurrent node has {len(params)} direction(s) of weights, "
+                         f"{len(attrs['reverse'])} of directions and "
+                         f"{len(attrs['activations'])} of activations")
     result = []
     for d, p in enumerate(params):
         extra = {}
