@@ -12,6 +12,11 @@ Tensors come back lazily as ``TensorRef`` (``.shape``, ``.dtype``, ``.numpy()``)
 open, so a large training checkpoint is only read where a tensor is used; ``load()`` and
 ``read_state_dict()`` materialize everything as numpy arrays. float16, bfloat16 and float8
 (e4m3fn, e5m2) are widened to float32.
+
+A hostile file fails fast with a typed error: sizes it states are checked against its real size
+before anything is allocated, its tensors together may name at most a small multiple of it
+(MAX_VIEW_RATIO), structures it shares through pickle memo references are walked within a bound
+(MAX_SHARED_VISITS), and zip records must be stored uncompressed, as torch.save writes them.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from __future__ import annotations
 import collections
 import io
 import json
+import math
 import mmap
 import os
 import pickle
 import re
+import reprlib
 import struct
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -49,10 +56,19 @@ __all__ = [
 # Legacy (non-zip) torch.save header: the pickled magic number and protocol version.
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-MAX_PICKLE_BYTES = 256 << 20  # data.pkl larger than this is refused (a decompression bomb guard)
+MAX_PICKLE_BYTES = 256 << 20  # data.pkl larger than this is refused
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors spec's own limit
 MAX_NESTING = 100
+MAX_DIMS = 64  # numpy's limit
 MAX_EXPANDED_BYTES = 256 << 20  # a tensor larger than its storage (stride 0) may make this much
+# The tensors of one file may name at most MAX_VIEW_RATIO * file size + MAX_EXPANDED_BYTES bytes in
+# all: views of one storage and stride-0 tensors each cost their full size when read.
+MAX_VIEW_RATIO = 8
+# Entries flatten_tensors may walk again through containers a pickle shares (memo references):
+# a pickle of a few hundred bytes can reuse one list to describe 2**40 paths.
+MAX_SHARED_VISITS = 100_000
+MAX_NAME_CHARS = 64 << 20  # all tensor names of one flatten_tensors call together
+_INT64_MAX = 2**63 - 1
 
 # Keys under which training code nests the state dict ({"state_dict": ...}, {"model": ...}, ...),
 # tried in this order by unwrap_state_dict.
@@ -60,6 +76,31 @@ WRAPPER_KEYS = (
     "state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
     "weights", "params",
 )
+
+
+class _Brief(reprlib.Repr):
+    """repr() of file content for error messages: short, and never a whole (maybe shared) structure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 80, 80
+
+    def repr_int(self, x: int, level: int) -> str:  # repr() of an int over 4300 digits raises
+        return repr(x) if x.bit_length() <= 128 else f"<int of {x.bit_length()} bits>"
+
+    def repr_bytes(self, x: Any, level: int) -> str:
+        return repr(x[:self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+    repr_bytearray = repr_bytes
+    repr__PickledOrderedDict = reprlib.Repr.repr_dict  # the default would repr() it whole
+
+
+_brief = _Brief().repr
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc)[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,10 +254,10 @@ class _Storage:
             except FastRNNError:
                 raise
             except Exception as exc:  # zip CRC errors, short reads, closed files
-                raise FormatError(f"cannot read storage {self.name!r}: {exc}") from exc
+                raise FormatError(f"cannot read storage {_brief(self.name)}: {_why(exc)}") from exc
             if len(raw) < self.nbytes:
                 raise FormatError(
-                    f"storage {self.name!r} is truncated: expected {self.nbytes} bytes, "
+                    f"storage {_brief(self.name)} is truncated: expected {self.nbytes} bytes, "
                     f"found {len(raw)}"
                 )
             self._data = memoryview(raw)[: self.nbytes]
@@ -226,17 +267,29 @@ class _Storage:
         raise FormatError("pickle tried to set state on a storage")
 
 
+class _Budget:
+    """How many bytes the tensors of one file may still name (see MAX_VIEW_RATIO)."""
+
+    __slots__ = ("left", "file_size")
+
+    def __init__(self, file_size: int) -> None:
+        self.file_size = file_size
+        self.left = MAX_VIEW_RATIO * file_size + MAX_EXPANDED_BYTES
+
+
 class _StorageView:
     """A storage as a pickle's persistent id names it: bytes, element dtype, element offset."""
 
-    __slots__ = ("storage", "dtype", "offset", "numel", "byteorder")
+    __slots__ = ("storage", "dtype", "offset", "numel", "byteorder", "budget")
 
-    def __init__(self, storage: _Storage, dtype: str, offset: int, numel: int, byteorder: str):
+    def __init__(self, storage: _Storage, dtype: str, offset: int, numel: int, byteorder: str,
+                 budget: _Budget):
         self.storage = storage
         self.dtype = dtype
         self.offset = offset  # in elements of dtype (legacy view metadata), usually 0
         self.numel = numel
         self.byteorder = byteorder
+        self.budget = budget
 
     def __setstate__(self, state: Any) -> None:
         raise FormatError("pickle tried to set state on a storage")
@@ -284,7 +337,7 @@ class TensorRef:
             if (last + 1) * item > self._nbytes_avail:
                 raise FormatError(
                     f"tensor of shape {self.shape}, strides {self._stride} reaches past the end of "
-                    f"storage {self._storage.name!r} ({self._nbytes_avail} bytes from its offset)"
+                    f"storage {_brief(self._storage.name)} ({self._nbytes_avail} bytes from its offset)"
                 )
             data = self._storage.data()
             count = last + 1
@@ -337,26 +390,48 @@ def _make_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any,
     if not isinstance(storage, _StorageView):
         raise FormatError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
     if not _is_int_tuple(size) or not _is_int_tuple(stride) or len(size) != len(stride):
-        raise FormatError(f"bad tensor geometry: size={size!r}, stride={stride!r}")
+        raise FormatError(f"bad tensor geometry: size={_brief(size)}, stride={_brief(stride)}")
     if not isinstance(storage_offset, int) or storage_offset < 0:
-        raise FormatError(f"bad storage offset {storage_offset!r}")
+        raise FormatError(f"bad storage offset {_brief(storage_offset)}")
     if any(n < 0 for n in size) or any(s < 0 for s in stride):
-        raise FormatError(f"negative size or stride: size={size!r}, stride={stride!r}")
+        raise FormatError(f"negative size or stride: size={_brief(size)}, stride={_brief(stride)}")
     dtype = dtype or storage.dtype
+    item = _itemsize(dtype)
+    if not _shape_ok(size, item) or max((*stride, storage_offset)) * item > _INT64_MAX:
+        raise FormatError(
+            f"tensor geometry out of range: size={_brief(size)}, stride={_brief(stride)}, offset="
+            f"{_brief(storage_offset)} (expected at most {MAX_DIMS} dimensions, sizes and byte "
+            "strides within int64)"
+        )
     if dtype not in _DTYPES:
         return UnreadableTensor(f"dtype {dtype} is not supported", size, dtype)
-    byte_offset = storage.offset * _itemsize(storage.dtype) + storage_offset * _itemsize(dtype)
+    byte_offset = storage.offset * _itemsize(storage.dtype) + storage_offset * item
     total = storage.storage.nbytes
-    nbytes = _itemsize(dtype) * (int(np.prod(size, dtype=object)) if size else 1)
+    nbytes = item * math.prod(size)
     if nbytes > max(total, MAX_EXPANDED_BYTES):
         # only stride-0 (expanded) tensors can be larger than their storage; cap what they make
         raise FormatError(f"tensor of shape {tuple(size)} needs {nbytes} bytes from a storage of {total}")
+    budget = storage.budget
+    budget.left -= nbytes
+    if budget.left < 0:
+        raise FormatError(
+            f"the tensors of this {budget.file_size}-byte file need more than "
+            f"{MAX_VIEW_RATIO * budget.file_size + MAX_EXPANDED_BYTES} bytes in all (views of "
+            "shared storages or stride-0 tensors repeated)"
+        )
     return TensorRef(storage.storage, byte_offset, max(0, total - byte_offset), tuple(size),
                      tuple(stride), dtype, storage.byteorder)
 
 
 def _is_int_tuple(x: Any) -> bool:
     return isinstance(x, (tuple, list)) and all(type(v) is int for v in x)
+
+
+def _shape_ok(shape: Any, itemsize: int) -> bool:
+    """A shape numpy can make: at most MAX_DIMS sizes >= 0, the bytes of the nonzero ones in int64."""
+    return (_is_int_tuple(shape) and len(shape) <= MAX_DIMS
+            and all(0 <= n <= _INT64_MAX for n in shape)
+            and math.prod(n for n in shape if n) * itemsize <= _INT64_MAX)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,7 +449,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
                        dtype, metadata=None):
     if not isinstance(dtype, _DType):
-        raise FormatError(f"_rebuild_tensor_v3 got dtype {dtype!r}")
+        raise FormatError(f"_rebuild_tensor_v3 got dtype {_brief(dtype)}")
     return _make_tensor(storage, storage_offset, size, stride, dtype.name)
 
 
@@ -394,9 +469,9 @@ _REBUILD_FUNCS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebu
 
 def _rebuild_from_type_v2(func, new_type, args, state=None):
     if func not in _REBUILD_FUNCS and not getattr(func, "_fastrnn_placeholder", False):
-        raise UnsafeFileError(f"_rebuild_from_type_v2 asked to call {func!r}")
+        raise UnsafeFileError(f"_rebuild_from_type_v2 asked to call {_brief(func)}")
     if not isinstance(new_type, _TypeMarker):
-        raise UnsafeFileError(f"_rebuild_from_type_v2 asked for type {new_type!r}")
+        raise UnsafeFileError(f"_rebuild_from_type_v2 asked for type {_brief(new_type)}")
     if not isinstance(args, tuple):
         raise FormatError("_rebuild_from_type_v2 args are not a tuple")
     return func(*args)
@@ -412,11 +487,13 @@ def _unreadable(kind: str):
 
 def _torch_size(dims=()):
     if not _is_int_tuple(dims):
-        raise FormatError(f"torch.Size({dims!r})")
+        raise FormatError(f"torch.Size({_brief(dims)}): expected a tuple of ints")
     return tuple(dims)
 
 
 def _torch_device(*args):
+    if not all(type(a) is str or (type(a) is int and 0 <= a <= _INT64_MAX) for a in args):
+        raise FormatError(f"torch.device{_brief(args)}: expected a type name and an index")
     return ":".join(str(a) for a in args)
 
 
@@ -440,9 +517,31 @@ def _container(cls):
             raise FormatError(f"{cls.__name__}() takes at most one argument in a pickle")
         if args and not isinstance(args[0], (list, tuple, set, frozenset, dict, str, bytes)):
             raise FormatError(f"{cls.__name__}({type(args[0]).__name__}) is not allowed")
+        if args and issubclass(cls, (set, frozenset)):
+            for k in args[0]:
+                _check_key(k)
+        if args and issubclass(cls, dict) and not isinstance(args[0], dict):
+            for pair in args[0]:
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                    raise FormatError(
+                        f"{cls.__name__}() of {_brief(pair)}: expected (key, value) pairs"
+                    )
+                _check_key(pair[0])
         return cls(*args)
 
     return build
+
+
+def _check_key(k: Any) -> None:
+    """A dict key or set member must hash cheaply: Python caches no tuple or int hash, so one large
+    key that a pickle reuses many times (memo references) would hash for hours."""
+    items = k if type(k) is tuple else (k,)
+    if len(items) > 64 or any(type(v) is tuple or (type(v) is int and v.bit_length() > 256)
+                              for v in items):
+        raise FormatError(
+            f"dict key or set member {_brief(k)}: expected a string, a number or a flat tuple of "
+            "at most 64 of them"
+        )
 
 
 _NUMPY_KINDS = re.compile(r"^[<>|=]?(b1|bool|[iu][1248]|f[248]|c(8|16)|u1|i1|S\d+|U\d+)$")
@@ -455,7 +554,7 @@ class _NumpyDType:
 
     def __init__(self, code: Any, align: Any = False, copy: Any = False) -> None:
         if not isinstance(code, str) or not _NUMPY_KINDS.match(code):
-            raise UnsafeFileError(f"numpy dtype {code!r} is not a plain numeric dtype")
+            raise UnsafeFileError(f"numpy dtype {_brief(code)} is not a plain numeric dtype")
         self.code = code
         self.order = "="
 
@@ -548,7 +647,7 @@ def _build_allowed() -> dict[str, Any]:
         "torch.nn.Parameter": _TypeMarker("torch.nn.Parameter"),
         "torch.Size": _torch_size,
         "torch.device": _torch_device,
-        "collections.OrderedDict": _PickledOrderedDict,
+        "collections.OrderedDict": _container(_PickledOrderedDict),
         "builtins.set": _container(set),
         "builtins.frozenset": _container(frozenset),
         "builtins.list": _container(list),
@@ -578,6 +677,7 @@ _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 def _refusal(full: str, where: str) -> UnsafeFileError:
+    full = full if len(full) <= 200 else full[:200] + "..."
     module = full.rsplit(".", 1)[0]
     if module.startswith("torch.nn.modules") or (
             module.startswith("torch.nn.") and full.split(".")[-1][:1].isupper()):
@@ -603,13 +703,15 @@ class _RestrictedUnpickler(pickle._Unpickler):
     Only ``ALLOWED_GLOBALS`` can be named; BUILD (set state) is allowed only on the few data
     classes of this module that expect it, so a file can never set attributes on anything else
     (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
-    tensors and containers, are refused.
+    tensors and containers, are refused. Dict keys and set members must hash cheaply, and a
+    bytearray may not claim more bytes than the input holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
 
-    def __init__(self, file: Any, where: str, persistent: Any) -> None:
+    def __init__(self, file: Any, size: int, where: str, persistent: Any) -> None:
         super().__init__(file, encoding="utf-8")
+        self._size = size  # of the whole input
         self._where = where
         self._persistent = persistent
 
@@ -623,7 +725,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
-            raise FormatError(f"{self._where}: unexpected persistent id {pid!r}")
+            raise FormatError(f"{self._where}: unexpected persistent id {_brief(pid)}")
         return self._persistent(pid)
 
     def _load_build(self) -> None:
@@ -642,23 +744,51 @@ class _RestrictedUnpickler(pickle._Unpickler):
             "only tensors, numpy arrays and plain containers are read"
         )
 
+    def _load_bytearray8(self) -> None:
+        # the only opcode that allocates its claimed length before reading (the others read
+        # what is there): bound it by the input
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise FormatError(
+                f"{self._where}: pickle claims a bytearray of {n} bytes in {self._size} bytes of input"
+            )
+        data = bytearray(n)
+        self.readinto(data)
+        if len(data) != n:
+            raise FormatError(f"{self._where}: pickle is truncated inside a bytearray")
+        self.append(data)
+
+    def _keys_checked(load: Any, keys: Any) -> Any:
+        def checked(self: "_RestrictedUnpickler") -> None:
+            for k in keys(self.stack):
+                _check_key(k)
+            load(self)
+
+        return checked
+
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    # the opcodes that hash dict keys and set members (after MARK the stack holds just the items)
+    dispatch[pickle.SETITEM[0]] = _keys_checked(pickle._Unpickler.load_setitem, lambda st: st[-2:-1])
+    dispatch[pickle.SETITEMS[0]] = _keys_checked(pickle._Unpickler.load_setitems, lambda st: st[::2])
+    dispatch[pickle.ADDITEMS[0]] = _keys_checked(pickle._Unpickler.load_additems, lambda st: st)
+    dispatch[pickle.FROZENSET[0]] = _keys_checked(pickle._Unpickler.load_frozenset, lambda st: st)
     for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
         dispatch[_op[0]] = _refuse_opcode
-    del _op
+    del _op, _keys_checked
 
 
-def _unpickle(data: bytes | io.BufferedIOBase, where: str, persistent: Any = None) -> Any:
+def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> Any:
     """Run the restricted unpickler; every failure that is not ours becomes FormatError."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
-        return _RestrictedUnpickler(f, where, persistent).load()
+        return _RestrictedUnpickler(f, len(data), where, persistent).load()
     except FastRNNError:
         raise
     except RecursionError as exc:
         raise FormatError(f"{where}: pickle nests too deeply") from exc
     except Exception as exc:  # UnpicklingError, EOFError, TypeError from bad REDUCE args, ...
-        raise FormatError(f"{where}: corrupt or truncated pickle ({type(exc).__name__}: {exc})") from exc
+        raise FormatError(f"{where}: corrupt or truncated pickle ({_why(exc)})") from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,6 +823,8 @@ class TorchFile:
 def open_checkpoint(path: str | os.PathLike) -> TorchFile:
     """Open a torch.save (zip or legacy) or safetensors file; close it (or use ``with``) when done."""
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, a directory fail
+        raise FormatError(f"{path} is not a regular file")
     fh = open(path, "rb")
     try:
         head = fh.read(512)
@@ -725,10 +857,23 @@ def _open_zip(path: str, fh: Any) -> TorchFile:
     fh.seek(0)
     try:
         zf = zipfile.ZipFile(fh)
-        infos = {i.filename: i for i in zf.infolist()}
+        infolist = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
             NotImplementedError) as exc:  # the last: a zip version or method zipfile lacks
-        raise FormatError(f"{path}: truncated or corrupt zip archive ({exc})") from exc
+        raise FormatError(f"{path}: truncated or corrupt zip archive ({_why(exc)})") from exc
+    size = os.fstat(fh.fileno()).st_size
+    infos: dict[str, zipfile.ZipInfo] = {}
+    for i in infolist:
+        if i.filename in infos:
+            raise FormatError(f"{path}: zip archive holds two records named {_brief(i.filename)}")
+        # reads are then bounded by the file's real size
+        if i.header_offset + i.compress_size > size or (
+                i.compress_type == zipfile.ZIP_STORED and i.compress_size != i.file_size):
+            raise FormatError(
+                f"{path}: corrupt zip directory: record {_brief(i.filename)} claims {i.file_size} "
+                f"bytes ({i.compress_size} stored at offset {i.header_offset}) in a {size}-byte file"
+            )
+        infos[i.filename] = i
     pkls = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
     if not pkls:
         if any(n.endswith("/data.pkl") for n in infos):
@@ -736,7 +881,7 @@ def _open_zip(path: str, fh: Any) -> TorchFile:
         else:
             raise FormatError(f"{path}: zip archive without a data.pkl record; not a torch.save file")
     if len(pkls) > 1:
-        raise FormatError(f"{path}: zip archive holds several data.pkl records: {sorted(pkls)}")
+        raise FormatError(f"{path}: zip archive holds several data.pkl records: {_brief(sorted(pkls))}")
     prefix = pkls[0][: -len("data.pkl")]
     if f"{prefix}constants.pkl" in infos or any(n.startswith(f"{prefix}code/") for n in infos):
         raise UnsupportedError(
@@ -746,49 +891,68 @@ def _open_zip(path: str, fh: Any) -> TorchFile:
     byteorder = "<"
     if f"{prefix}byteorder" in infos:
         try:
-            bo = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+            bo = _read_record(path, zf, infos[f"{prefix}byteorder"]).decode("ascii", "replace").strip()
+        except FastRNNError:
+            raise
         except Exception as exc:
-            raise FormatError(f"{path}: unreadable byteorder record ({exc})") from exc
+            raise FormatError(f"{path}: unreadable byteorder record ({_why(exc)})") from exc
         if bo not in ("little", "big"):
-            raise FormatError(f"{path}: byteorder record says {bo!r}, expected 'little' or 'big'")
+            raise FormatError(f"{path}: byteorder record says {_brief(bo)}, expected 'little' or 'big'")
         byteorder = "<" if bo == "little" else ">"
     info = infos[pkls[0]]
     if info.file_size > MAX_PICKLE_BYTES:
         raise FormatError(f"{path}: data.pkl is {info.file_size} bytes, over the {MAX_PICKLE_BYTES} limit")
     try:
-        pkl = zf.read(pkls[0])
+        pkl = _read_record(path, zf, info)
+    except FastRNNError:
+        raise
     except Exception as exc:
-        raise FormatError(f"{path}: cannot read data.pkl ({exc})") from exc
+        raise FormatError(f"{path}: cannot read data.pkl ({_why(exc)})") from exc
 
     storages: dict[str, _Storage] = {}
+    budget = _Budget(size)
 
     def persistent(pid: Any) -> _StorageView:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
-            raise FormatError(f"{path}: unexpected persistent id {pid!r}")
+            raise FormatError(f"{path}: unexpected persistent id {_brief(pid)}")
         _, stype, key, _location, numel = pid
         if (not isinstance(stype, _StorageType) or not isinstance(key, str)
                 or type(numel) is not int or numel < 0):
-            raise FormatError(f"{path}: bad storage reference {pid!r}")
-        nbytes = numel * _itemsize(stype.dtype)
+            raise FormatError(f"{path}: bad storage reference {_brief(pid)}")
+        item = _itemsize(stype.dtype)
+        rec = f"{prefix}data/{key}"
+        if rec not in infos:
+            raise FormatError(f"{path}: storage record {_brief(rec)} is missing")
+        record = infos[rec]
+        # torch writes numel = record size // element size: a longer record is another dtype's
+        if record.file_size // item != numel:
+            raise FormatError(
+                f"{path}: storage record {_brief(rec)} holds {record.file_size} bytes, expected "
+                f"{numel * item} ({numel} {stype.dtype} elements)"
+            )
+        if record.compress_type != zipfile.ZIP_STORED:
+            raise _compressed(path, record)
         if key not in storages:
-            rec = f"{prefix}data/{key}"
-            if rec not in infos:
-                raise FormatError(f"{path}: storage record {rec!r} is missing")
-            if infos[rec].file_size < nbytes:
-                raise FormatError(
-                    f"{path}: storage record {rec!r} holds {infos[rec].file_size} bytes, "
-                    f"expected {nbytes}"
-                )
-            storages[key] = _Storage(lambda rec=rec, n=nbytes: _read_record(zf, rec, n), rec, nbytes)
-        return _StorageView(storages[key], stype.dtype, 0, numel, byteorder)
+            storages[key] = _Storage(lambda: _read_record(path, zf, record), rec, numel * item)
+        return _StorageView(storages[key], stype.dtype, 0, numel, byteorder, budget)
 
     obj = _unpickle(pkl, path, persistent)
     return TorchFile(path, "torch-zip", obj, _Closer(zf, fh))
 
 
-def _read_record(zf: zipfile.ZipFile, name: str, nbytes: int) -> bytes:
-    with zf.open(name) as f:
-        data = f.read(nbytes)
+def _compressed(path: str, info: zipfile.ZipInfo) -> UnsupportedError:
+    return UnsupportedError(
+        f"{path}: zip record {_brief(info.filename)} is compressed; torch.save stores every record "
+        "uncompressed, and fastrnn reads only those. Re-save the checkpoint with torch.save"
+    )
+
+
+def _read_record(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A stored record's bytes: its size was checked against the archive's when it was opened."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise _compressed(path, info)
+    with zf.open(info) as f:
+        data = f.read(info.file_size)
         f.read(1)  # reaching the end of the record makes zipfile check its CRC
     return data
 
@@ -830,7 +994,7 @@ def _read_legacy(path: str, fh: Any, file: Any) -> TorchFile:
         )
     proto = _unpickle(fh, where)
     if proto != LEGACY_PROTOCOL:
-        raise UnsupportedError(f"{where}: protocol version {proto!r}, expected {LEGACY_PROTOCOL}")
+        raise UnsupportedError(f"{where}: protocol version {_brief(proto)}, expected {LEGACY_PROTOCOL}")
     sys_info = _unpickle(fh, where)
     little = True
     if isinstance(sys_info, Mapping):
@@ -838,13 +1002,14 @@ def _read_legacy(path: str, fh: Any, file: Any) -> TorchFile:
     byteorder = "<" if little else ">"
 
     roots: dict[str, tuple[str, int, _Storage]] = {}  # key -> (dtype, numel, storage)
+    budget = _Budget(len(fh))
 
     def no_data() -> bytes:
         raise FormatError(f"{where}: storage has no data")
 
     def persistent(pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
-            raise FormatError(f"{where}: unexpected persistent id {pid!r}")
+            raise FormatError(f"{where}: unexpected persistent id {_brief(pid)}")
         tag = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
         if tag == "module":
             raise UnsafeFileError(
@@ -852,42 +1017,47 @@ def _read_legacy(path: str, fh: Any, file: Any) -> TorchFile:
                 "the weights instead, torch.save(model.state_dict(), path), and convert that file"
             )
         if tag != "storage" or len(pid) != 6:
-            raise FormatError(f"{where}: unexpected persistent id {pid!r}")
+            raise FormatError(f"{where}: unexpected persistent id {_brief(pid)}")
         _, stype, key, _location, numel, view = pid
         if (not isinstance(stype, _StorageType) or not isinstance(key, str)
                 or type(numel) is not int or numel < 0):
-            raise FormatError(f"{where}: bad storage reference {pid!r}")
+            raise FormatError(f"{where}: bad storage reference {_brief(pid)}")
         if key not in roots:
             nbytes = numel * _itemsize(stype.dtype)
             roots[key] = (stype.dtype, numel, _Storage(no_data, f"legacy storage {key}", nbytes))
         dtype, _, st = roots[key]
         offset = 0
         if view is not None:
-            if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int):
-                raise FormatError(f"{where}: bad storage view {view!r}")
+            if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
+                    and 0 <= view[1] <= _INT64_MAX):
+                raise FormatError(
+                    f"{where}: bad storage view {_brief(view)}, expected (key, offset >= 0, size)"
+                )
             offset = view[1]
-        return _StorageView(st, dtype, offset, numel, byteorder)
+        return _StorageView(st, dtype, offset, numel, byteorder, budget)
 
     obj = _unpickle(fh, where, persistent)
     keys = _unpickle(fh, where)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise FormatError(f"{where}: bad storage key list")
+    if len(set(keys)) != len(keys):
+        raise FormatError(f"{where}: the storage key list names a storage twice")
     size_fmt = byteorder + "q"
     end = len(fh)
     for key in keys:
         if key not in roots:
-            raise FormatError(f"{where}: storage {key!r} listed but never referenced")
+            raise FormatError(f"{where}: storage {_brief(key)} listed but never referenced")
         hdr = fh.read(8)
         if len(hdr) != 8:
-            raise FormatError(f"{where}: truncated before storage {key!r}")
+            raise FormatError(f"{where}: truncated before storage {_brief(key)}")
         (count,) = struct.unpack(size_fmt, hdr)
         dtype, numel, st = roots[key]
         nbytes = count * _itemsize(dtype)
         start = fh.tell()
         if count < 0 or start + nbytes > end:
-            raise FormatError(f"{where}: truncated inside storage {key!r}")
+            raise FormatError(f"{where}: truncated inside storage {_brief(key)}")
         if count != numel:
-            raise FormatError(f"{where}: storage {key!r} holds {count} elements, expected {numel}")
+            raise FormatError(f"{where}: storage {_brief(key)} holds {count} elements, expected {numel}")
 
         def reader(start: int = start, nbytes: int = nbytes) -> bytes:
             return fh[start:start + nbytes]
@@ -896,7 +1066,7 @@ def _read_legacy(path: str, fh: Any, file: Any) -> TorchFile:
         fh.seek(start + nbytes)
     missing = sorted(set(roots) - set(keys))
     if missing:
-        raise FormatError(f"{where}: storages {missing} have no data")
+        raise FormatError(f"{where}: storages {_brief(missing)} have no data")
     return TorchFile(path, "torch-legacy", obj, _Closer(fh, file))
 
 
@@ -909,44 +1079,63 @@ def _open_safetensors(path: str, fh: Any) -> TorchFile:
         raise FormatError(f"{path}: safetensors header length {n} is over the {MAX_SAFETENSORS_HEADER} limit")
     if 8 + n > size:
         raise FormatError(f"{path}: truncated safetensors file (header of {n} bytes, file of {size})")
+
+    def unique(pairs: list) -> dict:  # json.loads would keep the last of duplicate names
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise FormatError(f"{path}: safetensors header names {_brief(k)} twice")
+            seen.add(k)
+        return dict(pairs)
+
     try:
-        header = json.loads(fh.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"{path}: safetensors header is not valid JSON ({exc})") from exc
+        header = json.loads(fh.read(n).decode("utf-8"), object_pairs_hook=unique)
+    except FastRNNError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"{path}: safetensors header is not valid JSON ({_why(exc)})") from exc
     if not isinstance(header, dict):
         raise FormatError(f"{path}: safetensors header is not a JSON object")
     base = 8 + n
     data_len = size - base
     out: dict[str, Any] = {}
     metadata: dict[str, str] = {}
+    spans = []
     for name, entry in header.items():
         if name == "__metadata__":
             if isinstance(entry, dict):
                 metadata = {str(k): str(v) for k, v in entry.items()}
             continue
         if not isinstance(entry, dict):
-            raise FormatError(f"{path}: safetensors entry {name!r} is not an object")
+            raise FormatError(f"{path}: safetensors entry {_brief(name)} is not an object")
         code, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not _is_int_tuple(shape) or any(d < 0 for d in shape):
-            raise FormatError(f"{path}: safetensors entry {name!r} has bad shape {shape!r}")
+        dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+        item = _itemsize(dtype) if dtype else 1
+        if not _shape_ok(shape, item):
+            raise FormatError(
+                f"{path}: safetensors entry {_brief(name)} has bad shape {_brief(shape)} (expected "
+                f"at most {MAX_DIMS} sizes >= 0 whose product fits int64)"
+            )
         if not (_is_int_tuple(offs) and len(offs) == 2 and 0 <= offs[0] <= offs[1]):
-            raise FormatError(f"{path}: safetensors entry {name!r} has bad data_offsets {offs!r}")
+            raise FormatError(
+                f"{path}: safetensors entry {_brief(name)} has bad data_offsets {_brief(offs)}"
+            )
         if offs[1] > data_len:
             raise FormatError(
-                f"{path}: truncated safetensors file: {name!r} ends at byte {offs[1]} of a "
+                f"{path}: truncated safetensors file: {_brief(name)} ends at byte {offs[1]} of a "
                 f"{data_len}-byte data section"
             )
-        dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+        if offs[1] > offs[0]:
+            spans.append((offs[0], offs[1], name))
         if dtype is None:
-            out[name] = UnreadableTensor(f"safetensors dtype {code!r} is not supported",
-                                         tuple(shape), str(code))
+            out[name] = UnreadableTensor(f"safetensors dtype {_brief(code)} is not supported",
+                                         tuple(shape), str(code)[:80])
             continue
-        numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        nbytes = numel * _itemsize(dtype)
+        nbytes = math.prod(shape) * item
         if offs[1] - offs[0] != nbytes:
             raise FormatError(
-                f"{path}: safetensors entry {name!r} ({code} {list(shape)}) needs {nbytes} bytes, "
-                f"data_offsets span {offs[1] - offs[0]}"
+                f"{path}: safetensors entry {_brief(name)} ({code} {list(shape)}) needs {nbytes} "
+                f"bytes, data_offsets span {offs[1] - offs[0]}"
             )
 
         def reader(start=base + offs[0], nbytes=nbytes):
@@ -954,8 +1143,12 @@ def _open_safetensors(path: str, fh: Any) -> TorchFile:
             return fh.read(nbytes)
 
         st = _Storage(reader, name, nbytes)
-        stride = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
+        stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
         out[name] = TensorRef(st, 0, nbytes, tuple(shape), stride, dtype, "<")
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise FormatError(f"{path}: safetensors entries {_brief(a)} and {_brief(b)} share bytes")
     tf = TorchFile(path, "safetensors", out, fh)
     tf.metadata = metadata
     return tf
@@ -973,30 +1166,73 @@ def is_tensor_like(x: Any) -> bool:
 
 
 def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Every tensor-like leaf under nested dicts / lists, by dotted path; other leaves are dropped."""
-    out: dict[str, Any] = {}
-    seen: set[int] = set()
+    """Every tensor-like leaf under nested dicts / lists, by dotted path; other leaves are dropped.
 
-    def walk(o: Any, name: str, depth: int) -> None:
+    Two leaves with one name ({"a.b": x, "a": {"b": y}}, or keys 0 and "0") are a FormatError. A
+    container that appears in several places (pickle memo references) is walked at each if it
+    holds tensors, up to MAX_SHARED_VISITS entries in all.
+    """
+    out: dict[str, Any] = {}
+    walked: set[int] = set()
+    barren: set[int] = set()  # walked containers without tensors: nothing to walk again
+    active: set[int] = set()  # the containers on the current path
+    shared_left = MAX_SHARED_VISITS
+    chars_left = MAX_NAME_CHARS
+
+    def dotted(path: tuple) -> str:
+        name = prefix.rstrip(".")
+        for k in path:
+            if not isinstance(k, str):
+                k = str(k) if type(k) is int and k.bit_length() <= 128 else _brief(k)
+            name = f"{name}.{k}" if name else k
+        return name
+
+    # the path is kept as keys and joined only at a tensor: a long key over many entries costs nothing
+    def walk(o: Any, path: tuple) -> bool:
+        """Whether o holds tensors."""
+        nonlocal shared_left, chars_left
         if is_tensor_like(o):
+            name = dotted(path)
+            if name in out:
+                raise FormatError(
+                    f"checkpoint names two tensors {_brief(name)} (keys 0 and '0', or a dotted key "
+                    "next to nested ones); expected unique names"
+                )
+            chars_left -= len(name)
+            if chars_left < 0:
+                raise FormatError(f"checkpoint tensor names take more than {MAX_NAME_CHARS} characters")
             out[name] = o
-            return
-        if depth > MAX_NESTING:
-            raise FormatError(f"checkpoint nests deeper than {MAX_NESTING} levels at {name!r}")
+            return True
+        if len(path) > MAX_NESTING:
+            raise FormatError(
+                f"checkpoint nests deeper than {MAX_NESTING} levels at {_brief(dotted(path))}"
+            )
         if isinstance(o, Mapping):
             items: Iterator = iter(o.items())
         elif isinstance(o, (list, tuple)):
             items = iter(enumerate(o))
         else:
-            return
-        if id(o) in seen:  # a container inside itself
-            return
-        seen.add(id(o))
+            return False
+        if id(o) in active or id(o) in barren:  # a container inside itself, or nothing to find
+            return False
+        if id(o) in walked:
+            shared_left -= len(o)
+            if shared_left < 0:
+                raise FormatError(
+                    f"checkpoint reuses its containers for more than {MAX_SHARED_VISITS} entries "
+                    "(pickle memo references); expected a tree of tensors"
+                )
+        walked.add(id(o))
+        active.add(id(o))
+        found = False
         for k, v in items:
-            walk(v, f"{name}{k}" if not name else f"{name}.{k}", depth + 1)
-        seen.discard(id(o))  # the same container may appear again elsewhere (memo references)
+            found = walk(v, path + (k,)) or found
+        active.discard(id(o))
+        if not found:
+            barren.add(id(o))
+        return found
 
-    walk(obj, prefix.rstrip("."), 0)
+    walk(obj, ())
     return out
 
 
@@ -1021,26 +1257,33 @@ def unwrap_state_dict(obj: Any) -> Any:
     return obj
 
 
-def _materialize(obj: Any) -> Any:
-    if isinstance(obj, (TensorRef, UnreadableTensor, _NumpyArray)):
-        return obj.numpy() if not isinstance(obj, UnreadableTensor) else obj
-    if isinstance(obj, Mapping):
-        return {k: _materialize(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_materialize(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_materialize(v) for v in obj)
-    return obj
+def _materialize(obj: Any, memo: dict[int, Any]) -> Any:
+    """Tensors as numpy arrays; what the pickle shares stays shared (once in memory, as torch.load)."""
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, (TensorRef, _NumpyArray)):
+        out: Any = obj.numpy()
+    elif isinstance(obj, Mapping):
+        out = {k: _materialize(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        out = [_materialize(v, memo) for v in obj]
+    elif isinstance(obj, tuple):
+        out = tuple(_materialize(v, memo) for v in obj)
+    else:
+        return obj
+    memo[id(obj)] = out
+    return out
 
 
 def load(path: str | os.PathLike) -> Any:
     """Like ``torch.load(path, weights_only=True)`` but torch-free: tensors become numpy arrays.
 
-    Tensors fastrnn cannot read (quantized, sparse, unknown dtypes) stay UnreadableTensor.
+    Tensors fastrnn cannot read (quantized, sparse, unknown dtypes) stay UnreadableTensor. What
+    the file shares (one tensor or dict in two places) stays shared, as torch.load keeps it.
     """
     with open_checkpoint(path) as f:
         try:
-            return _materialize(f.obj)
+            return _materialize(f.obj, {})
         except RecursionError as exc:
             raise FormatError(f"{path}: checkpoint nests too deeply") from exc
 
@@ -1049,11 +1292,16 @@ def read_state_dict(path: str | os.PathLike, *, unwrap: bool = True) -> dict[str
     """The state dict in a checkpoint file, flattened to ``name -> np.ndarray``.
 
     With ``unwrap`` (default) checkpoint wrappers ({"state_dict": ...}, {"model": ...},
-    Lightning) are descended first; names keep any "module." prefix.
+    Lightning) are descended first; names keep any "module." prefix. A tensor the file stores
+    under several names (one object, not two views of a storage) is one array under each.
     """
     with open_checkpoint(path) as f:
         obj = unwrap_state_dict(f.obj) if unwrap else f.obj
         flat = flatten_tensors(obj)
         if not flat:
             raise FormatError(f"{path} holds no tensors")
-        return {k: v.numpy() for k, v in flat.items()}
+        arrays: dict[int, np.ndarray] = {}
+        for v in flat.values():
+            if id(v) not in arrays:
+                arrays[id(v)] = v.numpy()
+        return {k: arrays[id(v)] for k, v in flat.items()}

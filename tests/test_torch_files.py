@@ -370,6 +370,266 @@ def test_bad_persistent_ids_and_geometry(tmp_path, pid, geometry, match):
 
 
 # ------------------------------------------------------------------------------------------------
+# hostile files: each is refused promptly with a typed error, without a size-driven allocation
+# ------------------------------------------------------------------------------------------------
+FS = Global("torch", "FloatStorage")
+F32 = np.arange(4, dtype="<f4").tobytes()
+
+
+def _dag(depth, leaf):
+    """A list nested `depth` deep whose two items are one list: pickled with memo references, it
+    takes a few bytes per level and describes 2**depth paths."""
+    node = leaf
+    for _ in range(depth):
+        node = [node, node]
+    return node
+
+
+def _legacy_file(path, pkl, storages):
+    """A legacy torch.save file with object pickle `pkl`; storages: (key, float32 bytes) in order."""
+    with open(path, "wb") as f:
+        for part in (tf.LEGACY_MAGIC, tf.LEGACY_PROTOCOL, {"little_endian": True}):
+            f.write(pickle.dumps(part, protocol=2))
+        f.write(pkl)
+        f.write(pickle.dumps([k for k, _ in storages], protocol=2))
+        for _, data in storages:
+            f.write(struct.pack("<q", len(data) // 4) + data)
+
+
+def _patch_central_directory(path, name, **fields):
+    """Overwrite 32-bit fields (compress_size, file_size) of `name`'s central directory entry."""
+    data = bytearray(path.read_bytes())
+    at = {"compress_size": 20, "file_size": 24}
+    i = data.index(b"PK\x01\x02")
+    while data[i + 46:i + 46 + len(name)] != name.encode():
+        i = data.index(b"PK\x01\x02", i + 4)
+    for field, value in fields.items():
+        struct.pack_into("<I", data, i + at[field], value)
+    path.write_bytes(bytes(data))
+
+
+def test_shared_containers_are_walked_within_a_bound(tmp_path):
+    """D1: a container reused through memo references is walked at each place it appears, up to a
+    bound; load() keeps it shared (as torch.load does) instead of copying every path."""
+    path = tmp_path / "dag.pt"
+    _zip_with_pickle(path, pickle.dumps({"w": np.zeros(2, np.float32), "opt": _dag(18, np.ones(1))},
+                                        protocol=2))
+    with pytest.raises(FormatError, match="reuses its containers"):
+        tf.read_state_dict(path, unwrap=False)
+    got = tf.load(path)
+    assert got["opt"][0] is got["opt"][1]
+    # without tensors a shared structure is walked once; a state dict stored twice reads twice
+    sd = {"rnn.weight": np.arange(3.0), "rnn.bias": np.ones(2)}
+    _zip_with_pickle(path, pickle.dumps({"model": sd, "ema": sd, "hp": _dag(40, 0)}, protocol=2))
+    assert sorted(tf.read_state_dict(path, unwrap=False)) == [
+        "ema.rnn.bias", "ema.rnn.weight", "model.rnn.bias", "model.rnn.weight"]
+
+
+@pytest.mark.parametrize("obj", [
+    {"d": Call(Global("torch", "device"), _dag(18, "x"))},
+    {"s": Call(Global("torch", "Size"), _dag(18, "x"))},
+    {"p": PID(_dag(18, "x"))},
+    {"t": Call(Global("torch._utils", "_rebuild_tensor_v2"), PID(("storage", FS, "0", "cpu", 4)), 0,
+               _dag(18, 1), (1,), False, None)},
+])
+def test_error_messages_show_file_content_briefly(tmp_path, obj):
+    """D2: a message built from a structure the pickle shares stays short (repr would walk 2**18
+    paths, or 2**40 at depth 40, and hang)."""
+    path = tmp_path / "m.pt"
+    _zip_with_pickle(path, assemble(obj), {"0": F32})
+    with pytest.raises(FormatError) as err:
+        tf.load(path)
+    assert len(str(err.value)) < 1000
+
+
+def test_special_files_are_refused(tmp_path):
+    """D3: a directory or a FIFO (open() would block until a writer comes) is not a checkpoint."""
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(FormatError, match="not a regular file"):
+        tf.open_checkpoint(tmp_path / "dir.pt")
+    if not hasattr(os, "mkfifo"):
+        return
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR)  # a writer with data waiting, so that a reader would not block
+    try:
+        os.write(fd, bytes(600))
+        with pytest.raises(FormatError, match="not a regular file"):
+            tf.open_checkpoint(fifo)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("opcode", [pickle.BYTEARRAY8, pickle.BINBYTES8, pickle.BINUNICODE8])
+def test_pickle_length_fields_allocate_nothing_past_the_input(tmp_path, opcode):
+    """D4: BYTEARRAY8 allocated its claimed length (64 MiB here, 3 GiB in the fuzz case) before
+    reading; every length-prefixed opcode now costs at most the bytes there."""
+    import tracemalloc
+
+    path = tmp_path / "b.pt"
+    _zip_with_pickle(path, b"\x80\x05" + opcode + struct.pack("<Q", 64 << 20) + b"0123456789.")
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError):
+            tf.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    _zip_with_pickle(path, pickle.dumps({"b": bytearray(b"xy")}, protocol=5))
+    assert tf.load(path) == {"b": bytearray(b"xy")}
+
+
+@pytest.mark.parametrize("count,numel,size,stride", [
+    (2, 1, (1 << 26,), (0,)),  # two 256 MiB stride-0 tensors over one float
+    (300, 1 << 18, (1 << 18,), (1,)),  # 300 views of one 1 MiB storage
+])
+def test_tensors_cannot_name_much_more_data_than_the_file_holds(tmp_path, count, numel, size, stride):
+    """D5: each such tensor costs its full size when read; their total is capped per file."""
+    path = tmp_path / "x.pt"
+    pid = ("storage", FS, "0", "cpu", numel)
+    tensors = {f"t{i}": Call(Global("torch._utils", "_rebuild_tensor_v2"), PID(pid), 0, size, stride,
+                             False, Call(Global("collections", "OrderedDict"))) for i in range(count)}
+    _zip_with_pickle(path, assemble(tensors), {"0": bytes(4 * numel)})
+    with pytest.raises(FormatError, match="bytes in all"):
+        tf.open_checkpoint(path)
+
+
+def test_zip_directory_sizes_are_checked_against_the_file(tmp_path):
+    """D7: a central directory claiming a 3 GiB record (read allocated it), or a data.pkl whose
+    stored size disagrees with its size (read 1 GiB, then loaded), is refused when opened."""
+    path = tmp_path / "z.pt"
+    _zip_with_pickle(path, _tensor_pickle(("storage", FS, "0", "cpu", 3 << 28), size=(4,)), {"0": F32})
+    _patch_central_directory(path, "archive/data/0", compress_size=3 << 30, file_size=3 << 30)
+    with pytest.raises(FormatError, match="corrupt zip directory: record 'archive/data/0' claims"):
+        tf.open_checkpoint(path)
+    _zip_with_pickle(path, _tensor_pickle(("storage", FS, "0", "cpu", 4)), {"0": F32})
+    _patch_central_directory(path, "archive/data.pkl", compress_size=2**32 - 2)
+    with pytest.raises(FormatError, match="corrupt zip directory"):
+        tf.open_checkpoint(path)
+
+
+@pytest.mark.parametrize("compressed", ["archive/data/0", "archive/data.pkl"])
+def test_compressed_records_are_refused(tmp_path, compressed):
+    """D8: torch.save never compresses; a deflated storage made 2 GiB from a 2 MB file."""
+    path = tmp_path / "c.pt"
+    records = {"archive/data.pkl": _tensor_pickle(("storage", FS, "0", "cpu", 1 << 18)),
+               "archive/data/0": bytes(1 << 20)}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in records.items():
+            z.writestr(name, data, zipfile.ZIP_DEFLATED if name == compressed else zipfile.ZIP_STORED)
+    with pytest.raises(UnsupportedError, match="compressed"):
+        tf.open_checkpoint(path)
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(size=(0, 2**62), stride=(1, 1)), dict(size=(0, 2**64), stride=(1, 1)),
+    dict(size=(1,) * 65, stride=(1,) * 65), dict(size=(1, 4), stride=(2**62, 1)),
+])
+def test_tensor_geometry_numpy_cannot_make(tmp_path, geometry):
+    """D9: ValueError / OverflowError from numpy before; now FormatError when the file is read."""
+    path = tmp_path / "g.pt"
+    _zip_with_pickle(path, _tensor_pickle(("storage", FS, "0", "cpu", 4), **geometry), {"0": F32})
+    with pytest.raises(FormatError, match="out of range"):
+        tf.read_state_dict(path)
+
+
+def test_legacy_negative_view_offset(tmp_path):
+    """D9: a legacy storage view at offset -4 read before its storage (ValueError)."""
+    path = tmp_path / "v.pt"
+    _legacy_file(path, _tensor_pickle(("storage", FS, "k", "cpu", 4, ("v", -4, 4)), size=(4,)),
+                 [("k", F32)])
+    with pytest.raises(FormatError, match="bad storage view"):
+        tf.read_state_dict(path)
+    _legacy_file(path, _tensor_pickle(("storage", FS, "k", "cpu", 4, ("v", 1, 3)), size=(3,)),
+                 [("k", F32)])
+    np.testing.assert_array_equal(tf.read_state_dict(path)["w"], [1, 2, 3])
+
+
+@pytest.mark.parametrize("head", [
+    '{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "x": ' + "[" * 100000
+    + "]" * 100000 + "}",
+    json.dumps({"w": {"dtype": "F32", "shape": [2**64], "data_offsets": [0, 4]}}),
+    json.dumps({"w": {"dtype": "F32", "shape": [0, 2**64], "data_offsets": [0, 0]}}),
+    json.dumps({"w": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}),
+], ids=["nested", "2**64", "0x2**64", "65-dims"])
+def test_safetensors_headers_python_cannot_take(tmp_path, head):
+    """D10: RecursionError from a deeply nested header, OverflowError from a 2**64 dimension."""
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head.encode() + F32)
+    with pytest.raises(FormatError):
+        tf.read_state_dict(path)
+
+
+@pytest.mark.parametrize("obj", [
+    {"rnn.weight_ih_l0": np.zeros(2), "rnn": {"weight_ih_l0": np.ones(2)}},
+    {0: np.zeros(2), "0": np.ones(2)},
+])
+def test_two_tensors_with_one_name_are_refused(tmp_path, obj):
+    """D11: the last of two tensors flattened to one name silently won."""
+    with pytest.raises(FormatError, match="names two tensors"):
+        tf.flatten_tensors(obj)
+    path = tmp_path / "n.pt"
+    _zip_with_pickle(path, pickle.dumps(obj, protocol=2))
+    with pytest.raises(FormatError, match="names two tensors"):
+        tf.read_state_dict(path)
+
+
+def test_ambiguous_records_are_refused(tmp_path):
+    """D12: duplicate names (the last won), overlapping data, a storage record longer than its
+    dtype says (FloatStorage read as HalfStorage reinterpreted the bytes)."""
+    path = tmp_path / "d.safetensors"
+    for head, match in [
+        ('{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+         '"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', "names 'w' twice"),
+        (json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                     "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}), "share bytes"),
+    ]:
+        path.write_bytes(struct.pack("<Q", len(head)) + head.encode() + F32)
+        with pytest.raises(FormatError, match=match):
+            tf.read_state_dict(path)
+    path = tmp_path / "d.pt"
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        _zip_with_pickle(path, _tensor_pickle(("storage", FS, "0", "cpu", 4)), {"0": F32})
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr("archive/data/0", F32[::-1])
+    with pytest.raises(FormatError, match="two records named 'archive/data/0'"):
+        tf.open_checkpoint(path)
+    _zip_with_pickle(path, _tensor_pickle(("storage", Global("torch", "HalfStorage"), "0", "cpu", 4)),
+                     {"0": F32})
+    with pytest.raises(FormatError, match="holds 16 bytes, expected 8"):
+        tf.open_checkpoint(path)
+    _legacy_file(path, _tensor_pickle(("storage", FS, "k", "cpu", 4, None)),
+                 [("k", F32), ("k", F32[::-1])])
+    with pytest.raises(FormatError, match="twice"):
+        tf.open_checkpoint(path)
+
+
+def _tuple_dag_key_pickle(depth):
+    """{t: 1} where t nests `depth` pairs of one tuple (memo references): hashing t takes 2**depth
+    steps, and Python caches no tuple hash."""
+    body = b"K\x00q\x000"
+    for i in range(1, depth + 1):
+        body += b"h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + pickle.TUPLE2 + b"q" + bytes([i])
+        body += b"0" if i < depth else b""
+    return b"\x80\x02}" + body + b"K\x01s."
+
+
+def test_dict_keys_and_set_members_must_hash_cheaply(tmp_path):
+    """A pickle of a few hundred bytes made a key that hashes for hours (depth 40; 20 here)."""
+    path = tmp_path / "k.pt"
+    flat = b"\x80\x02(" + b"K\x07" * 1000 + b"tq\x00" + b"}(" + b"h\x00K\x01" * 100 + b"u."
+    for pkl in (_tuple_dag_key_pickle(20), flat,
+                assemble({"s": Call(Global("builtins", "frozenset"), [(0, (1,))])})):
+        _zip_with_pickle(path, pkl)
+        with pytest.raises(FormatError, match="dict key or set member"):
+            tf.load(path)
+    ok = {(1, "a"): 2, "s": frozenset({(1, 2)}), 7: {3, 4}}
+    _zip_with_pickle(path, pickle.dumps(ok, protocol=4))
+    assert tf.load(path) == ok
+
+
+# ------------------------------------------------------------------------------------------------
 # against real torch files
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
