@@ -54,6 +54,22 @@ def feeds(T=3, N=2):
             "lens": np.full(N, T, np.int32)}
 
 
+def small_model(nodes, inits=(), inputs=(), opset=14, outputs=("y",)):
+    graph = helper.make_graph(nodes, "g", list(inputs),
+                              [helper.make_empty_tensor_value_info(o) for o in outputs], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def ort_refuses(model) -> bool:
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - ORT's own exception types
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------------------------------
 # what cannot be read
 # --------------------------------------------------------------------------------------------------
@@ -104,6 +120,48 @@ def test_external_data_missing_or_unreachable(tmp_path):
     os.remove(tmp_path / "m.bin")
     with pytest.raises(FormatError, match="external data"):
         converters.from_onnx(str(path))
+
+
+def _external(name, dims, location):
+    tensor = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=dims,
+                              data_location=TensorProto.EXTERNAL)
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def test_external_data_is_read_from_the_models_folder_only(tmp_path, monkeypatch):
+    """Tensors in node attributes and external initializers that also carry raw_data: from bytes or
+    a ModelProto nothing is read (onnx would look in the current directory); from a path, only
+    files in the model's folder."""
+    monkeypatch.chdir(tmp_path)
+    data = np.arange(6, dtype=np.float32)
+    data.tofile(tmp_path / "secret.bin")
+    init = numpy_helper.from_array(np.zeros(6, np.float32), "w")
+    init.data_location = TensorProto.EXTERNAL  # keeps its raw_data
+    init.external_data.add(key="location", value="secret.bin")
+    shape = numpy_helper.from_array(np.array([6], np.int64), "shape")
+    models = [
+        small_model([helper.make_node("Constant", [], ["y"], value=_external("c", [6], "secret.bin"))]),
+        small_model([helper.make_node("ConstantOfShape", ["shape"], ["y"],
+                                      value=_external("v", [1], "secret.bin"))], [shape]),
+        small_model([helper.make_node("Identity", ["w"], ["y"])], [init]),
+    ]
+    for model in models:
+        for src in (model, model.SerializeToString()):
+            with pytest.raises(FormatError, match="external data"):
+                converters.from_onnx(src)
+    (tmp_path / "m").mkdir()
+    data.tofile(tmp_path / "m" / "c.bin")
+    for location in ("c.bin", "../secret.bin"):
+        node = helper.make_node("Constant", [], ["y"], value=_external("c", [6], location))
+        onnx.save_model(small_model([node]), str(tmp_path / "m" / "m.onnx"))
+        if location == "c.bin":
+            (y,) = converters.from_onnx(tmp_path / "m" / "m.onnx").run(None, {})
+            np.testing.assert_array_equal(y, data)
+        else:
+            with pytest.raises(FormatError, match="external data"):
+                converters.from_onnx(tmp_path / "m" / "m.onnx")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,6 +217,54 @@ def test_attributes_of_the_wrong_type_are_a_format_error(change):
         attr.type = onnx.AttributeProto.UNDEFINED  # what an unknown type parses as
     with pytest.raises(FormatError, match="attribute 'hidden_size'"):
         converters.from_onnx(model)
+
+
+def test_names_defined_twice_are_a_format_error():
+    """ORT uses the first of two initializers of a name (fastrnn used the last) and refuses a node
+    output named like a graph input or initializer ('Duplicate definition')."""
+    model = lstm_model()
+    model.graph.initializer.insert(0, numpy_helper.from_array(np.zeros((1, 4 * H, I), np.float32), "W"))
+    with pytest.raises(FormatError, match="initializer 'W' defined twice"):
+        converters.from_onnx(model)
+    for name in ("X", "W"):
+        model = lstm_model(extra_nodes=[helper.make_node("Neg", ["Y_h"], [name], name="shadow")])
+        assert ort_refuses(model)
+        with pytest.raises(FormatError, match=f"'{name}' is defined twice \\(again by node 'shadow'"):
+            converters.from_onnx(model)
+
+
+def test_attributes_by_reference_or_given_twice_are_a_format_error():
+    model = lstm_model()
+    (attr,) = [a for a in model.graph.node[0].attribute if a.name == "hidden_size"]
+    attr.ref_attr_name = "hs"  # only meaningful in a function body
+    with pytest.raises(FormatError, match="'hidden_size' refers to a function attribute"):
+        converters.from_onnx(model)
+    model = lstm_model()  # direction="forward", then "reverse"
+    model.graph.node[0].attribute.append(helper.make_attribute("direction", "reverse"))
+    assert ort_refuses(model)
+    with pytest.raises(FormatError, match="'direction' is given twice"):
+        converters.from_onnx(model)
+
+
+def test_what_the_operator_version_does_not_define_is_refused():
+    """ORT refuses a node with an attribute its op version does not define (LSTM-7 has no layout,
+    ArgMax-11 no select_last_index) or without a required one, and an opset onnx does not know."""
+    lstm7 = lstm_model(opset=7)
+    lstm7.graph.node[0].attribute.append(helper.make_attribute("layout", 1))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    argmax11 = small_model([helper.make_node("ArgMax", ["x"], ["y"], axis=1, select_last_index=1)],
+                           inputs=[x], opset=11)
+    cast = small_model([helper.make_node("Cast", ["x"], ["y"])], inputs=[x])
+    for model, match in ((lstm7, "'layout' is not defined"),
+                         (argmax11, "'select_last_index' is not defined"),
+                         (cast, r"required attribute\(s\) \['to'\] missing")):
+        assert ort_refuses(model)
+        with pytest.raises(FormatError, match=match):
+            converters.from_onnx(model)
+    future = lstm_model(opset=onnx.defs.onnx_opset_version() + 1)
+    assert ort_refuses(future)
+    with pytest.raises(UnsupportedError, match="knows opsets up to"):
+        converters.from_onnx(future)
 
 
 def test_a_required_input_left_empty_is_a_format_error():
@@ -334,6 +440,90 @@ def test_runtime_shape_error_names_the_node():
         s.run(None, {**feeds(), "Q": np.zeros((3, 3), np.float32)})
 
 
+def test_slice_axes_repeated_at_run_time():
+    axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [2])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n)
+             for v, n in (([0, 1], "s"), ([2, 3], "e"))]
+    s = converters.from_onnx(small_model([helper.make_node("Slice", ["x", "s", "e", "axes"], ["y"])],
+                                         inits, [x, axes]))
+    with pytest.raises(ShapeError, match=r"Slice axes \[0, 0\] repeat an axis"):
+        s.run(None, {"x": np.zeros((4, 4), np.float32), "axes": np.array([0, -2], np.int64)})
+
+
+# sizes read from a model's values: ORT creates the session (it folds nothing) and fails at run time
+_HUGE = numpy_helper.from_array(np.array([2**20, 2**20], np.int64), "huge")
+_ONE = numpy_helper.from_array(np.ones((1, 1), np.float32), "one")
+_SCALARS = [numpy_helper.from_array(np.array(v, np.float32), n)
+            for v, n in ((0, "a"), (1e13, "b"), (1, "c"))]
+FORGED = {
+    "constant_of_shape": ([helper.make_node("ConstantOfShape", ["huge"], ["y"])], [_HUGE]),
+    "tile": ([helper.make_node("Tile", ["one", "huge"], ["y"])], [_ONE, _HUGE]),
+    "range": ([helper.make_node("Range", ["a", "b", "c"], ["y"])], _SCALARS),
+    "range_widest_doubles": ([helper.make_node("Range", ["a", "b", "c"], ["y"])],
+                             [numpy_helper.from_array(np.array(v), n)
+                              for v, n in ((-1.7e308, "a"), (1.7e308, "b"), (1.0, "c"))]),
+    "expand_add": ([helper.make_node("Expand", ["one", "huge"], ["e"]),
+                    helper.make_node("Add", ["e", "one"], ["y"])], [_ONE, _HUGE]),
+    "expand_mul_at_run_time": ([helper.make_node("Expand", ["x", "huge"], ["e"]),
+                                helper.make_node("Mul", ["e", "x"], ["y"])], [_HUGE]),
+}
+
+
+@pytest.mark.parametrize("case", list(FORGED))
+def test_forged_sizes_run_at_run_time_and_fail_there_before_allocating(case):
+    nodes, inits = FORGED[case]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])
+    model = small_model(nodes, inits, [x] if case.endswith("run_time") else [])
+    s = converters.from_onnx(model)  # nothing allocated at import: the nodes stay in the plan
+    assert s.nodes
+    feeds = {"x": np.ones((1, 1), np.float32)} if s.get_inputs() else {}
+    with pytest.raises(UnsupportedError, match=r"elements\), more than the \d+ allowed"):
+        s.run(None, feeds)
+
+
+def test_folding_at_import_has_a_budget():
+    """Constant folding creates at most 2**26 elements more than the initializers hold; the rest is
+    left to run time (three 2**25-element ConstantOfShape: the third is not folded)."""
+    value = numpy_helper.from_array(np.zeros(1, np.int8))
+    shape = numpy_helper.from_array(np.array([2**25], np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], [f"y{i}"], value=value) for i in range(3)]
+    s = converters.from_onnx(small_model(nodes, [shape], outputs=("y0", "y1", "y2")))
+    assert [(n.op, n.outputs) for n in s.nodes] == [("ConstantOfShape", ["y2"])]
+
+
+def test_range_of_non_finite_bounds_is_an_argument_error():
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n)
+             for v, n in ((0, "a"), (np.inf, "b"), (1, "c"))]
+    with pytest.raises(ArgumentError, match="finite"):
+        converters.from_onnx(small_model([helper.make_node("Range", ["a", "b", "c"], ["y"])], inits))
+
+
+def test_shape_inference_cannot_be_made_to_exhaust_memory():
+    """Slice steps near INT64_MIN made ONNX shape inference with data propagation allocate without
+    bound (a 139-byte model) or crash; in a process limited to 3 GiB they import and run as in ORT."""
+    steps = (-2**63, -2**63 + 1, -2**62)
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n)
+             for v, n in ((3, "s"), (0, "e"), (0, "a"), *((p, f"p{i}") for i, p in enumerate(steps)))]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    nodes = [helper.make_node("Slice", ["x", "s", "e", "a", f"p{i}"], [f"y{i}"]) for i in range(3)]
+    model = small_model(nodes, inits, [x], 13, outputs=("y0", "y1", "y2"))
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.arange(4, dtype=np.float32)})
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        import numpy as np, converters
+        s = converters.from_onnx({model.SerializeToString()!r})
+        print([y.tolist() for y in s.run(None, {{"x": np.arange(4, dtype=np.float32)}})])
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str([y.tolist() for y in want])
+
+
 def test_errors_are_fastrnn_errors_and_builtin_kinds():
     assert issubclass(FormatError, ValueError) and issubclass(FormatError, FastRNNError)
     assert issubclass(ShapeError, ValueError) and issubclass(DTypeError, TypeError)
@@ -350,6 +540,15 @@ def test_node_args_like_onnxruntime():
     for mine, theirs in zip(s.get_inputs() + s.get_outputs(), ref.get_inputs() + ref.get_outputs()):
         assert (mine.name, mine.type, mine.shape) == (theirs.name, theirs.type, theirs.shape)
     assert "NodeArg(name='X'" in repr(s.get_inputs()[0])
+
+
+def test_a_negative_declared_size_is_unknown_like_in_onnxruntime():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3])
+    model = small_model([helper.make_node("Neg", ["x"], ["y"])], inputs=[x])
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = converters.from_onnx(model)
+    assert s.get_inputs()[0].shape == ref.get_inputs()[0].shape == [None, 3]
+    assert s.run(None, {"x": np.ones((2, 3), np.float32)})[0].shape == (2, 3)
 
 
 def test_outputs_are_fresh_arrays(sess):

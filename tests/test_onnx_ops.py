@@ -7,6 +7,8 @@ coercion before 13, attributes that became inputs, ...).
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,7 @@ CASES = [
     ("squeeze11_attr", "Squeeze", 11, [F(1, 3, 1, 2)], {"axes": [0, -2]}, 1),
     ("squeeze11_all", "Squeeze", 11, [F(1, 3, 1, 2)], {}, 1),
     ("squeeze13_input", "Squeeze", 13, [F(1, 3, 1, 2), I64(2)], {}, 1),
+    ("squeeze13_empty_axes", "Squeeze", 13, [F(1, 3, 1, 2), np.zeros(0, np.int64)], {}, 1),
     ("unsqueeze9_attr", "Unsqueeze", 9, [F(3, 2)], {"axes": [0, 3]}, 1),
     ("unsqueeze13_neg", "Unsqueeze", 13, [F(3, 2), I64(-1, 0)], {}, 1),
     ("concat", "Concat", 13, [F(2, 3), F(2, 1), F(2, 0)], {"axis": -1}, 1),
@@ -50,6 +53,10 @@ CASES = [
     ("slice13_negstep", "Slice", 13, [F(5, 6), I64(-1, 4), I64(-100, 0), I64(0, 1), I64(-2, -1)], {}, 1),
     ("slice13_clamp", "Slice", 13, [F(5, 6), I64(2), I64(2**62), I64(-1), I64(2)], {}, 1),
     ("slice13_minint", "Slice", 13, [F(5, 6), I64(3), I64(-(2**63)), I64(0), I64(-1)], {}, 1),
+    ("slice13_negstep_int64max_end", "Slice", 13, [F(5, 6), I64(-1), I64(2**63 - 1), I64(1), I64(-1)],
+     {}, 1),
+    ("slice13_negstep_int32max_end", "Slice", 13,
+     [F(5, 6)] + [np.array([v], np.int32) for v in (4, 2**31 - 1, 0, -2)], {}, 1),
     ("split11_attr", "Split", 11, [F(6, 4)], {"axis": 0, "split": [1, 2, 3]}, 3),
     ("split11_equal", "Split", 11, [F(6, 4)], {"axis": 1}, 2),
     ("split13_input", "Split", 13, [F(6, 4), I64(4, 2)], {}, 2),
@@ -118,6 +125,10 @@ CASES = [
     ("identity", "Identity", 16, [F(2, 3)], {}, 1),
     ("dropout12_inference", "Dropout", 13, [F(2, 3)], {}, 2),
     ("dropout10_ratio", "Dropout", 10, [F(2, 3)], {"ratio": 0.3}, 1),
+    ("dropout7_mask", "Dropout", 7, [F(2, 3)], {}, 2),
+    ("dropout9_mask_double", "Dropout", 9, [F(2, 3).astype(np.float64)], {}, 2),
+    ("dropout10_mask", "Dropout", 10, [F(2, 3)], {}, 2),
+    ("dropout12_mask", "Dropout", 12, [F(2, 3)], {}, 2),
     ("where", "Where", 16, [F(2, 3) > 0, F(2, 3), F(3)], {}, 1),
     ("equal", "Equal", 13, [I64(1, 2, 3), I64(1, 0, 3)], {}, 1),
     ("less", "Less", 13, [F(2, 3), F(3)], {}, 1),
@@ -227,3 +238,46 @@ def test_softmax_before_13_coerces_to_2d():
     (b,) = new.run(None, {"in0": x})
     np.testing.assert_allclose(a.reshape(2, -1).sum(-1), 1, rtol=1e-6)
     np.testing.assert_allclose(b.sum(1), 1, rtol=1e-6)
+
+
+def test_slice_bounds_at_the_integer_extremes():
+    """Every start / end among the int64 and int32 extremes, both step signs: ORT clamps as ONNX
+    says, except that an end of INT32_MAX or INT64_MAX means 'to the end' stepping backwards too."""
+    x = np.arange(5, dtype=np.float32)
+    nodes, inits = [], []
+    for dt in (np.int64, np.int32):
+        info = np.iinfo(dt)
+        bounds = sorted({info.min, -6, -5, -1, 0, 2, 5, 6, 2**31 - 1, info.max})
+        steps = [-2, -1, 1, 3]  # huge steps crashed ONNX's data propagation: test_onnx_errors
+        for k, (start, end, step) in enumerate(itertools.product(bounds, bounds, steps)):
+            name = f"{np.dtype(dt).name}_{k}"
+            for part, v in zip("seap", (start, end, 0, step)):
+                inits.append(numpy_helper.from_array(np.array([v], dt), f"{name}_{part}"))
+            nodes.append(helper.make_node("Slice", ["x"] + [f"{name}_{p}" for p in "seap"], [name]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+                              [helper.make_empty_tensor_value_info(n.output[0]) for n in nodes], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ONNX shape inference expects an empty INT_MAX slice: ORT warns
+    want = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = converters.from_onnx(model).run(None, {"x": x})
+    for node, g, w in zip(nodes, got, want):
+        np.testing.assert_array_equal(g, w, err_msg=node.output[0])
+
+
+def test_the_ai_onnx_domain_is_the_default_domain():
+    """ORT takes a node in domain 'ai.onnx' for one in '' whichever of the two the opset import
+    names (ONNX's shape inference does not, where they differ)."""
+    x = F(2, 3)
+    for opset_domain in ("", "ai.onnx"):
+        node = helper.make_node("Softmax", ["x"], ["y"], domain="ai.onnx", axis=0)
+        graph = helper.make_graph([node], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                                  [helper.make_empty_tensor_value_info("y")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(opset_domain, 13)])
+        model.ir_version = 8
+        want = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        np.testing.assert_allclose(converters.from_onnx(model).run(None, {"x": x})[0], want[0], **TOL)

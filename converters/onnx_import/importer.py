@@ -16,10 +16,14 @@ from fastrnn.errors import (ArgumentError, FastRNNError, FormatError, ShapeError
 from . import op_converters  # noqa: F401  (registers the converters)
 from . import recurrent_node
 from .dtypes import numpy_dtype, onnx_type_name
+from .kernels import SizeLimitError, element_limit
 from .plan import OnnxPlan, PlanNode, ValueInfo, execute_node
 from .registry import lookup, supported_versions
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+# elements import-time constant folding may create beyond the model's own initializers; what would
+# take more is left to run time (ORT folds nothing), so a forged shape cannot exhaust memory here
+FOLD_ELEMENTS = 1 << 26
 
 
 def _onnx():
@@ -82,12 +86,17 @@ def _check_model_basics(model, where: str) -> None:
 
 
 def _external_refs(model) -> list[str]:
+    """Names of the tensors (initializers, node attributes) whose data is still external: not
+    loaded, as for bytes or a ModelProto (a model read from a path has its folder's data loaded)."""
     onnx = _onnx()
-    refs = []
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data"):
-            refs.append(t.name)
-    return refs
+    tensors = list(model.graph.initializer)
+    for graph in (model.graph, *model.functions):
+        for node in graph.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    tensors.append(a.t)
+                tensors.extend(a.tensors)
+    return [t.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 # ------------------------------------------------------------------ node view and context
@@ -102,13 +111,20 @@ class NodeView:
         self.name = proto.name or f"{proto.op_type}_{index}"
         self.inputs = list(proto.input)
         self.outputs = list(proto.output)
-        self.domain = proto.domain
+        self.domain = "" if proto.domain in DEFAULT_DOMAINS else proto.domain
         self.version = version
         attrs = {}
         for a in proto.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                 raise UnsupportedError(f"node {self.name!r} ({self.op_type}) has a subgraph "
                                        f"attribute {a.name!r}; control flow is not supported")
+            if a.name in attrs:
+                raise FormatError(f"node {self.name!r} ({self.op_type}): attribute {a.name!r} "
+                                  f"is given twice")
+            if a.ref_attr_name:
+                raise FormatError(f"node {self.name!r} ({self.op_type}): attribute {a.name!r} "
+                                  f"refers to a function attribute ({a.ref_attr_name!r}), which "
+                                  f"only a function body may do")
             _check_attribute_type(a, self, version)
             value = onnx.helper.get_attribute_value(a)
             if isinstance(value, onnx.TensorProto):
@@ -121,12 +137,12 @@ class NodeView:
                 value = [_to_array(v) for v in value]
             attrs[a.name] = value
         self.attrs = attrs
-        _check_required_inputs(self)
+        _check_required(self)
 
 
-def _check_required_inputs(node: "NodeView") -> None:
-    """Every input the operator's schema requires is named (an empty name means absent: the
-    kernels would get None where they need an array)."""
+def _check_required(node: "NodeView") -> None:
+    """Every input and attribute the operator's schema requires is there (an empty input name
+    means absent: the kernels would get None where they need an array)."""
     schema = _schema(node.op_type, node.domain, node.version)
     if schema is None:
         return
@@ -136,12 +152,15 @@ def _check_required_inputs(node: "NodeView") -> None:
         if formal.option == single and (i >= len(node.inputs) or not node.inputs[i]):
             raise FormatError(f"node {node.name!r} ({node.op_type}): input {i} ({formal.name}) "
                               f"is required, but the node leaves it empty")
+    missing = [n for n, a in schema.attributes.items() if a.required and n not in node.attrs]
+    if missing:
+        raise FormatError(f"node {node.name!r} ({node.op_type}-{node.version}): required "
+                          f"attribute(s) {missing} missing")
 
 
 def _check_attribute_type(attr, node: "NodeView", version: int) -> None:
-    """The attribute's declared type must be the one the operator's schema gives it (the
-    converters read its value as that type); attributes the schema does not know are left to
-    the converters."""
+    """The attribute must be one the operator's schema defines at this version (ORT refuses the
+    model otherwise), of the type the schema gives it (the converters read it as that type)."""
     onnx = _onnx()
     names = onnx.AttributeProto.AttributeType
     declared = attr.type
@@ -149,8 +168,12 @@ def _check_attribute_type(attr, node: "NodeView", version: int) -> None:
         raise FormatError(f"node {node.name!r} ({node.op_type}): attribute {attr.name!r} has no "
                           f"valid type (type field {declared})")
     schema = _schema(node.op_type, node.domain, version)
-    if schema is None or attr.name not in schema.attributes:
+    if schema is None:
         return
+    if attr.name not in schema.attributes:
+        raise FormatError(f"node {node.name!r} ({node.op_type}-{version}): attribute "
+                          f"{attr.name!r} is not defined for this operator version; it has "
+                          f"{sorted(schema.attributes)}")
     expected = int(schema.attributes[attr.name].type)
     if expected != declared:
         raise FormatError(f"node {node.name!r} ({node.op_type}): attribute {attr.name!r} is "
@@ -170,6 +193,8 @@ def _schema(op_type: str, domain: str, version: int):
 
 def _to_array(tensor) -> np.ndarray:
     onnx = _onnx()
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:  # to_array would read it from the cwd
+        raise FormatError(f"tensor {tensor.name!r} refers to external data that was not loaded")
     dt = numpy_dtype(tensor.data_type)
     if dt is None:
         raise UnsupportedError(f"tensor {tensor.name!r} has element type "
@@ -189,6 +214,7 @@ class ImportContext:
 
     def __init__(self, value_types: dict):
         self.constants: dict[str, np.ndarray] = {}
+        self.fold_budget = FOLD_ELEMENTS  # elements constant folding may still create
         self.nodes: list[PlanNode] = []
         self.value_types = value_types  # name -> (np.dtype | None, shape list | None)
         self._names: set[str] = set()
@@ -231,13 +257,27 @@ class ImportContext:
         name = self.current.name if self.current is not None else op
         node = PlanNode(op, inputs, outputs, attrs, name)
         if foldable and all((not i) or i in self.constants for i in node.inputs):
-            outs = execute_node(node, [self.constants[i] if i else None for i in node.inputs])
-            for out_name, value in zip(node.outputs, outs):
-                if out_name:
-                    self.set_const(out_name, np.asarray(value))
-            return
+            outs = self._fold(node, [self.constants[i] if i else None for i in node.inputs])
+            if outs is not None:
+                for out_name, value in zip(node.outputs, outs):
+                    if out_name:
+                        self.set_const(out_name, np.asarray(value))
+                return
         self.nodes.append(node)
         self.reserve(node.outputs)
+
+    def _fold(self, node: PlanNode, ins: list) -> list | None:
+        """The node's outputs computed now, or None when that would take more than what is left
+        of the folding budget (views of the inputs are free)."""
+        if sum(np.size(a) for a in ins if a is not None) > self.fold_budget:
+            return None
+        try:
+            with element_limit(self.fold_budget):
+                outs = execute_node(node, ins)
+        except SizeLimitError:
+            return None
+        self.fold_budget -= sum(np.size(o) for o in outs if np.asarray(o).flags.owndata)
+        return outs
 
 
 # ------------------------------------------------------------------ the importer
@@ -252,7 +292,7 @@ def _value_info(vi) -> tuple:
     if tt.HasField("shape"):
         shape = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:  # ORT: a negative size is unknown
                 shape.append(int(d.dim_value))
             elif d.HasField("dim_param") and d.dim_param:
                 shape.append(d.dim_param)
@@ -308,11 +348,24 @@ def _unsupported_nodes(model, opsets: dict) -> tuple[list[str], list[int]]:
 
 
 def _infer(model) -> dict:
-    """name -> (dtype, shape) from ONNX shape inference; inconsistent shapes raise ShapeError."""
+    """name -> (dtype, shape) from ONNX shape inference; inconsistent shapes raise ShapeError.
+
+    No data propagation (data_prop): it evaluates the graph's own values (a Slice step of INT64_MIN
+    made it allocate without bound), and the importer needs no more than types and shapes.
+    """
     onnx = _onnx()
+    if any(x.domain == "ai.onnx" for x in (*model.graph.node, *model.opset_import)):
+        # ORT takes "ai.onnx" for "", onnx's shape inference only where the opset import agrees
+        opsets = _opsets(model)
+        model, original = onnx.ModelProto(), model
+        model.CopyFrom(original)
+        for n in model.graph.node:
+            if n.domain == "ai.onnx":
+                n.domain = ""
+        del model.opset_import[:]
+        model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
-                                                     data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except onnx.shape_inference.InferenceError as e:
         raise ShapeError(f"the model's shapes or types are inconsistent (ONNX shape inference): "
                          f"{e}") from None
@@ -328,24 +381,32 @@ def _infer(model) -> dict:
 
 
 def _check_structure(graph, input_names) -> None:
-    """Every node reads only values defined before it (graph inputs, initializers, earlier nodes).
+    """Every value is defined once (graph inputs and initializers may share a name: IR < 4
+    lists initializers as inputs) and every node reads only values defined before it.
 
     onnx.checker is stricter than ONNX Runtime (it rejects, e.g., outputs without a shape), so the
     importer checks what it relies on itself, and shape inference catches inconsistent shapes.
     """
-    defined = set(input_names) | {t.name for t in graph.initializer}
-    produced = set()
+    defined = set()
+    for kind, names in (("graph input", input_names),
+                        ("initializer", [t.name for t in graph.initializer])):
+        seen = set()
+        for name in names:
+            if name in seen:
+                raise FormatError(f"{kind} {name!r} defined twice")
+            seen.add(name)
+        defined |= seen
     for index, n in enumerate(graph.node):
         name = n.name or f"{n.op_type}_{index}"
         missing = [i for i in n.input if i and i not in defined]
         if missing:
             raise FormatError(f"node {name!r} ({n.op_type}) reads {missing}, which no graph input, "
                               f"initializer or earlier node defines (truncated or unsorted graph?)")
-        for o in n.output:
-            if o and o in produced:
-                raise FormatError(f"value {o!r} is produced twice (again by node {name!r})")
-            produced.add(o)
-        defined.update(o for o in n.output if o)
+        for o in filter(None, n.output):
+            if o in defined:
+                raise FormatError(f"value {o!r} is defined twice (again by node {name!r}; a graph "
+                                  f"input, initializer or earlier node output has that name)")
+            defined.add(o)
     missing = [o.name for o in graph.output if o.name not in defined]
     if missing:
         raise FormatError(f"graph output(s) {missing} are not produced by any node or initializer")
@@ -363,20 +424,28 @@ def convert_model(model) -> OnnxPlan:
     if len(graph.sparse_initializer):
         raise UnsupportedError("sparse initializers are not supported")
     opsets = _opsets(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opsets.get("", 0) > newest:
+        raise UnsupportedError(f"the model imports opset {opsets['']}; the installed onnx knows "
+                               f"opsets up to {newest}")
     problems, versions = _unsupported_nodes(model, opsets)
     if problems:
         raise UnsupportedError(f"the model uses {len(problems)} node(s) fastrnn cannot run:\n  "
                                + "\n  ".join(problems))
-    if _external_refs(model):
-        raise FormatError(f"initializer(s) {_external_refs(model)[:5]} refer to external data that "
-                          f"was not loaded; pass the model's path so the data beside it is read")
+    external = _external_refs(model)
+    if external:
+        raise FormatError(f"tensor(s) {external[:5]} refer to external data that was not loaded; "
+                          f"pass the model's path so the data beside it is read")
     _check_structure(graph, [vi.name for vi in graph.input])
+    views = [NodeView(proto, index, version)
+             for index, (proto, version) in enumerate(zip(graph.node, versions))]
     value_types = _infer(model)
 
     ctx = ImportContext(value_types)
     init_names = set()
     for t in graph.initializer:
         ctx.set_const(t.name, _to_array(t))
+        ctx.fold_budget += ctx.constants[t.name].size
         init_names.add(t.name)
     inputs = []
     for vi in graph.input:
@@ -391,14 +460,13 @@ def convert_model(model) -> OnnxPlan:
     ctx.reserve(v.name for v in inputs)
     ctx.reserve(n for node in graph.node for n in list(node.input) + list(node.output))
 
-    for index, (proto, version) in enumerate(zip(graph.node, versions)):
-        node = NodeView(proto, index, version)
+    for node in views:
         ctx.current = node
-        conv = lookup(node.op_type, version)
+        conv = lookup(node.op_type, node.version)
         try:
             conv(ctx, node)
         except FastRNNError as e:
-            raise type(e)(f"node {node.name!r} ({node.op_type}-{version}): {e}") from e
+            raise type(e)(f"node {node.name!r} ({node.op_type}-{node.version}): {e}") from e
     ctx.current = None
 
     outputs = []

@@ -10,16 +10,54 @@ absent optional inputs are ``None``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Callable
 
 import numpy as np
 
-from fastrnn.errors import ArgumentError, ShapeError
+from fastrnn.errors import ArgumentError, ShapeError, UnsupportedError
 
 Kernel = Callable[[dict, list, int], list]
 KERNELS: dict[str, Kernel] = {}
+
+# the most elements a kernel creates a tensor of (8 GiB of float32): sizes read from a model's
+# values (ConstantOfShape, Tile, Expand, Range...) are checked before anything is allocated
+MAX_ELEMENTS = 1 << 31
+_max_elements = contextvars.ContextVar("max_elements", default=MAX_ELEMENTS)
+
+
+class SizeLimitError(UnsupportedError):
+    """A kernel's output would have more elements than the limit allows."""
+
+
+@contextlib.contextmanager
+def element_limit(limit: int):
+    """Lower the element limit inside the block (import-time constant folding)."""
+    token = _max_elements.set(min(limit, _max_elements.get()))
+    try:
+        yield
+    finally:
+        _max_elements.reset(token)
+
+
+def _check_size(shape, what: str) -> None:
+    count, limit = math.prod(shape), _max_elements.get()
+    if count > limit:
+        raise SizeLimitError(f"{what} would have shape {list(shape)} ({count} elements), more "
+                             f"than the {limit} allowed")
+
+
+def _broadcast(op: str, *shapes) -> tuple:
+    """The shape the given shapes broadcast to, within the element limit."""
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ShapeError(f"{op} cannot broadcast shapes {[tuple(s) for s in shapes]}") from None
+    _check_size(shape, f"{op}'s output")
+    return shape
 
 
 def kernel(*names: str):
@@ -58,8 +96,9 @@ def _identity(attrs, ins, n_out):
 def _dropout(attrs, ins, n_out):
     x = ins[0]
     out = [x]
-    if n_out > 1:
-        out.append(np.ones(x.shape, dtype=np.bool_))
+    if n_out > 1:  # ORT's inference mask: all true, all false (versions 7-11), of X's type (7-9)
+        dtype = x.dtype if attrs.get("mask_like_input") else np.bool_
+        out.append(np.full(x.shape, attrs.get("mask", True), dtype=dtype))
     return out
 
 
@@ -106,7 +145,7 @@ def _flatten(attrs, ins, n_out):
 def _squeeze(attrs, ins, n_out):
     x = ins[0]
     axes = ins[1] if len(ins) > 1 else None
-    if axes is None:
+    if axes is None or np.size(axes) == 0:  # ORT: empty axes squeeze every size-1 axis
         return [np.squeeze(x)]
     axes = tuple(sorted({_axis(a, x.ndim, "Squeeze axis") for a in _ints(axes)}))
     for a in axes:
@@ -130,6 +169,7 @@ def _unsqueeze(attrs, ins, n_out):
 def _concat(attrs, ins, n_out):
     xs = [x for x in ins if x is not None]
     axis = _axis(attrs["axis"], xs[0].ndim, "Concat axis")
+    _check_size([sum(x.size for x in xs)], "Concat's output")
     try:
         return [np.concatenate(xs, axis=axis)]
     except ValueError:
@@ -137,7 +177,12 @@ def _concat(attrs, ins, n_out):
                          f"{[tuple(x.shape) for x in xs]}") from None
 
 
+_INT_MAX = (2**31 - 1, 2**63 - 1)
+
+
 def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX's clamping, plus ORT's rule that an end of INT32_MAX or INT64_MAX means 'to the end'
+    in either direction (the spec clamps it to dim - 1, which makes a backward slice empty)."""
     if step == 0:
         raise ArgumentError("Slice step must not be 0")
     if start < 0:
@@ -149,7 +194,7 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
         end = min(max(end, 0), dim)
     else:
         start = min(max(start, 0), dim - 1)
-        end = min(max(end, -1), dim - 1)
+        end = -1 if end in _INT_MAX else min(max(end, -1), dim - 1)
     return slice(start, end if end >= 0 else None, step)
 
 
@@ -162,9 +207,11 @@ def _slice(attrs, ins, n_out):
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise ShapeError(f"Slice starts/ends/axes/steps differ in length: {len(starts)}, "
                          f"{len(ends)}, {len(axes)}, {len(steps)}")
+    axes = [_axis(a, x.ndim, "Slice axis") for a in axes]
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"Slice axes {axes} repeat an axis")
     index = [slice(None)] * x.ndim
     for s, e, a, st in zip(starts, ends, axes, steps):
-        a = _axis(a, x.ndim, "Slice axis")
         index[a] = _slice_bounds(s, e, st, x.shape[a])
     return [x[tuple(index)]]
 
@@ -196,6 +243,7 @@ def _gather(attrs, ins, n_out):
     idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
         raise ShapeError(f"Gather indices must be integers, got {idx.dtype}")
+    _check_size(x.shape[:axis] + idx.shape + x.shape[axis + 1:], "Gather's output")
     try:
         return [np.take(x, idx, axis=axis)]
     except IndexError:
@@ -252,18 +300,15 @@ def _size(attrs, ins, n_out):
 @kernel("Expand")
 def _expand(attrs, ins, n_out):
     x, shape = ins[0], tuple(_ints(ins[1]))
-    try:
-        target = np.broadcast_shapes(x.shape, shape)
-    except ValueError:
-        raise ShapeError(f"Expand cannot broadcast shape {x.shape} to {list(shape)}") from None
-    return [np.broadcast_to(x, target)]
+    return [np.broadcast_to(x, _broadcast("Expand", x.shape, shape))]
 
 
 @kernel("Tile")
 def _tile(attrs, ins, n_out):
     x, reps = ins[0], _ints(ins[1])
-    if len(reps) != x.ndim:
-        raise ShapeError(f"Tile repeats {reps} must have one entry per axis of shape {x.shape}")
+    if len(reps) != x.ndim or min(reps, default=0) < 0:
+        raise ShapeError(f"Tile repeats {reps} must be one count >= 0 per axis of shape {x.shape}")
+    _check_size([d * r for d, r in zip(x.shape, reps)], "Tile's output")
     return [np.tile(x, reps)]
 
 
@@ -272,6 +317,7 @@ def _constant_of_shape(attrs, ins, n_out):
     shape = _ints(ins[0]) if ins[0] is not None else []
     if any(s < 0 for s in shape):
         raise ShapeError(f"ConstantOfShape got a negative dimension in {shape}")
+    _check_size(shape, "ConstantOfShape's output")
     value = ins[1] if len(ins) > 1 and ins[1] is not None else np.zeros(1, np.float32)
     return [np.full(shape, np.asarray(value).reshape(-1)[0], dtype=np.asarray(value).dtype)]
 
@@ -300,8 +346,13 @@ def _range(attrs, ins, n_out):
     start, limit, delta = (_scalar(v, f"Range {w}") for v, w in zip(ins, ("start", "limit", "delta")))
     if delta == 0:
         raise ArgumentError("Range delta must not be 0")
+    if not all(math.isfinite(v) for v in (start, limit, delta)):
+        raise ArgumentError(f"Range start, limit and delta must be finite, got {start}, {limit}, "
+                            f"{delta}")
     dtype = np.asarray(ins[0]).dtype
-    count = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
+    span = (float(limit) - float(start)) / float(delta)  # inf for the widest float64 bounds
+    _check_size([max(span, 0)], "Range's output")
+    count = max(math.ceil(span), 0)
     return [(start + np.arange(count, dtype=dtype) * delta).astype(dtype)]
 
 
@@ -316,6 +367,7 @@ def _nonzero(attrs, ins, n_out):
 @kernel("Where")
 def _where(attrs, ins, n_out):
     cond, a, b = ins
+    _broadcast("Where", np.shape(cond), np.shape(a), np.shape(b))
     return [np.where(cond, a, b)]
 
 
@@ -323,6 +375,9 @@ def _where(attrs, ins, n_out):
 @kernel("MatMul")
 def _matmul(attrs, ins, n_out):
     a, b = ins
+    rows = a.shape[-2:-1] if a.ndim > 1 else ()
+    cols = b.shape[-1:] if b.ndim > 1 else ()
+    _check_size(_broadcast("MatMul", a.shape[:-2], b.shape[:-2]) + rows + cols, "MatMul's output")
     try:
         return [np.matmul(a, b)]
     except ValueError:
@@ -341,6 +396,7 @@ def _gemm(attrs, ins, n_out):
         b = b.T
     if a.shape[1] != b.shape[0]:
         raise ShapeError(f"Gemm inner dimensions differ: {a.shape} @ {b.shape}")
+    _broadcast("Gemm", (a.shape[0], b.shape[1]), np.shape(c))
     y = a @ b
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
     if alpha != 1.0:
@@ -386,12 +442,9 @@ def _binary(op):
 
     def run(attrs, ins, n_out):
         a, b = ins
-        try:
-            with np.errstate(all="ignore"):
-                out = fn(a, b)
-        except ValueError:
-            raise ShapeError(f"{op} cannot broadcast shapes {np.shape(a)} and {np.shape(b)}") from None
-        return [np.asarray(out)]
+        _broadcast(op, np.shape(a), np.shape(b))
+        with np.errstate(all="ignore"):
+            return [np.asarray(fn(a, b))]
     return run
 
 
@@ -402,6 +455,7 @@ for _op in BINARY:
 @kernel("Mod")
 def _mod_kernel(attrs, ins, n_out):
     a, b = ins
+    _broadcast("Mod", np.shape(a), np.shape(b))
     if np.result_type(a, b).kind in "iu" and np.any(np.asarray(b) == 0):
         raise ArgumentError("integer modulo by zero in Mod")
     with np.errstate(all="ignore"):
@@ -500,20 +554,17 @@ def _clip(attrs, ins, n_out):
     return [np.asarray(x).astype(ins[0].dtype, copy=False)]
 
 
-def _variadic(fn):
+def _variadic(op, fn):
     def run(attrs, ins, n_out):
         xs = [x for x in ins if x is not None]
-        try:
-            out = functools.reduce(fn, xs)
-        except ValueError:
-            raise ShapeError(f"cannot broadcast shapes {[np.shape(x) for x in xs]}") from None
-        return [np.asarray(out)]
+        _broadcast(op, *(np.shape(x) for x in xs))
+        return [np.asarray(functools.reduce(fn, xs))]
     return run
 
 
-KERNELS["Min"] = _variadic(np.minimum)
-KERNELS["Max"] = _variadic(np.maximum)
-KERNELS["Sum"] = _variadic(np.add)
+KERNELS["Min"] = _variadic("Min", np.minimum)
+KERNELS["Max"] = _variadic("Max", np.maximum)
+KERNELS["Sum"] = _variadic("Sum", np.add)
 
 
 @kernel("Mean")

@@ -78,7 +78,8 @@ def _dropout(ctx, node):
         if flag is None or bool(np.asarray(flag).reshape(-1)[0]):
             raise UnsupportedError("Dropout in training mode (training_mode input true or not "
                                    "constant) is not supported; fastrnn runs inference only")
-    ctx.emit("Dropout", [node.inputs[0]], node.outputs)
+    attrs = {} if node.version >= 12 else {"mask": False, "mask_like_input": node.version < 10}
+    ctx.emit("Dropout", [node.inputs[0]], node.outputs, attrs)
 
 
 # ------------------------------------------------------------------ shapes and data movement

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError)
+from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError,
+                            UnsupportedError)
 
 from . import recurrent_node
 from .dtypes import type_string
@@ -112,6 +113,10 @@ def execute_node(node: PlanNode, ins: list) -> list:
                           f"{e}") from e
     except KeyError as e:  # a saved plan's node without an attribute its op requires
         raise FormatError(f"node {node.name!r} ({node.op}) lacks the attribute {e}") from e
+    except MemoryError as e:  # under the kernels' size cap, but more than this process may have
+        shapes = [None if x is None else tuple(np.shape(x)) for x in ins]
+        raise UnsupportedError(f"node {node.name!r} ({node.op}) ran out of memory on inputs of "
+                               f"shapes {shapes}") from e
 
 
 def known_op(op: str) -> bool:
