@@ -142,6 +142,8 @@ def _watch(kernels):
             return compile_for(sig)
         return compile
 
+    from .kernels._jit import forget_compiled
+    forget_compiled(kernels)
     for kernel in kernels:
         kernel.compile = recording(kernel, kernel.compile)
     try:

@@ -578,3 +578,36 @@ def test_a_dropped_stream_is_freed_at_once():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_compiled_for_finds_a_kernel_once_per_argument_types():
+    """compiled_for keys its lookups on what numba.typeof reads of each argument (class, dtype,
+    rank, layout, writeability, alignment): every kind of array gets the compiled function of its
+    own numba type, and a second lookup of the same types does not ask the dispatcher again."""
+    import numba
+
+    from fastrnn.kernels._jit import compiled_for
+
+    @numba.njit
+    def first(a, b):
+        return a.ravel()[0] + b
+
+    base = np.arange(24.0)
+    read_only = np.arange(6.0)
+    read_only.flags.writeable = False
+    unaligned = np.zeros(8 * 6 + 1, np.uint8)[1:].view(np.float64)
+    arrays = [base, base.reshape(4, 6), base.reshape(4, 6).T, base[::2], base.astype(np.float32),
+              read_only, unaligned, np.zeros((2, 3, 4))]
+    scalars = [1, 2**63, np.float64(0.5), np.int32(3)]
+    for a in arrays:
+        for b in scalars:
+            expected = first.compile(tuple(numba.typeof(v) for v in (a, b)))
+            assert compiled_for(first, (a, b)) is expected
+    asked = []
+    ask = first.compile
+    first.compile = lambda sig: asked.append(sig) or ask(sig)
+    try:
+        assert compiled_for(first, (np.ones(5), 7)) is compiled_for(first, (base, 1))
+    finally:
+        del first.compile
+    assert asked == []

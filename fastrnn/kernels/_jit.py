@@ -20,6 +20,7 @@ import hashlib
 import os
 
 import numba
+import numpy as np
 from numba.core import cpu, types
 from numba.core.registry import CPUDispatcher
 
@@ -118,8 +119,36 @@ def compiled_for(kernel, args):
     """The kernel's compiled function for exactly these arguments' types, to call again with
     arguments of the same types: it skips numba's typing of every argument on every call, and
     checks nothing (an array of another dtype or layout would be read as if it had these). With
-    numba's JIT disabled (or for a plain Python function), the function itself."""
+    numba's JIT disabled (or for a plain Python function), the function itself.
+
+    Found once per kernel and argument types: numba's typing of the arguments and its lookup of
+    the signature took ~60 us of the ~115 us a stream took to build (a decoder builds one per
+    translated batch)."""
     compile_for = getattr(kernel, "compile", None)
     if compile_for is None:
         return kernel
-    return compile_for(tuple(numba.typeof(arg) for arg in args))
+    key = (kernel, *map(_type_key, args))
+    entry = _COMPILED.get(key)
+    if entry is None:
+        entry = _COMPILED[key] = compile_for(tuple(numba.typeof(arg) for arg in args))
+    return entry
+
+
+_COMPILED = {}  # compiled_for's (kernel, argument type keys) -> compiled function
+
+
+def forget_compiled(kernels) -> None:
+    """Drop compiled_for's entries of these kernels: their next compiled_for asks the kernel
+    again (fastrnn.warmup watches kernel.compile to see which kernels a call reaches)."""
+    for key in [k for k in _COMPILED if k[0] in kernels]:
+        del _COMPILED[key]
+
+
+def _type_key(arg):
+    """What numba.typeof reads of an argument: an array's class, dtype, rank, layout ('C', 'F'
+    or 'A', in numba's order), writeability and alignment; any other value's numba type."""
+    if type(arg) is np.ndarray:
+        flags = arg.flags
+        layout = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "A"
+        return arg.dtype, arg.ndim, layout, flags.writeable, flags.aligned
+    return numba.typeof(arg)
