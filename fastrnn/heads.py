@@ -49,7 +49,10 @@ def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, rng: Any = None) -> int:
     """One id drawn from a (V,) row of logits (see Generator.generate for the parameters)."""
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
-    row = np.ascontiguousarray(logits, dtype=np.float64)
+    row = as_array(logits, "logits")
+    if row.dtype.kind not in "fiu":
+        raise DTypeError(f"logits must be real numbers, got dtype {row.dtype}")
+    row = np.ascontiguousarray(row, dtype=np.float64)
     if row.ndim != 1 or row.size == 0:
         raise ShapeError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
     rng = np.random.default_rng(check_seed(rng, "rng"))

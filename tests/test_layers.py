@@ -708,6 +708,12 @@ def test_seeds_are_checked(bad):
         fastrnn.heads.sample_token([1.0, 2.0], rng=bad)
 
 
+@pytest.mark.parametrize("logits", ["ab", [1j, 2j], [True, False], [[1.0], [2.0, 3.0]]])
+def test_sample_token_takes_real_logits(logits):
+    with pytest.raises((DTypeError, ShapeError)):
+        fastrnn.heads.sample_token(logits)
+
+
 def test_seeds_take_ints_and_numpy_generators():
     a = fastrnn.GRU(I, H, seed=np.int64(3)).state_dict()
     b = fastrnn.GRU(I, H, seed=np.random.default_rng(3)).state_dict()
