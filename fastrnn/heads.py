@@ -209,10 +209,10 @@ class Linear:
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Linear input must have shape (..., {self.in_features}), "
                              f"got {x.shape}")
-        code = _ACT_CODE[self.activation if activation is None else _activation(activation)]
+        act = self.activation if activation is None else _activation(activation)
         rows = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=self.dtype)
         out = np.empty((rows.shape[0], self.out_features), self.dtype)
-        linear_forward(rows, self._wt, self._b, code, out)
+        self._apply_into(rows, out, act)
         return out.reshape(x.shape[:-1] + (self.out_features,))
 
     def apply_into(self, x: np.ndarray, out: np.ndarray, activation: str | None = None) -> np.ndarray:
