@@ -139,9 +139,6 @@ class RecurrentLayer:
             linear_before_reset=self.linear_before_reset, dtype=self.dtype,
             weight_dtype=self.weight_dtype, **extra)
 
-    def num_parameters(self) -> int:
-        return int(sum(v.size for v in self._params.values()))
-
     # ----- configuration -----
     def config(self) -> dict:
         """Constructor arguments as a JSON-able dict (with "mode"); see layer_from_config."""

@@ -28,7 +28,6 @@ ONNX_TYPES: dict[int, tuple[str, np.dtype | None]] = {
 
 # numpy dtype name -> ONNX type name, for NodeArg.type strings ("tensor(float)")
 NUMPY_TO_ONNX_NAME = {str(dt): name for name, dt in ONNX_TYPES.values() if dt is not None}
-ONNX_NAME_TO_NUMPY = {name: str(dt) for name, dt in ONNX_TYPES.values() if dt is not None}
 
 
 def numpy_dtype(code: int) -> np.dtype | None:

@@ -14,10 +14,6 @@ from fastrnn.errors import DTypeError, ShapeError, UnsupportedError
 from fastrnn.gates import NUM_GATES, onnx_peephole_to_torch, reorder_gates
 
 OP = "RecurrentLayer"
-PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh", "peephole")
-# plan inputs of the op, in order
-INPUTS = ("X", "sequence_lens", "initial_h", "initial_c", "W", "R", "B", "P")
-OUTPUTS = ("Y", "Y_h", "Y_c")
 
 
 def check_weight_shapes(mode: str, W, R, B, P, hidden_size: int | None, num_directions: int,
