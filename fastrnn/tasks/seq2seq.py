@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
-from .heads import Embedding, Linear, OneHot, check_sampling, stage_from_config
-from .kernels.heads import sample
-from .layers import RecurrentLayer, layer_from_config
-from .recurrent import check_lengths
-from .validation import as_array
-from .vocab import Vocabulary, check_ids
+from ..errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
+from ..heads import Embedding, Linear, OneHot, check_sampling, stage_from_config
+from ..kernels.heads import sample
+from ..layers import RecurrentLayer, layer_from_config
+from ..recurrent import check_lengths
+from ..validation import as_array
+from ..vocab import Vocabulary, check_ids
 
 __all__ = ["Sequential", "Classifier", "Tagger", "Generator", "Seq2Seq"]
 
@@ -817,7 +817,7 @@ def _load_seq2seq(meta, tensors):
 
 
 def _register() -> None:
-    from . import fileformat
+    from .. import fileformat
     fileformat.register_kind("sequential", _load_sequential)
     fileformat.register_kind("generator", _load_generator)
     fileformat.register_kind("seq2seq", _load_seq2seq)
