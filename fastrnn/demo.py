@@ -127,8 +127,8 @@ def score_weather(model, n: int = 200, seed: int = 2) -> float:
         feats = model.input(ids[:-1])
         for r in model.rnns:
             feats, _ = r(feats)
-        from .tasks import _apply_heads
-        pred = _apply_heads(model.heads, feats).argmax(axis=-1)
+        from .tasks.stages import apply_heads
+        pred = apply_heads(model.heads, feats).argmax(axis=-1)
         hits += int((pred == ids[1:]).sum())
         total += len(ids) - 1
     return hits / total
