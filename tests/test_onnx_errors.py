@@ -478,7 +478,8 @@ def test_forged_sizes_run_at_run_time_and_fail_there_before_allocating(case):
     s = converters.from_onnx(model)  # nothing allocated at import: the nodes stay in the plan
     assert s.nodes
     feeds = {"x": np.ones((1, 1), np.float32)} if s.get_inputs() else {}
-    with pytest.raises(UnsupportedError, match=r"elements\), more than the \d+ allowed"):
+    with pytest.raises(UnsupportedError, match=r"elements\), more than the \d+ allowed|"
+                                               r"element count .* is not finite"):
         s.run(None, feeds)
 
 
@@ -497,6 +498,62 @@ def test_range_of_non_finite_bounds_is_an_argument_error():
              for v, n in ((0, "a"), (np.inf, "b"), (1, "c"))]
     with pytest.raises(ArgumentError, match="finite"):
         converters.from_onnx(small_model([helper.make_node("Range", ["a", "b", "c"], ["y"])], inits))
+
+
+# a node that fails: its inputs, as initializers (folded at import) or fed (at run time)
+_FAILING = {
+    "range_delta_0": (helper.make_node("Range", ["a", "b", "c"], ["y"], name="rng"), 11,
+                      {"a": np.float32(0), "b": np.float32(1), "c": np.float32(0)},
+                      ArgumentError, "Range-11", "Range", ": Range delta must not be 0"),
+    "reshape_impossible": (helper.make_node("Reshape", ["a", "b"], ["y"], name="rs"), 14,
+                           {"a": np.zeros(6, np.float32), "b": np.array([4, 2], np.int64)},
+                           ShapeError, "Reshape-14", "Reshape",
+                           r": cannot reshape a tensor of shape (6,) (6 elements) into [4, 2]"),
+    "scatter_out_of_range": (helper.make_node("Scatter", ["a", "b", "c"], ["y"], name="sc"), 10,
+                             {"a": np.zeros(3, np.float32), "b": np.array([5], np.int64),
+                              "c": np.ones(1, np.float32)},
+                             ShapeError, "Scatter-9, as ScatterElements", "ScatterElements",
+                             ": index out of range: indices in [5, 5] for an axis of size 3"),
+}
+
+
+@pytest.mark.parametrize("case", list(_FAILING))
+@pytest.mark.parametrize("folded", [True, False], ids=["at_import", "at_run_time"])
+def test_a_failing_node_is_named_once(case, folded):
+    """The error names the node once, with its op and why: the ONNX op and version when it fails as
+    it is folded at import (was "node 'rng' (Range-11): node 'rng' (Range): ..."), the plan op at
+    run time."""
+    node, opset, values, err, onnx_op, plan_op, why = _FAILING[case]
+    if folded:
+        inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in values.items()]
+        with pytest.raises(err) as info:
+            converters.from_onnx(small_model([node], inits, opset=opset))
+        want = f"node {node.name!r} ({onnx_op}){why}"
+    else:
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
+                                                None) for n, v in values.items()]
+        s = converters.from_onnx(small_model([node], (), inputs, opset=opset))
+        with pytest.raises(err) as info:
+            s.run(None, {n: np.asarray(v) for n, v in values.items()})
+        want = f"node {node.name!r} ({plan_op}){why}"
+    assert str(info.value) == want
+    assert str(info.value).count(node.name) == 1
+    assert "node " not in str(info.value.__cause__)  # the kernel's own error, unnamed
+
+
+def test_a_node_failing_on_a_numpy_error_is_named_once(monkeypatch):
+    from converters.onnx_import import kernels
+
+    def broken(attrs, ins, n_out):
+        raise ValueError("numpy says no")
+
+    monkeypatch.setitem(kernels.KERNELS, "Range", broken)
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in ((0, "a"), (3, "b"), (1, "c"))]
+    with pytest.raises(ShapeError) as info:
+        converters.from_onnx(small_model([helper.make_node("Range", ["a", "b", "c"], ["y"], name="r")],
+                                         inits))
+    assert str(info.value) == ("node 'r' (Range-11) failed on inputs of shapes [(), (), ()]: "
+                               "numpy says no")
 
 
 def test_shape_inference_cannot_be_made_to_exhaust_memory():

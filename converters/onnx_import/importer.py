@@ -412,6 +412,18 @@ def _check_structure(graph, input_names) -> None:
         raise FormatError(f"graph output(s) {missing} are not produced by any node or initializer")
 
 
+def _named(e: FastRNNError, node: NodeView) -> FastRNNError:
+    """The converter's error, naming the ONNX node once: a plan node that failed as it was folded
+    (named after the ONNX node) already said "node 'name' (PlanOp)"; what followed is kept."""
+    failure = getattr(e, "node_failure", None)
+    if failure is None:
+        return type(e)(f"node {node.name!r} ({node.op_type}-{node.version}): {e}")
+    op = f"{node.op_type}-{node.version}"
+    if failure.node.op != node.op_type:  # e.g. Scatter run as ScatterElements
+        op += f", as {failure.node.op}"
+    return type(e)(f"node {node.name!r} ({op}){failure.detail}")
+
+
 def convert_model(model) -> OnnxPlan:
     onnx = _onnx()
     graph = model.graph
@@ -466,7 +478,7 @@ def convert_model(model) -> OnnxPlan:
         try:
             conv(ctx, node)
         except FastRNNError as e:
-            raise type(e)(f"node {node.name!r} ({node.op_type}-{node.version}): {e}") from e
+            raise _named(e, node) from (e.__cause__ if hasattr(e, "node_failure") else e)
     ctx.current = None
 
     outputs = []

@@ -343,17 +343,47 @@ def _cast_like(attrs, ins, n_out):
 
 @kernel("Range")
 def _range(attrs, ins, n_out):
-    start, limit, delta = (_scalar(v, f"Range {w}") for v, w in zip(ins, ("start", "limit", "delta")))
+    """Range as ORT 1.32 computes it (its CPU kernel, onnxruntime/core/providers/cpu/generator/
+    range.cc, ComputeRange; the integer count measured against it): the count is
+    ceil((double(limit) - double(start)) / double(delta)) for float32 / float64, the exact
+    ceil((limit - start) / delta) for integers, at least 0; the values accumulate in the input type,
+    y[0] = start, y[i] = y[i-1] + delta (rounding at every step: not start + i * delta, as ONNX's
+    reference computes it). float16 (Range-27), which ORT runs through the op's function body:
+    start, limit and delta cast to float32 (float64 for stash_type 11, its result cast back through
+    float32), the count and the values computed in that type, the values cast to float16."""
+    for v, w in zip(ins, ("start", "limit", "delta")):
+        if np.ndim(v) > 1 or np.size(v) != 1:  # ORT takes a scalar or a 1-element vector
+            raise ShapeError(f"Range {w} must be a scalar, got shape {np.shape(v)}")
+    dtype = np.asarray(ins[0]).dtype
+    start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in ins)
     if delta == 0:
         raise ArgumentError("Range delta must not be 0")
-    if not all(math.isfinite(v) for v in (start, limit, delta)):
-        raise ArgumentError(f"Range start, limit and delta must be finite, got {start}, {limit}, "
-                            f"{delta}")
-    dtype = np.asarray(ins[0]).dtype
-    span = (float(limit) - float(start)) / float(delta)  # inf for the widest float64 bounds
-    _check_size([max(span, 0)], "Range's output")
-    count = max(math.ceil(span), 0)
-    return [(start + np.arange(count, dtype=dtype) * delta).astype(dtype)]
+    if not (math.isfinite(start) and math.isfinite(limit)) or math.isnan(delta):
+        raise ArgumentError(f"Range start and limit must be finite and delta not NaN, got {start}, "
+                            f"{limit}, {delta}")
+    work = dtype
+    if dtype.kind in "iu":
+        quotient = -((int(start) - int(limit)) // int(delta))  # exact ceiling division
+    elif dtype == np.float16:
+        work = np.dtype(np.float64 if attrs.get("stash_type", 1) == 11 else np.float32)
+        start, limit, delta = (work.type(v) for v in (start, limit, delta))
+        quotient = float((limit - start) / delta)  # in the working type
+    else:
+        quotient = (float(limit) - float(start)) / float(delta)  # in double
+    # an infinite delta gives 0 elements; bounds too far apart for a double (the widest float64
+    # ones) have no count, an error in ORT too
+    if not math.isfinite(quotient):
+        raise SizeLimitError(f"Range's element count ceil((limit - start) / delta) is not finite "
+                             f"(start {start}, limit {limit}, delta {delta})")
+    count = max(math.ceil(quotient), 0)
+    _check_size([count], "Range's output")
+    out = np.full(count, delta, dtype=work)
+    if count:
+        out[0] = start
+        np.add.accumulate(out, out=out)  # sequential: out[i] = out[i-1] + delta
+    if work != dtype:
+        out = out.astype(np.float32).astype(dtype)
+    return [out]
 
 
 @kernel("NonZero")

@@ -91,6 +91,21 @@ class PlanNode:
         return f"PlanNode({self.op}, {self.name!r}, {self.inputs} -> {self.outputs})"
 
 
+class NodeFailure:
+    """What ``execute_node`` attaches to the error it raises (as ``error.node_failure``): the plan
+    node and the message after the "node 'name' (Op)" that names it, so that import-time folding
+    can name the ONNX node instead, once."""
+
+    def __init__(self, node: PlanNode, detail: str):
+        self.node, self.detail = node, detail
+
+
+def _node_error(cls, node: PlanNode, detail: str) -> FastRNNError:
+    err = cls(f"node {node.name!r} ({node.op}){detail}")
+    err.node_failure = NodeFailure(node, detail)
+    return err
+
+
 def execute_node(node: PlanNode, ins: list) -> list:
     """Run one plan node on its input arrays (None for absent ones); errors name the node."""
     try:
@@ -98,25 +113,22 @@ def execute_node(node: PlanNode, ins: list) -> list:
             return recurrent_node.run(node.attrs, node.state, ins, len(node.outputs))
         return KERNELS[node.op](node.attrs, ins, len(node.outputs))
     except FastRNNError as e:
-        raise type(e)(f"node {node.name!r} ({node.op}): {e}") from e
+        raise _node_error(type(e), node, f": {e}") from e
     except (ValueError, IndexError) as e:
         shapes = [None if x is None else tuple(np.shape(x)) for x in ins]
-        raise ShapeError(f"node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: "
-                         f"{e}") from e
+        raise _node_error(ShapeError, node, f" failed on inputs of shapes {shapes}: {e}") from e
     except TypeError as e:
         types = [None if x is None else str(np.asarray(x).dtype) for x in ins]
-        raise DTypeError(f"node {node.name!r} ({node.op}) failed on inputs of dtypes {types}: "
-                         f"{e}") from e
+        raise _node_error(DTypeError, node, f" failed on inputs of dtypes {types}: {e}") from e
     except AttributeError as e:  # an input the kernel needs is absent (None)
         absent = [i for i, x in enumerate(ins) if x is None]
-        raise FormatError(f"node {node.name!r} ({node.op}) failed with inputs {absent} absent: "
-                          f"{e}") from e
+        raise _node_error(FormatError, node, f" failed with inputs {absent} absent: {e}") from e
     except KeyError as e:  # a saved plan's node without an attribute its op requires
-        raise FormatError(f"node {node.name!r} ({node.op}) lacks the attribute {e}") from e
+        raise _node_error(FormatError, node, f" lacks the attribute {e}") from e
     except MemoryError as e:  # under the kernels' size cap, but more than this process may have
         shapes = [None if x is None else tuple(np.shape(x)) for x in ins]
-        raise UnsupportedError(f"node {node.name!r} ({node.op}) ran out of memory on inputs of "
-                               f"shapes {shapes}") from e
+        raise _node_error(UnsupportedError, node, f" ran out of memory on inputs of shapes "
+                                                  f"{shapes}") from e
 
 
 def known_op(op: str) -> bool:
