@@ -23,6 +23,8 @@ import pytest
 
 from converters import torch_files as tf
 from converters.torch_convert import from_torch
+from converters.torch_files.plain_values import _PickledOrderedDict
+from converters.torch_files.tensors import _rebuild_tensor_v2
 from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError, UnsupportedError
 
 # ------------------------------------------------------------------------------------------------
@@ -325,12 +327,12 @@ def test_allowed_names_cannot_be_abused(tmp_path):
 ])
 def test_pickle_cannot_set_state_on_allowed_objects(tmp_path, target):
     path = tmp_path / "b.pt"
-    before = tf._rebuild_tensor_v2.__defaults__
+    before = _rebuild_tensor_v2.__defaults__
     _zip_with_pickle(path, assemble({"w": Build(target, (None, {"__defaults__": (1, 2, 3)}))}))
     with pytest.raises(FormatError):  # UnsafeFileError, or the data class's own refusal
         tf.open_checkpoint(path)
-    assert tf._rebuild_tensor_v2.__defaults__ == before
-    assert "__defaults__" not in vars(tf._PickledOrderedDict)
+    assert _rebuild_tensor_v2.__defaults__ == before
+    assert "__defaults__" not in vars(_PickledOrderedDict)
 
 
 def test_class_instantiating_opcodes_are_refused(tmp_path):

@@ -1,0 +1,18 @@
+"""How much a checkpoint may make the reader do, in time and memory.
+
+The modules import these by name: a test that lowers one patches the module that reads it.
+"""
+
+MAX_PICKLE_BYTES = 256 << 20  # data.pkl larger than this is refused
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors spec's own limit
+MAX_NESTING = 100
+MAX_DIMS = 64  # numpy's limit
+MAX_EXPANDED_BYTES = 256 << 20  # a tensor larger than its storage (stride 0) may make this much
+# The tensors of one file may name at most MAX_VIEW_RATIO * file size + MAX_EXPANDED_BYTES bytes in
+# all: views of one storage and stride-0 tensors each cost their full size when read.
+MAX_VIEW_RATIO = 8
+# Entries flatten_tensors may walk again through containers a pickle shares (memo references):
+# a pickle of a few hundred bytes can reuse one list to describe 2**40 paths.
+MAX_SHARED_VISITS = 100_000
+MAX_NAME_CHARS = 64 << 20  # all tensor names of one flatten_tensors call together
+_INT64_MAX = 2**63 - 1

@@ -1,0 +1,135 @@
+"""The restricted unpickler: only ALLOWED_GLOBALS, BUILD only on this package's data classes, no
+class-instantiating opcodes."""
+
+from __future__ import annotations
+
+import io
+import mmap
+import pickle
+import struct
+from typing import Any
+
+from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError
+
+from .allowed import ALLOWED_GLOBALS
+from .brief import _brief, _why
+from .numpy_values import _NumpyArray, _NumpyDType
+from .plain_values import _check_key, _PickledOrderedDict
+
+_STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray)  # the only targets of BUILD
+_MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _refusal(full: str, where: str) -> UnsafeFileError:
+    full = full if len(full) <= 200 else full[:200] + "..."
+    module = full.rsplit(".", 1)[0]
+    if module.startswith("torch.nn.modules") or (
+            module.startswith("torch.nn.") and full.split(".")[-1][:1].isupper()):
+        return UnsafeFileError(
+            f"{where} holds a pickled whole nn.Module ({full}); fastrnn never unpickles classes. "
+            "Save the weights instead, torch.save(model.state_dict(), path), and convert that file"
+        )
+    if module.startswith("__torch__"):
+        return UnsafeFileError(
+            f"{where} is a TorchScript archive (global {full}); save model.state_dict() with "
+            "torch.save instead"
+        )
+    return UnsafeFileError(
+        f"{where}: refused pickle global '{full}' (a checkpoint may only contain tensors and plain "
+        "containers; loading it would run code from the file). If this file is a whole pickled "
+        "model (torch.save(model, ...)), save model.state_dict() instead"
+    )
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with find_class restricted and the object-building opcodes shut.
+
+    Only ``ALLOWED_GLOBALS`` can be named; BUILD (set state) is allowed only on the few data
+    classes of this module that expect it, so a file can never set attributes on anything else
+    (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
+    tensors and containers, are refused. Dict keys and set members must hash cheaply, and a
+    bytearray may not claim more bytes than the input holds.
+    """
+
+    dispatch = pickle._Unpickler.dispatch.copy()
+
+    def __init__(self, file: Any, size: int, where: str, persistent: Any) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._size = size  # of the whole input
+        self._where = where
+        self._persistent = persistent
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = _MODULE_ALIASES.get(module, module)
+        full = f"{module}.{name}"
+        try:
+            return ALLOWED_GLOBALS[full]
+        except KeyError:
+            raise _refusal(full, self._where) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise FormatError(f"{self._where}: unexpected persistent id {_brief(pid)}")
+        return self._persistent(pid)
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if type(inst) not in _STATEFUL:
+            raise UnsafeFileError(
+                f"{self._where}: pickle tries to set the state of a {type(inst).__name__}; "
+                "only tensors, numpy arrays and plain containers are read"
+            )
+        inst.__setstate__(state)
+
+    def _refuse_opcode(self) -> None:
+        raise UnsafeFileError(
+            f"{self._where}: pickle builds an object with a class-instantiating opcode; "
+            "only tensors, numpy arrays and plain containers are read"
+        )
+
+    def _load_bytearray8(self) -> None:
+        # the only opcode that allocates its claimed length before reading (the others read
+        # what is there): bound it by the input
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise FormatError(
+                f"{self._where}: pickle claims a bytearray of {n} bytes in {self._size} bytes of input"
+            )
+        data = bytearray(n)
+        self.readinto(data)
+        if len(data) != n:
+            raise FormatError(f"{self._where}: pickle is truncated inside a bytearray")
+        self.append(data)
+
+    def _keys_checked(load: Any, keys: Any) -> Any:
+        def checked(self: "_RestrictedUnpickler") -> None:
+            for k in keys(self.stack):
+                _check_key(k)
+            load(self)
+
+        return checked
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    # the opcodes that hash dict keys and set members (after MARK the stack holds just the items)
+    dispatch[pickle.SETITEM[0]] = _keys_checked(pickle._Unpickler.load_setitem, lambda st: st[-2:-1])
+    dispatch[pickle.SETITEMS[0]] = _keys_checked(pickle._Unpickler.load_setitems, lambda st: st[::2])
+    dispatch[pickle.ADDITEMS[0]] = _keys_checked(pickle._Unpickler.load_additems, lambda st: st)
+    dispatch[pickle.FROZENSET[0]] = _keys_checked(pickle._Unpickler.load_frozenset, lambda st: st)
+    for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+        dispatch[_op[0]] = _refuse_opcode
+    del _op, _keys_checked
+
+
+def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> Any:
+    """Run the restricted unpickler; every failure that is not ours becomes FormatError."""
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        return _RestrictedUnpickler(f, len(data), where, persistent).load()
+    except FastRNNError:
+        raise
+    except RecursionError as exc:
+        raise FormatError(f"{where}: pickle nests too deeply") from exc
+    except Exception as exc:  # UnpicklingError, EOFError, TypeError from bad REDUCE args, ...
+        raise FormatError(f"{where}: corrupt or truncated pickle ({_why(exc)})") from exc
