@@ -60,12 +60,13 @@ def _container(cls):
 
 
 def _check_key(k: Any) -> None:
-    """A dict key or set member must hash cheaply: Python caches no tuple or int hash, so one large
-    key that a pickle reuses many times (memo references) would hash for hours."""
-    items = k if type(k) is tuple else (k,)
-    if len(items) > 64 or any(type(v) is tuple or (type(v) is int and v.bit_length() > 256)
-                              for v in items):
+    """A dict key or set member must hash and compare cheaply: Python caches no tuple or int hash,
+    so one large key that a pickle reuses many times (memo references) would hash for hours, and
+    equal frozensets compare member by member wherever one meets the other."""
+    items = k if type(k) in (tuple, frozenset) else (k,)
+    if len(items) > 64 or any(type(v) in (tuple, frozenset)
+                              or (type(v) is int and v.bit_length() > 256) for v in items):
         raise FormatError(
-            f"dict key or set member {_brief(k)}: expected a string, a number or a flat tuple of "
-            "at most 64 of them"
+            f"dict key or set member {_brief(k)}: expected a string, a number or a flat tuple or "
+            "frozenset of at most 64 of them"
         )

@@ -47,8 +47,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
     Only ``ALLOWED_GLOBALS`` can be named; BUILD (set state) is allowed only on the few data
     classes of this module that expect it, so a file can never set attributes on anything else
     (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
-    tensors and containers, are refused. Dict keys and set members must hash cheaply, and a
-    bytearray may not claim more bytes than the input holds.
+    tensors and containers, are refused. Dict keys and set members must hash cheaply, equal
+    strings (and bytes) are one object, and a bytearray may not claim more bytes than the input
+    holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
@@ -58,6 +59,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._size = size  # of the whole input
         self._where = where
         self._persistent = persistent
+        self._firsts: dict[type, dict] = {str: {}, bytes: {}}  # each value -> its first object
 
     def find_class(self, module: str, name: str) -> Any:
         module = _MODULE_ALIASES.get(module, module)
@@ -102,6 +104,19 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(f"{self._where}: pickle is truncated inside a bytearray")
         self.append(data)
 
+    def _first_of_equals(load: Any) -> Any:
+        # A dict key or set member equal to one already there is compared with it in full unless it
+        # is the same object; two equal long strings reused through memo references made that
+        # comparison cost their length at every few bytes of pickle (minutes for tens of MB).
+        def first(self: "_RestrictedUnpickler") -> None:
+            load(self)
+            value = self.stack[-1]
+            firsts = self._firsts.get(type(value))
+            if firsts is not None:
+                self.stack[-1] = firsts.setdefault(value, value)
+
+        return first
+
     def _keys_checked(load: Any, keys: Any) -> Any:
         def checked(self: "_RestrictedUnpickler") -> None:
             for k in keys(self.stack):
@@ -119,7 +134,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.FROZENSET[0]] = _keys_checked(pickle._Unpickler.load_frozenset, lambda st: st)
     for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
         dispatch[_op[0]] = _refuse_opcode
-    del _op, _keys_checked
+    # the opcodes that make strings or bytes (REDUCE: torch.device, _codecs.encode, numpy scalars)
+    for _op in (pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.UNICODE,
+                pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8, pickle.BINBYTES,
+                pickle.SHORT_BINBYTES, pickle.BINBYTES8, pickle.REDUCE):
+        dispatch[_op[0]] = _first_of_equals(dispatch[_op[0]])
+    del _op, _keys_checked, _first_of_equals
 
 
 def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> Any:

@@ -73,6 +73,7 @@ def _open_zip(path: str, fh: Any) -> TorchFile:
     except Exception as exc:
         raise FormatError(f"{path}: cannot read data.pkl ({_why(exc)})") from exc
 
+    records: dict[str, tuple[str, zipfile.ZipInfo]] = {}  # storage key -> its record
     storages: dict[str, _Storage] = {}
     budget = _Budget(size)
 
@@ -84,10 +85,13 @@ def _open_zip(path: str, fh: Any) -> TorchFile:
                 or type(numel) is not int or numel < 0):
             raise FormatError(f"{path}: bad storage reference {_brief(pid)}")
         item = _itemsize(stype.dtype)
-        rec = f"{prefix}data/{key}"
-        if rec not in infos:
-            raise FormatError(f"{path}: storage record {_brief(rec)} is missing")
-        record = infos[rec]
+        # looked up once per key: a record name is a new string, hashed and compared in full
+        if key not in records:
+            rec = f"{prefix}data/{key}"
+            if rec not in infos:
+                raise FormatError(f"{path}: storage record {_brief(rec)} is missing")
+            records[key] = rec, infos[rec]
+        rec, record = records[key]
         # torch writes numel = record size // element size: a longer record is another dtype's
         if record.file_size // item != numel:
             raise FormatError(
