@@ -497,6 +497,37 @@ def test_tensors_cannot_name_much_more_data_than_the_file_holds(tmp_path, count,
         tf.open_checkpoint(path)
 
 
+_ITEMS = list(range(50_000))  # ~150 KB of pickle, 400 KB as a list
+_ARRAY_STATE = (1, (50_000,), np.dtype("u1"), False, bytes(50_000))
+
+
+@pytest.mark.parametrize("calls", [
+    [Call(Global("builtins", "list"), _ITEMS) for _ in range(1000)],
+    [Call(Global("torch", "Size"), _ITEMS) for _ in range(1000)],
+    [Build(Call(Global("numpy.core.multiarray", "_reconstruct"), Global("numpy", "ndarray"), (0,),
+                b"b"), _ARRAY_STATE) for _ in range(4000)],
+], ids=["list", "torch.Size", "numpy"])
+def test_calls_cannot_copy_much_more_than_the_pickle_holds(tmp_path, calls):
+    """A call's argument that the pickle passes again through a memo reference costs it a few
+    bytes, and the call may copy it: 1,000 copies of one list made 400 MB from a 150 KB file (and
+    hundreds of GB from a MB), 4,000 numpy arrays from one array's state 200 MB. The arguments of
+    all calls together are capped by the pickle's size."""
+    import tracemalloc
+
+    path = tmp_path / "c.pt"
+    _zip_with_pickle(path, assemble(calls))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="bytes of arguments in all"):
+            tf.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
+    _zip_with_pickle(path, assemble(calls[:2]))
+    assert len(tf.load(path)) == 2
+
+
 def test_zip_directory_sizes_are_checked_against_the_file(tmp_path):
     """D7: a central directory claiming a 3 GiB record (read allocated it), or a data.pkl whose
     stored size disagrees with its size (read 1 GiB, then loaded), is refused when opened."""

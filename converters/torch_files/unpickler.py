@@ -13,10 +13,13 @@ from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError
 
 from .allowed import ALLOWED_GLOBALS
 from .brief import _brief, _why
+from .limits import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_RATIO
 from .numpy_values import _NumpyArray, _NumpyDType
 from .plain_values import _check_key, _PickledOrderedDict
 
 _STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray)  # the only targets of BUILD
+_STRINGS = (str, bytes, bytearray)
+_CONTAINERS = (list, tuple, dict, set, frozenset)
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
@@ -48,8 +51,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
     classes of this module that expect it, so a file can never set attributes on anything else
     (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
     tensors and containers, are refused. Dict keys and set members must hash cheaply, equal
-    strings (and bytes) are one object, and a bytearray may not claim more bytes than the input
-    holds.
+    strings (and bytes) are one object, the arguments of all calls together are bounded by the
+    input's size, and a bytearray may not claim more bytes than the input holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
@@ -60,6 +63,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._where = where
         self._persistent = persistent
         self._firsts: dict[type, dict] = {str: {}, bytes: {}}  # each value -> its first object
+        self._arguments_left = MAX_ARGUMENT_RATIO * size + MAX_ARGUMENT_BYTES
 
     def find_class(self, module: str, name: str) -> Any:
         module = _MODULE_ALIASES.get(module, module)
@@ -74,6 +78,29 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(f"{self._where}: unexpected persistent id {_brief(pid)}")
         return self._persistent(pid)
 
+    def _charge(self, values: tuple) -> None:
+        """Count a call's arguments (the tuple's items, 8 bytes each, then their own sizes)."""
+        self._arguments_left -= 8 * len(values)
+        if self._arguments_left >= 0:  # then there are few enough values to walk
+            self._arguments_left -= sum(len(v) if isinstance(v, _STRINGS)
+                                        else 8 * len(v) if isinstance(v, _CONTAINERS) else 0
+                                        for v in values)
+        if self._arguments_left < 0:
+            raise FormatError(
+                f"{self._where}: pickle passes its calls more than "
+                f"{MAX_ARGUMENT_RATIO * self._size + MAX_ARGUMENT_BYTES} bytes of arguments in all "
+                "(a large value reused through memo references); expected tensors and plain containers"
+            )
+
+    def _load_reduce(self) -> None:
+        args = self.stack.pop()
+        if type(args) is not tuple:  # as Python's C unpickler requires
+            raise FormatError(
+                f"{self._where}: pickle calls a function with {type(args).__name__} arguments"
+            )
+        self._charge(args)
+        self.stack[-1] = self.stack[-1](*args)
+
     def _load_build(self) -> None:
         state = self.stack.pop()
         inst = self.stack[-1]
@@ -82,6 +109,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 f"{self._where}: pickle tries to set the state of a {type(inst).__name__}; "
                 "only tensors, numpy arrays and plain containers are read"
             )
+        self._charge(state if type(state) is tuple else (state,))
         inst.__setstate__(state)
 
     def _refuse_opcode(self) -> None:
@@ -125,6 +153,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
         return checked
 
+    dispatch[pickle.REDUCE[0]] = _load_reduce
     dispatch[pickle.BUILD[0]] = _load_build
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
     # the opcodes that hash dict keys and set members (after MARK the stack holds just the items)
