@@ -23,6 +23,8 @@ import pytest
 
 from converters import torch_files as tf
 from converters.torch_convert import from_torch
+from converters.torch_files.plain_values import _PickledOrderedDict
+from converters.torch_files.tensors import _rebuild_tensor_v2
 from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError, UnsupportedError
 
 # ------------------------------------------------------------------------------------------------
@@ -325,12 +327,12 @@ def test_allowed_names_cannot_be_abused(tmp_path):
 ])
 def test_pickle_cannot_set_state_on_allowed_objects(tmp_path, target):
     path = tmp_path / "b.pt"
-    before = tf._rebuild_tensor_v2.__defaults__
+    before = _rebuild_tensor_v2.__defaults__
     _zip_with_pickle(path, assemble({"w": Build(target, (None, {"__defaults__": (1, 2, 3)}))}))
     with pytest.raises(FormatError):  # UnsafeFileError, or the data class's own refusal
         tf.open_checkpoint(path)
-    assert tf._rebuild_tensor_v2.__defaults__ == before
-    assert "__defaults__" not in vars(tf._PickledOrderedDict)
+    assert _rebuild_tensor_v2.__defaults__ == before
+    assert "__defaults__" not in vars(_PickledOrderedDict)
 
 
 def test_class_instantiating_opcodes_are_refused(tmp_path):
@@ -495,6 +497,37 @@ def test_tensors_cannot_name_much_more_data_than_the_file_holds(tmp_path, count,
         tf.open_checkpoint(path)
 
 
+_ITEMS = list(range(50_000))  # ~150 KB of pickle, 400 KB as a list
+_ARRAY_STATE = (1, (50_000,), np.dtype("u1"), False, bytes(50_000))
+
+
+@pytest.mark.parametrize("calls", [
+    [Call(Global("builtins", "list"), _ITEMS) for _ in range(1000)],
+    [Call(Global("torch", "Size"), _ITEMS) for _ in range(1000)],
+    [Build(Call(Global("numpy.core.multiarray", "_reconstruct"), Global("numpy", "ndarray"), (0,),
+                b"b"), _ARRAY_STATE) for _ in range(4000)],
+], ids=["list", "torch.Size", "numpy"])
+def test_calls_cannot_copy_much_more_than_the_pickle_holds(tmp_path, calls):
+    """A call's argument that the pickle passes again through a memo reference costs it a few
+    bytes, and the call may copy it: 1,000 copies of one list made 400 MB from a 150 KB file (and
+    hundreds of GB from a MB), 4,000 numpy arrays from one array's state 200 MB. The arguments of
+    all calls together are capped by the pickle's size."""
+    import tracemalloc
+
+    path = tmp_path / "c.pt"
+    _zip_with_pickle(path, assemble(calls))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="bytes of arguments in all"):
+            tf.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
+    _zip_with_pickle(path, assemble(calls[:2]))
+    assert len(tf.load(path)) == 2
+
+
 def test_zip_directory_sizes_are_checked_against_the_file(tmp_path):
     """D7: a central directory claiming a 3 GiB record (read allocated it), or a data.pkl whose
     stored size disagrees with its size (read 1 GiB, then loaded), is refused when opened."""
@@ -620,13 +653,36 @@ def test_dict_keys_and_set_members_must_hash_cheaply(tmp_path):
     path = tmp_path / "k.pt"
     flat = b"\x80\x02(" + b"K\x07" * 1000 + b"tq\x00" + b"}(" + b"h\x00K\x01" * 100 + b"u."
     for pkl in (_tuple_dag_key_pickle(20), flat,
-                assemble({"s": Call(Global("builtins", "frozenset"), [(0, (1,))])})):
+                assemble({"s": Call(Global("builtins", "frozenset"), [(0, (1,))])}),
+                pickle.dumps({frozenset(range(65)): 1}, protocol=4),
+                pickle.dumps({(1, frozenset({2})): 1}, protocol=2)):
         _zip_with_pickle(path, pkl)
         with pytest.raises(FormatError, match="dict key or set member"):
             tf.load(path)
-    ok = {(1, "a"): 2, "s": frozenset({(1, 2)}), 7: {3, 4}}
+    ok = {(1, "a"): 2, "s": frozenset({(1, 2)}), 7: {3, 4}, frozenset({"a", 1}): 3}
     _zip_with_pickle(path, pickle.dumps(ok, protocol=4))
     assert tf.load(path) == ok
+
+
+def _binunicode(text):
+    return pickle.BINUNICODE + struct.pack("<I", len(text)) + text.encode()
+
+
+def test_equal_strings_are_one_object(tmp_path):
+    """A dict key or set member equal to one already there but another object is compared with it
+    in full. Two equal 4 MiB strings reused through 300,000 memo references of 2-4 bytes took ~40 s
+    to read (minutes for tens of MB); with equal strings made one object as they are read, 0.3 s."""
+    length, count = 4 << 20, 150_000
+    a, b = _binunicode("k" * length) + b"q\x01" + pickle.POP, _binunicode("k" * length) + b"q\x02" + pickle.POP
+    pkl = (b"\x80\x04" + a + b
+           + pickle.EMPTY_DICT + pickle.MARK + b"h\x01K\x00" + b"h\x02K\x00" * count + pickle.SETITEMS
+           + pickle.EMPTY_SET + pickle.MARK + b"h\x01" + b"h\x02" * count + pickle.ADDITEMS
+           + pickle.MARK + b"h\x01h\x02" + pickle.LIST + pickle.TUPLE3 + pickle.STOP)
+    path = tmp_path / "s.pt"
+    _zip_with_pickle(path, pkl)
+    d, s, pair = tf.load(path)
+    assert d == {"k" * length: 0} and s == {"k" * length} and pair == ["k" * length] * 2
+    assert pair[0] is pair[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,24 @@
+"""How much a checkpoint may make the reader do, in time and memory.
+
+The modules import these by name: a test that lowers one patches the module that reads it.
+"""
+
+MAX_PICKLE_BYTES = 256 << 20  # data.pkl larger than this is refused
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors spec's own limit
+MAX_NESTING = 100
+MAX_DIMS = 64  # numpy's limit
+MAX_EXPANDED_BYTES = 256 << 20  # a tensor larger than its storage (stride 0) may make this much
+# The tensors of one file may name at most MAX_VIEW_RATIO * file size + MAX_EXPANDED_BYTES bytes in
+# all: views of one storage and stride-0 tensors each cost their full size when read.
+MAX_VIEW_RATIO = 8
+# Entries flatten_tensors may walk again through containers a pickle shares (memo references):
+# a pickle of a few hundred bytes can reuse one list to describe 2**40 paths.
+MAX_SHARED_VISITS = 100_000
+MAX_NAME_CHARS = 64 << 20  # all tensor names of one flatten_tensors call together
+# The functions a pickle calls (REDUCE) or sets state with (BUILD) may be passed at most
+# MAX_ARGUMENT_RATIO * pickle size + MAX_ARGUMENT_BYTES bytes of arguments in all, 8 per container
+# item: memo references pass one large value to many calls at a few bytes each, and a call may
+# copy it (list(x), torch.Size(x), a numpy array's data).
+MAX_ARGUMENT_RATIO = 8
+MAX_ARGUMENT_BYTES = 1 << 20
+_INT64_MAX = 2**63 - 1

@@ -1,0 +1,184 @@
+"""The restricted unpickler: only ALLOWED_GLOBALS, BUILD only on this package's data classes, no
+class-instantiating opcodes."""
+
+from __future__ import annotations
+
+import io
+import mmap
+import pickle
+import struct
+from typing import Any
+
+from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError
+
+from .allowed import ALLOWED_GLOBALS
+from .brief import _brief, _why
+from .limits import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_RATIO
+from .numpy_values import _NumpyArray, _NumpyDType
+from .plain_values import _check_key, _PickledOrderedDict
+
+_STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray)  # the only targets of BUILD
+_STRINGS = (str, bytes, bytearray)
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _refusal(full: str, where: str) -> UnsafeFileError:
+    full = full if len(full) <= 200 else full[:200] + "..."
+    module = full.rsplit(".", 1)[0]
+    if module.startswith("torch.nn.modules") or (
+            module.startswith("torch.nn.") and full.split(".")[-1][:1].isupper()):
+        return UnsafeFileError(
+            f"{where} holds a pickled whole nn.Module ({full}); fastrnn never unpickles classes. "
+            "Save the weights instead, torch.save(model.state_dict(), path), and convert that file"
+        )
+    if module.startswith("__torch__"):
+        return UnsafeFileError(
+            f"{where} is a TorchScript archive (global {full}); save model.state_dict() with "
+            "torch.save instead"
+        )
+    return UnsafeFileError(
+        f"{where}: refused pickle global '{full}' (a checkpoint may only contain tensors and plain "
+        "containers; loading it would run code from the file). If this file is a whole pickled "
+        "model (torch.save(model, ...)), save model.state_dict() instead"
+    )
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with find_class restricted and the object-building opcodes shut.
+
+    Only ``ALLOWED_GLOBALS`` can be named; BUILD (set state) is allowed only on the few data
+    classes of this module that expect it, so a file can never set attributes on anything else
+    (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
+    tensors and containers, are refused. Dict keys and set members must hash cheaply, equal
+    strings (and bytes) are one object, the arguments of all calls together are bounded by the
+    input's size, and a bytearray may not claim more bytes than the input holds.
+    """
+
+    dispatch = pickle._Unpickler.dispatch.copy()
+
+    def __init__(self, file: Any, size: int, where: str, persistent: Any) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._size = size  # of the whole input
+        self._where = where
+        self._persistent = persistent
+        self._firsts: dict[type, dict] = {str: {}, bytes: {}}  # each value -> its first object
+        self._arguments_left = MAX_ARGUMENT_RATIO * size + MAX_ARGUMENT_BYTES
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = _MODULE_ALIASES.get(module, module)
+        full = f"{module}.{name}"
+        try:
+            return ALLOWED_GLOBALS[full]
+        except KeyError:
+            raise _refusal(full, self._where) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise FormatError(f"{self._where}: unexpected persistent id {_brief(pid)}")
+        return self._persistent(pid)
+
+    def _charge(self, values: tuple) -> None:
+        """Count a call's arguments (the tuple's items, 8 bytes each, then their own sizes)."""
+        self._arguments_left -= 8 * len(values)
+        if self._arguments_left >= 0:  # then there are few enough values to walk
+            self._arguments_left -= sum(len(v) if isinstance(v, _STRINGS)
+                                        else 8 * len(v) if isinstance(v, _CONTAINERS) else 0
+                                        for v in values)
+        if self._arguments_left < 0:
+            raise FormatError(
+                f"{self._where}: pickle passes its calls more than "
+                f"{MAX_ARGUMENT_RATIO * self._size + MAX_ARGUMENT_BYTES} bytes of arguments in all "
+                "(a large value reused through memo references); expected tensors and plain containers"
+            )
+
+    def _load_reduce(self) -> None:
+        args = self.stack.pop()
+        if type(args) is not tuple:  # as Python's C unpickler requires
+            raise FormatError(
+                f"{self._where}: pickle calls a function with {type(args).__name__} arguments"
+            )
+        self._charge(args)
+        self.stack[-1] = self.stack[-1](*args)
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if type(inst) not in _STATEFUL:
+            raise UnsafeFileError(
+                f"{self._where}: pickle tries to set the state of a {type(inst).__name__}; "
+                "only tensors, numpy arrays and plain containers are read"
+            )
+        self._charge(state if type(state) is tuple else (state,))
+        inst.__setstate__(state)
+
+    def _refuse_opcode(self) -> None:
+        raise UnsafeFileError(
+            f"{self._where}: pickle builds an object with a class-instantiating opcode; "
+            "only tensors, numpy arrays and plain containers are read"
+        )
+
+    def _load_bytearray8(self) -> None:
+        # the only opcode that allocates its claimed length before reading (the others read
+        # what is there): bound it by the input
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise FormatError(
+                f"{self._where}: pickle claims a bytearray of {n} bytes in {self._size} bytes of input"
+            )
+        data = bytearray(n)
+        self.readinto(data)
+        if len(data) != n:
+            raise FormatError(f"{self._where}: pickle is truncated inside a bytearray")
+        self.append(data)
+
+    def _first_of_equals(load: Any) -> Any:
+        # A dict key or set member equal to one already there is compared with it in full unless it
+        # is the same object; two equal long strings reused through memo references made that
+        # comparison cost their length at every few bytes of pickle (minutes for tens of MB).
+        def first(self: "_RestrictedUnpickler") -> None:
+            load(self)
+            value = self.stack[-1]
+            firsts = self._firsts.get(type(value))
+            if firsts is not None:
+                self.stack[-1] = firsts.setdefault(value, value)
+
+        return first
+
+    def _keys_checked(load: Any, keys: Any) -> Any:
+        def checked(self: "_RestrictedUnpickler") -> None:
+            for k in keys(self.stack):
+                _check_key(k)
+            load(self)
+
+        return checked
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    # the opcodes that hash dict keys and set members (after MARK the stack holds just the items)
+    dispatch[pickle.SETITEM[0]] = _keys_checked(pickle._Unpickler.load_setitem, lambda st: st[-2:-1])
+    dispatch[pickle.SETITEMS[0]] = _keys_checked(pickle._Unpickler.load_setitems, lambda st: st[::2])
+    dispatch[pickle.ADDITEMS[0]] = _keys_checked(pickle._Unpickler.load_additems, lambda st: st)
+    dispatch[pickle.FROZENSET[0]] = _keys_checked(pickle._Unpickler.load_frozenset, lambda st: st)
+    for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+        dispatch[_op[0]] = _refuse_opcode
+    # the opcodes that make strings or bytes (REDUCE: torch.device, _codecs.encode, numpy scalars)
+    for _op in (pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.UNICODE,
+                pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8, pickle.BINBYTES,
+                pickle.SHORT_BINBYTES, pickle.BINBYTES8, pickle.REDUCE):
+        dispatch[_op[0]] = _first_of_equals(dispatch[_op[0]])
+    del _op, _keys_checked, _first_of_equals
+
+
+def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> Any:
+    """Run the restricted unpickler; every failure that is not ours becomes FormatError."""
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        return _RestrictedUnpickler(f, len(data), where, persistent).load()
+    except FastRNNError:
+        raise
+    except RecursionError as exc:
+        raise FormatError(f"{where}: pickle nests too deeply") from exc
+    except Exception as exc:  # UnpicklingError, EOFError, TypeError from bad REDUCE args, ...
+        raise FormatError(f"{where}: corrupt or truncated pickle ({_why(exc)})") from exc
