@@ -660,6 +660,25 @@ def test_corrupt_plan_record_is_a_format_error():
         OnnxPlan.from_record(meta, {})
 
 
+@pytest.mark.parametrize("change", [
+    {"shape": [True, 2, 5]}, {"shape": [-1, "N", 5]}, {"shape": [2**70]}, {"shape": "TN5"},
+    {"dtype": "object"}, {"dtype": "U5"}, {"dtype": ">f4"}, {"dtype": "complex64"}, {"dtype": 1},
+    {"name": 3},
+], ids=repr)
+def test_a_saved_plan_input_that_to_json_cannot_write_is_a_format_error(change):
+    """Found by tests/test_fuzz_loaders.py: a size `true`, a string shape or an object dtype
+    loaded, and get_inputs() then reported it."""
+    from converters.onnx_import.plan import OnnxPlan
+
+    kind, meta, tensors = converters.from_onnx(lstm_model()).to_record()
+    bad = dict(meta, inputs=[dict(meta["inputs"][0], **change)] + meta["inputs"][1:])
+    with pytest.raises(FormatError, match="plan value"):
+        OnnxPlan.from_record(bad, tensors)
+    for ok in ({"shape": None}, {"shape": [None, "N", 5]}, {"dtype": None}, {"dtype": "float32"}):
+        OnnxPlan.from_record(dict(meta, inputs=[dict(meta["inputs"][0], **ok)] + meta["inputs"][1:]),
+                             tensors)
+
+
 def test_a_saved_plan_whose_directions_disagree_is_a_format_error():
     """Direction 1's constants swapped for a consistent set of another size (or input size)
     would have the kernels index one state stack and output by direction 0's sizes: refused at

@@ -61,12 +61,31 @@ class ValueInfo:
 
     @classmethod
     def from_json(cls, d: Mapping) -> "ValueInfo":
-        shape = d["shape"]
-        if shape is not None and not all(s is None or isinstance(s, (int, str)) for s in shape):
-            raise FormatError(f"plan value {d['name']!r} has a malformed shape {shape!r}")
-        if d["dtype"] is not None:
-            np.dtype(d["dtype"])
-        return cls(str(d["name"]), d["dtype"], shape)
+        """What to_json wrote: a string name, a numeric numpy dtype name (or None), and a list
+        of sizes (int >= 0, a symbolic name, or None) or None; anything else is a FormatError."""
+        name, dtype, shape = d["name"], d["dtype"], d["shape"]
+        if not isinstance(name, str):
+            raise FormatError(f"plan value name must be a string, found {name!r:.80}")
+        if shape is not None and not (isinstance(shape, list) and all(map(_is_dim, shape))):
+            raise FormatError(f"plan value {name!r} has a malformed shape {shape!r:.80}")
+        if dtype is not None and not _is_numeric_dtype_name(dtype):
+            raise FormatError(f"plan value {name!r} has dtype {dtype!r:.80}; a saved plan "
+                              f"names numeric dtypes such as 'float32'")
+        return cls(name, dtype, shape)
+
+
+def _is_dim(size: Any) -> bool:
+    if isinstance(size, int) and not isinstance(size, bool):
+        return 0 <= size < 2**63
+    return size is None or isinstance(size, str)
+
+
+def _is_numeric_dtype_name(name: Any) -> bool:
+    try:
+        dt = np.dtype(name) if isinstance(name, str) else None
+    except TypeError:
+        return False
+    return dt is not None and dt.kind in "biuf" and dt.name == name
 
 
 class PlanNode:
