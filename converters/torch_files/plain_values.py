@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
+import struct
 from typing import Any
 
 from fastrnn.errors import FormatError
 
 from .brief import _brief
-from .limits import _INT64_MAX
+from .limits import _INT64_MAX, MAX_EQUAL_HASHES
 from .tensors import _is_int_tuple
 
 
@@ -44,25 +45,106 @@ def _container(cls):
             raise FormatError(f"{cls.__name__}() takes at most one argument in a pickle")
         if args and not isinstance(args[0], (list, tuple, set, frozenset, dict, str, bytes)):
             raise FormatError(f"{cls.__name__}({type(args[0]).__name__}) is not allowed")
-        if args and issubclass(cls, (set, frozenset)):
-            for k in args[0]:
-                _check_key(k)
-        if args and issubclass(cls, dict) and not isinstance(args[0], dict):
-            for pair in args[0]:
+        if not args or not issubclass(cls, (dict, set, frozenset)):
+            return cls(*args)
+        # a dict or set is filled one key at a time, as SETITEMS and ADDITEMS fill one
+        if issubclass(cls, dict):
+            pairs = list(args[0].items()) if isinstance(args[0], dict) else args[0]
+            for pair in pairs:
                 if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                     raise FormatError(
                         f"{cls.__name__}() of {_brief(pair)}: expected (key, value) pairs"
                     )
-                _check_key(pair[0])
-        return cls(*args)
+            keys = _Keys(cls())
+            keys.fill([p[0] for p in pairs], [p[1] for p in pairs])
+            return keys.container
+        keys = _Keys(set())
+        keys.fill(args[0])
+        return keys.container if cls is set else keys.frozen()
 
     return build
+
+
+_HASH_BYTES = struct.Struct("<q").pack
+
+
+class _Keys:
+    """A dict or set a pickle fills, and how many of its keys share each hash value.
+
+    A str or bytes hash is randomised per process, but a file can make any number of other keys
+    share one hash: ints n + k * (2**61 - 1), tuples of ints solved item by item, floats, ... Each
+    insertion then compares the key with every colliding one already there, so such a container
+    took quadratic time (15 s for a 350 KB pickle, hours for tens of MB). At most
+    MAX_EQUAL_HASHES keys of one container may share a hash value (ints below 2**60, their own
+    hashes, are not counted: they share one with no other such int but -1 and -2), each key is
+    set once (a key set again and again walked its probe path each time), and every key is
+    checked by _check_key. The counts are keyed by the hash's bytes, whose own hash is randomised.
+    """
+
+    __slots__ = ("container", "_counts")
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self._counts: dict[bytes, int] | None = None  # made at the first counted key
+        for key in container:  # what it already holds: a dict() or set() call filled it
+            if type(key) is not str and type(key) is not bytes and (
+                    type(key) is not int or key.bit_length() > 60):
+                self._count(key)
+
+    def fill(self, keys: Any, values: Any = None) -> None:
+        """container[key] = values[i] for each key (a set: container.add(key)). The common keys,
+        str and small int, take the fewest steps."""
+        c = self.container
+        for i, key in enumerate(keys):
+            t = type(key)
+            if t is str or t is bytes:  # their hashes are randomised
+                if values is None:
+                    c.add(key)
+                else:
+                    c[key] = values[i]
+                continue
+            if t is not int or key.bit_length() > 60:  # below 2**60 an int is its own hash
+                self._count(key)
+            before = len(c)
+            if values is None:
+                c.add(key)
+            else:
+                c[key] = values[i]
+            if len(c) == before:
+                raise FormatError(
+                    f"dict key or set member {_brief(key)} is set twice in one dict or set; "
+                    "expected each key once"
+                )
+
+    def _count(self, key: Any) -> None:
+        _check_key(key)
+        if self._counts is None:
+            self._counts = {}
+        h = _HASH_BYTES(hash(key))
+        n = self._counts.get(h, 0)
+        if n >= MAX_EQUAL_HASHES:
+            raise _flood(key)
+        self._counts[h] = n + 1
+
+    def frozen(self) -> frozenset:
+        """The members as a frozenset."""
+        return frozenset(self.container)
+
+
+def _flood(key: Any) -> FormatError:
+    return FormatError(
+        f"dict key or set member {_brief(key)}: its dict or set already holds {MAX_EQUAL_HASHES} "
+        "keys with the same hash value (a hash flood: each insertion would compare it with all "
+        "of them); expected distinct strings, numbers or flat tuples as keys"
+    )
 
 
 def _check_key(k: Any) -> None:
     """A dict key or set member must hash and compare cheaply: Python caches no tuple or int hash,
     so one large key that a pickle reuses many times (memo references) would hash for hours, and
     equal frozensets compare member by member wherever one meets the other."""
+    if type(k) is not tuple and type(k) is not frozenset and type(k) is not int:
+        return
     items = k if type(k) in (tuple, frozenset) else (k,)
     if len(items) > 64 or any(type(v) in (tuple, frozenset)
                               or (type(v) is int and v.bit_length() > 256) for v in items):
