@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import random
 import struct
 import subprocess
 import sys
@@ -812,6 +813,52 @@ def test_a_key_is_set_once(tmp_path):
     with pytest.raises(FormatError, match="set twice"):
         tf.load(path)
     assert time.perf_counter() - t < 3
+
+
+def _probe_run_keys(log2_size, seed=0):
+    """Small ints of distinct hashes that make CPython 3.11's dict walk one run of slots at every
+    insertion. The first ones grow the table to 2**log2_size and land each at its own slot,
+    along the cycle i -> 5 * i + 1 that every probe sequence ends on once its perturbation is
+    spent; each of the others probes only occupied slots until it reaches that cycle inside the
+    run, walks to the run's end and lengthens it."""
+    size = 1 << log2_size
+    mask, place, cycle, c = size - 1, [0] * size, [0] * size, 12345 & (size - 1)
+    for j in range(size):
+        cycle[j], place[c], c = c, j, (5 * c + 1) & mask
+    run = size // 3 + 1
+    keys, chosen, rng = cycle[:run], set(), random.Random(seed)
+    while len(keys) < 2 * size // 3:
+        z = rng.randrange(size, size << 3)
+        i, p = z & mask, z
+        while place[i] < run and z not in chosen:
+            p >>= 5
+            if not p:
+                if run - place[i] >= run // 2:
+                    keys.append(z)
+                    chosen.add(z)
+                    run += 1
+                break
+            i = (5 * i + p + 1) & mask
+    return keys
+
+
+def test_filling_dicts_may_take_a_bounded_share_of_the_read(tmp_path, monkeypatch):
+    """Distinct hashes, each key once, and still quadratic: 43,690 keys placed along one probe run
+    (a 260 KB pickle) took 2.4 s to read where plain keys take 0.1 s. Insertions may take at most
+    MAX_INSERT_RATIO times the rest of the read, after MAX_INSERT_SECONDS (here 0: the file is
+    small). These 21,845 keys take ~15 times the rest; the plain ones a quarter."""
+    from converters.torch_files import plain_values
+
+    monkeypatch.setattr(plain_values, "MAX_INSERT_SECONDS", 0.0)
+    path = tmp_path / "r.pt"
+    keys = _probe_run_keys(15)
+    assert len({hash(k) for k in keys}) == len(keys) and max(keys) < 2**18
+    for plain in (range(len(keys)), [k * 7919 for k in range(len(keys))]):
+        _zip_with_pickle(path, pickle.dumps(dict.fromkeys(plain, 0), protocol=2))
+        assert len(tf.load(path)) == len(keys)
+    _zip_with_pickle(path, pickle.dumps(dict.fromkeys(keys, 0), protocol=2))
+    with pytest.raises(FormatError, match="filling dicts and sets took"):
+        tf.load(path)
 
 
 def test_memo_indices_cannot_flood_the_memo(tmp_path):

@@ -27,4 +27,9 @@ MAX_ARGUMENT_BYTES = 1 << 20
 # colliding ones already there (quadratic: 15 s for a 350 KB pickle). Ints below 2**60 are their
 # own hashes and not counted.
 MAX_EQUAL_HASHES = 64
+# Keys of distinct hashes can still be placed so that each insertion walks a long run of occupied
+# slots: filling the dicts and sets of one pickle may take MAX_INSERT_SECONDS of CPU time plus
+# MAX_INSERT_RATIO times the rest of its reading (plain keys take a fraction of it).
+MAX_INSERT_SECONDS = 1.0
+MAX_INSERT_RATIO = 4
 _INT64_MAX = 2**63 - 1

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextvars
 import struct
+import time
 from typing import Any
 
 from fastrnn.errors import FormatError
 
 from .brief import _brief
-from .limits import _INT64_MAX, MAX_EQUAL_HASHES
+from .limits import _INT64_MAX, MAX_EQUAL_HASHES, MAX_INSERT_RATIO, MAX_INSERT_SECONDS
 from .tensors import _is_int_tuple
 
 
@@ -65,6 +67,41 @@ def _container(cls):
     return build
 
 
+class _InsertClock:
+    """The CPU time one read spends inserting dict keys and set members, against the rest of it.
+
+    A key whose hash a file chooses (all but str and bytes) need not collide with another to be
+    slow: CPython's probe sequence is public and a table's layout follows from its keys and their
+    order, so distinct small ints can be placed to make every insertion walk one long run of
+    occupied slots (43,690 of them, a 260 KB pickle, took 2.4 s to read where plain keys take
+    0.1 s; quadratic). No bound on keys or hashes stops that without refusing large int-keyed dicts, so
+    the time is bounded instead: insertions may take MAX_INSERT_SECONDS plus MAX_INSERT_RATIO times
+    the rest of the read. Thread CPU time: other threads, other processes and waits do not count.
+    """
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._start = time.thread_time()
+        self._spent = 0.0
+
+    def lap(self, since: float) -> float:
+        """Count the insertions since ``since`` (a thread_time); refuse past the bound."""
+        now = time.thread_time()
+        self._spent += now - since
+        rest = now - self._start - self._spent
+        if self._spent > MAX_INSERT_SECONDS + MAX_INSERT_RATIO * rest:
+            raise FormatError(
+                f"{self._where}: filling dicts and sets took {self._spent:.1f} s of CPU time, "
+                f"against {rest:.1f} s for the rest of the pickle (keys placed to make each "
+                "insertion walk the ones before it); expected strings or numbers as keys"
+            )
+        return now
+
+
+# the clock of the read in progress: the dict() and set() calls a pickle makes are timed by it
+_CLOCK: contextvars.ContextVar[_InsertClock | None] = contextvars.ContextVar(
+    "fastrnn_insert_clock", default=None)
+_LAP = 256  # keys between two looks at the clock
 _HASH_BYTES = struct.Struct("<q").pack
 
 
@@ -77,8 +114,9 @@ class _Keys:
     took quadratic time (15 s for a 350 KB pickle, hours for tens of MB). At most
     MAX_EQUAL_HASHES keys of one container may share a hash value (ints below 2**60, their own
     hashes, are not counted: they share one with no other such int but -1 and -2), each key is
-    set once (a key set again and again walked its probe path each time), and every key is
-    checked by _check_key. The counts are keyed by the hash's bytes, whose own hash is randomised.
+    set once (a key set again and again walked its probe path each time), every key is checked
+    by _check_key, and the time it all takes is bounded by the read's _InsertClock. The counts
+    are keyed by the hash's bytes, whose own hash is randomised.
     """
 
     __slots__ = ("container", "_counts")
@@ -92,10 +130,14 @@ class _Keys:
                 self._count(key)
 
     def fill(self, keys: Any, values: Any = None) -> None:
-        """container[key] = values[i] for each key (a set: container.add(key)). The common keys,
-        str and small int, take the fewest steps."""
+        """container[key] = values[i] for each key (a set: container.add(key)), timed by the
+        read's clock. The common keys, str and small int, take the fewest steps."""
         c = self.container
+        clock = _CLOCK.get()
+        since = time.thread_time() if clock is not None else 0.0
         for i, key in enumerate(keys):
+            if i % _LAP == _LAP - 1 and clock is not None:
+                since = clock.lap(since)
             t = type(key)
             if t is str or t is bytes:  # their hashes are randomised
                 if values is None:
@@ -115,6 +157,8 @@ class _Keys:
                     f"dict key or set member {_brief(key)} is set twice in one dict or set; "
                     "expected each key once"
                 )
+        if clock is not None:
+            clock.lap(since)
 
     def _count(self, key: Any) -> None:
         _check_key(key)
@@ -127,8 +171,13 @@ class _Keys:
         self._counts[h] = n + 1
 
     def frozen(self) -> frozenset:
-        """The members as a frozenset."""
-        return frozenset(self.container)
+        """The members as a frozenset: a copy, which may probe a table of another size."""
+        clock = _CLOCK.get()
+        since = time.thread_time() if clock is not None else 0.0
+        out = frozenset(self.container)
+        if clock is not None:
+            clock.lap(since)
+        return out
 
 
 def _flood(key: Any) -> FormatError:

@@ -15,7 +15,7 @@ from .allowed import ALLOWED_GLOBALS
 from .brief import _brief, _why
 from .limits import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_RATIO
 from .numpy_values import _NumpyArray, _NumpyDType
-from .plain_values import _Keys, _PickledOrderedDict
+from .plain_values import _CLOCK, _InsertClock, _Keys, _PickledOrderedDict
 
 _STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray)  # the only targets of BUILD
 _STRINGS = (str, bytes, bytearray)
@@ -68,10 +68,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
     classes of this module that expect it, so a file can never set attributes on anything else
     (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
     tensors and containers, are refused. Dict keys and set members must hash cheaply, at most
-    MAX_EQUAL_HASHES keys of one dict or set may share a hash value, each is set once, the
-    memo is keyed by bytes and its indices are below 2**32, equal strings (and bytes) are one
-    object, the arguments of all calls together are bounded by the input's size, and a
-    bytearray may not claim more bytes than the input holds.
+    MAX_EQUAL_HASHES keys of one dict or set may share a hash value, each is set once, filling
+    them is timed (_InsertClock), the memo is keyed by bytes and its indices are below 2**32,
+    equal strings (and bytes) are one object, the arguments of all calls together are bounded
+    by the input's size, and a bytearray may not claim more bytes than the input holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
@@ -243,6 +243,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
 def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> Any:
     """Run the restricted unpickler; every failure that is not ours becomes FormatError."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    clock = _CLOCK.set(_InsertClock(where))
     try:
         return _RestrictedUnpickler(f, len(data), where, persistent).load()
     except FastRNNError:
@@ -251,3 +252,5 @@ def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> An
         raise FormatError(f"{where}: pickle nests too deeply") from exc
     except Exception as exc:  # UnpicklingError, EOFError, TypeError from bad REDUCE args, ...
         raise FormatError(f"{where}: corrupt or truncated pickle ({_why(exc)})") from exc
+    finally:
+        _CLOCK.reset(clock)
