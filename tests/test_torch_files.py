@@ -12,10 +12,12 @@ import io
 import json
 import os
 import pickle
+import random
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 
 import numpy as np
@@ -685,6 +687,217 @@ def test_equal_strings_are_one_object(tmp_path):
     assert pair[0] is pair[1]
 
 
+
+_M = sys.hash_info.modulus  # 2**61 - 1
+
+
+def _colliding_ints(n, r=7):
+    """n ints of 62 to 70 bits that all hash to r: an int hashes to itself mod 2**61 - 1."""
+    return [r + k * _M for k in range(1, n + 1)]
+
+
+def _colliding_pairs(n):
+    """n (a, b) pairs of int64s with one tuple hash. Python's tuple hash (xxHash-like, 3.8+) folds
+    the items' hashes in turn, acc = rotl(acc + h * P2, 31) * P1, so for each a there is one b
+    whose hash lands every pair on the same acc (an int64 about half the time)."""
+    p1, p2, p5, mask = 11400714785074694791, 14029467366897019727, 2870177450012600261, 2**64 - 1
+    out, a = [], 0
+    while len(out) < n:
+        acc = p5 + (hash(a) & mask) * p2 & mask
+        acc = ((acc << 31 | acc >> 33) & mask) * p1 & mask
+        hb = (12345 - acc) * pow(p2, -1, 2**64) & mask  # b's hash, unsigned
+        if hb < _M:
+            out.append((a, hb))
+        elif hb > 2**64 - _M and hb < mask - 1:  # -_M < b < -2: hash(b) == b
+            out.append((a, hb - 2**64))
+        a += 1
+    assert len({hash(t) for t in out}) == 1
+    return out
+
+
+def _flood_pickles(keys):
+    """keys into one dict or set, each way a pickle can fill one."""
+    pairs = [(k, 0) for k in keys]
+    body = b"".join(pickle.dumps(k, protocol=2)[2:-1] + b"K\x00" for k in keys)
+    dict_call = pickle.dumps(pairs[:-1], protocol=2)[2:-1]
+    return {
+        "SETITEMS": pickle.dumps(dict(pairs), protocol=2),
+        "SETITEM": pickle.dumps(dict(pairs), protocol=0),
+        "ADDITEMS": pickle.dumps(set(keys), protocol=4),
+        "FROZENSET": pickle.dumps(frozenset(keys), protocol=4),
+        "DICT": b"(" + body + b"d.",
+        "set()": pickle.dumps(set(keys), protocol=2),
+        "frozenset()": pickle.dumps(frozenset(keys), protocol=2),
+        "dict()": assemble(Call(Global("builtins", "dict"), pairs)),
+        "OrderedDict()": assemble(Call(Global("collections", "OrderedDict"), pairs)),
+        # a dict() call's keys are counted when SETITEM adds another
+        "dict() + SETITEM": (b"\x80\x02c__builtin__\ndict\n" + dict_call + b"\x85R"
+                             + pickle.dumps(keys[-1], protocol=2)[2:-1] + b"K\x00s."),
+    }
+
+
+@pytest.mark.parametrize("keys", [_colliding_ints, _colliding_pairs], ids=["ints", "pairs"])
+def test_hash_floods_are_refused(tmp_path, keys):
+    """Keys sharing a hash make each insertion compare with all of them (quadratic). Keys of
+    int64 pairs took 15 s in a 350 KB file, 49 s in 600 KB; at most 64 of one hash now."""
+    path = tmp_path / "f.pt"
+    ok, flood = keys(64), keys(65)
+    for how, pkl in _flood_pickles(ok).items():
+        _zip_with_pickle(path, pkl)
+        got = tf.load(path)
+        assert set(got) == set(ok) and len(got) == 64, how
+    for how, pkl in _flood_pickles(flood).items():
+        _zip_with_pickle(path, pkl)
+        with pytest.raises(FormatError, match="64 keys with the same hash") as exc:
+            tf.load(path)
+        assert any(repr(k) in str(exc.value) for k in flood), how
+    # the bound is per hash value and per container: many groups of 64, and 64 in each of two;
+    # ints below 2**60 are their own hashes and uncounted
+    groups = [k + g for g in range(5) for k in _colliding_ints(64, r=1000)] + list(range(2000))
+    _zip_with_pickle(path, pickle.dumps([dict.fromkeys(groups, 0), set(ok), set(ok)], protocol=4))
+    d, s, s2 = tf.load(path)
+    assert len(d) == 2320 and s == s2 == set(ok)
+
+
+def test_a_large_hash_flood_is_refused_quickly(tmp_path):
+    """32,000 int64-pair keys of one hash, 600 KB: 49 s to read before the bound, now at once."""
+    keys = _colliding_pairs(32_000)
+    buf = io.BytesIO()
+    buf.write(b"\x80\x02}")
+    for i in range(0, len(keys), 1000):
+        buf.write(b"(" + b"".join(pickle.dumps(k, protocol=2)[2:-1] + b"K\x00"
+                                  for k in keys[i:i + 1000]) + b"u")
+    buf.write(b".")
+    path = tmp_path / "flood.pt"
+    _zip_with_pickle(path, buf.getvalue())
+    assert os.path.getsize(path) > 500_000
+    t = time.perf_counter()
+    with pytest.raises(FormatError, match="same hash"):
+        tf.load(path)
+    assert time.perf_counter() - t < 5
+
+
+def _probe_path(x, log2_size, n):
+    """The first n distinct slots CPython's dict probes for hash x in a table of 2**log2_size."""
+    mask, perturb, i, out, seen = (1 << log2_size) - 1, x, x & ((1 << log2_size) - 1), [], set()
+    while len(out) < n:
+        if i not in seen:
+            seen.add(i)
+            out.append(i)
+        perturb >>= 5
+        i = (i * 5 + perturb + 1) & mask
+    return out
+
+
+def test_a_key_is_set_once(tmp_path):
+    """Keys of distinct hashes can fill one key's probe path (each small int lands at its own
+    slot), so that each lookup of that key walks all of them: 100,000 of them then 20,000 more
+    settings of the key, 730 KB, took 10 s. Python's pickler writes each key once."""
+    path = tmp_path / "d.pt"
+    for pkl in (b"\x80\x02}(K\x05K\x00K\x05K\x01u.", b"\x80\x04\x8f(K\x05K\x05\x90.",
+                b"\x80\x02}(\x8a\x09" + b"\x01" * 9 + b"q\x00K\x00h\x00K\x01u.",  # a 72-bit int
+                assemble(Call(Global("builtins", "dict"), [((1, 2), 0), ((1.0, 2), 1)])),
+                assemble(Call(Global("builtins", "set"), [3, 3.0]))):
+        _zip_with_pickle(path, pkl)
+        with pytest.raises(FormatError, match="set twice"):
+            tf.load(path)
+    _zip_with_pickle(path, b"\x80\x02}(X\x01\x00\x00\x00aK\x00X\x01\x00\x00\x00aK\x01u.")
+    assert tf.load(path) == {"a": 1}  # a str key's hash is random: no path to fill
+    x, n = 12345 + (1 << 40), 100_000
+    body = b"".join(b"J" + struct.pack("<i", y) + b"K\x00" for y in _probe_path(x, 18, n))
+    again = b"(" + b"h\x00K\x00" * 1000 + b"u"
+    pkl = (b"\x80\x02}(" + body + b"u" + pickle.dumps(x, protocol=2)[2:-1] + b"q\x00K\x00s"
+           + again * 20 + b".")
+    _zip_with_pickle(path, pkl)
+    t = time.perf_counter()
+    with pytest.raises(FormatError, match="set twice"):
+        tf.load(path)
+    assert time.perf_counter() - t < 3
+
+
+def _probe_run_keys(log2_size, seed=0):
+    """Small ints of distinct hashes that make CPython 3.11's dict walk one run of slots at every
+    insertion. The first ones grow the table to 2**log2_size and land each at its own slot,
+    along the cycle i -> 5 * i + 1 that every probe sequence ends on once its perturbation is
+    spent; each of the others probes only occupied slots until it reaches that cycle inside the
+    run, walks to the run's end and lengthens it."""
+    size = 1 << log2_size
+    mask, place, cycle, c = size - 1, [0] * size, [0] * size, 12345 & (size - 1)
+    for j in range(size):
+        cycle[j], place[c], c = c, j, (5 * c + 1) & mask
+    run = size // 3 + 1
+    keys, chosen, rng = cycle[:run], set(), random.Random(seed)
+    while len(keys) < 2 * size // 3:
+        z = rng.randrange(size, size << 3)
+        i, p = z & mask, z
+        while place[i] < run and z not in chosen:
+            p >>= 5
+            if not p:
+                if run - place[i] >= run // 2:
+                    keys.append(z)
+                    chosen.add(z)
+                    run += 1
+                break
+            i = (5 * i + p + 1) & mask
+    return keys
+
+
+def test_filling_dicts_may_take_a_bounded_share_of_the_read(tmp_path, monkeypatch):
+    """Distinct hashes, each key once, and still quadratic: 43,690 keys placed along one probe run
+    (a 260 KB pickle) took 2.4 s to read where plain keys take 0.1 s. Insertions may take at most
+    MAX_INSERT_RATIO times the rest of the read, after MAX_INSERT_SECONDS (here 0: the file is
+    small). These 21,845 keys take ~15 times the rest; the plain ones a quarter."""
+    from converters.torch_files import plain_values
+
+    monkeypatch.setattr(plain_values, "MAX_INSERT_SECONDS", 0.0)
+    path = tmp_path / "r.pt"
+    keys = _probe_run_keys(15)
+    assert len({hash(k) for k in keys}) == len(keys) and max(keys) < 2**18
+    for plain in (range(len(keys)), [k * 7919 for k in range(len(keys))]):
+        _zip_with_pickle(path, pickle.dumps(dict.fromkeys(plain, 0), protocol=2))
+        assert len(tf.load(path)) == len(keys)
+    _zip_with_pickle(path, pickle.dumps(dict.fromkeys(keys, 0), protocol=2))
+    with pytest.raises(FormatError, match="filling dicts and sets took"):
+        tf.load(path)
+
+
+def test_memo_indices_cannot_flood_the_memo(tmp_path):
+    """PUT's index is any decimal int, and the memo is a dict: 7 + k * (2**61 - 1) share a hash
+    (16,000 PUTs, 460 KB: 3 s, quadratic). Indices are bounded by LONG_BINPUT's 2**32. Distinct
+    indices filling one index's probe path made each fetch of it walk them all (100,000 indices,
+    20,000 fetches, 820 KB: 9 s); the memo is keyed by the indices' bytes, whose hash is random."""
+    path = tmp_path / "m.pt"
+    _zip_with_pickle(path, b"(I1\np4294967295\n0g4294967295\nl.")
+    assert tf.load(path) == [1]
+    for i in (2**32, 7 + _M):
+        _zip_with_pickle(path, b"(I1\np%d\nl." % i)
+        with pytest.raises(FormatError, match="memo index"):
+            tf.load(path)
+    _zip_with_pickle(path, b"(I1\np0\n0g-1\nl.")
+    with pytest.raises(FormatError):
+        tf.load(path)
+    x = 12345 + (1 << 30)
+    fill = b"".join(b"Nr" + struct.pack("<I", i) + b"0" for i in _probe_path(x, 18, 100_000))
+    fetch = b"j" + struct.pack("<I", x) + b"0"
+    _zip_with_pickle(path, b"\x80\x02" + fill + b"Nr" + struct.pack("<I", x) + b"0" + fetch * 20_000
+                     + b"N.")
+    t = time.perf_counter()
+    assert tf.load(path) is None
+    assert time.perf_counter() - t < 3
+
+
+def test_items_go_only_into_dicts_and_sets(tmp_path):
+    path = tmp_path / "i.pt"
+    for pkl, match in ((b"\x80\x02](K\x00K\x01u.", "sets items of a list"),
+                       (b"\x80\x02](K\x00\x90.", "adds members to a list"),
+                       (b"\x80\x02}(K\x00u.", "key without a value"),
+                       (b"\x80\x02(K\x00K\x01K\x02d.", "key without a value"),
+                       (b"\x80\x02((" + b"K\x00" * 65 + b"tK\x00d.", "dict key or set member")):
+        _zip_with_pickle(path, pkl)
+        with pytest.raises(FormatError, match=match):
+            tf.load(path)
+
+
 # ------------------------------------------------------------------------------------------------
 # against real torch files
 # ------------------------------------------------------------------------------------------------
@@ -776,6 +989,37 @@ def test_state_dict_metadata_and_wrappers(torch, tmp_path):
         for k, v in sd.items():
             np.testing.assert_array_equal(got[k], v.numpy())
     assert set(tf.read_state_dict(tmp_path / "w1.pt", unwrap=False)) == {f"state_dict.{k}" for k in sd}
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_checkpoints_with_int_keys_load(torch, tmp_path, zip_format):
+    """Optimizer state is keyed by ints (parameter indices), vocabularies and tables by ints or
+    tuples: none of it comes near the bound on keys sharing a hash."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2)
+    opt = torch.optim.Adam(lstm.parameters(), lr=1e-3)
+    lstm(torch.randn(5, 2, 3))[0].sum().backward()
+    opt.step()
+    extra = {"vocab": {i: f"w{i}" for i in range(20_000)}, "neg": {-i: i for i in range(1000)},
+             "pairs": {(i, -i): i for i in range(5000)}, "floats": {i / 7: i for i in range(5000)},
+             "ids": set(range(-1000, 20_000)), "frozen": frozenset(range(3000))}
+    ckpt = {"model": lstm.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "extra": extra}
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path, _use_new_zipfile_serialization=zip_format)
+    got = tf.load(path)
+    want = opt.state_dict()
+    assert sorted(got["optimizer"]["state"]) == sorted(want["state"]) == list(range(8))
+    for i, st in want["state"].items():
+        for k, v in st.items():
+            np.testing.assert_array_equal(got["optimizer"]["state"][i][k], v.numpy())
+    assert got["optimizer"]["param_groups"][0]["params"] == list(range(8))
+    assert got["extra"] == extra and got["epoch"] == 1
+    sd = tf.read_state_dict(path)
+    assert list(sd) == list(lstm.state_dict())
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(sd[k], v.numpy())
+    flat = tf.read_state_dict(path, unwrap=False)
+    np.testing.assert_array_equal(flat["optimizer.state.3.exp_avg"], want["state"][3]["exp_avg"].numpy())
 
 
 def test_big_endian_zip(torch, tmp_path):

@@ -21,4 +21,15 @@ MAX_NAME_CHARS = 64 << 20  # all tensor names of one flatten_tensors call togeth
 # copy it (list(x), torch.Size(x), a numpy array's data).
 MAX_ARGUMENT_RATIO = 8
 MAX_ARGUMENT_BYTES = 1 << 20
+# Keys of one dict (members of one set) with one hash value: a str or bytes hash is randomised per
+# process, but an int's is itself mod 2**61 - 1 and a float's or a tuple's follows from its items',
+# so a file can make any number collide, and then each insertion compares the key with all the
+# colliding ones already there (quadratic: 15 s for a 350 KB pickle). Ints below 2**60 are their
+# own hashes and not counted.
+MAX_EQUAL_HASHES = 64
+# Keys of distinct hashes can still be placed so that each insertion walks a long run of occupied
+# slots: filling the dicts and sets of one pickle may take MAX_INSERT_SECONDS of CPU time plus
+# MAX_INSERT_RATIO times the rest of its reading (plain keys take a fraction of it).
+MAX_INSERT_SECONDS = 1.0
+MAX_INSERT_RATIO = 4
 _INT64_MAX = 2**63 - 1

@@ -15,7 +15,7 @@ from .allowed import ALLOWED_GLOBALS
 from .brief import _brief, _why
 from .limits import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_RATIO
 from .numpy_values import _NumpyArray, _NumpyDType
-from .plain_values import _check_key, _PickledOrderedDict
+from .plain_values import _CLOCK, _InsertClock, _Keys, _PickledOrderedDict
 
 _STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray)  # the only targets of BUILD
 _STRINGS = (str, bytes, bytearray)
@@ -44,26 +44,48 @@ def _refusal(full: str, where: str) -> UnsafeFileError:
     )
 
 
+class _Memo(dict):
+    """The unpickler's memo, keyed by each index's bytes, whose hash is randomised per process.
+
+    A file chooses the indices. Keyed by ints, which hash to themselves, indices chosen to fill the
+    probe path of one index (distinct hashes, no collision) made each fetch of it walk them all:
+    20,000 fetches behind 100,000 entries took 9 s (6 bytes a fetch: minutes for a few MB).
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, i: int, value: Any) -> None:
+        dict.__setitem__(self, i.to_bytes(8, "little"), value)
+
+    def __getitem__(self, i: int) -> Any:
+        return dict.__getitem__(self, i.to_bytes(8, "little"))
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler with find_class restricted and the object-building opcodes shut.
 
     Only ``ALLOWED_GLOBALS`` can be named; BUILD (set state) is allowed only on the few data
     classes of this module that expect it, so a file can never set attributes on anything else
     (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
-    tensors and containers, are refused. Dict keys and set members must hash cheaply, equal
-    strings (and bytes) are one object, the arguments of all calls together are bounded by the
-    input's size, and a bytearray may not claim more bytes than the input holds.
+    tensors and containers, are refused. Dict keys and set members must hash cheaply, at most
+    MAX_EQUAL_HASHES keys of one dict or set may share a hash value, each is set once, filling
+    them is timed (_InsertClock), the memo is keyed by bytes and its indices are below 2**32,
+    equal strings (and bytes) are one object, the arguments of all calls together are bounded
+    by the input's size, and a bytearray may not claim more bytes than the input holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
 
     def __init__(self, file: Any, size: int, where: str, persistent: Any) -> None:
         super().__init__(file, encoding="utf-8")
+        self.memo = _Memo()
         self._size = size  # of the whole input
         self._where = where
         self._persistent = persistent
         self._firsts: dict[type, dict] = {str: {}, bytes: {}}  # each value -> its first object
         self._arguments_left = MAX_ARGUMENT_RATIO * size + MAX_ARGUMENT_BYTES
+        # id -> the keys of each dict or set the opcodes fill (holding it keeps its id its own)
+        self._keys: dict[int, _Keys] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         module = _MODULE_ALIASES.get(module, module)
@@ -145,22 +167,69 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
         return first
 
-    def _keys_checked(load: Any, keys: Any) -> Any:
-        def checked(self: "_RestrictedUnpickler") -> None:
-            for k in keys(self.stack):
-                _check_key(k)
-            load(self)
+    def _keys_of(self, container: Any) -> _Keys:
+        keys = self._keys.get(id(container))
+        if keys is None:  # counted once, whatever made it (EMPTY_DICT, a dict() call, ...)
+            keys = self._keys[id(container)] = _Keys(container)
+        return keys
 
-        return checked
+    def _set_items(self, items: list) -> None:
+        target = self.stack[-1]
+        if not isinstance(target, dict):  # Python's pickler writes SETITEMS after dicts only
+            raise FormatError(
+                f"{self._where}: pickle sets items of a {type(target).__name__}; expected a dict"
+            )
+        if len(items) % 2:
+            raise FormatError(f"{self._where}: pickle sets a key without a value")
+        self._keys_of(target).fill(items[::2], items[1::2])
+
+    def _load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._set_items([key, value])
+
+    def _load_setitems(self) -> None:
+        self._set_items(self.pop_mark())
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if not isinstance(target, set):
+            raise FormatError(
+                f"{self._where}: pickle adds members to a {type(target).__name__}; expected a set"
+            )
+        self._keys_of(target).fill(items)
+
+    def _load_frozenset(self) -> None:
+        keys = _Keys(set())
+        keys.fill(self.pop_mark())
+        self.append(keys.frozen())
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        self.append({})
+        self._set_items(items)
+
+    def _load_put(self) -> None:
+        # PUT's index is text, any int (i + k * (2**61 - 1) share a hash); Python's pickler
+        # numbers memo entries from 0, and LONG_BINPUT's reach is 2**32
+        i = int(self.readline()[:-1])
+        if not 0 <= i <= 0xFFFFFFFF:
+            raise FormatError(
+                f"{self._where}: pickle memo index {_brief(i)}, expected 0 to 2**32 - 1"
+            )
+        self.memo[i] = self.stack[-1]
 
     dispatch[pickle.REDUCE[0]] = _load_reduce
     dispatch[pickle.BUILD[0]] = _load_build
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
-    # the opcodes that hash dict keys and set members (after MARK the stack holds just the items)
-    dispatch[pickle.SETITEM[0]] = _keys_checked(pickle._Unpickler.load_setitem, lambda st: st[-2:-1])
-    dispatch[pickle.SETITEMS[0]] = _keys_checked(pickle._Unpickler.load_setitems, lambda st: st[::2])
-    dispatch[pickle.ADDITEMS[0]] = _keys_checked(pickle._Unpickler.load_additems, lambda st: st)
-    dispatch[pickle.FROZENSET[0]] = _keys_checked(pickle._Unpickler.load_frozenset, lambda st: st)
+    # the opcodes that hash dict keys and set members, or (PUT) pickle-chosen memo indices
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.PUT[0]] = _load_put
     for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
         dispatch[_op[0]] = _refuse_opcode
     # the opcodes that make strings or bytes (REDUCE: torch.device, _codecs.encode, numpy scalars)
@@ -168,12 +237,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8, pickle.BINBYTES,
                 pickle.SHORT_BINBYTES, pickle.BINBYTES8, pickle.REDUCE):
         dispatch[_op[0]] = _first_of_equals(dispatch[_op[0]])
-    del _op, _keys_checked, _first_of_equals
+    del _op, _first_of_equals
 
 
 def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> Any:
     """Run the restricted unpickler; every failure that is not ours becomes FormatError."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    clock = _CLOCK.set(_InsertClock(where))
     try:
         return _RestrictedUnpickler(f, len(data), where, persistent).load()
     except FastRNNError:
@@ -182,3 +252,5 @@ def _unpickle(data: bytes | mmap.mmap, where: str, persistent: Any = None) -> An
         raise FormatError(f"{where}: pickle nests too deeply") from exc
     except Exception as exc:  # UnpicklingError, EOFError, TypeError from bad REDUCE args, ...
         raise FormatError(f"{where}: corrupt or truncated pickle ({_why(exc)})") from exc
+    finally:
+        _CLOCK.reset(clock)
