@@ -1,9 +1,11 @@
 """ONNX activation lists: names, default parameters and ONNX Runtime's alpha/beta consumption rule."""
+import math
 from typing import Sequence
 
 import numpy as np
 
 from .errors import ArgumentError
+from .validation import as_float
 from .kernels import activations as codes
 
 CODES = {
@@ -41,10 +43,10 @@ def canonical_name(name) -> str:
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value):
+    number = as_float(value)
+    if number is None or not math.isfinite(number):
         raise ArgumentError(f"{what} must be finite numbers, got {value!r}")
-    return float(value)
+    return number
 
 
 def _sequence(value, what: str) -> list:
@@ -61,20 +63,20 @@ def parse(mode: str, names: Sequence[str] | None, alpha: Sequence[float] | None,
     alpha and beta are consumed in order only by the activations that take them (ORT's rule).
     """
     per = PER_DIRECTION[mode]
+    alphas = [] if alpha is None else _sequence(alpha, "activation_alpha")
+    betas = [] if beta is None else _sequence(beta, "activation_beta")
     if names is None:
-        if alpha or beta:
+        if alphas or betas:
             raise ArgumentError("activation_alpha/activation_beta given without activations")
         names = DEFAULTS[mode]
     names = [canonical_name(n) for n in _sequence(names, "activations")]
     if len(names) == per and num_directions > 1:
-        return parse(mode, names, alpha, beta, 1) * num_directions
+        return parse(mode, names, alphas, betas, 1) * num_directions
     if len(names) != per * num_directions:
         raise ArgumentError(
             f"{mode} with {num_directions} direction(s) expects {per} or {per * num_directions} "
             f"activations, got {len(names)}: {names}"
         )
-    alphas = [] if alpha is None else _sequence(alpha, "activation_alpha")
-    betas = [] if beta is None else _sequence(beta, "activation_beta")
     parsed = []
     for name in names:
         a = alphas.pop(0) if name in TAKES_ALPHA and alphas else DEFAULT_ALPHA.get(name, 0.0)

@@ -129,7 +129,7 @@ def write_container(path: str | os.PathLike, kind: str, meta: Mapping[str, Any],
         raise ArgumentError(f"meta must be JSON-serializable (no NaN/inf): {e}") from None
     data_start = _align(FIXED_HEADER.size + len(blob))
 
-    path = os.fspath(path)
+    path = _fspath(path)
     folder, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -263,8 +263,19 @@ def _read_header(f, path: str) -> tuple[int, dict, int, int]:
     return version, header, data_start, size
 
 
+def _fspath(path) -> str:
+    """path as a str (bytes decoded as the OS does); ArgumentError for what is not a path
+    (os.fspath's TypeError). A path the OS cannot open raises OSError, as open() does."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise ArgumentError(f"a path must be a str, bytes or os.PathLike, got "
+                            f"{type(path).__name__} {path!r:.80}") from None
+    return os.fsdecode(path)
+
+
 def _open(path: str | os.PathLike):
-    path = os.fspath(path)
+    path = _fspath(path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise FormatError(f"{path!r} is not a file")
     return open(path, "rb")  # a missing path raises FileNotFoundError, as open() does
@@ -328,7 +339,7 @@ def known_kinds() -> list[str]:
 def save(obj: Any, path: str | os.PathLike) -> None:
     """Save a savable fastrnn object (one with ``to_record()``) to ``path``."""
     to_record = getattr(obj, "to_record", None)
-    if not callable(to_record):
+    if isinstance(obj, type) or not callable(to_record):
         raise ArgumentError(f"cannot save an object of type {type(obj).__name__}: it has no "
                             f"to_record() method (savable: fastrnn layers and converted models)")
     record = to_record()

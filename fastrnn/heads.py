@@ -9,6 +9,7 @@ output array would be written out of bounds; the task loops call the unchecked `
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,21 +17,23 @@ import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernels.heads import linear_forward, sample
-from .validation import (NO_INIT, as_array, build_from_config, check_dtype, check_seed,
-                         positive_int)
+from .recurrent import canonical
+from .validation import (NO_INIT, as_array, as_float, build_from_config, check_dtype,
+                         check_elements, check_seed, positive_int)
 from .vocab import check_ids
 
 __all__ = ["Embedding", "OneHot", "Linear", "ACTIVATIONS", "sample_token"]
 
 ACTIVATIONS = ("none", "softmax", "log_softmax", "sigmoid", "tanh", "relu")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+_TOP_K_MAX = 1 << 62  # top_k past the vocabulary keeps every token; the kernel takes an int64
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None
                    ) -> tuple[float, int, float]:
     """Validated (temperature, top_k, top_p) as the kernel takes them (0 / 1.0 for 'off')."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
-            or not np.isfinite(temperature) or temperature < 0:
+    value = as_float(temperature)
+    if value is None or not math.isfinite(value) or value < 0:
         raise ArgumentError(f"temperature must be a finite number >= 0 (0 = greedy), "
                             f"got {temperature!r}")
     if top_k is None:
@@ -39,10 +42,10 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None
         raise ArgumentError(f"top_k must be None or an int >= 0 (0 = off), got {top_k!r}")
     if top_p is None:
         top_p = 1.0
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating)) \
-            or not 0 < top_p <= 1:
+    p = as_float(top_p)
+    if p is None or not 0 < p <= 1:
         raise ArgumentError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    return float(temperature), int(top_k), float(top_p)
+    return value, min(int(top_k), _TOP_K_MAX), p
 
 
 def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
@@ -52,7 +55,7 @@ def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
     row = as_array(logits, "logits")
     if row.dtype.kind not in "fiu":
         raise DTypeError(f"logits must be real numbers, got dtype {row.dtype}")
-    row = np.ascontiguousarray(row, dtype=np.float64)
+    row = canonical(row, np.dtype(np.float64))  # read-only logits: copied, not compiled for
     if row.ndim != 1 or row.size == 0:
         raise ShapeError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
     rng = np.random.default_rng(check_seed(rng, "rng"))
@@ -70,6 +73,7 @@ class Embedding:
                  dtype: Any = np.float32, *, seed: int | None = None):
         self.num_embeddings = positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = positive_int("embedding_dim", embedding_dim)
+        check_elements("an Embedding's weight", self.num_embeddings * self.embedding_dim)
         if padding_idx is not None:
             if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
                     or not -self.num_embeddings <= padding_idx < self.num_embeddings:
@@ -98,6 +102,7 @@ class Embedding:
 
     def __call__(self, ids) -> np.ndarray:
         ids = check_ids(ids, self.num_embeddings)
+        check_elements("an Embedding's output", ids.size * self.embedding_dim)
         return self.weight[ids]
 
     def lookup_into(self, ids, out: np.ndarray) -> np.ndarray:
@@ -135,6 +140,7 @@ class OneHot:
 
     def __init__(self, size: int, dtype: Any = np.float32):
         self.size = positive_int("size", size)
+        check_elements("a OneHot row", self.size)
         self.dtype = check_dtype(dtype)
 
     @property
@@ -143,6 +149,7 @@ class OneHot:
 
     def __call__(self, ids) -> np.ndarray:
         ids = check_ids(ids, self.size)
+        check_elements("a OneHot's output", ids.size * self.size)
         out = np.zeros(ids.shape + (self.size,), self.dtype)
         np.put_along_axis(out, ids[..., None], 1, axis=-1)
         return out
@@ -185,6 +192,7 @@ class Linear:
                  activation: str = "none", dtype: Any = np.float32, *, seed: int | None = None):
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
+        check_elements("a Linear's weight", self.in_features * self.out_features)
         self.activation = _activation(activation)
         self.bias = bool(bias)
         self.dtype = check_dtype(dtype)
@@ -210,7 +218,10 @@ class Linear:
             raise ShapeError(f"Linear input must have shape (..., {self.in_features}), "
                              f"got {x.shape}")
         act = self.activation if activation is None else _activation(activation)
-        rows = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=self.dtype)
+        check_elements("a Linear's output", x.size // self.in_features * self.out_features)
+        # C-contiguous, aligned and writeable, as the kernel was compiled for: a read-only input
+        # (a memory-mapped file, a broadcast) would compile a specialization of its own
+        rows = canonical(x.reshape(-1, self.in_features), self.dtype)
         out = np.empty((rows.shape[0], self.out_features), self.dtype)
         self._apply_into(rows, out, act)
         return out.reshape(x.shape[:-1] + (self.out_features,))

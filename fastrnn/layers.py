@@ -12,8 +12,9 @@ from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, Stack, canonical
 from .stream import Stream, weights_changed
-from .validation import (NO_INIT, as_array, build_from_config, check_clip, check_dtype,
-                         check_seed, check_weight_dtype, positive_int)
+from .validation import (MAX_LAYERS, NO_INIT, as_array, build_from_config, check_clip,
+                         check_dtype, check_elements, check_seed, check_weight_dtype,
+                         positive_int)
 
 SUFFIXES = ("", "_reverse")
 
@@ -44,6 +45,7 @@ class RecurrentLayer:
         self.linear_before_reset = bool(linear_before_reset)
         self.peepholes = bool(peepholes)
         self.input_forget = bool(input_forget)
+        self._check_size()
         self.activations = acts.parse(self.mode, activations, activation_alpha, activation_beta,
                                       self.num_directions)
         self._params: dict[str, np.ndarray] = {}
@@ -57,6 +59,20 @@ class RecurrentLayer:
     @property
     def hidden_out(self) -> int:
         return self.proj_size or self.hidden_size
+
+    def _check_size(self) -> None:
+        """Refuse sizes whose parameters could never be allocated or a stack that could never be
+        built, before anything is allocated (a file's config claims them too): numpy's own
+        errors for arrays past 2^63 bytes are untyped, and 2^62 layers never finish."""
+        if self.num_layers > MAX_LAYERS:
+            raise ArgumentError(f"num_layers must be at most {MAX_LAYERS}, got {self.num_layers}")
+        g, h, p, d = NUM_GATES[self.mode], self.hidden_size, self.proj_size, self.num_directions
+        out = self.hidden_out
+        per_layer = g * h * out + 2 * g * h * self.bias + p * h + 3 * h * self.peepholes
+        count = d * (g * h * self.input_size + (self.num_layers - 1) * g * h * d * out
+                     + self.num_layers * per_layer)
+        check_elements(f"the parameters of {self.mode}(input_size={self.input_size}, hidden_size="
+                       f"{h}, num_layers={self.num_layers}, proj_size={p})", count)
 
     def _layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.num_directions * self.hidden_out
@@ -119,15 +135,16 @@ class RecurrentLayer:
             if arr.shape != shape:
                 raise ShapeError(f"parameter {name} must have shape {shape}, got {arr.shape}")
             new[name] = np.array(arr, dtype=self.dtype, copy=True)
-        self._params = new
-        self._stack = Stack([[self._pack(layer, d) for d in range(self.num_directions)]
-                             for layer in range(self.num_layers)])
+        # packed before anything is set: packing can still refuse (float16 weights beyond
+        # float16's range), and a refused load leaves the layer as it was
+        stack = Stack([[self._pack(new, layer, d) for d in range(self.num_directions)]
+                       for layer in range(self.num_layers)])
+        self._params, self._stack = new, stack
         weights_changed(self)
         return self
 
-    def _pack(self, layer: int, direction: int) -> DirectionParams:
+    def _pack(self, p: dict, layer: int, direction: int) -> DirectionParams:
         tag = f"l{layer}{SUFFIXES[direction]}"
-        p = self._params
         extra = {}
         if self.mode == "LSTM":
             extra = dict(w_hr=p.get(f"weight_hr_{tag}"), peephole=p.get(f"weight_ph_{tag}"),

@@ -7,7 +7,7 @@ import numpy as np
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 from .kernels._jit import compiled_for
 from .recurrent import aligned
-from .validation import as_array
+from .validation import as_array, check_elements
 
 
 class Stream:
@@ -45,6 +45,7 @@ class Stream:
                      + [rows * hout] * layers + [p.scratch_size(1, rows) for p in directions]):
             offsets.append(total)
             total += -(-size // 16) * 16
+        check_elements(f"a stream of {rows} rows", total)
         x_at, h_at, c_at = offsets[:3]
         y_at, scratch_at = offsets[3:3 + layers], offsets[3 + layers:]
         buf = aligned(total, layer.dtype)

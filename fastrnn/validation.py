@@ -50,6 +50,36 @@ def check_seed(seed, what: str = "seed"):
     return int(seed)
 
 
+# Sizes fastrnn allocates from (a layer's or stage's parameters, a stream's buffer, the output
+# of an Embedding, OneHot or Linear call) of more than MAX_ELEMENTS elements (4 TiB of float32)
+# are refused before anything is allocated.
+# numpy raises its own ValueError for arrays past 2^63 bytes; anything smaller that memory cannot
+# hold raises MemoryError as it is allocated (the caller asked for that much).
+MAX_ELEMENTS = 1 << 40
+# Layers of a stack: each costs Python objects and a kernel call, so a count that could never be
+# run (num_layers=2**62 looped for ever) is refused; 65536 layers take ~25 s to build.
+MAX_LAYERS = 1 << 16
+
+
+def check_elements(what: str, count: int) -> None:
+    """ArgumentError when `count` elements (a Python int: no overflow) exceed MAX_ELEMENTS."""
+    if count > MAX_ELEMENTS:
+        raise ArgumentError(f"{what} would hold {count} elements, more than the {MAX_ELEMENTS} "
+                            f"(2^40) fastrnn allocates")
+
+
+def as_float(value) -> float | None:
+    """A real number (int, float or numpy integer / floating; not bool) as a float, or None for
+    anything else, ints beyond float's range included (float() would raise OverflowError and
+    numpy's isfinite TypeError for them)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def positive_int(name: str, value, minimum: int = 1) -> int:
     """`value` as an int >= minimum (bools and floats refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -85,9 +115,10 @@ def check_clip(clip) -> float | None:
     """None (no clip) or a positive finite-or-infinite float."""
     if clip is None:
         return None
-    if isinstance(clip, bool) or not isinstance(clip, (int, float, np.floating)) or not clip > 0:
+    value = as_float(clip)
+    if value is None or not value > 0:
         raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
-    return float(clip)
+    return value
 
 
 def check_weight_dtype(weight_dtype, dtype) -> np.dtype:

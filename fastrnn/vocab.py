@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
-from .validation import as_array
+from .validation import as_array, check_elements
 
 __all__ = ["Vocabulary", "check_ids"]
 
@@ -211,6 +211,7 @@ class Vocabulary:
                            np.int64).reshape(text.shape)
         else:
             ids = self.encode(text)
+        check_elements("one_hot's output", ids.size * len(self))
         out = np.zeros(ids.shape + (len(self),), dtype=dtype)
         np.put_along_axis(out, ids[..., None], 1, axis=-1)
         return out

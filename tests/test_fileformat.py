@@ -153,6 +153,35 @@ def test_write_rejects_bad_arguments(tmp_path, kind, meta, tensors, err):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("path", [None, 5, 3.5, object(), ["m.frnn"], {"p": 1}])
+def test_paths_that_are_not_paths_are_typed_errors(tmp_path, path):
+    """os.fspath's TypeError for what is not a path becomes ArgumentError; a path the OS
+    cannot open still raises OSError, as open() does."""
+    layer = fastrnn.GRU(2, 3, seed=0)
+    with pytest.raises(ArgumentError, match="path must be"):
+        fastrnn.save(layer, path)
+    with pytest.raises(ArgumentError, match="path must be"):
+        fastrnn.load(path)
+    with pytest.raises(ArgumentError, match="path must be"):
+        ff.inspect(path)
+
+
+def test_bytes_paths_save_and_load(tmp_path):
+    layer = fastrnn.GRU(2, 3, seed=0)
+    path = bytes(tmp_path / "m.frnn")
+    fastrnn.save(layer, path)  # used to mix str and bytes in the temporary name: TypeError
+    assert fastrnn.load(path).state_dict().keys() == layer.state_dict().keys()
+    with pytest.raises(FileNotFoundError):
+        fastrnn.load(bytes(tmp_path / "missing.frnn"))
+
+
+@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.Vocabulary, fastrnn.Classifier])
+def test_saving_a_class_instead_of_an_object_is_refused(tmp_path, cls):
+    with pytest.raises(ArgumentError, match="cannot save"):
+        fastrnn.save(cls, tmp_path / "m.frnn")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_numpy_scalars_in_meta_become_json(tmp_path):
     p = tmp_path / "m.frnn"
     ff.write_container(p, "k", {"clip": np.float32(0.5), "n": np.int64(3)}, {})
@@ -468,10 +497,14 @@ def _config(**changes):
 
 @pytest.mark.parametrize("edit, error, message", [
     # each would have allocated (or looped over) what the config claims before the check
-    (_config(num_layers=2**62), ArgumentError, "need at least"),
+    (_config(num_layers=2**15), ArgumentError, "need at least"),
     (_config(num_layers=3), ArgumentError, "missing parameters"),
-    (_config(hidden_size=2**31), ShapeError, "weight_ih_l0 must have shape"),
-    (_config(input_size=2**40), ShapeError, "weight_ih_l0 must have shape"),
+    (_config(hidden_size=2**18), ShapeError, "weight_ih_l0 must have shape"),
+    (_config(input_size=2**30), ShapeError, "weight_ih_l0 must have shape"),
+    # sizes no layer can have are refused before the tensors are looked at
+    (_config(num_layers=2**62), ArgumentError, "num_layers must be at most"),
+    (_config(hidden_size=2**31), ArgumentError, "2\\^40"),
+    (_config(input_size=2**40), ArgumentError, "2\\^40"),
     (_config(hidden_size="4"), ArgumentError, "hidden_size must be an int"),
     (lambda meta, t: ({"config": None}, t), ArgumentError, "config must be a dict"),
     (lambda meta, t: ({"config": ["LSTM"]}, t), ArgumentError, "config must be a dict"),
@@ -500,10 +533,14 @@ def test_a_task_record_that_lies_is_refused_before_allocating(tmp_path):
             return meta, tensors
         return edit
 
-    for edit, message in [(claim("input", "num_embeddings", 2**40), "weight must have shape"),
-                          (claim("heads", "in_features", 2**40), "weight must have shape"),
-                          (claim("rnns", "num_layers", 2**40), "need at least"),
-                          (claim("rnns", "hidden_size", 2**35), "must have shape")]:
+    for edit, message in [(claim("input", "num_embeddings", 2**36), "weight must have shape"),
+                          (claim("heads", "in_features", 2**36), "weight must have shape"),
+                          (claim("rnns", "num_layers", 2**15), "need at least"),
+                          (claim("rnns", "hidden_size", 2**18), "must have shape"),
+                          (claim("input", "num_embeddings", 2**40), "2\\^40"),
+                          (claim("heads", "in_features", 2**40), "2\\^40"),
+                          (claim("rnns", "num_layers", 2**40), "at most"),
+                          (claim("rnns", "hidden_size", 2**35), "2\\^40")]:
         with pytest.raises((ShapeError, ArgumentError), match=message):
             fastrnn.load(_rewritten(tmp_path, model, edit))
 

@@ -732,6 +732,38 @@ def test_activation_lists_are_checked(kw):
         fastrnn.GRU(I, H, **kw)
 
 
+@pytest.mark.parametrize("kw", [
+    dict(activation_alpha=np.array([0.1, 0.2])),   # an array without activations (its truth
+    dict(activation_beta=np.array([0.1, 0.2])),    # value was numpy's ValueError)
+    dict(activations=["LeakyRelu"] * 3, activation_alpha=[10**400]),   # past float's range
+    dict(activations=["Affine"] * 3, activation_beta=[-10**400]),
+    dict(clip=10**400)])
+def test_numbers_beyond_float_and_arrays_are_typed_errors(kw):
+    with pytest.raises(ArgumentError):
+        fastrnn.LSTM(I, H, **kw)
+
+
+def test_activation_parameters_take_arrays_and_numpy_numbers():
+    a = fastrnn.GRU(I, H, activations=["HardSigmoid", "Tanh"], activation_alpha=np.array([0.3]),
+                    clip=np.int64(2), seed=0)
+    b = fastrnn.GRU(I, H, activations=["HardSigmoid", "Tanh"], activation_alpha=[0.3], clip=2.0,
+                    seed=0)
+    x = np.ones((T, N, I), np.float32)
+    np.testing.assert_array_equal(a(x)[0], b(x)[0])
+
+
+@pytest.mark.parametrize("args,kw", [
+    ((I, 2**62), {}), ((2**62, H), {}), ((I, 2**64), {}), ((I, 10**30), {}),
+    ((I, H), dict(num_layers=2**62)), ((I, H), dict(num_layers=(1 << 16) + 1)),
+    ((I, 2**63), dict(proj_size=2**62))])
+def test_sizes_that_could_never_be_allocated_are_refused_at_once(args, kw):
+    """Sizes whose parameters exceed 2^40 elements, or more than 2^16 layers, are refused before
+    anything is allocated (numpy's errors past 2^63 bytes are untyped; 2^62 layers looped for
+    ever); smaller sizes that memory cannot hold raise MemoryError as they are allocated."""
+    with pytest.raises(ArgumentError, match="at most|2\\^40"):
+        fastrnn.LSTM(*args, **kw)
+
+
 def test_torch_tensors_with_grad_and_bfloat16_are_read():
     """Tensors that numpy cannot take directly: read detached; bfloat16 widened to float32."""
     torch = pytest.importorskip("torch")

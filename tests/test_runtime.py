@@ -210,6 +210,8 @@ def test_stream_errors():
         fastrnn.GRU(3, 4).stream(0)
     with pytest.raises(ArgumentError):
         fastrnn.GRU(3, 4).stream(2**40)  # refused before its buffer is allocated
+    with pytest.raises(ArgumentError, match="2\\^40"):
+        fastrnn.GRU(2**11, 1).stream(2**31)  # rows allowed, but 2^42 elements in all
 
 
 # (batch, hidden): serial kernels; batch rows split over threads; hidden units split at batch 1.

@@ -652,6 +652,72 @@ def test_ragged_and_scalar_inputs_are_typed_errors():
                 s2s.translate([1, 2], beam=beam, length_penalty=bad)
 
 
+def test_numbers_past_a_float_and_sizes_past_2_40_are_typed_errors():
+    """Python ints beyond float's range (numpy's isfinite raised TypeError on them), top_k past
+    int64 (the kernel's OverflowError), decoder sizes numpy cannot allocate (its ValueError),
+    stages whose weights exceed 2^40 elements."""
+    net, gen = _text_generator()
+    for kw in (dict(temperature=10**400), dict(top_p=10**400)):
+        with pytest.raises(ArgumentError):
+            gen.generate_ids("ab", 3, **kw)
+    greedy = gen.generate_ids("ab", 5, top_k=0, seed=1).tolist()
+    assert gen.generate_ids("ab", 5, top_k=10**400, seed=1).tolist() == greedy  # all tokens
+    with pytest.raises(ArgumentError):
+        fastrnn.heads.sample_token([1.0, 2.0], temperature=10**400)
+    net, s2s = _s2s("GRU")
+    for beam in (1, 3):
+        with pytest.raises(ArgumentError, match="length_penalty"):
+            s2s.translate([1, 2], beam=beam, length_penalty=10**400)
+        for max_len in (2**31 + 1, 2**63, 10**400):
+            with pytest.raises(ArgumentError, match="max_len"):
+                s2s.translate([1, 2], beam=beam, max_len=max_len)
+    with pytest.raises(ArgumentError, match="beam"):
+        s2s.translate([1, 2], beam=2**31 + 1)
+    for make in (lambda: fastrnn.Embedding(2**62, 3), lambda: fastrnn.Linear(3, 2**62),
+                 lambda: fastrnn.OneHot(2**62), lambda: fastrnn.OneHot(2**40)(np.zeros(2, int))):
+        with pytest.raises(ArgumentError, match="2\\^40"):
+            make()
+
+
+def test_linear_reads_read_only_input_without_compiling_again():
+    """A read-only input (a memory-mapped file, a stride-0 broadcast) is copied like any other
+    the kernel was not compiled for, rather than compiling a read-only specialization."""
+    from fastrnn.kernels.heads import linear_forward, sample
+    lin = fastrnn.Linear(4, 3, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    want = lin(x)
+    logits = np.arange(5.0)
+    token = fastrnn.heads.sample_token(logits, rng=3)
+    compiled = len(linear_forward.signatures), len(sample.signatures)
+    ro = x.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(lin(ro), want)
+    np.testing.assert_array_equal(lin(np.broadcast_to(x[:1], (3, 4))), lin(np.repeat(x[:1], 3, 0)))
+    logits.flags.writeable = False
+    assert fastrnn.heads.sample_token(logits, rng=3) == token
+    assert (len(linear_forward.signatures), len(sample.signatures)) == compiled
+
+
+def test_translate_checks_beam_before_choosing_greedy():
+    """beam=1.0 and beam=True were taken as greedy decoding (beam == 1), an array as beam hit
+    numpy's ambiguous truth value; beam_search refused all three."""
+    net, s2s = _s2s("GRU")
+    for beam in (1.0, True, np.array([1, 1]), [2], "2", 0):
+        with pytest.raises(ArgumentError, match="beam must be an int"):
+            s2s.translate([1, 2], beam=beam)
+    assert s2s.translate([1, 2], beam=np.int64(1)) == s2s.translate([1, 2])
+
+
+def test_a_large_length_penalty_does_not_overflow():
+    """sum / n ** length_penalty overflowed a Python float (OverflowError) for a large finite
+    penalty, and divided by zero for a large negative one."""
+    net, s2s = _s2s("GRU")
+    src = [1, 2, 3]
+    for penalty in (2.0**31, 1e4, -1e4, -2.0**31):
+        hyps = s2s.beam_search(src, beam=3, max_len=6, length_penalty=penalty, n_best=3)
+        assert hyps and all(np.isfinite(score) or score == -np.inf for _, score in hyps)
+
+
 def test_generation_seed_is_checked_and_a_long_stream_needs_no_memory_up_front():
     net, gen = _text_generator()
     for bad in (1.5, -1, True, "7", float("inf")):

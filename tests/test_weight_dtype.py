@@ -95,6 +95,21 @@ def test_unsupported_weight_dtypes_are_refused(make, weight_dtype, match):
         make().with_weight_dtype(weight_dtype)
 
 
+def test_a_refused_load_leaves_a_float16_layer_as_it_was():
+    """Packing refuses weights beyond float16's range after every array was checked; the layer
+    must keep its parameters (state_dict used to report the refused ones while calls ran the
+    old weights)."""
+    layer = fastrnn.RNN(3, 4, seed=0).with_weight_dtype("float16")
+    before = layer.state_dict()
+    x = np.ones((2, 1, 3), np.float32)
+    out = layer(x)[0]
+    with pytest.raises(ArgumentError, match="within"):
+        layer.load_state_dict(dict(before, weight_hh_l0=np.full((4, 4), 1e6)))
+    after = layer.state_dict()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    np.testing.assert_array_equal(layer(x)[0], out)
+
+
 def test_weights_beyond_float16_range_are_refused():
     layer = fastrnn.RNN(3, 4, seed=0)
     weights = layer.state_dict()

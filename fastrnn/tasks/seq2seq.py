@@ -1,6 +1,7 @@
 """Encoder-decoder: Seq2Seq, with greedy (batched) and beam-search decoding."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -8,7 +9,7 @@ import numpy as np
 from .. import fileformat
 from ..errors import ArgumentError, ShapeError, UnsupportedError
 from ..layers import RecurrentLayer
-from ..validation import as_array
+from ..validation import as_array, as_float
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
 from .stages import HeadChain, check_row_lengths, prepare_input, run_rnns, split_stages
@@ -150,8 +151,7 @@ class Seq2Seq:
         ``beam`` hypotheses have ended (or at max_len, where the live ones count too). A
         hypothesis of n tokens (eos included) scores sum(log p) / n ** length_penalty.
         """
-        if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) or beam < 1:
-            raise ArgumentError(f"beam must be an int >= 1, got {beam!r}")
+        beam = _check_beam(beam)
         if isinstance(n_best, bool) or not isinstance(n_best, (int, np.integer)) \
                 or not 1 <= n_best <= beam:
             raise ArgumentError(f"n_best must be an int in [1, beam={beam}], got {n_best!r}")
@@ -178,7 +178,10 @@ class Seq2Seq:
         finished: list[tuple[float, list[int], float]] = []
 
         def norm(score, n):
-            return score / (n ** length_penalty) if length_penalty else score
+            if not length_penalty or score == 0:
+                return score
+            with np.errstate(all="ignore"):  # n ** length_penalty may overflow to inf or 0
+                return float(score / np.power(float(n), length_penalty))
 
         for t in range(max_len):
             self.target._lookup_into(tokens, x)
@@ -220,6 +223,7 @@ class Seq2Seq:
         """Source text (or ids) -> target text (or ids): one string or a list for a batch.
 
         beam=1 decodes greedily (batched); beam>1 runs beam_search on each sequence."""
+        beam = _check_beam(beam)
         if beam == 1:
             _check_length_penalty(length_penalty)  # unused by greedy decoding, checked alike
             ids, lens = self.greedy_ids(src, lengths, max_len)
@@ -272,16 +276,31 @@ class Seq2Seq:
 
 
 def _check_length_penalty(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value):
+    number = as_float(value)
+    if number is None or not math.isfinite(number):
         raise ArgumentError(f"length_penalty must be a finite number, got {value!r}")
-    return float(value)
+    return number
+
+
+# The most steps and hypotheses a decoder preallocates (ids of every row and step, a stream of
+# `beam` rows): beyond them numpy's errors are untyped; up to them a size memory cannot hold
+# raises MemoryError (2^31 steps of one row are 16 GiB of ids).
+_MAX_LEN = 1 << 31
+_MAX_BEAM = 1 << 31
 
 
 def _check_max_len(max_len) -> int:
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
-        raise ArgumentError(f"max_len must be an int >= 1, got {max_len!r}")
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) \
+            or not 1 <= max_len <= _MAX_LEN:
+        raise ArgumentError(f"max_len must be an int in [1, {_MAX_LEN}], got {max_len!r}")
     return int(max_len)
+
+
+def _check_beam(beam) -> int:
+    if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) \
+            or not 1 <= beam <= _MAX_BEAM:
+        raise ArgumentError(f"beam must be an int in [1, {_MAX_BEAM}], got {beam!r}")
+    return int(beam)
 
 
 def _load_seq2seq(meta, tensors):
