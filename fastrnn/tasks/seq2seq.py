@@ -243,6 +243,9 @@ class Seq2Seq:
     def _one_by_one(self, src, lengths):
         """translate's beam path: ([(one source, its lengths or None)], whether src is one
         sequence); the rows of a 2-D batch as batches of one in the encoder's layout."""
+        if isinstance(src, (list, tuple)) and len(src) == 0:
+            raise ShapeError("Seq2Seq encoder got an empty batch: give at least one text or "
+                             "sequence")
         if isinstance(src, str) or (isinstance(src, (list, tuple)) and src
                                     and isinstance(src[0], str)):
             if lengths is not None:
@@ -256,6 +259,9 @@ class Seq2Seq:
             raise ShapeError(f"source ids must be (T,) or 2-D, got shape {arr.shape}")
         first = self.encoder.batch_first
         rows, steps = arr.shape if first else arr.shape[::-1]
+        if rows == 0:
+            raise ShapeError(f"Seq2Seq encoder got an empty batch: token ids of shape {arr.shape} "
+                             f"({'N, T' if first else 'T, N'}) hold no sequence")
         lens = None if lengths is None else check_row_lengths(lengths, rows, steps)
         return [(arr[i:i + 1] if first else arr[:, i:i + 1],
                  None if lens is None else lens[i:i + 1]) for i in range(rows)], False

@@ -61,6 +61,8 @@ def check_row_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
 
 def prepare_input(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str):
     """Input -> (features (T, N, F) time-major, lengths (N,) or None, batched)."""
+    if isinstance(x, (list, tuple)) and len(x) == 0:
+        raise ShapeError(f"{what} got an empty batch: give at least one text or sequence")
     is_text = isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0
                                      and all(isinstance(s, str) for s in x))
     if is_text:
@@ -98,6 +100,9 @@ def prepare_input(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str
                              f", got shape {arr.shape}")
         batched = arr.ndim == 2
         ids = arr[:, None] if not batched else (arr.T if batch_first else arr)
+        if ids.shape[1] == 0:
+            raise ShapeError(f"{what} got an empty batch: token ids of shape {arr.shape} "
+                             f"({'N, T' if batch_first else 'T, N'}) hold no sequence")
     steps, rows = ids.shape
     if lengths is not None:
         lengths = check_row_lengths(lengths, rows, steps)
