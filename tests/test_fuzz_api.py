@@ -42,9 +42,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import shutil
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -63,6 +61,7 @@ import fastrnn  # noqa: E402
 from fastrnn import activations as acts  # noqa: E402
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, ShapeError,  # noqa: E402
                             UnsupportedError)
+from worker_process import WorkerProcess  # noqa: E402
 
 SCALE = int(os.environ.get("FASTRNN_FUZZ_CASES", "1"))
 # seconds one case may take in the worker before it counts as a hang: generous, because with
@@ -2092,58 +2091,27 @@ def _worker():
             shutil.rmtree(folder, ignore_errors=True)
 
 
-class Worker:
-    """The parent's end: a family's cases in one request; a crash or a hang is reported with its
-    case, and the worker restarted for the cases after it."""
+def _tests_this_checkout(line):
+    """The worker's ready line names the fastrnn it imported: this checkout's."""
+    where = Path(json.loads(line)["ready"])
+    return where.resolve().parent == ROOT / "fastrnn"
+
+
+class Worker(WorkerProcess):
+    """A family's cases in one request; a crash or a hang is reported with its case, and the
+    worker restarted for the cases after it."""
 
     def __init__(self, log_path):
-        self.log_path = log_path
-        self._start()
-
-    def _start(self):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT),
-                                                           os.environ.get("PYTHONPATH", "")]))
-        self.log = open(self.log_path, "ab")
-        self.log_start = self.log.tell()  # where this worker's stderr begins
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
-        self.buffer = b""
-        line = self._readline(600)
-        assert line, self._log_tail()
-        where = Path(json.loads(line)["ready"])  # the worker tests this checkout's fastrnn
-        assert where.resolve().parent == ROOT / "fastrnn", where
-
-    def _readline(self, timeout):
-        """The next line, or None (timeout) or "" (the worker died)."""
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buffer:
-            if not select.select([fd], [], [], timeout)[0]:
-                return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return ""
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line.decode()
-
-    def _log_tail(self):
-        """This worker's stderr (faulthandler's stack of a crash comes first)."""
-        self.log.flush()
-        return Path(self.log_path).read_bytes()[self.log_start:][:3000].decode(errors="replace")
+        super().__init__(__file__, log_path, ready=_tests_this_checkout)
 
     def run(self, family, count):
         """[failure message] for cases 0..count-1 of the family."""
         failures, start = [], 0
         while start < count:
-            request = json.dumps({"family": family, "start": start, "stop": count}) + "\n"
+            self.send({"family": family, "start": start, "stop": count})
             current = (start, "(not started)")
-            try:
-                self.proc.stdin.write(request.encode())
-                self.proc.stdin.flush()
-            except BrokenPipeError:
-                pass
             while True:
-                line = self._readline(CASE_TIMEOUT)
+                line = self.readline(CASE_TIMEOUT)
                 if not line:
                     break
                 msg = json.loads(line)
@@ -2153,21 +2121,10 @@ class Worker:
                     current = (msg["i"], msg["desc"])
                 elif msg["problem"]:
                     failures.append(f"{family} #{msg['i']} ({current[1]}): {msg['problem']}")
-            self.proc.kill()  # the worker this object started
-            rc = self.proc.wait()
-            how = f"hang (over {CASE_TIMEOUT:.0f} s)" if line is None else \
-                f"crash (exit {rc}): {self._log_tail()}"
+            how = self.restart(line, CASE_TIMEOUT)
             failures.append(f"{family} #{current[0]} ({current[1]}): {how}")
-            self.close()
-            self._start()
             start = current[0] + 1
         return failures
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ import os
 import pickle
 import pickletools
 import random
-import select
 import struct
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = int(os.environ.get("FASTRNN_FUZZ_CASES", "1"))
@@ -759,64 +759,19 @@ def _worker():
         print(json.dumps(result), file=answers, flush=True)
 
 
-class Worker:
-    """The parent's end: one case at a time, a hang or a crash reported and the worker restarted."""
+class Worker(WorkerProcess):
+    """One case at a time, a hang or a crash reported and the worker restarted."""
 
     def __init__(self, log_path):
-        self.log_path = log_path
-        self._start()
-
-    def _start(self):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
-        self.buffer = b""
-        assert self._readline(600) == "ready", self._log_tail()
-
-    def _readline(self, timeout):
-        """The next line, or None (timeout) or "" (the worker died)."""
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buffer:
-            if not select.select([fd], [], [], timeout)[0]:
-                return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return ""
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line.decode()
-
-    def _log_tail(self):
-        self.log.flush()
-        return Path(self.log_path).read_bytes()[-2000:].decode(errors="replace")
+        super().__init__(__file__, log_path)
 
     def check(self, loader, path):
         """{entry point: outcome} for one file, or a string saying how the worker failed."""
-        request = json.dumps({"loader": loader, "path": str(path)}) + "\n"
-        try:
-            self.proc.stdin.write(request.encode())
-            self.proc.stdin.flush()
-            line = self._readline(CASE_TIMEOUT)
-        except BrokenPipeError:
-            line = ""
+        line = self.readline(CASE_TIMEOUT) if self.send({"loader": loader, "path": str(path)}) \
+            else ""
         if line:
             return json.loads(line)
-        self.proc.kill()  # the worker this object started
-        rc = self.proc.wait()
-        if line is None:
-            failure = f"hang (over {CASE_TIMEOUT:.0f} s)"
-        else:
-            failure = f"crash (exit {rc}): {self._log_tail()}"
-        self.close()
-        self._start()
-        return failure
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        self.log.close()
+        return self.restart(line, CASE_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
