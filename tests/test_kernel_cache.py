@@ -73,3 +73,54 @@ def test_editing_a_helper_module_recompiles_the_kernels(tmp_path):
     helper.write_text("FACTOR = 3\n")
     assert run() == (0, 1)
     assert run() == (1, 0)
+
+
+_LOAD_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from fastrnn.kernels import _jit
+    _jit.KERNELS_DIR = sys.argv[1]
+    sys.path.insert(0, sys.argv[1])
+    from probe_parallel import doubled
+    x = np.arange(1000.0)
+    out = np.empty_like(x)
+    doubled(x, out)
+    assert (out == 2 * x).all()
+    try:
+        doubled(x, out[:3])
+    except ValueError as e:
+        message = str(e)
+    registries = "numba.np.linalg" in sys.modules  # imported by numba's context refresh
+    import numba
+    total = numba.njit(lambda a: np.cumsum(a)[-1])(x)  # compiling still refreshes numba
+    assert total == x.sum()
+    stats = doubled.stats
+    print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()), registries, message)
+""")
+
+
+def test_a_cached_kernel_loads_without_numbas_registries(tmp_path):
+    """A warm start's first call loads its kernel without numba's refresh of every registry
+    (_jit._load_without_refresh): in a fresh process a cached parallel kernel, with a raise in
+    it, loads, runs and raises as compiled, and a later numba compile still works."""
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    (folder / "probe_parallel.py").write_text(textwrap.dedent("""
+        from numba import prange
+        from fastrnn.kernels._jit import kernel
+
+        @kernel(parallel=True)
+        def doubled(x, out):
+            if x.shape[0] != out.shape[0]:
+                raise ValueError("x and out differ in length")
+            for i in prange(x.shape[0]):
+                out[i] = 2.0 * x[i]
+    """))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run():
+        return subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(folder)], env=env,
+                              check=True, capture_output=True, text=True).stdout.strip().split(maxsplit=3)
+
+    assert run() == ["0", "1", "True", "x and out differ in length"]
+    assert run() == ["1", "0", "False", "x and out differ in length"]
