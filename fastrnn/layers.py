@@ -14,7 +14,7 @@ from .recurrent import DirectionParams, Stack, canonical
 from .stream import Stream, weights_changed
 from .validation import (MAX_LAYERS, NO_INIT, as_array, build_from_config, check_clip,
                          check_dtype, check_elements, check_seed, check_weight_dtype,
-                         positive_int)
+                         positive_int, real_array)
 
 SUFFIXES = ("", "_reverse")
 
@@ -129,11 +129,7 @@ class RecurrentLayer:
         for name, shape in shapes.items():
             if name not in state:
                 continue
-            arr = as_array(state[name], f"parameter {name}")
-            if arr.dtype.kind not in "fiu":
-                raise DTypeError(f"parameter {name} must be real, got dtype {arr.dtype}")
-            if arr.shape != shape:
-                raise ShapeError(f"parameter {name} must have shape {shape}, got {arr.shape}")
+            arr = real_array(state[name], f"parameter {name}", shape)
             new[name] = np.array(arr, dtype=self.dtype, copy=True)
         # packed before anything is set: packing can still refuse (float16 weights beyond
         # float16's range), and a refused load leaves the layer as it was
@@ -256,12 +252,7 @@ class RecurrentLayer:
 
 
 def _state_array(name, value, shape, batched):
-    arr = as_array(value, name)
-    if arr.dtype.kind not in "fiu":
-        raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
-    expected = shape if batched else (shape[0], shape[2])
-    if arr.shape != expected:
-        raise ShapeError(f"{name} must have shape {expected}, got {arr.shape}")
+    arr = real_array(value, name, shape if batched else (shape[0], shape[2]))
     return arr if batched else arr[:, None, :]
 
 

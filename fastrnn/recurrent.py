@@ -19,15 +19,10 @@ from .kernels._jit import compiled_for
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
 from .kernels.simd import VECTOR_BUDGET
 from .threads import workers
-from .validation import as_array, check_clip, check_dtype, check_weight_dtype
+from .validation import as_array, check_clip, check_dtype, check_weight_dtype, real_array
 
 def _matrix(name, value, shape, dtype):
-    arr = as_array(value, name)
-    if arr.dtype.kind not in "fiu":
-        raise DTypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.ascontiguousarray(real_array(value, name, shape), dtype=dtype)
 
 
 class DirectionParams:
@@ -502,9 +497,4 @@ _PLANS_KEPT = 64
 
 
 def _initial_state(name, value, shape, dtype):
-    arr = as_array(value, name)
-    if arr.dtype.kind not in "fiu":
-        raise DTypeError(f"{name} must be a real array, got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
-    return np.array(arr, dtype=dtype, copy=True, order="C")
+    return np.array(real_array(value, name, shape), dtype=dtype, copy=True, order="C")

@@ -38,6 +38,16 @@ def as_array(value, what: str) -> np.ndarray:
                          f"numpy cannot read ({exc})") from None
 
 
+def real_array(value, what: str, shape: tuple) -> np.ndarray:
+    """as_array(value) of real numbers (floats or integers) with exactly this shape."""
+    arr = as_array(value, what)
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ShapeError(f"{what} must have shape {shape}, got {arr.shape}")
+    return arr
+
+
 def check_seed(seed, what: str = "seed"):
     """`seed` for np.random.default_rng: None, an int >= 0, or numpy's Generator, BitGenerator
     or SeedSequence (numpy's own errors for anything else are untyped)."""
