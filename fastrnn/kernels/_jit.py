@@ -72,10 +72,11 @@ def _kernel_cache_class():
 
 def _load_without_refresh(self, sig, target_context):
     """numba's load_overload without its target_context.refresh(): that imports and installs
-    every lowering and typing registry numba has (~0.2 s of a warm start's first call, 0.27 ->
-    0.07 s), which only compiling needs, and numba's compiler refreshes before it compiles. A
-    cached kernel's code needs only the symbols numba installs when its context is built and the
-    thread pool its parallel code starts on rebuilding (its library's reload_init)."""
+    every lowering and typing registry numba has (a warm start's first call: 0.27-0.31 s with it,
+    0.04-0.07 s without, on a Zen 3), which only compiling needs, and numba's compiler refreshes
+    before it compiles. A cached kernel's code needs only the symbols numba installs when its
+    context is built and the thread pool its parallel code starts on rebuilding (its library's
+    reload_init)."""
     with self._guard_against_spurious_io_errors():
         return self._load_overload(sig, target_context)
     return None  # what numba's own returns when the guard swallows an I/O error
