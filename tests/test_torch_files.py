@@ -865,7 +865,7 @@ def test_memo_indices_cannot_flood_the_memo(tmp_path):
     """PUT's index is any decimal int, and the memo is a dict: 7 + k * (2**61 - 1) share a hash
     (16,000 PUTs, 460 KB: 3 s, quadratic). Indices are bounded by LONG_BINPUT's 2**32. Distinct
     indices filling one index's probe path made each fetch of it walk them all (100,000 indices,
-    20,000 fetches, 820 KB: 9 s); the memo is keyed by the indices' bytes, whose hash is random."""
+    20,000 fetches, 820 KB: 9 s); the memo is keyed by a secret permutation of the indices."""
     path = tmp_path / "m.pt"
     _zip_with_pickle(path, b"(I1\np4294967295\n0g4294967295\nl.")
     assert tf.load(path) == [1]
@@ -884,6 +884,23 @@ def test_memo_indices_cannot_flood_the_memo(tmp_path):
     t = time.perf_counter()
     assert tf.load(path) is None
     assert time.perf_counter() - t < 3
+
+
+def test_memo_keys_are_secret_per_reader():
+    """The memo's keys cannot be predicted from a file, whatever PYTHONHASHSEED says: each reader
+    draws its own permutation of the indices (a bijection: no two indices share a key)."""
+    from converters.torch_files.unpickler import _Memo
+
+    first, second = _Memo(), _Memo()
+    indices = list(range(5000)) + [2**32 - 1 - i for i in range(5000)]
+    for i in indices:
+        first[i] = second[i] = i
+    assert len(first) == len(second) == len(indices)
+    assert all(first[i] == i for i in indices)
+    assert set(first) != set(second) and not set(first) & set(indices)
+    for bad in (-1, 2**32, 2**70):
+        with pytest.raises(KeyError):
+            first[bad]
 
 
 def test_items_go_only_into_dicts_and_sets(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import mmap
 import pickle
+import secrets
 import struct
 from typing import Any
 
@@ -45,20 +46,33 @@ def _refusal(full: str, where: str) -> UnsafeFileError:
 
 
 class _Memo(dict):
-    """The unpickler's memo, keyed by each index's bytes, whose hash is randomised per process.
+    """The unpickler's memo, keyed by a secret permutation of each index, drawn per reader.
 
     A file chooses the indices. Keyed by ints, which hash to themselves, indices chosen to fill the
     probe path of one index (distinct hashes, no collision) made each fetch of it walk them all:
-    20,000 fetches behind 100,000 entries took 9 s (6 bytes a fetch: minutes for a few MB).
+    20,000 fetches behind 100,000 entries took 9 s (6 bytes a fetch: minutes for a few MB). Keys
+    the file cannot predict leave it nothing to choose; keyed by the indices' bytes, the defence
+    held only while str and bytes hashes are randomised, which PYTHONHASHSEED turns off.
     """
 
-    __slots__ = ()
+    __slots__ = ("_mul", "_add")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mul = secrets.randbits(64) | 1  # odd: i -> i * mul mod 2**64 is a bijection
+        self._add = secrets.randbits(64)
+
+    def _key(self, i: int) -> int:
+        z = (i * self._mul + self._add) & 0xFFFF_FFFF_FFFF_FFFF
+        return z ^ (z >> 32)  # every bit of i reaches the low bits the table indexes with
 
     def __setitem__(self, i: int, value: Any) -> None:
-        dict.__setitem__(self, i.to_bytes(8, "little"), value)
+        dict.__setitem__(self, self._key(i), value)
 
     def __getitem__(self, i: int) -> Any:
-        return dict.__getitem__(self, i.to_bytes(8, "little"))
+        if not 0 <= i < 1 << 32:  # no entry has such an index (PUT refuses them)
+            raise KeyError(i)
+        return dict.__getitem__(self, self._key(i))
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -69,9 +83,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
     (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
     tensors and containers, are refused. Dict keys and set members must hash cheaply, at most
     MAX_EQUAL_HASHES keys of one dict or set may share a hash value, each is set once, filling
-    them is timed (_InsertClock), the memo is keyed by bytes and its indices are below 2**32,
-    equal strings (and bytes) are one object, the arguments of all calls together are bounded
-    by the input's size, and a bytearray may not claim more bytes than the input holds.
+    them is timed (_InsertClock), the memo is keyed by a secret permutation of its indices
+    (below 2**32), equal strings (and bytes) are one object, the arguments of all calls together
+    are bounded by the input's size, and a bytearray may not claim more bytes than the input
+    holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
