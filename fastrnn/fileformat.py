@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn.errors import ArgumentError, DTypeError, FastRNNError, FormatError
+from fastrnn.validation import as_flag
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "ALIGNMENT", "DTYPES",
@@ -284,6 +285,7 @@ def _open(path: str | os.PathLike):
 def read_container(path: str | os.PathLike, mmap: bool = True
                    ) -> tuple[str, dict, dict[str, np.ndarray]]:
     """Read a .frnn file; return (kind, meta, tensors). mmap=True: zero-copy read-only views."""
+    mmap = as_flag(mmap, "mmap")
     with _open(path) as f:
         _, header, data_start, size = _read_header(f, os.fspath(path))
         if mmap and size:

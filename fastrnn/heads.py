@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernels.heads import linear_forward, sample
 from .recurrent import canonical
-from .validation import (NO_INIT, as_array, as_float, build_from_config, check_dtype,
+from .validation import (NO_INIT, as_array, as_flag, as_float, build_from_config, check_dtype,
                          check_elements, check_seed, positive_int)
 from .vocab import check_ids
 
@@ -194,7 +194,7 @@ class Linear:
         self.out_features = positive_int("out_features", out_features)
         check_elements("a Linear's weight", self.in_features * self.out_features)
         self.activation = _activation(activation)
-        self.bias = bool(bias)
+        self.bias = as_flag(bias, "bias")
         self.dtype = check_dtype(dtype)
         if seed is NO_INIT:
             return

@@ -14,7 +14,7 @@ from .recurrent import DirectionParams, Stack, canonical
 from .stream import Stream, weights_changed
 from .validation import (MAX_LAYERS, NO_INIT, as_array, build_from_config, check_clip,
                          check_dtype, check_elements, check_seed, check_weight_dtype,
-                         positive_int, real_array)
+                         as_flag, positive_int, real_array)
 
 SUFFIXES = ("", "_reverse")
 
@@ -36,15 +36,15 @@ class RecurrentLayer:
         if self.proj_size >= self.hidden_size and self.proj_size:
             raise ArgumentError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
                                 f"got {self.proj_size}")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
+        self.bias = as_flag(bias, "bias")
+        self.batch_first = as_flag(batch_first, "batch_first")
+        self.bidirectional = as_flag(bidirectional, "bidirectional")
         self.dtype = check_dtype(dtype)
         self.weight_dtype = check_weight_dtype(weight_dtype, self.dtype)
         self.clip = check_clip(clip)
-        self.linear_before_reset = bool(linear_before_reset)
-        self.peepholes = bool(peepholes)
-        self.input_forget = bool(input_forget)
+        self.linear_before_reset = as_flag(linear_before_reset, "linear_before_reset")
+        self.peepholes = as_flag(peepholes, "peepholes")
+        self.input_forget = as_flag(input_forget, "input_forget")
         self._check_size()
         self.activations = acts.parse(self.mode, activations, activation_alpha, activation_beta,
                                       self.num_directions)
@@ -110,6 +110,7 @@ class RecurrentLayer:
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> "RecurrentLayer":
         """Set parameters from PyTorch-named arrays; casts to the layer dtype and repacks."""
+        strict = as_flag(strict, "strict")
         if not isinstance(state, Mapping):
             raise ArgumentError(f"load_state_dict takes a dict of arrays, got "
                                 f"{type(state).__name__}")

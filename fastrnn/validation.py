@@ -38,6 +38,22 @@ def as_array(value, what: str) -> np.ndarray:
                          f"numpy cannot read ({exc})") from None
 
 
+def as_flag(value, what: str) -> bool:
+    """An on/off argument, taken by its truth value as Python and torch take it (0, None, 1 and
+    numpy bools too); a value without one (a numpy array of several elements) is an
+    ArgumentError instead of numpy's untyped ValueError."""
+    try:
+        return bool(value)
+    except (ValueError, TypeError):
+        raise ArgumentError(f"{what} must be True or False, got {type(value).__name__} "
+                            f"{_short(value)}") from None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def real_array(value, what: str, shape: tuple) -> np.ndarray:
     """as_array(value) of real numbers (floats or integers) with exactly this shape."""
     arr = as_array(value, what)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
-from .validation import as_array, check_elements
+from .validation import as_array, as_flag, check_elements
 
 __all__ = ["Vocabulary", "check_ids"]
 
@@ -168,6 +168,7 @@ class Vocabulary:
     def encode(self, text: str | Sequence[str], *, bos: bool = False,
                eos: bool = False) -> np.ndarray:
         """Symbols -> int64 ids (T,), optionally wrapped in bos / eos."""
+        bos, eos = as_flag(bos, "bos"), as_flag(eos, "eos")
         ids = [self.id(s) for s in self.split(text)]
         if bos:
             ids.insert(0, self._required("bos"))
@@ -179,6 +180,7 @@ class Vocabulary:
         """Ids -> text (joined with "" for characters, " " for tokens) or a list of symbols.
 
         strip=True drops pad / bos symbols and stops at the first eos."""
+        join, strip = as_flag(join, "join"), as_flag(strip, "strip")
         arr = check_ids(ids, len(self))
         if arr.ndim != 1:
             raise ShapeError(f"decode takes a 1-D sequence of ids, got shape {arr.shape}")
@@ -225,6 +227,7 @@ class Vocabulary:
             raise ArgumentError("encode_batch takes a list of texts; use encode for one text")
         if not isinstance(texts, Iterable):
             raise ArgumentError(f"encode_batch takes a list of texts, got {type(texts).__name__}")
+        batch_first = as_flag(batch_first, "batch_first")
         seqs = [self.encode(t, bos=bos, eos=eos) for t in texts]
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         fill = pad_id if pad_id is not None else (self.pad_id or 0)

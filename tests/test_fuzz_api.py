@@ -26,9 +26,9 @@ and names each failing case. A MemoryError counts as an answer only in the "huge
 of 2^31 and more: the caller asks for that much memory; the worker's RLIMIT_DATA turns any
 allocation past MEMORY_LIMIT into one) and an OSError only for paths the OS refuses.
 
-Not fuzzed: unknown keyword names and wrong argument counts (Python's own TypeError), and numpy
-arrays given as on/off flags (bias=, batch_first=, strict=, greedy=, ...: taken by truthiness
-as torch does, and numpy refuses the truth value of a multi-element array).
+Not fuzzed: unknown keyword names and wrong argument counts (Python's own TypeError). On/off
+flags (bias=, batch_first=, strict=, greedy=, ...) are taken by their truth value as torch takes
+them; a value without one (a numpy array of several elements) is an ArgumentError.
 
 The cases run in one worker process (this file run as a script), so that a crash or a hang
 cannot take pytest down. Case i of family F is drawn from random.Random(f"{F}/{i}"): the test is
@@ -578,6 +578,13 @@ def fam_constructor(rng):
                  (np.random.SeedSequence(1), True), (np.random.PCG64(2), True)],
     }
     options["hidden_size"] = options["num_layers"] = options["input_size"]
+    flags = [(True, True), (False, True), (0, True), (1, True), (None, True), (np.bool_(1), True),
+             (np.array([1]), True), (np.array([1, 0]), False), (np.zeros((2, 2)), False)]
+    options["bias"] = options["batch_first"] = options["bidirectional"] = flags
+    if mode == "LSTM":
+        options["peepholes"] = options["input_forget"] = flags
+    if mode == "GRU":
+        options["linear_before_reset"] = flags
     if mode == "LSTM":
         h = args["hidden_size"]
         options["proj_size"] = [(-1, False), (h, False), (h + 1, False), (1.5, False),

@@ -39,6 +39,45 @@ def test_set_num_threads_round_trip_and_validation():
 NUMPY_DOMAIN = np.lib.tracemalloc_domain
 
 
+def test_flags_are_taken_by_their_truth_value_or_refused(tmp_path):
+    """On/off arguments are taken by truth value as torch takes them (0, None, numpy bools, a
+    one-element array); a value without one is an ArgumentError naming the argument."""
+    from converters.torch_files import read_state_dict
+    from fastrnn.demo import model_path
+
+    torch = pytest.importorskip("torch")
+    no_truth = np.array([1, 0])
+    vocab = fastrnn.Vocabulary("AB", bos="^", eos="$")
+    layer = fastrnn.LSTM(3, 4)
+    torch.save(torch.nn.GRU(3, 4).state_dict(), tmp_path / "g.pt")
+    fastrnn.save(layer, tmp_path / "l.frnn")
+    gen = fastrnn.load(model_path("weather_chars"))
+    calls = {
+        "bias": lambda v: fastrnn.GRU(3, 4, bias=v),
+        "batch_first": lambda v: fastrnn.RNN(3, 4, batch_first=v),
+        "bidirectional": lambda v: fastrnn.LSTM(3, 4, bidirectional=v),
+        "peepholes": lambda v: fastrnn.LSTM(3, 4, peepholes=v),
+        "input_forget": lambda v: fastrnn.LSTM(3, 4, input_forget=v),
+        "linear_before_reset": lambda v: fastrnn.GRU(3, 4, linear_before_reset=v),
+        "strict": lambda v: layer.load_state_dict(layer.state_dict(), strict=v),
+        "bos": lambda v: vocab.encode("AB", bos=v),
+        "eos": lambda v: vocab.encode_batch(["AB"], eos=v),
+        "join": lambda v: vocab.decode([2, 3], join=v),
+        "strip": lambda v: vocab.decode([2, 3], strip=v),
+        "mmap": lambda v: fastrnn.load(tmp_path / "l.frnn", mmap=v),
+        "greedy": lambda v: gen.generate("Denver", steps=3, greedy=v),
+        "unwrap": lambda v: read_state_dict(tmp_path / "g.pt", unwrap=v),
+    }
+    for name, call in calls.items():
+        for value in (True, 0, None, np.bool_(True), np.array([1])):
+            call(value)
+        with pytest.raises(ArgumentError, match=f"^{name} must be True or False"):
+            call(no_truth)
+    assert fastrnn.Linear(3, 2, bias=np.array([0])).bias is False
+    with pytest.raises(ArgumentError, match="bias must be True or False"):
+        fastrnn.Linear(3, 2, bias=no_truth)
+
+
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
 def test_stream_step_allocates_no_array_memory(cls):
     layer = cls(6, 10, num_layers=2, seed=1)

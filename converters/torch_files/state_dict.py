@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn.errors import FormatError
+from fastrnn.validation import as_flag
 
 from .checkpoint import open_checkpoint
 from .flatten import flatten_tensors, is_tensor_like
@@ -83,6 +84,7 @@ def read_state_dict(path: str | os.PathLike, *, unwrap: bool = True) -> dict[str
     Lightning) are descended first; names keep any "module." prefix. A tensor the file stores
     under several names (one object, not two views of a storage) is one array under each.
     """
+    unwrap = as_flag(unwrap, "unwrap")
     with open_checkpoint(path) as f:
         obj = unwrap_state_dict(f.obj) if unwrap else f.obj
         flat = flatten_tensors(obj)

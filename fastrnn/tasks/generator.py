@@ -9,7 +9,7 @@ from .. import fileformat
 from ..errors import ArgumentError, ShapeError, UnsupportedError
 from ..heads import check_sampling
 from ..kernels.heads import sample
-from ..validation import as_array
+from ..validation import as_array, as_flag
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
 from .stages import HeadChain, split_stages
@@ -113,6 +113,7 @@ class Generator:
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ArgumentError(f"steps must be an int >= 0, got {steps!r}")
+        greedy = as_flag(greedy, "greedy")
         temperature, top_k, top_p = check_sampling(0.0 if greedy else temperature, top_k, top_p)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):
