@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import WarmupError
-from .validation import check_dtype, positive_int
+from .validation import as_flag, check_dtype, positive_int
 
 RECORD_PREFIX = "fastrnn-warmup-record "  # a worker's output line that carries one task's record
 
@@ -166,7 +166,7 @@ def plan(dtypes=("float32",), float16_weights=False, threads=None):
     variants = []
     for dtype in (dtypes,) if isinstance(dtypes, str) else dtypes:
         variants.append((str(check_dtype(dtype)), None))
-    if float16_weights:
+    if as_flag(float16_weights, "float16_weights"):
         variants.append(("float32", "float16"))
     tasks = [(e, d, w) for d, w in dict.fromkeys(variants) for e in EXERCISES
              if e.threads <= threads and not (w and e.name == "heads")]

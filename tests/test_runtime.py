@@ -67,6 +67,7 @@ def test_flags_are_taken_by_their_truth_value_or_refused(tmp_path):
         "mmap": lambda v: fastrnn.load(tmp_path / "l.frnn", mmap=v),
         "greedy": lambda v: gen.generate("Denver", steps=3, greedy=v),
         "unwrap": lambda v: read_state_dict(tmp_path / "g.pt", unwrap=v),
+        "float16_weights": lambda v: fastrnn.warmup.plan(float16_weights=v),
     }
     for name, call in calls.items():
         for value in (True, 0, None, np.bool_(True), np.array([1])):
