@@ -14,7 +14,7 @@ import numpy as np
 from . import activations as acts
 from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
-from .kernels import engine as eng
+from .kernels import engine, fused, layout, units
 from .kernels._jit import compiled_for
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
 from .kernels.simd import VECTOR_BUDGET
@@ -104,7 +104,7 @@ class DirectionParams:
                               self._hp, hout_p, *offsets, self._projects_ahead(),
                               peephole is not None],
                              dtype=np.int64)
-        assert self._cfg.size == eng.CFG_LEN
+        assert self._cfg.size == layout.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
         self._entries = {}  # kernel -> its compiled function for this direction's argument types
@@ -114,7 +114,7 @@ class DirectionParams:
 
     def _projects_ahead(self) -> bool:
         """Whether one-row calls carry the input projection inside the recurrent steps
-        (kernels/engine.py, _ahead_slot) instead of running it before them: float32 with 32
+        (kernels/steps.py, ahead_slot) instead of running it before them: float32 with 32
         vector registers (the fused tile holds 16 accumulators), every gate in one product (not
         GRU linear_before_reset=0, nor RNN's one-gate tiles), and input plus recurrent weights
         of at most _AHEAD_MAX_BYTES."""
@@ -135,7 +135,7 @@ class DirectionParams:
         memory)."""
         if self._fused is None:
             gh = self._gates * self._hp
-            o_ih, o_bias, o_hh, o_rbias = self._cfg[eng.C_OFF:eng.C_OFF + 4]
+            o_ih, o_bias, o_hh, o_rbias = self._cfg[layout.C_OFF:layout.C_OFF + 4]
             wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
             w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], self._gates,
                                 self.input_size)
@@ -162,8 +162,8 @@ class DirectionParams:
         it once and call kernel(x, *args) per step."""
         meta = np.array([*self._cfg, rows, h, c, y, scratch, self.scratch_size(1, rows)]
                         + [1] * rows, dtype=np.int64)
-        assert meta.size == eng.S_LENGTHS + rows
-        return eng.run_stream, (buf, meta, self._wbuf, self._wpk, self._fcfg)
+        assert meta.size == engine.S_LENGTHS + rows
+        return engine.run_stream, (buf, meta, self._wbuf, self._wpk, self._fcfg)
 
     def directions_concurrently(self, steps: int, rows: int, thread_count: int) -> bool:
         """Whether a bidirectional layer of these parameters runs its two directions at once,
@@ -186,7 +186,8 @@ class DirectionParams:
         if kind == FUSED:
             wr, bsum = self._fused_weights()
             width = self.input_size + self.hidden_out
-            kernel, extra = (eng.run_fused, (chunks,)) if chunks > 1 else (eng.run_fused_serial, ())
+            kernel, extra = ((fused.run_fused, (chunks,)) if chunks > 1
+                             else (fused.run_fused_serial, ()))
 
             def call(x, lengths, hs, cs, y, scratch):
                 xh = workspace("xh", 2 * rows * width, self.dtype).reshape(2, rows, width)
@@ -196,12 +197,12 @@ class DirectionParams:
             return call
         if kind == UNITS:
             def call(x, lengths, hs, cs, y, scratch):
-                self._call(eng.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd,
-                                           scratch, eng.sync_array(chunks), chunks))
+                self._call(units.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd,
+                                           scratch, units.sync_array(chunks), chunks))
             return call
         if kind == ROWS:
             def call(x, lengths, hs, cs, y, scratch):
-                self._call(eng.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
+                self._call(engine.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
                                               yd, scratch, chunks))
             return call
         entry = None  # the most frequent call, a few microseconds at small H: no dict lookup
@@ -209,7 +210,7 @@ class DirectionParams:
         def call(x, lengths, hs, cs, y, scratch):
             nonlocal entry
             if entry is None:
-                entry = self._entry(eng.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs,
+                entry = self._entry(engine.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs,
                                                      slot, y, yd, scratch))
             entry(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd, scratch)
         return call
@@ -254,7 +255,7 @@ class DirectionParams:
 
 # DirectionParams.route's kinds of call
 SERIAL, ROWS, UNITS, FUSED = range(4)
-_MODES = {"RNN": eng.RNN, "GRU": eng.GRU, "LSTM": eng.LSTM}
+_MODES = {"RNN": layout.RNN, "GRU": layout.GRU, "LSTM": layout.LSTM}
 # Input plus recurrent weight bytes up to which one-row calls project their input inside the
 # recurrent steps (on two threads, the blocks that do not start early). Measured on one thread
 # (AMD EPYC, 1 MiB L2, 32 MiB L3 that reads at full speed up to ~8 MiB), time with / without:
@@ -277,7 +278,7 @@ _UNIT_SPLIT_MIN_BYTES = 1 << 20
 
 
 # Kept per shape: every call of a layer asks for them again (plain Python, ~0.5 us each).
-_scratch_size = functools.lru_cache(maxsize=256)(eng.scratch_size)
+_scratch_size = functools.lru_cache(maxsize=256)(layout.scratch_size)
 _workspaces = threading.local()
 # Workspaces up to this size are kept for the thread's next call: a fresh one costs an allocation
 # and, above glibc's mmap threshold, a page fault per 4 KiB on first touch (25 us at H256, T=100).
@@ -486,7 +487,7 @@ def _both_at_once(directions, steps, rows, slot):
     dtype = forward.dtype
 
     def call(x, lengths, hs, cs, y, scratch):
-        forward._call(eng.run_directions, (
+        forward._call(engine.run_directions, (
             x, lengths, hs, cs, slot, y, *forward.own_args(workspace("scratch0", size, dtype)),
             *backward.own_args(workspace("scratch1", size, dtype))))
     return call

@@ -34,8 +34,8 @@ RECORD_PREFIX = "fastrnn-warmup-record "  # a worker's output line that carries 
 
 @dataclass(frozen=True)
 class Exercise:
-    """A call that reaches `kernels` (module-level dispatchers in fastrnn.kernels: engine or
-    heads), on `threads` threads; `cost` is its cold compile in seconds (alone, in a fresh
+    """A call that reaches `kernels` (module-level dispatchers in fastrnn.kernels: engine, units,
+    fused or heads), on `threads` threads; `cost` is its cold compile in seconds (alone, in a fresh
     process, on a 2-core AMD EPYC Zen 4), to hand the longest out first."""
     name: str
     kernels: tuple
@@ -70,7 +70,7 @@ def _heads(dtype, weight_dtype):
 # worker checks that the call reached it. H = 128 keeps every shape above the routes' size
 # thresholds with float16 weights too (half the bytes).
 EXERCISES = (
-    Exercise("units", ("engine.run_units",), 2, 32.0,
+    Exercise("units", ("units.run_units",), 2, 32.0,
              lambda d, w: _sequence(_layer("LSTM", 128, d, w), 16, 1)),
     Exercise("directions", ("engine.run_directions",), 2, 18.0,
              lambda d, w: _sequence(_layer("LSTM", 128, d, w, bidirectional=True), 16, 1)),
@@ -79,18 +79,19 @@ EXERCISES = (
     Exercise("stream", ("engine.run_stream",), 1, 13.0, _stream),
     Exercise("rows", ("engine.run_parallel",), 2, 19.0,
              lambda d, w: _sequence(_layer("GRU", 128, d, w), 2, 16)),
-    Exercise("fused", ("engine.run_fused",), 2, 10.0,
+    Exercise("fused", ("fused.run_fused",), 2, 10.0,
              lambda d, w: _sequence(_layer("LSTM", 128, d, w), 2, 16)),
-    Exercise("fused_serial", ("engine.run_fused_serial",), 1, 6.0,
+    Exercise("fused_serial", ("fused.run_fused_serial",), 1, 6.0,
              lambda d, w: _sequence(_layer("LSTM", 128, d, w), 2, 8)),
     Exercise("heads", ("heads.linear_forward", "heads.sample"), 1, 1.0, _heads),
 )
 
 
 def _dispatcher(path):
-    from .kernels import engine, heads
+    from .kernels import engine, fused, heads, units
     module, name = path.split(".")
-    return getattr({"engine": engine, "heads": heads}[module], name)
+    return getattr({"engine": engine, "fused": fused, "heads": heads, "units": units}[module],
+                   name)
 
 
 def _run_exercise(name, dtype, weight_dtype):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from fastrnn.kernels import _jit, engine, heads
+from fastrnn.kernels import _jit, engine, fused, heads, layout, steps, units
 
 
 def test_the_folder_digest_follows_contents_not_times(tmp_path):
@@ -29,10 +29,12 @@ def test_the_folder_digest_follows_contents_not_times(tmp_path):
 def test_every_kernel_is_cached_under_the_folder_stamp():
     """Every kernel entry point and inlined helper (the helpers called from kernels are never
     cached on their own: a cached kernel carries their code)."""
-    kernels = [obj for module in (engine, heads) for obj in vars(module).values()
+    kernels = [obj for module in (engine, units, fused, layout, steps, heads)
+               for obj in vars(module).values()
                if isinstance(obj, _jit.CPUDispatcher)
                and not isinstance(obj, _jit._HelperDispatcher)]
-    assert {engine.run_serial, engine.run_units, heads.linear_forward, heads.sample} <= set(kernels)
+    assert {engine.run_serial, units.run_units, fused.run_fused, steps.phase_a,
+            heads.linear_forward, heads.sample} <= set(kernels)
     for k in kernels:
         assert isinstance(k._cache, _jit._KERNEL_CACHE)
         own, folder = k._cache._impl.locator.get_source_stamp()

@@ -180,7 +180,7 @@ def test_call_plans_per_shape_stay_bounded_and_right():
 def test_layer_call_takes_any_input_without_new_compilation(threads):
     """Layers run a canonical input in place and a copy of any other, through the kernels'
     compiled functions for the canonical types: the same results, and no new compilation."""
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import engine, units
 
     if threads > 1 and (numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None):
         pytest.skip("needs numba's parallel threading layer")
@@ -190,7 +190,7 @@ def test_layer_call_takes_any_input_without_new_compilation(threads):
     try:
         fastrnn.set_num_threads(threads)
         want = layer(x)
-        kernels = [engine.run_serial, engine.run_units]
+        kernels = [engine.run_serial, units.run_units]
         counts = [len(k.signatures) for k in kernels]
         for awkward in _awkward_copies(x):
             got = layer(awkward)
@@ -399,7 +399,7 @@ UNIT_SPLIT_CASES = [
 @pytest.mark.parametrize("chunks,threads", [(3, 2), (2, 1), (3, 1)])
 @pytest.mark.parametrize("case", range(len(UNIT_SPLIT_CASES)))
 def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import units
     from fastrnn.recurrent import aligned, check_lengths
 
     if numba.config.NUMBA_NUM_THREADS < threads or fastrnn.threading_layer() is None:
@@ -422,7 +422,7 @@ def test_unit_split_survives_fewer_threads_than_blocks(chunks, threads, case):
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        engine.run_units(*args, engine.sync_array(chunks), chunks)
+        units.run_units(*args, units.sync_array(chunks), chunks)
     finally:
         fastrnn.set_num_threads(before)
     np.testing.assert_allclose(y, want[0], rtol=0, atol=1e-12)
@@ -536,11 +536,11 @@ def test_walking_order_never_changes_results(cls):
     (lambda: fastrnn.GRU(256, 512, linear_before_reset=False), False),
     (lambda: fastrnn.LSTM(64, 64, dtype=np.float64), False)])
 def test_which_layers_project_ahead(make, ahead):
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import layout
     from fastrnn.kernels.simd import VECTOR_BUDGET
 
     # the fused tile holds 16 accumulators: only with 32 vector registers (AVX-512)
-    assert make()._stack.layers[0][0]._cfg[engine.C_AHEAD] == (ahead and VECTOR_BUDGET >= 32)
+    assert make()._stack.layers[0][0]._cfg[layout.C_AHEAD] == (ahead and VECTOR_BUDGET >= 32)
 
 
 @pytest.mark.parametrize("cls,kwargs", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
@@ -548,7 +548,7 @@ def test_which_layers_project_ahead(make, ahead):
                                         (fastrnn.LSTM, {"weight_dtype": "float16"})])
 def test_projecting_ahead_equals_projecting_first(cls, kwargs):
     """One-row serial calls carry the input projection of later steps inside the recurrent steps
-    (engine._ahead_slot); every output equals, to the bit, the projection done before the first
+    (steps.ahead_slot); every output equals, to the bit, the projection done before the first
     step: lengths below, at and between whole blocks, both directions, two layers."""
     layer = cls(20, 72, num_layers=2, bidirectional=True, seed=5, **kwargs)
     _assert_ahead_equals_first(layer, threads=1, step_counts=(1, 7, 8, 15, 16, 17, 24, 41))
@@ -559,13 +559,13 @@ def test_unit_split_projecting_ahead_equals_projecting_first(monkeypatch, cls):
     """On two threads, blocks of units too large to start early (H = 256: 512 KiB of weights a
     block for LSTM) carry their own columns of the projection; bitwise equal to projecting first,
     over lengths below, at and between whole blocks of steps, two layers."""
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import units
 
     if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
         pytest.skip("needs numba's parallel threading layer")
     called = []
-    run_units = engine.run_units
-    monkeypatch.setattr(engine, "run_units", lambda *a: (called.append(1), run_units(*a)))
+    run_units = units.run_units
+    monkeypatch.setattr(units, "run_units", lambda *a: (called.append(1), run_units(*a)))
     layer = cls(20, 256, num_layers=2, seed=7)
     _assert_ahead_equals_first(layer, threads=2, step_counts=(1, 7, 16, 17, 41))
     assert called  # the unit split ran
@@ -576,11 +576,11 @@ def _assert_ahead_equals_first(layer, threads, step_counts):
     carried equals, to the bit, the one with it done before the first step. Targets without 32
     vector registers do not carry it by default (test_which_layers_project_ahead); the test
     switches it on there too, so that the kernels' carrying path is checked on every target."""
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import layout
     from fastrnn.kernels.simd import VECTOR_BUDGET
 
     directions = [d for pair in layer._stack.layers for d in pair]
-    default = [d._cfg[engine.C_AHEAD] for d in directions]
+    default = [d._cfg[layout.C_AHEAD] for d in directions]
     assert all(flag == (VECTOR_BUDGET >= 32) for flag in default)
     rng = np.random.default_rng(6)
     before = fastrnn.get_num_threads()
@@ -592,7 +592,7 @@ def _assert_ahead_equals_first(layer, threads, step_counts):
                 runs = []
                 for flag in (1, 0):
                     for d in directions:
-                        d._cfg[engine.C_AHEAD] = flag
+                        d._cfg[layout.C_AHEAD] = flag
                     out, state = layer(x, lengths=[length])
                     runs.append([out, *(state if isinstance(state, tuple) else (state,))])
                 for got, want in zip(*runs):
@@ -600,7 +600,7 @@ def _assert_ahead_equals_first(layer, threads, step_counts):
     finally:
         fastrnn.set_num_threads(before)
         for d, flag in zip(directions, default):
-            d._cfg[engine.C_AHEAD] = flag
+            d._cfg[layout.C_AHEAD] = flag
 
 
 def test_a_dropped_stream_is_freed_at_once():

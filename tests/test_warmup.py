@@ -6,7 +6,7 @@ from numba.core.registry import CPUDispatcher
 from fastrnn import warmup as wu
 from fastrnn.cli import main
 from fastrnn.errors import ArgumentError, DTypeError, WarmupError
-from fastrnn.kernels import _jit, engine, heads
+from fastrnn.kernels import _jit, engine, fused, heads, units
 
 
 def _kernels(module):
@@ -19,8 +19,8 @@ def _kernels(module):
 
 def test_exercises_reach_every_kernel_entry():
     covered = {k for e in wu.EXERCISES for k in e.kernels}
-    assert covered == _kernels(engine) | _kernels(heads)
-    assert "engine.run_units" in covered and "heads.sample" in covered
+    assert covered == set().union(*map(_kernels, (engine, units, fused, heads)))
+    assert "units.run_units" in covered and "heads.sample" in covered
 
 
 def test_plan_orders_longest_first_and_leaves_out_what_cannot_run():
@@ -59,13 +59,13 @@ def test_groups_balance_the_estimated_cost():
 
 def test_an_exercise_that_misses_its_kernel_is_an_error(monkeypatch):
     serial = next(e for e in wu.EXERCISES if e.name == "serial")
-    wrong = wu.Exercise("wrong", ("engine.run_units",), 1, 1.0, serial.run)
+    wrong = wu.Exercise("wrong", ("units.run_units",), 1, 1.0, serial.run)
     monkeypatch.setattr(wu, "EXERCISES", wu.EXERCISES + (wrong,))
-    with pytest.raises(WarmupError, match="did not reach engine.run_units"):
+    with pytest.raises(WarmupError, match="did not reach units.run_units"):
         wu._run_exercise("wrong", "float32", None)
     record = wu._run_exercise("serial", "float32", None)  # reached through compiled_for
     assert record["name"] == "serial" and record["seconds"] >= 0
-    assert "compile" not in vars(engine.run_units) and "compile" not in vars(engine.run_serial)
+    assert "compile" not in vars(units.run_units) and "compile" not in vars(engine.run_serial)
 
 
 def test_warmup_runs_every_exercise_in_workers():

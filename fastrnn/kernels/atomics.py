@@ -1,7 +1,7 @@
 """Atomic operations on int64 arrays and a spin-wait hint, as LLVM IR (numba has no atomics).
 
 They let the threads of one parallel region hand work to each other without leaving it (see
-engine.run_units). Every array must be a C-contiguous int64 array; the caller keeps indices in
+units.run_units). Every array must be a C-contiguous int64 array; the caller keeps indices in
 bounds. Orderings: loads acquire, read-modify-writes acquire-release, so that plain stores made
 before a release are visible to a thread whose acquire sees its value.
 """

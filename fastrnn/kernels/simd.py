@@ -10,7 +10,7 @@ AVX-512, two ymm on AVX2, NEON quads), so the code stays portable.
 B is packed in panels of PANEL columns (gemm.pack_gates): a panel holds K rows of PANEL
 consecutive columns, row after row, so each vector of a tile streams contiguously over k.
 `tile_ahead` runs a one-row tile and an AHEAD-row, one-vector product of other weights in one
-loop over k (engine: a step's recurrent product carrying a later block's input projection).
+loop over k (steps.py: a step's recurrent product carrying a later block's input projection).
 """
 import functools
 
