@@ -10,7 +10,7 @@ GATES = (1, 3, 4)
 C_MODE, C_H, C_HOUT, C_I, C_P, C_REV, C_LBR, C_IFG, C_FAST, C_CODE = range(10)
 C_HP, C_HOUTP = 12, 13
 C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
-C_AHEAD = C_OFF + 7  # one-row calls may project their input ahead (ahead_slot)
+C_AHEAD = C_OFF + 7  # one-row calls may project their input ahead (steps.ahead_slot)
 C_PEEP = C_AHEAD + 1  # an LSTM with peepholes (without, peep holds zeros the update skips)
 CFG_LEN = C_PEEP + 1
 
