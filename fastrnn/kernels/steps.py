@@ -190,8 +190,9 @@ def update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates
     """phase_a's update, once gates holds the recurrent product of units [j0, j1).
     inline_cell, a constant at each call site: the default cells' IR (kernels/cells.py) inlined
     into the caller instead of called. The early-start blocks of a unit split
-    (units._finish_block) ran 2-6 % faster with it (H = 64 and 128 on two threads, where the update is on the critical
-    path of every handover); the serial steps 1-3 % slower (LLVM lays their loop out worse)."""
+    (units._finish_block) ran 2-6 % faster with it (H = 64 and 128 on two threads, where the
+    update is on the critical path of every handover); the serial steps 1-3 % slower (LLVM lays
+    their loop out worse)."""
     mode = cfg[C_MODE]
     gs = cfg[C_HP]
     u1 = min(j1, cfg[C_H])
