@@ -53,8 +53,8 @@ def scratch_views(sbuf, cfg, rows_total, steps):
 
 
 def scratch_size(gates, hid, hout, steps, rows):
-    """Elements of sbuf that scratch_views lays out (plain Python: calling the jitted _pad from Python
-    cost ~2 us a call, 8 us of every forward call)."""
+    """Elements of sbuf that scratch_views lays out (plain Python: calling the jitted _pad from
+    Python cost ~2 us a call, 8 us of every forward call)."""
     gh = gates * padded(hid)
     return (_pad_py(steps * rows * gh) + _pad_py(rows * gh) + _pad_py(2 * rows * padded(hout))
             + _pad_py(rows * hid) + _pad_py(rows * padded(hid)) + 1)
