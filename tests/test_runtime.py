@@ -43,6 +43,7 @@ def test_flags_are_taken_by_their_truth_value_or_refused(tmp_path):
     """On/off arguments are taken by truth value as torch takes them (0, None, numpy bools, a
     one-element array); a value without one is an ArgumentError naming the argument."""
     from converters.torch_files import read_state_dict
+    from fastrnn import warmup
     from fastrnn.demo import model_path
 
     torch = pytest.importorskip("torch")
@@ -67,7 +68,7 @@ def test_flags_are_taken_by_their_truth_value_or_refused(tmp_path):
         "mmap": lambda v: fastrnn.load(tmp_path / "l.frnn", mmap=v),
         "greedy": lambda v: gen.generate("Denver", steps=3, greedy=v),
         "unwrap": lambda v: read_state_dict(tmp_path / "g.pt", unwrap=v),
-        "float16_weights": lambda v: fastrnn.warmup.plan(float16_weights=v),
+        "float16_weights": lambda v: warmup.plan(float16_weights=v),
     }
     for name, call in calls.items():
         for value in (True, 0, None, np.bool_(True), np.array([1])):
@@ -355,22 +356,22 @@ def test_small_batch_parallel_kernels_match_one_thread(make, bidirectional, batc
 
 def test_small_batch_parallel_kernels_are_the_ones_tested(monkeypatch):
     """The test above reaches run_units and run_directions (not the serial kernel)."""
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import engine, units
 
     if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
         pytest.skip("needs numba's parallel threading layer")
     called = []
 
-    def spy(name):
-        original = getattr(engine, name)
+    def spy(module, name):
+        original = getattr(module, name)
 
         def call(*args):
             called.append(name)
             return original(*args)
         return call
 
-    for name in ("run_units", "run_directions"):
-        monkeypatch.setattr(engine, name, spy(name))
+    for module, name in ((units, "run_units"), (engine, "run_directions")):
+        monkeypatch.setattr(module, name, spy(module, name))
     x = np.random.default_rng(1).standard_normal((100, 1, 64))
     before = fastrnn.get_num_threads()
     try:
@@ -451,14 +452,15 @@ def test_fused_kernel_on_two_threads_matches_one_thread(cls):
     (1, 12, "run_fused_serial"), (2, 12, "run_parallel"), (2, 16, "run_fused"),
     (2, 4, "run_units")])
 def test_batch_kernel_choice(monkeypatch, threads, rows, expected):
-    from fastrnn.kernels import engine
+    from fastrnn.kernels import engine, fused, units
 
     if threads > 1 and (numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None):
         pytest.skip("needs numba's parallel threading layer")
     called = []
-    for name in ("run_serial", "run_parallel", "run_units", "run_fused", "run_fused_serial"):
-        original = getattr(engine, name)
-        monkeypatch.setattr(engine, name,
+    for module, name in ((engine, "run_serial"), (engine, "run_parallel"), (units, "run_units"),
+                         (fused, "run_fused"), (fused, "run_fused_serial")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name,
                             lambda *args, _name=name, _run=original: (called.append(_name),
                                                                       _run(*args)))
     x = np.random.default_rng(14).standard_normal((20, rows, 16))
