@@ -25,8 +25,9 @@ that a call types few arguments (cheap dispatch, one specialisation per dtype):
 
 Each step: gates = h_prev @ R^T (+ Rbh for GRU lbr=1), one blocked product over all the rows of
 a chunk (on a one-row call, carrying part of a later block's input projection:
-steps.ahead_slot); then the fused, vectorised gate/cell update per row for the rows still running. h
-ping-pongs between two buffers so that a unit-split parallel step never reads a half-updated h.
+steps.ahead_slot); then the fused, vectorised gate/cell update per row for the rows still
+running. h ping-pongs between two buffers so that a unit-split parallel step never reads a
+half-updated h.
 Row n runs its own length L: forward t = 0..L-1, reverse t = L-1..0; its final state is copied
 out at its last step; L = 0 leaves a zero state (ONNX Runtime's behaviour).
 """
