@@ -12,9 +12,9 @@ from .errors import ArgumentError, DTypeError, ShapeError
 from .gates import NUM_GATES
 from .recurrent import DirectionParams, Stack, canonical
 from .stream import Stream, weights_changed
-from .validation import (MAX_LAYERS, NO_INIT, as_array, build_from_config, check_clip,
+from .validation import (MAX_LAYERS, NO_INIT, as_array, as_flag, build_from_config, check_clip,
                          check_dtype, check_elements, check_seed, check_weight_dtype,
-                         as_flag, positive_int, real_array)
+                         positive_int, real_array)
 
 SUFFIXES = ("", "_reverse")
 

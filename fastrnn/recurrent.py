@@ -197,21 +197,21 @@ class DirectionParams:
             return call
         if kind == UNITS:
             def call(x, lengths, hs, cs, y, scratch):
-                self._call(units.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd,
-                                           scratch, units.sync_array(chunks), chunks))
+                self._call(units.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
+                                             yd, scratch, units.sync_array(chunks), chunks))
             return call
         if kind == ROWS:
             def call(x, lengths, hs, cs, y, scratch):
-                self._call(engine.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
-                                              yd, scratch, chunks))
+                self._call(engine.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot,
+                                                 y, yd, scratch, chunks))
             return call
         entry = None  # the most frequent call, a few microseconds at small H: no dict lookup
 
         def call(x, lengths, hs, cs, y, scratch):
             nonlocal entry
             if entry is None:
-                entry = self._entry(engine.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs,
-                                                     slot, y, yd, scratch))
+                entry = self._entry(engine.run_serial, (x, wbuf, wpk, cfg, fcfg, lengths, hs,
+                                                        cs, slot, y, yd, scratch))
             entry(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd, scratch)
         return call
 

@@ -354,13 +354,18 @@ def fam_layer_input(rng):
     return Case(f"{describe(layer)} x of shape {shape}", (ShapeError,), lambda: layer(v))
 
 
+def small_call(rng, most, unbatched_share):
+    """(layer, steps, rows, unbatched) of a layer call: 1..most steps and rows, unbatched (one
+    row) in about unbatched_share of the calls."""
+    layer = small_layer(rng)
+    steps, rows = rng.randint(1, most), rng.randint(1, most)
+    unbatched = rng.random() < unbatched_share
+    return layer, steps, 1 if unbatched else rows, unbatched
+
+
 def fam_layer_lengths(rng):
     """lengths= of a layer call."""
-    layer = small_layer(rng)
-    steps, rows = rng.randint(1, 6), rng.randint(1, 6)
-    unbatched = rng.random() < 0.2
-    if unbatched:
-        rows = 1
+    layer, steps, rows, unbatched = small_call(rng, 6, 0.2)
     xt = time_major(rng, layer, steps, rows)
     x = laid_out(layer, xt, unbatched)
     hx = random_state(rng, layer, rows, unbatched) if rng.random() < 0.4 else None
@@ -473,11 +478,7 @@ def _rows_alone(layer, xt, hx, lengths, got, unbatched):
 
 def fam_layer_state(rng):
     """The initial state hx of a layer call."""
-    layer = small_layer(rng)
-    steps, rows = rng.randint(1, 5), rng.randint(1, 5)
-    unbatched = rng.random() < 0.25
-    if unbatched:
-        rows = 1
+    layer, steps, rows, unbatched = small_call(rng, 5, 0.25)
     x = laid_out(layer, time_major(rng, layer, steps, rows), unbatched)
     hx = random_state(rng, layer, rows, unbatched)
     lstm = layer.mode == "LSTM"

@@ -12,7 +12,8 @@ from ..layers import RecurrentLayer
 from ..validation import as_array, as_float
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import HeadChain, check_row_lengths, prepare_input, run_rnns, split_stages
+from .stages import (HeadChain, check_row_lengths, empty_batch, prepare_input, run_rnns,
+                     split_stages)
 
 BRIDGES = ("concat", "sum")
 
@@ -244,8 +245,7 @@ class Seq2Seq:
         """translate's beam path: ([(one source, its lengths or None)], whether src is one
         sequence); the rows of a 2-D batch as batches of one in the encoder's layout."""
         if isinstance(src, (list, tuple)) and len(src) == 0:
-            raise ShapeError("Seq2Seq encoder got an empty batch: give at least one text or "
-                             "sequence")
+            raise empty_batch("Seq2Seq encoder")
         if isinstance(src, str) or (isinstance(src, (list, tuple)) and src
                                     and isinstance(src[0], str)):
             if lengths is not None:
@@ -260,8 +260,7 @@ class Seq2Seq:
         first = self.encoder.batch_first
         rows, steps = arr.shape if first else arr.shape[::-1]
         if rows == 0:
-            raise ShapeError(f"Seq2Seq encoder got an empty batch: token ids of shape {arr.shape} "
-                             f"({'N, T' if first else 'T, N'}) hold no sequence")
+            raise empty_batch("Seq2Seq encoder", arr.shape, first)
         lens = None if lengths is None else check_row_lengths(lengths, rows, steps)
         return [(arr[i:i + 1] if first else arr[:, i:i + 1],
                  None if lens is None else lens[i:i + 1]) for i in range(rows)], False

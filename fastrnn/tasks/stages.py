@@ -59,10 +59,18 @@ def check_row_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
     return check_lengths(as_array(lengths, "lengths").reshape(-1), rows, steps)
 
 
+def empty_batch(what: str, shape: tuple | None = None, batch_first: bool = True) -> ShapeError:
+    """The error for a batch of no sequences: an empty list, or ids of this shape with no row."""
+    if shape is None:
+        return ShapeError(f"{what} got an empty batch: give at least one text or sequence")
+    return ShapeError(f"{what} got an empty batch: token ids of shape {shape} "
+                      f"({'N, T' if batch_first else 'T, N'}) hold no sequence")
+
+
 def prepare_input(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str):
     """Input -> (features (T, N, F) time-major, lengths (N,) or None, batched)."""
     if isinstance(x, (list, tuple)) and len(x) == 0:
-        raise ShapeError(f"{what} got an empty batch: give at least one text or sequence")
+        raise empty_batch(what)
     is_text = isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0
                                      and all(isinstance(s, str) for s in x))
     if is_text:
@@ -101,8 +109,7 @@ def prepare_input(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str
         batched = arr.ndim == 2
         ids = arr[:, None] if not batched else (arr.T if batch_first else arr)
         if ids.shape[1] == 0:
-            raise ShapeError(f"{what} got an empty batch: token ids of shape {arr.shape} "
-                             f"({'N, T' if batch_first else 'T, N'}) hold no sequence")
+            raise empty_batch(what, arr.shape, batch_first)
     steps, rows = ids.shape
     if lengths is not None:
         lengths = check_row_lengths(lengths, rows, steps)
