@@ -74,10 +74,10 @@ DTYPES = {
     "int8": np.dtype("i1"), "int32": np.dtype("<i4"), "int64": np.dtype("<i8"),
     "uint8": np.dtype("u1"), "bool": np.dtype("?"),
 }
-# a tensor's rank and extent: within what numpy can reshape to (the sizes of an empty tensor are
-# not bounded by its bytes)
+# a tensor's rank, and its extent (the product of its non-zero sizes times the item size: numpy
+# refuses a shape beyond it even for an empty array, whose sizes its bytes do not bound)
 MAX_DIMS = 32
-MAX_DIM = 2**62
+MAX_EXTENT = int(np.iinfo(np.intp).max)
 
 
 def _align(n: int) -> int:
@@ -244,9 +244,13 @@ def _read_header(f, path: str) -> tuple[int, dict, int, int]:
             raise FormatError(f"{path!r}: tensor {name!r} has unknown dtype {dname!r}; "
                               f"allowed: {', '.join(DTYPES)}")
         if not isinstance(shape, list) or len(shape) > MAX_DIMS \
-                or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+                or not all(_is_int(d) and d >= 0 for d in shape):
             raise FormatError(f"{path!r}: tensor {name!r} has shape {shape!r:.100}, expected a list "
-                              f"of at most {MAX_DIMS} integers in [0, {MAX_DIM}]")
+                              f"of at most {MAX_DIMS} non-negative integers")
+        if math.prod(d for d in shape if d) * DTYPES[dname].itemsize > MAX_EXTENT:
+            raise FormatError(f"{path!r}: tensor {name!r} has shape {shape!r:.100}, beyond what an "
+                              f"array can have (its non-zero sizes times the item size must be "
+                              f"at most {MAX_EXTENT})")
         if not _is_int(offset) or offset < 0 or offset % ALIGNMENT:
             raise FormatError(f"{path!r}: tensor {name!r} has offset {offset!r}, expected a "
                               f"non-negative multiple of {ALIGNMENT}")

@@ -243,6 +243,8 @@ class Linear:
                              f"{out.shape[0]}")
         if not out.flags.writeable:
             raise ArgumentError("Linear.apply_into needs a writeable out array")
+        if np.shares_memory(x, out):  # the kernel writes a row of out before reading x's
+            raise ArgumentError("Linear.apply_into needs out apart from x: they share memory")
         return self._apply_into(x, out, act)
 
     def _apply_into(self, x: np.ndarray, out: np.ndarray, activation: str | None = None
@@ -322,7 +324,7 @@ def _check_into(stage, method: str, ids, out, width: int) -> np.ndarray:
 def _expect_names(what: str, state: Mapping, names: tuple[str, ...]) -> None:
     if not isinstance(state, Mapping):
         raise ArgumentError(f"{what}.load_state_dict takes a dict, got {type(state).__name__}")
-    unknown = sorted(set(state) - set(names))
+    unknown = sorted(set(state) - set(names), key=repr)  # keys of any types
     missing = sorted(set(names) - set(state))
     if unknown or missing:
         raise ArgumentError(f"{what} parameters must be {list(names)}; missing {missing}, "

@@ -120,7 +120,7 @@ class RecurrentLayer:
             raise ArgumentError(f"{self.num_layers} layer(s) of {self.num_directions} "
                                 f"direction(s) need at least {needed} parameters, got {len(state)}")
         shapes = self.parameter_shapes()
-        unknown = sorted(set(state) - set(shapes))
+        unknown = sorted(set(state) - set(shapes), key=repr)  # keys of any types
         missing = sorted(set(shapes) - set(state))
         if unknown and strict:
             raise ArgumentError(f"unexpected parameters {unknown}; expected {list(shapes)}")
@@ -266,7 +266,7 @@ class RNN(RecurrentLayer):
                  batch_first=False, bidirectional=False, dtype=np.float32, *, activations=None,
                  activation_alpha=None, activation_beta=None, clip=None, seed=None,
                  weight_dtype=None):
-        if nonlinearity not in ("tanh", "relu"):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ArgumentError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         if activations is None:
             activations = [nonlinearity]

@@ -13,7 +13,7 @@ def check_dtype(dtype) -> np.dtype:
     """The numpy dtype for `dtype`, which must be float32 or float64."""
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python
         raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in SUPPORTED_DTYPES:
         raise DTypeError(f"dtype must be float32 or float64, got {dt}")
@@ -24,16 +24,16 @@ def as_array(value, what: str) -> np.ndarray:
     """np.asarray(value), with typed errors for nested sequences of unequal lengths and for what
     numpy cannot read (numpy raises its own ValueError / TypeError for them). PyTorch tensors
     are read detached and, for bfloat16 (which numpy lacks), widened to float32."""
-    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
     try:
+        if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+            value = value.detach().cpu()  # a meta tensor has no data: NotImplementedError
+            if str(value.dtype) == "torch.bfloat16":
+                value = value.float()
         return np.asarray(value)
     except ValueError as exc:
         raise ShapeError(f"{what} must be a rectangular array (every row of one length), got "
                          f"nested sequences of unequal lengths ({exc})") from None
-    except (TypeError, RuntimeError) as exc:
+    except (TypeError, RuntimeError) as exc:  # NotImplementedError is a RuntimeError
         raise DTypeError(f"{what} must be an array of numbers, got {type(value).__name__} that "
                          f"numpy cannot read ({exc})") from None
 
@@ -132,19 +132,21 @@ def build_from_config(classes: Mapping, key: str, config: Mapping, state: Mappin
         cfg["seed"] = NO_INIT
     try:
         obj = classes[kind](**cfg)
-    except TypeError as exc:
+    except DTypeError:
+        raise
+    except TypeError as exc:  # an argument the class does not take
         raise ArgumentError(f"bad {kind} config {dict(config)!r}: {exc}") from None
     return obj if state is None else obj.load_state_dict(state)
 
 
 def check_clip(clip) -> float | None:
-    """None (no clip) or a positive finite-or-infinite float."""
+    """None (no clip; also for +inf, so that a config stays JSON) or a positive finite float."""
     if clip is None:
         return None
     value = as_float(clip)
     if value is None or not value > 0:
         raise ArgumentError(f"clip must be None or a positive number, got {clip!r}")
-    return value
+    return None if value == np.inf else value
 
 
 def check_weight_dtype(weight_dtype, dtype) -> np.dtype:
@@ -154,7 +156,7 @@ def check_weight_dtype(weight_dtype, dtype) -> np.dtype:
         return np.dtype(dtype)
     try:
         wanted = np.dtype(weight_dtype)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
         raise ArgumentError(f"weight_dtype must be None, 'float16' or the layer's dtype, "
                             f"got {weight_dtype!r}") from None
     if wanted == dtype:

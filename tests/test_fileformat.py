@@ -302,9 +302,13 @@ CORRUPT = {
     "shape not list": (dict(header=edit(lambda h: h["tensors"][0].update(shape=6))), "shape"),
     "shape/nbytes mismatch": (dict(header=edit(lambda h: h["tensors"][0].update(shape=[2, 4]))),
                               r"nbytes 24, but float32 of shape \(2, 4\) needs 32"),
-    "huge shape": (dict(header=edit(lambda h: h["tensors"][0].update(shape=[2**40, 2**40]))), "needs"),
+    "huge shape": (dict(header=edit(lambda h: h["tensors"][0].update(shape=[2**40, 2**40]))),
+                   "beyond what an array can have"),
+    "large shape": (dict(header=edit(lambda h: h["tensors"][0].update(shape=[2**30, 2**30]))), "needs"),
     "empty but huge shape": (dict(header=edit(lambda h: h["tensors"][0].update(
-        shape=[0, 2**70], nbytes=0))), r"at most 32 integers in \[0, 4611686018427387904\]"),
+        shape=[0, 2**70], nbytes=0))), "beyond what an array can have"),
+    "empty with sizes numpy cannot address": (dict(header=edit(lambda h: h["tensors"][0].update(
+        shape=[2**32, 2**32, 0], nbytes=0))), "beyond what an array can have"),
     "too many dims": (dict(header=edit(lambda h: h["tensors"][0].update(
         shape=[1] * 65, nbytes=4))), "at most 32"),
     "dtype not a string": (dict(header=edit(lambda h: h["tensors"][0].update(dtype=["float32"]))),
@@ -506,6 +510,8 @@ def _config(**changes):
     (_config(hidden_size=2**31), ArgumentError, "2\\^40"),
     (_config(input_size=2**40), ArgumentError, "2\\^40"),
     (_config(hidden_size="4"), ArgumentError, "hidden_size must be an int"),
+    (_config(dtype="(2,3"), DTypeError, "float32 or float64"),  # numpy's SyntaxError
+    (_config(weight_dtype="f4,,f4"), ArgumentError, "weight_dtype"),
     (lambda meta, t: ({"config": None}, t), ArgumentError, "config must be a dict"),
     (lambda meta, t: ({"config": ["LSTM"]}, t), ArgumentError, "config must be a dict"),
     (lambda meta, t: ({"config": dict(meta["config"], mode=["LSTM"])}, t), ArgumentError,
@@ -561,7 +567,8 @@ def test_loading_does_not_draw_a_random_initialisation(tmp_path, monkeypatch):
 _ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
                        st.sampled_from([0, 1, 2, 3, 5, 2**31, 2**62]),
                        st.floats(allow_nan=False, allow_infinity=False),
-                       st.sampled_from(["LSTM", "GRU", "RNN", "tanh", "float64", "float16", ""]),
+                       st.sampled_from(["LSTM", "GRU", "RNN", "tanh", "float64", "float16", "",
+                                        "(2,3", "(-1,)f4", "f4,,f4"]),
                        st.lists(st.sampled_from(["tanh", "sigmoid", "relu", 1, None]), max_size=7))
 
 

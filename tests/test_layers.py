@@ -531,9 +531,11 @@ def test_load_state_dict_errors():
     # failed loads leave the layer as it was
     for k, v in layer.state_dict().items():
         np.testing.assert_array_equal(v, good[k])
-    # strict=False: a partial update keeps the rest
+    with pytest.raises(ArgumentError, match="unexpected parameters"):
+        layer.load_state_dict({**good, 0: good["bias_ih_l0"], "step": 1})  # keys of mixed types
+    # strict=False: a partial update keeps the rest, unknown keys of any type ignored
     new = np.full((4 * H,), 0.5)
-    layer.load_state_dict({"bias_ih_l0": new}, strict=False)
+    layer.load_state_dict({"bias_ih_l0": new, 0: new, ("a",): new}, strict=False)
     sd = layer.state_dict()
     np.testing.assert_array_equal(sd["bias_ih_l0"], new)
     np.testing.assert_array_equal(sd["weight_ih_l0"], good["weight_ih_l0"])
@@ -779,6 +781,37 @@ def test_torch_tensors_with_grad_and_bfloat16_are_read():
         layer(object())
 
 
+def test_torch_meta_tensors_are_a_dtype_error():
+    """A meta tensor (deferred initialisation) has no data to read: a typed error, not torch's
+    NotImplementedError."""
+    torch = pytest.importorskip("torch")
+    layer = fastrnn.LSTM(I, H, seed=0)
+    meta = torch.nn.LSTM(I, H, device="meta").state_dict()
+    with pytest.raises(DTypeError, match="numpy cannot read"):
+        layer.load_state_dict(meta)
+    with pytest.raises(DTypeError, match="numpy cannot read"):
+        layer(torch.empty((T, N, I), device="meta"))
+    with pytest.raises(DTypeError, match="numpy cannot read"):
+        layer(np.zeros((T, N, I), np.float32), lengths=torch.empty(N, device="meta"))
+
+
+def test_an_infinite_clip_is_no_clip_and_saves(tmp_path):
+    """clip=inf means no clip (ONNX's default): the layer stores None, so its JSON config saves."""
+    x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
+    unclipped = fastrnn.LSTM(I, H, seed=0)
+    layer = fastrnn.LSTM(I, H, seed=0, clip=np.inf)
+    assert layer.clip is None and layer.config()["clip"] is None
+    fastrnn.save(layer, tmp_path / "l.frnn")
+    back = fastrnn.load(tmp_path / "l.frnn")
+    for got, want in zip(_outputs(back(x)), _outputs(unclipped(x))):
+        np.testing.assert_array_equal(got, want)
+
+
+def _outputs(result):
+    y, state = result
+    return [y, *state] if isinstance(state, tuple) else [y, state]
+
+
 CTOR_ERRORS = [
     ("RNN", (0, H), {}, ArgumentError),
     ("RNN", (I, 0), {}, ArgumentError),
@@ -786,6 +819,10 @@ CTOR_ERRORS = [
     ("GRU", (I, 4.0), {}, ArgumentError),
     ("LSTM", (I, H, 0), {}, ArgumentError),
     ("RNN", (I, H), dict(nonlinearity="sigmoid"), ArgumentError),
+    ("RNN", (I, H), dict(nonlinearity=np.array(["tanh", "relu"])), ArgumentError),
+    ("GRU", (I, H), dict(dtype="(2,3"), DTypeError),  # numpy parses it as Python: SyntaxError
+    ("GRU", (I, H), dict(dtype="(-1,)f4"), DTypeError),  # numpy's ValueError
+    ("LSTM", (I, H), dict(weight_dtype="f4,,f4"), ArgumentError),
     ("LSTM", (I, H), dict(proj_size=H), ArgumentError),
     ("LSTM", (I, H), dict(proj_size=H + 1), ArgumentError),
     ("LSTM", (I, H), dict(proj_size=-1), ArgumentError),
@@ -822,3 +859,18 @@ def test_errors_are_value_or_type_errors():
 def test_bidirectional_cannot_stream(layers, mode):
     with pytest.raises(UnsupportedError):
         layers[mode].stream(batch_size=1)
+
+
+def test_linear_apply_into_refuses_out_overlapping_x():
+    """The kernel writes a row of out before it reads that row of x: an out sharing x's memory
+    (the same array, or a view into it) is refused instead of silently summing garbage."""
+    lin = fastrnn.Linear(4, 4, seed=0)
+    buf = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    want = lin(buf)
+    with pytest.raises(ArgumentError, match="share memory"):
+        lin.apply_into(buf, buf)
+    rows = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    with pytest.raises(ArgumentError, match="share memory"):
+        lin.apply_into(rows[:3], rows[1:])
+    out = np.empty_like(buf)
+    np.testing.assert_array_equal(lin.apply_into(buf, out), want)
