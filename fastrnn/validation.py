@@ -10,7 +10,10 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_dtype(dtype) -> np.dtype:
-    """The numpy dtype for `dtype`, which must be float32 or float64."""
+    """The numpy dtype for `dtype`, which must be float32 or float64; None is float32, the
+    default, as in PyTorch (numpy would read it as float64)."""
+    if dtype is None:
+        return SUPPORTED_DTYPES[0]
     try:
         dt = np.dtype(dtype)
     except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python

@@ -781,6 +781,13 @@ def test_torch_tensors_with_grad_and_bfloat16_are_read():
         layer(object())
 
 
+def test_dtype_none_is_float32_as_in_torch():
+    """numpy reads dtype None as float64; torch's None is its default, float32."""
+    for make in (lambda: fastrnn.GRU(I, H, dtype=None), lambda: fastrnn.Linear(H, 2, dtype=None),
+                 lambda: fastrnn.Embedding(5, I, dtype=None)):
+        assert make().dtype == np.float32
+
+
 def test_torch_meta_tensors_are_a_dtype_error():
     """A meta tensor (deferred initialisation) has no data to read: a typed error, not torch's
     NotImplementedError."""

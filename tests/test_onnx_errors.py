@@ -663,7 +663,7 @@ def test_corrupt_plan_record_is_a_format_error():
 @pytest.mark.parametrize("change", [
     {"shape": [True, 2, 5]}, {"shape": [-1, "N", 5]}, {"shape": [2**70]}, {"shape": "TN5"},
     {"dtype": "object"}, {"dtype": "U5"}, {"dtype": ">f4"}, {"dtype": "complex64"}, {"dtype": 1},
-    {"name": 3},
+    {"dtype": "(2,3"}, {"dtype": "(-1,)f4"}, {"name": 3},
 ], ids=repr)
 def test_a_saved_plan_input_that_to_json_cannot_write_is_a_format_error(change):
     """Found by tests/test_fuzz_loaders.py: a size `true`, a string shape or an object dtype

@@ -83,7 +83,7 @@ def _is_dim(size: Any) -> bool:
 def _is_numeric_dtype_name(name: Any) -> bool:
     try:
         dt = np.dtype(name) if isinstance(name, str) else None
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python
         return False
     return dt is not None and dt.kind in "biuf" and dt.name == name
 
