@@ -13,9 +13,10 @@ dict::
 
 ``src`` is a module, a state dict (Mapping of name -> tensor / ndarray; nested checkpoints and a
 "module." prefix are fine) or a .pt/.pth/.safetensors path (read without torch, no pickled code
-run). The recurrent parts go through ``converters.from_torch(..., prefix=...)``. Activations are
-not parameters and so are not in a state dict: give the heads' output activations with
-``head_activation`` (one name, or a list with one per head).
+run, only the named parts' tensors read). The recurrent parts go through
+``converters.from_torch(..., prefix=...)``. Activations are not parameters and so are not in a
+state dict: give the heads' output activations with ``head_activation`` (one name, or a list with
+one per head). Nor is nn.Embedding's max_norm: it is applied from a module only.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fastrnn.errors import ArgumentError, DTypeError, UnsupportedError
+from fastrnn.errors import ArgumentError, DTypeError, FastRNNError, UnsupportedError
 
 __all__ = ["from_torch_composite", "seq2seq_from_torch", "TASKS"]
 
@@ -47,22 +48,30 @@ def _to_array(value: Any, name: str) -> np.ndarray:
         if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
             return np.asarray(value.numpy())
         return np.asarray(value)
-    except Exception as exc:  # an unreadable tensor of a checkpoint file, for one
+    except FastRNNError as exc:  # a checkpoint's tensor that fastrnn cannot read says why
+        raise type(exc)(f"{name}: {exc}") from exc
+    except Exception as exc:
         raise UnsupportedError(f"{name}: cannot read this tensor as numpy ({exc})") from exc
 
 
 class _Source:
-    """Flat name -> tensor view of a module, a state dict or a checkpoint file."""
+    """Flat name -> tensor view of a module, a state dict or a checkpoint file; a context manager
+    that keeps a file open while its tensors are read, each only when a part uses it."""
 
     def __init__(self, src: Any):
         from .torch_files import flatten_tensors, open_checkpoint
         self.module = src if _is_module(src) else None
+        self._file = None
         if self.module is not None:
             self.flat = dict(src.state_dict())
             self.what = f"module {type(src).__name__}"
         elif isinstance(src, (str, os.PathLike)):
-            with open_checkpoint(os.fspath(src)) as f:
-                self.flat = {k: _to_array(v, k) for k, v in f.tensors().items()}
+            self._file = open_checkpoint(os.fspath(src))
+            try:
+                self.flat = self._file.tensors()  # TensorRef: shape and dtype, data on .numpy()
+            except BaseException:
+                self._file.close()
+                raise
             self.what = os.fspath(src)
         elif isinstance(src, Mapping):
             self.flat = flatten_tensors(src)
@@ -71,7 +80,14 @@ class _Source:
             raise ArgumentError(f"expected a torch module, a state dict or a checkpoint path, got "
                                 f"{type(src).__name__}")
 
-    def key(self, part: str, param: str, required: bool = True) -> str | None:
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def key(self, part: str, param: str) -> str:
         """The flat key of ``{part}.{param}``; a unique key ending in ".{part}.{param}" also
         matches (for "module." prefixes and nested checkpoints)."""
         exact = f"{part}.{param}"
@@ -80,8 +96,6 @@ class _Source:
         hits = [k for k in self.flat if k.endswith("." + exact)]
         if len(hits) == 1:
             return hits[0]
-        if not required:
-            return None
         if hits:
             raise ArgumentError(f"{exact!r} matches several tensors in {self.what}: {hits}; "
                                 f"give a longer name")
@@ -90,20 +104,24 @@ class _Source:
                             + (f"; under {part!r} there are {near}" if near else
                                f"; its parts are {sorted({k.split('.')[0] for k in self.flat})}"))
 
-    def array(self, part: str, param: str, required: bool = True) -> np.ndarray | None:
-        k = self.key(part, param, required)
-        if k is None:
-            return None
-        arr = _to_array(self.flat[k], k)
+    def beside(self, key: str, param: str) -> str | None:
+        """The key of ``param`` in the part that holds ``key`` (its bias beside its weight), if
+        there is one: never another part's that a suffix match would find."""
+        sibling = key.rsplit(".", 1)[0] + "." + param
+        return sibling if sibling in self.flat else None
+
+    def array(self, key: str) -> np.ndarray:
+        arr = _to_array(self.flat[key], key)
         if arr.dtype.kind != "f":
-            raise DTypeError(f"{k} has dtype {arr.dtype}; weights must be floating point")
+            raise DTypeError(f"{key} has dtype {arr.dtype}; weights must be floating point")
         return arr
 
-    def submodule(self, part: str):
+    def submodule(self, path: str):
+        """The module at attribute path ``path`` (None for a state dict or a file)."""
         if self.module is None:
             return None
         try:
-            return self.module.get_submodule(part)
+            return self.module.get_submodule(path)
         except AttributeError:
             return None
 
@@ -114,14 +132,26 @@ def _dtype(arr: np.ndarray, dtype: Any) -> Any:
     return np.float64 if arr.dtype == np.float64 else np.float32
 
 
+def _renormalised(weight: np.ndarray, max_norm: float, norm_type: float) -> np.ndarray:
+    """The rows as nn.Embedding(max_norm=...) looks them up: torch's embedding_renorm_ scales a
+    row whose norm_type-norm exceeds max_norm by max_norm / (norm + 1e-7), in place, at its first
+    lookup (a scaled row is then within max_norm and stays as it is); done here to every row."""
+    norms = np.linalg.norm(weight.astype(np.float64), ord=norm_type, axis=1)
+    scale = np.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0)
+    return weight * scale.astype(weight.dtype)[:, None]
+
+
 def _embedding(s: _Source, name: str, dtype: Any):
     from fastrnn.heads import stage_from_config
-    w = s.array(name, "weight")
+    key = s.key(name, "weight")
+    w = s.array(key)
     if w.ndim != 2:
         raise ArgumentError(f"{name}.weight must be 2-D (num_embeddings, embedding_dim), "
                             f"got shape {w.shape}")
-    mod = s.submodule(name)
-    pad = getattr(mod, "padding_idx", None) if mod is not None else None
+    mod = s.submodule(key.rsplit(".", 1)[0])  # where the weight is, prefixes and all
+    if getattr(mod, "max_norm", None) is not None:
+        w = _renormalised(w, float(mod.max_norm), float(mod.norm_type))
+    pad = getattr(mod, "padding_idx", None)
     config = dict(type="embedding", num_embeddings=w.shape[0], embedding_dim=w.shape[1],
                   padding_idx=pad, dtype=_dtype(w, dtype))
     return stage_from_config(config, {"weight": w})  # no random initialisation to overwrite
@@ -129,17 +159,19 @@ def _embedding(s: _Source, name: str, dtype: Any):
 
 def _linear(s: _Source, name: str, activation: str, dtype: Any):
     from fastrnn.heads import stage_from_config
-    w = s.array(name, "weight")
+    key = s.key(name, "weight")
+    w = s.array(key)
     if w.ndim != 2:
         raise ArgumentError(f"{name}.weight must be 2-D (out_features, in_features), got shape "
                             f"{w.shape}")
-    b = s.array(name, "bias", required=False)
+    bias_key = s.beside(key, "bias")
+    state = {"weight": w} if bias_key is None else {"weight": w, "bias": s.array(bias_key)}
     config = dict(type="linear", in_features=w.shape[1], out_features=w.shape[0],
-                  bias=b is not None, activation=activation, dtype=_dtype(w, dtype))
-    return stage_from_config(config, {"weight": w} if b is None else {"weight": w, "bias": b})
+                  bias=bias_key is not None, activation=activation, dtype=_dtype(w, dtype))
+    return stage_from_config(config, state)
 
 
-def _recurrent(s: _Source, name: str, src: Any, hints: dict):
+def _recurrent(s: _Source, name: str, hints: dict):
     from .torch_convert import from_torch
     mod = s.submodule(name)
     if mod is not None:
@@ -160,6 +192,9 @@ def _names(value: Any, what: str) -> list[str]:
 def _activations(head_activation: Any, count: int) -> list[str]:
     if isinstance(head_activation, str) or head_activation is None:
         return ["none"] * (count - 1) + [head_activation or "none"] if count else []
+    if isinstance(head_activation, bytes) or not isinstance(head_activation, Sequence):
+        raise ArgumentError(f"head_activation must be an activation name (for the last head) or "
+                            f"a list of one per head, got {head_activation!r}")
     acts = list(head_activation)
     if len(acts) != count:
         raise ArgumentError(f"head_activation lists {len(acts)} activations for {count} heads")
@@ -197,19 +232,17 @@ def from_torch_composite(src: Any, *, rnn: str | Sequence[str], embedding: str |
     import fastrnn
     if task not in TASKS:
         raise ArgumentError(f"task must be one of {TASKS}, got {task!r}")
-    s = _Source(src)
     rnns = _names(rnn, "rnn")
     if not rnns:
         raise ArgumentError("rnn= must name the recurrent part (e.g. rnn='lstm')")
     heads = _names(head, "head")
     acts = _activations(head_activation, len(heads))
     hints = dict(nonlinearity=nonlinearity, batch_first=batch_first, dtype=dtype)
-    stages = []
-    inp = _input_stage(s, embedding, vocab, one_hot, dtype)
-    if inp is not None:
-        stages.append(inp)
-    stages += [_recurrent(s, name, src, hints) for name in rnns]
-    stages += [_linear(s, name, act, dtype) for name, act in zip(heads, acts)]
+    with _Source(src) as s:
+        inp = _input_stage(s, embedding, vocab, one_hot, dtype)
+        stages = [] if inp is None else [inp]
+        stages += [_recurrent(s, name, hints) for name in rnns]
+        stages += [_linear(s, name, act, dtype) for name, act in zip(heads, acts)]
     v = vocab if isinstance(vocab, fastrnn.Vocabulary) else None
     if task == "generator":
         return fastrnn.Generator(*stages, vocab=v, stop=stop, info=info)
@@ -231,19 +264,19 @@ def seq2seq_from_torch(src: Any, *, encoder: str, decoder: str, head: str | Sequ
     nn.Embedding parts (None: one-hot rows of ``source_vocab`` / ``target_vocab``), ``encoder``
     and ``decoder`` the recurrent parts, ``head`` the nn.Linear part(s) scoring target tokens."""
     import fastrnn
-    s = _Source(src)
     hints = dict(nonlinearity=nonlinearity, batch_first=batch_first, dtype=dtype)
     heads = _names(head, "head")
     acts = _activations(head_activation, len(heads))
-    src_stage = _input_stage(s, source, source_vocab, None, dtype)
-    tgt_stage = _input_stage(s, target, target_vocab, None, dtype)
-    if src_stage is None or tgt_stage is None:
-        raise ArgumentError("name the source and target embeddings (source=, target=) or give "
-                            "source_vocab= / target_vocab= for one-hot inputs")
+    with _Source(src) as s:
+        src_stage = _input_stage(s, source, source_vocab, None, dtype)
+        tgt_stage = _input_stage(s, target, target_vocab, None, dtype)
+        if src_stage is None or tgt_stage is None:
+            raise ArgumentError("name the source and target embeddings (source=, target=) or give "
+                                "source_vocab= / target_vocab= for one-hot inputs")
+        enc, dec = _recurrent(s, encoder, hints), _recurrent(s, decoder, hints)
+        out = [_linear(s, name, act, dtype) for name, act in zip(heads, acts)]
     sv = source_vocab if isinstance(source_vocab, fastrnn.Vocabulary) else None
     tv = target_vocab if isinstance(target_vocab, fastrnn.Vocabulary) else None
-    return fastrnn.Seq2Seq(
-        source=src_stage, encoder=_recurrent(s, encoder, src, hints), target=tgt_stage,
-        decoder=_recurrent(s, decoder, src, hints),
-        head=[_linear(s, name, act, dtype) for name, act in zip(heads, acts)],
-        source_vocab=sv, target_vocab=tv, bos=bos, eos=eos, bridge=bridge, info=info)
+    return fastrnn.Seq2Seq(source=src_stage, encoder=enc, target=tgt_stage, decoder=dec, head=out,
+                           source_vocab=sv, target_vocab=tv, bos=bos, eos=eos, bridge=bridge,
+                           info=info)

@@ -270,7 +270,7 @@ def _resolve_dtype(dtype: Any, arrays: Mapping[str, np.ndarray]) -> np.dtype:
             else np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:  # numpy parses some strings as Python
         raise ArgumentError(f"dtype must be float32 or float64, got {dtype!r}") from exc
     if dt not in (np.float32, np.float64):
         raise ArgumentError(f"dtype must be float32 or float64, got {dt}")
@@ -394,6 +394,11 @@ def from_torch(src: Any, *, nonlinearity: str | None = None, batch_first: bool |
     stack -> linear head model into a fastrnn.Sequential instead.
     """
     if embedding is not None or rnn is not None or head is not None or composite:
+        if prefix is not None:
+            raise ArgumentError(
+                f"prefix={prefix!r} picks the one recurrent group to convert; a composite model "
+                "(embedding=, rnn=, head=, ...) names each part by its own path instead, e.g. "
+                "rnn='encoder.rnn': give prefix or the composite arguments, not both")
         from .torch_composite import from_torch_composite
         return from_torch_composite(src, embedding=embedding, rnn=rnn, head=head,
                                     nonlinearity=nonlinearity, batch_first=batch_first,

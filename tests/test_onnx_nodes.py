@@ -393,3 +393,33 @@ def test_activation_defaults_when_alpha_beta_run_out(mode, acts):
     """No alpha/beta given: ORT's defaults (LeakyRelu 0.01, HardSigmoid 0.2/0.5, Elu 1, else 0)."""
     case = make_case(mode, "forward", dict(activations=acts))
     compare(run_fastrnn(case), run_ort(case), F32_TOL)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("mode", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("attrs", [
+    {"activation_alpha": [0.5]}, {"activation_beta": [0.5, 2.0]},
+    {"activation_alpha": [0.5] * 8, "activation_beta": [1.5] * 8},
+    {"activation_alpha": [float("nan")], "activation_beta": [float("inf")]},
+    {"activation_alpha": []}, {"activations": []}, {"activations": [], "activation_alpha": [0.5]},
+], ids=["alpha", "beta", "many", "nan_inf", "empty_alpha", "empty_activations",
+        "empty_activations_alpha"])
+def test_alpha_and_beta_without_activations_are_unused(mode, direction, attrs):
+    """The default activations take no alpha or beta: ORT runs the node with them and ignores
+    the values (any values). An empty activations list is the defaults to ORT's GRU and LSTM; its
+    RNN refuses one, and so does fastrnn."""
+    case = make_case(mode, direction, dict(seq="var", initial_h=True))
+    plain = run_ort(case)
+    node = case.model.graph.node[0]
+    for name, values in attrs.items():
+        kind = onnx.AttributeProto.STRINGS if name == "activations" else onnx.AttributeProto.FLOATS
+        node.attribute.append(helper.make_attribute(name, values, attr_type=kind))
+    if mode == "RNN" and "activations" in attrs:
+        with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match="activations"):
+            run_ort(case)
+        with pytest.raises(FormatError, match="activations"):
+            converters.from_onnx(case.model)
+        return
+    want = run_ort(case)
+    compare(want, plain, dict(rtol=0, atol=0))
+    compare(run_fastrnn(case), want, F32_TOL, f"{mode} {direction} {attrs}")

@@ -281,3 +281,64 @@ def test_the_ai_onnx_domain_is_the_default_domain():
         want = ort.InferenceSession(model.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"x": x})
         np.testing.assert_allclose(converters.from_onnx(model).run(None, {"x": x})[0], want[0], **TOL)
+
+
+def _topk_model(elem, k, largest, sorted_, as_initializer=None):
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=-1, largest=largest,
+                            sorted=sorted_)
+    inits = [numpy_helper.from_array(I64(k), "k")]
+    inputs = [helper.make_tensor_value_info("x", elem, None)]
+    if as_initializer is not None:
+        inits.append(numpy_helper.from_array(as_initializer, "x"))
+        inputs = []
+    graph = helper.make_graph([node], "g", inputs,
+                              [helper.make_tensor_value_info("values", elem, None),
+                               helper.make_tensor_value_info("indices", TensorProto.INT64, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 8
+    return model
+
+
+def _by_index(values, indices):
+    """TopK's outputs in index order: with sorted=0 their order is the runtime's choice."""
+    order = np.argsort(indices, axis=-1)
+    return np.take_along_axis(values, order, -1), np.take_along_axis(indices, order, -1)
+
+
+_BIG = 2**53  # above it float64 rounds integers together: 2**53 + 1 became 2**53
+_PAIRS = [_BIG + v for v in (1, 0, 3, 2, 5, 4, 7, 6, 9, 8)]  # the larger of each pair first
+_TOPK_INTS = {
+    "int64": np.array([[_BIG, _BIG + 1, 5, _BIG + 1, -2**63, 2**63 - 1, -_BIG - 1, -_BIG, 5,
+                        -2**63],
+                       [3, 3, 3, 2**62 + 1, 2**62, 2**62 + 1, -1, 0, 0, 3], _PAIRS], np.int64),
+    "uint64": np.array([[_BIG, _BIG + 1, 5, _BIG + 1, 2**64 - 1, 0, 2**64 - 2, 5, 0, 2**63],
+                        [7, 7, 2**63 + 1, 2**63, 2**63 + 1, 7, 0, 1, 0, 7], _PAIRS], np.uint64),
+}
+
+
+@pytest.mark.parametrize("sorted_", [1, 0], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("largest", [1, 0], ids=["largest", "smallest"])
+@pytest.mark.parametrize("dtype", sorted(_TOPK_INTS))
+def test_topk_compares_integers_exactly(dtype, largest, sorted_):
+    """int64 / uint64 are ordered exactly, equal values by lower index first: as ORT for int64;
+    ORT has no uint64 TopK, so as ONNX's reference implementation of the spec for uint64."""
+    from onnx.reference import ReferenceEvaluator
+
+    x = _TOPK_INTS[dtype]
+    elem = TensorProto.INT64 if dtype == "int64" else TensorProto.UINT64
+    for k in (1, 3, 4, x.shape[1]):
+        model = _topk_model(elem, k, largest, sorted_)
+        if dtype == "int64":
+            want = ort.InferenceSession(model.SerializeToString(),
+                                        providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        else:
+            want = ReferenceEvaluator(model).run(None, {"x": x})
+        want = want if sorted_ else _by_index(*want)
+        runs = [converters.from_onnx(model).run(None, {"x": x}),
+                converters.from_onnx(_topk_model(elem, k, largest, sorted_, x)).run(None, {})]
+        for got in runs:  # at run time, and folded at import
+            assert got[0].dtype == x.dtype and got[1].dtype == np.int64
+            got = got if sorted_ else _by_index(*got)
+            np.testing.assert_array_equal(got[0], want[0], err_msg=f"k={k} values")
+            np.testing.assert_array_equal(got[1], want[1], err_msg=f"k={k} indices")

@@ -23,7 +23,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 
 import fastrnn  # noqa: E402
 import converters  # noqa: E402
+from converters.torch_composite import from_torch_composite, seq2seq_from_torch  # noqa: E402
 from converters.torch_convert import convert_file, from_torch, inspect_torch  # noqa: E402
+from converters.torch_files import TensorRef  # noqa: E402
 from fastrnn.errors import (ArgumentError, DTypeError, FormatError, ShapeError,  # noqa: E402
                             UnsupportedError)
 
@@ -247,8 +249,9 @@ def test_dtype_hint():
     x = random_input(m, rng, np.float64)
     out, _ = torch_run(m, x)
     np.testing.assert_allclose(layer(x.astype(np.float32))[0], out, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ArgumentError, match="float32 or float64"):
-        from_torch(m, dtype=np.int32)
+    for bad in (np.int32, "(2,3", "(-1,)f4"):  # numpy parses the strings as Python
+        with pytest.raises(ArgumentError, match="float32 or float64"):
+            from_torch(m, dtype=bad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -527,3 +530,108 @@ def test_package_import_is_lazy():
                          timeout=300)
     assert res.returncode == 0, res.stderr
     assert converters.from_torch is from_torch
+
+
+# --------------------------------------------------------------------------------------------------
+# composite models: converters.torch_composite (the task tests in tests/test_tasks.py)
+# --------------------------------------------------------------------------------------------------
+class EmbedRecurHead(torch.nn.Module):
+    """nn.Embedding -> GRU -> nn.Linear, the last step's output scored."""
+
+    def __init__(self, vocab=7, out=2, head_bias=True, dtype=torch.float32, **embedding):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, I, dtype=dtype, **embedding)
+        self.rnn = torch.nn.GRU(I, H, batch_first=True, dtype=dtype)
+        self.fc = torch.nn.Linear(H, out, bias=head_bias, dtype=dtype)
+
+    def forward(self, ids):
+        out, _ = self.rnn(self.emb(torch.from_numpy(ids)))
+        return self.fc(out[:, -1])
+
+
+def _composite(src, **kw):
+    return from_torch_composite(src, embedding="emb", rnn="rnn", head="fc", task="sequential",
+                                pool="last", batch_first=True, **kw)
+
+
+def _torch_scores(net, ids):
+    with torch.no_grad():
+        return net(ids).numpy()
+
+
+def test_composite_head_bias_is_the_one_beside_its_weight():
+    """A bias-less head took the bias of another part whose name ends like it (aux.fc.bias)."""
+    torch.manual_seed(_seed("head bias"))
+    net = EmbedRecurHead(head_bias=False).eval()
+    net.aux = torch.nn.Module()
+    net.aux.fc = torch.nn.Linear(H, 2)
+    ids = np.random.default_rng(0).integers(0, 7, (3, T))
+    want = _torch_scores(net, ids)
+    sd = {f"module.{k}": v for k, v in net.state_dict().items() if not k.startswith("aux.")}
+    sd["aux.fc.bias"] = net.aux.fc.bias.detach()  # found by a suffix match of "fc.bias"
+    for src in (net, net.state_dict(), sd):
+        model = _composite(src)
+        assert model.stages()[-1].bias is False
+        np.testing.assert_allclose(model(ids), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_embedding_max_norm_rows_are_renormalised_as_torch_looks_them_up(norm_type, dtype):
+    torch.manual_seed(_seed("max_norm", norm_type, str(dtype)))
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    net = EmbedRecurHead(max_norm=1.5, norm_type=norm_type, dtype=tdt).eval()
+    with torch.no_grad():
+        net.emb.weight[::2] *= 4.0  # every other row over max_norm, the rest (mostly) within
+    norms = torch.linalg.vector_norm(net.emb.weight.detach(), ord=norm_type, dim=1)
+    assert (norms > 1.5).any() and (norms < 1.5).any()
+    before = net.emb.weight.detach().clone()
+    wrapper = torch.nn.Module()
+    wrapper.net = net  # the parts found by suffix ("emb" -> "net.emb"): max_norm still read
+    models = [_composite(net), _composite(wrapper)]
+    assert torch.equal(net.emb.weight, before)  # converting leaves the module as it was
+    ids = np.random.default_rng(1).integers(0, 7, (4, T))
+    ids[0, :] = np.arange(T)
+    want = _torch_scores(net, ids)  # torch renormalises the rows it looks up, in place
+    with torch.no_grad():
+        looked_up = net.emb(torch.from_numpy(np.arange(7))).numpy()
+    for model in models:
+        np.testing.assert_allclose(model.stages()[0].weight, looked_up, rtol=TOL[np.dtype(dtype)],
+                                   atol=TOL[np.dtype(dtype)])
+        assert_close(model(ids), want, dtype, f"norm_type={norm_type}")
+
+
+def test_composite_reads_only_the_tensors_it_uses(tmp_path, monkeypatch):
+    """A checkpoint file was read whole: a tensor fastrnn cannot read (a sparse buffer) failed the
+    conversion, and an optimizer's state was read for nothing."""
+    torch.manual_seed(_seed("lazy composite"))
+    net = EmbedRecurHead(out=7).eval()  # a head over the vocabulary: a Seq2Seq's too
+    path = tmp_path / "train.pt"
+    torch.save({"model": net.state_dict(), "extra": {"adjacency": torch.eye(3).to_sparse()},
+                "optimizer": {"exp_avg": torch.zeros(999)}}, path)
+    read = []
+    read_data = TensorRef.numpy
+    monkeypatch.setattr(TensorRef, "numpy", lambda ref: read.append(ref.shape) or read_data(ref))
+    model = _composite(str(path))
+    assert (999,) not in read and len(read) == len(net.state_dict())
+    ids = np.random.default_rng(2).integers(0, 7, (3, T))
+    np.testing.assert_allclose(model(ids), _torch_scores(net, ids), rtol=1e-5, atol=1e-5)
+    s2s = seq2seq_from_torch(str(path), source="emb", encoder="rnn", target="emb", decoder="rnn",
+                             head="fc", bos=0, eos=1, batch_first=True)
+    np.testing.assert_array_equal(s2s.heads[0].state_dict()["weight"], net.fc.weight.detach())
+
+
+def test_head_activation_is_a_name_or_a_list_of_names():
+    net = EmbedRecurHead()
+    for bad in (5, b"softmax", {"fc": "softmax"}):
+        with pytest.raises(ArgumentError, match="head_activation must be"):
+            _composite(net, head_activation=bad)
+
+
+def test_prefix_is_not_taken_with_composite_arguments():
+    """prefix= was ignored when parts were named: a prefix naming nothing converted silently."""
+    net = EmbedRecurHead()
+    with pytest.raises(ArgumentError, match="prefix"):
+        converters.from_torch(net.state_dict(), prefix="nothere.", rnn="rnn", head="fc")
+    with pytest.raises(ArgumentError, match="prefix"):
+        converters.from_torch(net, prefix="rnn", embedding="emb", rnn="rnn")

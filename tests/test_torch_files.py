@@ -344,6 +344,72 @@ def test_class_instantiating_opcodes_are_refused(tmp_path):
         tf.open_checkpoint(path)
 
 
+def _numpy_arrays():
+    """Arrays numpy pickles each way: contiguous ones through _frombuffer at protocol 5 (order
+    C, F, or K for a transposed C array), the others through _reconstruct."""
+    base = np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 7
+    return {"c": base.astype(np.float32), "f": np.asfortranarray(base),
+            "k": base.transpose(1, 0, 2), "big_endian": np.arange(5, dtype=">i4"),
+            "scalar": np.array(2.5), "bool": base > 1,
+            "u64": np.array([2**64 - 1, 2**53 + 1], np.uint64),
+            "f16": base[0].astype(np.float16), "strided": base[:, ::2, 1::2],
+            "empty": np.zeros((2, 0), np.float32)}  # its data b"" is bytes() at protocol 2
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_numpy_arrays_are_data_at_every_pickle_protocol(tmp_path, protocol):
+    """numpy pickles a contiguous array at protocol 5 through numpy._core.numeric._frombuffer,
+    which was refused as unsafe."""
+    arrays = _numpy_arrays()
+    path = tmp_path / "np.pt"
+    _zip_with_pickle(path, pickle.dumps(arrays, protocol=protocol))
+    got = tf.load(path)
+    for name, want in arrays.items():
+        want_dtype = np.float32 if want.dtype == np.float16 else want.dtype.newbyteorder("=")
+        assert got[name].dtype == want_dtype and got[name].flags.c_contiguous, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+def _frombuffer(*args, module="numpy._core.numeric"):
+    return Call(Global(module, "_frombuffer"), *args)
+
+
+def test_numpy_frombuffer_is_checked_like_reconstruct(tmp_path):
+    path = tmp_path / "fb.pt"
+    f8 = np.dtype("<f8")
+    _zip_with_pickle(path, assemble({"a": _frombuffer(struct.pack("<2d", 1, 2), f8, (2, 1), "C"),
+                                     "b": _frombuffer(struct.pack("<2d", 1, 2), f8, (2,), "C",
+                                                      module="numpy.core.numeric")}))
+    got = tf.load(path)
+    np.testing.assert_array_equal(got["a"], [[1.0], [2.0]])
+    np.testing.assert_array_equal(got["b"], [1.0, 2.0])
+    for protocol in (2, 5):
+        _zip_with_pickle(path, pickle.dumps({"e": np.zeros((2, 0), np.float32), "b": b""},
+                                            protocol=protocol))
+        assert tf.load(path)["e"].shape == (2, 0) and tf.load(path)["b"] == b""
+    _zip_with_pickle(path, assemble({"b": Call(Global("builtins", "bytes"), 3)}))
+    with pytest.raises(FormatError, match="only bytes"):
+        tf.load(path)
+    for args, error, match in [
+        ((bytes(8), np.dtype(object), (1,), "C"), UnsafeFileError, "dtype"),
+        ((bytes(8), np.dtype([("x", "<f8")]), (1,), "C"), UnsafeFileError, "dtype"),
+        (([1.0], f8, (1,), "C"), UnsafeFileError, "numeric bytes"),
+        ((bytes(7), f8, (1,), "C"), FormatError, "wrong size"),
+        ((bytes(8), f8, ("1",), "C"), FormatError, "shape"),
+        ((bytes(8), f8, (-1, -1), "C"), FormatError, "shape"),  # numpy's own ValueError
+        ((b"", f8, (2**32, 2**32, 0), "C"), FormatError, "shape"),  # numpy cannot address it
+        ((b"", f8, (2**32, 2**32), "C"), FormatError, "shape"),  # int64 product wrapped to 0
+        ((bytes(8), f8, (1,), "X"), FormatError, "order"),
+        ((bytes(8), f8, (1,), "K"), FormatError, "order"),
+        ((bytes(8), f8, (1,), "C", (0,)), FormatError, "order"),
+        ((bytes(16), f8, (2, 1), "K", (0, 0)), FormatError, "permutation"),
+        ((bytes(16), f8, (2, 1), "K", (0, 1, 2)), FormatError, "permutation"),
+    ]:
+        _zip_with_pickle(path, assemble({"w": _frombuffer(*args)}))
+        with pytest.raises(error, match=match):
+            tf.load(path)
+
+
 def _tensor_pickle(pid, offset=0, size=(2,), stride=(1,)):
     return assemble({"w": Call(Global("torch._utils", "_rebuild_tensor_v2"), PID(pid), offset,
                                size, stride, False, Call(Global("collections", "OrderedDict")))})
@@ -980,6 +1046,22 @@ def test_pickle_protocols(torch, tmp_path, protocol, zip_format):
     assert got["hp"] == {"s": {1, 2}, "b": b"x" * 300}
     for k, v in sd.items():
         np.testing.assert_array_equal(got["state_dict"][k], v.numpy())
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_numpy_arrays_in_torch_saved_checkpoints(torch, tmp_path, protocol, zip_format):
+    sd = torch.nn.GRU(2, 3).state_dict()
+    arrays = _numpy_arrays()
+    path = tmp_path / "np.pt"
+    torch.save({"rnn": sd, "stats": arrays}, path, pickle_protocol=protocol,
+               _use_new_zipfile_serialization=zip_format)
+    got = tf.load(path)["stats"]
+    for name, want in arrays.items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    layer = from_torch(str(path), prefix="rnn")
+    for k, v in sd.items():
+        np.testing.assert_array_equal(layer.state_dict()[k], v.numpy())
 
 
 def test_torch_objects_in_checkpoints(torch, tmp_path):

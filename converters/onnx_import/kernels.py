@@ -682,9 +682,12 @@ def _topk(attrs, ins, n_out):
     axis = _axis(attrs.get("axis", -1), x.ndim, "TopK axis")
     if not 0 <= k <= x.shape[axis]:
         raise ShapeError(f"TopK k={k} is out of range for axis {axis} of size {x.shape[axis]}")
-    key = x if x.dtype.kind == "f" else x.astype(np.float64)
-    if attrs.get("largest", 1):
-        key = -key
+    largest = attrs.get("largest", 1)
+    if x.dtype.kind == "f":
+        key = -x if largest else x
+    else:  # integers are compared exactly: ~x reverses their order where -x would overflow
+        key = ~x if largest else x
+    # stable: of equal values the lower index comes first, as ONNX and ORT have it
     order = np.argsort(key, axis=axis, kind="stable")
     idx = np.take(order, np.arange(k), axis=axis)
     return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]

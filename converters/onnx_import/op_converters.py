@@ -345,7 +345,12 @@ def _recurrent(ctx, node):
         if not clip > 0:
             raise FormatError(f"{mode} clip must be positive, got {clip}")
     names_act = a.get("activations")
-    if names_act is not None:
+    alpha, beta = a.get("activation_alpha"), a.get("activation_beta")
+    if not names_act and mode != "RNN":
+        names_act = None  # ORT's GRU and LSTM read an empty list as the defaults (its RNN refuses)
+    if names_act is None:
+        alpha = beta = None  # the default activations take none: ORT ignores any given
+    else:
         unknown = [n for n in names_act if str(n).lower() not in fr_acts.CODES]
         if unknown:
             raise UnsupportedError(f"{mode} activation(s) {unknown} are not supported; supported: "
@@ -354,7 +359,7 @@ def _recurrent(ctx, node):
         if len(names_act) not in (per, per * D):
             raise FormatError(f"{mode} with direction={direction} needs {per * D} activations "
                               f"(or {per}, shared), got {len(names_act)}: {names_act}")
-    acts = fr_acts.parse(mode, names_act, a.get("activation_alpha"), a.get("activation_beta"), D)
+    acts = fr_acts.parse(mode, names_act, alpha, beta, D)
     hidden_size = a.get("hidden_size")
 
     attrs = {

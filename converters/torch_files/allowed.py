@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from .dtypes import _DTYPE_ALIASES, _DTYPES, _OTHER_DTYPES, _STORAGE_DTYPES
-from .numpy_values import _numpy_reconstruct, _numpy_scalar, _NumpyDType
-from .plain_values import (_codecs_encode, _container, _PickledOrderedDict, _torch_device,
-                           _torch_size)
+from .numpy_values import (_numpy_frombuffer, _numpy_reconstruct, _numpy_scalar,
+                           _NumpyDType)
+from .plain_values import (_codecs_encode, _container, _empty_bytes, _PickledOrderedDict,
+                           _torch_device, _torch_size)
 from .stand_ins import _DType, _StorageType, _TypeMarker
 from .tensors import (_rebuild_device_tensor_from_cpu_tensor, _rebuild_from_type_v2, _rebuild_parameter,
                       _rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _unreadable)
@@ -44,6 +45,7 @@ def _build_allowed() -> dict[str, Any]:
         "builtins.dict": _container(dict),
         "builtins.bytearray": _container(bytearray),
         "_codecs.encode": _codecs_encode,
+        "builtins.bytes": _empty_bytes,
     }
     for name in list(_DTYPES) + list(_OTHER_DTYPES):
         allowed[f"torch.{name}"] = _DType(name)
@@ -55,6 +57,8 @@ def _build_allowed() -> dict[str, Any]:
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[f"{mod}._reconstruct"] = _numpy_reconstruct
         allowed[f"{mod}.scalar"] = _numpy_scalar
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[f"{mod}._frombuffer"] = _numpy_frombuffer
     allowed["numpy.ndarray"] = _TypeMarker("numpy.ndarray")
     allowed["numpy.dtype"] = _NumpyDType
     return allowed

@@ -33,6 +33,13 @@ def _codecs_encode(text, encoding="utf-8"):
     return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+    """builtins.bytes(): how protocol 2 pickles b"" (other bytes come as _codecs.encode)."""
+    if args:
+        raise FormatError(f"bytes({_brief(args)}) is not allowed: only bytes() (empty)")
+    return b""
+
+
 class _PickledOrderedDict(collections.OrderedDict):
     """collections.OrderedDict from a pickle; the ``_metadata`` a state_dict carries is kept as data."""
 
