@@ -37,6 +37,36 @@ FULL = dict(repeats=30, min_seconds=0.5, max_seconds=3.0, warmup=0.2)
 QUICK = dict(repeats=10, min_seconds=0.1, max_seconds=0.5, warmup=0.05)
 
 
+def count(text: str) -> int:
+    """argparse type: an integer >= 1 (rounds, repeats, thread counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (a time limit)."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 # ----- inside a worker process -----
 
 def worker(case_id: str, engine: str, repeats: int, min_seconds: float, max_seconds: float,
@@ -234,17 +264,19 @@ def main(argv=None):
     ap.add_argument("--engines", nargs="*", default=list(engines.ENGINES), choices=engines.ENGINES)
     ap.add_argument("--quick", action="store_true", help="few repeats (a fast, noisier pass)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--timeout", type=float, default=300, help="seconds per (case, engine)")
-    ap.add_argument("--rounds", type=int, default=None,
+    ap.add_argument("--timeout", type=positive_seconds, default=300,
+                    help="seconds per (case, engine)")
+    ap.add_argument("--rounds", type=count, default=None,
                     help="passes over every (case, engine); each keeps its fastest pass's median "
                          "(default 2, 1 with --quick)")
-    ap.add_argument("--threads", nargs="+", type=int, metavar="N",
+    ap.add_argument("--threads", nargs="+", type=count, metavar="N",
                     help="run the selected cases' shapes at these thread counts instead of "
                          "their own (multi-core scaling)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     for name, value in FULL.items():
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None)
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                        type=count if isinstance(value, int) else seconds)
     args = ap.parse_args(argv)
     timing = {k: getattr(args, k) if getattr(args, k) is not None else v
               for k, v in (QUICK if args.quick else FULL).items()}
@@ -259,8 +291,6 @@ def main(argv=None):
     if not cases:
         ap.error(f"no case matches {args.cases}; cases: {', '.join(CASES)}")
     if args.threads:
-        if min(args.threads) < 1:
-            ap.error("--threads takes counts >= 1")
         cases = at_threads(cases, args.threads)
     notes, engine_names = [], []
     for e in args.engines:

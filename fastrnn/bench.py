@@ -6,6 +6,7 @@ import numpy as np
 
 from .layers import LAYERS
 from .threads import get_num_threads, set_num_threads
+from .validation import positive_int
 
 DEFAULT_CASES = [  # (mode, hidden, input, batch)
     ("LSTM", 64, 64, 1), ("LSTM", 128, 64, 1), ("LSTM", 256, 64, 1), ("LSTM", 512, 256, 1),
@@ -39,6 +40,7 @@ def median_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
 
 def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20,
              weight_dtype=None) -> BenchResult:
+    steps, repeats = positive_int("steps", steps), positive_int("repeats", repeats)
     previous = get_num_threads()
     set_num_threads(threads)
     try:

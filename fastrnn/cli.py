@@ -4,11 +4,15 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
 from . import fileformat
-from .errors import FastRNNError
+from .errors import ArgumentError, FastRNNError, FormatError, UnsupportedError
+from .layers import RecurrentLayer
+from .tasks import Generator, Seq2Seq, Sequential
+from .vocab import Vocabulary
 
 
 def _cmd_bench(args) -> int:
@@ -65,9 +69,12 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
+    config = info["meta"].get("config")
+    if config is not None and not isinstance(config, dict):
+        raise FormatError(f"{info['path']!r}: the meta's 'config' must be a JSON object of "
+                          f"settings, found {type(config).__name__} {config!r:.60}")
     print(f"file:        {info['path']} ({info['file_size']} bytes, format v{info['format_version']})")
     print(f"kind:        {info['kind']}")
-    config = info["meta"].get("config")
     if config:
         for key, value in config.items():
             print(f"  {key + ':':<20} {value}")
@@ -82,28 +89,82 @@ def _parse_feed(text: str):
     name, sep, path = text.partition("=")
     if not sep:
         raise FastRNNError(f"--input expects NAME=FILE.npy, got {text!r}")
-    return name, np.load(path, allow_pickle=False)
+    return name, _load_npy(text, path)
+
+
+def _load_npy(feed: str, path: str) -> np.ndarray:
+    """The array in a .npy file; a FormatError naming the --input for anything else (pickled
+    objects are never loaded)."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # a broken .npz is a BadZipFile
+        why = ("it is not a .npy file, or it holds pickled objects, which are never loaded"
+               if "pickle" in str(exc) else str(exc))
+        raise FormatError(f"--input {feed}: expected an array saved with numpy.save; {why}"
+                          ) from None
+    if not isinstance(value, np.ndarray):
+        value.close()
+        raise FormatError(f"--input {feed}: expected one array saved with numpy.save, got a .npz "
+                          f"archive; give each input its own .npy file")
+    return value
+
+
+# what to use instead of `fastrnn run` for the savable objects that do not map arrays to arrays
+_NOT_RUNNABLE = {
+    Generator: "it generates from a prompt: in Python, fastrnn.load(FILE).generate(text) or "
+               ".generate_ids(ids)",
+    Seq2Seq: "it decodes step by step: in Python, fastrnn.load(FILE).translate(texts) or "
+             ".greedy_ids(ids) / .beam_search(ids)",
+    Vocabulary: "it is not a model: in Python, fastrnn.load(FILE).encode(text) / .decode(ids) / "
+                ".one_hot(text)",
+}
+
+
+def _run_model(model, feeds: dict) -> dict:
+    """Run a loaded .frnn object on the feeds: {output name: array}."""
+    if hasattr(model, "get_inputs"):
+        names = [o.name for o in model.get_outputs()]
+        return dict(zip(names, model.run(None, feeds)))
+    if isinstance(model, RecurrentLayer):
+        return _run_layer(model, feeds)
+    if isinstance(model, Sequential):
+        return _run_sequential(model, feeds)
+    kind = type(model).__name__
+    instead = _NOT_RUNNABLE.get(type(model), "it is not a layer or a model that maps arrays to "
+                                             "arrays")
+    raise UnsupportedError(f"fastrnn run runs layers, Classifier / Tagger / Sequential models "
+                           f"and converted ONNX models on arrays; the file holds a {kind}, and "
+                           f"{instead}")
+
+
+def _run_layer(layer, feeds: dict) -> dict:
+    if len(feeds) != 1:
+        raise ArgumentError(f"a layer takes one input (x=FILE.npy), got {sorted(feeds)}")
+    out, state = layer(next(iter(feeds.values())))
+    if isinstance(state, tuple):
+        return {"output": out, "h_n": state[0], "c_n": state[1]}
+    return {"output": out, "h_n": state}
+
+
+def _run_sequential(model, feeds: dict) -> dict:
+    """A Classifier / Tagger / Sequential: one output, from ids (or features) and lengths."""
+    inputs = {name: value for name, value in feeds.items() if name != "lengths"}
+    if len(inputs) != 1:
+        raise ArgumentError(f"a {type(model).__name__} takes one input (x=FILE.npy: token ids, "
+                            f"or float features) and optionally lengths=FILE.npy, got "
+                            f"{sorted(feeds)}")
+    return {"output": model(next(iter(inputs.values())), lengths=feeds.get("lengths"))}
 
 
 def _cmd_run(args) -> int:
     model = fileformat.load(args.file)
     feeds = dict(_parse_feed(t) for t in args.input)
-    if hasattr(model, "get_inputs"):
-        names = [o.name for o in model.get_outputs()]
-        outputs = dict(zip(names, model.run(None, feeds)))
-    else:
-        if len(feeds) != 1:
-            raise FastRNNError(f"a layer takes one input (x=FILE.npy), got {sorted(feeds)}")
-        out, state = model(next(iter(feeds.values())))
-        outputs = {"output": out}
-        if isinstance(state, tuple):
-            outputs.update(h_n=state[0], c_n=state[1])
-        else:
-            outputs["h_n"] = state
+    outputs = _run_model(model, feeds)
     for name, value in outputs.items():
         print(f"{name}: shape {tuple(value.shape)} dtype {value.dtype}")
     if args.output:
-        np.savez(args.output, **outputs)
+        with open(args.output, "wb") as f:  # np.savez would add .npz to a path without it
+            np.savez(f, **outputs)
         print(f"wrote {args.output}")
     return 0
 
@@ -135,6 +196,17 @@ def _cmd_warmup(args) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1 (repeats, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="latency of built-in model sizes (fastrnn alone)")
     bench.add_argument("--quick", action="store_true", help="three small cases only")
     bench.add_argument("--threads", type=int, nargs="+", default=[1])
-    bench.add_argument("--steps", type=int, default=100)
-    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--steps", type=_count, default=100)
+    bench.add_argument("--repeats", type=_count, default=20)
     bench.add_argument("--weight-dtype", choices=["float16"], default=None,
                        help="store the weight matrices in float16 (see the README)")
     bench.add_argument("--compare", action="store_true",
@@ -166,14 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a .frnn model on .npy inputs")
     run.add_argument("file")
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    run.add_argument("-o", "--output", default=None, help="write outputs to this .npz")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                     help="x=FILE.npy for a layer or a Classifier / Tagger / Sequential (which "
+                          "also take lengths=FILE.npy); an ONNX model's own input names")
+    run.add_argument("-o", "--output", default=None,
+                     help="write the outputs to this path, as an .npz archive")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run the shipped models: classify, generate, translate")
     demo.add_argument("models", nargs="*", metavar="MODEL",
                       help="dna_motif, weather_chars and/or date_format (default: all)")
-    demo.add_argument("--repeats", type=int, default=5)
+    demo.add_argument("--repeats", type=_count, default=5)
     demo.set_defaults(func=_cmd_demo)
 
     warm = sub.add_parser("warmup", help="compile every kernel into numba's cache ahead of time")

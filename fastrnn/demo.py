@@ -170,7 +170,9 @@ def run_demo(names=None, repeats: int = 5, out=print) -> int:
     """Run each shipped model on a few examples and print results and latency per step; a run
     that had to compile kernels says so at the end."""
     from .threads import get_num_threads
+    from .validation import positive_int
     from .warmup import compiled_here
+    repeats = positive_int("repeats", repeats)  # timed calls per latency: a best of none is inf
     start, compiled = time.perf_counter(), compiled_here()
     names = list(names or MODELS)
     out(f"fastrnn demo: shipped models in {MODELS_DIR} (threads: {get_num_threads()})")

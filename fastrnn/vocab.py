@@ -2,7 +2,8 @@
 
 ``Vocabulary("ATCG")`` is the course's example: each character is a symbol, ids follow the order
 given (A=0, T=1, C=2, G=3), and ``one_hot("AACG")`` is the (4, 4) matrix of the slide. A list of
-strings makes a token vocabulary instead (``Vocabulary(["<s>", "hello", "world"])``).
+strings makes a token vocabulary instead (``Vocabulary(["<s>", "hello", "world"])``), unless every
+symbol but the special ones is one character: then it is a character vocabulary too.
 
 Special symbols (``pad``, ``unknown``, ``bos``, ``eos``) are ordinary members of the vocabulary; one
 that is not among the given symbols is put in front of them, in that order, so ``pad`` gets id 0.
@@ -49,7 +50,8 @@ def check_ids(ids: Any, size: int, what: str = "token ids") -> np.ndarray:
 class Vocabulary:
     """An ordered set of symbols with ids 0..len-1.
 
-    symbols: a string (each character a symbol) or an iterable of strings (tokens).
+    symbols: a string (each character a symbol) or an iterable of strings (tokens; characters
+    when every symbol but the special ones is one character).
     pad / unknown / bos / eos: optional special symbols (added in front when not among symbols).
     unknown: when set, symbols outside the vocabulary encode to its id instead of raising.
     """
@@ -86,8 +88,10 @@ class Vocabulary:
             raise ArgumentError("a vocabulary needs at least one symbol")
         self._symbols = tuple(items)
         self._index = seen
-        # a character vocabulary splits text into characters and joins without separator
-        self.chars = chars or all(len(s) == 1 for s in items[len(front):])
+        # a character vocabulary splits text into characters and joins without separator;
+        # whether the special symbols were among the given ones or added makes no difference
+        special_symbols = set(specials.values())
+        self.chars = chars or all(len(s) == 1 for s in items if s not in special_symbols)
         self.pad, self.unknown, self.bos, self.eos = pad, unknown, bos, eos
 
     # ----- lookups -----
@@ -197,26 +201,30 @@ class Vocabulary:
             return out
         return ("" if self.chars else " ").join(out)
 
-    def one_hot(self, text: str | Sequence[str] | np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """One-hot rows: text, ids or an array of symbols (any shape S) -> (*S, len(self))
-        array of 0/1."""
+    def one_hot(self, text: str | Sequence | np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """One-hot rows (*S, len(self)) of 0/1: of a text (S = its symbols), or of ids or
+        symbols of any shape S (an array or nested lists of ints, or of strings)."""
         try:
             dtype = np.dtype(dtype)
-        except TypeError:
+        except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python
             raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype!r}") from None
         if dtype.kind not in "biuf":
             raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype}")
-        if isinstance(text, np.ndarray) and text.dtype.kind in "iub":
-            ids = check_ids(text, len(self))
-        elif isinstance(text, np.ndarray) and text.dtype.kind == "U":
-            ids = np.array([self.id(str(s)) for s in text.reshape(-1)],
-                           np.int64).reshape(text.shape)
-        else:
-            ids = self.encode(text)
+        ids = self.encode(text) if isinstance(text, str) else self._ids_of(text)
         check_elements("one_hot's output", ids.size * len(self))
         out = np.zeros(ids.shape + (len(self),), dtype=dtype)
         np.put_along_axis(out, ids[..., None], 1, axis=-1)
         return out
+
+    def _ids_of(self, ids_or_symbols: Any) -> np.ndarray:
+        """Ids or symbols (an array, or nested lists of ints or of strings) -> checked ids of
+        the same shape."""
+        arr = as_array(ids_or_symbols, "one_hot's ids or symbols")
+        if arr.dtype.kind != "U":
+            return check_ids(arr, len(self))
+        # as objects, a number among strings stays a number (numpy's str array made it text)
+        symbols = np.asarray(ids_or_symbols, dtype=object).reshape(-1)
+        return np.array([self.id(s) for s in symbols], np.int64).reshape(arr.shape)
 
     def encode_batch(self, texts: Sequence[str | Sequence[str]], *, batch_first: bool = True,
                      bos: bool = False, eos: bool = False,

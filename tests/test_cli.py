@@ -83,3 +83,133 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 2
     assert "error" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.frnn")]) == 2
+
+
+def _classifier():
+    return fastrnn.Classifier(fastrnn.Vocabulary("ACGT"),
+                              fastrnn.GRU(4, 6, batch_first=True, seed=0),
+                              fastrnn.Linear(6, 2, activation="softmax", seed=1))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_run_classifier_file_writes_its_one_output(tmp_path, rows):
+    clf = _classifier()
+    fastrnn.save(clf, tmp_path / "clf.frnn")
+    ids, lengths = clf.vocab.encode_batch(["ACGTTA", "GGA", "T"][:rows])
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "lengths.npy", lengths)
+    assert main(["run", str(tmp_path / "clf.frnn"), "--input", f"x={tmp_path / 'ids.npy'}",
+                 "-o", str(tmp_path / "o.npz")]) == 0
+    got = np.load(tmp_path / "o.npz")
+    assert list(got) == ["output"]
+    np.testing.assert_array_equal(got["output"], clf(ids))
+    assert main(["run", str(tmp_path / "clf.frnn"), "--input", f"x={tmp_path / 'ids.npy'}",
+                 "--input", f"lengths={tmp_path / 'lengths.npy'}",
+                 "-o", str(tmp_path / "o.npz")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npz")["output"], clf(ids, lengths))
+
+
+def test_run_task_model_takes_x_and_optional_lengths_only(tmp_path, capsys):
+    fastrnn.save(_classifier(), tmp_path / "clf.frnn")
+    np.save(tmp_path / "ids.npy", np.zeros((2, 3), np.int64))
+    feed = f"{tmp_path / 'ids.npy'}"
+    assert main(["run", str(tmp_path / "clf.frnn"), "--input", f"x={feed}",
+                 "--input", f"y={feed}"]) == 2
+    assert "a Classifier takes one input (x=FILE.npy" in capsys.readouterr().err
+
+
+def _generator():
+    vocab = fastrnn.Vocabulary("abc", eos="$")
+    return fastrnn.Generator(vocab, fastrnn.GRU(4, 5, seed=0), fastrnn.Linear(5, 4, seed=1))
+
+
+def _seq2seq():
+    vocab = fastrnn.Vocabulary("abc", bos="^", eos="$")
+    return fastrnn.Seq2Seq(source=vocab, encoder=fastrnn.GRU(5, 6, seed=0), target=vocab,
+                           decoder=fastrnn.GRU(5, 6, seed=1), head=fastrnn.Linear(6, 5, seed=2))
+
+
+@pytest.mark.parametrize("make, kind, instead", [
+    (_generator, "a Generator", "generate"), (_seq2seq, "a Seq2Seq", "translate"),
+    (lambda: fastrnn.Vocabulary("abc"), "a Vocabulary", "encode")])
+def test_run_refuses_models_that_do_not_run_on_arrays(tmp_path, capsys, make, kind, instead):
+    fastrnn.save(make(), tmp_path / "m.frnn")
+    np.save(tmp_path / "ids.npy", np.zeros((2, 3), np.int64))
+    assert main(["run", str(tmp_path / "m.frnn"), "--input", f"x={tmp_path / 'ids.npy'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastrnn run: error: ") and kind in err and instead in err
+
+
+def test_run_rejects_inputs_that_are_not_npy_arrays(tmp_path, capsys):
+    fastrnn.save(fastrnn.GRU(4, 8, seed=0), tmp_path / "gru.frnn")
+    (tmp_path / "garbage.npy").write_bytes(b"garbage")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "objects.npy", np.array([{}, None], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "archive.npz", x=np.zeros((5, 1, 4), np.float32))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04garbage")
+    for name in ("garbage.npy", "empty.npy", "objects.npy", "archive.npz", "broken.npz"):
+        path = tmp_path / name
+        assert main(["run", str(tmp_path / "gru.frnn"), "--input", f"x={path}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastrnn run: error: --input x=") and str(path) in err
+        assert "allow_pickle" not in err
+
+
+def test_run_writes_exactly_the_output_path(tmp_path, capsys):
+    fastrnn.save(fastrnn.GRU(4, 8, seed=0), tmp_path / "gru.frnn")
+    np.save(tmp_path / "x.npy", np.zeros((5, 1, 4), np.float32))
+    out = tmp_path / "outfile"
+    assert main(["run", str(tmp_path / "gru.frnn"), "--input", f"x={tmp_path / 'x.npy'}",
+                 "-o", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert out.is_file() and not (tmp_path / "outfile.npz").exists()
+    assert sorted(np.load(out)) == ["h_n", "output"]
+
+
+def test_inspect_refuses_a_config_that_is_not_an_object(tmp_path, capsys):
+    path = tmp_path / "odd.frnn"
+    fastrnn.fileformat.write_container(path, "layer", {"config": [1, 2]}, {})
+    assert main(["inspect", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("fastrnn inspect: error: ") and "'config' must be a JSON object" in err
+    assert out == ""                                          # no half description before it
+    assert main(["inspect", "--json", str(path)]) == 0        # the raw header, as it is
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--quick", "--steps", "-1"], ["bench", "--quick", "--steps", "0"],
+    ["bench", "--quick", "--repeats", "0"], ["demo", "dna_motif", "--repeats", "0"],
+    ["demo", "dna_motif", "--repeats", "-3"], ["demo", "--repeats", "two"]])
+def test_counts_below_one_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"fastrnn {argv[0]}: error: argument --" in err and "an integer >= 1" in err
+
+
+def test_library_counts_below_one_are_argument_errors():
+    from fastrnn.bench import run_case
+    from fastrnn.demo import run_demo
+    with pytest.raises(fastrnn.errors.ArgumentError, match="repeats"):
+        run_demo(["dna_motif"], repeats=0, out=lambda line: None)
+    with pytest.raises(fastrnn.errors.ArgumentError, match="steps"):
+        run_case("GRU", 8, 4, 1, steps=-1)
+    with pytest.raises(fastrnn.errors.ArgumentError, match="repeats"):
+        run_case("GRU", 8, 4, 1, steps=2, repeats=0)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--rounds", "-1"], ["--rounds", "0"], ["--repeats", "0"], ["--repeats", "-5"],
+    ["--threads", "0"], ["--min-seconds", "-1"], ["--warmup", "nan"], ["--timeout", "0"]])
+def test_compare_runner_validates_its_counts(argv, capsys, tmp_path, monkeypatch):
+    from benchmarks import compare
+
+    def measure(*args, **kw):
+        raise AssertionError("the runner started measuring")
+    monkeypatch.setattr(compare, "subprocess_json", measure)
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(argv + ["--out", str(tmp_path / "results")])
+    assert exit_.value.code == 2
+    assert f"argument {argv[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

@@ -605,6 +605,34 @@ def test_typed_errors():
                         decoder=fastrnn.GRU(3, 4), head=fastrnn.Linear(4, 5))
 
 
+def test_a_vocabulary_needs_an_input_stage_to_encode_into():
+    vocab, gru, fc = fastrnn.Vocabulary("ATCG"), fastrnn.GRU(4, 8, seed=0), fastrnn.Linear(8, 2)
+    with pytest.raises(ArgumentError, match="Classifier: a vocabulary needs an input stage"):
+        fastrnn.Classifier(gru, fc, vocab=vocab)         # text could never run, nor ids
+    with pytest.raises(ArgumentError, match="Tagger: a vocabulary needs an input stage"):
+        fastrnn.Tagger(gru, fc, vocab=vocab)
+    by_stage = fastrnn.Classifier(vocab, gru, fc)         # the vocabulary as the input stage
+    by_keyword = fastrnn.Classifier(fastrnn.OneHot(4), gru, fc, vocab=vocab)
+    np.testing.assert_array_equal(by_stage("ACGT"), by_keyword("ACGT"))
+
+
+@pytest.mark.parametrize("bad", ["abc", ["a", "b", "c"], 3])
+def test_a_vocabulary_argument_must_be_a_vocabulary(bad):
+    emb, rnn, head = fastrnn.Embedding(3, 4), fastrnn.GRU(4, 5), fastrnn.Linear(5, 3)
+    builds = {
+        "Sequential": lambda: fastrnn.Classifier(emb, rnn, head, vocab=bad),
+        "Generator": lambda: fastrnn.Generator(emb, rnn, head, vocab=bad),
+        "Seq2Seq target": lambda: fastrnn.Seq2Seq(source=emb, encoder=fastrnn.GRU(4, 5),
+                                                  target=emb, decoder=rnn, head=head,
+                                                  bos=0, eos=1, target_vocab=bad),
+        "Seq2Seq source": lambda: fastrnn.Seq2Seq(source=emb, encoder=fastrnn.GRU(4, 5),
+                                                  target=emb, decoder=rnn, head=head,
+                                                  bos=0, eos=1, source_vocab=bad)}
+    for name, build in builds.items():
+        with pytest.raises(ArgumentError, match="must be a fastrnn.Vocabulary or None"):
+            build()
+
+
 def test_composite_from_checkpoint_file_and_module_prefix(tmp_path):
     torch.manual_seed(12)
     net = TorchSeq("GRU", layers=2).eval()

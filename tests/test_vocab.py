@@ -123,10 +123,9 @@ def test_non_symbols_and_non_lists_are_typed_errors():
     with pytest.raises(ShapeError):
         v.symbol([1, 2])
     assert v.symbol(np.int64(2)) == "C"
-    with pytest.raises(DTypeError):
-        v.one_hot("A", dtype="bogus")
-    with pytest.raises(DTypeError):
-        v.one_hot("A", dtype=object)
+    for dtype in ("bogus", object, "(2,3", "(-1,)f4"):  # numpy parses the last two as Python
+        with pytest.raises(DTypeError):
+            v.one_hot("A", dtype=dtype)
 
 
 def test_one_hot_of_an_array_of_symbols():
@@ -136,3 +135,27 @@ def test_one_hot_of_an_array_of_symbols():
     assert v.one_hot("AT", dtype=np.int8).dtype == np.int8
     with pytest.raises(ArgumentError):
         v.one_hot(np.array(["A", "X"]))
+
+
+def test_specials_among_the_symbols_do_not_change_character_mode():
+    added = fastrnn.Vocabulary(["a", "b"], unknown="<unk>")
+    given = fastrnn.Vocabulary(["<unk>", "a", "b"], unknown="<unk>")
+    assert added.symbols == given.symbols and added.chars and given.chars
+    assert added == given
+    assert given.encode("ab").tolist() == [1, 2] and given.encode("az").tolist() == [1, 0]
+    assert not fastrnn.Vocabulary(["<s>", "a"]).chars  # "<s>" is not special here: tokens
+
+
+def test_one_hot_of_a_list_of_ids():
+    v = fastrnn.Vocabulary("ATCG")
+    np.testing.assert_array_equal(v.one_hot([0, 3]), v.one_hot(np.array([0, 3])))
+    np.testing.assert_array_equal(v.one_hot([[0, 1], [3, 3]]), v.one_hot("ATGG").reshape(2, 2, 4))
+    np.testing.assert_array_equal(v.one_hot(["A", "G"]), v.one_hot("AG"))   # symbols, as before
+    np.testing.assert_array_equal(v.one_hot([["A", "T"]]), v.one_hot("AT")[None])
+    assert v.one_hot([]).shape == (0, 4)
+    with pytest.raises(ArgumentError, match=r"in \[0, 4\), got 4"):
+        v.one_hot([0, 4])
+    with pytest.raises(DTypeError):
+        v.one_hot([0.0, 1.0])
+    with pytest.raises(ArgumentError, match="a symbol is a string, got int 1"):
+        fastrnn.Vocabulary("AT", unknown="?").one_hot(["A", 1])   # not the unknown symbol's row

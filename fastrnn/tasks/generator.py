@@ -12,7 +12,7 @@ from ..kernels.heads import sample
 from ..validation import as_array, as_flag
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import HeadChain, split_stages
+from .stages import HeadChain, check_vocab, split_stages
 
 _UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
 
@@ -31,7 +31,7 @@ class Generator:
                  info: Mapping | None = None):
         inp, v, self.rnns, self.heads = split_stages(stages, "Generator", need_input=True)
         self.input = inp
-        self.vocab = vocab if vocab is not None else v
+        self.vocab = check_vocab(vocab if vocab is not None else v, "vocab")
         if not self.heads:
             raise ArgumentError("Generator needs a Linear head that scores the next token")
         if self.heads[-1].activation not in ("none", "softmax", "log_softmax"):

@@ -12,8 +12,8 @@ from ..layers import RecurrentLayer
 from ..validation import as_array, as_float
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import (HeadChain, check_row_lengths, empty_batch, prepare_input, run_rnns,
-                     split_stages)
+from .stages import (HeadChain, check_row_lengths, check_vocab, empty_batch, prepare_input,
+                     run_rnns, split_stages)
 
 BRIDGES = ("concat", "sum")
 
@@ -45,8 +45,10 @@ class Seq2Seq:
         if len(enc) != 1 or len(dec) != 1:
             raise ArgumentError("Seq2Seq takes one recurrent layer (of any depth) on each side")
         self.encoder, self.decoder = enc[0], dec[0]
-        self.source_vocab = source_vocab if source_vocab is not None else sv
-        self.target_vocab = target_vocab if target_vocab is not None else tv
+        self.source_vocab = check_vocab(source_vocab if source_vocab is not None else sv,
+                                        "source_vocab")
+        self.target_vocab = check_vocab(target_vocab if target_vocab is not None else tv,
+                                        "target_vocab")
         for name, v, stage in (("source", self.source_vocab, self.source),
                                ("target", self.target_vocab, self.target)):
             if v is not None and len(v) != stage.size:

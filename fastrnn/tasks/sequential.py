@@ -9,7 +9,8 @@ from .. import fileformat
 from ..errors import ArgumentError, ShapeError
 from ..vocab import Vocabulary
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import apply_heads, final_hidden, prepare_input, run_rnns, split_stages
+from .stages import (apply_heads, check_vocab, final_hidden, prepare_input, run_rnns,
+                     split_stages)
 
 POOLS = ("last", "mean", "max")
 
@@ -32,10 +33,13 @@ class Sequential:
                  labels: Sequence[str] | None = None, info: Mapping | None = None):
         inp, v, self.rnns, self.heads = split_stages(stages, type(self).__name__)
         self.input = inp
-        self.vocab = vocab if vocab is not None else v
-        if self.vocab is not None and not isinstance(self.vocab, Vocabulary):
-            raise ArgumentError(f"vocab must be a fastrnn.Vocabulary, got {type(vocab).__name__}")
-        if self.vocab is not None and inp is not None and len(self.vocab) != inp.size:
+        self.vocab = check_vocab(vocab if vocab is not None else v, "vocab")
+        if self.vocab is not None and inp is None:
+            raise ArgumentError(
+                f"{type(self).__name__}: a vocabulary needs an input stage to encode text into: "
+                f"without one the model takes float features, neither text nor ids; put the "
+                f"Vocabulary first (one-hot rows) or an Embedding / OneHot of its size")
+        if self.vocab is not None and len(self.vocab) != inp.size:
             raise ShapeError(f"the vocabulary has {len(self.vocab)} symbols but the input stage "
                              f"takes {inp.size} ids")
         if pool not in POOLS and pool is not None:

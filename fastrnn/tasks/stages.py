@@ -54,6 +54,16 @@ def split_stages(stages: Sequence[Any], what: str, *, need_input: bool = False):
     return inp, vocab, rnns, heads
 
 
+def check_vocab(vocab: Any, name: str) -> Vocabulary | None:
+    """``vocab`` itself when it is None or a fastrnn.Vocabulary; else an ArgumentError (a string
+    or a list of symbols is what a Vocabulary is built from, not one)."""
+    if vocab is not None and not isinstance(vocab, Vocabulary):
+        raise ArgumentError(f"{name} must be a fastrnn.Vocabulary or None, got "
+                            f"{type(vocab).__name__} {vocab!r:.40}; build one with "
+                            f"fastrnn.Vocabulary(symbols)")
+    return vocab
+
+
 def check_row_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
     """The layers' check (recurrent.check_lengths), any shape of N entries taken as (N,)."""
     return check_lengths(as_array(lengths, "lengths").reshape(-1), rows, steps)
