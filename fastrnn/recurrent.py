@@ -112,6 +112,10 @@ class DirectionParams:
         self.dummy_c = np.zeros((1, 0, hidden), dtype)  # the kernels' c for RNN and GRU
         self._recurrent_bytes = (w_hh.size + proj.size) * self.weight_dtype.itemsize
 
+    def __getstate__(self) -> dict:
+        """Without the compiled functions (which cannot be pickled): found again on first use."""
+        return dict(self.__dict__, _entries={})
+
     def _projects_ahead(self) -> bool:
         """Whether one-row calls carry the input projection inside the recurrent steps
         (kernels/steps.py, ahead_slot) instead of running it before them: float32 with 32
@@ -400,6 +404,10 @@ class Stack:
             raise ArgumentError("a stack needs at least one layer of at least one direction")
         _check_stack(self.layers)
         self._plans = {}  # (steps, rows, threads) -> _plan()
+
+    def __getstate__(self) -> dict:
+        """Without the planned calls (compiled functions cannot be pickled): planned again."""
+        return dict(self.__dict__, _plans={})
 
     def run(self, x, h0, c0, lengths):
         """x (T >= 1, N >= 1, I) `canonical` in the directions' dtype (checked by the caller);

@@ -881,3 +881,19 @@ def test_linear_apply_into_refuses_out_overlapping_x():
         lin.apply_into(rows[:3], rows[1:])
     out = np.empty_like(buf)
     np.testing.assert_array_equal(lin.apply_into(buf, out), want)
+
+
+@pytest.mark.parametrize("make", [lambda: fastrnn.LSTM(I, H, 2, bidirectional=True, seed=0),
+                                  lambda: fastrnn.GRU(I, H, seed=0),
+                                  lambda: fastrnn.RNN(I, H, seed=0, clip=2.0)])
+def test_layers_pickle_after_calls(make):
+    """A called layer holds compiled functions, which cannot be pickled: pickling leaves them out
+    and the copy finds them again (multiprocessing sends layers by pickle)."""
+    import pickle
+    layer = make()
+    x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
+    want = _outputs(layer(x))
+    back = pickle.loads(pickle.dumps(layer))
+    for got, expected in zip(_outputs(back(x)), want):
+        np.testing.assert_array_equal(got, expected)
+    assert _outputs(layer(x))[0].shape == want[0].shape  # the original still runs

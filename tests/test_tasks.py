@@ -161,6 +161,22 @@ def test_save_load_round_trip_of_every_task(tmp_path):
     assert fastrnn.fileformat.inspect(tmp_path / "m.frnn")["kind"] == "sequential"
 
 
+def test_task_models_pickle_after_calls():
+    """Called models hold their layers' compiled functions, left out of a pickle."""
+    import pickle
+
+    from fastrnn.demo import load_model
+    classifier = load_model("dna_motif")
+    generator = load_model("weather_chars")
+    seq2seq = load_model("date_format")
+    runs = [(classifier, lambda m: m(["ACGTTATAAAGG", "CCGAT"])),
+            (generator, lambda m: m.generate_ids("Denver", 12, temperature=0.8, seed=1)),
+            (seq2seq, lambda m: m.translate(["5 March 2021", "07.11.1962"], max_len=12, beam=2))]
+    for model, run in runs:
+        want = run(model)
+        np.testing.assert_array_equal(run(pickle.loads(pickle.dumps(model))), want)
+
+
 # ------------------------------------------------------------------------------------ one-to-many
 class TorchGen(nn.Module):
     def __init__(self, mode, vocab=7, layers=2):
