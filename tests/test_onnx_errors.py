@@ -556,6 +556,102 @@ def test_a_node_failing_on_a_numpy_error_is_named_once(monkeypatch):
                                "numpy says no")
 
 
+@pytest.mark.parametrize("error", [OverflowError("too big"), ZeroDivisionError("by zero")],
+                         ids=lambda e: type(e).__name__)
+def test_a_node_failing_on_an_arithmetic_error_is_typed(monkeypatch, error):
+    """OverflowError and ZeroDivisionError from a kernel are ArgumentErrors that name the node (an
+    integer Gemm with alpha inf let an OverflowError escape untyped)."""
+    from converters.onnx_import import kernels
+
+    def broken(attrs, ins, n_out):
+        raise error
+
+    monkeypatch.setitem(kernels.KERNELS, "Range", broken)
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in ((0, "a"), (3, "b"), (1, "c"))]
+    with pytest.raises(ArgumentError) as info:
+        converters.from_onnx(small_model([helper.make_node("Range", ["a", "b", "c"], ["y"], name="r")],
+                                         inits))
+    assert str(info.value) == (f"node 'r' (Range-11) failed on the values of its inputs: "
+                               f"{type(error).__name__}: {error}")
+
+
+def _refused_at_import_or_run(model, feeds, err):
+    """fastrnn raises `err`, as it folds the node at import or as it runs it."""
+    with pytest.raises(err) as info:
+        converters.from_onnx(model).run(None, feeds)
+    return info
+
+
+def _both_ways(nodes, values, opset):
+    """The model with `values` as initializers (folded at import), and with them fed at run time."""
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in values.items()]
+    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
+              for n, v in values.items()]
+    return [(small_model(nodes, inits, opset=opset), {}),
+            (small_model(nodes, (), inputs, opset=opset), {n: np.asarray(v) for n, v in values.items()})]
+
+
+@pytest.mark.parametrize("indices_shape", [(4, 2), (3,), (1, 1, 1)])
+def test_gather_elements_indices_beyond_the_data_are_a_shape_error(indices_shape):
+    """ORT refuses indices of another rank than the data, or longer than the data on an axis other
+    than `axis` (fastrnn used to broadcast indices and data against each other)."""
+    values = {"d": np.arange(12, dtype=np.float32).reshape(3, 4),
+              "i": np.zeros(indices_shape, np.int64)}
+    node = helper.make_node("GatherElements", ["d", "i"], ["y"], axis=1)
+    for model, feeds in _both_ways([node], values, 13):
+        with pytest.raises(Exception):  # noqa: B017 - ORT's own exception types
+            ort.InferenceSession(model.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, feeds)
+        _refused_at_import_or_run(model, feeds, ShapeError)
+
+
+@pytest.mark.parametrize("alpha, beta", [(np.inf, 1.0), (1.0, -np.inf), (1.0, np.nan), (0.5, 1.0),
+                                         (1e10, 1.0)])
+def test_integer_gemm_needs_whole_number_alpha_and_beta(alpha, beta):
+    """ORT has no integer Gemm; fastrnn computes it exactly when alpha and beta are whole numbers
+    in the type's range and refuses the rest (alpha inf was an untyped OverflowError, alpha 0.5
+    was truncated to 0)."""
+    values = {"a": np.ones((2, 3), np.int32), "b": np.ones((3, 2), np.int32),
+              "c": np.ones(2, np.int32)}
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=alpha, beta=beta)
+    for model, feeds in _both_ways([node], values, 13):
+        info = _refused_at_import_or_run(model, feeds, UnsupportedError)
+        assert "integer Gemm needs whole-number alpha and beta" in str(info.value)
+
+
+def test_integer_gemm_with_whole_number_alpha_and_beta_runs_like_the_reference():
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    values = {"a": rng.integers(-9, 9, (4, 3)).astype(np.int64),
+              "b": rng.integers(-9, 9, (2, 3)).astype(np.int64), "c": rng.integers(-9, 9, 2)}
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=3.0, beta=-2.0, transB=1)
+    for model, feeds in _both_ways([node], values, 13):
+        want = ReferenceEvaluator(model).run(None, feeds)[0]
+        got = converters.from_onnx(model).run(None, feeds)[0]
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
+
+
+def test_reduce_max_of_no_bool_values_runs_as_the_spec_says():
+    """ORT refuses it ("ReduceMax is not defined for empty set with bool type"); the spec gives the
+    type's minimum, False (ReduceMin: True). An empty output is empty in both."""
+    for axis, empty_set in ((0, True), (1, False)):
+        values = {"x": np.zeros((0, 3), np.bool_), "axes": np.array([axis], np.int64)}
+        for op, value in (("ReduceMax", False), ("ReduceMin", True)):
+            node = helper.make_node(op, ["x", "axes"], ["y"])
+            for model, feeds in _both_ways([node], values, 20):
+                got = converters.from_onnx(model).run(None, feeds)[0]
+                assert got.dtype == np.bool_
+                if empty_set:
+                    with pytest.raises(Exception):  # noqa: B017 - ORT's own exception types
+                        ort.InferenceSession(model.SerializeToString(),
+                                             providers=["CPUExecutionProvider"]).run(None, feeds)
+                    np.testing.assert_array_equal(got, np.full((1, 3), value))
+                else:
+                    assert got.shape == (0, 1)
+
+
 def test_shape_inference_cannot_be_made_to_exhaust_memory():
     """Slice steps near INT64_MIN made ONNX shape inference with data propagation allocate without
     bound (a 139-byte model) or crash; in a process limited to 3 GiB they import and run as in ORT."""

@@ -24,9 +24,17 @@ rng = np.random.default_rng(0)
 F = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
 I64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
 TOL = dict(rtol=1e-5, atol=1e-6)
+F64_TOL = dict(rtol=1e-12, atol=1e-300)
 ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
-        np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
-        np.dtype(np.bool_): TensorProto.BOOL}
+        np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.int64): TensorProto.INT64,
+        np.dtype(np.int32): TensorProto.INT32, np.dtype(np.bool_): TensorProto.BOOL}
+NAN, INF = np.nan, np.inf
+A32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
+A16 = lambda *v: np.array(v, dtype=np.float16)  # noqa: E731
+I32 = lambda *v: np.array(v, dtype=np.int32)  # noqa: E731
+INT32_MAX, INT32_MIN, INT64_MAX = 2**31 - 1, -2**31, 2**63 - 1
+# NaN placed first, in the middle and last along rows of 3 (ORT scans those one element at a time)
+NAN_ROWS = A32(1, NAN, 3, NAN, 0, 0, 0, 5, NAN, NAN, NAN, NAN, -INF, NAN, INF, 2, 2, NAN).reshape(6, 3)
 
 # (id, op, opset, inputs (name -> array, None = absent ''), attrs, number of outputs)
 CASES = [
@@ -173,6 +181,97 @@ CASES = [
     ("topk_smallest_axis0", "TopK", 11, [F(4, 3), I64(3)], {"axis": 0, "largest": 0}, 2),
     ("topk1_attr", "TopK", 9, [F(2, 5)], {"k": 2}, 2),
     ("nonzero", "NonZero", 13, [np.array([[1, 0, 2], [0, 0, 3]], np.float32)], {}, 1),
+    # the output has the indices' shape, the data is read from index 0 on the other axes
+    ("gather_elements_short_indices", "GatherElements", 13,
+     [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([[0, -1]], np.int64)], {"axis": 1}, 1),
+    ("gather_elements11_short_axis0", "GatherElements", 11,
+     [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([[2], [0]], np.int64)], {"axis": 0}, 1),
+    ("gather_elements_long_axis", "GatherElements", 13,
+     [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([[0, 3, 1, 1, 2], [3, 3, 3, 0, 0]],
+                                                               np.int64)], {"axis": 1}, 1),
+    ("gather_elements_empty_indices", "GatherElements", 13,
+     [F(3, 4), np.zeros((0, 2), np.int64)], {"axis": 1}, 1),
+    # integer Pow: through a double, out of range (and 0 to a negative power) the type's minimum;
+    # 2 and 3 as a scalar exponent: x*x and x*x*x, wrapping
+    ("pow15_int32_negative_exp", "Pow", 15,
+     [I32(2, 1, -1, 0, 0, -2, 3, 50000, 7), I32(-1, -2, -3, -1, 0, -1, 30, 2, 3)], {}, 1),
+    ("pow13_int64_negative_exp_int32", "Pow", 13,
+     [I64(2, -3, 1, 1, 0, 3, 3), I32(62, 3, -2, -1, -1, 39, 40)], {}, 1),
+    ("pow15_int32_scalar_2_wraps", "Pow", 15, [I32(50000, -50000, 3, 0), np.array(2, np.int32)], {}, 1),
+    ("pow15_int32_scalar_3_wraps", "Pow", 15, [I32(50000, -50000, 3, -1), I32(3)], {}, 1),
+    ("pow15_int64_scalar_neg", "Pow", 15, [I64(2, 1, -1, 0), np.array(-1, np.int64)], {}, 1),
+    ("pow15_int32_float_exp", "Pow", 15, [I32(2, 0, 3, -8), A32(-1, -1, 0.5, 2)], {}, 1),
+    ("softmax13_empty", "Softmax", 13, [np.zeros((3, 0), np.float32)], {}, 1),
+    ("logsoftmax13_empty_axis0", "LogSoftmax", 13, [np.zeros((0, 3), np.float32)], {"axis": 0}, 1),
+    ("softmax11_empty_legacy", "Softmax", 11, [np.zeros((2, 0, 3), np.float32)], {}, 1),
+    ("logsoftmax11_empty_legacy", "LogSoftmax", 11, [np.zeros((2, 0, 3), np.float32)], {"axis": 2}, 1),
+    # reductions over no elements: -inf / inf, INT_MIN / INT_MAX, 0 and 1; an empty output stays
+    ("reduce_max13_empty_axis", "ReduceMax", 13, [np.zeros((0, 3), np.float32)], {"axes": [0]}, 1),
+    ("reduce_max13_empty_output", "ReduceMax", 13, [np.zeros((0, 3), np.float32)], {"axes": [1]}, 1),
+    ("reduce_min18_empty_int32", "ReduceMin", 18, [np.zeros((0, 3), np.int32), I64(0)],
+     {"keepdims": 0}, 1),
+    ("reduce_max20_empty_all_int64", "ReduceMax", 20, [np.zeros((2, 0), np.int64)], {}, 1),
+    ("reduce_mean18_empty", "ReduceMean", 18, [np.zeros((0, 3), np.float32), I64(0)], {}, 1),
+    ("reduce_mean13_empty_int32", "ReduceMean", 13, [np.zeros((0, 3), np.int32)], {"axes": [0]}, 1),
+    ("reduce_sum13_empty", "ReduceSum", 13, [np.zeros((0, 3), np.float64), I64(0)], {}, 1),
+    ("reduce_prod18_empty", "ReduceProd", 18, [np.zeros((2, 0), np.int64), I64(1)], {}, 1),
+    # NaN: ORT's max / min scan skips it unless it is the first element
+    ("reduce_max13_nan_rows", "ReduceMax", 13, [NAN_ROWS], {"axes": [1]}, 1),
+    ("reduce_min18_nan_rows", "ReduceMin", 18, [NAN_ROWS, I64(-1)], {"keepdims": 0}, 1),
+    ("reduce_max18_nan_columns", "ReduceMax", 18, [np.tile(NAN_ROWS.T, (1, 5)), I64(0)], {}, 1),
+    ("reduce_min13_nan_middle_axis", "ReduceMin", 13, [np.stack([NAN_ROWS.T] * 2, -1)], {"axes": [1]}, 1),
+    ("reduce_max20_nan_leading_axes", "ReduceMax", 20, [NAN_ROWS.reshape(2, 3, 3), I64(0, 1)], {}, 1),
+    ("argmax13_nan", "ArgMax", 13, [NAN_ROWS], {"axis": 1}, 1),
+    ("argmax12_nan_last", "ArgMax", 12, [NAN_ROWS], {"axis": 1, "select_last_index": 1}, 1),
+    ("argmin13_nan_axis0_nokeep", "ArgMin", 13, [np.tile(NAN_ROWS.T, (1, 5))],
+     {"axis": 0, "keepdims": 0}, 1),
+    ("argmin12_nan_last", "ArgMin", 12, [NAN_ROWS], {"axis": -1, "select_last_index": 1}, 1),
+    # integer sums, products and means accumulate in double and saturate
+    ("reduce_sum11_int32_saturates", "ReduceSum", 11,
+     [np.array([[INT32_MAX, 5], [INT32_MIN, -1], [INT32_MAX, -10]], np.int32)], {"axes": [1]}, 1),
+    ("reduce_sum13_int64_saturates", "ReduceSum", 13, [I64(INT64_MAX, 5, -10)], {"keepdims": 0}, 1),
+    ("reduce_prod18_int32_saturates", "ReduceProd", 18,
+     [np.array([[INT32_MAX, 5, -10], [INT32_MIN, -1, 1], [1 << 20, 1 << 20, 0]], np.int32), I64(1)],
+     {}, 1),
+    ("reduce_mean18_int32_no_overflow", "ReduceMean", 18,
+     [np.array([[INT32_MAX, 1], [INT32_MIN, -1]], np.int32), I64(1)], {}, 1),
+    # absent Clip bounds are the type's lowest / max, a NaN bound is ignored
+    ("clip13_absent_bounds", "Clip", 13, [A32(-INF, -1, INF, NAN)], {}, 1),
+    ("clip11_min_absent", "Clip", 11, [A32(-INF, 0, 5), None, np.array(2, np.float32)], {}, 1),
+    ("clip13_double_max_absent", "Clip", 13, [np.array([-1, INF]), np.array(0.0)], {}, 1),
+    ("clip13_float16_max_absent", "Clip", 13, [A16(-1, INF, 3), A16(0)], {}, 1),
+    ("clip11_nan_min", "Clip", 11, [A32(-INF, 0, 5), np.array(NAN, np.float32),
+                                     np.array(2, np.float32)], {}, 1),
+    ("clip13_nan_max", "Clip", 13, [np.array([-1, INF, NAN]), np.array(0.0), np.array(NAN)], {}, 1),
+    ("clip6_default_inf", "Clip", 6, [A32(-INF, 1, INF)], {}, 1),
+    ("clip12_int_min_above_max", "Clip", 12, [I64(-5, 0, 5), I64(1)[0], I64(-1)[0]], {}, 1),
+    # Gemm with beta 0 ignores C, inf and NaN too
+    ("gemm_beta0_c_inf", "Gemm", 13, [F(2, 3), F(3, 2), A32(INF, NAN)], {"beta": 0.0}, 1),
+    ("gemm11_beta0_k0", "Gemm", 11, [np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32),
+                                      A32(INF, 1, NAN)], {"beta": 0.0}, 1),
+    ("topk_nan_largest", "TopK", 11, [A32(NAN, 1, INF, -INF, NAN, 2).reshape(1, 6), I64(3)], {}, 2),
+    ("topk_nan_largest_all", "TopK", 11, [A32(NAN, 1, INF, -INF, NAN, 2).reshape(1, 6), I64(6)], {}, 2),
+    ("topk_nan_smallest_axis0", "TopK", 11, [A32(NAN, 1, INF, -INF, NAN, 2).reshape(6, 1), I64(6)],
+     {"axis": 0, "largest": 0}, 2),
+    # double to float16 goes through float32 (rounding twice), in every Cast version
+    ("cast6_double_float16", "Cast", 6, [np.array([1 + 2**-11 + 2**-40, 65519.99999, 2049 + 1e-9])],
+     {"to": TensorProto.FLOAT16}, 1),
+    ("cast19_double_float16", "Cast", 19, [np.array([1 + 2**-11 + 2**-40, 65519.99999, 2049 + 1e-9])],
+     {"to": TensorProto.FLOAT16}, 1),
+    ("castlike15_double_float16", "CastLike", 15, [np.array([1 + 2**-11 + 2**-40, 65519.99999]),
+                                                    A16(0)], {}, 1),
+    # float16 ops computed in float32 and rounded once
+    ("sum13_float16", "Sum", 13, [A16(60000, 1), A16(60000, 2), A16(-60000, 3)], {}, 1),
+    ("mean13_float16", "Mean", 13, [A16(60000, 1), A16(60000, 2), A16(0, 4)], {}, 1),
+    ("thresholded_relu22_float16", "ThresholdedRelu", 22, [A16(0.69, 0.7, 0.71)], {"alpha": 0.7}, 1),
+    ("sign13_float16_nan", "Sign", 13, [A16(NAN, -2, 2, 0)], {}, 1),
+    ("leaky_relu16_float16", "LeakyRelu", 16, [(F(4, 5) * 3).astype(np.float16)], {"alpha": 0.3}, 1),
+    ("softsign22_float16", "Softsign", 22, [(F(4, 5) * 3).astype(np.float16)], {}, 1),
+    ("gemm13_float16", "Gemm", 13, [F(4, 6).astype(np.float16), F(6, 3).astype(np.float16)],
+     {"alpha": 0.3}, 1),
+    ("reduce_sum13_float16", "ReduceSum", 13, [A16(60000, 60000, -60000)], {"keepdims": 0}, 1),
+    # float attributes are float32: LeakyRelu's default 0.01 too
+    ("leaky_relu16_double_default", "LeakyRelu", 16, [np.array([-3.0, -100.0, 2.0])], {}, 1),
 ]
 
 
@@ -213,7 +312,38 @@ def test_op_vs_onnxruntime(case_id, op, opset, inputs, attrs, n_out, as_initiali
     for g, w in zip(got, want):
         assert g.shape == w.shape, case_id
         assert g.dtype == w.dtype, case_id
-        np.testing.assert_allclose(g, w, **TOL, err_msg=case_id)
+        if w.dtype.kind in "biu":  # integer and shape ops: bitwise
+            np.testing.assert_array_equal(g, w, err_msg=case_id)
+        else:
+            np.testing.assert_allclose(g, w, **(F64_TOL if w.dtype == np.float64 else TOL),
+                                       err_msg=case_id)
+
+
+# (base shape, exponent shape): ORT computes x*x for an exponent of 2 only where its broadcast loop
+# hands the exponent over as one value per run of the innermost axis; elsewhere std::pow
+_POW_SHAPES = [((5,), ()), ((5,), (1,)), ((3, 4), (3, 1)), ((1, 4), (3, 1)), ((5, 1), (1, 1)),
+               ((5, 1), ()), ((5, 1, 1), (1,)), ((1,), (5, 1)), ((3, 1), (3, 1)), ((), ()),
+               ((1, 1), (1,)), ((2, 3, 1), (2, 1, 1)), ((2, 1, 1), (2, 3, 1)), ((3, 4), (1, 4)),
+               ((3, 1), (3, 4)), ((), (3,))]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("shapes", _POW_SHAPES, ids=str)
+def test_integer_pow_broadcast_like_onnxruntime(shapes, dtype):
+    """Squares and cubes that overflow wrap (x*x in the type) or become the type's minimum
+    (std::pow through a double), as ORT's broadcast loop decides; at run time and folded."""
+    base = np.resize(np.array([50000, -3, 3037000500, 2]).astype(dtype), shapes[0])
+    for power in (2, 3):
+        inputs = [base, np.full(shapes[1], power, dtype)]
+        want = None
+        for folded in (False, True):
+            model, feeds = build("Pow", 15, inputs, {}, 1, folded)
+            if want is None:
+                want = ort.InferenceSession(model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+            got = converters.from_onnx(model).run(None, feeds)[0]
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want, err_msg=f"power {power} folded={folded}")
 
 
 def test_every_registered_version_is_a_real_onnx_version():

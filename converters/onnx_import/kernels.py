@@ -86,6 +86,39 @@ def _scalar(a, what: str):
     return arr.reshape(-1)[0]
 
 
+def _f32(value: float) -> float:
+    """An ONNX float attribute's value: attributes are float32, so a default such as 0.01 is used
+    as float32(0.01) in float64 arithmetic too, as ORT does."""
+    return float(np.float32(value))
+
+
+def _to_int(v, dtype, saturate: bool) -> np.ndarray:
+    """float64 values to integer `dtype` the way ORT's C++ casts them on x86-64: truncated toward
+    zero; NaN and values outside the range become the type's minimum, or, with `saturate` (ORT's
+    integer reductions), values above the range its maximum."""
+    info = np.iinfo(dtype)
+    v = np.asarray(v, dtype=np.float64)
+    top = float(info.max) + 1.0  # 2**bits or 2**(bits-1): the first double above the range
+    inside = (v > float(info.min) - 1.0) & (v < top)  # NaN: False
+    out = np.full(v.shape, info.min, dtype=dtype)
+    out[inside] = v[inside].astype(dtype)
+    if saturate:
+        out[v >= top] = info.max
+    return out
+
+
+def _f16_in_f32(fn: Kernel) -> Kernel:
+    """ORT computes these ops on float16 in float32 and rounds the result to float16 once (Sum of
+    60000, 60000, -60000 is 60000, not inf; ThresholdedRelu compares with alpha in float32)."""
+    @functools.wraps(fn)
+    def run(attrs, ins, n_out):
+        if not any(x is not None and x.dtype == np.float16 for x in ins):
+            return fn(attrs, ins, n_out)
+        wide = [x.astype(np.float32) if x is not None and x.dtype == np.float16 else x for x in ins]
+        return [y.astype(np.float16) if y.dtype == np.float32 else y for y in fn(attrs, wide, n_out)]
+    return run
+
+
 # ------------------------------------------------------------------ data movement
 @kernel("Identity")
 def _identity(attrs, ins, n_out):
@@ -261,9 +294,19 @@ def _norm_indices(idx, dim: int) -> np.ndarray:
 
 @kernel("GatherElements")
 def _gather_elements(attrs, ins, n_out):
+    """The output has the indices' shape. As ORT: indices of the data's rank, on every other axis
+    no longer than the data (the data is read from index 0 there), on `axis` of any length."""
     x, idx = ins
     axis = _axis(attrs.get("axis", 0), x.ndim, "GatherElements axis")
-    return [np.take_along_axis(x, _norm_indices(idx, x.shape[axis]), axis=axis)]
+    idx = np.asarray(idx)
+    if idx.ndim != x.ndim:
+        raise ShapeError(f"GatherElements indices of shape {idx.shape} must have the rank of the "
+                         f"data, shape {x.shape}")
+    if any(i != axis and n > d for i, (n, d) in enumerate(zip(idx.shape, x.shape))):
+        raise ShapeError(f"GatherElements indices of shape {idx.shape} are longer than the data, "
+                         f"shape {x.shape}, on an axis other than {axis}")
+    window = tuple(slice(None) if i == axis else slice(0, n) for i, n in enumerate(idx.shape))
+    return [np.take_along_axis(x[window], _norm_indices(idx, x.shape[axis]), axis=axis)]
 
 
 @kernel("ScatterElements")
@@ -322,23 +365,23 @@ def _constant_of_shape(attrs, ins, n_out):
     return [np.full(shape, np.asarray(value).reshape(-1)[0], dtype=np.asarray(value).dtype)]
 
 
+def _cast_to(x, dt):
+    if x.dtype == dt:
+        return x
+    with np.errstate(all="ignore"):
+        if x.dtype == np.float64 and dt == np.float16:  # ORT converts through float32
+            return x.astype(np.float32).astype(dt)
+        return x.astype(dt)
+
+
 @kernel("Cast")
 def _cast(attrs, ins, n_out):
-    x = ins[0]
-    dt = np.dtype(attrs["to"])
-    if x.dtype == dt:
-        return [x]
-    with np.errstate(all="ignore"):
-        return [x.astype(dt)]
+    return [_cast_to(ins[0], np.dtype(attrs["to"]))]
 
 
 @kernel("CastLike")
 def _cast_like(attrs, ins, n_out):
-    x, like = ins
-    if x.dtype == like.dtype:
-        return [x]
-    with np.errstate(all="ignore"):
-        return [x.astype(like.dtype)]
+    return [_cast_to(ins[0], ins[1].dtype)]
 
 
 @kernel("Range")
@@ -415,6 +458,7 @@ def _matmul(attrs, ins, n_out):
 
 
 @kernel("Gemm")
+@_f16_in_f32
 def _gemm(attrs, ins, n_out):
     a, b = ins[0], ins[1]
     c = ins[2] if len(ins) > 2 else None
@@ -427,12 +471,18 @@ def _gemm(attrs, ins, n_out):
     if a.shape[1] != b.shape[0]:
         raise ShapeError(f"Gemm inner dimensions differ: {a.shape} @ {b.shape}")
     _broadcast("Gemm", (a.shape[0], b.shape[1]), np.shape(c))
-    y = a @ b
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-    if alpha != 1.0:
+    if a.dtype.kind in "iu":  # no ORT kernel; ONNX allows it: exact when alpha and beta are
+        info = np.iinfo(a.dtype)  # whole numbers of the type
+        if not all(float(v).is_integer() and info.min <= v <= info.max for v in (alpha, beta)):
+            raise UnsupportedError(f"Gemm on {a.dtype} with alpha {alpha} and beta {beta}: "
+                                   f"integer Gemm needs whole-number alpha and beta in range")
+        alpha, beta = int(alpha), int(beta)
+    y = a @ b
+    if alpha != 1:
         y = y * y.dtype.type(alpha)
-    if c is not None:
-        y = y + (c if beta == 1.0 else c * c.dtype.type(beta))
+    if c is not None and beta != 0:  # ORT ignores C when beta is 0 (an inf or NaN in C too)
+        y = y + (c if beta == 1 else c * c.dtype.type(beta))
     return [y.astype(a.dtype, copy=False)]
 
 
@@ -451,8 +501,32 @@ def _div(a, b):
     return np.true_divide(a, b)
 
 
+def _pow_squares_inline(a_shape, b_shape) -> bool:
+    """Whether ORT's broadcast loop hands Pow the exponent one value per run of the output's
+    innermost axis: it is 1 on the innermost axis (of the trailing axes both shapes have, a
+    scalar counting as one axis of 1) where either is longer than 1, and the base is not. ORT
+    then computes x*x for an exponent of 2 and x*x*x for 3 in the base's type."""
+    n = max(min(len(a_shape), len(b_shape)), 1)
+    a_dims, b_dims = (tuple(s)[-n:] if len(s) >= n else (1,) for s in (a_shape, b_shape))
+    for da, db in zip(reversed(a_dims), reversed(b_dims)):
+        if max(da, db) > 1:
+            return db == 1 and da > 1
+    return False
+
+
 def _pow(a, b):
-    return np.power(a, b).astype(np.asarray(a).dtype, copy=False)
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind not in "iu":
+        return np.power(a, b).astype(a.dtype, copy=False)
+    # ORT: static_cast<T>(std::pow(double(x), double(y))) (2^-1 = 0, 0^-1 = INT_MIN, 3^30 in
+    # int32 = INT_MIN); the exponent broadcast to the full shape keeps numpy's pow from taking
+    # shortcuts of its own for a scalar exponent
+    x, e = np.broadcast_arrays(a.astype(np.float64), b.astype(np.float64))
+    y = _to_int(np.power(x, np.ascontiguousarray(e)), a.dtype, saturate=False)
+    if _pow_squares_inline(a.shape, b.shape):
+        x = np.broadcast_to(a, y.shape)
+        y = np.where(e == 2, x * x, np.where(e == 3, x * x * x, y))  # wrapping in T
+    return y
 
 
 def _mod(a, b, fmod=0):
@@ -506,7 +580,7 @@ def _gelu(x, approximate="none"):
 
 UNARY = {
     "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log,
-    "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil, "Sign": np.sign,
+    "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil,
     "Tanh": np.tanh, "Sigmoid": _sigmoid, "Sin": np.sin, "Cos": np.cos, "Not": np.logical_not,
     "Erf": lambda x: np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype),
     "Softsign": lambda x: x / (1 + np.abs(x)),
@@ -526,23 +600,37 @@ def _unary(op):
 
 
 for _op in UNARY:
-    KERNELS[_op] = _unary(_op)
+    KERNELS[_op] = _f16_in_f32(_unary(_op))
 
 
+@kernel("Sign")
+def _sign(attrs, ins, n_out):
+    x = ins[0]
+    y = np.sign(x)
+    if x.dtype == np.float16:  # ORT's float16 Sign: NaN is 0 (float and double: NaN)
+        y[np.isnan(x)] = 0
+    return [y]
+
+
+# float attribute defaults are float32 values (_f32): LeakyRelu's 0.01 is 0.009999999776...
 @kernel("LeakyRelu")
+@_f16_in_f32
 def _leaky_relu(attrs, ins, n_out):
     x = ins[0]
-    return [np.where(x >= 0, x, x * x.dtype.type(attrs.get("alpha", 0.01)))]
+    return [np.where(x >= 0, x, x * x.dtype.type(attrs.get("alpha", _f32(0.01))))]
 
 
 @kernel("HardSigmoid")
+@_f16_in_f32
 def _hard_sigmoid(attrs, ins, n_out):
     x = ins[0]
     t = x.dtype.type
-    return [np.clip(x * t(attrs.get("alpha", 0.2)) + t(attrs.get("beta", 0.5)), t(0), t(1))]
+    alpha, beta = t(attrs.get("alpha", _f32(0.2))), t(attrs.get("beta", 0.5))
+    return [np.clip(x * alpha + beta, t(0), t(1))]
 
 
 @kernel("Elu")
+@_f16_in_f32
 def _elu(attrs, ins, n_out):
     x = ins[0]
     t = x.dtype.type
@@ -551,6 +639,7 @@ def _elu(attrs, ins, n_out):
 
 
 @kernel("Selu")
+@_f16_in_f32
 def _selu(attrs, ins, n_out):
     x = ins[0]
     t = x.dtype.type
@@ -561,12 +650,14 @@ def _selu(attrs, ins, n_out):
 
 
 @kernel("ThresholdedRelu")
+@_f16_in_f32
 def _thresholded_relu(attrs, ins, n_out):
     x = ins[0]
-    return [np.where(x > attrs.get("alpha", 1.0), x, x.dtype.type(0))]
+    return [np.where(x > x.dtype.type(attrs.get("alpha", 1.0)), x, x.dtype.type(0))]
 
 
 @kernel("Gelu")
+@_f16_in_f32
 def _gelu_kernel(attrs, ins, n_out):
     with np.errstate(all="ignore"):
         return [_gelu(ins[0], attrs.get("approximate", "none")).astype(ins[0].dtype, copy=False)]
@@ -574,14 +665,16 @@ def _gelu_kernel(attrs, ins, n_out):
 
 @kernel("Clip")
 def _clip(attrs, ins, n_out):
+    """As ORT: an absent bound is the type's lowest / largest value (so -inf and inf become the
+    largest finite floats), a NaN bound is ignored, a NaN input stays NaN; min > max gives max."""
     x = ins[0]
-    lo = ins[1] if len(ins) > 1 else None
-    hi = ins[2] if len(ins) > 2 else None
-    if lo is not None:
-        x = np.maximum(x, _scalar(lo, "Clip min"))
-    if hi is not None:
-        x = np.minimum(x, _scalar(hi, "Clip max"))
-    return [np.asarray(x).astype(ins[0].dtype, copy=False)]
+    limits = np.finfo(x.dtype) if x.dtype.kind == "f" else np.iinfo(x.dtype)
+    lo = ins[1] if len(ins) > 1 and ins[1] is not None else limits.min
+    hi = ins[2] if len(ins) > 2 and ins[2] is not None else limits.max
+    lo, hi = _scalar(lo, "Clip min"), _scalar(hi, "Clip max")
+    y = np.where(x < lo, lo, x)  # comparisons with NaN are false: a NaN bound changes nothing
+    y = np.where(y > hi, hi, y)
+    return [y.astype(x.dtype, copy=False)]
 
 
 def _variadic(op, fn):
@@ -594,10 +687,11 @@ def _variadic(op, fn):
 
 KERNELS["Min"] = _variadic("Min", np.minimum)
 KERNELS["Max"] = _variadic("Max", np.maximum)
-KERNELS["Sum"] = _variadic("Sum", np.add)
+KERNELS["Sum"] = _f16_in_f32(_variadic("Sum", np.add))
 
 
 @kernel("Mean")
+@_f16_in_f32
 def _mean(attrs, ins, n_out):
     total = KERNELS["Sum"](attrs, ins, 1)[0]
     return [(total / len([x for x in ins if x is not None])).astype(total.dtype, copy=False)]
@@ -619,42 +713,93 @@ def _softmax(log):
     def run(attrs, ins, n_out):
         x = ins[0]
         axis = _axis(attrs.get("axis", -1), max(x.ndim, 1), "Softmax axis")
+        if x.size == 0:
+            return [x.copy()]
         if attrs.get("legacy", False):  # opset < 13: coerce to 2-D at `axis`
             flat = x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
             return [_softmax_core(flat, 1, log).reshape(x.shape)]
         return [_softmax_core(x, axis, log)]
-    return run
+    return _f16_in_f32(run)
 
 
 KERNELS["Softmax"] = _softmax(False)
 KERNELS["LogSoftmax"] = _softmax(True)
 
 
-def _arg(fn):
+def _first_along(x, axes) -> np.ndarray:
+    """x at index 0 of each axis in `axes`, those axes kept (size 1)."""
+    return x[tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))]
+
+
+def _nan_if_first(result, x, axes):
+    """ORT's sequential max / min (`v > acc ? v : acc`, starting from the first element) skips a
+    NaN, unless the first element is NaN: then the result is NaN. `result` keeps the axes."""
+    first = _first_along(x, axes)
+    return np.where(np.isnan(first), first, result)
+
+
+def _arg(pick_max):
+    fold = np.fmax if pick_max else np.fmin
+    best = np.argmax if pick_max else np.argmin
+
     def run(attrs, ins, n_out):
         x = ins[0]
         axis = _axis(attrs.get("axis", 0), x.ndim, "axis")
         keepdims = attrs.get("keepdims", 1)
-        if attrs.get("select_last_index", 0):
-            flipped = np.flip(x, axis=axis)
-            idx = x.shape[axis] - 1 - fn(flipped, axis=axis)
+        last = attrs.get("select_last_index", 0)
+        if x.dtype.kind == "f" and x.size:
+            # as ORT's sequential scan: NaN never wins, unless it is first (then index 0)
+            hit = x == fold.reduce(x, axis=axis, keepdims=True)  # all False for all-NaN
+            if last:
+                pos = x.shape[axis] - 1 - np.argmax(np.flip(hit, axis), axis)
+            else:
+                pos = np.argmax(hit, axis)
+            first = np.take(x, 0, axis=axis)
+            idx = np.where(hit.any(axis) & ~np.isnan(first), pos, 0)
+        elif last:
+            idx = x.shape[axis] - 1 - best(np.flip(x, axis=axis), axis=axis)
         else:
-            idx = fn(x, axis=axis)
+            idx = best(x, axis=axis)
         idx = np.asarray(idx, dtype=np.int64)
         return [np.expand_dims(idx, axis) if keepdims else idx]
     return run
 
 
-KERNELS["ArgMax"] = _arg(np.argmax)
-KERNELS["ArgMin"] = _arg(np.argmin)
+KERNELS["ArgMax"] = _arg(True)
+KERNELS["ArgMin"] = _arg(False)
 
 REDUCE = {"ReduceMean": np.mean, "ReduceMax": np.max, "ReduceMin": np.min, "ReduceSum": np.sum,
           "ReduceProd": np.prod}
 
 
-def _reduce(op):
-    fn = REDUCE[op]
+def _reduce_kept(op, x, axes):
+    """`op` over `axes` of x (a tuple), the reduced axes kept with size 1, as ORT computes it."""
+    if x.dtype.kind == "f" and op in ("ReduceMax", "ReduceMin"):
+        fold = np.fmax if op == "ReduceMax" else np.fmin
+        return _nan_if_first(fold.reduce(x, axis=axes, keepdims=True), x, axes)
+    if x.dtype.kind in "iu" and op in ("ReduceSum", "ReduceProd", "ReduceMean"):
+        # ORT accumulates integers in double and saturates the result to the type's range
+        wide = REDUCE[op](x.astype(np.float64), axis=axes, keepdims=True)
+        return _to_int(wide, x.dtype, saturate=True)
+    return np.asarray(REDUCE[op](x, axis=axes, keepdims=True)).astype(x.dtype, copy=False)
 
+
+def _empty_reduction(op, dtype):
+    """What ORT gives for a reduction over no elements (bool, which ORT refuses: the spec's
+    minimum False for ReduceMax, True for ReduceMin)."""
+    if op in ("ReduceSum", "ReduceMean"):
+        return 0
+    if op == "ReduceProd":
+        return 1
+    if dtype.kind == "f":
+        return -np.inf if op == "ReduceMax" else np.inf
+    if dtype.kind == "b":
+        return op == "ReduceMin"
+    info = np.iinfo(dtype)
+    return info.min if op == "ReduceMax" else info.max
+
+
+def _reduce(op):
     def run(attrs, ins, n_out):
         x = ins[0]
         axes = ins[1] if len(ins) > 1 else None
@@ -662,13 +807,16 @@ def _reduce(op):
         if axes is None or np.asarray(axes).size == 0:
             if attrs.get("noop_with_empty_axes", 0):
                 return [x]
-            axis = None
+            axes = tuple(range(x.ndim))
         else:
-            axis = tuple(sorted({_axis(a, x.ndim, f"{op} axis") for a in _ints(axes)}))
-        if x.size == 0 and op in ("ReduceMax", "ReduceMin"):
-            raise ShapeError(f"{op} of an empty tensor of shape {x.shape}")
-        return [np.asarray(fn(x, axis=axis, keepdims=keepdims)).astype(x.dtype, copy=False)]
-    return run
+            axes = tuple(sorted({_axis(a, x.ndim, f"{op} axis") for a in _ints(axes)}))
+        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        if not all(x.shape[a] for a in axes):  # nothing to reduce
+            y = np.full(kept, _empty_reduction(op, x.dtype) if math.prod(kept) else 0, x.dtype)
+        else:
+            y = _reduce_kept(op, x, axes)
+        return [y if keepdims else y.reshape([d for i, d in enumerate(kept) if i not in axes])]
+    return _f16_in_f32(run)
 
 
 for _op in REDUCE:
@@ -683,11 +831,11 @@ def _topk(attrs, ins, n_out):
     if not 0 <= k <= x.shape[axis]:
         raise ShapeError(f"TopK k={k} is out of range for axis {axis} of size {x.shape[axis]}")
     largest = attrs.get("largest", 1)
-    if x.dtype.kind == "f":
-        key = -x if largest else x
-    else:  # integers are compared exactly: ~x reverses their order where -x would overflow
-        key = ~x if largest else x
     # stable: of equal values the lower index comes first, as ONNX and ORT have it
-    order = np.argsort(key, axis=axis, kind="stable")
+    if x.dtype.kind == "f":  # ORT orders NaN above every number (first when largest, last not)
+        key = -x if largest else x
+        order = np.lexsort((key, np.isnan(x) != bool(largest)), axis=axis)
+    else:  # integers are compared exactly: ~x reverses their order where -x would overflow
+        order = np.argsort(~x if largest else x, axis=axis, kind="stable")
     idx = np.take(order, np.arange(k), axis=axis)
     return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]

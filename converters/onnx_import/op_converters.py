@@ -249,8 +249,10 @@ for _op, _vs in {"Min": (6, 8, 12, 13), "Max": (6, 8, 12, 13), "Sum": (6, 8, 13)
 
 @converter("Clip", 6)
 def _clip_v6(ctx, node):
-    lo = node.attrs.get("min", -np.inf)
-    hi = node.attrs.get("max", np.inf)
+    # the spec's defaults are float32's extremes (float16 data keeps -inf and inf, as in ORT)
+    big = float(np.finfo(np.float32).max)
+    lo = node.attrs.get("min", -big)
+    hi = node.attrs.get("max", big)
     inputs = [node.inputs[0], ctx.add_const(np.array(lo, np.float32), "min"),
               ctx.add_const(np.array(hi, np.float32), "max")]
     ctx.emit("Clip", inputs, node.outputs)

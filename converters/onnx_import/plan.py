@@ -139,6 +139,9 @@ def execute_node(node: PlanNode, ins: list) -> list:
     except TypeError as e:
         types = [None if x is None else str(np.asarray(x).dtype) for x in ins]
         raise _node_error(DTypeError, node, f" failed on inputs of dtypes {types}: {e}") from e
+    except ArithmeticError as e:  # OverflowError, ZeroDivisionError: a value it cannot take
+        raise _node_error(ArgumentError, node, f" failed on the values of its inputs: "
+                                               f"{type(e).__name__}: {e}") from e
     except AttributeError as e:  # an input the kernel needs is absent (None)
         absent = [i for i, x in enumerate(ins) if x is None]
         raise _node_error(FormatError, node, f" failed with inputs {absent} absent: {e}") from e
