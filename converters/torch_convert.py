@@ -30,6 +30,7 @@ import numpy as np
 
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError,
                             UnsupportedError)
+from fastrnn.validation import as_flag
 
 from .torch_files import (UnreadableTensor, flatten_tensors, is_tensor_like,
                           open_checkpoint)
@@ -300,9 +301,9 @@ def _build(params: Mapping[str, Any], where: str, *, nonlinearity: Any, batch_fi
     arch = infer_architecture(params, where)
     mode = arch["mode"]
     nl = _resolve_nonlinearity(mode, nonlinearity, recorded_nonlinearity)
-    if batch_first is not None and not isinstance(batch_first, (bool, np.bool_)):
-        raise ArgumentError(f"batch_first must be a bool or None, got {batch_first!r}")
-    bf = bool(batch_first) if batch_first is not None else bool(recorded_batch_first)
+    # None: as recorded (a module's own setting; False for a state dict)
+    bf = as_flag(batch_first, "batch_first") if batch_first is not None \
+        else bool(recorded_batch_first)
     arrays = {name: _to_numpy(value, f"{where}: {name}") for name, value in params.items()}
     dt = _resolve_dtype(dtype, arrays)
     config = dict(mode=mode, input_size=arch["input_size"], hidden_size=arch["hidden_size"],

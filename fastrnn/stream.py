@@ -103,6 +103,11 @@ class Stream:
             return result
         return step, rebind
 
+    def __reduce__(self):
+        """Copied and pickled as its layer, batch size and state: a copy is a stream of its own,
+        with buffers of its own (copy.copy's on the same layer, deepcopy's on a copy of it)."""
+        return _restored, (self.layer, self.batch_size, self.state)
+
     def reset(self) -> None:
         """Back to the zero initial state."""
         self._h.fill(0)
@@ -132,6 +137,12 @@ class Stream:
                 raise ShapeError(f"state {name} must have shape {target.shape}, got {arr.shape}")
         for (_, target, _), arr in zip(targets, arrays):
             target[...] = arr
+
+
+def _restored(layer, batch_size: int, state) -> Stream:
+    stream = Stream(layer, batch_size)
+    stream.state = state
+    return stream
 
 
 # Each layer's live streams, for weights_changed. Kept here rather than on the layer, where a

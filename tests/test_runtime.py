@@ -239,6 +239,34 @@ def test_stream_follows_load_state_dict(cls):
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU])
+def test_stream_copies_are_streams_of_their_own(cls):
+    """copy.copy, deepcopy and pickle give a stream with buffers of its own, from the same state:
+    stepping the copy leaves the original where it was (deepcopy's and pickle's on a copy of the
+    layer)."""
+    import copy
+    import pickle
+    layer = cls(4, 6, num_layers=2, seed=0)
+    stream = layer.stream(2)
+    xs = np.random.default_rng(2).standard_normal((4, 2, 4)).astype(np.float32)
+    for x_t in xs[:2]:
+        stream.step(x_t)
+    state = stream.state
+    expected = layer(xs[2:], state)[0]
+    copies = [(copy.copy(stream), True), (copy.deepcopy(stream), False),
+              (pickle.loads(pickle.dumps(stream)), False)]
+    for copied, same_layer in copies:
+        assert (copied.layer is layer) == same_layer and copied.batch_size == 2
+        got = np.stack([copied.step(x_t).copy() for x_t in xs[2:]])
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        for now, before in zip(_parts(stream.state), _parts(state)):
+            np.testing.assert_array_equal(now, before)
+
+
+def _parts(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
 def test_stream_errors():
     with pytest.raises(UnsupportedError, match="bidirectional"):
         fastrnn.GRU(3, 4, bidirectional=True).stream()

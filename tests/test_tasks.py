@@ -571,6 +571,24 @@ def test_bad_ids_are_rejected_before_any_kernel(bad, monkeypatch):
         next(gen.stream_ids(bad[0], 5))
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_bad_id_is_named_at_the_index_the_caller_gave(batch_first):
+    """The ids are made time-major before they are checked: the error still names the index in
+    the caller's array (batch-first, time-major or unbatched)."""
+    clf = fastrnn.Classifier(fastrnn.Embedding(5, 3, seed=0),
+                             fastrnn.GRU(3, 4, batch_first=batch_first, seed=0),
+                             fastrnn.Linear(4, 2, seed=0))
+    ids = np.zeros((2, 4), np.int64)
+    ids[1, 3] = 9
+    with pytest.raises(ArgumentError, match=r"got 9 at index \(1, 3\)"):
+        clf(ids)
+    with pytest.raises(ArgumentError, match=r"got 9 at index \(2,\)"):
+        clf(np.array([0, 0, 9]))
+    s2s = demo.load_model("date_format")
+    with pytest.raises(ArgumentError, match=r"got 99 at index \(0, 2\)"):
+        s2s.greedy_ids([[1, 2, 99]])
+
+
 def test_ids_past_lengths_are_never_read():
     torch.manual_seed(11)
     clf = from_torch_composite(TorchSeq("GRU").eval(), embedding="emb", rnn="rnn", head="fc")

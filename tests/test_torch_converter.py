@@ -236,8 +236,11 @@ def test_batch_first_hint_overrides_module_and_nonlinearity_must_agree():
         from_torch(make_module("GRU").state_dict(), nonlinearity="relu")
     with pytest.raises(ArgumentError, match="'tanh' or 'relu'"):
         from_torch(m.state_dict(), nonlinearity="sigmoid")
+    # a hint other than None is taken by its truth value, as the layers take batch_first
+    assert from_torch(m.state_dict(), batch_first=1).batch_first is True
+    assert from_torch(m, batch_first=0).batch_first is False
     with pytest.raises(ArgumentError, match="batch_first"):
-        from_torch(m.state_dict(), batch_first="yes")
+        from_torch(m.state_dict(), batch_first=np.array([1, 0]))
 
 
 def test_dtype_hint():

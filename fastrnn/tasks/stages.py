@@ -126,7 +126,12 @@ def prepare_input(inp, vocab, batch_first: bool, x: Any, lengths: Any, what: str
         pad = np.arange(steps)[:, None] >= lengths[None, :]
         if pad.any():
             ids = np.where(pad, 0, ids)    # padded steps are never read: any id is allowed there
-    ids = check_ids(ids, inp.size, f"{what} input ids")
+    if is_text or (batched and not batch_first):
+        ids = check_ids(ids, inp.size, f"{what} input ids")
+    elif batched:  # checked as the caller laid them out, so that an error names their index
+        ids = check_ids(ids.T, inp.size, f"{what} input ids").T
+    else:
+        ids = check_ids(ids[:, 0], inp.size, f"{what} input ids")[:, None]
     return inp(ids), lengths, batched
 
 
