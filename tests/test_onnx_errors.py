@@ -465,6 +465,12 @@ FORGED = {
                               for v, n in ((-1.7e308, "a"), (1.7e308, "b"), (1.0, "c"))]),
     "expand_add": ([helper.make_node("Expand", ["one", "huge"], ["e"]),
                     helper.make_node("Add", ["e", "one"], ["y"])], [_ONE, _HUGE]),
+    "one_hot": ([helper.make_node("OneHot", ["i", "depth", "v"], ["y"])],
+                [numpy_helper.from_array(np.zeros(4, np.int64), "i"),
+                 numpy_helper.from_array(np.array(2**40, np.int64), "depth"),
+                 numpy_helper.from_array(np.array([0, 1], np.float32), "v")]),
+    "pad": ([helper.make_node("Pad", ["one", "pads"], ["y"])],
+            [_ONE, numpy_helper.from_array(np.array([2**20, 2**20, 0, 0], np.int64), "pads")]),
     "expand_mul_at_run_time": ([helper.make_node("Expand", ["x", "huge"], ["e"]),
                                 helper.make_node("Mul", ["e", "x"], ["y"])], [_HUGE]),
 }
@@ -603,6 +609,66 @@ def test_gather_elements_indices_beyond_the_data_are_a_shape_error(indices_shape
             ort.InferenceSession(model.SerializeToString(),
                                  providers=["CPUExecutionProvider"]).run(None, feeds)
         _refused_at_import_or_run(model, feeds, ShapeError)
+
+
+# nodes of the ops around the recurrent layers that ORT refuses too: (node, opset, values, error)
+_REFUSED = {
+    "gather_nd_index_out_of_range": (helper.make_node("GatherND", ["d", "i"], ["y"]), 13,
+                                     {"d": np.zeros((2, 3), np.float32), "i": np.array([[0, 3]])},
+                                     ShapeError),
+    "gather_nd_batch_mismatch": (helper.make_node("GatherND", ["d", "i"], ["y"], batch_dims=1), 13,
+                                 {"d": np.zeros((2, 3), np.float32), "i": np.zeros((3, 1), np.int64)},
+                                 ShapeError),
+    "one_hot_negative_depth": (helper.make_node("OneHot", ["i", "depth", "v"], ["y"]), 11,
+                               {"i": np.array([0, 1]), "depth": np.array(-2),
+                                "v": np.array([0, 1], np.float32)},
+                               (ArgumentError, ShapeError)),  # shape inference sees a constant
+    "layer_norm_over_nothing": (helper.make_node("LayerNormalization", ["x", "s"], ["y"]), 17,
+                                {"x": np.zeros((2, 0), np.float32), "s": np.zeros(0, np.float32)},
+                                ShapeError),
+    "layer_norm_scale_too_big": (helper.make_node("LayerNormalization", ["x", "s"], ["y"]), 17,
+                                 {"x": np.zeros((2, 3), np.float32), "s": np.ones((3, 3), np.float32)},
+                                 ShapeError),
+    "pad_reflect_beyond_the_axis": (helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect"), 18,
+                                    {"x": np.zeros((2, 3), np.float32), "p": np.array([0, 3, 0, 0])},
+                                    ShapeError),
+    "pad_edge_of_nothing": (helper.make_node("Pad", ["x", "p"], ["y"], mode="edge"), 18,
+                            {"x": np.zeros((0, 3), np.float32), "p": np.array([1, 0, 0, 0])},
+                            ShapeError),
+    "global_pool_over_nothing": (helper.make_node("GlobalMaxPool", ["x"], ["y"]), 22,
+                                 {"x": np.zeros((1, 2, 0), np.float32)}, ShapeError),
+    "cumsum_axis_out_of_range": (helper.make_node("CumSum", ["x", "a"], ["y"]), 14,
+                                 {"x": np.zeros((2, 3), np.float32), "a": np.array(2)}, ShapeError),
+}
+
+
+@pytest.mark.parametrize("case", list(_REFUSED))
+def test_what_onnxruntime_refuses_is_a_typed_error(case):
+    node, opset, values, err = _REFUSED[case]
+    for model, feeds in _both_ways([node], values, opset):
+        with pytest.raises(Exception):  # noqa: B017 - ORT's own exception types
+            ort.InferenceSession(model.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, feeds)
+        _refused_at_import_or_run(model, feeds, err)
+
+
+@pytest.mark.parametrize("node", [
+    helper.make_node("BatchNormalization", list("xsbmv"), ["y", "mean", "var"], training_mode=1),
+    helper.make_node("BatchNormalization", list("xsbmv"), ["y", "", "var", "", ""], name="v9"),
+    helper.make_node("LayerNormalization", ["x", "s"], ["y"], stash_type=16),
+    helper.make_node("Pad", ["x", "p"], ["y"], mode="wrap"),
+], ids=["batch_norm_training_mode", "batch_norm_running_var", "layer_norm_bfloat16_stash",
+        "pad18_wrap"])
+def test_training_and_unknown_modes_are_refused_at_import(node):
+    opset = {"Pad": 18, "BatchNormalization": 9 if node.name == "v9" else 15}.get(node.op_type, 17)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    inits = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in "sbmv"]
+    inits.append(numpy_helper.from_array(np.zeros(4, np.int64), "p"))
+    outs = [o for o in node.output if o]
+    model = small_model([node], inits, [x], opset, outputs=outs)
+    with pytest.raises(UnsupportedError if node.op_type != "Pad" else FormatError,
+                       match="training|stash_type|mode"):
+        converters.from_onnx(model)
 
 
 @pytest.mark.parametrize("alpha, beta", [(np.inf, 1.0), (1.0, -np.inf), (1.0, np.nan), (0.5, 1.0),

@@ -312,6 +312,101 @@ def test_dynamo_export(name):
 
 
 # --------------------------------------------------------------------------------------------------
+# layers around the recurrent ones: LayerNormalization, OneHot, GatherND, BatchNormalization, reductions
+# --------------------------------------------------------------------------------------------------
+class Around(torch.nn.Module):
+    """An LSTM (a GRU for batch_norm) with a layer around it that the exporters turn into other ops."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        rnn = torch.nn.GRU if kind == "batch_norm" else torch.nn.LSTM
+        self.rnn = rnn(I, H, batch_first=True)
+        self.ln = torch.nn.LayerNorm(H)
+        self.bn = torch.nn.BatchNorm1d(H)
+        with torch.no_grad():  # statistics as after training, not the identity
+            self.bn.running_mean.normal_()
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.ln.weight.normal_()
+            self.ln.bias.normal_()
+        self.fc = torch.nn.Linear(H, 3)
+
+    def forward(self, x, lengths):
+        if self.kind == "one_hot":
+            x = torch.nn.functional.one_hot(x, I).float()
+        out, _ = self.rnn(x)
+        if self.kind == "layer_norm":
+            return self.fc(self.ln(out))
+        if self.kind == "batch_norm":
+            return self.fc(self.bn(out.transpose(1, 2)).transpose(1, 2))
+        if self.kind == "last_step":  # dynamo: GatherND
+            return self.fc(out[torch.arange(out.shape[0]), lengths - 1])
+        if self.kind == "reductions":  # ReduceLogSumExp, ReduceL2
+            return torch.logsumexp(self.fc(out), -1), torch.nn.functional.normalize(out[:, -1], dim=-1)
+        return self.fc(out)
+
+
+AROUND_SIZES = [(3, 5), (2, 7), (4, 2)]  # (N, T), batch first: the export's own, then others
+
+
+def _around_inputs(kind, N, T):
+    rng = np.random.default_rng(N * 10 + T)
+    x = rng.integers(0, I, (N, T)) if kind == "one_hot" else rng.standard_normal((N, T, I))
+    return [x.astype(np.int64 if kind == "one_hot" else np.float32),
+            rng.integers(1, T + 1, N).astype(np.int64)]
+
+
+@functools.lru_cache(maxsize=None)
+def export_around(kind: str, dynamo: bool) -> bytes:
+    torch.manual_seed(0)
+    module = Around(kind).eval()
+    args = tuple(torch.from_numpy(a) for a in _around_inputs(kind, *AROUND_SIZES[0]))
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                N, T = torch.export.Dim("N", min=2, max=64), torch.export.Dim("T", min=2, max=64)
+                return torch.onnx.export(module, args, dynamo=True, verbose=False,
+                                         dynamic_shapes=({0: N, 1: T}, {0: N})
+                                         ).model_proto.SerializeToString()
+            f = io.BytesIO()
+            torch.onnx.export(module, args, f, dynamo=False, input_names=["x", "lengths"],
+                              dynamic_axes={"x": {0: "N", 1: "T"}, "lengths": {0: "N"}})
+            return f.getvalue()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+AROUND = {("layer_norm", False): "LayerNormalization", ("layer_norm", True): "LayerNormalization",
+          ("one_hot", False): "OneHot", ("last_step", True): "GatherND",
+          ("batch_norm", False): "BatchNormalization", ("reductions", False): "ReduceLogSumExp"}
+
+
+@pytest.mark.parametrize("kind, dynamo", list(AROUND),
+                         ids=[f"{k}-{'dynamo' if d else 'legacy'}" for k, d in AROUND])
+def test_layers_around_the_recurrent_ones(kind, dynamo):
+    """At the exporter's default opset: the op is in the graph, and fastrnn matches ORT on other
+    batch sizes and lengths, and torch."""
+    model = export_around(kind, dynamo)
+    proto = onnx.load_from_string(model)
+    assert AROUND[kind, dynamo] in {n.op_type for n in proto.graph.node}
+    names = [i.name for i in proto.graph.input]
+    # the sizes the graph allows: after another export, the dynamo exporter may fix T
+    fixed = [d.dim_value or None for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    sizes = [s for s in AROUND_SIZES if all(f in (None, n) for f, n in zip(fixed, s))]
+    feeds = [dict(zip(names, _around_inputs(kind, N, T))) for N, T in sizes]
+    sess = check_against_ort(model, feeds)
+    torch.manual_seed(0)
+    module = Around(kind).eval()
+    with torch.no_grad():
+        want = module(*(torch.from_numpy(a) for a in _around_inputs(kind, *sizes[-1])))
+    got = sess.run(None, feeds[-1])
+    for g, w in zip(got, want if isinstance(want, tuple) else (want,)):
+        np.testing.assert_allclose(g, w.numpy(), **TOL)
+
+
+# --------------------------------------------------------------------------------------------------
 # files: external data, save / load
 # --------------------------------------------------------------------------------------------------
 def test_external_data(tmp_path):

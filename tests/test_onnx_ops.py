@@ -272,7 +272,134 @@ CASES = [
     ("reduce_sum13_float16", "ReduceSum", 13, [A16(60000, 60000, -60000)], {"keepdims": 0}, 1),
     # float attributes are float32: LeakyRelu's default 0.01 too
     ("leaky_relu16_double_default", "LeakyRelu", 16, [np.array([-3.0, -100.0, 2.0])], {}, 1),
+    # LayerNormalization: Mean and InvStdDev float32 (for double and float16 X too); scale and
+    # bias broadcast; a mean far from 0 (ORT's variance is the mean of squared deviations)
+    ("layer_norm17", "LayerNormalization", 17, [F(2, 3, 8), F(8), F(8)], {}, 3),
+    ("layer_norm17_axis1_eps", "LayerNormalization", 17, [F(2, 3, 8), F(3, 8), F(3, 8)],
+     {"axis": 1, "epsilon": 1e-3}, 3),
+    ("layer_norm17_neg_axis_no_bias", "LayerNormalization", 17, [F(2, 3, 8), F(3, 8)], {"axis": -2}, 1),
+    ("layer_norm17_broadcast_scale", "LayerNormalization", 17, [F(2, 3, 8), F(1), F(1, 8)], {}, 3),
+    ("layer_norm17_axis0", "LayerNormalization", 17, [F(4, 5), F(4, 5), F(5)], {"axis": 0}, 3),
+    ("layer_norm17_double", "LayerNormalization", 17, [F(3, 16).astype(np.float64),
+                                                       F(16).astype(np.float64)], {}, 3),
+    ("layer_norm17_float16", "LayerNormalization", 17, [F(3, 16).astype(np.float16),
+                                                        F(16).astype(np.float16),
+                                                        F(16).astype(np.float16)], {}, 3),
+    ("layer_norm17_large_mean", "LayerNormalization", 17, [F(4, 64) * 1e-2 + 100, F(64), F(64)], {}, 3),
+    ("layer_norm17_no_rows", "LayerNormalization", 17, [np.zeros((0, 3), np.float32), F(3), F(3)], {}, 3),
+    # OneHot: negative indices count from the end (version 9 too, as ORT), others out of range
+    # give a row of off values; depth a scalar or one-element vector, a float depth truncated
+    ("one_hot11", "OneHot", 11, [I64(0, -1, 3, -4, 5, -5), np.array(4, np.int64), A32(0, 1)], {}, 1),
+    ("one_hot9_axis0", "OneHot", 9, [I64(0, 1, 2, 7).reshape(2, 2), I64(3), A32(-1, 2)], {"axis": 0}, 1),
+    ("one_hot11_float_depth", "OneHot", 11, [I64(2, 0), np.array([3.7], np.float32), A32(5, 7)],
+     {"axis": -2}, 1),
+    ("one_hot11_int32", "OneHot", 11, [I32(1, -2, 0), np.array(3, np.float32), A32(0, 1)], {"axis": 1}, 1),
+    ("one_hot11_empty", "OneHot", 11, [np.zeros((0, 2), np.int64), np.array(3, np.int64), A32(0, 1)],
+     {"axis": 1}, 1),
+    ("one_hot28", "OneHot", 28, [I64(2, 1), np.array(3, np.int64), A32(0, 1)], {}, 1),
+    # GatherND: negative indices, whole slices (an empty last axis), batch_dims
+    ("gather_nd11", "GatherND", 11, [F(2, 3, 4), I64(-1, 2, 0, 0).reshape(2, 2)], {}, 1),
+    ("gather_nd13_scalars", "GatherND", 13, [F(2, 3, 4), I64(1, 2, -1, 0, 0, 0).reshape(2, 1, 3)], {}, 1),
+    ("gather_nd13_whole", "GatherND", 13, [F(2, 3), np.zeros((2, 0), np.int64)], {}, 1),
+    ("gather_nd12_batch_dims", "GatherND", 12, [F(2, 3, 4), I64(1, -1, 0, 0).reshape(2, 1, 2)],
+     {"batch_dims": 1}, 1),
+    ("gather_nd13_batch_dims_rows", "GatherND", 13, [F(3, 5, 4), I64(4, 0, 2).reshape(3, 1)],
+     {"batch_dims": 1}, 1),
+    ("gather_nd13_batch_dims2", "GatherND", 13, [F(2, 3, 4), np.zeros((2, 3, 0), np.int64)],
+     {"batch_dims": 2}, 1),
+    ("gather_nd13_no_indices", "GatherND", 13, [F(2, 3, 4), np.zeros((0, 2), np.int64)], {}, 1),
+    ("gather_nd13_int", "GatherND", 13, [I64(5, 6, 7), I64(2)], {}, 1),
+    # BatchNormalization (inference): per channel; per element for BatchNormalization-7 spatial 0
+    ("batch_norm15", "BatchNormalization", 15, [F(2, 3, 4, 5), F(3), F(3), F(3), np.abs(F(3))],
+     {"epsilon": 1e-3}, 1),
+    ("batch_norm9_2d", "BatchNormalization", 9, [F(4, 3), F(3), F(3), F(3), np.abs(F(3))], {}, 1),
+    ("batch_norm14_double", "BatchNormalization", 14,
+     [F(2, 3, 4).astype(np.float64)] + [F(3).astype(np.float64)] * 3 + [np.abs(F(3)).astype(np.float64)],
+     {"momentum": 0.5}, 1),
+    ("batch_norm15_float16", "BatchNormalization", 15,
+     [(F(2, 3, 4) * 3).astype(np.float16)] + [F(3).astype(np.float16)] * 3
+     + [np.abs(F(3)).astype(np.float16)], {}, 1),
+    ("batch_norm15_float16_float_params", "BatchNormalization", 15,
+     [(F(2, 3, 4) * 3).astype(np.float16), F(3), F(3), F(3), np.abs(F(3))], {}, 1),
+    ("batch_norm7_spatial0", "BatchNormalization", 7,
+     [F(2, 3, 4), F(3, 4), F(3, 4), F(3, 4), np.abs(F(3, 4))], {"spatial": 0}, 1),
+    ("batch_norm15_empty", "BatchNormalization", 15, [np.zeros((0, 3, 2), np.float32), F(3), F(3),
+                                                      F(3), np.abs(F(3))], {}, 1),
+    ("batch_norm15_negative_var", "BatchNormalization", 15, [F(2, 3), F(3), F(3), F(3), -np.abs(F(3))],
+     {}, 1),
 ]
+# ReduceL1 / L2 / SumSquare / LogSum / LogSumExp: axes attribute before 18, input from 18;
+# noop_with_empty_axes maps each element (|x|, x * x, log); integers computed in double and
+# saturated; no elements: 0, or -inf (an integer type's minimum) for the logs
+_ROWS = A32(INF, 1, -INF, 2, 1, NAN, -INF, -INF, INF, INF, 1, -1, 100, 100.5).reshape(7, 2)
+for _op in ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"):
+    _positive = np.abs(F(2, 3, 4)) + 0.1
+    CASES += [
+        (f"{_op}_1", _op, 1, [_positive], {}, 1),
+        (f"{_op}_11_axes", _op, 11, [_positive], {"axes": [0, -1], "keepdims": 0}, 1),
+        (f"{_op}_13_axes", _op, 13, [_positive], {"axes": [1]}, 1),
+        (f"{_op}_18_input", _op, 18, [_positive, I64(-1)], {"keepdims": 0}, 1),
+        (f"{_op}_18_all", _op, 18, [_positive], {}, 1),
+        (f"{_op}_18_noop", _op, 18, [A32(-1, 2, 0.5)], {"noop_with_empty_axes": 1}, 1),
+        (f"{_op}_18_noop_axes", _op, 18, [_positive, I64(1)], {"noop_with_empty_axes": 1}, 1),
+        (f"{_op}_18_empty", _op, 18, [np.zeros((0, 3), np.float32), I64(0)], {}, 1),
+        (f"{_op}_18_empty_int32", _op, 18, [np.zeros((0, 3), np.int32), I64(0)], {"keepdims": 0}, 1),
+        (f"{_op}_18_empty_output", _op, 18, [np.zeros((0, 3), np.float32), I64(1)], {}, 1),
+        (f"{_op}_18_int32", _op, 18, [np.array([[3, -4], [2**20, 2**20], [INT32_MAX, 7]], np.int32),
+                                     I64(1)], {}, 1),
+        (f"{_op}_13_int64", _op, 13, [np.array([[3, 4], [2**40, 2**40]], np.int64)], {"axes": [1]}, 1),
+        (f"{_op}_18_float16", _op, 18, [A16(300, 400, 1, 2).reshape(2, 2), I64(1)], {}, 1),
+        (f"{_op}_13_inf_nan", _op, 13, [_ROWS], {"axes": [1]}, 1),
+        (f"{_op}_18_double", _op, 18, [_positive.astype(np.float64), I64(0, 2)], {}, 1),
+    ]
+_X34 = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+CASES += [
+    # CumSum: in order, in the type (int32 wraps; float16 in float32); exclusive, reverse
+    ("cumsum11", "CumSum", 11, [F(3, 4), np.array(1, np.int64)], {}, 1),
+    ("cumsum14_exclusive_reverse", "CumSum", 14, [_X34, np.array([-1], np.int32)],
+     {"exclusive": 1, "reverse": 1}, 1),
+    ("cumsum14_exclusive_axis0", "CumSum", 14, [_X34, np.array(0, np.int64)], {"exclusive": 1}, 1),
+    ("cumsum14_int32_wraps", "CumSum", 14, [I32(INT32_MAX, 2, 3), np.array(0, np.int64)], {}, 1),
+    ("cumsum14_float16", "CumSum", 14, [A16(2048, 1, 1, 1, 1000), np.array(0, np.int64)], {}, 1),
+    ("cumsum14_empty", "CumSum", 14, [np.zeros((2, 0), np.float32), np.array(1, np.int64)],
+     {"exclusive": 1, "reverse": 1}, 1),
+    # Pad: attributes in version 2; negative pads crop first, then reflect / edge / wrap pad
+    ("pad2", "Pad", 2, [_X34], {"pads": [1, 0, 0, 1], "value": 2.5}, 1),
+    ("pad2_reflect", "Pad", 2, [_X34], {"pads": [0, 2, 0, 1], "mode": "reflect"}, 1),
+    ("pad11_constant", "Pad", 11, [_X34, I64(1, -1, 2, 0), np.array(7.0, np.float32)], {}, 1),
+    ("pad13_edge", "Pad", 13, [_X34, I64(2, 1, 0, 3)], {"mode": "edge"}, 1),
+    ("pad18_axes", "Pad", 18, [_X34, I64(1, 2), np.array(-1.0, np.float32), I64(-1)], {}, 1),
+    ("pad18_reflect_crop", "Pad", 18, [_X34, I64(0, 2, 0, -1)], {"mode": "reflect"}, 1),
+    ("pad18_reflect_crop_end", "Pad", 18, [_X34, I64(0, -1, 0, 2)], {"mode": "reflect"}, 1),
+    ("pad19_wrap", "Pad", 19, [_X34, I64(1, 5, 2, 0)], {"mode": "wrap"}, 1),
+    ("pad21_wrap_crop", "Pad", 21, [_X34, I64(0, 2, 0, -1)], {"mode": "wrap"}, 1),
+    ("pad13_int", "Pad", 13, [I64(1, 2), I64(1, 2), np.array(7, np.int64)], {}, 1),
+    ("pad18_empty_constant", "Pad", 18, [np.zeros((0, 2), np.float32), I64(1, 0, 0, 0)], {}, 1),
+    # PRelu: the slope broadcasts
+    ("prelu16", "PRelu", 16, [F(2, 3, 4), F(3, 1)], {}, 1),
+    ("prelu9_scalar_slope", "PRelu", 9, [F(2, 3), A32(0.25)], {}, 1),
+    ("prelu7", "PRelu", 7, [F(2, 3), F(3)], {}, 1),
+    ("prelu16_int32", "PRelu", 16, [I32(-1, 2, -3), I32(2)], {}, 1),
+    ("prelu16_float16", "PRelu", 16, [A16(-1, 2, -3), A16(0.3)], {}, 1),
+    # GlobalAveragePool / GlobalMaxPool: over every axis after (N, C); GlobalMaxPool skips NaN
+    ("global_average_pool", "GlobalAveragePool", 1, [F(2, 3, 4, 5)], {}, 1),
+    ("global_average_pool22_1d", "GlobalAveragePool", 22, [F(2, 3, 7)], {}, 1),
+    ("global_max_pool", "GlobalMaxPool", 1, [F(2, 3, 4, 5)], {}, 1),
+    ("global_max_pool22_nan", "GlobalMaxPool", 22, [A32(1, NAN, 3, NAN, 1, 2).reshape(1, 2, 3)], {}, 1),
+    ("global_average_pool22_float16", "GlobalAveragePool", 22, [A16(60000, 60000, 1, 2).reshape(1, 2, 2)],
+     {}, 1),
+    # Trilu: k beyond the matrix keeps everything or nothing
+    ("trilu14_upper", "Trilu", 14, [F(2, 3, 4)], {}, 1),
+    ("trilu14_lower_k", "Trilu", 14, [_X34, np.array(-1, np.int64)], {"upper": 0}, 1),
+    ("trilu14_upper_k", "Trilu", 14, [F(4, 3), np.array(1, np.int64)], {}, 1),
+    ("trilu14_huge_k", "Trilu", 14, [_X34, np.array(2**62, np.int64)], {}, 1),
+    ("trilu14_lower_huge_negative_k", "Trilu", 14, [_X34, np.array(-2**63, np.int64)], {"upper": 0}, 1),
+    ("trilu14_bool", "Trilu", 14, [_X34 > 3], {}, 1),
+    ("trilu14_empty", "Trilu", 14, [np.zeros((0, 3), np.float32)], {"upper": 0}, 1),
+]
+CASES += [("ReduceLogSumExp_18_inf_nan_axis0", "ReduceLogSumExp", 18, [_ROWS.T.copy(), I64(0)], {}, 1),
+          ("ReduceLogSum_28", "ReduceLogSum", 28, [A32(1, 2, 3)], {}, 1),
+          ("ReduceLogSumExp_28", "ReduceLogSumExp", 28, [A32(1, 2, 3)], {}, 1)]
 
 
 def build(op, opset, inputs, attrs, n_out, as_initializers):

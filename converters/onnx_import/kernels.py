@@ -115,7 +115,9 @@ def _f16_in_f32(fn: Kernel) -> Kernel:
         if not any(x is not None and x.dtype == np.float16 for x in ins):
             return fn(attrs, ins, n_out)
         wide = [x.astype(np.float32) if x is not None and x.dtype == np.float16 else x for x in ins]
-        return [y.astype(np.float16) if y.dtype == np.float32 else y for y in fn(attrs, wide, n_out)]
+        outs = fn(attrs, wide, n_out)
+        with np.errstate(over="ignore"):  # beyond float16's range: inf
+            return [y.astype(np.float16) if y.dtype == np.float32 else y for y in outs]
     return run
 
 
@@ -309,6 +311,56 @@ def _gather_elements(attrs, ins, n_out):
     return [np.take_along_axis(x[window], _norm_indices(idx, x.shape[axis]), axis=axis)]
 
 
+@kernel("GatherND")
+def _gather_nd(attrs, ins, n_out):
+    """Slices of the data at the index tuples on the indices' last axis, the first `batch_dims`
+    axes of data and indices paired (negative indices count from the end)."""
+    x, idx = ins
+    b = attrs.get("batch_dims", 0)
+    idx = np.asarray(idx)
+    if idx.ndim < 1 or not 0 <= b < min(x.ndim, idx.ndim):
+        raise ShapeError(f"GatherND batch_dims {b} must be below the ranks of data {x.shape} "
+                         f"and indices {idx.shape} (indices of rank 1 or more)")
+    k = idx.shape[-1]
+    if x.shape[:b] != idx.shape[:b] or k > x.ndim - b:
+        raise ShapeError(f"GatherND indices of shape {idx.shape} do not fit data of shape "
+                         f"{x.shape} with batch_dims {b}")
+    out_shape = idx.shape[:-1] + x.shape[b + k:]
+    _check_size(out_shape, "GatherND's output")
+    batch, count = math.prod(x.shape[:b]), math.prod(idx.shape[b:-1])
+    data = x.reshape((batch,) + x.shape[b:])
+    tuples = idx.reshape(batch, count, k)
+    where = [np.broadcast_to(np.arange(batch).reshape(batch, 1), (batch, count))]
+    where += [_norm_indices(tuples[..., j], x.shape[b + j]) for j in range(k)]
+    return [data[tuple(where)].reshape(out_shape)]
+
+
+@kernel("OneHot")
+def _one_hot(attrs, ins, n_out):
+    """`values[1]` where an index (negative ones count from the end) equals the position on the
+    new axis, `values[0]` elsewhere; indices out of range give a row of `values[0]`."""
+    idx, depth, values = ins
+    depth = int(_scalar(depth, "OneHot depth"))  # a float depth is truncated, as ORT
+    values = np.asarray(values)
+    if depth < 0:
+        raise ArgumentError(f"OneHot depth must not be negative, got {depth}")
+    if values.shape != (2,):
+        raise ShapeError(f"OneHot values must be [off_value, on_value], got shape {values.shape}")
+    idx = np.asarray(idx)
+    axis = attrs.get("axis", -1)
+    if not -idx.ndim - 1 <= axis <= idx.ndim:
+        raise ShapeError(f"OneHot axis {axis} is out of range for indices of rank {idx.ndim}")
+    axis = axis + idx.ndim + 1 if axis < 0 else axis
+    _check_size(idx.shape + (depth,), "OneHot's output")
+    with np.errstate(invalid="ignore"):  # float indices truncate (NaN: out of range)
+        idx = idx.astype(np.int64)
+    idx = np.where(idx < 0, idx + depth, idx)
+    shape = [1] * idx.ndim
+    shape.insert(axis, depth)
+    hot = np.expand_dims(idx, axis) == np.arange(depth).reshape(shape)
+    return [np.where(hot, values[1], values[0])]
+
+
 @kernel("ScatterElements")
 def _scatter_elements(attrs, ins, n_out):
     data, idx, upd = ins
@@ -435,6 +487,67 @@ def _nonzero(attrs, ins, n_out):
     if x.ndim == 0:
         x = x.reshape(1)
     return [np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1)]
+
+
+_PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+@kernel("Pad")
+def _pad(attrs, ins, n_out):
+    """pads [x1_begin, x2_begin, ..., x1_end, ...] for `axes` (default all); negative pads crop,
+    before the padding (which then reflects, repeats or wraps the cropped data), as ORT."""
+    x, pads = ins[0], _ints(ins[1])
+    value = ins[2] if len(ins) > 2 and ins[2] is not None else 0
+    axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(x.ndim)
+    axes = [_axis(a, x.ndim, "Pad axis") for a in _ints(axes)]
+    if len(set(axes)) != len(axes) or len(pads) != 2 * len(axes):
+        raise ShapeError(f"Pad needs 2 pads per axis of {axes} (no axis repeated), got {pads}")
+    begin, end = [0] * x.ndim, [0] * x.ndim
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[i + len(axes)]
+    shape = [d + b + e for d, b, e in zip(x.shape, begin, end)]
+    if min(shape, default=0) < 0:
+        raise ShapeError(f"Pad pads {pads} crop more than the shape {x.shape} has")
+    _check_size(shape, "Pad's output")
+    x = x[tuple(slice(max(-b, 0), d - max(-e, 0)) for d, b, e in zip(x.shape, begin, end))]
+    widths = [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)]
+    mode = attrs.get("mode", "constant")
+    if mode == "constant":
+        fill = np.asarray(_scalar(value, "Pad value")).astype(x.dtype)
+        return [np.pad(x, widths, constant_values=fill)]
+    for d, (b, e) in zip(x.shape, widths):
+        if (b or e) and (d == 0 or (mode == "reflect" and max(b, e) > d - 1)):
+            raise ShapeError(f"Pad mode {mode!r} cannot pad {b} and {e} values onto an axis of "
+                             f"{d} (shape {x.shape} after cropping)")
+    return [np.pad(x, widths, mode=_PAD_MODES[mode])]
+
+
+@kernel("CumSum")
+@_f16_in_f32
+def _cumsum(attrs, ins, n_out):
+    """Accumulated in order in x's type (integers wrap; float16 in float32, each sum rounded to
+    float16, as ORT); exclusive starts from 0, reverse from the end."""
+    x = ins[0]
+    axis = _axis(int(_scalar(ins[1], "CumSum axis")), x.ndim, "CumSum axis")
+    reverse = attrs.get("reverse", 0)
+    if reverse:
+        x = np.flip(x, axis)
+    if attrs.get("exclusive", 0):  # x shifted by one along the axis, a 0 first
+        head = (slice(None),) * axis
+        x = np.concatenate([np.zeros_like(x[head + (slice(0, 1),)]), x[head + (slice(0, -1),)]],
+                           axis)
+    y = np.cumsum(x, axis=axis, dtype=x.dtype)
+    return [np.flip(y, axis) if reverse else y]
+
+
+@kernel("Trilu")
+def _trilu(attrs, ins, n_out):
+    x = ins[0]
+    if x.ndim < 2:
+        raise ShapeError(f"Trilu needs a tensor of rank 2 or more, got shape {x.shape}")
+    k = int(_scalar(ins[1], "Trilu k")) if len(ins) > 1 and ins[1] is not None else 0
+    k = min(max(k, -x.shape[-2]), x.shape[-1])  # beyond: everything or nothing
+    return [np.triu(x, k) if attrs.get("upper", 1) else np.tril(x, k)]
 
 
 @kernel("Where")
@@ -663,6 +776,14 @@ def _gelu_kernel(attrs, ins, n_out):
         return [_gelu(ins[0], attrs.get("approximate", "none")).astype(ins[0].dtype, copy=False)]
 
 
+@kernel("PRelu")
+@_f16_in_f32
+def _prelu(attrs, ins, n_out):
+    x, slope = ins
+    _broadcast("PRelu", x.shape, slope.shape)
+    return [np.where(x < 0, x * slope, x)]
+
+
 @kernel("Clip")
 def _clip(attrs, ins, n_out):
     """As ORT: an absent bound is the type's lowest / largest value (so -inf and inf become the
@@ -695,6 +816,60 @@ KERNELS["Sum"] = _f16_in_f32(_variadic("Sum", np.add))
 def _mean(attrs, ins, n_out):
     total = KERNELS["Sum"](attrs, ins, 1)[0]
     return [(total / len([x for x in ins if x is not None])).astype(total.dtype, copy=False)]
+
+
+# ------------------------------------------------------------------ normalization
+@kernel("LayerNormalization")
+def _layer_norm(attrs, ins, n_out):
+    """Over the axes from `axis` on, as ORT 1.32 computes it: the mean from a float64 sum, the
+    variance as the mean of the squared deviations, y = (x - mean) / sqrt(var + epsilon) * scale
+    + bias in x's type (float16 in float32); Mean and InvStdDev float32 (float64 for stash_type
+    11, which ORT refuses). scale and bias broadcast to x."""
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    axis = _axis(attrs.get("axis", -1), x.ndim, "LayerNormalization axis")
+    axes = tuple(range(axis, x.ndim))
+    if not math.prod(x.shape[axis:]):
+        raise ShapeError(f"LayerNormalization normalizes over no elements: shape {x.shape}, "
+                         f"axis {axis}")
+    for p in (scale, bias):
+        if p is not None and _broadcast("LayerNormalization", x.shape, p.shape) != x.shape:
+            raise ShapeError(f"LayerNormalization scale / bias of shape {p.shape} do not "
+                             f"broadcast to X's shape {x.shape}")
+    stash = np.dtype(np.float64 if attrs.get("stash_type", 1) == 11 else np.float32)
+    work = np.dtype(np.float64) if x.dtype == np.float64 else stash
+    eps = work.type(attrs.get("epsilon", _f32(1e-5)))
+    v = x.astype(work, copy=False)
+    mean = np.mean(v, axis=axes, keepdims=True, dtype=np.float64).astype(work)
+    d = v - mean
+    std = np.sqrt(np.mean(d * d, axis=axes, keepdims=True) + eps)
+    y = d / std * scale.astype(work, copy=False)
+    if bias is not None:
+        y += bias.astype(work, copy=False)
+    outs = [y.astype(x.dtype, copy=False), mean.astype(stash), (1 / std).astype(stash)]
+    return outs[:n_out]
+
+
+@kernel("BatchNormalization")
+def _batch_norm(attrs, ins, n_out):
+    """Inference, as ORT: y = x * s + (bias - mean * s), s = scale / sqrt(var + epsilon) in x's
+    type (float16 in float32), per channel (axis 1), or per element of x's shape after the batch
+    axis for parameters of that shape (BatchNormalization-7 with spatial 0)."""
+    x = ins[0]
+    if x.ndim < 2:
+        raise ShapeError(f"BatchNormalization needs X of rank 2 or more (N, C, ...), got {x.shape}")
+    work = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    per_channel = (x.shape[1],) + (1,) * (x.ndim - 2)
+    scale, bias, mean, var = (p.astype(work, copy=False).reshape(
+        per_channel if p.shape == x.shape[1:2] else p.shape) for p in ins[1:5])
+    for p in (scale, bias, mean, var):
+        if p.shape not in (per_channel, x.shape[1:]):
+            raise ShapeError(f"BatchNormalization parameters of shape {p.shape} do not fit X of "
+                             f"shape {x.shape}: one value per channel ({x.shape[1]}) expected")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = work.type(1) / np.sqrt(var + work.type(attrs.get("epsilon", _f32(1e-5)))) * scale
+        y = x.astype(work, copy=False) * s + (bias - mean * s)
+    return [y.astype(x.dtype, copy=False)]
 
 
 # ------------------------------------------------------------------ softmax, reductions
@@ -768,8 +943,25 @@ def _arg(pick_max):
 KERNELS["ArgMax"] = _arg(True)
 KERNELS["ArgMin"] = _arg(False)
 
+def _log_sum_exp(x, axis, keepdims):
+    """log(sum(exp(x - m))) + m, m the largest finite value (0 where there is none): infinities
+    give what the exact sum does (inf; -inf when all are -inf), as in ORT."""
+    top = np.max(np.where(np.isfinite(x), x, -np.inf), axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0).astype(x.dtype)
+    return np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+
+
 REDUCE = {"ReduceMean": np.mean, "ReduceMax": np.max, "ReduceMin": np.min, "ReduceSum": np.sum,
-          "ReduceProd": np.prod}
+          "ReduceProd": np.prod,
+          "ReduceL1": lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims),
+          "ReduceL2": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis,
+                                                               keepdims=keepdims)),
+          "ReduceSumSquare": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims),
+          "ReduceLogSum": lambda x, axis, keepdims: np.log(np.sum(x, axis=axis, keepdims=keepdims)),
+          "ReduceLogSumExp": _log_sum_exp}
+# reductions that change a single element too (|x|, x * x, log): with noop_with_empty_axes ORT
+# applies that to every element
+_ELEMENT_MAPS = {"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
 
 
 def _reduce_kept(op, x, axes):
@@ -777,18 +969,21 @@ def _reduce_kept(op, x, axes):
     if x.dtype.kind == "f" and op in ("ReduceMax", "ReduceMin"):
         fold = np.fmax if op == "ReduceMax" else np.fmin
         return _nan_if_first(fold.reduce(x, axis=axes, keepdims=True), x, axes)
-    if x.dtype.kind in "iu" and op in ("ReduceSum", "ReduceProd", "ReduceMean"):
-        # ORT accumulates integers in double and saturates the result to the type's range
-        wide = REDUCE[op](x.astype(np.float64), axis=axes, keepdims=True)
-        return _to_int(wide, x.dtype, saturate=True)
-    return np.asarray(REDUCE[op](x, axis=axes, keepdims=True)).astype(x.dtype, copy=False)
+    with np.errstate(all="ignore"):
+        if x.dtype.kind in "iu" and op not in ("ReduceMax", "ReduceMin"):
+            # ORT computes integers in double and saturates the result to the type's range
+            wide = REDUCE[op](x.astype(np.float64), axis=axes, keepdims=True)
+            return _to_int(wide, x.dtype, saturate=True)
+        return np.asarray(REDUCE[op](x, axis=axes, keepdims=True)).astype(x.dtype, copy=False)
 
 
 def _empty_reduction(op, dtype):
     """What ORT gives for a reduction over no elements (bool, which ORT refuses: the spec's
     minimum False for ReduceMax, True for ReduceMin)."""
-    if op in ("ReduceSum", "ReduceMean"):
+    if op in ("ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare"):
         return 0
+    if op in ("ReduceLogSum", "ReduceLogSumExp"):  # log(0); an integer type's minimum
+        return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
     if op == "ReduceProd":
         return 1
     if dtype.kind == "f":
@@ -805,9 +1000,9 @@ def _reduce(op):
         axes = ins[1] if len(ins) > 1 else None
         keepdims = bool(attrs.get("keepdims", 1))
         if axes is None or np.asarray(axes).size == 0:
-            if attrs.get("noop_with_empty_axes", 0):
+            if attrs.get("noop_with_empty_axes", 0) and op not in _ELEMENT_MAPS:
                 return [x]
-            axes = tuple(range(x.ndim))
+            axes = () if attrs.get("noop_with_empty_axes", 0) else tuple(range(x.ndim))
         else:
             axes = tuple(sorted({_axis(a, x.ndim, f"{op} axis") for a in _ints(axes)}))
         kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
@@ -821,6 +1016,22 @@ def _reduce(op):
 
 for _op in REDUCE:
     KERNELS[_op] = _reduce(_op)
+
+
+def _global_pool(op, fold):
+    def run(attrs, ins, n_out):
+        x = ins[0]
+        if x.ndim < 3 or not math.prod(x.shape[2:]):
+            raise ShapeError(f"{op} needs X of shape (N, C, D1, ...) with elements on D1, ..., "
+                             f"got {x.shape}")
+        with np.errstate(invalid="ignore"):
+            return [np.asarray(fold(x, axis=tuple(range(2, x.ndim)), keepdims=True))
+                    .astype(x.dtype, copy=False)]
+    return _f16_in_f32(run)
+
+
+KERNELS["GlobalAveragePool"] = _global_pool("GlobalAveragePool", np.mean)
+KERNELS["GlobalMaxPool"] = _global_pool("GlobalMaxPool", np.fmax.reduce)  # NaN skipped, as ORT
 
 
 @kernel("TopK")

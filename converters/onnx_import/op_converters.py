@@ -163,6 +163,10 @@ for _v in (1, 11, 13):
     converter("Gather", _v)(_emit_same("Gather"))
 for _v in (11, 13):
     converter("GatherElements", _v)(_emit_same("GatherElements"))
+for _v in (11, 12, 13):
+    converter("GatherND", _v)(_emit_same("GatherND"))
+for _v in (9, 11, 28):
+    converter("OneHot", _v)(_emit_same("OneHot"))
 
 
 @converter("Scatter", 9, 11)
@@ -191,6 +195,24 @@ for _v in (11, 27):
     converter("Range", _v)(_emit_same("Range"))
 for _v in (9, 13):
     converter("NonZero", _v)(_emit_same("NonZero"))
+
+
+for _v in (11, 14):
+    converter("CumSum", _v)(_emit_same("CumSum"))
+converter("Trilu", 14)(_emit_same("Trilu"))
+
+
+@converter("Pad", 2, 11, 13, 18, 19, 21, 23, 24, 25)
+def _pad(ctx, node):
+    mode = node.attrs.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge") + (("wrap",) if node.version >= 19 else ()):
+        raise FormatError(f"Pad-{node.version} mode {mode!r} is not one of its modes")
+    if node.version == 2:
+        inputs = [node.inputs[0], _int64(ctx, node.attrs["pads"], "pads"),
+                  ctx.add_const(np.array(node.attrs.get("value", 0.0), np.float32), "value")]
+    else:
+        inputs = node.inputs[:4]
+    ctx.emit("Pad", inputs, node.outputs, {"mode": mode})
 
 
 @converter("Cast", 6, 9, 13, 19, 21, 23, 24, 25)
@@ -239,6 +261,12 @@ _UNARY_VERSIONS = {
 }
 for _op, _vs in _UNARY_VERSIONS.items():
     for _v in _vs:
+        converter(_op, _v)(_emit_same(_op))
+
+for _v in (7, 9, 16):
+    converter("PRelu", _v)(_emit_same("PRelu"))
+for _op in ("GlobalAveragePool", "GlobalMaxPool"):
+    for _v in (1, 22):
         converter(_op, _v)(_emit_same(_op))
 
 for _op, _vs in {"Min": (6, 8, 12, 13), "Max": (6, 8, 12, 13), "Sum": (6, 8, 13),
@@ -299,7 +327,11 @@ def _reduce(op: str, input_from: int):
 for _op, _vs, _from in (("ReduceSum", (1, 11, 13), 13), ("ReduceMean", (1, 11, 13, 18), 18),
                         ("ReduceMax", (1, 11, 12, 13, 18, 20), 18),
                         ("ReduceMin", (1, 11, 12, 13, 18, 20), 18),
-                        ("ReduceProd", (1, 11, 13, 18), 18)):
+                        ("ReduceProd", (1, 11, 13, 18), 18), ("ReduceL1", (1, 11, 13, 18), 18),
+                        ("ReduceL2", (1, 11, 13, 18), 18),
+                        ("ReduceSumSquare", (1, 11, 13, 18), 18),
+                        ("ReduceLogSum", (1, 11, 13, 18, 28), 18),
+                        ("ReduceLogSumExp", (1, 11, 13, 18, 28), 18)):
     for _v in _vs:
         converter(_op, _v)(_reduce(_op, _from))
 
@@ -313,6 +345,26 @@ def _topk(ctx, node):
     else:
         inputs = node.inputs[:2]
     ctx.emit("TopK", inputs, node.outputs, attrs)
+
+
+# ------------------------------------------------------------------ normalization
+@converter("LayerNormalization", 17)
+def _layer_norm(ctx, node):
+    attrs = {k: node.attrs[k] for k in ("axis", "epsilon", "stash_type") if k in node.attrs}
+    if attrs.get("stash_type", 1) not in (1, 11):
+        raise UnsupportedError(f"LayerNormalization stash_type {attrs['stash_type']} is not "
+                               f"supported (1: float32, 11: float64)")
+    ctx.emit("LayerNormalization", node.inputs, node.outputs, attrs)
+
+
+@converter("BatchNormalization", 7, 9, 14, 15)
+def _batch_norm(ctx, node):
+    if node.attrs.get("training_mode", 0) or any(node.outputs[1:]):
+        raise UnsupportedError("BatchNormalization in training mode (training_mode 1, or the "
+                               "running or saved statistics asked for) is not supported; fastrnn "
+                               "runs inference only")
+    attrs = {"epsilon": node.attrs["epsilon"]} if "epsilon" in node.attrs else {}
+    ctx.emit("BatchNormalization", node.inputs[:5], node.outputs[:1], attrs)
 
 
 # ------------------------------------------------------------------ recurrent layers
