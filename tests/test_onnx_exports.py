@@ -341,6 +341,9 @@ class Around(torch.nn.Module):
             return self.fc(self.bn(out.transpose(1, 2)).transpose(1, 2))
         if self.kind == "last_step":  # dynamo: GatherND
             return self.fc(out[torch.arange(out.shape[0]), lengths - 1])
+        if self.kind == "gather_squeeze":  # legacy: GatherElements, If(size 1: Squeeze, Identity)
+            idx = (lengths - 1).view(-1, 1, 1).expand(-1, 1, out.shape[2])
+            return self.fc(out.gather(1, idx).squeeze(1))
         if self.kind == "reductions":  # ReduceLogSumExp, ReduceL2
             return torch.logsumexp(self.fc(out), -1), torch.nn.functional.normalize(out[:, -1], dim=-1)
         return self.fc(out)
@@ -406,6 +409,47 @@ def test_layers_around_the_recurrent_ones(kind, dynamo):
         np.testing.assert_allclose(g, w.numpy(), **TOL)
 
 
+@functools.lru_cache(maxsize=None)
+def export_gather_squeeze(opset: int) -> bytes:
+    torch.manual_seed(0)
+    module = Around("gather_squeeze").eval()
+    args = tuple(torch.from_numpy(a) for a in _around_inputs("gather_squeeze", *AROUND_SIZES[0]))
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, f, dynamo=False, opset_version=opset,
+                          input_names=["x", "lengths"],
+                          dynamic_axes={"x": {0: "N", 1: "T"}, "lengths": {0: "N"}})
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("opset", [11, 14, 17])
+def test_last_valid_step_by_gather_and_squeeze(opset, tmp_path):
+    """out.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, H)).squeeze(1): the legacy exporter
+    cannot prove the squeezed size is 1 and writes an If on it (Squeeze / Identity branches, the
+    axes an attribute at opset 11, a Constant in the branch from 13); fastrnn decides it at run
+    time, as ORT, at batch sizes other than the export's (1 included), and the plan saves."""
+    model = export_gather_squeeze(opset)
+    proto = onnx.load_from_string(model)
+    (node,) = [n for n in proto.graph.node if n.op_type == "If"]
+    assert {n.op_type for a in node.attribute for n in a.g.node} >= {"Squeeze", "Identity"}
+    sizes = AROUND_SIZES + [(1, 4), (6, 1)]
+    feeds = [dict(zip(["x", "lengths"], _around_inputs("gather_squeeze", N, T))) for N, T in sizes]
+    sess = check_against_ort(model, feeds)
+    assert "Conditional" in {n.op for n in sess.nodes}
+    torch.manual_seed(0)
+    module = Around("gather_squeeze").eval()
+    fastrnn.save(sess, tmp_path / "last_step.frnn")
+    loaded = fastrnn.load(tmp_path / "last_step.frnn")
+    for f in feeds:
+        with torch.no_grad():
+            want = module(*(torch.from_numpy(f[k]) for k in ("x", "lengths"))).numpy()
+        (got,) = sess.run(None, f)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, **TOL)
+        np.testing.assert_array_equal(loaded.run(None, f)[0], got)
+
+
 # --------------------------------------------------------------------------------------------------
 # files: external data, save / load
 # --------------------------------------------------------------------------------------------------
@@ -434,3 +478,48 @@ def test_saved_plan_runs_the_same(tmp_path):
     feeds = dict(zip(["x", "h0", "c0"], _inputs("lstm_batch_first_h0_c0", 7, 3, 14)))
     for a, b in zip(sess.run(None, feeds), loaded.run(None, feeds)):
         np.testing.assert_array_equal(a, b)
+
+
+class ConvLSTM(torch.nn.Module):
+    """A CRNN / DeepSpeech-style front end: Conv1d (strided, padded) -> ReLU -> LSTM -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(I, H, kernel_size=5, stride=2, padding=2)
+        self.depthwise = torch.nn.Conv1d(H, H, kernel_size=3, padding=1, groups=H)
+        self.lstm = torch.nn.LSTM(H, H, batch_first=True)
+        self.fc = torch.nn.Linear(H, 5)
+
+    def forward(self, x):  # x: (N, I, T)
+        y = self.depthwise(torch.relu(self.conv(x)))
+        out, _ = self.lstm(y.transpose(1, 2))
+        return self.fc(out)
+
+
+@functools.lru_cache(maxsize=None)
+def export_conv_lstm() -> bytes:
+    torch.manual_seed(0)
+    module = ConvLSTM().eval()
+    f = io.BytesIO()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.from_numpy(_randn(2, I, 12)),), f)  # default settings
+    finally:
+        logging.disable(logging.NOTSET)
+    return f.getvalue()
+
+
+def test_conv1d_before_an_lstm_matches_onnxruntime_and_torch():
+    model = export_conv_lstm()
+    proto = onnx.load_from_string(model)
+    assert "Conv" in {n.op_type for n in proto.graph.node}
+    name = proto.graph.input[0].name
+    x = _randn(2, I, 12)
+    sess = check_against_ort(model, [{name: x}])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        want = ConvLSTM().eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {name: x})[0], want, **TOL)
+    assert any(n.op == "Conv" for n in sess.nodes)

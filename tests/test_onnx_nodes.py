@@ -1,4 +1,4 @@
-"""Single ONNX RNN / GRU / LSTM nodes over the attribute grid.
+"""Single ONNX RNN / GRU / LSTM nodes over the attribute grid; hand-built If nodes (at the end).
 
 float32: against ONNX Runtime (~1e-5). ORT rejects layout=1, so a layout=1 node is compared with the
 layout=0 node on transposed inputs and outputs. float64 (ORT has no float64 GRU/LSTM): against the
@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference t
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import converters  # noqa: E402
+import fastrnn  # noqa: E402
 import reference  # noqa: E402
 from fastrnn.errors import FormatError, UnsupportedError  # noqa: E402
 
@@ -423,3 +424,177 @@ def test_alpha_and_beta_without_activations_are_unused(mode, direction, attrs):
     want = run_ort(case)
     compare(want, plain, dict(rtol=0, atol=0))
     compare(run_fastrnn(case), want, F32_TOL, f"{mode} {direction} {attrs}")
+
+
+# --------------------------------------------------------------------------------------------------
+# If: a condition known at import inlines the taken branch; one known at run time runs single-node
+# branches (the legacy exporter's x.squeeze(dim) on a size it cannot prove is 1)
+# --------------------------------------------------------------------------------------------------
+def _vi(name, shape=None, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _branch(name, nodes, out, inits=()):
+    return helper.make_graph(nodes, name, [], [_vi(out)], list(inits))
+
+
+def _squeeze_branch(opset, form, src="x", out="sq"):
+    """Squeeze(src) on axis 1: the axes as attribute (opset < 13), as a Constant node or as an
+    initializer of the branch (13+)."""
+    if form == "attr":
+        return _branch("squeeze", [helper.make_node("Squeeze", [src], [out], axes=[1])], out)
+    axes = numpy_helper.from_array(np.array([1], np.int64), "sq_axes")
+    squeeze = helper.make_node("Squeeze", [src, "sq_axes"], [out])
+    if form == "constant":
+        return _branch("squeeze", [helper.make_node("Constant", [], ["sq_axes"], value=axes), squeeze],
+                       out)
+    return _branch("squeeze", [squeeze], out, [axes])
+
+
+def _identity_branch(src="x", out="same"):
+    return _branch("identity", [helper.make_node("Identity", [src], [out])], out)
+
+
+def _if_model(nodes, inputs, opset=14, inits=(), outputs=("y",)):
+    graph = helper.make_graph(nodes, "g", inputs, [_vi(o) for o in outputs], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _check_if(model, feeds_list, conditional):
+    """fastrnn runs the model as ORT does on every feed; the plan has a Conditional node or not."""
+    sess = converters.from_onnx(model)
+    assert ("Conditional" in {n.op for n in sess.nodes}) == conditional
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for feeds in feeds_list:
+        for got, want in zip(sess.run(None, feeds), ref.run(None, feeds)):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    return sess
+
+
+def _fx(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("taken", [True, False])
+@pytest.mark.parametrize("source", ["Constant", "folded"])
+def test_if_on_a_condition_known_at_import_inlines_the_taken_branch(taken, source):
+    """Branches reading outer values and an outer initializer, with an initializer and a Constant
+    node of their own; the condition a Constant node or folded from initializers."""
+    if source == "Constant":
+        cond = [helper.make_node("Constant", [], ["cond"],
+                                 value=numpy_helper.from_array(np.array(taken)))]
+    else:
+        cond = [helper.make_node("Greater", ["a", "b"], ["cond"])]
+    inits = [numpy_helper.from_array(np.array([2.0 if taken else 0.0], np.float32), "a"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "b"),
+             numpy_helper.from_array(np.array(3.0, np.float32), "k")]
+    then = helper.make_graph([helper.make_node("Add", ["x", "w"], ["t"]),
+                              helper.make_node("Mul", ["t", "k"], ["then_out"])], "then", [],
+                             [_vi("then_out")], [numpy_helper.from_array(_fx(3, seed=5), "w")])
+    other = helper.make_graph([helper.make_node("Constant", [], ["c"],
+                                                value=numpy_helper.from_array(_fx(2, 3, seed=6))),
+                               helper.make_node("Sub", ["x", "c"], ["else_out"])], "else", [],
+                              [_vi("else_out")])
+    nodes = cond + [helper.make_node("If", ["cond"], ["y"], name="pick", then_branch=then,
+                                     else_branch=other),
+                    helper.make_node("Relu", ["y"], ["z"])]
+    model = _if_model(nodes, [_vi("x", [2, 3])], inits=inits, outputs=("y", "z"))
+    sess = _check_if(model, [{"x": _fx(2, 3)}, {"x": _fx(2, 3, seed=1)}], conditional=False)
+    assert {n.op for n in sess.nodes} == ({"Add", "Mul", "Identity", "Relu"} if taken
+                                          else {"Sub", "Identity", "Relu"})
+
+
+SQUEEZE_FORMS = [(11, "attr"), (13, "constant"), (13, "initializer"), (17, "constant"),
+                 (21, "initializer")]
+
+
+@pytest.mark.parametrize("squeeze_in_then", [True, False], ids=["then_squeezes", "else_squeezes"])
+@pytest.mark.parametrize("opset, form", SQUEEZE_FORMS, ids=[f"{o}-{f}" for o, f in SQUEEZE_FORMS])
+def test_if_on_the_size_of_an_axis_squeezes_it_or_not_at_run_time(opset, form, squeeze_in_then):
+    """The legacy exporter's pattern: If(Equal(Gather(Shape(x), 1), 1)), Squeeze(x, [1]) in one
+    branch and Identity(x) in the other; the output's rank depends on the condition."""
+    cond = [helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "one"], ["size"], axis=0),
+            helper.make_node("Equal", ["size", "one"], ["is_one" if not squeeze_in_then else "cond"])]
+    if not squeeze_in_then:
+        cond.append(helper.make_node("Not", ["is_one"], ["cond"]))
+    squeeze, same = _squeeze_branch(opset, form), _identity_branch()
+    node = helper.make_node("If", ["cond"], ["y"], name="squeeze_if",
+                            then_branch=squeeze if squeeze_in_then else same,
+                            else_branch=same if squeeze_in_then else squeeze)
+    model = _if_model(cond + [node, helper.make_node("Neg", ["y"], ["z"])],
+                      [_vi("x", ["N", "T", 3])], opset,
+                      [numpy_helper.from_array(np.array(1, np.int64), "one")], ("y", "z"))
+    feeds = [{"x": _fx(2, 1, 3)}, {"x": _fx(4, 5, 3, seed=1)}, {"x": _fx(1, 1, 3, seed=2)}]
+    sess = _check_if(model, feeds, conditional=True)
+    # rank 2 when axis 1 has size 1 (the squeezing branch runs, whichever it is), 3 otherwise
+    assert sess.run(None, feeds[0])[0].shape == (2, 3)
+    assert sess.run(None, feeds[1])[0].shape == (4, 5, 3)
+
+
+@pytest.mark.parametrize("opset, form", [(11, "attr"), (14, "constant")])
+def test_if_on_a_condition_fed_at_run_time(opset, form):
+    """The condition a bool input, scalar or of shape [1]; the branch not taken is not run (its
+    Squeeze would fail on that input)."""
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=_squeeze_branch(opset, form),
+                            else_branch=_identity_branch())
+    for shape in ([], [1]):
+        model = _if_model([node], [_vi("x", ["N", "T", 3]), _vi("cond", shape, TensorProto.BOOL)],
+                          opset)
+        flag = lambda v: np.array(v).reshape(shape)  # noqa: E731
+        _check_if(model, [{"x": _fx(2, 1, 3), "cond": flag(True)},
+                          {"x": _fx(2, 1, 3), "cond": flag(False)},
+                          {"x": _fx(2, 4, 3), "cond": flag(False)}], conditional=True)
+
+
+def test_if_branch_with_its_own_initializer_at_run_time_and_its_saved_plan(tmp_path):
+    then = helper.make_graph([helper.make_node("Add", ["x", "w"], ["t"])], "then", [], [_vi("t")],
+                             [numpy_helper.from_array(_fx(3, seed=3), "w")])
+    other = helper.make_graph([helper.make_node("Constant", [], ["c"],
+                                                value=numpy_helper.from_array(_fx(3, seed=4)))],
+                              "else", [], [_vi("c")])  # a constant branch output
+    model = _if_model([helper.make_node("If", ["cond"], ["y"], name="add_if", then_branch=then,
+                                        else_branch=other)],
+                      [_vi("x", ["N", 3]), _vi("cond", [], TensorProto.BOOL)])
+    feeds = [{"x": _fx(2, 3), "cond": np.array(v)} for v in (True, False)]
+    sess = _check_if(model, feeds, conditional=True)
+    fastrnn.save(sess, tmp_path / "if.frnn")
+    loaded = fastrnn.load(tmp_path / "if.frnn")
+    assert [n.op for n in loaded.nodes] == ["Conditional"]
+    for f in feeds:
+        for a, b in zip(sess.run(None, f), loaded.run(None, f)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_nested_if():
+    """An If in a branch reading the outer branch's own value: inlined when the outer condition is
+    known at import (the inner one decided at run time); run at run time when the inner condition
+    is known at import and the outer one is not (the inner inlined into a single-node branch)."""
+    inner = helper.make_node("If", ["inner_cond"], ["inner_y"], name="inner",
+                             then_branch=_squeeze_branch(14, "constant", src="r", out="r_sq"),
+                             else_branch=_identity_branch(src="r", out="r_same"))
+    outer_then = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), inner], "outer_then",
+                                   [], [_vi("inner_y")])
+    outer_else = _branch("outer_else", [helper.make_node("Neg", ["x"], ["n"])], "n")
+    true = numpy_helper.from_array(np.array(True))
+    outer = helper.make_node("If", ["outer_cond"], ["y"], name="outer", then_branch=outer_then,
+                             else_branch=outer_else)
+    model = _if_model([helper.make_node("Constant", [], ["outer_cond"], value=true), outer],
+                      [_vi("x", ["N", "T", 3]), _vi("inner_cond", [], TensorProto.BOOL)])
+    _check_if(model, [{"x": _fx(2, 1, 3), "inner_cond": np.array(v)} for v in (True, False)],
+              conditional=True)
+
+    inner_then = _squeeze_branch(14, "initializer", out="x_sq")
+    inner = helper.make_node("If", ["known"], ["inner_y"], name="inner", then_branch=inner_then,
+                             else_branch=_identity_branch(out="x_same"))
+    outer_then = helper.make_graph([helper.make_node("Constant", [], ["known"], value=true), inner],
+                                   "outer_then", [], [_vi("inner_y")])
+    outer = helper.make_node("If", ["outer_cond"], ["y"], name="outer", then_branch=outer_then,
+                             else_branch=_identity_branch(out="x_same_outer"))
+    model = _if_model([outer], [_vi("x", ["N", "T", 3]), _vi("outer_cond", [], TensorProto.BOOL)])
+    sess = _check_if(model, [{"x": _fx(2, 1, 3), "outer_cond": np.array(v)} for v in (True, False)],
+                     conditional=True)
+    assert [n.op for n in sess.nodes] == ["Conditional"]

@@ -400,6 +400,89 @@ CASES += [
 CASES += [("ReduceLogSumExp_18_inf_nan_axis0", "ReduceLogSumExp", 18, [_ROWS.T.copy(), I64(0)], {}, 1),
           ("ReduceLogSum_28", "ReduceLogSum", 28, [A32(1, 2, 3)], {}, 1),
           ("ReduceLogSumExp_28", "ReduceLogSumExp", 28, [A32(1, 2, 3)], {}, 1)]
+# Conv (1, 11, 22): 1-D, 2-D and 3-D; strides, dilations, pads, every auto_pad (SAME with a stride
+# beyond the kernel needs no padding), groups and depthwise, with and without bias, kernel_shape
+# given or read from W; float16 computed in float32. (float64: ORT has no Conv kernel, see below.)
+_X19 = F(2, 3, 9)
+CASES += [
+    ("conv11_1d", "Conv", 11, [_X19, F(4, 3, 3)], {}, 1),
+    ("conv22_1d_bias_pads_strides", "Conv", 22, [_X19, F(4, 3, 3), F(4)], {"pads": [1, 2], "strides": [2]}, 1),
+    ("conv1_1d_dilations_kernel_shape", "Conv", 1, [_X19, F(4, 3, 3)],
+     {"dilations": [2], "pads": [2, 2], "kernel_shape": [3]}, 1),
+    ("conv11_1d_same_upper_stride2", "Conv", 11, [_X19, F(4, 3, 4), F(4)],
+     {"auto_pad": "SAME_UPPER", "strides": [2]}, 1),
+    ("conv11_1d_same_lower_stride2", "Conv", 11, [_X19, F(4, 3, 4)],
+     {"auto_pad": "SAME_LOWER", "strides": [2]}, 1),
+    ("conv22_1d_same_upper_k4", "Conv", 22, [_X19, F(2, 3, 4)], {"auto_pad": "SAME_UPPER"}, 1),
+    ("conv22_1d_same_lower_k4", "Conv", 22, [_X19, F(2, 3, 4)], {"auto_pad": "SAME_LOWER"}, 1),
+    ("conv11_1d_same_stride_beyond_kernel", "Conv", 11, [F(1, 2, 10), F(3, 2, 1)],
+     {"auto_pad": "SAME_LOWER", "strides": [3]}, 1),
+    ("conv11_1d_valid_stride2", "Conv", 11, [_X19, F(4, 3, 3)], {"auto_pad": "VALID", "strides": [2]}, 1),
+    ("conv11_1d_notset", "Conv", 11, [_X19, F(4, 3, 3)], {"auto_pad": "NOTSET", "pads": [0, 1]}, 1),
+    ("conv11_1d_group2_bias", "Conv", 11, [F(1, 4, 7), F(6, 2, 3), F(6)], {"group": 2}, 1),
+    ("conv22_1d_depthwise_multiplier2", "Conv", 22, [F(2, 4, 8), F(8, 1, 3), F(8)],
+     {"group": 4, "pads": [1, 1]}, 1),
+    ("conv11_1d_pointwise", "Conv", 11, [F(2, 16, 5), F(8, 16, 1)], {}, 1),
+    ("conv11_1d_stride_beyond_kernel", "Conv", 11, [F(1, 2, 10), F(3, 2, 2)], {"strides": [3]}, 1),
+    ("conv11_1d_kernel_beyond_input", "Conv", 11, [F(1, 2, 3), F(2, 2, 5)], {"pads": [1, 1]}, 1),
+    ("conv11_1d_empty_batch", "Conv", 11, [np.zeros((0, 2, 5), np.float32), F(3, 2, 3), F(3)], {}, 1),
+    ("conv11_2d", "Conv", 11, [F(2, 3, 7, 6), F(5, 3, 3, 2), F(5)],
+     {"strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 2, 1]}, 1),
+    ("conv22_2d_kernel_shape", "Conv", 22, [F(1, 2, 5, 5), F(3, 2, 3, 3)], {"kernel_shape": [3, 3]}, 1),
+    ("conv11_2d_same_lower_strides", "Conv", 11, [F(1, 3, 7, 8), F(4, 3, 3, 3)],
+     {"auto_pad": "SAME_LOWER", "strides": [2, 3]}, 1),
+    ("conv1_2d_same_upper", "Conv", 1, [F(1, 3, 6, 5), F(4, 3, 2, 3), F(4)], {"auto_pad": "SAME_UPPER"}, 1),
+    ("conv11_2d_valid", "Conv", 11, [F(1, 3, 6, 5), F(4, 3, 2, 3)], {"auto_pad": "VALID"}, 1),
+    ("conv11_2d_depthwise", "Conv", 11, [F(2, 3, 5, 6), F(3, 1, 3, 3), F(3)],
+     {"group": 3, "pads": [1, 1, 1, 1]}, 1),
+    ("conv11_2d_group2", "Conv", 11, [F(1, 4, 5, 5), F(4, 2, 2, 2)], {"group": 2, "strides": [2, 2]}, 1),
+    ("conv11_3d", "Conv", 11, [F(1, 2, 5, 4, 4), F(3, 2, 2, 3, 2), F(3)], {"pads": [0, 1, 0, 1, 0, 1]}, 1),
+    ("conv11_1d_float16", "Conv", 11, [(F(2, 3, 9) * 2).astype(np.float16), F(4, 3, 3).astype(np.float16),
+                                       F(4).astype(np.float16)], {"pads": [1, 1]}, 1),
+    ("conv22_2d_depthwise_float16", "Conv", 22, [(F(1, 3, 5, 5) * 2).astype(np.float16),
+                                                 F(3, 1, 3, 3).astype(np.float16)],
+     {"group": 3, "auto_pad": "SAME_UPPER"}, 1),
+]
+# Einsum (12): explicit and implicit outputs, ellipsis (broadcast, or covering no axes), repeated
+# labels (diagonals), size-1 axes broadcast; in the inputs' type (int32 wraps), float16 in float32
+CASES += [
+    ("einsum_matmul", "Einsum", 12, [F(2, 3), F(3, 4)], {"equation": "ij,jk->ik"}, 1),
+    ("einsum_batched_matmul", "Einsum", 12, [F(2, 3, 4), F(2, 4, 5)], {"equation": "bij,bjk->bik"}, 1),
+    ("einsum_implicit", "Einsum", 12, [F(2, 3), F(3, 4)], {"equation": "ij,jk"}, 1),
+    ("einsum_implicit_order", "Einsum", 12, [F(2, 3), F(3, 4)], {"equation": "kj,ji"}, 1),
+    ("einsum_transpose", "Einsum", 12, [F(2, 3, 4)], {"equation": "abc->cab"}, 1),
+    ("einsum_trace", "Einsum", 12, [F(3, 3)], {"equation": "ii"}, 1),
+    ("einsum_diagonal", "Einsum", 12, [F(3, 3)], {"equation": "ii->i"}, 1),
+    ("einsum_diagonal_ellipsis", "Einsum", 12, [F(3, 2, 3)], {"equation": "i...i->..."}, 1),
+    ("einsum_diagonal_times", "Einsum", 12, [F(4, 2, 4), F(4)], {"equation": "iji,i->ji"}, 1),
+    ("einsum_ellipsis_batch", "Einsum", 12, [F(2, 3, 4, 5), F(2, 3, 5, 2)], {"equation": "...ij,...jk->...ik"}, 1),
+    ("einsum_ellipsis_broadcast", "Einsum", 12, [F(2, 1, 3), F(1, 4, 3)], {"equation": "...j,...j->..."}, 1),
+    ("einsum_ellipsis_implicit", "Einsum", 12, [F(2, 3, 4), F(4, 5)], {"equation": "...ij,jk"}, 1),
+    ("einsum_ellipsis_in_output_only", "Einsum", 12, [F(2, 3)], {"equation": "ij->j..."}, 1),
+    ("einsum_sum_all", "Einsum", 12, [F(2, 3)], {"equation": "ij->"}, 1),
+    ("einsum_dot", "Einsum", 12, [F(5), F(5)], {"equation": "i,i"}, 1),
+    ("einsum_outer", "Einsum", 12, [F(5), F(4)], {"equation": "i,j"}, 1),
+    ("einsum_three_operands", "Einsum", 12, [F(2, 3), F(3, 4), F(4, 2)], {"equation": "ij,jk,kl->il"}, 1),
+    ("einsum_bilinear", "Einsum", 12, [F(2, 3), F(4, 3, 5), F(2, 5)], {"equation": "bn,anm,bm->ba"}, 1),
+    ("einsum_upper_case_explicit", "Einsum", 12, [F(2, 3), F(3)], {"equation": "bA,A->b"}, 1),
+    ("einsum_upper_case_implicit_scalar", "Einsum", 12, [F(2, 3), F(3, 2)], {"equation": "Ab,bA"}, 1),
+    ("einsum_upper_and_lower", "Einsum", 12, [F(2, 3, 4)], {"equation": "bAa->aAb"}, 1),
+    ("einsum_label_broadcast", "Einsum", 12, [F(2, 1), F(3, 3)], {"equation": "ij,jk->ik"}, 1),
+    ("einsum_label_broadcast_elementwise", "Einsum", 12, [F(2, 3), F(1, 3)], {"equation": "ij,ij->ij"}, 1),
+    ("einsum_spaces", "Einsum", 12, [F(2, 3), F(3, 4)], {"equation": "ij ,jk -> ki"}, 1),
+    ("einsum_empty_contraction", "Einsum", 12, [np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32)],
+     {"equation": "ij,jk->ik"}, 1),
+    ("einsum_double", "Einsum", 12, [F(2, 3).astype(np.float64), F(3, 4).astype(np.float64)],
+     {"equation": "ij,jk->ik"}, 1),
+    ("einsum_float16", "Einsum", 12, [(F(3, 8) * 4).astype(np.float16), (F(8, 2) * 4).astype(np.float16)],
+     {"equation": "ij,jk->ik"}, 1),
+    ("einsum_float16_reduce", "Einsum", 12, [A16(60000, 60000, -60000)], {"equation": "i->"}, 1),
+    ("einsum_int32_wraps", "Einsum", 12, [I32(INT32_MAX, 5, 3, 4).reshape(2, 2), I32(2, 5, 3, 4).reshape(2, 2)],
+     {"equation": "ij,jk->ik"}, 1),
+    ("einsum_int64", "Einsum", 12, [I64(*range(6)).reshape(2, 3), I64(*range(12)).reshape(3, 4)],
+     {"equation": "ij,jk"}, 1),
+    ("einsum_int32_diagonal_sum", "Einsum", 12, [I32(*range(9)).reshape(3, 3)], {"equation": "ii->"}, 1),
+]
 
 
 def build(op, opset, inputs, attrs, n_out, as_initializers):
@@ -599,3 +682,60 @@ def test_topk_compares_integers_exactly(dtype, largest, sorted_):
             got = got if sorted_ else _by_index(*got)
             np.testing.assert_array_equal(got[0], want[0], err_msg=f"k={k} values")
             np.testing.assert_array_equal(got[1], want[1], err_msg=f"k={k} indices")
+
+
+@pytest.mark.parametrize("attrs", [{}, {"pads": [1, 2], "strides": [2], "dilations": [2]},
+                                   {"auto_pad": "SAME_UPPER", "strides": [2]},
+                                   {"auto_pad": "SAME_LOWER"}, {"auto_pad": "VALID"}, {"group": 2}],
+                         ids=["plain", "pads_strides_dilations", "same_upper", "same_lower", "valid",
+                              "group2"])
+@pytest.mark.parametrize("spatial", [(9,), (6, 5)], ids=["1d", "2d"])
+def test_conv_float64_like_the_reference(attrs, spatial):
+    """ORT has no float64 Conv kernel: fastrnn computes it in float64, as ONNX's reference does."""
+    from onnx.reference import ReferenceEvaluator
+
+    attrs = {k: (v * len(spatial) if k in ("strides", "dilations") else
+                 v[:1] * len(spatial) + v[1:] * len(spatial) if k == "pads" else v)
+             for k, v in attrs.items()}
+    inputs = [F(2, 4, *spatial).astype(np.float64), F(6, 4 // attrs.get("group", 1),
+                                                      *(3,) * len(spatial)).astype(np.float64),
+              F(6).astype(np.float64)]
+    for folded in (False, True):
+        model, feeds = build("Conv", 11, inputs, attrs, 1, folded)
+        want = ReferenceEvaluator(model).run(None, feeds)[0]
+        got = converters.from_onnx(model).run(None, feeds)[0]
+        assert got.dtype == np.float64 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, **F64_TOL)
+
+
+def test_einsum_ellipsis_over_no_axes_at_run_time():
+    """An ellipsis may cover no axes in one input and some in another (ORT at run time; ONNX's
+    shape inference refuses it where it knows the ranks)."""
+    node = helper.make_node("Einsum", ["a", "b"], ["y"], equation="...j,...j")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                            for n in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    feeds = {"a": F(2, 1, 3), "b": F(3)}
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = converters.from_onnx(model).run(None, feeds)[0]
+    assert got.shape == want.shape == (2, 1)
+    np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_conv1d_before_an_rnn_takes_milliseconds():
+    """(1, 64, 200) x (128, 64, 5): im2col and one matmul, not a Python loop over positions."""
+    import time
+
+    x, w, b = F(1, 64, 200), F(128, 64, 5), F(128)
+    sess = converters.from_onnx(build("Conv", 11, [x, w, b], {"pads": [2, 2]}, 1, False)[0])
+    feeds = {"in0": x, "in1": w, "in2": b}
+    sess.run(None, feeds)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[2] < 0.1, times  # about 1 ms; generous for a busy machine

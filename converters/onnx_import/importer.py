@@ -14,16 +14,20 @@ from fastrnn.errors import (ArgumentError, FastRNNError, FormatError, ShapeError
                             UnsupportedError)
 
 from . import op_converters  # noqa: F401  (registers the converters)
+from . import conv_ops  # registers Conv and Einsum
 from . import recurrent_node
 from .dtypes import numpy_dtype, onnx_type_name
-from .kernels import SizeLimitError, element_limit
+from .kernels import CONDITIONAL, KERNELS, SizeLimitError, element_limit
 from .plan import OnnxPlan, PlanNode, ValueInfo, execute_node
-from .registry import lookup, supported_versions
+from .registry import converter, lookup, supported_versions
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # elements import-time constant folding may create beyond the model's own initializers; what would
 # take more is left to run time (ORT folds nothing), so a forged shape cannot exhaust memory here
 FOLD_ELEMENTS = 1 << 26
+# If nodes inside If branches: nesting deeper than this is refused
+MAX_IF_DEPTH = 4
+IF_BRANCHES = ("then_branch", "else_branch")
 
 
 def _onnx():
@@ -115,7 +119,9 @@ class NodeView:
         self.version = version
         attrs = {}
         for a in proto.attribute:
-            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) and not (
+                    self.op_type == "If" and self.domain == ""
+                    and a.type == onnx.AttributeProto.GRAPH):  # If's branches: kept as GraphProto
                 raise UnsupportedError(f"node {self.name!r} ({self.op_type}) has a subgraph "
                                        f"attribute {a.name!r}; control flow is not supported")
             if a.name in attrs:
@@ -212,7 +218,7 @@ def _to_array(tensor) -> np.ndarray:
 class ImportContext:
     """What converters see: constants, known types/shapes, and emit() for plan nodes."""
 
-    def __init__(self, value_types: dict):
+    def __init__(self, value_types: dict, opsets: dict | None = None):
         self.constants: dict[str, np.ndarray] = {}
         self.fold_budget = FOLD_ELEMENTS  # elements constant folding may still create
         self.nodes: list[PlanNode] = []
@@ -220,6 +226,13 @@ class ImportContext:
         self._names: set[str] = set()
         self._counter = 0
         self.current: NodeView | None = None
+        self.opsets = dict(opsets or {})
+        # If branches: the names their values were given in the plan (inside a branch), how many
+        # branches deep the conversion is, and where emit() puts nodes while a run-time branch is
+        # converted (None: into the plan)
+        self.scope: dict[str, str] = {}
+        self.depth = 0
+        self.capture: list[PlanNode] | None = None
 
     def reserve(self, names) -> None:
         self._names.update(n for n in names if n)
@@ -243,12 +256,17 @@ class ImportContext:
         self.constants[name] = np.asarray(value)
         self._names.add(name)
 
-    def add_const(self, value: np.ndarray, hint: str = "const") -> str:
-        base = f"{self.current.name}/{hint}" if self.current is not None else hint
+    def fresh(self, base: str) -> str:
+        """A value name no other value has, from `base`, now taken."""
         name = base
         while name in self._names:
             self._counter += 1
             name = f"{base}_{self._counter}"
+        self._names.add(name)
+        return name
+
+    def add_const(self, value: np.ndarray, hint: str = "const") -> str:
+        name = self.fresh(f"{self.current.name}/{hint}" if self.current is not None else hint)
         self.set_const(name, value)
         return name
 
@@ -256,6 +274,10 @@ class ImportContext:
         """Add a plan node; run it now instead when every input is a constant."""
         name = self.current.name if self.current is not None else op
         node = PlanNode(op, inputs, outputs, attrs, name)
+        if self.capture is not None:  # a branch of an If decided at run time: nothing is folded
+            self.capture.append(node)
+            self.reserve(node.outputs)
+            return
         if foldable and all((not i) or i in self.constants for i in node.inputs):
             outs = self._fold(node, [self.constants[i] if i else None for i in node.inputs])
             if outs is not None:
@@ -310,41 +332,80 @@ def _opsets(model) -> dict:
 
 
 def _unsupported_nodes(model, opsets: dict) -> tuple[list[str], list[int]]:
-    """Describe every node fastrnn cannot convert; return (problems, since_versions)."""
-    onnx = _onnx()
+    """Describe every node fastrnn cannot convert, in If branches too; return (problems,
+    since_versions of the main graph's nodes)."""
     problems, versions = [], []
     local = {(f.domain, f.name) for f in model.functions}
     for index, n in enumerate(model.graph.node):
         name = n.name or f"{n.op_type}_{index}"
-        domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
-        if (n.domain, n.op_type) in local:
-            problems.append(f"{n.op_type} (model-local function, domain {n.domain!r}) at node {name!r}")
-            versions.append(0)
-            continue
-        if domain != "":
-            problems.append(f"{n.op_type} (domain {n.domain!r}) at node {name!r}")
-            versions.append(0)
-            continue
-        opset = opsets.get("")
-        if opset is None:
-            problems.append(f"{n.op_type} at node {name!r}: the model imports no default-domain opset")
-            versions.append(0)
-            continue
-        try:
-            since = onnx.defs.get_schema(n.op_type, opset, "").since_version
-        except Exception:  # noqa: BLE001 - SchemaError: no such op at this opset
-            since = None
-        if since is None:
-            problems.append(f"{n.op_type} (no such ONNX op at opset {opset}) at node {name!r}")
-            versions.append(0)
-            continue
+        problem, since = _node_support(n, name, opsets, local)
         versions.append(since)
-        if lookup(n.op_type, since) is None:
-            have = supported_versions(n.op_type)
-            detail = (f"supported versions: {have}" if have else "not supported at any version")
-            problems.append(f"{n.op_type} (opset {opset}, op version {since}; {detail}) at node "
-                            f"{name!r}")
+        if problem:
+            problems.append(problem)
+        problems.extend(_branch_problems(n, name, opsets, local, 1))
     return problems, versions
+
+
+def _node_support(n, name: str, opsets: dict, local: set) -> tuple[str | None, int]:
+    """(what makes the node unsupported or None, its op's since_version or 0)."""
+    onnx = _onnx()
+    domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
+    if (n.domain, n.op_type) in local:
+        return f"{n.op_type} (model-local function, domain {n.domain!r}) at node {name!r}", 0
+    if domain != "":
+        return f"{n.op_type} (domain {n.domain!r}) at node {name!r}", 0
+    opset = opsets.get("")
+    if opset is None:
+        return f"{n.op_type} at node {name!r}: the model imports no default-domain opset", 0
+    try:
+        since = onnx.defs.get_schema(n.op_type, opset, "").since_version
+    except Exception:  # noqa: BLE001 - SchemaError: no such op at this opset
+        return f"{n.op_type} (no such ONNX op at opset {opset}) at node {name!r}", 0
+    if lookup(n.op_type, since) is None:
+        have = supported_versions(n.op_type)
+        detail = (f"supported versions: {have}" if have else "not supported at any version")
+        return (f"{n.op_type} (opset {opset}, op version {since}; {detail}) at node {name!r}",
+                since)
+    return None, since
+
+
+def _branches(n) -> list:
+    """(attribute name, GraphProto) of an If node's graph attributes; [] for other nodes (their
+    graph attributes are refused as the node is read)."""
+    onnx = _onnx()
+    if n.op_type != "If" or n.domain not in DEFAULT_DOMAINS:
+        return []
+    return [(a.name, a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+
+def _check_einsum_equations(graph) -> None:
+    """Every Einsum equation parsed (in If branches too) before onnx's shape inference, which
+    loops for ever on some malformed ones (a lone '.', as in "i.j->i"), as ONNX Runtime does."""
+    onnx = _onnx()
+    for n in graph.node:
+        if n.op_type == "Einsum" and n.domain in DEFAULT_DOMAINS:
+            equation = next((onnx.helper.get_attribute_value(a) for a in n.attribute
+                             if a.name == "equation"), None)
+            if isinstance(equation, bytes):
+                equation = equation.decode("utf-8", "replace")
+            conv_ops.parse_equation(equation, len(n.input))
+        for _, branch in _branches(n):  # their depth is bounded by _unsupported_nodes
+            _check_einsum_equations(branch)
+
+
+def _branch_problems(n, name: str, opsets: dict, local: set, depth: int) -> list[str]:
+    """The unsupported nodes in an If node's branches (depth: how deep those branches are)."""
+    problems = []
+    for label, g in _branches(n):
+        if depth > MAX_IF_DEPTH:
+            return [f"If nested more than {MAX_IF_DEPTH} deep in If branches at node {name!r}"]
+        for index, m in enumerate(g.node):
+            inner = f"{name}/{label}/{m.name or f'{m.op_type}_{index}'}"
+            problem, _ = _node_support(m, inner, opsets, local)
+            if problem:
+                problems.append(problem)
+            problems.extend(_branch_problems(m, inner, opsets, local, depth + 1))
+    return problems
 
 
 def _infer(model) -> dict:
@@ -380,9 +441,12 @@ def _infer(model) -> dict:
     return types
 
 
-def _check_structure(graph, input_names) -> None:
+def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: str = "") -> None:
     """Every value is defined once (graph inputs and initializers may share a name: IR < 4
-    lists initializers as inputs) and every node reads only values defined before it.
+    lists initializers as inputs) and every node reads only values defined before it; If
+    branches (`where`: the If node's name and branch) may also read the `outer` values defined
+    before their If node, but define no value of an outer name, nor return an outer value as
+    it is (ORT refuses both: single static assignment; "add an Identity node").
 
     onnx.checker is stricter than ONNX Runtime (it rejects, e.g., outputs without a shape), so the
     importer checks what it relies on itself, and shape inference catches inconsistent shapes.
@@ -392,24 +456,34 @@ def _check_structure(graph, input_names) -> None:
                         ("initializer", [t.name for t in graph.initializer])):
         seen = set()
         for name in names:
-            if name in seen:
-                raise FormatError(f"{kind} {name!r} defined twice")
+            if name in seen or name in outer:
+                raise FormatError(f"{where}{kind} {name!r} defined twice")
             seen.add(name)
         defined |= seen
     for index, n in enumerate(graph.node):
-        name = n.name or f"{n.op_type}_{index}"
-        missing = [i for i in n.input if i and i not in defined]
+        name = where + (n.name or f"{n.op_type}_{index}")
+        missing = [i for i in n.input if i and i not in defined and i not in outer]
         if missing:
             raise FormatError(f"node {name!r} ({n.op_type}) reads {missing}, which no graph input, "
                               f"initializer or earlier node defines (truncated or unsorted graph?)")
+        for label, g in _branches(n):
+            if len(g.input):
+                raise FormatError(f"node {name!r} (If): its {label} declares inputs "
+                                  f"{[i.name for i in g.input]}; If branches take none")
+            _check_structure(g, [], outer | defined, f"{name}/{label}/")
         for o in filter(None, n.output):
-            if o in defined:
+            if o in defined or o in outer:
                 raise FormatError(f"value {o!r} is defined twice (again by node {name!r}; a graph "
                                   f"input, initializer or earlier node output has that name)")
             defined.add(o)
+    passed = [o.name for o in graph.output if o.name in outer and o.name not in defined]
+    if passed:
+        raise FormatError(f"{where[:-1]!r} returns outer value(s) {passed} as they are; ONNX Runtime "
+                          f"refuses that (an Identity node in the branch is what it asks for)")
     missing = [o.name for o in graph.output if o.name not in defined]
     if missing:
-        raise FormatError(f"graph output(s) {missing} are not produced by any node or initializer")
+        raise FormatError(f"{'graph' if not where else where[:-1]} output(s) {missing} are not "
+                          f"produced by any node or initializer")
 
 
 def _named(e: FastRNNError, node: NodeView) -> FastRNNError:
@@ -422,6 +496,121 @@ def _named(e: FastRNNError, node: NodeView) -> FastRNNError:
     if failure.node.op != node.op_type:  # e.g. Scatter run as ScatterElements
         op += f", as {failure.node.op}"
     return type(e)(f"node {node.name!r} ({op}){failure.detail}")
+
+
+def _convert_node(ctx: ImportContext, node: NodeView) -> None:
+    ctx.current = node
+    conv = lookup(node.op_type, node.version)
+    try:
+        conv(ctx, node)
+    except FastRNNError as e:
+        raise _named(e, node) from (e.__cause__ if hasattr(e, "node_failure") else e)
+
+
+# ------------------------------------------------------------------ If
+def _convert_branch(ctx: ImportContext, graph, prefix: str) -> list[str]:
+    """Convert an If branch's nodes where the If is (into the plan, or into ctx.capture), its
+    initializers and values renamed apart from every other value (so a branch may reuse an outer
+    name); returns the names its outputs have now (an outer value's own name)."""
+    onnx = _onnx()
+    if ctx.depth >= MAX_IF_DEPTH:
+        raise UnsupportedError(f"If nested more than {MAX_IF_DEPTH} deep")
+    if len(graph.sparse_initializer):
+        raise UnsupportedError(f"{prefix}: sparse initializers are not supported")
+    outer_scope, outer_node = ctx.scope, ctx.current
+    scope = ctx.scope = dict(outer_scope)
+    ctx.depth += 1
+    try:
+        for t in graph.initializer:
+            scope[t.name] = name = ctx.fresh(f"{prefix}/{t.name}")
+            ctx.set_const(name, _to_array(t))
+            ctx.fold_budget += ctx.constants[name].size
+        for index, proto in enumerate(graph.node):
+            # supported (_unsupported_nodes looked into the branches): a default-domain op
+            since = onnx.defs.get_schema(proto.op_type, ctx.opsets[""], "").since_version
+            view = NodeView(proto, index, since)
+            view.name = f"{prefix}/{view.name}"
+            view.inputs = [scope.get(i, i) if i else "" for i in view.inputs]
+            for o in filter(None, view.outputs):
+                scope[o] = ctx.fresh(f"{prefix}/{o}")
+            view.outputs = [scope[o] if o else "" for o in view.outputs]
+            _convert_node(ctx, view)
+        return [scope.get(o.name, o.name) for o in graph.output]
+    finally:
+        ctx.scope, ctx.current = outer_scope, outer_node
+        ctx.depth -= 1
+
+
+@converter("If", 1, 11, 13, 16, 19, 21, 23, 24, 25)
+def _if(ctx: ImportContext, node: NodeView) -> None:
+    """A condition known at import (folded): the taken branch is inlined. Otherwise each branch
+    must be a single node a kernel runs (the legacy exporter's `x.squeeze(dim)` on a size it
+    cannot prove is 1: Squeeze in one branch, Identity in the other); the plan's Conditional node
+    runs the one the condition picks."""
+    branches = [(label, node.attrs[label]) for label in IF_BRANCHES]
+    for label, g in branches:
+        if len(g.output) != len(node.outputs):
+            raise FormatError(f"its {label} has {len(g.output)} output(s), the node "
+                              f"{len(node.outputs)}")
+    flag = ctx.const(node.inputs[0])
+    if flag is not None:
+        if flag.size != 1:
+            raise ShapeError(f"the condition must hold exactly one value, it has shape "
+                             f"{list(flag.shape)}")
+        label, graph = branches[0] if bool(flag.reshape(-1)[0]) else branches[1]
+        sources = _convert_branch(ctx, graph, f"{node.name}/{label}")
+        for out, src in zip(node.outputs, sources):
+            if out:
+                ctx.emit("Identity", [src], [out])
+        return
+    inputs = [node.inputs[0]]
+    attrs = {label[:4]: _run_time_branch(ctx, node, label, g, inputs) for label, g in branches}
+    ctx.emit(CONDITIONAL, inputs, node.outputs, attrs)
+
+
+def _run_time_branch(ctx: ImportContext, node: NodeView, label: str, graph, inputs: list) -> dict:
+    """The branch as one kernel call over `inputs` (names it reads are appended), as
+    kernels.CONDITIONAL takes it; UnsupportedError when it is not a single node a kernel runs."""
+    captured: list[PlanNode] = []
+    before, ctx.capture = ctx.capture, captured
+    try:
+        sources = _convert_branch(ctx, graph, f"{node.name}/{label}")
+    finally:
+        ctx.capture = before
+    alias: dict[str, str] = {}  # Identity nodes (as an inlined inner If leaves) run nothing
+    steps = []
+    for step in captured:
+        step.inputs = [alias.get(i, i) for i in step.inputs]
+        if step.op == "Identity" and len(step.outputs) == 1 and step.outputs[0] and step.inputs[0]:
+            alias[step.outputs[0]] = step.inputs[0]
+        else:
+            steps.append(step)
+    captured, sources = steps, [alias.get(s, s) for s in sources]
+    if not captured and len(sources) == 1:  # it passes a value on: an outer one or a constant
+        captured = [PlanNode("Identity", sources, sources)]
+    why = None
+    if len(captured) != 1:
+        ops = [p.op for p in captured]
+        why = f"its {label} runs {len(captured)} nodes {ops}" if captured else \
+            f"its {label} passes {len(sources)} values on unchanged"
+    elif captured[0].op not in KERNELS or captured[0].op == CONDITIONAL:
+        why = f"its {label} runs a {captured[0].op} node (a recurrent layer or a run-time If)"
+    elif not all(s in captured[0].outputs for s in sources):
+        why = f"its {label} returns values its node does not compute"
+    if why is not None:
+        raise UnsupportedError(f"an If whose condition is not known at import is supported when "
+                               f"its branches are a single supported node each; {why}")
+    (step,) = captured
+
+    def index(name: str) -> int:
+        if not name:
+            return -1
+        if name not in inputs:
+            inputs.append(name)
+        return inputs.index(name)
+
+    return {"op": step.op, "attrs": step.attrs, "inputs": [index(i) for i in step.inputs],
+            "n_out": len(step.outputs), "outputs": [step.outputs.index(s) for s in sources]}
 
 
 def convert_model(model) -> OnnxPlan:
@@ -451,9 +640,10 @@ def convert_model(model) -> OnnxPlan:
     _check_structure(graph, [vi.name for vi in graph.input])
     views = [NodeView(proto, index, version)
              for index, (proto, version) in enumerate(zip(graph.node, versions))]
+    _check_einsum_equations(graph)
     value_types = _infer(model)
 
-    ctx = ImportContext(value_types)
+    ctx = ImportContext(value_types, opsets)
     init_names = set()
     for t in graph.initializer:
         ctx.set_const(t.name, _to_array(t))
@@ -473,12 +663,7 @@ def convert_model(model) -> OnnxPlan:
     ctx.reserve(n for node in graph.node for n in list(node.input) + list(node.output))
 
     for node in views:
-        ctx.current = node
-        conv = lookup(node.op_type, node.version)
-        try:
-            conv(ctx, node)
-        except FastRNNError as e:
-            raise _named(e, node) from (e.__cause__ if hasattr(e, "node_failure") else e)
+        _convert_node(ctx, node)
     ctx.current = None
 
     outputs = []

@@ -1050,3 +1050,27 @@ def _topk(attrs, ins, n_out):
         order = np.argsort(~x if largest else x, axis=axis, kind="stable")
     idx = np.take(order, np.arange(k), axis=axis)
     return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]
+
+
+# ------------------------------------------------------------------ control flow
+# An ONNX If whose condition is known only at run time and whose branches are each one kernel over
+# the node's inputs (the importer's lowering; a condition known at import inlines its branch).
+# attrs: {"then": branch, "else": branch}, a branch {"op": kernel name, "attrs": its attrs,
+# "inputs": [index into the node's inputs, or -1 for absent], "n_out": outputs the kernel makes,
+# "outputs": [which kernel output each node output is]}; plan.py validates it as a plan loads.
+CONDITIONAL = "Conditional"
+BRANCH_KEYS = ("op", "attrs", "inputs", "n_out", "outputs")
+
+
+@kernel(CONDITIONAL)
+def _conditional(attrs, ins, n_out):
+    flag = np.asarray(ins[0])
+    if flag.size != 1:
+        raise ShapeError(f"the If condition must hold exactly one value, got shape {flag.shape}")
+    branch = attrs["then" if bool(flag.reshape(-1)[0]) else "else"]
+    sub = [None if i < 0 else ins[i] for i in branch["inputs"]]
+    outs = KERNELS[branch["op"]](branch["attrs"], sub, branch["n_out"])
+    return [outs[k] for k in branch["outputs"]]
+
+
+from . import conv_ops  # noqa: E402,F401  (registers Conv and Einsum: a loaded plan needs them too)

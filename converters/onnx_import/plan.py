@@ -20,7 +20,7 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
 
 from . import recurrent_node
 from .dtypes import type_string
-from .kernels import KERNELS
+from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS
 
 PLAN_KIND = "onnx_plan"
 PLAN_FORMAT = 1
@@ -193,6 +193,8 @@ class OnnxPlan:
         for node in self._nodes:
             if not known_op(node.op):
                 raise FormatError(f"plan node {node.name!r} has unknown op {node.op!r}")
+            if node.op == CONDITIONAL:
+                _check_conditional(node)
             for name in node.inputs:
                 if name and name not in defined:
                     raise FormatError(f"plan node {node.name!r} ({node.op}) reads {name!r}, which "
@@ -377,6 +379,40 @@ class OnnxPlan:
             return cls(inputs, outputs, nodes, constants, source)
         except (ShapeError, DTypeError, ArgumentError) as e:
             raise FormatError(f"inconsistent onnx_plan record: {e}") from None
+
+
+def _index(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _check_conditional(node: PlanNode) -> None:
+    """A Conditional node's branches (kernels.CONDITIONAL): each one kernel (not a recurrent layer,
+    not another Conditional) reading the node's inputs by index, its outputs mapped onto the
+    node's; a record that says otherwise would fail or index out of range at run time."""
+    where = f"plan node {node.name!r} ({node.op})"
+    if not node.inputs or not node.inputs[0]:
+        raise FormatError(f"{where} has no condition input")
+    for key in ("then", "else"):
+        branch = node.attrs.get(key)
+        if not isinstance(branch, dict) or sorted(branch) != sorted(BRANCH_KEYS):
+            raise FormatError(f"{where}: its {key!r} branch must be an object with keys "
+                              f"{list(BRANCH_KEYS)}, found {branch!r:.80}")
+        op, n_out = branch["op"], branch["n_out"]
+        if not isinstance(op, str) or op not in KERNELS or op == CONDITIONAL:
+            raise FormatError(f"{where}: its {key!r} branch runs {op!r:.80}, not a kernel op")
+        if not isinstance(branch["attrs"], dict):
+            raise FormatError(f"{where}: its {key!r} branch attrs must be an object")
+        if not _index(n_out, 1, 1 << 16):
+            raise FormatError(f"{where}: its {key!r} branch n_out must be a positive integer, "
+                              f"found {n_out!r:.80}")
+        ins, outs = branch["inputs"], branch["outputs"]
+        if not isinstance(ins, list) or not all(_index(i, -1, len(node.inputs)) for i in ins):
+            raise FormatError(f"{where}: its {key!r} branch inputs must be indices into the "
+                              f"node's {len(node.inputs)} inputs (or -1), found {ins!r:.80}")
+        if not isinstance(outs, list) or len(outs) != len(node.outputs) \
+                or not all(_index(k, 0, n_out) for k in outs):
+            raise FormatError(f"{where}: its {key!r} branch outputs must be {len(node.outputs)} "
+                              f"indices below n_out={n_out}, found {outs!r:.80}")
 
 
 def _text(value) -> str:
