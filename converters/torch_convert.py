@@ -30,7 +30,7 @@ import numpy as np
 
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError,
                             UnsupportedError)
-from fastrnn.validation import as_flag
+from fastrnn.validation import SUPPORTED_DTYPES, as_flag, read_dtype
 
 from .torch_files import (UnreadableTensor, flatten_tensors, is_tensor_like,
                           open_checkpoint)
@@ -269,12 +269,9 @@ def _resolve_dtype(dtype: Any, arrays: Mapping[str, np.ndarray]) -> np.dtype:
     if dtype is None:
         return np.dtype(np.float64) if any(a.dtype == np.float64 for a in arrays.values()) \
             else np.dtype(np.float32)
-    try:
-        dt = np.dtype(dtype)
-    except (TypeError, ValueError, SyntaxError) as exc:  # numpy parses some strings as Python
-        raise ArgumentError(f"dtype must be float32 or float64, got {dtype!r}") from exc
-    if dt not in (np.float32, np.float64):
-        raise ArgumentError(f"dtype must be float32 or float64, got {dt}")
+    dt = read_dtype(dtype)
+    if dt is None or dt not in SUPPORTED_DTYPES:
+        raise ArgumentError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt
 
 

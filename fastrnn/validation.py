@@ -9,15 +9,23 @@ from .errors import ArgumentError, DTypeError, ShapeError
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def read_dtype(value) -> np.dtype | None:
+    """np.dtype(value), or None where numpy cannot read it as a dtype (its TypeError and
+    ValueError, and the SyntaxError of strings it parses as Python, such as "(2,3")."""
+    try:
+        return np.dtype(value)
+    except (TypeError, ValueError, SyntaxError):
+        return None
+
+
 def check_dtype(dtype) -> np.dtype:
     """The numpy dtype for `dtype`, which must be float32 or float64; None is float32, the
     default, as in PyTorch (numpy would read it as float64)."""
     if dtype is None:
         return SUPPORTED_DTYPES[0]
-    try:
-        dt = np.dtype(dtype)
-    except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python
-        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    dt = read_dtype(dtype)
+    if dt is None:
+        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}")
     if dt not in SUPPORTED_DTYPES:
         raise DTypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
@@ -157,11 +165,10 @@ def check_weight_dtype(weight_dtype, dtype) -> np.dtype:
     (half the bytes each step streams; see the README for the accuracy cost)."""
     if weight_dtype is None:
         return np.dtype(dtype)
-    try:
-        wanted = np.dtype(weight_dtype)
-    except (TypeError, ValueError, SyntaxError):
+    wanted = read_dtype(weight_dtype)
+    if wanted is None:
         raise ArgumentError(f"weight_dtype must be None, 'float16' or the layer's dtype, "
-                            f"got {weight_dtype!r}") from None
+                            f"got {weight_dtype!r}")
     if wanted == dtype:
         return wanted
     if wanted == np.float16 and dtype == np.float32:

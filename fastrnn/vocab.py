@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
-from .validation import as_array, as_flag, check_elements
+from .validation import as_array, as_flag, check_elements, read_dtype
 
 __all__ = ["Vocabulary", "check_ids"]
 
@@ -204,12 +204,10 @@ class Vocabulary:
     def one_hot(self, text: str | Sequence | np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """One-hot rows (*S, len(self)) of 0/1: of a text (S = its symbols), or of ids or
         symbols of any shape S (an array or nested lists of ints, or of strings)."""
-        try:
-            dtype = np.dtype(dtype)
-        except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python
-            raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype!r}") from None
-        if dtype.kind not in "biuf":
-            raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype}")
+        wanted = read_dtype(dtype)
+        if wanted is None or wanted.kind not in "biuf":
+            raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype!r}")
+        dtype = wanted
         ids = self.encode(text) if isinstance(text, str) else self._ids_of(text)
         check_elements("one_hot's output", ids.size * len(self))
         out = np.zeros(ids.shape + (len(self),), dtype=dtype)

@@ -17,6 +17,7 @@ import numpy as np
 
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError, ShapeError,
                             UnsupportedError)
+from fastrnn.validation import read_dtype
 
 from . import recurrent_node
 from .dtypes import type_string
@@ -81,10 +82,7 @@ def _is_dim(size: Any) -> bool:
 
 
 def _is_numeric_dtype_name(name: Any) -> bool:
-    try:
-        dt = np.dtype(name) if isinstance(name, str) else None
-    except (TypeError, ValueError, SyntaxError):  # numpy parses some strings as Python
-        return False
+    dt = read_dtype(name) if isinstance(name, str) else None
     return dt is not None and dt.kind in "biuf" and dt.name == name
 
 
