@@ -4,6 +4,11 @@
 entered from several Python threads at once, so fastrnn never runs parallel kernels on it: it asks
 for `omp` (then `tbb`) and, if neither loads, runs its serial kernels and says so once.
 fastrnn's hot path calls no BLAS, so BLAS thread pools never compete with numba's.
+
+numba's thread count belongs to each Python thread; `set_num_threads` is fastrnn's count for the
+whole process, which a thread's call adopts. GNU OpenMP cannot run in a process forked after its
+pool started (numba kills such a child with SIGTERM at its first parallel region), so a child
+forked from a process whose `omp` pool had started runs fastrnn's serial kernels.
 """
 import os
 import threading
@@ -16,6 +21,8 @@ from .errors import ArgumentError
 _SAFE_LAYERS = ("omp", "tbb")
 _lock = threading.Lock()
 _parallel_ok: bool | None = None
+_process_count: int | None = None  # set_num_threads' count, for every thread of the process
+_forked_from_omp = False  # this process was forked after its parent's GNU OpenMP pool started
 
 
 def _loadable(layer: str) -> bool:
@@ -80,21 +87,32 @@ def threading_layer() -> str | None:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by fastrnn's parallel kernels in the calling thread (1 .. cores)."""
+    """Threads used by fastrnn's parallel kernels (1 .. cores), in every thread of the process:
+    each Python thread that calls fastrnn afterwards sets its own numba count to n."""
+    global _process_count
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ArgumentError(
             f"num_threads must be an int in 1..{numba.config.NUMBA_NUM_THREADS}, got {n!r}")
     numba.set_num_threads(n)
+    _process_count = n
 
 
 def get_num_threads() -> int:
-    return numba.get_num_threads()
+    """fastrnn's thread count: set_num_threads' if it was called, else numba's for this thread."""
+    return numba.get_num_threads() if _process_count is None else _process_count
 
 
 def workers() -> int:
     """Threads a call may use (1 means the serial kernels); the kernel picks how to split them."""
     count = _read_count()
-    return count if count > 1 and _parallel_ok else 1
+    if _process_count is not None and count != _process_count:
+        numba.set_num_threads(_process_count)  # a thread that has not run fastrnn since
+        count = _process_count
+    if count > 1 and _parallel_ok:
+        return count
+    if count > 1 and _forked_from_omp:
+        _warn_forked()
+    return 1
 
 
 def _first_read() -> int:
@@ -121,3 +139,43 @@ def _count_reader():
     if callable(reader) and reader() == numba.get_num_threads():
         return reader
     return numba.get_num_threads
+
+
+def _pool_breaks_on_fork() -> bool:
+    """Whether numba's thread pool has started on GNU OpenMP (or an OpenMP it cannot name)."""
+    from numba.np.ufunc import parallel
+
+    if not getattr(parallel, "_is_initialized", True):
+        return False
+    try:
+        if numba.threading_layer() != "omp":
+            return False
+        from numba.np.ufunc import omppool
+    except (ValueError, ImportError):
+        return False
+    return getattr(omppool, "openmp_vendor", "GNU") != "Intel"
+
+
+def _after_fork_in_child() -> None:
+    global _parallel_ok, _forked_from_omp
+    if _pool_breaks_on_fork():
+        _parallel_ok = False
+        _forked_from_omp = True
+
+
+_warned_forked = False
+
+
+def _warn_forked() -> None:
+    global _warned_forked
+    if not _warned_forked:
+        _warned_forked = True
+        warnings.warn(
+            "fastrnn: this process was forked from one whose GNU OpenMP thread pool had started, "
+            "and OpenMP cannot run after such a fork; fastrnn runs one thread here (start worker "
+            "processes with the 'spawn' or 'forkserver' method, or fork them before the parent's "
+            "first fastrnn call, to keep parallel kernels)", RuntimeWarning, stacklevel=5)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

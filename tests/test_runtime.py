@@ -1,4 +1,5 @@
 """Runtime guarantees: light import, allocation-free streaming, thread safety, thread controls."""
+import json
 import platform
 import subprocess
 import sys
@@ -34,6 +35,75 @@ def test_set_num_threads_round_trip_and_validation():
     for bad in (0, -1, 10_000, 1.5, "2", True):
         with pytest.raises(ArgumentError):
             fastrnn.set_num_threads(bad)
+
+
+
+def test_thread_count_holds_in_every_thread():
+    """set_num_threads is the whole process's count: numba's belongs to each thread, and a
+    thread pool's worker would otherwise run every core's kernels after set_num_threads(1)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("this machine runs one numba thread: every count is 1")
+    from fastrnn import threads
+
+    layer = fastrnn.GRU(8, 128, seed=1)
+    x = np.random.default_rng(2).standard_normal((30, 1, 8)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    seen = {}
+
+    def work(name):
+        seen[name] = (fastrnn.get_num_threads(), threads.workers(), numba.get_num_threads(),
+                      layer(x)[0])
+
+    try:
+        for count in (1, 2):
+            fastrnn.set_num_threads(count)
+            want = layer(x)[0]
+            worker = threading.Thread(target=work, args=(count,))
+            worker.start()
+            worker.join()
+            got_count, got_workers, numba_count, got = seen[count]
+            assert (got_count, got_workers, numba_count) == (count, count, count)
+            np.testing.assert_array_equal(got, want)  # the same kernel as the main thread's
+    finally:
+        fastrnn.set_num_threads(before)
+
+
+FORK_CHILD = """
+import json, multiprocessing, warnings, numpy as np, fastrnn
+layer = fastrnn.LSTM(16, 128, seed=3)
+x = np.random.default_rng(4).standard_normal((40, 1, 16)).astype(np.float32)
+fastrnn.set_num_threads(2)
+parallel = layer(x)[0]  # the parent's thread pool is running from here on
+def child(queue):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = layer(x)[0]
+    queue.put((float(np.abs(out - parallel).max()), [str(w.message) for w in caught]))
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+process.join(120)
+print(process.exitcode, fastrnn.threading_layer())
+print(json.dumps(queue.get(timeout=5) if process.exitcode == 0 else None))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_forked_child_runs_after_the_parents_parallel_call():
+    """numba kills a child forked after GNU OpenMP started at its first parallel region
+    (SIGTERM); fastrnn's calls in such a child run the serial kernels and say so once."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("this machine runs one numba thread: no parallel kernel to fork after")
+    run = subprocess.run([sys.executable, "-c", FORK_CHILD], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    exitcode, layer_name = run.stdout.splitlines()[0].split()
+    assert exitcode == "0", run.stdout + run.stderr
+    diff, messages = json.loads(run.stdout.splitlines()[1])
+    assert diff <= 1e-6
+    if layer_name == "omp":
+        assert len(messages) == 1 and "forked" in messages[0], messages
 
 
 NUMPY_DOMAIN = np.lib.tracemalloc_domain
