@@ -78,11 +78,63 @@ def _cmd_inspect(args) -> int:
     if config:
         for key, value in config.items():
             print(f"  {key + ':':<20} {value}")
+    _print_task(info["meta"])
     dtypes = sorted({t['dtype'] for t in info["tensors"]})
     print(f"parameters:  {info['parameter_count']} ({', '.join(dtypes)})")
     for t in info["tensors"]:
         print(f"  {t['name']:<28} {t['dtype']:<8} {t['shape']}")
     return 0
+
+
+def _print_task(meta: dict) -> None:
+    """A task model's stage chains, vocabularies and info, as far as its meta holds them (inspect
+    reads only the header, so a malformed meta is shown, not refused)."""
+    for key in ("stages", "encoder", "decoder"):
+        chain = meta.get(key)
+        if isinstance(chain, dict):
+            parts = [chain.get("input")] + _listed(chain.get("rnns")) + _listed(chain.get("heads"))
+            text = " -> ".join(_stage_text(part) for part in parts if part is not None)
+            print(f"{key + ':':<12} {text}")
+    for key in ("vocab", "source_vocab", "target_vocab"):
+        vocab = meta.get(key)
+        if isinstance(vocab, dict) and isinstance(vocab.get("symbols"), list):
+            unit = "characters" if vocab.get("chars") else "tokens"
+            print(f"{key + ':':<12} {len(vocab['symbols'])} {unit}")
+    labels = meta.get("labels")
+    if isinstance(labels, list) and labels:
+        shown = ", ".join(str(label) for label in labels[:8]) + (", ..." if len(labels) > 8 else "")
+        print(f"{'labels:':<12} {len(labels)} ({shown})")
+    info = meta.get("info")
+    if isinstance(info, dict) and info:
+        print("info:")
+        for key, value in info.items():
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            print(f"  {key + ':':<20} {shown}")
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _stage_text(cfg) -> str:
+    """One stage's config as a constructor-like line: Embedding(44, 16), bidirectional GRU(16, 64)."""
+    if not isinstance(cfg, dict):
+        return f"{cfg!r:.60}"
+    kind = cfg.get("type", cfg.get("mode"))
+    if kind == "embedding":
+        return f"Embedding({cfg.get('num_embeddings')}, {cfg.get('embedding_dim')})"
+    if kind == "one_hot":
+        return f"OneHot({cfg.get('size')})"
+    if kind == "linear":
+        activation = cfg.get("activation")
+        text = f"Linear({cfg.get('in_features')}, {cfg.get('out_features')})"
+        return text if activation in (None, "none") else f"{text} {activation}"
+    if kind in ("RNN", "GRU", "LSTM"):
+        extras = [f"{name}={cfg[name]}" for name in ("num_layers", "proj_size")
+                  if isinstance(cfg.get(name), int) and cfg[name] > (1 if name == "num_layers" else 0)]
+        text = f"{kind}({', '.join([str(cfg.get('input_size')), str(cfg.get('hidden_size'))] + extras)})"
+        return f"bidirectional {text}" if cfg.get("bidirectional") else text
+    return f"{json.dumps(cfg)[:60]}"
 
 
 def _parse_feed(text: str):

@@ -1,4 +1,6 @@
 """The `fastrnn` command line: bench, convert (ONNX), inspect, run, demo, and its error exit."""
+import os
+
 import numpy as np
 import pytest
 
@@ -174,6 +176,36 @@ def test_inspect_refuses_a_config_that_is_not_an_object(tmp_path, capsys):
     assert err.startswith("fastrnn inspect: error: ") and "'config' must be a JSON object" in err
     assert out == ""                                          # no half description before it
     assert main(["inspect", "--json", str(path)]) == 0        # the raw header, as it is
+
+
+def test_inspect_describes_a_task_models_stages(tmp_path, capsys):
+    model = fastrnn.Classifier(fastrnn.Embedding(10, 3, seed=0),
+                               fastrnn.GRU(3, 4, num_layers=2, bidirectional=True, seed=0),
+                               fastrnn.Linear(8, 2, activation="softmax", seed=0),
+                               labels=["no", "yes"])
+    fastrnn.save(model, tmp_path / "c.frnn")
+    assert main(["inspect", str(tmp_path / "c.frnn")]) == 0
+    out = capsys.readouterr().out
+    assert ("stages:      Embedding(10, 3) -> bidirectional GRU(3, 4, num_layers=2) -> "
+            "Linear(8, 2) softmax") in out
+    assert "labels:      2 (no, yes)" in out
+    shipped = os.path.join(os.path.dirname(fastrnn.__file__), "models", "date_format.frnn")
+    assert main(["inspect", shipped]) == 0
+    out = capsys.readouterr().out
+    assert "encoder:     Embedding(44, 16) -> bidirectional GRU(16, 64)\n" in out
+    assert "target_vocab: 13 characters" in out and "accuracy:" in out
+
+
+@pytest.mark.parametrize("meta", [
+    {"stages": {"input": 3, "rnns": "GRU", "heads": [None, {"type": "odd"}, [1]]}},
+    {"encoder": {"rnns": [{"mode": "LSTM"}]}, "vocab": {"symbols": "abc"}, "labels": 5,
+     "info": ["not", "a", "dict"]},
+])
+def test_inspect_shows_a_malformed_task_meta_without_failing(tmp_path, capsys, meta):
+    path = tmp_path / "odd.frnn"
+    fastrnn.fileformat.write_container(path, "sequential", meta, {})
+    assert main(["inspect", str(path)]) == 0
+    assert "kind:        sequential" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [
