@@ -35,3 +35,11 @@ class UnsafeFileError(FormatError):
 
 class WarmupError(FastRNNError, RuntimeError):
     """A warm-up worker (fastrnn.warmup) failed: a kernel did not compile or was not reached."""
+
+
+class KernelCacheWarning(RuntimeWarning):
+    """numba's disk cache could not serve or keep a kernel: it compiles (again) instead."""
+
+
+class KernelNotSavedWarning(KernelCacheWarning):
+    """A kernel compiled, but could not be written to the disk cache (or there is none)."""

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -96,23 +97,35 @@ def _dispatcher(path):
 
 def _run_exercise(name, dtype, weight_dtype):
     """Run one exercise in this process: {name, dtype, weight_dtype, seconds, compiled, cache};
-    raises if the call did not reach its kernels."""
+    raises if the call did not reach its kernels, or left them compiled in this process only
+    (no folder to cache them in, or their save failed)."""
     from . import set_num_threads
+    from .errors import KernelNotSavedWarning
     exercise = next((e for e in EXERCISES if e.name == name), None)
     if exercise is None:
         raise WarmupError(f"no warm-up exercise {name!r}: expected one of "
                           f"{', '.join(e.name for e in EXERCISES)}")
     kernels = [_dispatcher(k) for k in exercise.kernels]
+    uncached = [path for path, k in zip(exercise.kernels, kernels) if k.stats.cache_path is None]
+    if uncached:
+        raise WarmupError(f"warm-up {name!r} ({dtype}): {', '.join(uncached)} cannot be cached, "
+                          f"numba has no folder it can write its cache in (NUMBA_CACHE_DIR, "
+                          f"fastrnn/kernels/__pycache__ or the user cache folder)")
     set_num_threads(exercise.threads)
     misses = _cache_misses(kernels)
     t0 = time.perf_counter()
-    with _watch(kernels) as reached:
+    with warnings.catch_warnings(record=True) as caught, _watch(kernels) as reached:
+        warnings.simplefilter("always", KernelNotSavedWarning)
         exercise.run(np.dtype(dtype), weight_dtype)
     seconds = time.perf_counter() - t0
     missed = [path for path, k in zip(exercise.kernels, kernels) if k not in reached]
     if missed:
         raise WarmupError(f"warm-up {name!r} ({dtype}) did not reach {', '.join(missed)}: "
                           f"its shapes no longer select that kernel")
+    unsaved = [w for w in caught if issubclass(w.category, KernelNotSavedWarning)]
+    if unsaved:
+        raise WarmupError(f"warm-up {name!r} ({dtype}) compiled but did not fill the cache: "
+                          f"{unsaved[0].message}")
     return dict(name=name, dtype=dtype, weight_dtype=weight_dtype, seconds=seconds,
                 compiled=_cache_misses(kernels) > misses, cache=kernels[0].stats.cache_path)
 
@@ -238,9 +251,9 @@ def _drive(group, results):
             code = worker.wait()
             err.seek(0)
             message = err.read().strip().splitlines()
-        if code != 0 or done != len(group):
-            error = message[-1] if message else (f"a worker exited (status {code}) after "
-                                                 f"{done} of its {len(group)} calls")
+        if code != 0 or done != len(group):  # a traceback's last line, not a signal's
+            error = message[-1] if code > 0 and message else (
+                f"a worker exited (status {code}) after {done} of its {len(group)} calls")
     except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it
         error = f"{type(exc).__name__}: {exc}"
     for _ in range(done, len(group)):  # the records it never sent

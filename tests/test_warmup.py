@@ -1,4 +1,6 @@
 """fastrnn.warmup: one call per kernel entry, run in worker processes that fill numba's cache."""
+import warnings
+
 import numba
 import pytest
 from numba.core.registry import CPUDispatcher
@@ -107,11 +109,14 @@ class _FakeWorker:
     (0, ["numba says hello\n", wu.RECORD_PREFIX + '{"name": "serial"}\n'], ""),
     (0, [], "a worker exited (status 0) after 0 of its 1 calls"),
     (1, [wu.RECORD_PREFIX + '{"name": "serial"}\n'], "Boom: at the end"),
+    (-9, [], "a worker exited (status -9) after 0 of its 1 calls"),  # killed after a warning
 ])
 def test_a_worker_always_ends_its_share_of_the_queue(monkeypatch, code, lines, error):
     import queue
     monkeypatch.setattr(wu.subprocess, "Popen", lambda *a, **kw: _FakeWorker(
-        lines, code, "Traceback\nBoom: at the end\n" if code else "", *a, **kw))
+        lines, code, {0: "", 1: "Traceback\nBoom: at the end\n",
+                      -9: "x.py:1: KernelNotSavedWarning: ...\n  warnings.warn(\n"}[code],
+        *a, **kw))
     serial = next(e for e in wu.EXERCISES if e.name == "serial")
     results = queue.Queue()
     wu._drive([(serial, "float32", None)], results)
@@ -129,3 +134,29 @@ def test_cli_warmup_prints_each_kernel(capsys):
     assert "units" in out and "Kernel cache:" in out
     assert main(["warmup", "--jobs", "0"]) == 2
     assert "jobs must be an int >= 1" in capsys.readouterr().err
+
+
+def test_a_kernel_compiled_but_not_saved_fails_its_exercise(monkeypatch):
+    """A cache folder that cannot be written (or a full disk) leaves the kernel compiled in the
+    worker only: the warm-up must not report it as done."""
+    serial = next(e for e in wu.EXERCISES if e.name == "serial")
+
+    def unsaved(dtype, weight_dtype):
+        serial.run(dtype, weight_dtype)
+        warnings.warn("fastrnn: could not save a compiled kernel to numba's cache in /ro",
+                      _jit.KernelNotSavedWarning)
+    monkeypatch.setattr(wu, "EXERCISES", wu.EXERCISES + (
+        wu.Exercise("unsaved", serial.kernels, 1, 1.0, unsaved),))
+    with pytest.raises(WarmupError, match=r"'unsaved' \(float32\) compiled but did not fill the "
+                                          r"cache: fastrnn: could not save a compiled kernel"):
+        wu._run_exercise("unsaved", "float32", None)
+
+
+def test_kernels_without_a_disk_cache_fail_their_exercise(monkeypatch):
+    """With no folder numba can cache in, kernels compile in memory only (_jit warns on import):
+    a warm-up there fills nothing and says so."""
+    from numba.core.caching import NullCache
+    monkeypatch.setattr(engine.run_serial, "_cache", NullCache())
+    with pytest.raises(WarmupError, match="engine.run_serial cannot be cached, numba has no "
+                                          "folder it can write its cache in"):
+        wu._run_exercise("serial", "float32", None)
