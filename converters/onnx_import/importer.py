@@ -346,6 +346,12 @@ def _unsupported_nodes(model, opsets: dict) -> tuple[list[str], list[int]]:
     return problems, versions
 
 
+_LOOP_HINT = (": fastrnn runs no control-flow loops; a recurrent layer must be an ONNX RNN / GRU / "
+              "LSTM node (tf2onnx writes the Keras layers it cannot rewrite into one as a Loop: "
+              "SimpleRNN, Keras 3 GRU, layers fed a mask or with recurrent dropout, ...)")
+_CONTROL_FLOW_HINTS = {"Loop": _LOOP_HINT, "Scan": _LOOP_HINT}
+
+
 def _node_support(n, name: str, opsets: dict, local: set) -> tuple[str | None, int]:
     """(what makes the node unsupported or None, its op's since_version or 0)."""
     onnx = _onnx()
@@ -364,8 +370,8 @@ def _node_support(n, name: str, opsets: dict, local: set) -> tuple[str | None, i
     if lookup(n.op_type, since) is None:
         have = supported_versions(n.op_type)
         detail = (f"supported versions: {have}" if have else "not supported at any version")
-        return (f"{n.op_type} (opset {opset}, op version {since}; {detail}) at node {name!r}",
-                since)
+        return (f"{n.op_type} (opset {opset}, op version {since}; {detail}) at node {name!r}"
+                + _CONTROL_FLOW_HINTS.get(n.op_type, ""), since)
     return None, since
 
 

@@ -286,6 +286,34 @@ def _gather(attrs, ins, n_out):
                          f"for axis {axis} of size {x.shape[axis]}") from None
 
 
+@kernel("ReverseSequence")
+def _reverse_sequence(attrs, ins, n_out):
+    """Along the time axis, each batch entry's first sequence_lens[b] steps reversed and the rest
+    copied (tf2onnx's ReverseV2 of a Keras go_backwards layer); lengths outside [0, T] are
+    refused, as ORT does."""
+    x, lens = ins
+    time_axis, batch_axis = attrs.get("time_axis", 0), attrs.get("batch_axis", 1)
+    if x.ndim < 2 or (time_axis, batch_axis) not in ((0, 1), (1, 0)):
+        raise ShapeError(f"ReverseSequence needs an input of rank 2 or more and time / batch axes "
+                         f"0 and 1, got shape {x.shape}, time_axis {time_axis}, batch_axis "
+                         f"{batch_axis}")
+    T, N = x.shape[time_axis], x.shape[batch_axis]
+    lens = np.asarray(lens)
+    if lens.shape != (N,) or lens.dtype.kind not in "iu":
+        raise ShapeError(f"ReverseSequence sequence_lens must be {N} integers (one per batch "
+                         f"entry), got shape {lens.shape} of {lens.dtype}")
+    bad = (lens < 0) | (lens > T)
+    if bad.any():
+        raise ArgumentError(f"ReverseSequence sequence lengths must be in [0, {T}], got "
+                            f"{int(lens[bad][0])}")
+    steps = np.arange(T).reshape(T, 1)
+    source = np.where(steps < lens, lens - 1 - steps, steps)  # (T, N): the step each comes from
+    rows = np.arange(N).reshape(1, N)
+    if time_axis == 0:
+        return [x[source, rows]]
+    return [x[rows.T, source.T]]
+
+
 def _norm_indices(idx, dim: int) -> np.ndarray:
     idx = np.asarray(idx).astype(np.int64)
     if idx.size and (idx.min() < -dim or idx.max() >= dim):

@@ -169,6 +169,16 @@ for _v in (9, 11, 28):
     converter("OneHot", _v)(_emit_same("OneHot"))
 
 
+@converter("ReverseSequence", 10)
+def _reverse_sequence(ctx, node):
+    axes = {"time_axis": int(node.attrs.get("time_axis", 0)),
+            "batch_axis": int(node.attrs.get("batch_axis", 1))}
+    if set(axes.values()) != {0, 1}:
+        raise FormatError(f"ReverseSequence time_axis and batch_axis must be 0 and 1 (either "
+                          f"way round), got {axes}")
+    ctx.emit("ReverseSequence", node.inputs, node.outputs, axes)
+
+
 @converter("Scatter", 9, 11)
 @converter("ScatterElements", 11, 13, 16, 18)
 def _scatter_elements(ctx, node):
