@@ -28,6 +28,8 @@ import numpy as np
 
 from fastrnn.errors import ArgumentError, DTypeError, FastRNNError, UnsupportedError
 
+from .torch_convert import from_flat, from_torch, only_wrappers_before, resolve_reparametrizations
+
 __all__ = ["from_torch_composite", "seq2seq_from_torch", "TASKS"]
 
 TASKS = ("classifier", "tagger", "generator", "sequential")
@@ -79,6 +81,7 @@ class _Source:
         else:
             raise ArgumentError(f"expected a torch module, a state dict or a checkpoint path, got "
                                 f"{type(src).__name__}")
+        self.flat = resolve_reparametrizations(self.flat)  # weight_norm / spectral_norm parts
 
     def __enter__(self) -> "_Source":
         return self
@@ -94,6 +97,8 @@ class _Source:
         if exact in self.flat:
             return exact
         hits = [k for k in self.flat if k.endswith("." + exact)]
+        if len(hits) > 1:  # "enc.weight" is "model.enc.weight" rather than "model.ema.enc.weight"
+            hits = [k for k in hits if only_wrappers_before(k, exact)] or hits
         if len(hits) == 1:
             return hits[0]
         if hits:
@@ -117,13 +122,16 @@ class _Source:
         return arr
 
     def submodule(self, path: str):
-        """The module at attribute path ``path`` (None for a state dict or a file)."""
+        """The module at attribute path ``path``, also behind a wrapper (DataParallel's
+        "module.", ...); None for a state dict or a file."""
         if self.module is None:
             return None
-        try:
-            return self.module.get_submodule(path)
-        except AttributeError:
-            return None
+        path = path.rstrip(".")  # a recurrent part may be named as its prefix, "rnn."
+        modules = dict(self.module.named_modules())
+        if path in modules:
+            return modules[path]
+        hits = [m for name, m in modules.items() if only_wrappers_before(name, path)]
+        return hits[0] if len(hits) == 1 else None
 
 
 def _dtype(arr: np.ndarray, dtype: Any) -> Any:
@@ -172,11 +180,11 @@ def _linear(s: _Source, name: str, activation: str, dtype: Any):
 
 
 def _recurrent(s: _Source, name: str, hints: dict):
-    from .torch_convert import from_torch
     mod = s.submodule(name)
     if mod is not None:
         return from_torch(mod, **hints)
-    return from_torch(s.flat, prefix=name if name.endswith(".") else name + ".", **hints)
+    # the flat view as it is: re-flattening would drop its computed (reparametrized) weights
+    return from_flat(s.flat, s.what, name if name.endswith(".") else name + ".", **hints)
 
 
 def _names(value: Any, what: str) -> list[str]:

@@ -32,7 +32,7 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import SUPPORTED_DTYPES, as_flag, read_dtype
 
-from .torch_files import (UnreadableTensor, flatten_tensors, is_tensor_like,
+from .torch_files import (WRAPPER_KEYS, UnreadableTensor, flatten_tensors, is_tensor_like,
                           open_checkpoint)
 
 __all__ = ["from_torch", "convert_file", "inspect_torch", "find_recurrent_groups", "infer_architecture"]
@@ -96,6 +96,96 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# weights a state dict stores as weight_norm / spectral_norm parts
+# ----------------------------------------------------------------------------------------------
+# an RNN's weight_ih_l0 ... weight_hr_l1_reverse, or a Linear's / an Embedding's weight and bias
+_PARAM_NAME = r"(?:weight|bias)(?:_(?:ih|hh|hr)_l\d+(?:_reverse)?)?"
+# torch.nn.utils.parametrizations: parametrizations.<name>.original0/1 (weight_norm: g, v) or
+# .original, .0._u, .0._v (spectral_norm)
+_PARAMETRIZED_RE = re.compile(rf"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>{_PARAM_NAME})"
+                              r"\.(?P<part>original[01]?|0\._[uv])$")
+# the older torch.nn.utils.weight_norm (<name>_g, <name>_v) and spectral_norm (_orig, _u, _v)
+_HOOKED_RE = re.compile(rf"^(?P<prefix>(?:.*\.)?)(?P<name>{_PARAM_NAME})_(?P<part>g|v|orig|u)$")
+# stored part -> its role, in the parametrizations naming and in the hook-based one
+_WEIGHT_NORM_PARTS = ({"original0": "g", "original1": "v"}, {"g": "g", "v": "v"})
+_SPECTRAL_NORM_PARTS = ({"original": "w", "0._u": "u", "0._v": "v"},
+                        {"orig": "w", "u": "u", "v": "v"})
+
+
+class _Reparametrized:
+    """A weight torch computes from the parts a state dict stores: weight_norm's g * v / ||v||
+    (the norm over the axes where g has size 1) or spectral_norm's w / (u . w v) with the stored
+    power-iteration vectors, as an eval-mode module computes it. Read on ``numpy()``."""
+
+    def __init__(self, kind: str, parts: dict[str, Any], keys: dict[str, str]) -> None:
+        self.kind = kind  # "weight_norm" | "spectral_norm"
+        self.parts = parts  # role ("g", "v" / "w", "u", "v") -> tensor
+        self.keys = keys  # role -> its name in the state dict, for messages
+        main = parts["v"] if kind == "weight_norm" else parts["w"]
+        self.shape = _shape(main)
+        self.dtype = _dtype_name(main)
+
+    def numpy(self) -> np.ndarray:
+        arrays = {role: _to_numpy(t, self.keys[role]) for role, t in self.parts.items()}
+        out_dtype = np.result_type(*arrays.values())
+        a = {role: x.astype(np.float64) for role, x in arrays.items()}
+        if self.kind == "weight_norm":
+            return self._weight_norm(a["g"], a["v"]).astype(out_dtype)
+        return self._spectral_norm(a["w"], a["u"], a["v"]).astype(out_dtype)
+
+    def _weight_norm(self, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+        if g.ndim == 0:  # weight_norm(dim=None): one norm over the whole tensor
+            return v * (g / np.linalg.norm(v))
+        if g.ndim != v.ndim or any(n not in (1, m) for n, m in zip(g.shape, v.shape)):
+            raise ShapeError(f"{self.keys['g']} has shape {g.shape}, which does not fit "
+                             f"{self.keys['v']} of shape {v.shape} as weight_norm's magnitude")
+        axes = tuple(i for i, n in enumerate(g.shape) if n == 1)
+        return v * (g / np.sqrt(np.sum(v * v, axis=axes, keepdims=True)))
+
+    def _spectral_norm(self, w: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        if w.ndim != 2 or u.shape != (w.shape[0],) or v.shape != (w.shape[1],):
+            raise ShapeError(f"spectral_norm parts {self.keys['w']} {w.shape}, {self.keys['u']} "
+                             f"{u.shape}, {self.keys['v']} {v.shape}: expected a matrix (R, C) "
+                             "with u of length R and v of length C")
+        return w / float(u @ (w @ v))
+
+
+def _reparametrized(kind: str, roles: Mapping[str, str], parts: Mapping[str, str],
+                    flat: Mapping[str, Any]) -> _Reparametrized | None:
+    """The weight that exactly these stored parts (part name -> key) make, if they are ``roles``."""
+    if set(parts) != set(roles):
+        return None
+    return _Reparametrized(kind, {roles[p]: flat[k] for p, k in parts.items()},
+                           {roles[p]: k for p, k in parts.items()})
+
+
+def resolve_reparametrizations(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` with each weight stored as weight_norm / spectral_norm parts (both the
+    torch.nn.utils.parametrizations and the older hook-based naming) under its plain name.
+
+    Parts that form no complete, known set stay as they are (and are refused as unknown tensors
+    next to the recurrent weights)."""
+    found: dict[tuple[str, str, bool], dict[str, str]] = {}
+    for key, value in flat.items():
+        m = _PARAMETRIZED_RE.match(str(key)) or _HOOKED_RE.match(str(key))
+        if m and is_tensor_like(value):
+            slot = (m.group("prefix"), m.group("name"), m.re is _PARAMETRIZED_RE)
+            found.setdefault(slot, {})[m.group("part")] = key
+    out = dict(flat)
+    for (prefix, name, parametrized), parts in found.items():
+        if prefix + name in flat:
+            continue  # both the weight and its parts: ambiguous, left to be refused
+        naming = 0 if parametrized else 1
+        weight = (_reparametrized("weight_norm", _WEIGHT_NORM_PARTS[naming], parts, flat)
+                  or _reparametrized("spectral_norm", _SPECTRAL_NORM_PARTS[naming], parts, flat))
+        if weight is not None:
+            for key in parts.values():
+                del out[key]
+            out[prefix + name] = weight
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # groups of recurrent weights in a flat name -> tensor dict
 # ----------------------------------------------------------------------------------------------
 def find_recurrent_groups(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -103,9 +193,23 @@ def find_recurrent_groups(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         m = _PARAM_RE.match(str(key))
-        if m and is_tensor_like(value):
+        if m and (is_tensor_like(value) or isinstance(value, _Reparametrized)):
             groups.setdefault(m.group("prefix"), {})[str(key)[len(m.group("prefix")):]] = value
     return groups
+
+
+# what wrappers put before a model's own names: checkpoint keys ({"state_dict": ...}, Lightning's
+# "model."), DataParallel / DistributedDataParallel's "module.", torch.compile's "_orig_mod."
+_WRAPPER_SEGMENTS = frozenset(WRAPPER_KEYS) | {"_orig_mod"}
+
+
+def only_wrappers_before(name: str, tail: str) -> bool:
+    """Whether ``name`` is ``tail`` behind nothing but wrapper segments ("module.", ...)."""
+    if not name.endswith(tail):
+        return False
+    head = name[: len(name) - len(tail)]
+    return head == "" or (head.endswith(".") and
+                          all(seg in _WRAPPER_SEGMENTS for seg in head[:-1].split(".")))
 
 
 def _describe_prefix(p: str) -> str:
@@ -128,6 +232,8 @@ def _select_group(groups: Mapping[str, Any], prefix: str | None, what: str) -> s
         return p
     # a suffix match lets "rnn." find "module.rnn." (DDP) or "state_dict.model.rnn." (Lightning)
     matches = [g for g in groups if p and g.endswith("." + p)]
+    if len(matches) > 1:  # "enc." is "model.enc." rather than "model.ema.enc."
+        matches = [g for g in matches if only_wrappers_before(g, p)] or matches
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -154,15 +260,18 @@ def _check_neighbours(flat: Mapping[str, Any], prefix: str, what: str) -> None:
             unknown.append(key)
     if parametrized:
         raise UnsupportedError(
-            f"{what}: weights under {_describe_prefix(prefix)} are parametrized "
-            f"({parametrized[0]}, ...); remove the parametrization before saving "
+            f"{what}: weights under {_describe_prefix(prefix)} carry a parametrization fastrnn "
+            f"cannot compute from a state dict ({parametrized[0]}, ...; weight_norm and "
+            "spectral_norm are computed); remove the parametrization before saving "
             "(torch.nn.utils.parametrize.remove_parametrizations) or convert the module itself"
         )
     if unknown:
         hint = ""
-        if any(k.endswith(("_g", "_v")) for k in unknown):
-            hint = ("; names ending _g/_v come from torch.nn.utils.weight_norm: call "
-                    "remove_weight_norm before saving, or convert the module itself")
+        if any(k.endswith(("_g", "_v", "_u", "_orig")) for k in unknown):
+            hint = ("; names ending _g/_v (torch.nn.utils.weight_norm) or _orig/_u/_v "
+                    "(torch.nn.utils.spectral_norm) are converted only as complete sets of one "
+                    "weight's parts: call remove_weight_norm / remove_spectral_norm before "
+                    "saving, or convert the module itself")
         raise FormatError(
             f"{what}: unknown tensors {unknown[:8]} next to the recurrent weights under "
             f"{_describe_prefix(prefix)}; torch's RNN/GRU/LSTM hold only "
@@ -313,9 +422,38 @@ def _build(params: Mapping[str, Any], where: str, *, nonlinearity: Any, batch_fi
     return fastrnn.layer_from_config(config, arrays)  # no random initialisation to overwrite
 
 
-def _from_flat(flat: Mapping[str, Any], what: str, prefix: str | None, **hints: Any):
+_QUANTIZED_ADVICE = ("fastrnn converts float weights: convert the float model (before "
+                     "torch.ao.quantization.quantize_dynamic), or its state_dict()")
+
+
+def _refuse_quantized_state_dict(flat: Mapping[str, Any], what: str) -> None:
+    packed = sorted(k for k in map(str, flat) if "._all_weight_values." in "." + k)
+    if packed:
+        raise UnsupportedError(
+            f"{what} holds {packed[0]!r}, the packed weights of a quantized recurrent module "
+            f"(torch.ao.nn.quantized.dynamic.LSTM / GRU); {_QUANTIZED_ADVICE}")
+
+
+def _is_quantized_rnn(module: Any) -> bool:
+    kind = type(module)
+    return kind.__name__ in ("LSTM", "GRU") and kind.__module__.startswith(
+        ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.quantizable"))
+
+
+def _refuse_quantized(module: Any, where: str) -> None:
+    if _is_quantized_rnn(module):
+        kind = type(module)
+        raise UnsupportedError(f"{where} is a {kind.__module__}.{kind.__name__}, a quantized "
+                               f"recurrent module; {_QUANTIZED_ADVICE}")
+
+
+def from_flat(flat: Mapping[str, Any], what: str, prefix: str | None, **hints: Any):
+    """The layer from a flat name -> tensor view of a state dict (``what`` names it in messages);
+    prefix and hints as from_torch."""
+    flat = resolve_reparametrizations(flat)
     groups = find_recurrent_groups(flat)
     if not groups:
+        _refuse_quantized_state_dict(flat, what)
         cells = sorted(k for k in flat if _CELL_RE.match(str(k)))
         if cells:
             raise UnsupportedError(
@@ -343,6 +481,7 @@ def _from_module(module: Any, prefix: str | None, **hints: Any):
 
     if not isinstance(module, torch.nn.Module):
         raise ArgumentError(f"from_torch got a {type(module).__name__}, expected a torch.nn.Module")
+    _refuse_quantized(module, type(module).__name__)
     if isinstance(module, torch.nn.RNNBase):
         if prefix not in (None, ""):
             raise ArgumentError(f"prefix={prefix!r} given, but the module is itself a "
@@ -350,11 +489,12 @@ def _from_module(module: Any, prefix: str | None, **hints: Any):
         rnn, where = module, type(module).__name__
     else:
         found = {(name + "."): m for name, m in module.named_modules()
-                 if isinstance(m, torch.nn.RNNBase) and name}
+                 if (isinstance(m, torch.nn.RNNBase) or _is_quantized_rnn(m)) and name}
         if not found:
             raise ArgumentError(f"{type(module).__name__} contains no nn.RNN / nn.GRU / nn.LSTM")
         chosen = _select_group(found, prefix, f"module {type(module).__name__}")
         rnn, where = found[chosen], f"{type(module).__name__}.{chosen[:-1]}"
+        _refuse_quantized(rnn, where)
     if rnn.mode not in _TORCH_MODES:
         raise UnsupportedError(f"{where}: torch RNN mode {rnn.mode!r} is not supported")
     _, recorded_nl = _TORCH_MODES[rnn.mode]
@@ -362,10 +502,37 @@ def _from_module(module: Any, prefix: str | None, **hints: Any):
              for sfx in ("", "_reverse")[: 2 if rnn.bidirectional else 1]
              for kind in PARAM_KINDS
              if (rnn.bias or not kind.startswith("bias")) and (rnn.proj_size or kind != "weight_hr")]
-    # getattr, not state_dict(): parametrized weights (weight_norm, ...) resolve to their values
-    params = {name: getattr(rnn, name) for name in names}
+    params = _effective_weights(rnn, names)
     return _build(params, where, recorded_nonlinearity=recorded_nl,
                   recorded_batch_first=bool(rnn.batch_first), **hints)
+
+
+def _effective_weights(rnn: Any, names: list[str]) -> dict[str, Any]:
+    """The weights an eval-mode forward of ``rnn`` uses, without changing the module.
+
+    getattr, not state_dict(), so that parametrizations resolve to their values; evaluated in
+    eval mode, where spectral_norm uses its stored vectors instead of stepping them. The older
+    hook-based weight_norm / spectral_norm set the attribute only in a forward pre-hook, so it
+    can be stale (spectral_norm's is the raw weight until the first forward): theirs are computed.
+    """
+    import torch
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    computed = {}
+    was_training = rnn.training
+    rnn.eval()
+    try:
+        with torch.no_grad():
+            for hook in rnn._forward_pre_hooks.values():
+                if isinstance(hook, WeightNorm):
+                    computed[hook.name] = hook.compute_weight(rnn)
+                elif isinstance(hook, SpectralNorm):
+                    computed[hook.name] = hook.compute_weight(rnn, do_power_iteration=False)
+            return {name: computed[name] if name in computed else getattr(rnn, name)
+                    for name in names}
+    finally:
+        rnn.train(was_training)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +546,8 @@ def from_torch(src: Any, *, nonlinearity: str | None = None, batch_first: bool |
     src: an ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (or a module containing one), a state dict (Mapping
     of name -> torch tensor / ndarray, nested checkpoint dicts allowed), or a path to a
     ``torch.save`` (.pt/.pth/.ckpt, zip or legacy) or ``.safetensors`` file. Files are read
-    without torch and never run pickled code.
+    without torch and never run pickled code. Weights a state dict stores as weight_norm /
+    spectral_norm parts are computed as an eval-mode module computes them.
 
     Hints fill in what a state dict does not record: ``nonlinearity`` ("tanh" default, or "relu";
     RNN only), ``batch_first`` (default False; for a module, overrides its own setting),
@@ -405,9 +573,9 @@ def from_torch(src: Any, *, nonlinearity: str | None = None, batch_first: bool |
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         with open_checkpoint(path) as f:
-            return _from_flat(f.tensors(), path, prefix, **hints)
+            return from_flat(f.tensors(), path, prefix, **hints)
     if isinstance(src, Mapping):
-        return _from_flat(flatten_tensors(src), "state dict", prefix, **hints)
+        return from_flat(flatten_tensors(src), "state dict", prefix, **hints)
     if _is_torch_object(src) or hasattr(src, "named_modules"):
         return _from_module(src, prefix, **hints)
     raise ArgumentError(
@@ -433,7 +601,8 @@ def inspect_torch(src: Any) -> list[dict[str, Any]]:
     """
     def describe(flat: Mapping[str, Any]) -> list[dict[str, Any]]:
         out = []
-        for prefix, params in sorted(find_recurrent_groups(flat).items()):
+        groups = find_recurrent_groups(resolve_reparametrizations(flat))
+        for prefix, params in sorted(groups.items()):
             entry: dict[str, Any] = {"prefix": prefix}
             try:
                 entry.update(infer_architecture(params, repr(prefix)))

@@ -23,8 +23,15 @@ def is_tensor_like(x: Any) -> bool:
     return t.__module__.startswith("torch") and hasattr(x, "shape") and hasattr(x, "detach")
 
 
+def _is_script_object(x: Any) -> bool:
+    """A torch.ScriptObject: how a quantized module's state dict holds its packed weights."""
+    t = type(x)
+    return t.__module__ == "torch" and t.__name__ == "ScriptObject"
+
+
 def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Every tensor-like leaf under nested dicts / lists, by dotted path; other leaves are dropped.
+    """Every tensor-like leaf under nested dicts / lists, by dotted path; other leaves are dropped
+    (a torch.ScriptObject, a quantized module's packed weights, becomes an UnreadableTensor).
 
     Two leaves with one name ({"a.b": x, "a": {"b": y}}, or keys 0 and "0") are a FormatError. A
     container that appears in several places (pickle memo references) is walked at each if it
@@ -49,6 +56,9 @@ def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, Any]:
     def walk(o: Any, path: tuple) -> bool:
         """Whether o holds tensors."""
         nonlocal shared_left, chars_left
+        if _is_script_object(o):  # kept by name, so that converters can say what it is
+            o = UnreadableTensor("a torch.ScriptObject (packed weights of a quantized module) "
+                                 "is not a tensor")
         if is_tensor_like(o):
             name = dotted(path)
             if name in out:

@@ -10,7 +10,7 @@ import secrets
 import struct
 from typing import Any
 
-from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError
+from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError, UnsupportedError
 
 from .allowed import ALLOWED_GLOBALS
 from .brief import _brief, _why
@@ -24,8 +24,20 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
+class QuantizedFileError(UnsafeFileError, UnsupportedError):
+    """A refused torch.ScriptObject: unsafe to unpickle as every unknown global is, and the
+    packed weights of a quantized module, which fastrnn does not convert."""
+
+
 def _refusal(full: str, where: str) -> UnsafeFileError:
     full = full if len(full) <= 200 else full[:200] + "..."
+    if full == "torch.ScriptObject":
+        return QuantizedFileError(
+            f"{where} holds a torch.ScriptObject (how quantized modules such as "
+            "torch.ao.nn.quantized.dynamic.LSTM store their packed weights), refused unread; "
+            "fastrnn converts float weights: save the float model's state_dict() (before "
+            "quantize_dynamic)"
+        )
     module = full.rsplit(".", 1)[0]
     if module.startswith("torch.nn.modules") or (
             module.startswith("torch.nn.") and full.split(".")[-1][:1].isupper()):
@@ -41,7 +53,10 @@ def _refusal(full: str, where: str) -> UnsafeFileError:
     return UnsafeFileError(
         f"{where}: refused pickle global '{full}' (a checkpoint may only contain tensors and plain "
         "containers; loading it would run code from the file). If this file is a whole pickled "
-        "model (torch.save(model, ...)), save model.state_dict() instead"
+        "model (torch.save(model, ...)), save model.state_dict() instead; if it is a training "
+        "checkpoint whose other entries hold objects (hyper_parameters with paths or an "
+        "omegaconf config, ...), save just its weights from a torch you trust the file with: "
+        "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')"
     )
 
 
