@@ -3,6 +3,7 @@
 Parameters live in PyTorch's names, shapes and gate order (the canonical layout); they are packed
 for the kernels once, whenever they are set. Calls follow torch's shapes and return structure.
 """
+import threading
 from typing import Mapping
 
 import numpy as np
@@ -17,6 +18,9 @@ from .validation import (MAX_LAYERS, NO_INIT, as_array, as_flag, build_from_conf
                          positive_int, real_array)
 
 SUFFIXES = ("", "_reverse")
+# Taken to set a layer's parameters: a load that another thread's load overtook is packed again
+# on top of it, so that partial loads (strict=False) from several threads all land.
+_LOADING = threading.Lock()
 
 
 class RecurrentLayer:
@@ -126,19 +130,21 @@ class RecurrentLayer:
             raise ArgumentError(f"unexpected parameters {unknown}; expected {list(shapes)}")
         if missing and (strict or not self._params):
             raise ArgumentError(f"missing parameters {missing}")
-        new = dict(self._params)
-        for name, shape in shapes.items():
-            if name not in state:
-                continue
-            arr = real_array(state[name], f"parameter {name}", shape)
-            new[name] = np.array(arr, dtype=self.dtype, copy=True)
-        # packed before anything is set: packing can still refuse (float16 weights beyond
-        # float16's range), and a refused load leaves the layer as it was
-        stack = Stack([[self._pack(new, layer, d) for d in range(self.num_directions)]
-                       for layer in range(self.num_layers)])
-        self._params, self._stack = new, stack
-        weights_changed(self)
-        return self
+        given = {name: np.array(real_array(state[name], f"parameter {name}", shape),
+                                dtype=self.dtype, copy=True)
+                 for name, shape in shapes.items() if name in state}
+        while True:  # until no other thread's load lands between reading and setting _params
+            base = self._params
+            new = {**base, **given}
+            # packed before anything is set: packing can still refuse (float16 weights beyond
+            # float16's range), and a refused load leaves the layer as it was
+            stack = Stack([[self._pack(new, layer, d) for d in range(self.num_directions)]
+                           for layer in range(self.num_layers)])
+            with _LOADING:
+                if self._params is base:
+                    self._params, self._stack = new, stack
+                    weights_changed(self)
+                    return self
 
     def _pack(self, p: dict, layer: int, direction: int) -> DirectionParams:
         tag = f"l{layer}{SUFFIXES[direction]}"

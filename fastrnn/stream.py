@@ -1,4 +1,5 @@
 """Step-by-step inference over a unidirectional stack, with every buffer allocated up front."""
+import threading
 import weakref
 from typing import Callable
 
@@ -15,8 +16,10 @@ class Stream:
 
     `step(x_t)` returns a view of a preallocated (N, H_out) buffer that the next step overwrites;
     copy it to keep it. Streams are independent of each other and of the layer's own calls, so
-    several can run on one model from different threads. A stream follows its layer's weights:
-    after `layer.load_state_dict` its next step uses the new ones, from the state it has.
+    several can run on one model from different threads; one stream is one sequence's state, to
+    be stepped by one thread at a time (unchecked: two at once mix their steps). A stream follows
+    its layer's weights: after `layer.load_state_dict` its next step uses the new ones, from the
+    state it has (a step under way when another thread loads runs the old ones in every layer).
     """
 
     step: Callable[[np.ndarray], np.ndarray]  # x_t (N, I) -> (N, H_out); built per stream
@@ -32,7 +35,8 @@ class Stream:
                                 f"{batch_size!r}")
         self.layer = layer
         self.batch_size = rows = int(batch_size)
-        directions = _directions(layer)
+        stack = layer._stack
+        directions = _directions(stack)
         layers, inputs = layer.num_layers, layer.input_size
         hout, hid = layer.hidden_out, layer.hidden_size
         lstm = layer.mode == "LSTM"
@@ -58,7 +62,10 @@ class Stream:
         self._offsets = [(h_at + k * rows * hout, c_at + k * rows * hid, y_at[k], scratch_at[k])
                          for k in range(layers)]
         self.step, self._rebind = self._stepper(self._calls(directions))
-        _STREAMS.setdefault(layer, weakref.WeakSet()).add(self)
+        with _FOLLOWING:
+            _STREAMS.setdefault(layer, weakref.WeakSet()).add(self)
+            if layer._stack is not stack:  # loaded while this stream was being built
+                self._weights_changed()
 
     def _calls(self, directions):
         """(first layer's compiled kernel, its arguments after the input, [(compiled kernel,
@@ -73,24 +80,26 @@ class Stream:
 
     def _weights_changed(self) -> None:
         """Called by the layer's load_state_dict: the next step runs the new weights."""
-        self._rebind(self._calls(_directions(self.layer)))
+        self._rebind(self._calls(_directions(self.layer._stack)))
 
     def _stepper(self, calls):
         """The stream's `step` function, a closure over everything a step reads (a step's
         Python is ~0.25 us this way, ~0.4 us as a method reading its attributes), and the
         function that rebinds it to new `_calls`. Neither holds a reference to the stream, so
         that a stream is freed as soon as it is dropped."""
-        first, (buf, meta, wbuf, wpk, fcfg), rest = calls
         x0, result = self._x0, self._result
         dtype, shape = x0.dtype, x0.shape
         ndarray = np.ndarray
 
         def rebind(new_calls) -> None:
-            nonlocal first, buf, meta, wbuf, wpk, fcfg, rest
-            first, (buf, meta, wbuf, wpk, fcfg), rest = new_calls
+            nonlocal calls
+            calls = new_calls
 
         def step(x_t) -> np.ndarray:
             """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
+            # one read of the calls: a step rebound by another thread's load_state_dict runs the
+            # old weights or the new ones in every layer, never some of each
+            first, (buf, meta, wbuf, wpk, fcfg), rest = calls
             # The first layer reads x_t itself when it is what its kernel was compiled for (the
             # layer's dtype, C-contiguous, aligned, writeable: 'carray'), else a checked copy.
             # x_t may be the previous step's output: a step reads its input before writing.
@@ -146,14 +155,18 @@ def _restored(layer, batch_size: int, state) -> Stream:
 
 
 # Each layer's live streams, for weights_changed. Kept here rather than on the layer, where a
-# copy of the layer would carry (and then rebind) the original's streams.
+# copy of the layer would carry (and then rebind) the original's streams. _FOLLOWING guards it:
+# streams are built (and registered) in some threads while a load_state_dict in another walks
+# them.
 _STREAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FOLLOWING = threading.Lock()
 
 
 def weights_changed(layer) -> None:
     """Rebind the layer's streams to its new weights (its load_state_dict calls this)."""
-    for stream in list(_STREAMS.get(layer, ())):
-        stream._weights_changed()
+    with _FOLLOWING:
+        for stream in list(_STREAMS.get(layer, ())):
+            stream._weights_changed()
 
 
 # Rows of a stream: its buffer is allocated up front, so a size is refused before numpy would
@@ -161,9 +174,9 @@ def weights_changed(layer) -> None:
 _MAX_BATCH = 1 << 31
 
 
-def _directions(layer):
-    """The layer's DirectionParams, one per layer (streams are unidirectional)."""
-    return [directions[0] for directions in layer._stack.layers]
+def _directions(stack):
+    """A unidirectional stack's DirectionParams, one per layer."""
+    return [directions[0] for directions in stack.layers]
 
 
 def _copied(x_t, x0):

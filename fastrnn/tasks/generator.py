@@ -1,6 +1,7 @@
 """One-to-many: the Generator, streamed token by token."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -49,7 +50,14 @@ class Generator:
                              f"{inp.size} ids")
         self.stop = self._stop_id(stop, default=True)
         self.info = dict(info or {})
-        self._logits = None
+        self._latest = threading.local()  # per thread: concurrent requests each see their own
+
+    def __getstate__(self) -> dict:
+        """Without the threads' latest logits (a thread-local cannot be copied or pickled)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_latest"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _latest=threading.local())
 
     @property
     def vocab_size(self) -> int:
@@ -94,8 +102,9 @@ class Generator:
 
     @property
     def logits(self) -> np.ndarray | None:
-        """The scores of the latest generated step (V,): a view that the next step overwrites."""
-        return self._logits
+        """The scores of the latest step generated in the calling thread (V,): a view that its
+        next step overwrites."""
+        return getattr(self._latest, "logits", None)
 
     def stream_ids(self, prompt=None, steps: int = 100, *, temperature: float = 1.0,
                    top_k: int | None = None, top_p: float | None = None,
@@ -141,9 +150,11 @@ class Generator:
         probs = np.empty(self.vocab_size, np.float64)
         order = np.empty(self.vocab_size, np.int64)
         y = np.ascontiguousarray(feats[-1:])
-        row = self._logits = heads.bufs[-1][0]          # the one logits buffer, reused
+        row = heads.bufs[-1][0]                         # the one logits buffer, reused
+        latest = self._latest
         for i in range(steps):
             heads(y)
+            latest.logits = row  # set at every step: generations may interleave in one thread
             j = i % _UNIFORM_BLOCK
             if j == 0 and i:
                 rng.random(out=uniforms)
