@@ -323,7 +323,7 @@ def test_every_unsupported_op_is_listed_at_import():
     extra = [helper.make_node("Det", ["Y_h"], ["E"], name="my_det"),
              helper.make_node("NoSuchOp", ["E"], ["F"], name="mystery"),
              helper.make_node("FusedThing", ["F"], ["G"], domain="com.example", name="vendor"),
-             helper.make_node("Loop", ["", "cond"], ["K"], name="branch",
+             helper.make_node("Scan", ["E"], ["K"], name="branch", num_scan_inputs=1,
                               body=helper.make_graph([], "body", [], []))]
     outs = [helper.make_tensor_value_info("G", TensorProto.FLOAT, None)]
     model = lstm_model(extra_nodes=extra, outputs=outs)
@@ -332,7 +332,7 @@ def test_every_unsupported_op_is_listed_at_import():
         converters.from_onnx(model)
     msg = str(info.value)
     for text in ("Det", "my_det", "NoSuchOp", "mystery", "FusedThing", "com.example", "vendor",
-                 "Loop", "branch", "4 node(s)"):
+                 "Scan", "branch", "4 node(s)"):
         assert text in msg
 
 
@@ -956,25 +956,6 @@ def _if_of(then, other, cond_input=True, nodes_before=(), inits=(), x_shape=("N"
 
 def _same():
     return _one_node_branch("same", helper.make_node("Identity", ["X"], ["same"]), "same")
-
-
-def test_an_if_on_a_run_time_condition_needs_single_node_branches():
-    """ORT runs these; fastrnn refuses them at import, naming the If and why."""
-    two = helper.make_graph([helper.make_node("Relu", ["X"], ["r"]),
-                             helper.make_node("Squeeze", ["r", "axes"], ["sq"])], "two", [],
-                            [_fvi("sq")], [numpy_helper.from_array(np.array([1], np.int64), "axes")])
-    rng = np.random.default_rng(0)
-    lstm = _one_node_branch("lstm", helper.make_node("LSTM", ["X", "W", "R"], ["Yb"], hidden_size=H),
-                            "Yb")
-    weights = [numpy_helper.from_array(rng.standard_normal((1, 4 * H, I)).astype(np.float32), "W"),
-               numpy_helper.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R")]
-    for model, why in ((_if_of(two, _same()), r"then_branch runs 2 nodes \['Relu', 'Squeeze'\]"),
-                       (_if_of(_same(), lstm, inits=weights, x_shape=("T", "N", I)),
-                        "else_branch runs a RecurrentLayer node")):
-        assert not ort_refuses(model)
-        with pytest.raises(UnsupportedError, match=r"node 'the_if' \(If-13\): .*single supported "
-                                                   r"node each; its " + why):
-            converters.from_onnx(model)
 
 
 def test_unsupported_ops_in_if_branches_are_listed_at_import():

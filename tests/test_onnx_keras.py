@@ -6,7 +6,8 @@ Keras 3.15 for k3_*, tf_keras 2.21 for k2_*; opsets 13 and 17); these tests need
 tf2onnx turns Keras LSTM and Keras 2 GRU(reset_after=True) into ONNX LSTM / GRU nodes, and a
 go_backwards layer's input reversal into ReverseSequence; what it cannot rewrite (SimpleRNN, Keras 3
 GRU, Keras 2 GRU(reset_after=False), Keras 3 LSTM with hard_sigmoid, a layer with recurrent dropout
-or fed a mask) stays a Loop over the Keras cell, which fastrnn refuses at import, naming the node.
+or fed a mask) stays a Loop over the Keras cell, which fastrnn runs as a Loop plan node (its body a
+nested plan, one numpy step per time step).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference t
 
 import converters  # noqa: E402
 import fastrnn  # noqa: E402
-from fastrnn.errors import ArgumentError, FormatError, ShapeError, UnsupportedError  # noqa: E402
+from fastrnn.errors import ArgumentError, FormatError, ShapeError  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data" / "keras"
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -39,8 +40,8 @@ LOOPED = {
 }
 MODELS = 31  # in make_fixtures.MODELS
 FIXTURES = sorted(p.stem for p in DATA.glob("*.onnx"))
-RUNNABLE = [f for f in FIXTURES if f.split("_opset")[0][3:] not in LOOPED[f[:2]]]
-REFUSED = [f for f in FIXTURES if f not in RUNNABLE]
+LOOPS = [f for f in FIXTURES if f.split("_opset")[0][3:] in LOOPED[f[:2]]]
+RUNNABLE = FIXTURES
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +91,7 @@ def test_every_model_has_a_fixture_at_both_opsets():
         for name in names:
             opsets = {f.split("_opset")[1] for f in FIXTURES if f.startswith(f"{flavour}_{name}_")}
             assert opsets == ({"13"} if name in LOOPED[flavour] else {"13", "17"}), (flavour, name)
-    assert len(RUNNABLE) == 2 * (2 * MODELS - sum(map(len, LOOPED.values())))
+    assert len(FIXTURES) - len(LOOPS) == 2 * (2 * MODELS - sum(map(len, LOOPED.values())))
 
 
 def _onnxruntime_runs(name: str) -> bool:
@@ -158,21 +159,14 @@ def test_fixed_sizes_are_checked():
         sess.run(None, {"x": np.zeros((3, 6, 4), np.float32)})
 
 
-@pytest.mark.parametrize("name", REFUSED)
-def test_loops_are_refused_naming_the_node(name):
-    """The Loop tf2onnx leaves for a Keras layer it could not rewrite is an UnsupportedError that
-    names the node and says why (ORT runs it)."""
-    feeds, keras_outs = _recorded(name)
-    for r, k in zip(_ort(name).run(None, feeds), keras_outs):
-        np.testing.assert_allclose(r, k, **TOL)
+@pytest.mark.parametrize("name", LOOPS)
+def test_loops_run_as_loop_nodes(name):
+    """The Loop tf2onnx leaves for a Keras layer it could not rewrite is a Loop plan node (the
+    numbers: test_runs_as_keras_and_onnxruntime)."""
     loops = [n.name for n in onnx.load(str(DATA / f"{name}.onnx")).graph.node if n.op_type == "Loop"]
     assert loops
-    with pytest.raises(UnsupportedError) as info:
-        converters.from_onnx(DATA / f"{name}.onnx")
-    msg = str(info.value)
-    assert all(f"Loop (opset 13, op version 13; not supported at any version) at node {n!r}" in msg
-               for n in loops)
-    assert "a recurrent layer must be an ONNX RNN / GRU / LSTM node" in msg
+    sess = converters.from_onnx(DATA / f"{name}.onnx")
+    assert sorted(n.name for n in sess.nodes if n.op == "Loop") == sorted(loops)
 
 
 # ------------------------------------------------------------------ ReverseSequence (go_backwards)

@@ -1,4 +1,5 @@
-"""Single ONNX RNN / GRU / LSTM nodes over the attribute grid; hand-built If nodes (at the end).
+"""Single ONNX RNN / GRU / LSTM nodes over the attribute grid; hand-built If nodes (at the end;
+Loop and If nested in Loops: test_onnx_loop.py).
 
 float32: against ONNX Runtime (~1e-5). ORT rejects layout=1, so a layout=1 node is compared with the
 layout=0 node on transposed inputs and outputs. float64 (ORT has no float64 GRU/LSTM): against the
@@ -462,10 +463,11 @@ def _if_model(nodes, inputs, opset=14, inits=(), outputs=("y",)):
     return model
 
 
-def _check_if(model, feeds_list, conditional):
-    """fastrnn runs the model as ORT does on every feed; the plan has a Conditional node or not."""
+def _check_if(model, feeds_list, conditional, op="Conditional"):
+    """fastrnn runs the model as ORT does on every feed; the plan has a run-time If (a
+    Conditional node of single-node branches, an If node of nested plans) or not."""
     sess = converters.from_onnx(model)
-    assert ("Conditional" in {n.op for n in sess.nodes}) == conditional
+    assert (op in {n.op for n in sess.nodes}) == conditional
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for feeds in feeds_list:
         for got, want in zip(sess.run(None, feeds), ref.run(None, feeds)):
@@ -598,3 +600,51 @@ def test_nested_if():
     sess = _check_if(model, [{"x": _fx(2, 1, 3), "outer_cond": np.array(v)} for v in (True, False)],
                      conditional=True)
     assert [n.op for n in sess.nodes] == ["Conditional"]
+
+
+def test_if_of_multi_node_branches_at_run_time_runs_nested_plans_and_saves(tmp_path):
+    """Branches of several nodes (one with its own initializer, one reading an outer value and a
+    value computed before the If) run as the If node's nested plans; the saved plan loads."""
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]),
+                              helper.make_node("Squeeze", ["r", "axes"], ["sq"]),
+                              helper.make_node("Mul", ["sq", "k"], ["t"])], "then", [], [_vi("t")],
+                             [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["n"]),
+                               helper.make_node("Add", ["n", "shift"], ["e"])], "else", [],
+                              [_vi("e")])
+    model = _if_model([helper.make_node("Exp", ["x"], ["shift"]),
+                       helper.make_node("If", ["cond"], ["y"], name="multi", then_branch=then,
+                                        else_branch=other)],
+                      [_vi("x", ["N", "T", 3]), _vi("cond", [], TensorProto.BOOL)],
+                      inits=[numpy_helper.from_array(np.array(2.5, np.float32), "k")])
+    feeds = [{"x": _fx(2, 1, 3, seed=s), "cond": np.array(v)} for s, v in ((0, True), (1, False))]
+    sess = _check_if(model, feeds, conditional=True, op="If")
+    (node,) = [n for n in sess.nodes if n.op == "If"]
+    assert node.inputs == ["cond", "x", "shift"]  # k: a constant, folded into the branch
+    assert [n.op for n in node.graphs["then_branch"].nodes] == ["Relu", "Squeeze", "Mul"]
+    fastrnn.save(sess, tmp_path / "if.frnn")
+    loaded = fastrnn.load(tmp_path / "if.frnn")
+    for f in feeds:
+        for a, b in zip(sess.run(None, f), loaded.run(None, f)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_if_with_a_recurrent_layer_in_a_branch_at_run_time():
+    rng = np.random.default_rng(0)
+    H, I = 3, 2
+    lstm = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=H)],
+                             "lstm", [], [_vi("Y")])
+    other = helper.make_graph([helper.make_node("Unsqueeze", ["x", "one"], ["u"]),
+                               helper.make_node("Tanh", ["u"], ["Yb"])], "other", [], [_vi("Yb")])
+    model = _if_model([helper.make_node("If", ["cond"], ["y"], then_branch=lstm, else_branch=other)],
+                      [_vi("x", ["T", "N", I]), _vi("cond", [], TensorProto.BOOL)],
+                      inits=[numpy_helper.from_array((rng.standard_normal((1, 4 * H, I)) * 0.5)
+                                                     .astype(np.float32), "W"),
+                             numpy_helper.from_array((rng.standard_normal((1, 4 * H, H)) * 0.5)
+                                                     .astype(np.float32), "R"),
+                             numpy_helper.from_array(np.array([1], np.int64), "one")])
+    x = _fx(4, 2, I)
+    sess = _check_if(model, [{"x": x, "cond": np.array(v)} for v in (True, False)],
+                     conditional=True, op="If")
+    (node,) = sess.nodes
+    assert [n.op for n in node.graphs["then_branch"].nodes] == ["RecurrentLayer"]

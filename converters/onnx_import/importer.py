@@ -16,6 +16,7 @@ from fastrnn.errors import (ArgumentError, FastRNNError, FormatError, ShapeError
 from . import op_converters  # noqa: F401  (registers the converters)
 from . import conv_ops  # registers Conv and Einsum
 from . import recurrent_node
+from .control_flow import GRAPHS, IF, LOOP
 from .dtypes import numpy_dtype, onnx_type_name
 from .kernels import CONDITIONAL, KERNELS, SizeLimitError, element_limit
 from .plan import OnnxPlan, PlanNode, ValueInfo, execute_node
@@ -25,7 +26,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 # elements import-time constant folding may create beyond the model's own initializers; what would
 # take more is left to run time (ORT folds nothing), so a forged shape cannot exhaust memory here
 FOLD_ELEMENTS = 1 << 26
-# If nodes inside If branches: nesting deeper than this is refused
+# If / Loop nodes inside If branches or Loop bodies: nesting deeper than this is refused
 MAX_IF_DEPTH = 4
 IF_BRANCHES = ("then_branch", "else_branch")
 
@@ -120,10 +121,11 @@ class NodeView:
         attrs = {}
         for a in proto.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) and not (
-                    self.op_type == "If" and self.domain == ""
-                    and a.type == onnx.AttributeProto.GRAPH):  # If's branches: kept as GraphProto
+                    self.op_type in GRAPHS and self.domain == ""
+                    and a.type == onnx.AttributeProto.GRAPH):  # kept as GraphProto
                 raise UnsupportedError(f"node {self.name!r} ({self.op_type}) has a subgraph "
-                                       f"attribute {a.name!r}; control flow is not supported")
+                                       f"attribute {a.name!r}; fastrnn runs the graphs of If "
+                                       f"and Loop only")
             if a.name in attrs:
                 raise FormatError(f"node {self.name!r} ({self.op_type}): attribute {a.name!r} "
                                   f"is given twice")
@@ -270,10 +272,11 @@ class ImportContext:
         self.set_const(name, value)
         return name
 
-    def emit(self, op: str, inputs, outputs, attrs: dict | None = None, foldable: bool = True) -> None:
+    def emit(self, op: str, inputs, outputs, attrs: dict | None = None, foldable: bool = True,
+             graphs: dict | None = None) -> None:
         """Add a plan node; run it now instead when every input is a constant."""
         name = self.current.name if self.current is not None else op
-        node = PlanNode(op, inputs, outputs, attrs, name)
+        node = PlanNode(op, inputs, outputs, attrs, name, graphs)
         if self.capture is not None:  # a branch of an If decided at run time: nothing is folded
             self.capture.append(node)
             self.reserve(node.outputs)
@@ -346,10 +349,9 @@ def _unsupported_nodes(model, opsets: dict) -> tuple[list[str], list[int]]:
     return problems, versions
 
 
-_LOOP_HINT = (": fastrnn runs no control-flow loops; a recurrent layer must be an ONNX RNN / GRU / "
-              "LSTM node (tf2onnx writes the Keras layers it cannot rewrite into one as a Loop: "
-              "SimpleRNN, Keras 3 GRU, layers fed a mask or with recurrent dropout, ...)")
-_CONTROL_FLOW_HINTS = {"Loop": _LOOP_HINT, "Scan": _LOOP_HINT}
+_SCAN_HINT = (": fastrnn runs ONNX Loop, not Scan (a recurrent layer runs best as an RNN / GRU / "
+              "LSTM node)")
+_CONTROL_FLOW_HINTS = {"Scan": _SCAN_HINT}
 
 
 def _node_support(n, name: str, opsets: dict, local: set) -> tuple[str | None, int]:
@@ -375,11 +377,11 @@ def _node_support(n, name: str, opsets: dict, local: set) -> tuple[str | None, i
     return None, since
 
 
-def _branches(n) -> list:
-    """(attribute name, GraphProto) of an If node's graph attributes; [] for other nodes (their
-    graph attributes are refused as the node is read)."""
+def _subgraphs(n) -> list:
+    """(attribute name, GraphProto) of an If or Loop node's graph attributes; [] for other nodes
+    (their graph attributes are refused as the node is read)."""
     onnx = _onnx()
-    if n.op_type != "If" or n.domain not in DEFAULT_DOMAINS:
+    if n.op_type not in GRAPHS or n.domain not in DEFAULT_DOMAINS:
         return []
     return [(a.name, a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
 
@@ -395,16 +397,18 @@ def _check_einsum_equations(graph) -> None:
             if isinstance(equation, bytes):
                 equation = equation.decode("utf-8", "replace")
             conv_ops.parse_equation(equation, len(n.input))
-        for _, branch in _branches(n):  # their depth is bounded by _unsupported_nodes
+        for _, branch in _subgraphs(n):  # their depth is bounded by _unsupported_nodes
             _check_einsum_equations(branch)
 
 
 def _branch_problems(n, name: str, opsets: dict, local: set, depth: int) -> list[str]:
-    """The unsupported nodes in an If node's branches (depth: how deep those branches are)."""
+    """The unsupported nodes in an If node's branches or a Loop's body (depth: how deep those
+    graphs are)."""
     problems = []
-    for label, g in _branches(n):
+    for label, g in _subgraphs(n):
         if depth > MAX_IF_DEPTH:
-            return [f"If nested more than {MAX_IF_DEPTH} deep in If branches at node {name!r}"]
+            return [f"{n.op_type} nested more than {MAX_IF_DEPTH} deep in If branches or Loop "
+                    f"bodies at node {name!r}"]
         for index, m in enumerate(g.node):
             inner = f"{name}/{label}/{m.name or f'{m.op_type}_{index}'}"
             problem, _ = _node_support(m, inner, opsets, local)
@@ -438,21 +442,37 @@ def _infer(model) -> dict:
                          f"{e}") from None
     except ValueError:  # a model over 2 GB cannot be inferred in memory: skip
         return {}
+    types = _graph_types(inferred.graph)
+    _add_subgraph_types(inferred.graph, types)
+    return types
+
+
+def _graph_types(graph) -> dict:
     types = {}
-    g = inferred.graph
-    for vi in list(g.value_info) + list(g.output) + list(g.input):
+    for vi in list(graph.value_info) + list(graph.output) + list(graph.input):
         dt, shape, _ = _value_info(vi)
         if dt is not None or shape is not None:
             types[vi.name] = (dt, shape)
     return types
 
 
+def _add_subgraph_types(graph, types: dict) -> None:
+    """The value types of the graph's If branches and Loop bodies (their depth is bounded by
+    _unsupported_nodes); a name typed differently in two places is left unknown."""
+    for n in graph.node:
+        for _, g in _subgraphs(n):
+            for name, info in _graph_types(g).items():
+                if types.setdefault(name, info) != info:
+                    types[name] = (None, None)
+            _add_subgraph_types(g, types)
+
+
 def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: str = "") -> None:
     """Every value is defined once (graph inputs and initializers may share a name: IR < 4
     lists initializers as inputs) and every node reads only values defined before it; If
-    branches (`where`: the If node's name and branch) may also read the `outer` values defined
-    before their If node, but define no value of an outer name, nor return an outer value as
-    it is (ORT refuses both: single static assignment; "add an Identity node").
+    branches and Loop bodies (`where`: the node's name and graph) may also read the `outer`
+    values defined before their node, but define no value of an outer name, nor return an outer
+    value as it is (ORT refuses both: single static assignment; "add an Identity node").
 
     onnx.checker is stricter than ONNX Runtime (it rejects, e.g., outputs without a shape), so the
     importer checks what it relies on itself, and shape inference catches inconsistent shapes.
@@ -472,11 +492,13 @@ def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: 
         if missing:
             raise FormatError(f"node {name!r} ({n.op_type}) reads {missing}, which no graph input, "
                               f"initializer or earlier node defines (truncated or unsorted graph?)")
-        for label, g in _branches(n):
-            if len(g.input):
+        for label, g in _subgraphs(n):
+            if n.op_type == LOOP:
+                _check_loop_signature(n, g, name)
+            if n.op_type == IF and len(g.input):
                 raise FormatError(f"node {name!r} (If): its {label} declares inputs "
                                   f"{[i.name for i in g.input]}; If branches take none")
-            _check_structure(g, [], outer | defined, f"{name}/{label}/")
+            _check_structure(g, [i.name for i in g.input], outer | defined, f"{name}/{label}/")
         for o in filter(None, n.output):
             if o in defined or o in outer:
                 raise FormatError(f"value {o!r} is defined twice (again by node {name!r}; a graph "
@@ -490,6 +512,32 @@ def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: 
     if missing:
         raise FormatError(f"{'graph' if not where else where[:-1]} output(s) {missing} are not "
                           f"produced by any node or initializer")
+
+
+def _check_loop_signature(n, body, name: str) -> None:
+    """The Loop's body takes the iteration number, the condition and the N loop-carried values,
+    and gives the condition, the N values and the node's other outputs (its scan outputs)."""
+    onnx = _onnx()
+    initial = list(n.input[2:])
+    count = len(initial)
+    where = f"node {name!r} (Loop)"
+    if len(body.input) != 2 + count:
+        raise FormatError(f"{where}: its body takes {len(body.input)} input(s); a Loop of {count} "
+                          f"loop-carried value(s) gives it {2 + count}: the iteration number, the "
+                          f"condition and the values")
+    if len(body.output) < 1 + count or len(body.output) - 1 != len(n.output):
+        raise FormatError(f"{where}: its body gives {len(body.output)} output(s); a Loop of "
+                          f"{count} loop-carried value(s) and {len(n.output)} output(s) needs "
+                          f"1 + {len(n.output)}: the condition, the values and the scan outputs")
+    if not all(initial):
+        raise FormatError(f"{where}: a loop-carried value's initial input is empty")
+    for what, vi, elem in (("input 0 (the iteration number)", body.input[0], onnx.TensorProto.INT64),
+                           ("input 1 (the condition)", body.input[1], onnx.TensorProto.BOOL),
+                           ("output 0 (the condition)", body.output[0], onnx.TensorProto.BOOL)):
+        declared = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+        if declared and declared != elem:
+            raise FormatError(f"{where}: its body's {what} {vi.name!r} is "
+                              f"{onnx_type_name(declared)}, ONNX Loop takes {onnx_type_name(elem)}")
 
 
 def _named(e: FastRNNError, node: NodeView) -> FastRNNError:
@@ -570,8 +618,120 @@ def _if(ctx: ImportContext, node: NodeView) -> None:
                 ctx.emit("Identity", [src], [out])
         return
     inputs = [node.inputs[0]]
-    attrs = {label[:4]: _run_time_branch(ctx, node, label, g, inputs) for label, g in branches}
+    try:
+        attrs = {label[:4]: _run_time_branch(ctx, node, label, g, inputs) for label, g in branches}
+    except UnsupportedError:  # branches of more than one kernel node: run as nested plans
+        _nested_if(ctx, node, branches)
+        return
     ctx.emit(CONDITIONAL, inputs, node.outputs, attrs)
+
+
+def _nested_if(ctx: ImportContext, node: NodeView, branches: list) -> None:
+    """An If on a run-time condition whose branches are nested plans, both taking the values
+    either reads from the enclosing scopes."""
+    free = _free_names(branches[0][1])
+    free += [name for name in _free_names(branches[1][1]) if name not in free]
+    graphs, outer = {}, []
+    for label, g in branches:
+        graphs[label], outer = _subplan(ctx, g, f"{node.name}/{label}", [], free)
+    ctx.emit(IF, [node.inputs[0], *outer], node.outputs, foldable=False, graphs=graphs)
+
+
+def _free_names(graph) -> list[str]:
+    """The names the graph (its nodes and their own sub-graphs) reads from enclosing scopes, in
+    the order first read."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    free: list[str] = []
+
+    def read(name: str) -> None:
+        if name and name not in defined and name not in free:
+            free.append(name)
+
+    for n in graph.node:
+        for name in n.input:
+            read(name)
+        for _, g in _subgraphs(n):
+            for name in _free_names(g):
+                read(name)
+        defined.update(filter(None, n.output))
+    for o in graph.output:
+        read(o.name)
+    return free
+
+
+def _subplan(ctx: ImportContext, graph, where: str, formal: list[ValueInfo],
+             free: list[str]) -> tuple[OnnxPlan, list[str]]:
+    """The sub-graph as a nested plan, converted like the model's graph: the `free` names it
+    reads from the enclosing scopes are constants where they are constant there (folded into
+    it), else inputs after the `formal` ones; returns it and the plan names of those inputs."""
+    if ctx.depth >= MAX_IF_DEPTH:
+        raise UnsupportedError(f"If or Loop nested more than {MAX_IF_DEPTH} deep")
+    if len(graph.sparse_initializer):
+        raise UnsupportedError(f"{where}: sparse initializers are not supported")
+    onnx = _onnx()
+    inner = ImportContext(ctx.value_types, ctx.opsets)
+    inner.depth, inner.fold_budget = ctx.depth + 1, ctx.fold_budget
+    captured, outer = [], []
+    for name in free:
+        source = ctx.scope.get(name, name)
+        value = ctx.const(source)
+        if value is not None:
+            inner.set_const(name, value)
+        else:
+            dt = ctx.dtype(source)
+            captured.append(ValueInfo(name, None if dt is None else str(np.dtype(dt)), None))
+            outer.append(source)
+    for t in graph.initializer:
+        inner.set_const(t.name, _to_array(t))
+        inner.fold_budget += inner.constants[t.name].size
+    inputs = formal + captured
+    inner.reserve(v.name for v in inputs)
+    inner.reserve(n for node in graph.node for n in list(node.input) + list(node.output))
+    for index, proto in enumerate(graph.node):
+        # supported (_unsupported_nodes looked into the sub-graphs): a default-domain op
+        since = onnx.defs.get_schema(proto.op_type, ctx.opsets[""], "").since_version
+        view = NodeView(proto, index, since)
+        view.name = f"{where}/{view.name}"
+        _convert_node(inner, view)
+    ctx.fold_budget = inner.fold_budget
+    outputs = [_output_info(vi, inner, merged=True) for vi in graph.output]
+    _drop_zero_states(inner.nodes, inner.constants)
+    nodes, constants = _prune(inner.nodes, inner.constants, [v.name for v in outputs])
+    return OnnxPlan(inputs, outputs, nodes, constants), outer
+
+
+def _output_info(vi, ctx: ImportContext, merged: bool = False) -> ValueInfo:
+    """A graph output as declared, its dtype or shape inferred where the declaration lacks it;
+    `merged`: each size the declaration leaves open inferred too, as ONNX Runtime's graph has it
+    (it gives a Loop's empty scan output that shape)."""
+    dt, shape, _ = _value_info(vi)
+    if dt is None:
+        dt = ctx.dtype(vi.name)
+    inferred = ctx.value_types.get(vi.name, (None, None))[1]
+    if shape is None:
+        shape = inferred
+    elif merged and inferred is not None and len(inferred) == len(shape):
+        shape = [d if isinstance(d, int) or not isinstance(i, int) else i
+                 for d, i in zip(shape, inferred)]
+    return ValueInfo(vi.name, None if dt is None else str(np.dtype(dt)), shape)
+
+
+@converter("Loop", 1, 11, 13, 16, 19, 21, 23, 24, 25)
+def _loop(ctx: ImportContext, node: NodeView) -> None:
+    """A Loop node whose body is a nested plan (control_flow runs it as ONNX Runtime does)."""
+    body = node.attrs["body"]
+    trip, cond, *initial = node.inputs + [""] * (2 - len(node.inputs))
+    n = len(initial)
+    formal = []
+    for vi in body.input:
+        dt, _, _ = _value_info(vi)
+        formal.append(ValueInfo(vi.name, None if dt is None else str(np.dtype(dt)), None))
+    plan, outer = _subplan(ctx, body, f"{node.name}/body", formal, _free_names(body))
+    untyped = [v.name for v in plan.output_infos[1 + n:] if v.dtype is None]
+    if untyped:
+        raise FormatError(f"its body's scan output(s) {untyped} have no known type")
+    ctx.emit(LOOP, [trip, cond, *initial, *outer], node.outputs, {"carried": n},
+             foldable=False, graphs={"body": plan})
 
 
 def _run_time_branch(ctx: ImportContext, node: NodeView, label: str, graph, inputs: list) -> dict:
@@ -672,15 +832,7 @@ def convert_model(model) -> OnnxPlan:
         _convert_node(ctx, node)
     ctx.current = None
 
-    outputs = []
-    for vi in graph.output:
-        dt, shape, _ = _value_info(vi)
-        if dt is None:
-            dt = ctx.dtype(vi.name)
-        if shape is None:
-            inferred = value_types.get(vi.name)
-            shape = None if inferred is None else inferred[1]
-        outputs.append(ValueInfo(vi.name, None if dt is None else str(np.dtype(dt)), shape))
+    outputs = [_output_info(vi, ctx) for vi in graph.output]
 
     _drop_zero_states(ctx.nodes, ctx.constants)
     nodes, constants = _prune(ctx.nodes, ctx.constants, [v.name for v in outputs])

@@ -19,12 +19,14 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import read_dtype
 
-from . import recurrent_node
+from . import control_flow, recurrent_node
 from .dtypes import type_string
 from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS
 
 PLAN_KIND = "onnx_plan"
 PLAN_FORMAT = 1
+# sub-graphs (Loop bodies, If branches) nested in a saved plan deeper than this are refused
+MAX_NESTING = 16
 # dtypes a .frnn file holds; other integer constants are widened to int64 (uint64: bit view)
 _SAVABLE = {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"}
 _WIDENED = {"int16", "uint16", "uint32", "uint64"}  # saved as int64, their dtype in the table
@@ -87,18 +89,20 @@ def _is_numeric_dtype_name(name: Any) -> bool:
 
 
 class PlanNode:
-    """One step of the plan: op name, input/output value names ('' = absent), JSON-able attrs."""
+    """One step of the plan: op name, input/output value names ('' = absent), JSON-able attrs,
+    and the nested plans of a control-flow node (graphs, saved inside its attrs)."""
 
-    __slots__ = ("op", "name", "inputs", "outputs", "attrs", "state")
+    __slots__ = ("op", "name", "inputs", "outputs", "attrs", "state", "graphs")
 
     def __init__(self, op: str, inputs: Sequence[str], outputs: Sequence[str],
-                 attrs: Mapping | None = None, name: str = ""):
+                 attrs: Mapping | None = None, name: str = "", graphs: Mapping | None = None):
         self.op = op
         self.name = name
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.attrs = dict(attrs or {})
         self.state = None
+        self.graphs = dict(graphs or {})
 
     def to_json(self) -> dict:
         return {"op": self.op, "name": self.name, "inputs": self.inputs, "outputs": self.outputs,
@@ -128,6 +132,8 @@ def execute_node(node: PlanNode, ins: list) -> list:
     try:
         if node.op == recurrent_node.OP:
             return recurrent_node.run(node.attrs, node.state, ins, len(node.outputs))
+        if node.op in control_flow.GRAPHS:
+            return control_flow.run(node, ins)
         return KERNELS[node.op](node.attrs, ins, len(node.outputs))
     except FastRNNError as e:
         raise _node_error(type(e), node, f": {e}") from e
@@ -152,7 +158,7 @@ def execute_node(node: PlanNode, ins: list) -> list:
 
 
 def known_op(op: str) -> bool:
-    return op == recurrent_node.OP or op in KERNELS
+    return op == recurrent_node.OP or op in KERNELS or op in control_flow.GRAPHS
 
 
 class OnnxPlan:
@@ -193,6 +199,8 @@ class OnnxPlan:
                 raise FormatError(f"plan node {node.name!r} has unknown op {node.op!r}")
             if node.op == CONDITIONAL:
                 _check_conditional(node)
+            elif node.op in control_flow.GRAPHS:
+                control_flow.check(node)
             for name in node.inputs:
                 if name and name not in defined:
                     raise FormatError(f"plan node {node.name!r} ({node.op}) reads {name!r}, which "
@@ -216,6 +224,14 @@ class OnnxPlan:
                      for node in keep]
             self._schedules[wanted] = sched
         return sched
+
+    @property
+    def input_infos(self) -> list[ValueInfo]:
+        return list(self._inputs)
+
+    @property
+    def output_infos(self) -> list[ValueInfo]:
+        return list(self._outputs)
 
     @property
     def nodes(self) -> list[PlanNode]:
@@ -298,7 +314,18 @@ class OnnxPlan:
             if bad:
                 raise ArgumentError(f"unknown output name(s) {bad}; the model's outputs are "
                                     f"{all_outputs}")
-        env: dict[str, Any] = dict(feeds)
+        results = []
+        seen: set[int] = {id(v) for v in feeds.values()}
+        for value in self._execute(dict(feeds), wanted):
+            value = np.asarray(value)
+            if (id(value) in seen or not value.flags.writeable or not value.flags.c_contiguous
+                    or not value.flags.owndata):
+                value = np.array(value, copy=True, order="C")
+            seen.add(id(value))
+            results.append(value)
+        return results
+
+    def _execute(self, env: dict, wanted: tuple) -> list:
         consts = self._constants
         for node, sources in self._schedule(wanted):
             ins = [None if not name else (consts[name] if is_const else env[name])
@@ -307,17 +334,13 @@ class OnnxPlan:
             for name, value in zip(node.outputs, outs):
                 if name:
                     env[name] = value
-        results = []
-        seen: set[int] = {id(v) for v in feeds.values()}
-        for name in wanted:
-            value = env[name] if name in env else consts[name]
-            value = np.asarray(value)
-            if (id(value) in seen or not value.flags.writeable or not value.flags.c_contiguous
-                    or not value.flags.owndata):
-                value = np.array(value, copy=True, order="C")
-            seen.add(id(value))
-            results.append(value)
-        return results
+        return [env[name] if name in env else consts[name] for name in wanted]
+
+    def evaluate(self, values: Sequence) -> list:
+        """Every output from the inputs' values in order, unchecked and uncopied: a nested plan
+        (Loop body, If branch) run by its control-flow node."""
+        env = {v.name: value for v, value in zip(self._inputs, values)}
+        return self._execute(env, tuple(v.name for v in self._outputs))
 
     def __call__(self, **feeds) -> list[np.ndarray]:
         return self.run(None, feeds)
@@ -335,19 +358,30 @@ class OnnxPlan:
                 arr = arr.view(np.int64) if arr.dtype == np.uint64 else arr.astype(np.int64)
             tensors[key] = arr
             table.append([name, key, dt])
+        nodes = []
+        for index, node in enumerate(self._nodes):
+            entry = node.to_json()
+            for key, graph in node.graphs.items():
+                _, graph_meta, graph_tensors = graph.to_record()
+                entry["attrs"] = {**entry["attrs"], key: graph_meta}
+                prefix = _graph_prefix(index, key)
+                tensors.update((prefix + k, v) for k, v in graph_tensors.items())
+            nodes.append(entry)
         meta = {
             "format": PLAN_FORMAT,
             "inputs": [v.to_json() for v in self._inputs],
             "outputs": [v.to_json() for v in self._outputs],
-            "nodes": [n.to_json() for n in self._nodes],
+            "nodes": nodes,
             "constants": table,
             "source": self.source,
         }
         return PLAN_KIND, meta, tensors
 
     @classmethod
-    def from_record(cls, meta: Mapping, tensors: Mapping[str, np.ndarray]) -> "OnnxPlan":
-        """Rebuild a plan from what to_record produced (the registered 'onnx_plan' loader)."""
+    def from_record(cls, meta: Mapping, tensors: Mapping[str, np.ndarray],
+                    depth: int = 0) -> "OnnxPlan":
+        """Rebuild a plan from what to_record produced (the registered 'onnx_plan' loader);
+        `depth`: how deep in control-flow nodes' sub-graphs this one is."""
         try:
             fmt = meta["format"]
             if fmt != PLAN_FORMAT:
@@ -365,9 +399,8 @@ class OnnxPlan:
                 constants[name] = arr
             inputs = [ValueInfo.from_json(d) for d in meta["inputs"]]
             outputs = [ValueInfo.from_json(d) for d in meta["outputs"]]
-            nodes = [PlanNode(_text(d["op"]), _texts(d["inputs"]), _texts(d["outputs"]),
-                              _attrs(d["attrs"]), _text(d.get("name", "")))
-                     for d in meta["nodes"]]
+            nodes = [_node_from_json(cls, index, d, tensors, depth)
+                     for index, d in enumerate(meta["nodes"])]
             source = meta.get("source", {})
         except FormatError:
             raise
@@ -411,6 +444,31 @@ def _check_conditional(node: PlanNode) -> None:
                 or not all(_index(k, 0, n_out) for k in outs):
             raise FormatError(f"{where}: its {key!r} branch outputs must be {len(node.outputs)} "
                               f"indices below n_out={n_out}, found {outs!r:.80}")
+
+
+def _graph_prefix(index: int, key: str) -> str:
+    """Where node `index`'s graph `key` keeps its tensors in a record (top-level ones: c0, c1...)."""
+    return f"g{index}.{key}."
+
+
+def _node_from_json(cls, index: int, d: Mapping, tensors: Mapping, depth: int) -> PlanNode:
+    op, name, attrs = _text(d["op"]), _text(d.get("name", "")), dict(_attrs(d["attrs"]))
+    graphs = {}
+    for key in control_flow.GRAPHS.get(op, ()):
+        graph_meta = attrs.pop(key, None)
+        where = f"plan node {name!r} ({op})"
+        if not isinstance(graph_meta, dict):
+            raise FormatError(f"{where}: its {key!r} graph must be a saved plan, found "
+                              f"{graph_meta!r:.80}")
+        if depth >= MAX_NESTING:
+            raise FormatError(f"{where}: sub-graphs nested more than {MAX_NESTING} deep")
+        prefix = _graph_prefix(index, key)
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            graphs[key] = cls.from_record(graph_meta, own, depth + 1)
+        except FormatError as e:
+            raise FormatError(f"{where}, its {key}: {e}") from None
+    return PlanNode(op, _texts(d["inputs"]), _texts(d["outputs"]), attrs, name, graphs)
 
 
 def _text(value) -> str:
