@@ -201,20 +201,20 @@ def lstm_cell(x, h, c, p, acts=(("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0), ("tan
     a = w_ih @ x + w_hh @ h + b
     ai, af, ag, ao = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
     P = p.get("peephole")
-    if P is None:
-        Pi = Pf = Po = np.zeros(H)
-    else:
+    if P is not None:  # without peepholes no P * c terms (0 * an infinite c would be NaN)
         P = np.asarray(P, dtype=np.float64)
-        Pi, Pf, Po = P[:H], P[H:2 * H], P[2 * H:]
+        ai, af = ai + P[:H] * c, af + P[H:2 * H] * c
     f_act, g_act, h_act = acts[0], acts[1], acts[2]
-    i = _act(f_act, _clip(ai + Pi * c, clip))
+    i = _act(f_act, _clip(ai, clip))
     if input_forget:
         f = 1.0 - i
     else:
-        f = _act(f_act, _clip(af + Pf * c, clip))
+        f = _act(f_act, _clip(af, clip))
     g = _act(g_act, _clip(ag, clip))
     c_new = f * c + i * g
-    o = _act(f_act, _clip(ao + Po * c_new, clip))
+    if P is not None:
+        ao = ao + P[2 * H:] * c_new
+    o = _act(f_act, _clip(ao, clip))
     h_new = o * _act(h_act, c_new)
     w_hr = p.get("w_hr")
     if w_hr is not None:

@@ -3,6 +3,9 @@ numpy: every tile shape the products use, under every register file a target may
 AVX/AVX2, NEON, SSE), in both dtypes, with gate-gathering strides; the tile that carries the
 projection of later steps along (tile_ahead) against tile, to the bit."""
 import itertools
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -178,3 +181,14 @@ def test_tile_ahead_equals_two_tiles(ncols, k_len, kx, weights, reverse):
     reference = x[rows, 1:1 + kx].astype(np.float64) @ x_w.astype(np.float64).T + xbias
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got[:, cols], reference[:, cols], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("env, want", [
+    ({"NUMBA_CPU_NAME": "generic"}, (16, 16)),  # a portable cache: SSE2's 16 xmm, not the host's
+    ({"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma"}, (16, 32)),
+])
+def test_tiles_are_sized_for_the_target_numba_compiles_for(env, want):
+    code = "from fastrnn.kernels import simd; print(simd.REGISTERS)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == str(want)

@@ -1,5 +1,8 @@
 """Scalar activation functions, selected by an integer code (ONNX's list)."""
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 from ._jit import helper, inline
 
@@ -49,12 +52,29 @@ def activate(code, alpha, beta, x):
     return np.log1p(np.exp(x))
 
 
+@intrinsic
+def fenced(typingctx, x):
+    """x (a float) behind llvm.arithmetic.fence: fastmath may not reassociate across it. The
+    kernels allow reassociation, which rewrites (1 - z) * n + z * h as n - z * n + z * h: NaN
+    for an infinite n and z = 0, where IEEE arithmetic gives n."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        name = f"llvm.arithmetic.fence.{'f32' if ty == ir.FloatType() else 'f64'}"
+        fn = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(ty, [ty]), name)
+        return builder.call(fn, [args[0]])
+    return x(x), codegen
+
+
 # ----- dtype-specialised fast paths for the default activations (sigmoid / tanh) -----
-# float32 uses a clamped odd rational approximation of tanh (the Eigen/MLAS 13/6 form, max error a
-# few ulp) that LLVM vectorises; float64 keeps libm's exact tanh / exp. Chosen at compile time from
+# float32 uses an odd rational approximation of tanh (the Eigen/MLAS 13/6 form, max error a few
+# ulp) that LLVM vectorises, exactly +-1 from T_CLAMP on (the rational itself stays 2.4e-7 short of
+# 1 there: an infinite pre-activation gave a gate of 1.2e-7 instead of 0, and 1.2e-7 * inf = inf
+# where torch's 0 * inf is NaN); float64 keeps libm's exact tanh / exp. Chosen at compile time from
 # the argument type; every constant is typed like the argument so float32 never promotes.
-from numba import types  # noqa: E402
-from numba.extending import overload  # noqa: E402
 
 T_CLAMP = np.float32(7.90531110763549805)
 # numerator (times x) and denominator coefficients in x^2, highest power first
@@ -66,6 +86,7 @@ TANH_Q = tuple(np.float32(b) for b in (
 _A13, _A11, _A9, _A7, _A5, _A3, _A1 = TANH_P
 _B6, _B4, _B2, _B0 = TANH_Q
 _HALF32 = np.float32(0.5)
+_ONE32 = np.float32(1.0)
 
 
 def _is32(t):
@@ -91,7 +112,6 @@ def typed(value, like):
 def _ov_fast_tanh(x):
     if x == types.float32:
         def impl(x):
-            x = min(max(x, -T_CLAMP), T_CLAMP)
             x2 = x * x
             p = x2 * _A13 + _A11
             p = x2 * p + _A9
@@ -103,7 +123,8 @@ def _ov_fast_tanh(x):
             q = x2 * _B6 + _B4
             q = x2 * q + _B2
             q = x2 * q + _B0
-            return p / q
+            saturated = _ONE32 if x > 0 else -_ONE32
+            return saturated if abs(x) >= T_CLAMP else p / q  # NaN fails the test: stays NaN
         return impl
     return lambda x: np.tanh(x)
 

@@ -33,8 +33,9 @@ def lstm_cell(g, xr, cr, peep, out, gs, j0, j1, clip, peepholes):
     """For units j in [j0, j1), with gate k's pre-activation a_k = g[k*gs + j] + xr[k*gs + j]:
         i = sigmoid(a_0 + peep[0, j] c), f = sigmoid(a_1 + peep[1, j] c), c' = f c + i tanh(a_2),
         o = sigmoid(a_3 + peep[2, j] c'), cr[j] = c', out[j] = o tanh(c')
-    every pre-activation clamped to +-clip. Without `peepholes` peep holds zeros (float32 skips
-    those terms). g may be overwritten. (Implemented by the overloads below, in jitted code.)"""
+    every pre-activation clamped to +-clip. Without `peepholes` peep holds zeros and those terms
+    are left out (0 * c would be NaN for an infinite c). g may be overwritten. (Implemented by
+    the overloads below, in jitted code.)"""
     raise NotImplementedError
 
 
@@ -59,8 +60,12 @@ def _ov_lstm_cell(g, xr, cr, peep, out, gs, j0, j1, clip, peepholes):
         gi = g[j0:j1]
         gf = g[gs + j0:gs + j1]
         c = cr[j0:j1]
-        _sigmoid_gate(gi, xr[j0:j1], peep[0, j0:j1], c, n, clip)
-        _sigmoid_gate(gf, xr[gs + j0:gs + j1], peep[1, j0:j1], c, n, clip)
+        if peepholes:
+            _sigmoid_gate(gi, xr[j0:j1], peep[0, j0:j1], c, n, clip)
+            _sigmoid_gate(gf, xr[gs + j0:gs + j1], peep[1, j0:j1], c, n, clip)
+        else:  # no 0 * c terms: an infinite c would make them NaN
+            sigmoid_rows(gi, xr[j0:j1], n, clip)
+            sigmoid_rows(gf, xr[gs + j0:gs + j1], n, clip)
         gg = g[2 * gs + j0:2 * gs + j1]
         xg = xr[2 * gs + j0:2 * gs + j1]
         for j in range(n):
@@ -70,8 +75,10 @@ def _ov_lstm_cell(g, xr, cr, peep, out, gs, j0, j1, clip, peepholes):
         po = peep[2, j0:j1]
         h = out[j0:j1]
         for j in range(n):
-            h[j] = acts.fast_sigmoid(acts.clamp(go[j] + xo[j] + po[j] * c[j], clip)) \
-                * acts.fast_tanh(c[j])
+            pre = go[j] + xo[j]
+            if peepholes:
+                pre += po[j] * c[j]
+            h[j] = acts.fast_sigmoid(acts.clamp(pre, clip)) * acts.fast_tanh(c[j])
     return loops
 
 
@@ -246,10 +253,14 @@ class _Math:
         self.b = builder
         self.lanes = lanes
         self.ty = _F32 if lanes == 1 else ir.VectorType(_F32, lanes)
-        name = "llvm.fmuladd.f32" if lanes == 1 else f"llvm.fmuladd.v{lanes}f32"
-        module = builder.module
-        self._fma = module.globals.get(name) or ir.Function(
-            module, ir.FunctionType(self.ty, [self.ty] * 3), name)
+
+    def _call(self, intrinsic, *args):
+        """The llvm.* float intrinsic `intrinsic` on this width's vectors (or scalars)."""
+        name = f"{intrinsic}.f32" if self.lanes == 1 else f"{intrinsic}.v{self.lanes}f32"
+        module = self.b.module
+        fn = module.globals.get(name) or ir.Function(
+            module, ir.FunctionType(self.ty, [self.ty] * len(args)), name)
+        return self.b.call(fn, list(args))
 
     def const(self, value):
         value = float(np.float32(value))
@@ -281,7 +292,7 @@ class _Math:
 
     def fma(self, x, y, z):
         """x * y + z"""
-        return self.b.call(self._fma, [x, y, z])
+        return self._call("llvm.fmuladd", x, y, z)
 
     def clamp(self, x, lo, hi):
         """min(max(x, lo), hi), NaN staying NaN (as activations.clamp)."""
@@ -290,8 +301,7 @@ class _Math:
         return b.select(b.fcmp_ordered(">", x, hi), hi, x)
 
     def tanh(self, x):
-        """activations.fast_tanh: the clamped 13/6 rational."""
-        x = self.clamp(x, self.const(-acts.T_CLAMP), self.const(acts.T_CLAMP))
+        """activations.fast_tanh: the 13/6 rational, exactly +-1 from T_CLAMP on."""
         x2 = self.mul(x, x)
         p = self.fma(x2, self.const(acts.TANH_P[0]), self.const(acts.TANH_P[1]))
         for a in acts.TANH_P[2:]:
@@ -299,7 +309,10 @@ class _Math:
         q = self.fma(x2, self.const(acts.TANH_Q[0]), self.const(acts.TANH_Q[1]))
         for a in acts.TANH_Q[2:]:
             q = self.fma(x2, q, self.const(a))
-        return self.b.fdiv(self.mul(x, p), q)
+        b = self.b
+        saturated = b.fcmp_ordered(">=", self._call("llvm.fabs", x), self.const(acts.T_CLAMP))
+        return b.select(saturated, self._call("llvm.copysign", self.const(1.0), x),
+                        b.fdiv(self.mul(x, p), q))
 
     def sigmoid(self, x):
         """activations.fast_sigmoid: 0.5 tanh(x / 2) + 0.5."""

@@ -30,7 +30,10 @@ def _vector_registers() -> tuple[int, int]:
     import llvmlite.binding as llvm
     import numba
 
-    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    # NUMBA_CPU_NAME=generic (a portable cache) sets the features to "": not the host's
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
     if "+avx512f" in features:
         return 32, 64
     if "+avx" in features:

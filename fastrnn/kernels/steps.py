@@ -2,7 +2,7 @@
 of a later block's input projection on one-row calls, and the cell updates), the loop of steps
 over a chunk of rows, and the hoisted input projection: what every kernel entry runs."""
 from ._jit import helper, inline
-from .activations import activate, clamp, fast_tanh, typed
+from .activations import activate, clamp, fast_tanh, fenced, typed
 from .cells import gru_cell, lstm_cell, sigmoid_rows
 from .fpmode import denormals_off, restore_fp_mode
 from .gemm import gemm_gates, gemv_gates_ahead
@@ -50,16 +50,22 @@ def lstm_update(g, xr, cr, peep, out, gs, j0, j1, input_forget, fast, codes, fcf
         ov = out[j0:]
         for j in range(cv.size):
             cp = cv[j]
-            i = activate(codes[0], a0, b0, clamp(gv[j] + xv[j] + pv[0, j] * cp, clip))
+            ai = gv[j] + xv[j]
+            af = gv[gs + j] + xv[gs + j]
+            ao = gv[3 * gs + j] + xv[3 * gs + j]
+            if peepholes:  # else no 0 * c terms: an infinite c would make them NaN
+                ai += pv[0, j] * cp
+                af += pv[1, j] * cp
+            i = activate(codes[0], a0, b0, clamp(ai, clip))
             if input_forget:
                 f = one - i
             else:
-                f = activate(codes[0], a0, b0,
-                             clamp(gv[gs + j] + xv[gs + j] + pv[1, j] * cp, clip))
+                f = activate(codes[0], a0, b0, clamp(af, clip))
             gg = activate(codes[1], a1, b1, clamp(gv[2 * gs + j] + xv[2 * gs + j], clip))
             cn = f * cp + i * gg
-            o = activate(codes[0], a0, b0,
-                         clamp(gv[3 * gs + j] + xv[3 * gs + j] + pv[2, j] * cn, clip))
+            if peepholes:
+                ao += pv[2, j] * cn
+            o = activate(codes[0], a0, b0, clamp(ao, clip))
             cv[j] = cn
             ov[j] = o * activate(codes[2], a2, b2, cn)
 
@@ -116,7 +122,7 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
                 pre = xv[2 * gs + j] + gv[2 * gs + j]
             n = activate(code, alpha, beta, clamp(pre, clip))
             z = gv[gs + j]
-            hds[j] = (one - z) * n + z * hps[j]
+            hds[j] = fenced(one - z) * n + z * hps[j]  # n may be infinite here
 
 
 # ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
