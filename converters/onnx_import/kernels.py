@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from fastrnn.errors import ArgumentError, ShapeError, UnsupportedError
+from fastrnn.validation import read_dtype
 
 Kernel = Callable[[dict, list, int], list]
 KERNELS: dict[str, Kernel] = {}
@@ -182,11 +183,15 @@ def _squeeze(attrs, ins, n_out):
     axes = ins[1] if len(ins) > 1 else None
     if axes is None or np.size(axes) == 0:  # ORT: empty axes squeeze every size-1 axis
         return [np.squeeze(x)]
-    axes = tuple(sorted({_axis(a, x.ndim, "Squeeze axis") for a in _ints(axes)}))
+    axes = _squeeze_norm(_ints(axes), x.ndim)
     for a in axes:
         if x.shape[a] != 1:
             raise ShapeError(f"Squeeze axis {a} has size {x.shape[a]}, not 1 (shape {x.shape})")
     return [np.squeeze(x, axis=axes)]
+
+
+def _squeeze_norm(axes: list[int], rank: int) -> tuple:
+    return tuple(sorted({_axis(a, rank, "Squeeze axis") for a in axes}))
 
 
 @kernel("Unsqueeze")
@@ -243,22 +248,32 @@ def _slice(attrs, ins, n_out):
         raise ShapeError(f"Slice starts/ends/axes/steps differ in length: {len(starts)}, "
                          f"{len(ends)}, {len(axes)}, {len(steps)}")
     axes = [_axis(a, x.ndim, "Slice axis") for a in axes]
+    return [x[_slice_index(starts, ends, axes, steps, x.shape)]]
+
+
+def _slice_index(starts: list, ends: list, axes: list, steps: list, shape: tuple) -> tuple:
+    """x[index] for a tensor of this shape; axes already in range."""
     if len(set(axes)) != len(axes):
         raise ShapeError(f"Slice axes {axes} repeat an axis")
-    index = [slice(None)] * x.ndim
+    index = [slice(None)] * len(shape)
     for s, e, a, st in zip(starts, ends, axes, steps):
-        index[a] = _slice_bounds(s, e, st, x.shape[a])
-    return [x[tuple(index)]]
+        index[a] = _slice_bounds(s, e, st, shape[a])
+    return tuple(index)
 
 
 @kernel("Split")
 def _split(attrs, ins, n_out):
     x = ins[0]
     axis = _axis(attrs.get("axis", 0), x.ndim, "Split axis")
-    dim = x.shape[axis]
     split = ins[1] if len(ins) > 1 else None
-    if split is not None:
-        sizes = _ints(split)
+    bounds = _split_bounds(axis, x.shape[axis], None if split is None else _ints(split), n_out)
+    return list(np.split(x, bounds, axis=axis))
+
+
+def _split_bounds(axis: int, dim: int, sizes: list | None, n_out: int) -> np.ndarray:
+    """Where np.split cuts axis `axis` (of size `dim`) into n_out parts of the given sizes (or
+    equal ones, the last smaller)."""
+    if sizes is not None:
         if len(sizes) != n_out or sum(sizes) != dim or min(sizes, default=0) < 0:
             raise ShapeError(f"Split sizes {sizes} do not cut axis {axis} of size {dim} "
                              f"into {n_out} outputs")
@@ -267,8 +282,7 @@ def _split(attrs, ins, n_out):
         sizes = [chunk] * (n_out - 1) + [dim - chunk * (n_out - 1)]
         if sizes[-1] < 0:
             raise ShapeError(f"cannot split axis {axis} of size {dim} into {n_out} outputs")
-    bounds = np.cumsum(sizes)[:-1]
-    return list(np.split(x, bounds, axis=axis))
+    return np.cumsum(sizes)[:-1]
 
 
 @kernel("Gather")
@@ -446,12 +460,17 @@ def _constant_of_shape(attrs, ins, n_out):
 
 
 def _cast_to(x, dt):
+    with np.errstate(all="ignore"):
+        return _converted(x, dt)
+
+
+def _converted(x, dt):
+    """x as dtype dt (x itself when it is one already); floating-point errors are the caller's."""
     if x.dtype == dt:
         return x
-    with np.errstate(all="ignore"):
-        if x.dtype == np.float64 and dt == np.float16:  # ORT converts through float32
-            return x.astype(np.float32).astype(dt)
-        return x.astype(dt)
+    if x.dtype == np.float64 and dt == np.float16:  # ORT converts through float32
+        return x.astype(np.float32).astype(dt)
+    return x.astype(dt)
 
 
 @kernel("Cast")
@@ -734,10 +753,13 @@ def _unary(op):
     fn = UNARY[op]
 
     def run(attrs, ins, n_out):
-        x = ins[0]
         with np.errstate(all="ignore"):
-            return [np.asarray(fn(x)).astype(x.dtype, copy=False) if op != "Not" else fn(x)]
+            return [_unary_value(op, fn, ins[0])]
     return run
+
+
+def _unary_value(op: str, fn, x):
+    return np.asarray(fn(x)).astype(x.dtype, copy=False) if op != "Not" else fn(x)
 
 
 for _op in UNARY:
@@ -1099,6 +1121,228 @@ def _conditional(attrs, ins, n_out):
     sub = [None if i < 0 else ins[i] for i in branch["inputs"]]
     outs = KERNELS[branch["op"]](branch["attrs"], sub, branch["n_out"])
     return [outs[k] for k in branch["outputs"]]
+
+
+# ------------------------------------------------------------------ prepared calls
+# A plan node's kernel as a call on its inputs, with what stays the same from call to call
+# (attributes, constant inputs, what they give for a rank or a shape) worked out once. A fast path
+# covers the common case and leaves anything else to the kernel itself; when a fast path raises,
+# the plan runs the kernel again for its error, so results and errors are the kernel's.
+# Each call says how it treats numpy's floating-point error state: NEUTRAL (no floating-point
+# arithmetic: it runs the same in any state), QUIET (a fast path that leaves out the kernel's own
+# np.errstate(all="ignore"): the plan must run it inside one, which it enters once for a run of
+# such calls) or LOUD (anything else: run in the caller's state, as the kernel would be).
+Call = Callable[[list], list]
+RUNTIME = object()  # in a preparer's `consts`: an input only known at run time
+NEUTRAL, QUIET, LOUD = "neutral", "quiet", "loud"
+PREPARERS: dict[str, tuple[Callable, str]] = {}
+_MEMO_KEPT = 64  # ranks or shapes a prepared call remembers before it starts afresh
+_broadcast_shapes = functools.lru_cache(maxsize=1024)(np.broadcast_shapes)
+
+
+def preparer(errors: str, *names: str):
+    """Register ``make(op, attrs, consts, n_out) -> Call | None`` (None: no fast path), whose
+    calls treat the floating-point error state as `errors` says."""
+    def deco(fn):
+        for name in names:
+            PREPARERS[name] = (fn, errors)
+        return fn
+    return deco
+
+
+def prepare(op: str, attrs: dict, consts: list, n_out: int) -> tuple[Call, bool, str]:
+    """(the node's call, whether it is a fast path, its error-state kind); `consts` holds, per
+    input, its constant value, None when it is absent, or RUNTIME."""
+    make, errors = PREPARERS.get(op, (None, LOUD))
+    fast = None if make is None else make(op, attrs, consts, n_out)
+    if fast is not None:
+        return fast, True, errors
+    fn = KERNELS[op]
+    return (lambda ins: fn(attrs, ins, n_out)), False, LOUD
+
+
+def _memo(compute: Callable) -> Callable:
+    """compute(key), remembered for up to _MEMO_KEPT keys (an error is not remembered)."""
+    kept = {}
+
+    def get(key):
+        value = kept.get(key)
+        if value is None:
+            if len(kept) >= _MEMO_KEPT:
+                kept.clear()
+            value = kept[key] = compute(key)
+        return value
+    return get
+
+
+def _const_ints(consts: list, i: int) -> list[int] | None:
+    """Input i's integer values when it is an integer constant, else None."""
+    value = consts[i] if i < len(consts) else None
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+        return _ints(value)
+    return None
+
+
+def _const_ints_or(consts: list, i: int, default: list) -> list[int] | None:
+    """`default` where input i is absent, else _const_ints."""
+    return default if i >= len(consts) or consts[i] is None else _const_ints(consts, i)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@preparer(NEUTRAL, "Squeeze")
+def _prepare_squeeze(op, attrs, consts, n_out):
+    axes = _const_ints(consts, 1)
+    if not axes:  # run-time axes, or none: every size-1 axis
+        return None
+    kernel_fn, norm = KERNELS[op], _memo(lambda rank: _squeeze_norm(axes, rank))
+
+    def run(ins):
+        x = ins[0]
+        if type(x) is not np.ndarray:
+            return kernel_fn(attrs, ins, n_out)
+        at, shape = norm(x.ndim), x.shape
+        for a in at:
+            if shape[a] != 1:
+                return kernel_fn(attrs, ins, n_out)
+        return [x.squeeze(axis=at)]
+    return run
+
+
+@preparer(NEUTRAL, "Transpose")
+def _prepare_transpose(op, attrs, consts, n_out):
+    perm = attrs.get("perm")
+    if not (isinstance(perm, list) and all(map(_is_int, perm))
+            and sorted(perm) == list(range(len(perm)))):
+        return None
+    kernel_fn, perm = KERNELS[op], tuple(perm)
+
+    def run(ins):
+        x = ins[0]
+        if type(x) is not np.ndarray or x.ndim != len(perm):
+            return kernel_fn(attrs, ins, n_out)
+        return [x.transpose(perm)]
+    return run
+
+
+@preparer(NEUTRAL, "Concat")
+def _prepare_concat(op, attrs, consts, n_out):
+    axis = attrs.get("axis")
+    if not _is_int(axis) or not consts or any(c is None for c in consts):
+        return None
+    kernel_fn = KERNELS[op]
+
+    def run(ins):
+        total = 0
+        for x in ins:
+            total += x.size
+        if total > _max_elements.get():
+            return kernel_fn(attrs, ins, n_out)
+        return [np.concatenate(ins, axis=axis)]
+    return run
+
+
+@preparer(QUIET, "Cast")
+def _prepare_cast(op, attrs, consts, n_out):
+    to = attrs.get("to")
+    dt = read_dtype(to) if isinstance(to, str) else None
+    if dt is None or dt.name != to:
+        return None
+    return lambda ins: [_converted(ins[0], dt)]
+
+
+@preparer(NEUTRAL, "Slice")
+def _prepare_slice(op, attrs, consts, n_out):
+    starts, ends = _const_ints(consts, 1), _const_ints(consts, 2)
+    if starts is None or ends is None:
+        return None
+    axes = _const_ints_or(consts, 3, list(range(len(starts))))
+    steps = _const_ints_or(consts, 4, [1] * len(starts))
+    if axes is None or steps is None or not len(starts) == len(ends) == len(axes) == len(steps):
+        return None
+    index = _memo(lambda shape: _slice_index(
+        starts, ends, [_axis(a, len(shape), "Slice axis") for a in axes], steps, shape))
+    return lambda ins: [ins[0][index(ins[0].shape)]]
+
+
+@preparer(NEUTRAL, "Split")
+def _prepare_split(op, attrs, consts, n_out):
+    axis = attrs.get("axis", 0)
+    split = consts[1] if len(consts) > 1 else None
+    sizes = None if split is None else _const_ints(consts, 1)
+    if not _is_int(axis) or (split is not None and sizes is None):
+        return None
+
+    def parts(shape):
+        at = _axis(axis, len(shape), "Split axis")
+        cuts = [0, *_split_bounds(at, shape[at], sizes, n_out).tolist(), shape[at]]
+        lead = (slice(None),) * at
+        return [lead + (slice(a, b),) for a, b in zip(cuts, cuts[1:])]
+    index = _memo(parts)
+
+    def run(ins):
+        x = ins[0]
+        return [x[i] for i in index(x.shape)]
+    return run
+
+
+@preparer(NEUTRAL, "Gather")
+def _prepare_gather(op, attrs, consts, n_out):
+    axis = attrs.get("axis", 0)
+    if not _is_int(axis):
+        return None
+    kernel_fn, norm = KERNELS[op], _memo(lambda rank: _axis(axis, rank, "Gather axis"))
+
+    def run(ins):
+        x, idx = ins
+        if type(x) is not np.ndarray or type(idx) is not np.ndarray or idx.dtype.kind not in "iu":
+            return kernel_fn(attrs, ins, n_out)
+        at = norm(x.ndim)
+        if math.prod(x.shape[:at] + idx.shape + x.shape[at + 1:]) > _max_elements.get():
+            return kernel_fn(attrs, ins, n_out)
+        return [x.take(idx, axis=at)]
+    return run
+
+
+@preparer(QUIET, *BINARY)
+def _prepare_binary(op, attrs, consts, n_out):
+    kernel_fn, fn = KERNELS[op], BINARY[op]
+
+    def run(ins):
+        a, b = ins
+        if type(a) is not np.ndarray or type(b) is not np.ndarray:
+            return kernel_fn(attrs, ins, n_out)
+        _check_size(_broadcast_shapes(a.shape, b.shape), op)
+        return [np.asarray(fn(a, b))]
+    return run
+
+
+@preparer(QUIET, *UNARY)
+def _prepare_unary(op, attrs, consts, n_out):
+    """Past _f16_in_f32 for inputs that are not float16."""
+    kernel_fn, fn = KERNELS[op], UNARY[op]
+
+    def run(ins):
+        x = ins[0]
+        if type(x) is not np.ndarray or x.dtype == np.float16:
+            return kernel_fn(attrs, ins, n_out)
+        return [_unary_value(op, fn, x)]
+    return run
+
+
+@preparer(LOUD, "MatMul")
+def _prepare_matmul(op, attrs, consts, n_out):
+    kernel_fn = KERNELS[op]
+
+    def run(ins):
+        a, b = ins
+        if not (type(a) is type(b) is np.ndarray and a.ndim == 2 == b.ndim
+                and a.shape[0] * b.shape[1] <= _max_elements.get()):
+            return kernel_fn(attrs, ins, n_out)
+        return [np.matmul(a, b)]
+    return run
 
 
 from . import conv_ops  # noqa: E402,F401  (registers Conv and Einsum: a loaded plan needs them too)

@@ -10,6 +10,7 @@ The session interface follows onnxruntime.InferenceSession: ``run(output_names, 
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from fastrnn.validation import read_dtype
 
 from . import control_flow, recurrent_node
 from .dtypes import type_string
-from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS
+from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS, LOUD, NEUTRAL, QUIET, RUNTIME, prepare
 
 PLAN_KIND = "onnx_plan"
 PLAN_FORMAT = 1
@@ -75,6 +76,18 @@ class ValueInfo:
             raise FormatError(f"plan value {name!r} has dtype {dtype!r:.80}; a saved plan "
                               f"names numeric dtypes such as 'float32'")
         return cls(name, dtype, shape)
+
+
+def _feed_specs(infos: Sequence[ValueInfo], dtypes: Mapping) -> list | None:
+    """Per input (name, dtype, rank, (axis, size) of its fixed sizes) for _fast_feeds; None when
+    an input's dtype or shape is not known (its feeds are _check_feeds's to judge)."""
+    specs = []
+    for info in infos:
+        if info.shape is None or dtypes[info.name] is None:
+            return None
+        fixed = tuple((axis, size) for axis, size in enumerate(info.shape) if isinstance(size, int))
+        specs.append((info.name, dtypes[info.name], len(info.shape), fixed))
+    return specs
 
 
 def _is_dim(size: Any) -> bool:
@@ -135,30 +148,115 @@ def execute_node(node: PlanNode, ins: list) -> list:
         if node.op in control_flow.GRAPHS:
             return control_flow.run(node, ins)
         return KERNELS[node.op](node.attrs, ins, len(node.outputs))
-    except FastRNNError as e:
+    except Exception as e:
+        _raise_node_error(node, ins, e)
+
+
+def _raise_node_error(node: PlanNode, ins: list, e: Exception):
+    """Inside the handler of `e`, raised by running `node`: raise it again as the typed error that
+    names the node, or as it is where it is none of the kinds below."""
+    if isinstance(e, FastRNNError):
         raise _node_error(type(e), node, f": {e}") from e
-    except (ValueError, IndexError) as e:
+    if isinstance(e, (ValueError, IndexError)):
         shapes = [None if x is None else tuple(np.shape(x)) for x in ins]
         raise _node_error(ShapeError, node, f" failed on inputs of shapes {shapes}: {e}") from e
-    except TypeError as e:
+    if isinstance(e, TypeError):
         types = [None if x is None else str(np.asarray(x).dtype) for x in ins]
         raise _node_error(DTypeError, node, f" failed on inputs of dtypes {types}: {e}") from e
-    except ArithmeticError as e:  # OverflowError, ZeroDivisionError: a value it cannot take
+    if isinstance(e, ArithmeticError):  # OverflowError, ZeroDivisionError: a value it cannot take
         raise _node_error(ArgumentError, node, f" failed on the values of its inputs: "
                                                f"{type(e).__name__}: {e}") from e
-    except AttributeError as e:  # an input the kernel needs is absent (None)
+    if isinstance(e, AttributeError):  # an input the kernel needs is absent (None)
         absent = [i for i, x in enumerate(ins) if x is None]
         raise _node_error(FormatError, node, f" failed with inputs {absent} absent: {e}") from e
-    except KeyError as e:  # a saved plan's node without an attribute its op requires
+    if isinstance(e, KeyError):  # a saved plan's node without an attribute its op requires
         raise _node_error(FormatError, node, f" lacks the attribute {e}") from e
-    except MemoryError as e:  # under the kernels' size cap, but more than this process may have
+    if isinstance(e, MemoryError):  # under the kernels' size cap, but more than this process has
         shapes = [None if x is None else tuple(np.shape(x)) for x in ins]
         raise _node_error(UnsupportedError, node, f" ran out of memory on inputs of shapes "
                                                   f"{shapes}") from e
+    raise
 
 
 def known_op(op: str) -> bool:
     return op == recurrent_node.OP or op in KERNELS or op in control_flow.GRAPHS
+
+
+def _prepared_call(node: PlanNode, constants: Mapping) -> tuple:
+    """(the node's call on its inputs with what each call would work out again done once, whether
+    that call is a fast path: one whose errors are not the node's own, so that a failure (an
+    error, or None for an input it leaves to the node) runs the node again by execute_node, and
+    how it treats the floating-point error state: kernels.NEUTRAL, QUIET or LOUD)."""
+    n_out = len(node.outputs)
+    if node.op == recurrent_node.OP:
+        return recurrent_node.bind(node.attrs, node.state, n_out), True, LOUD
+    if node.op in control_flow.GRAPHS:
+        return (lambda ins: control_flow.run(node, ins)), False, LOUD
+    consts = [None if not name else constants.get(name, RUNTIME) for name in node.inputs]
+    return prepare(node.op, node.attrs, consts, n_out)
+
+
+class _Schedule:
+    """How to compute some of a plan's outputs: the nodes that lead to them, as steps on a list of
+    values that starts as `template` (the constants in their slots; slot 0 holds None, for absent
+    inputs, slot 1 takes absent outputs). A step: (call, fast (see _prepared_call), node, what
+    gathers its inputs from the values, whether that gives the only input itself rather than a
+    tuple, the slot of its only output or the slots of its outputs). The steps come in `segments`
+    (quiet, steps): a quiet one runs inside np.errstate(all="ignore"), entered once for it."""
+
+    __slots__ = ("segments", "template", "input_slots", "output_slots")
+
+    def __init__(self, plan: "OnnxPlan", wanted: tuple):
+        needed, keep = set(wanted), []
+        for node in reversed(plan._nodes):
+            if any(o in needed for o in node.outputs if o):
+                keep.append(node)
+                needed.update(i for i in node.inputs if i)
+        keep.reverse()
+        consts, env = {}, {}
+        self.template = [None, None]
+        for name, value in plan._constants.items():
+            consts[name] = len(self.template)
+            self.template.append(value)
+
+        def env_slot(name: str) -> int:
+            if not name:
+                return 1
+            if name not in env:
+                env[name] = len(self.template)
+                self.template.append(None)
+            return env[name]
+        self.input_slots = [env_slot(v.name) for v in plan._inputs]
+        self.segments = []
+        for node in keep:
+            call, fast, errors = plan._calls[id(node)]
+            ins = [consts[i] if i in consts else env_slot(i) if i else 0 for i in node.inputs]
+            outs = tuple(env_slot(o) for o in node.outputs)
+            gather = operator.itemgetter(*ins) if ins else (lambda values: ())
+            step = (call, fast, node, gather, len(ins) == 1, outs[0] if len(outs) == 1 else outs)
+            quiet = self.segments[-1][0] if errors == NEUTRAL and self.segments else errors == QUIET
+            if not self.segments or self.segments[-1][0] != quiet:
+                self.segments.append((quiet, []))
+            self.segments[-1][1].append(step)
+        self.output_slots = [env[name] if name in env else consts[name] for name in wanted]
+
+
+def _run_steps(steps: list, values: list) -> None:
+    for call, fast, node, gather, one_in, out_slots in steps:
+        ins = [gather(values)] if one_in else list(gather(values))
+        try:
+            outs = call(ins)
+        except Exception as e:
+            if not fast:
+                _raise_node_error(node, ins, e)
+            outs = None
+        if outs is None:  # a fast path failed, or left these inputs to the node's own run
+            outs = execute_node(node, ins)
+        if type(out_slots) is int:
+            values[out_slots] = outs[0]
+        else:
+            for slot, value in zip(out_slots, outs):
+                values[slot] = value
 
 
 class OnnxPlan:
@@ -181,11 +279,14 @@ class OnnxPlan:
         self._input_dtypes = {}
         for v in self._inputs:
             self._input_dtypes[v.name] = None if v.dtype is None else np.dtype(v.dtype)
+        self._output_names = tuple(v.name for v in self._outputs)
+        self._feed_specs = _feed_specs(self._inputs, self._input_dtypes)
         self._validate()
         for node in self._nodes:
             if node.op == recurrent_node.OP:
                 node.state = recurrent_node.prepare(node.attrs, self._constants)
-        self._schedules: dict[tuple, list] = {}
+        self._calls = {id(node): _prepared_call(node, self._constants) for node in self._nodes}
+        self._schedules: dict[tuple, _Schedule] = {}
 
     # ------------------------------------------------------------------ structure
     def _validate(self) -> None:
@@ -210,19 +311,10 @@ class OnnxPlan:
             if v.name not in defined:
                 raise FormatError(f"plan output {v.name!r} is not produced by any node")
 
-    def _schedule(self, wanted: tuple) -> list:
+    def _schedule(self, wanted: tuple) -> _Schedule:
         sched = self._schedules.get(wanted)
         if sched is None:
-            needed = set(wanted)
-            keep = []
-            for node in reversed(self._nodes):
-                if any(o in needed for o in node.outputs if o):
-                    keep.append(node)
-                    needed.update(i for i in node.inputs if i)
-            keep.reverse()
-            sched = [(node, [(name in self._constants, name) for name in node.inputs])
-                     for node in keep]
-            self._schedules[wanted] = sched
+            sched = self._schedules[wanted] = _Schedule(self, wanted)
         return sched
 
     @property
@@ -258,7 +350,25 @@ class OnnxPlan:
                 f"outputs={[v.name for v in self._outputs]}, nodes={ops})")
 
     # ------------------------------------------------------------------ running
-    def _check_feeds(self, input_feed) -> dict:
+    def _fast_feeds(self, input_feed) -> list | None:
+        """The feeds in input order when each is an ndarray of its input's dtype and shape (those
+        _check_feeds takes as they are), else None (_check_feeds decides)."""
+        if (self._feed_specs is None or type(input_feed) is not dict
+                or len(input_feed) != len(self._feed_specs)):
+            return None
+        values = []
+        for name, want, rank, fixed in self._feed_specs:
+            value = input_feed.get(name)
+            if type(value) is not np.ndarray or value.dtype != want or value.ndim != rank:
+                return None
+            shape = value.shape
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    return None
+            values.append(value)
+        return values
+
+    def _check_feeds(self, input_feed) -> list:
         if not isinstance(input_feed, Mapping):
             raise ArgumentError(f"input_feed must be a dict of input name -> array, got "
                                 f"{type(input_feed).__name__}")
@@ -270,7 +380,7 @@ class OnnxPlan:
         if missing:
             raise ArgumentError(f"required input(s) {missing} are missing from input_feed "
                                 f"(got {list(input_feed)}); the model's inputs are {expected}")
-        feeds = {}
+        feeds = []
         for info in self._inputs:
             value = input_feed[info.name]
             want = self._input_dtypes[info.name]
@@ -293,7 +403,7 @@ class OnnxPlan:
                     raise ShapeError(f"input {info.name!r} must have shape {info.shape}, got "
                                      f"{list(value.shape)} (axis {bad[0][0]}: expected "
                                      f"{bad[0][1]}, got {bad[0][2]})")
-            feeds[info.name] = value
+            feeds.append(value)
         return feeds
 
     def run(self, output_names: Sequence[str] | None = None, input_feed: Mapping | None = None,
@@ -301,10 +411,12 @@ class OnnxPlan:
         """Compute the named outputs (all when None or empty) from input_feed, like ORT's run."""
         if input_feed is None:
             input_feed = {}
-        feeds = self._check_feeds(input_feed)
-        all_outputs = [v.name for v in self._outputs]
+        feeds = self._fast_feeds(input_feed)
+        if feeds is None:
+            feeds = self._check_feeds(input_feed)
+        all_outputs = self._output_names
         if not output_names:
-            wanted = tuple(all_outputs)
+            wanted = all_outputs
         else:
             if isinstance(output_names, str):
                 raise ArgumentError(f"output_names must be a list of names, got the string "
@@ -313,34 +425,36 @@ class OnnxPlan:
             bad = [n for n in wanted if n not in all_outputs]
             if bad:
                 raise ArgumentError(f"unknown output name(s) {bad}; the model's outputs are "
-                                    f"{all_outputs}")
+                                    f"{list(all_outputs)}")
         results = []
-        seen: set[int] = {id(v) for v in feeds.values()}
-        for value in self._execute(dict(feeds), wanted):
+        seen: set[int] = {id(v) for v in feeds}
+        for value in self._execute(feeds, self._schedule(wanted)):
             value = np.asarray(value)
-            if (id(value) in seen or not value.flags.writeable or not value.flags.c_contiguous
-                    or not value.flags.owndata):
+            flags = value.flags
+            if (id(value) in seen or not flags.writeable or not flags.c_contiguous
+                    or not flags.owndata):
                 value = np.array(value, copy=True, order="C")
             seen.add(id(value))
             results.append(value)
         return results
 
-    def _execute(self, env: dict, wanted: tuple) -> list:
-        consts = self._constants
-        for node, sources in self._schedule(wanted):
-            ins = [None if not name else (consts[name] if is_const else env[name])
-                   for is_const, name in sources]
-            outs = execute_node(node, ins)
-            for name, value in zip(node.outputs, outs):
-                if name:
-                    env[name] = value
-        return [env[name] if name in env else consts[name] for name in wanted]
+    @staticmethod
+    def _execute(inputs: Sequence, sched: _Schedule) -> list:
+        values = sched.template.copy()
+        for slot, value in zip(sched.input_slots, inputs):
+            values[slot] = value
+        for quiet, steps in sched.segments:
+            if quiet:
+                with np.errstate(all="ignore"):
+                    _run_steps(steps, values)
+            else:
+                _run_steps(steps, values)
+        return [values[i] for i in sched.output_slots]
 
     def evaluate(self, values: Sequence) -> list:
         """Every output from the inputs' values in order, unchecked and uncopied: a nested plan
         (Loop body, If branch) run by its control-flow node."""
-        env = {v.name: value for v, value in zip(self._inputs, values)}
-        return self._execute(env, tuple(v.name for v in self._outputs))
+        return self._execute(values, self._schedule(self._output_names))
 
     def __call__(self, **feeds) -> list[np.ndarray]:
         return self.run(None, feeds)

@@ -89,6 +89,53 @@ def prepare(attrs: dict, constants: dict):
     return make_stack(attrs, params)
 
 
+_ABSENT = [None] * 4
+
+
+def bind(attrs: dict, state, n_out: int):
+    """``run(attrs, state, ins, n_out)`` as a call on the inputs. With static weights (a prepared
+    Stack) it goes straight to the Stack for the inputs run takes as they are (a 3-D array of the
+    weights' dtype, of non-empty T and N and the input size), the checks of run_layer already
+    made; for anything else it answers None, for run to judge."""
+    if state is None:
+        return lambda ins: run(attrs, None, ins, n_out)
+    from fastrnn.recurrent import canonical
+
+    first = state.layers[0][0]
+    dtype, features, layout = first.dtype, first.input_size, attrs.get("layout", 0)
+    directions = len(state.layers[0])
+
+    def call(ins):
+        X, seq_lens, h0, c0 = (ins + _ABSENT)[:4]
+        if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != dtype:
+            return None
+        if layout:
+            X, h0, c0 = _time_major(X, h0, c0)
+        T, N, I = X.shape
+        if I != features or T == 0 or N == 0:
+            return None
+        y, h_n, c_n = state.run(canonical(X, dtype), h0, c0, seq_lens)
+        outs = _onnx_outputs(layout, y.reshape(T, N, directions, -1), h_n, c_n)
+        return outs if n_out == 3 else outs[:n_out]
+    return call
+
+
+def _time_major(X, h0, c0):
+    """[N, T, I] / [N, D, H] (layout 1) -> fastrnn's [T, N, I] / [D, N, H], C-contiguous."""
+    return (np.ascontiguousarray(X.transpose(1, 0, 2)),
+            None if h0 is None else np.ascontiguousarray(h0.transpose(1, 0, 2)),
+            None if c0 is None else np.ascontiguousarray(c0.transpose(1, 0, 2)))
+
+
+def _onnx_outputs(layout: int, y, h_n, c_n) -> list:
+    """y (T, N, D, H) -> ONNX Y [T, D, N, H] (layout 0) or [N, T, D, H] (layout 1), and the
+    states."""
+    if layout:
+        return [y.transpose(1, 0, 2, 3), h_n.transpose(1, 0, 2),
+                None if c_n is None else c_n.transpose(1, 0, 2)]
+    return [y.transpose(0, 2, 1, 3), h_n, c_n]
+
+
 def run(attrs: dict, state, ins: list, n_out: int) -> list:
     from fastrnn.recurrent import run_layer
 
@@ -104,10 +151,8 @@ def run(attrs: dict, state, ins: list, n_out: int) -> list:
         W, R, B, P = (ins + [None] * 8)[4:8]
         H = check_weight_shapes(attrs["mode"], W, R, B, P, attrs.get("hidden_size"), D, "weights")
         state = make_stack(attrs, onnx_to_torch_params(attrs["mode"], W, R, B, P, H))
-    if layout:  # [N, T, I] / [N, D, H] -> fastrnn's [T, N, I] / [D, N, H], C-contiguous
-        X = np.ascontiguousarray(X.transpose(1, 0, 2))
-        h0 = None if h0 is None else np.ascontiguousarray(h0.transpose(1, 0, 2))
-        c0 = None if c0 is None else np.ascontiguousarray(c0.transpose(1, 0, 2))
+    if layout:
+        X, h0, c0 = _time_major(X, h0, c0)
     T, N, I = X.shape
     features = state.layers[0][0].input_size
     if I != features:
@@ -115,8 +160,4 @@ def run(attrs: dict, state, ins: list, n_out: int) -> list:
     if T == 0 or N == 0:
         raise UnsupportedError(f"X with shape {X.shape}: empty sequences or batches are not supported")
     y, h_n, c_n = run_layer(state, X, h0, c0, seq_lens)
-    # y (T, N, D, H) -> ONNX Y [T, D, N, H] (layout 0) or [N, T, D, H] (layout 1)
-    if layout:
-        return [y.transpose(1, 0, 2, 3), h_n.transpose(1, 0, 2),
-                None if c_n is None else c_n.transpose(1, 0, 2)][:n_out]
-    return [y.transpose(0, 2, 1, 3), h_n, c_n][:n_out]
+    return _onnx_outputs(layout, y, h_n, c_n)[:n_out]

@@ -1,0 +1,76 @@
+"""fastrnn's ONNX plan (converters.from_onnx) against ONNX Runtime on the same model, one group
+per case, one thread each: a torch legacy export of a 2-layer LSTM at T=1 (where the plan's own
+per-node overhead shows) and T=100, and a tf2onnx Keras GRU whose time loop is an ONNX Loop.
+
+Not part of the test suite (pytest's testpaths is tests/); run with
+
+    python -m pytest benchmarks/test_bench_onnx_plan.py --benchmark-only
+
+A case is skipped only where a module it needs (torch for the export, onnx, onnxruntime) is not
+installed.
+"""
+import functools
+import io
+import pathlib
+import time
+
+import numpy as np
+import pytest
+
+KERAS_LOOP = (pathlib.Path(__file__).parent.parent / "tests" / "data" / "keras"
+              / "k3_gru_reset_after_opset13.onnx")
+# case id -> (modules its model needs, steps T of its input)
+CASES = {"onnx-lstm2-h128-t1": (("torch",), 1), "onnx-lstm2-h128-t100": (("torch",), 100),
+         "onnx-keras-gru-loop-t20": ((), 20)}
+REQUIRES = {"plan": ("onnx",), "onnxruntime": ("onnx", "onnxruntime")}
+PAIRS = [pytest.param(engine, case_id, id=f"{case_id}-{engine}")
+         for engine in REQUIRES for case_id in CASES]
+
+
+@functools.lru_cache(maxsize=None)
+def _lstm_export() -> bytes:
+    """nn.LSTM(64, 128, num_layers=2, batch_first=True), seeded, exported with dynamic N and T."""
+    import torch
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(64, 128, num_layers=2, batch_first=True).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(module, (torch.zeros(1, 1, 64),), buf, dynamo=False, input_names=["x"],
+                      output_names=["y", "h", "c"], dynamic_axes={"x": {0: "N", 1: "T"}})
+    return buf.getvalue()
+
+
+def _model(case_id: str) -> tuple[bytes, dict]:
+    """(the case's ONNX model, its input feed: batch 1, float32, seeded)."""
+    steps = CASES[case_id][1]
+    rng = np.random.default_rng(0)
+    if case_id.startswith("onnx-lstm2"):
+        return _lstm_export(), {"x": rng.standard_normal((1, steps, 64)).astype(np.float32)}
+    return KERAS_LOOP.read_bytes(), {"x": rng.standard_normal((1, steps, 4)).astype(np.float32)}
+
+
+def _session(engine: str, model: bytes):
+    if engine == "plan":
+        import converters
+        import fastrnn
+        fastrnn.set_num_threads(1)
+        return converters.from_onnx(model)
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("engine, case_id", PAIRS)
+def test_onnx_plan(benchmark, engine, case_id):
+    for module in REQUIRES[engine] + CASES[case_id][0]:
+        pytest.importorskip(module, reason=f"{case_id} on {engine} needs {module}, which is not "
+                                           f"installed")
+    model, feed = _model(case_id)
+    session = _session(engine, model)
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.1:       # warm-up (and compilation), outside the timing
+        session.run(None, feed)
+    benchmark.group = case_id
+    benchmark.extra_info.update(engine=engine, threads=1)
+    benchmark(session.run, None, feed)
