@@ -24,6 +24,20 @@ def fast_switching():
     sys.setswitchinterval(before)
 
 
+def _run_beside(stop, targets, seconds, body=lambda: time.sleep(0.01)):
+    """Each of `targets` in a thread of its own while this thread repeats `body` for `seconds`;
+    then `stop` is set and the threads joined."""
+    workers = [threading.Thread(target=t) for t in targets]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stop.is_set():
+        body()
+    stop.set()
+    for w in workers:
+        w.join()
+
+
 def _layers():
     # kernel paths: serial, fused batches (LSTM, 8+ rows), rows split (GRU, 16 rows), unit split
     # and both directions at once (two threads), projection
@@ -131,16 +145,11 @@ def test_stream_steps_run_old_or_new_weights_never_a_mix(fast_switching):
             if not any(np.array_equal(y, w) for w in want):
                 mixed.append(y.copy())
 
-    workers = [threading.Thread(target=stepper) for _ in range(2)]
-    for w in workers:
-        w.start()
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
+    def loads():
         layer.load_state_dict(first)
         layer.load_state_dict(second)
-    stop.set()
-    for w in workers:
-        w.join()
+
+    _run_beside(stop, [stepper, stepper], 2, loads)
     assert steps[0] > 100
     assert not mixed, f"{len(mixed)} of {steps[0]} steps ran some layers' old weights"
 
@@ -162,17 +171,12 @@ def test_layer_calls_during_loads_run_old_or_new_weights(fast_switching):
             if not any(np.array_equal(y, w) for w in want):
                 mixed.append(y)
 
-    workers = [threading.Thread(target=caller) for _ in range(2)]
-    for w in workers:
-        w.start()
-    deadline = time.monotonic() + 1
-    while time.monotonic() < deadline:
+    def loads():
         layer.load_state_dict(first)
         layer.with_weight_dtype("float16")
         layer.load_state_dict(second)
-    stop.set()
-    for w in workers:
-        w.join()
+
+    _run_beside(stop, [caller, caller], 1, loads)
     assert not errors and not mixed
 
 
@@ -194,13 +198,7 @@ def test_load_state_dict_while_other_threads_build_streams(fast_switching):
             errors.append(e)
             stop.set()
 
-    workers = [threading.Thread(target=f) for f in (builder, builder, loader)]
-    for w in workers:
-        w.start()
-    time.sleep(1.5)
-    stop.set()
-    for w in workers:
-        w.join()
+    _run_beside(stop, [builder, builder, loader], 1.5)
     assert not errors
     layer.load_state_dict(second)
     x = np.ones((1, 4), np.float32)

@@ -51,10 +51,14 @@ def _check_size(shape, what: str) -> None:
                              f"than the {limit} allowed")
 
 
+_broadcast_shapes = functools.lru_cache(maxsize=1024)(np.broadcast_shapes)
+
+
 def _broadcast(op: str, *shapes) -> tuple:
-    """The shape the given shapes broadcast to, within the element limit."""
+    """The shape the given shapes broadcast to, within the element limit (the shapes a plan's
+    nodes meet are few: remembered)."""
     try:
-        shape = np.broadcast_shapes(*shapes)
+        shape = _broadcast_shapes(*(tuple(s) for s in shapes))
     except ValueError:
         raise ShapeError(f"{op} cannot broadcast shapes {[tuple(s) for s in shapes]}") from None
     _check_size(shape, f"{op}'s output")
@@ -1137,7 +1141,6 @@ RUNTIME = object()  # in a preparer's `consts`: an input only known at run time
 NEUTRAL, QUIET, LOUD = "neutral", "quiet", "loud"
 PREPARERS: dict[str, tuple[Callable, str]] = {}
 _MEMO_KEPT = 64  # ranks or shapes a prepared call remembers before it starts afresh
-_broadcast_shapes = functools.lru_cache(maxsize=1024)(np.broadcast_shapes)
 
 
 def preparer(errors: str, *names: str):
@@ -1308,13 +1311,12 @@ def _prepare_gather(op, attrs, consts, n_out):
 
 @preparer(QUIET, *BINARY)
 def _prepare_binary(op, attrs, consts, n_out):
-    kernel_fn, fn = KERNELS[op], BINARY[op]
+    """The kernel without its np.errstate, which the plan enters once for a run of such calls."""
+    fn = BINARY[op]
 
     def run(ins):
         a, b = ins
-        if type(a) is not np.ndarray or type(b) is not np.ndarray:
-            return kernel_fn(attrs, ins, n_out)
-        _check_size(_broadcast_shapes(a.shape, b.shape), op)
+        _broadcast(op, np.shape(a), np.shape(b))
         return [np.asarray(fn(a, b))]
     return run
 
