@@ -20,7 +20,7 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import read_dtype
 
-from . import control_flow, recurrent_node
+from . import control_flow, loop_cells, recurrent_node
 from .dtypes import type_string
 from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS, LOUD, NEUTRAL, QUIET, RUNTIME, prepare
 
@@ -103,7 +103,9 @@ def _is_numeric_dtype_name(name: Any) -> bool:
 
 class PlanNode:
     """One step of the plan: op name, input/output value names ('' = absent), JSON-able attrs,
-    and the nested plans of a control-flow node (graphs, saved inside its attrs)."""
+    the nested plans of a control-flow node (graphs, saved inside its attrs), and what building
+    the plan prepared for it (state: a recurrent node's Stack; a Loop's loop_cells.LoopedCell
+    where its body is a recurrent cell's step, else None)."""
 
     __slots__ = ("op", "name", "inputs", "outputs", "attrs", "state", "graphs")
 
@@ -190,6 +192,10 @@ def _prepared_call(node: PlanNode, constants: Mapping) -> tuple:
     n_out = len(node.outputs)
     if node.op == recurrent_node.OP:
         return recurrent_node.bind(node.attrs, node.state, n_out), True, LOUD
+    if node.op == control_flow.LOOP:
+        node.state = loop_cells.recognise(node, constants)
+        if node.state is not None:  # the body is a recurrent cell's step: run by the kernel
+            return node.state, True, LOUD
     if node.op in control_flow.GRAPHS:
         return (lambda ins: control_flow.run(node, ins)), False, LOUD
     consts = [None if not name else constants.get(name, RUNTIME) for name in node.inputs]

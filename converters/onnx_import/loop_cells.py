@@ -1,0 +1,427 @@
+"""A Loop whose body is one step of a recurrent cell, run by fastrnn's kernel instead of node by node.
+
+onnx-free. tf2onnx leaves a Keras layer it cannot rewrite into an ONNX RNN / GRU / LSTM node (Keras 3
+GRU, GRU(reset_after=False), SimpleRNN, LSTM with hard_sigmoid) as a Loop over the Keras cell: each
+iteration reads x_t = Gather(X, t), computes the new state from it and the carried state, counts t
+on and tests t < T. ``recognise`` finds such a body and what it computes, and answers the Loop's
+fast path: the whole sequence in one call of a recurrent layer, ~100x fewer Python steps.
+
+What the body computes is not read off its node pattern (exporters vary it) but found and checked:
+- its nodes split into the invariant ones (weights and what is computed from them alone, evaluated
+  once here), the control ones (the counters and the condition, elementwise on scalars) and the
+  cell ones (from x_t and the carried states only); a node mixing control and cell values, or
+  reading anything else (a mask gathered per step, say), leaves the Loop as it is;
+- the cell is guessed from the invariant matrices' shapes (kernel [I, G*H], recurrent kernel
+  [H, G*H], a bias) with Keras's gate orders and activations, and each guess is checked against
+  the body itself on random inputs: the first whose step matches the body's (to 1e-4, float64
+  reference) is the cell. A body that matches none stays a Loop.
+At run time the control nodes run once over the vector of all iterations, which gives the trip
+count; a sequence that ends somewhere the kernel cannot take (no iteration, an index out of X,
+a time counter that starts outside X) returns None, and the Loop runs node by node instead.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from fastrnn.gates import reorder_gates
+
+from . import recurrent_node
+
+# ops the control part may use: elementwise, so that one call over every iteration's values
+# gives each iteration's result
+_ELEMENTWISE = {"Cast", "CastLike", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal",
+                "And", "Or", "Not", "Xor", "Add", "Sub", "Mul", "Identity", "Min", "Max"}
+_NOT_PURE = ("Random", "Bernoulli", "Multinomial")
+_GATES = {1: "RNN", 3: "GRU", 4: "LSTM"}
+_PROBE_ROWS = 3
+_PROBES = 2
+_COUNTS_KEPT = 64  # trip counts remembered per Loop (one per sequence length, typically)
+_MATCH = 1e-4  # a guess's step against the body's, relative to the body's values plus one
+
+
+def recognise(node, outer_constants) -> "LoopedCell | None":
+    """The Loop plan node's fast path, or None when its body is not a recognised cell step."""
+    try:
+        return _Analysis(node, outer_constants).result()
+    except Exception:  # noqa: BLE001 - _NotACell, or a body the analysis cannot evaluate: the
+        return None    # Loop runs node by node, and reports any error of its own when it runs
+
+
+class _NotACell(Exception):
+    pass
+
+
+def _require(condition: bool) -> None:
+    if not condition:
+        raise _NotACell
+
+
+class _Analysis:
+    """The body taken apart: which values are invariant (and their values), which nodes are
+    control and which cell, where x_t, the time counter and the states are."""
+
+    def __init__(self, node, outer_constants):
+        body = node.graphs["body"]
+        self.body = body
+        self.body_constants = body.constants
+        self.n = n = node.attrs["carried"]
+        formal = [v.name for v in body.input_infos]
+        outs = [v.name for v in body.output_infos]
+        _require(len(formal) >= 2 + n and len(outs) >= 1 + n and len(node.inputs) == len(formal))
+        self.formal, self.outs = formal, outs
+        self.counter, self.cond_in = formal[0], formal[1]
+        self.carried = formal[2:2 + n]
+        self.passthrough = [k for k, name in enumerate(self.carried) if outs[1 + k] == name]
+        # the values that stay the same in every iteration: known now (constants), or only
+        # when the Loop runs (slot in the Loop node's inputs)
+        self.invariant = dict(body.constants)
+        self.runtime: dict[str, int] = {}
+        outer_slots = [2 + k for k in self.passthrough] + list(range(2 + n, len(formal)))
+        for slot in outer_slots:
+            value = outer_constants.get(node.inputs[slot]) if node.inputs[slot] else None
+            if value is not None:
+                self.invariant[formal[slot]] = value
+            else:
+                self.runtime[formal[slot]] = slot
+        self.dtypes = {v.name: v.dtype for v in body.input_infos}
+        self._split_nodes()
+
+    def _split_nodes(self) -> None:
+        from .control_flow import GRAPHS
+        from .plan import execute_node
+
+        gathers = [nd for nd in self.body.nodes if nd.op == "Gather" and len(nd.inputs) == 2
+                   and nd.inputs[0] in self.runtime and self.runtime[nd.inputs[0]] >= 2 + self.n]
+        _require(len(gathers) == 1 and int(gathers[0].attrs.get("axis", 0)) == 0)
+        self.gather = gathers[0]
+        self.x_name, index = self.gather.inputs
+        self.x_slot = self.runtime.pop(self.x_name)
+        if index == self.counter:
+            self.time = None
+        else:
+            _require(index in self.carried)
+            self.time = self.carried.index(index)
+            self._check_time_step()
+        self.states = [k for k in range(self.n) if k not in self.passthrough and k != self.time]
+        _require(len(self.states) in (1, 2))
+        kind = {name: "control" for name in [self.counter, self.cond_in, *self.runtime]}
+        if self.time is not None:
+            kind[self.carried[self.time]] = "control"
+        kind[self.gather.outputs[0]] = "cell"
+        kind.update({self.carried[k]: "cell" for k in self.states})
+        self.control, self.cell = [], []
+        for nd in self.body.nodes:
+            if nd is self.gather:
+                continue
+            _require(nd.op not in GRAPHS and not nd.op.startswith(_NOT_PURE))
+            kinds = {kind.get(name, "other") for name in nd.inputs
+                     if name and name not in self.invariant}
+            _require(kinds <= {"control", "cell"} and len(kinds) <= 1)
+            if not kinds:  # computed from invariant values alone: once, here
+                outs = execute_node(nd, [self.invariant.get(i) if i else None for i in nd.inputs])
+                self.invariant.update((name, value) for name, value in zip(nd.outputs, outs) if name)
+                continue
+            (which,) = kinds
+            (self.control if which == "control" else self.cell).append(nd)
+            kind.update((name, which) for name in nd.outputs if name)
+        for nd in self.control:
+            _require(nd.op in _ELEMENTWISE and all(
+                np.size(self.invariant[i]) == 1 for i in nd.inputs if i in self.invariant))
+        _require(self.outs[0] in self.invariant or kind.get(self.outs[0]) == "control")
+        _require(all(kind.get(self.outs[1 + k]) == "cell" for k in self.states))
+        _require(all(name not in self.invariant and kind.get(name) != "cell"
+                     for name in self.runtime))
+        aliases = {nd.outputs[0]: nd.inputs[0] for nd in self.cell
+                   if nd.op == "Identity" and nd.outputs and nd.inputs}
+
+        def resolve(name: str) -> str:
+            while name in aliases:
+                name = aliases[name]
+            return name
+        state_outs = [resolve(self.outs[1 + k]) for k in self.states]
+        self.scans = []  # per scan output, the state (index in self.states) it stacks
+        for name in self.outs[1 + self.n:]:
+            _require(resolve(name) in state_outs)
+            self.scans.append(state_outs.index(resolve(name)))
+
+    def _check_time_step(self) -> None:
+        """The time counter's next value is itself plus a scalar 1."""
+        name, nxt = self.carried[self.time], self.outs[1 + self.time]
+        adds = [nd for nd in self.body.nodes if nxt in nd.outputs]
+        _require(len(adds) == 1 and adds[0].op == "Add" and name in adds[0].inputs)
+        other = [i for i in adds[0].inputs if i != name]
+        _require(len(other) == 1 and other[0] in self.body_constants)
+        one = np.asarray(self.body_constants[other[0]])
+        _require(one.ndim == 0 and one.dtype.kind in "iu" and int(one) == 1)
+
+    # ------------------------------------------------------------------ the cell
+    def result(self) -> "LoopedCell":
+        _require(self.dtypes.get(self.x_name) in ("float32", "float64"))
+        self.dtype = np.dtype(self.dtypes[self.x_name])
+        matrices = [(name, v) for name, v in self.invariant.items()
+                    if isinstance(v, np.ndarray) and v.dtype == self.dtype and v.ndim in (1, 2)]
+        self.probes: dict[tuple, list | None] = {}
+        for spec in _guesses(matrices, len(self.states), {nd.op for nd in self.cell}):
+            if self._matches(spec):
+                return LoopedCell(self, spec)
+        raise _NotACell
+
+    def _probe(self, I: int, H: int, rng) -> tuple:
+        """Random x_t and states, and the body's new states from them."""
+        from .plan import execute_node
+
+        values = dict(self.invariant)
+        x = values[self.gather.outputs[0]] = rng.standard_normal((_PROBE_ROWS, I)).astype(self.dtype)
+        states = [rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(self.dtype),
+                  rng.standard_normal((_PROBE_ROWS, H)).astype(self.dtype)][:len(self.states)]
+        values.update(zip((self.carried[k] for k in self.states), states))
+        with np.errstate(all="ignore"):
+            for nd in self.cell:
+                outs = execute_node(nd, [values.get(i) if i else None for i in nd.inputs])
+                values.update((name, value) for name, value in zip(nd.outputs, outs) if name)
+        return x, states, [np.asarray(values[self.outs[1 + k]]) for k in self.states]
+
+    def _matches(self, spec) -> bool:
+        """Whether the guess's step gives the body's new states on every probe."""
+        key = (spec["kernel"].shape[0], spec["H"])
+        if key not in self.probes:
+            rng = np.random.default_rng(20261127)
+            try:
+                self.probes[key] = [self._probe(*key, rng) for _ in range(_PROBES)]
+            except Exception:  # noqa: BLE001 - the body does not take inputs of these sizes
+                self.probes[key] = None
+        if self.probes[key] is None:
+            return False
+        W, R, B = _onnx_weights(spec)
+        for x, states, body_out in self.probes[key]:
+            new = _reference_step(spec, W, R, B, x, *(states[i] for i in spec["order"]))
+            for want, got in zip(new, (body_out[i] for i in spec["order"])):
+                if got.shape != want.shape or not np.all(
+                        np.abs(got - want) <= _MATCH * (1 + np.abs(got))):
+                    return False
+        return True
+
+
+def _guesses(matrices, state_count: int, ops: set):
+    """Candidate cells, most likely first: gate count and sizes from the invariant matrices'
+    shapes, activations from the body's ops."""
+    squashes = [("sigmoid", 0.0, 0.0)] if "Sigmoid" in ops else []
+    if ops & {"HardSigmoid", "Clip", "Min", "Max", "Relu", "Div", "Mul"}:
+        squashes += [("hardsigmoid", 0.2, 0.5), ("hardsigmoid", 1 / 6, 0.5)]
+    outs = ([("tanh", 0.0, 0.0)] if "Tanh" in ops else []) + \
+        ([("relu", 0.0, 0.0)] if ops & {"Relu", "Max", "Clip"} else [])
+    orders = ((0, 1), (1, 0)) if state_count == 2 else ((0,),)
+    for G in ((4,) if state_count == 2 else (3, 1)):
+        recurrent = [(n, m) for n, m in matrices if m.ndim == 2 and m.shape[1] == G * m.shape[0]]
+        for (r_name, rk), (k_name, kernel) in itertools.product(recurrent, matrices):
+            H = rk.shape[0]
+            if k_name == r_name or kernel.ndim != 2 or kernel.shape[1] != G * H:
+                continue
+            biases = [None] + [m for _, m in matrices
+                               if m.shape == (G * H,) or (G == 3 and m.shape == (2, G * H))]
+            for bias, variant, order in itertools.product(
+                    biases, list(_variants(G, squashes, outs)), orders):
+                if G == 3 and bias is not None and bias.ndim == 2 and \
+                        not variant["linear_before_reset"]:
+                    continue
+                yield dict(G=G, H=H, kernel=kernel, recurrent=rk, bias=bias, order=order,
+                           **variant)
+
+
+def _variants(G: int, squashes, outs):
+    if G == 1:
+        for act in outs + squashes[:1]:
+            yield {"activations": [act], "linear_before_reset": 0}
+    for f, g in itertools.product(squashes, outs):
+        if G == 3:
+            for lbr in (1, 0):
+                yield {"activations": [f, g], "linear_before_reset": lbr}
+        elif G == 4:
+            yield {"activations": [f, g, g], "linear_before_reset": 0}
+
+
+def _onnx_weights(spec):
+    """The guess's Keras matrices as ONNX W [G*H, I], R [G*H, H], B [2*G*H] in float64."""
+    mode = _GATES[spec["G"]]
+    GH = spec["G"] * spec["H"]
+    W = reorder_gates(spec["kernel"].T.astype(np.float64), mode, "keras", "onnx")
+    R = reorder_gates(spec["recurrent"].T.astype(np.float64), mode, "keras", "onnx")
+    B = np.zeros(2 * GH)
+    bias = spec["bias"]
+    if bias is not None:
+        bias = np.asarray(bias, np.float64)
+        B[:GH] = reorder_gates(bias.reshape(-1, GH)[0], mode, "keras", "onnx")
+        if bias.ndim == 2:
+            B[GH:] = reorder_gates(bias[1], mode, "keras", "onnx")
+    return W, R, B
+
+
+def _activate(act, x):
+    name, alpha, beta = act
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "relu":
+        return np.maximum(x, 0)
+    return np.clip(alpha * x + beta, 0, 1)  # hardsigmoid
+
+
+def _reference_step(spec, W, R, B, x, h, c=None):
+    """One ONNX step in float64: the new h (and c)."""
+    H, G = spec["H"], spec["G"]
+    acts = spec["activations"]
+    x, h = x.astype(np.float64), h.astype(np.float64)
+    gx = x @ W.T + B[:G * H]
+    if G == 1:
+        return [_activate(acts[0], gx + h @ R.T + B[G * H:])]
+    if G == 3:
+        gh = h @ R[:2 * H].T + B[3 * H:5 * H]
+        z = _activate(acts[0], gx[:, :H] + gh[:, :H])
+        r = _activate(acts[0], gx[:, H:2 * H] + gh[:, H:])
+        if spec["linear_before_reset"]:
+            n = _activate(acts[1], gx[:, 2 * H:] + r * (h @ R[2 * H:].T + B[5 * H:]))
+        else:
+            n = _activate(acts[1], gx[:, 2 * H:] + (r * h) @ R[2 * H:].T + B[5 * H:])
+        return [(1 - z) * n + z * h]
+    g = gx + h @ R.T + B[4 * H:]
+    i, o, f = (_activate(acts[0], g[:, k * H:(k + 1) * H]) for k in range(3))
+    c_new = f * c.astype(np.float64) + i * _activate(acts[1], g[:, 3 * H:])
+    return [o * _activate(acts[2], c_new), c_new]
+
+
+class LoopedCell:
+    """The Loop's fast path: called on the Loop node's inputs, it gives the node's outputs, or
+    None for the Loop to run node by node."""
+
+    def __init__(self, analysis: _Analysis, spec: dict):
+        from fastrnn.recurrent import canonical
+
+        from .plan import execute_node
+
+        a = analysis
+        mode = _GATES[spec["G"]]
+        self.dtype, self.H, self.I = a.dtype, spec["H"], spec["kernel"].shape[0]
+        # the carried slots of h (and c), and the states the scan outputs stack: h only
+        self.state_slots = [a.states[i] for i in spec["order"]]
+        scans = [spec["order"].index(s) for s in a.scans]
+        _require(not any(scans))
+        self.scan_count = len(scans)
+        W, R, B = (m[None].astype(self.dtype) for m in _onnx_weights(spec))
+        attrs = {"mode": mode, "reverse": [False], "clip": None,
+                 "activations": [[list(t) for t in spec["activations"]]],
+                 "linear_before_reset": spec["linear_before_reset"], "input_forget": 0,
+                 "dtype": str(self.dtype)}
+        self.stack = recurrent_node.make_stack(
+            attrs, recurrent_node.onnx_to_torch_params(mode, W, R, B, None, self.H))
+        self.mode, self.hidden_size, self.input_size = mode, self.H, self.I
+        self.activations = [tuple(t) for t in spec["activations"]]
+        self.linear_before_reset = spec["linear_before_reset"]
+        self._execute, self._canonical = execute_node, canonical
+        self.n, self.x_slot, self.time = a.n, a.x_slot, a.time
+        self.control, self.invariant, self.runtime = a.control, a.invariant, a.runtime
+        self.counter, self.cond_in, self.cond_out = a.counter, a.cond_in, a.outs[0]
+        self.time_in = None if a.time is None else a.carried[a.time]
+        self.time_out = None if a.time is None else a.outs[1 + a.time]
+        self._counted: dict[tuple, tuple | None] = {}
+
+    def __repr__(self) -> str:
+        gru = f", linear_before_reset={self.linear_before_reset}" if self.mode == "GRU" else ""
+        return (f"LoopedCell({self.mode}, input_size={self.I}, hidden_size={self.H}, "
+                f"activations={self.activations}{gru})")
+
+    def __call__(self, ins: list):
+        trips, going = ins[0], ins[1]
+        carried = ins[2:2 + self.n]
+        X = ins[self.x_slot]
+        if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self.dtype \
+                or X.shape[2] != self.I or X.shape[1] == 0:
+            return None
+        T, N = X.shape[:2]
+        initial = [carried[k] for k in self.state_slots]
+        if any(type(s) is not np.ndarray or s.shape != (N, self.H) or s.dtype != self.dtype
+               for s in initial):
+            return None
+        t0 = None
+        if self.time is not None:
+            t0 = carried[self.time]
+            if type(t0) is not np.ndarray or t0.ndim != 0 or t0.dtype.kind not in "iu":
+                return None
+        start = 0 if t0 is None else int(t0)
+        if going is not None and not _single_true(going):
+            return None
+        room, capped = T - start, False  # iterations before the index would leave X
+        if trips is not None:
+            if type(trips) is not np.ndarray or trips.size != 1 or trips.dtype.kind not in "iu":
+                return None
+            if int(trips.reshape(-1)[0]) <= room:
+                room, capped = int(trips.reshape(-1)[0]), True
+        if start < 0 or room <= 0:
+            return None
+        counted = self._trip_count(ins, room, t0)
+        if counted is None:
+            return None
+        steps, stopped, time_next = counted
+        if not stopped and not capped:  # it would go on to an index past X: the Loop says so
+            return None
+        xs = self._canonical(X[start:start + steps], self.dtype)
+        c0 = initial[1][None] if len(initial) == 2 else None
+        y, h_n, c_n = self.stack.run(xs, initial[0][None], c0, None)
+        outs = list(carried)
+        for slot, value in zip(self.state_slots, [h_n[0]] if c_n is None else [h_n[0], c_n[0]]):
+            outs[slot] = value
+        if self.time is not None:
+            outs[self.time] = time_next
+        return outs + [y] * self.scan_count
+
+    def _trip_count(self, ins: list, room: int, t0):
+        """(iterations, whether the condition ended them, the time counter after them), from the
+        control nodes run once over the first `room` iterations' values; None when they do not
+        give one flag per iteration. Remembered per value of what they read."""
+        key = [room] if t0 is None else [room, t0.dtype.str, int(t0)]
+        for slot in self.runtime.values():
+            value = ins[slot]
+            if type(value) is not np.ndarray or value.size != 1:
+                return None
+            key += [value.dtype.str, value.shape, value.tobytes()]
+        key = tuple(key)
+        known = self._counted.get(key)
+        if known is None:
+            if len(self._counted) >= _COUNTS_KEPT:
+                self._counted.clear()
+            known = self._counted[key] = self._count(ins, room, t0)
+        if known is None:
+            return None
+        steps, stopped, time_next = known
+        return steps, stopped, None if time_next is None else time_next.copy()
+
+    def _count(self, ins: list, room: int, t0):
+        values = dict(self.invariant)
+        values.update((name, ins[slot]) for name, slot in self.runtime.items())
+        values[self.counter] = np.arange(room, dtype=np.int64)
+        values[self.cond_in] = np.ones(room, dtype=bool)
+        if self.time_in is not None:
+            values[self.time_in] = (t0 + np.arange(room)).astype(t0.dtype)
+        with np.errstate(all="ignore"):
+            for nd in self.control:
+                outs = self._execute(nd, [values.get(i) if i else None for i in nd.inputs])
+                values.update((name, value) for name, value in zip(nd.outputs, outs) if name)
+        cond = np.asarray(values[self.cond_out])
+        if cond.dtype != np.bool_ or cond.size not in (1, room) or cond.ndim > 1:
+            return None
+        stops = np.flatnonzero(~np.broadcast_to(cond.reshape(-1), (room,)))
+        steps = int(stops[0]) + 1 if stops.size else room
+        time_next = None
+        if self.time_out is not None:
+            after = np.asarray(values[self.time_out])
+            if after.shape != (room,):
+                return None
+            time_next = np.asarray(after[steps - 1])
+        return steps, bool(stops.size), time_next
+
+
+def _single_true(value) -> bool:
+    arr = np.asarray(value)
+    return arr.size == 1 and bool(arr.reshape(-1)[0])

@@ -1,0 +1,269 @@
+"""A Loop whose body is a recurrent cell's step (tf2onnx's Keras layers it cannot rewrite) runs as one
+call of fastrnn's kernel (converters/onnx_import/loop_cells.py), with the same results as the Loop
+run node by node and as ONNX Runtime: on the tf2onnx fixtures in tests/data/keras/, at other batch
+sizes and lengths, in float64, and with the Loop's trip count, condition and time counter fed
+values the kernel cannot take (the Loop then runs node by node, errors included).
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference these tests compare with")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import converters  # noqa: E402
+import fastrnn  # noqa: E402
+from converters.onnx_import import loop_cells  # noqa: E402
+from fastrnn.errors import FastRNNError  # noqa: E402
+
+DATA = pathlib.Path(__file__).parent / "data" / "keras"
+TOL = dict(rtol=1e-5, atol=1e-5)
+F64_TOL = dict(rtol=1e-10, atol=1e-12)
+SIGMOID, TANH, RELU = ("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0), ("relu", 0.0, 0.0)
+KERAS3_HARD_SIGMOID = ("hardsigmoid", 1 / 6, 0.5)  # relu6(x + 3) / 6
+# per looped fixture (opset 13): each Loop's cell as (mode, activations, linear_before_reset),
+# or None where the body is not a cell step alone (a mask gathered per step)
+GRU_AFTER = ("GRU", [SIGMOID, TANH], 1)
+GRU_BEFORE = ("GRU", [SIGMOID, TANH], 0)
+LSTM = ("LSTM", [SIGMOID, TANH, TANH], 0)
+RNN_TANH, RNN_RELU = ("RNN", [TANH], 0), ("RNN", [RELU], 0)
+EXPECTED = {
+    "k2_bidir_rnn_concat": [RNN_TANH, RNN_TANH],
+    "k2_classifier_masked": [None],
+    "k2_embedding_mask_gru": [None],
+    "k2_gru_reset_before": [GRU_BEFORE],
+    "k2_lstm_recurrent_dropout": [LSTM],
+    "k2_masking_gru_seq": [None],
+    "k2_masking_lstm": [None],
+    "k2_simple_rnn": [RNN_TANH],
+    "k2_simple_rnn_relu_last": [RNN_RELU],
+    "k3_bidir_gru_sum": [GRU_AFTER, GRU_AFTER],
+    "k3_bidir_rnn_concat": [RNN_TANH, RNN_TANH],
+    "k3_classifier_masked": [None],
+    "k3_embedding_mask_gru": [None],
+    "k3_fixed_batch_gru_last": [GRU_AFTER],
+    "k3_gru_backwards_last": [GRU_AFTER],
+    "k3_gru_dense": [GRU_AFTER],
+    "k3_gru_reset_after": [GRU_AFTER],
+    "k3_gru_reset_before": [GRU_BEFORE],
+    "k3_lstm_hard_sigmoid": [("LSTM", [KERAS3_HARD_SIGMOID, TANH, TANH], 0)],
+    "k3_lstm_recurrent_dropout": [LSTM],
+    "k3_masking_gru_seq": [None],
+    "k3_masking_lstm": [None],
+    "k3_simple_rnn": [RNN_TANH],
+    "k3_simple_rnn_relu_last": [RNN_RELU],
+    "k3_stacked": [GRU_AFTER],
+}
+RECOGNISED = sorted(name for name, cells in EXPECTED.items() if all(cells))
+
+
+@pytest.fixture(autouse=True)
+def serial_kernels():
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(1)
+    yield
+    fastrnn.set_num_threads(before)
+
+
+def _model(name: str):
+    return onnx.load(str(DATA / f"{name}_opset13.onnx"))
+
+
+def _node_by_node(model, monkeypatch):
+    """The plan with every Loop run node by node (recognition off while it is built)."""
+    with monkeypatch.context() as m:
+        m.setattr(loop_cells, "recognise", lambda node, constants: None)
+        return converters.from_onnx(model)
+
+
+def _feeds(model, N: int, T: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        shape = [d if d is not None else (N, T)[min(axis, 1)] for axis, d in enumerate(dims)]
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        feeds[vi.name] = (rng.integers(1, 12, size=shape) if dtype.kind == "i"
+                          else rng.standard_normal(shape)).astype(dtype)
+    return feeds
+
+
+def _loops(plan) -> list:
+    return [node for node in plan.nodes if node.op == "Loop"]
+
+
+def test_every_looped_fixture_is_listed():
+    looped = {p.stem.split("_opset")[0] for p in DATA.glob("*_opset13.onnx")
+              if any(n.op_type == "Loop" for n in onnx.load(str(p)).graph.node)}
+    assert looped == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_cells_are_recognised_and_masked_steps_are_not(name):
+    plan = converters.from_onnx(DATA / f"{name}_opset13.onnx")
+    loops = _loops(plan)
+    assert len(loops) == len(EXPECTED[name])
+    for node, expected in zip(loops, EXPECTED[name]):
+        if expected is None:
+            assert node.state is None
+            continue
+        cell = node.state
+        mode, acts, lbr = expected
+        assert (cell.mode, cell.linear_before_reset) == (mode, lbr)
+        assert [a[0] for a in cell.activations] == [a[0] for a in acts]
+        assert [v for a in cell.activations for v in a[1:]] == pytest.approx([v for a in acts for v in a[1:]])
+        assert (cell.input_size, cell.hidden_size) == (4, 6) or name == "k3_stacked"
+        assert repr(cell).startswith(f"LoopedCell({mode}, ")
+
+
+@pytest.mark.parametrize("name", RECOGNISED)
+@pytest.mark.parametrize("N,T", [(1, 1), (2, 7), (3, 100)])
+def test_as_node_by_node_and_onnxruntime(name, N, T, monkeypatch, tmp_path):
+    """The kernel's results against the same Loop run node by node, against ORT, and from the
+    saved plan (which recognises the cell again when it loads)."""
+    model = _model(name)
+    fast, slow = converters.from_onnx(model), _node_by_node(model, monkeypatch)
+    assert all(node.state is not None for node in _loops(fast))
+    assert all(node.state is None for node in _loops(slow))
+    if name == "k3_fixed_batch_gru_last":
+        N, T = 3, 5  # its sizes are fixed
+    feeds = _feeds(model, N, T)
+    got, ref = fast.run(None, feeds), ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    slow_got = slow.run(None, feeds)
+    path = tmp_path / "plan.frnn"
+    fastrnn.save(fast, path)
+    loaded = fastrnn.load(path)
+    assert all(node.state is not None for node in _loops(loaded))
+    for g, r, s, saved in zip(got, ref, slow_got, loaded.run(None, feeds)):
+        assert g.dtype == r.dtype == s.dtype and g.shape == r.shape == s.shape
+        np.testing.assert_allclose(g, r, **TOL)
+        np.testing.assert_allclose(g, s, **TOL)
+        np.testing.assert_array_equal(g, saved)
+
+
+# ------------------------------------------------------------------ the Loop's own inputs
+def _loop_inputs_as_graph_inputs(model, time_dtype=TensorProto.INT32):
+    """k3_gru_reset_after with the Loop's trip count M ('m'), its condition ('go') and the time
+    counter's start ('t0') fed as graph inputs."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    loop.input[0], loop.input[1], loop.input[2] = "m", "go", "t0"
+    model.graph.input.extend([helper.make_tensor_value_info("m", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("t0", time_dtype, [])])
+    return model
+
+
+def _endless(model):
+    """The body's condition output replaced by its condition input: only M stops the Loop."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    body = loop.attribute[0].g
+    body.node.append(helper.make_node("Identity", [body.input[1].name], ["always"]))
+    body.output[0].name = "always"
+    return model
+
+
+def _outcome(run):
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - compared below: both engines refuse, or neither
+        return e
+
+
+@pytest.mark.parametrize("endless", [False, True])
+def test_trip_count_condition_and_start_as_onnxruntime(endless, monkeypatch):
+    """Every combination of M, the condition and the time counter's start, against ORT: the
+    kernel takes the sequences it can (M or the condition ending it, a start past 0), the Loop
+    runs node by node for the rest (no iteration, a negative start) and refuses an index past
+    the input as ORT does."""
+    model = _loop_inputs_as_graph_inputs(_model("k3_gru_reset_after"))
+    if endless:
+        model = _endless(model)
+    plan = converters.from_onnx(model)
+    assert _loops(plan)[0].state is not None
+    sess = ort.InferenceSession(model.SerializeToString())
+    T = 9
+    x = _feeds(model, 2, T)["x"]
+    for m in (0, 1, 4, T, T + 1, 50):
+        for go in (True, False):
+            for t0 in (0, 3, T - 1, T, -2):
+                feeds = {"x": x, "m": np.array(m, np.int64), "go": np.array(go),
+                         "t0": np.array(t0, np.int32)}
+                ref = _outcome(lambda: sess.run(None, feeds))
+                calls = []
+                cell = _loops(plan)[0].state
+                with monkeypatch.context() as patch:
+                    patch.setattr(cell.stack, "run", lambda *a, run=cell.stack.run:
+                                  calls.append(1) or run(*a))
+                    got = _outcome(lambda: plan.run(None, feeds))
+                where = (m, go, t0)
+                takes = go and m >= 1 and 0 <= t0 < T and (not endless or t0 + m <= T)
+                assert len(calls) == takes, where
+                if isinstance(ref, Exception):
+                    assert isinstance(got, FastRNNError), (where, ref, got)
+                    continue
+                assert not isinstance(got, Exception), (where, got)
+                for g, r in zip(got, ref):
+                    assert g.dtype == r.dtype and g.shape == r.shape, where
+                    np.testing.assert_allclose(g, r, **TOL, err_msg=str(where))
+
+
+def test_a_body_that_is_almost_a_cell_stays_a_loop():
+    """A GRU step whose update is h = z*h + (0.5 - z)*n matches no cell: the Loop runs node by
+    node (and still as ORT)."""
+    model = _model("k3_gru_reset_after")
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    body = loop.attribute[0].g
+    (one,) = [t for t in body.initializer if t.name.endswith("gru_cell_1/sub/x:0")]
+    assert numpy_helper.to_array(one) == 1
+    one.CopyFrom(numpy_helper.from_array(np.array(0.5, np.float32), one.name))
+    plan = converters.from_onnx(model)
+    assert _loops(plan)[0].state is None
+    feeds = _feeds(model, 2, 6)
+    for g, r in zip(plan.run(None, feeds), ort.InferenceSession(model.SerializeToString())
+                    .run(None, feeds)):
+        np.testing.assert_allclose(g, r, **TOL)
+
+
+def _as_float64(model):
+    """The model with every float32 tensor, type and cast in float64."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+
+    def convert(graph):
+        for t in graph.initializer:
+            if t.data_type == TensorProto.FLOAT:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+            if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+                vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.DOUBLE
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    convert(attr.g)
+    convert(model.graph)
+    return model
+
+
+@pytest.mark.parametrize("name", ["k3_gru_reset_after", "k3_gru_reset_before", "k3_simple_rnn",
+                                  "k3_lstm_recurrent_dropout"])
+def test_float64_loops(name, monkeypatch):
+    model = _as_float64(_model(name))
+    plan = converters.from_onnx(model)
+    cell = _loops(plan)[0].state
+    assert cell is not None and cell.stack.layers[0][0].dtype == np.float64
+    feeds = _feeds(model, 2, 50)
+    got = plan.run(None, feeds)
+    slow = _node_by_node(model, monkeypatch).run(None, feeds)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    for g, s, r in zip(got, slow, ref):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, s, **F64_TOL)
+        np.testing.assert_allclose(g, r, **F64_TOL)
