@@ -1,8 +1,9 @@
 """A Loop whose body is a recurrent cell's step (tf2onnx's Keras layers it cannot rewrite) runs as one
 call of fastrnn's kernel (converters/onnx_import/loop_cells.py), with the same results as the Loop
 run node by node and as ONNX Runtime: on the tf2onnx fixtures in tests/data/keras/, at other batch
-sizes and lengths, in float64, and with the Loop's trip count, condition and time counter fed
-values the kernel cannot take (the Loop then runs node by node, errors included).
+sizes and lengths, with masked steps, in float64, and with the Loop's trip count, condition and
+time counter fed values the kernel cannot take (the Loop then runs node by node, errors
+included).
 """
 from __future__ import annotations
 
@@ -26,40 +27,42 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 F64_TOL = dict(rtol=1e-10, atol=1e-12)
 SIGMOID, TANH, RELU = ("sigmoid", 0.0, 0.0), ("tanh", 0.0, 0.0), ("relu", 0.0, 0.0)
 KERAS3_HARD_SIGMOID = ("hardsigmoid", 1 / 6, 0.5)  # relu6(x + 3) / 6
-# per looped fixture (opset 13): each Loop's cell as (mode, activations, linear_before_reset),
-# or None where the body is not a cell step alone (a mask gathered per step)
-GRU_AFTER = ("GRU", [SIGMOID, TANH], 1)
-GRU_BEFORE = ("GRU", [SIGMOID, TANH], 0)
-LSTM = ("LSTM", [SIGMOID, TANH, TANH], 0)
-RNN_TANH, RNN_RELU = ("RNN", [TANH], 0), ("RNN", [RELU], 0)
+# per looped fixture (opset 13): each Loop's cell as (mode, activations, linear_before_reset,
+# whether its steps are masked)
+GRU_AFTER = ("GRU", [SIGMOID, TANH], 1, False)
+GRU_BEFORE = ("GRU", [SIGMOID, TANH], 0, False)
+LSTM = ("LSTM", [SIGMOID, TANH, TANH], 0, False)
+RNN_TANH, RNN_RELU = ("RNN", [TANH], 0, False), ("RNN", [RELU], 0, False)
+MASKED_LSTM = ("LSTM", [SIGMOID, TANH, TANH], 0, True)
+MASKED_GRU = ("GRU", [SIGMOID, TANH], 1, True)
 EXPECTED = {
     "k2_bidir_rnn_concat": [RNN_TANH, RNN_TANH],
-    "k2_classifier_masked": [None],
-    "k2_embedding_mask_gru": [None],
+    "k2_classifier_masked": [MASKED_LSTM],
+    "k2_embedding_mask_gru": [MASKED_GRU],
     "k2_gru_reset_before": [GRU_BEFORE],
     "k2_lstm_recurrent_dropout": [LSTM],
-    "k2_masking_gru_seq": [None],
-    "k2_masking_lstm": [None],
+    "k2_masking_gru_seq": [MASKED_GRU],
+    "k2_masking_lstm": [MASKED_LSTM],
     "k2_simple_rnn": [RNN_TANH],
     "k2_simple_rnn_relu_last": [RNN_RELU],
     "k3_bidir_gru_sum": [GRU_AFTER, GRU_AFTER],
     "k3_bidir_rnn_concat": [RNN_TANH, RNN_TANH],
-    "k3_classifier_masked": [None],
-    "k3_embedding_mask_gru": [None],
+    "k3_classifier_masked": [MASKED_LSTM],
+    "k3_embedding_mask_gru": [MASKED_GRU],
     "k3_fixed_batch_gru_last": [GRU_AFTER],
     "k3_gru_backwards_last": [GRU_AFTER],
     "k3_gru_dense": [GRU_AFTER],
     "k3_gru_reset_after": [GRU_AFTER],
     "k3_gru_reset_before": [GRU_BEFORE],
-    "k3_lstm_hard_sigmoid": [("LSTM", [KERAS3_HARD_SIGMOID, TANH, TANH], 0)],
+    "k3_lstm_hard_sigmoid": [("LSTM", [KERAS3_HARD_SIGMOID, TANH, TANH], 0, False)],
     "k3_lstm_recurrent_dropout": [LSTM],
-    "k3_masking_gru_seq": [None],
-    "k3_masking_lstm": [None],
+    "k3_masking_gru_seq": [MASKED_GRU],
+    "k3_masking_lstm": [MASKED_LSTM],
     "k3_simple_rnn": [RNN_TANH],
     "k3_simple_rnn_relu_last": [RNN_RELU],
     "k3_stacked": [GRU_AFTER],
 }
-RECOGNISED = sorted(name for name, cells in EXPECTED.items() if all(cells))
+MASKED = sorted(name for name, cells in EXPECTED.items() if cells[0][3])
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +100,15 @@ def _loops(plan) -> list:
     return [node for node in plan.nodes if node.op == "Loop"]
 
 
+def _counting_kernel_calls(plan, monkeypatch) -> list:
+    """A list that gets an entry each time one of the plan's Loops runs its kernel."""
+    calls = []
+    for node in _loops(plan):
+        stack = node.state.stack
+        monkeypatch.setattr(stack, "run", lambda *a, run=stack.run: calls.append(1) or run(*a))
+    return calls
+
+
 def test_every_looped_fixture_is_listed():
     looped = {p.stem.split("_opset")[0] for p in DATA.glob("*_opset13.onnx")
               if any(n.op_type == "Loop" for n in onnx.load(str(p)).graph.node)}
@@ -104,24 +116,21 @@ def test_every_looped_fixture_is_listed():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_cells_are_recognised_and_masked_steps_are_not(name):
+def test_cells_are_recognised(name):
     plan = converters.from_onnx(DATA / f"{name}_opset13.onnx")
     loops = _loops(plan)
     assert len(loops) == len(EXPECTED[name])
     for node, expected in zip(loops, EXPECTED[name]):
-        if expected is None:
-            assert node.state is None
-            continue
         cell = node.state
-        mode, acts, lbr = expected
-        assert (cell.mode, cell.linear_before_reset) == (mode, lbr)
+        mode, acts, lbr, masked = expected
+        assert (cell.mode, cell.linear_before_reset, cell.masked) == (mode, lbr, masked)
         assert [a[0] for a in cell.activations] == [a[0] for a in acts]
         assert [v for a in cell.activations for v in a[1:]] == pytest.approx([v for a in acts for v in a[1:]])
         assert (cell.input_size, cell.hidden_size) == (4, 6) or name == "k3_stacked"
         assert repr(cell).startswith(f"LoopedCell({mode}, ")
 
 
-@pytest.mark.parametrize("name", RECOGNISED)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 @pytest.mark.parametrize("N,T", [(1, 1), (2, 7), (3, 100)])
 def test_as_node_by_node_and_onnxruntime(name, N, T, monkeypatch, tmp_path):
     """The kernel's results against the same Loop run node by node, against ORT, and from the
@@ -144,6 +153,67 @@ def test_as_node_by_node_and_onnxruntime(name, N, T, monkeypatch, tmp_path):
         np.testing.assert_allclose(g, r, **TOL)
         np.testing.assert_allclose(g, s, **TOL)
         np.testing.assert_array_equal(g, saved)
+
+
+# each row's taken steps (T = 9): all, the first 4 (trailing padding), the last 3 (leading
+# padding), none, a run in the middle
+RUNS = [(0, 9), (0, 4), (6, 9), (0, 0), (2, 7)]
+
+
+def _masked_feeds(model, taken: np.ndarray, seed: int = 3) -> dict:
+    """Random steps where `taken` [N, T] is set, masked ones elsewhere: zero vectors for a
+    Masking(0.0) layer, token 0 for an Embedding(mask_zero=True)."""
+    (name, x), = _feeds(model, *taken.shape, seed=seed).items()
+    if x.ndim == 3:
+        x = np.where(taken[..., None], x, 0).astype(x.dtype)
+    else:
+        x = np.where(taken, x, 0).astype(x.dtype)
+    return {name: x}
+
+
+def _states_as_graph_inputs(model, H: int = 6):
+    """The model with its Loop's initial states (h, c, the last output; zeros as Keras builds
+    them) fed as graph inputs 's<k>' [N, H] instead."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    slots = _loops(converters.from_onnx(model))[0].state.slots.values()
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    for slot in slots:
+        loop.input[2 + slot] = f"s{slot}"
+        model.graph.input.append(helper.make_tensor_value_info(f"s{slot}", TensorProto.FLOAT,
+                                                               [None, H]))
+    return model
+
+
+@pytest.mark.parametrize("name", MASKED)
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("given_states", [False, True])
+def test_masked_steps_as_node_by_node_and_onnxruntime(name, holes, given_states, monkeypatch):
+    """Rows padded at the end, at the start, entirely, or around a run of steps go through the
+    kernel (each row's run moved to the front and run with its length; the states before and
+    after it as Keras keeps them), from zero states or given ones; a row with a gap in its steps
+    leaves the Loop to run node by node."""
+    model = _model(name)
+    taken = np.zeros((len(RUNS), 9), bool)
+    for row, (a, b) in enumerate(RUNS):
+        taken[row, a:b] = True
+    if holes:
+        taken[4, 4] = False
+    feeds = _masked_feeds(model, taken)
+    if given_states:
+        model = _states_as_graph_inputs(model)
+        rng = np.random.default_rng(11)
+        feeds.update({vi.name: rng.uniform(-1, 1, (len(RUNS), 6)).astype(np.float32)
+                      for vi in model.graph.input if vi.name.startswith("s")})
+    plan = converters.from_onnx(model)
+    calls = _counting_kernel_calls(plan, monkeypatch)
+    got = plan.run(None, feeds)
+    assert len(calls) == (0 if holes else 1)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    slow = _node_by_node(model, monkeypatch).run(None, feeds)
+    for g, r, s in zip(got, ref, slow):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(g, r, **TOL)
+        np.testing.assert_allclose(g, s, **TOL)
 
 
 # ------------------------------------------------------------------ the Loop's own inputs
@@ -196,11 +266,8 @@ def test_trip_count_condition_and_start_as_onnxruntime(endless, monkeypatch):
                 feeds = {"x": x, "m": np.array(m, np.int64), "go": np.array(go),
                          "t0": np.array(t0, np.int32)}
                 ref = _outcome(lambda: sess.run(None, feeds))
-                calls = []
-                cell = _loops(plan)[0].state
                 with monkeypatch.context() as patch:
-                    patch.setattr(cell.stack, "run", lambda *a, run=cell.stack.run:
-                                  calls.append(1) or run(*a))
+                    calls = _counting_kernel_calls(plan, patch)
                     got = _outcome(lambda: plan.run(None, feeds))
                 where = (m, go, t0)
                 takes = go and m >= 1 and 0 <= t0 < T and (not endless or t0 + m <= T)

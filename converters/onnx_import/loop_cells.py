@@ -76,6 +76,7 @@ class _Analysis:
         self.passthrough = [k for k, name in enumerate(self.carried) if outs[1 + k] == name]
         # the values that stay the same in every iteration: known now (constants), or only
         # when the Loop runs (slot in the Loop node's inputs)
+        self.dtypes = {v.name: v.dtype for v in body.input_infos}
         self.invariant = dict(body.constants)
         self.runtime: dict[str, int] = {}
         outer_slots = [2 + k for k in self.passthrough] + list(range(2 + n, len(formal)))
@@ -85,7 +86,6 @@ class _Analysis:
                 self.invariant[formal[slot]] = value
             else:
                 self.runtime[formal[slot]] = slot
-        self.dtypes = {v.name: v.dtype for v in body.input_infos}
         self._split_nodes()
 
     def _split_nodes(self) -> None:
@@ -94,10 +94,17 @@ class _Analysis:
 
         gathers = [nd for nd in self.body.nodes if nd.op == "Gather" and len(nd.inputs) == 2
                    and nd.inputs[0] in self.runtime and self.runtime[nd.inputs[0]] >= 2 + self.n]
-        _require(len(gathers) == 1 and int(gathers[0].attrs.get("axis", 0)) == 0)
-        self.gather = gathers[0]
+        _require(all(int(nd.attrs.get("axis", 0)) == 0 for nd in gathers))
+        masks = [nd for nd in gathers if self.dtypes.get(nd.inputs[0]) == "bool"]
+        inputs = [nd for nd in gathers if nd not in masks]
+        _require(len(inputs) == 1 and len(masks) <= 1)
+        self.gather, self.mask_gather = inputs[0], (masks[0] if masks else None)
         self.x_name, index = self.gather.inputs
         self.x_slot = self.runtime.pop(self.x_name)
+        self.mask_slot = None
+        if self.mask_gather is not None:
+            _require(self.mask_gather.inputs[1] == index)
+            self.mask_slot = self.runtime.pop(self.mask_gather.inputs[0])
         if index == self.counter:
             self.time = None
         else:
@@ -105,15 +112,17 @@ class _Analysis:
             self.time = self.carried.index(index)
             self._check_time_step()
         self.states = [k for k in range(self.n) if k not in self.passthrough and k != self.time]
-        _require(len(self.states) in (1, 2))
+        _require(1 <= len(self.states) <= (3 if self.mask_gather is not None else 2))
         kind = {name: "control" for name in [self.counter, self.cond_in, *self.runtime]}
         if self.time is not None:
             kind[self.carried[self.time]] = "control"
         kind[self.gather.outputs[0]] = "cell"
+        if self.mask_gather is not None:
+            kind[self.mask_gather.outputs[0]] = "cell"
         kind.update({self.carried[k]: "cell" for k in self.states})
         self.control, self.cell = [], []
         for nd in self.body.nodes:
-            if nd is self.gather:
+            if nd is self.gather or nd is self.mask_gather:
                 continue
             _require(nd.op not in GRAPHS and not nd.op.startswith(_NOT_PURE))
             kinds = {kind.get(name, "other") for name in nd.inputs
@@ -163,28 +172,47 @@ class _Analysis:
         matrices = [(name, v) for name, v in self.invariant.items()
                     if isinstance(v, np.ndarray) and v.dtype == self.dtype and v.ndim in (1, 2)]
         self.probes: dict[tuple, list | None] = {}
-        for spec in _guesses(matrices, len(self.states), {nd.op for nd in self.cell}):
+        masked = self.mask_gather is not None
+        for spec in _guesses(matrices, len(self.states), masked, {nd.op for nd in self.cell}):
             if self._matches(spec):
                 return LoopedCell(self, spec)
         raise _NotACell
 
     def _probe(self, I: int, H: int, rng) -> tuple:
-        """Random x_t and states, and the body's new states from them."""
+        """Random x_t and states (and a mask that takes some rows and leaves others), and the
+        body's new states from them."""
+        values = dict(self.invariant)
+        values[self.gather.outputs[0]] = x = rng.standard_normal((_PROBE_ROWS, I)).astype(self.dtype)
+        states = [rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(self.dtype)
+                  for _ in self.states]
+        values.update(zip((self.carried[k] for k in self.states), states))
+        taken = np.arange(_PROBE_ROWS) % 2 == 0 if self.mask_gather is not None else None
+        self.mask_trailing = None
+        if taken is None:
+            return x, states, taken, self._run_cell(values)
+        for trailing in ((1,), ()):  # Keras's mask per step: [N, 1] (or [N])
+            values[self.mask_gather.outputs[0]] = taken.reshape((_PROBE_ROWS,) + trailing)
+            try:
+                out = self._run_cell(dict(values))
+            except Exception:  # noqa: BLE001 - not this shape of mask
+                continue
+            self.mask_trailing = trailing
+            return x, states, taken, out
+        raise _NotACell
+
+    def _run_cell(self, values: dict) -> list:
         from .plan import execute_node
 
-        values = dict(self.invariant)
-        x = values[self.gather.outputs[0]] = rng.standard_normal((_PROBE_ROWS, I)).astype(self.dtype)
-        states = [rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(self.dtype),
-                  rng.standard_normal((_PROBE_ROWS, H)).astype(self.dtype)][:len(self.states)]
-        values.update(zip((self.carried[k] for k in self.states), states))
         with np.errstate(all="ignore"):
             for nd in self.cell:
                 outs = execute_node(nd, [values.get(i) if i else None for i in nd.inputs])
                 values.update((name, value) for name, value in zip(nd.outputs, outs) if name)
-        return x, states, [np.asarray(values[self.outs[1 + k]]) for k in self.states]
+        return [np.asarray(values[self.outs[1 + k]]) for k in self.states]
 
     def _matches(self, spec) -> bool:
-        """Whether the guess's step gives the body's new states on every probe."""
+        """Whether the guess's step gives the body's new states on every probe: the cell's new
+        h (and c) where the mask takes the row, the state as it was where it does not, and the
+        output state (a masked layer's last output) the new h or as it was."""
         key = (spec["kernel"].shape[0], spec["H"])
         if key not in self.probes:
             rng = np.random.default_rng(20261127)
@@ -195,39 +223,56 @@ class _Analysis:
         if self.probes[key] is None:
             return False
         W, R, B = _onnx_weights(spec)
-        for x, states, body_out in self.probes[key]:
-            new = _reference_step(spec, W, R, B, x, *(states[i] for i in spec["order"]))
-            for want, got in zip(new, (body_out[i] for i in spec["order"])):
+        roles = spec["roles"]
+        for x, states, taken, body_out in self.probes[key]:
+            given = dict(zip(roles, states))
+            new = dict(zip(("h", "c"), _reference_step(spec, W, R, B, x, given["h"], given.get("c"))))
+            new["out"] = new["h"]
+            for role, old, got in zip(roles, states, body_out):
+                want = new[role] if taken is None else np.where(taken[:, None], new[role], old)
                 if got.shape != want.shape or not np.all(
                         np.abs(got - want) <= _MATCH * (1 + np.abs(got))):
                     return False
         return True
 
 
-def _guesses(matrices, state_count: int, ops: set):
+def _guesses(matrices, state_count: int, masked: bool, ops: set):
     """Candidate cells, most likely first: gate count and sizes from the invariant matrices'
-    shapes, activations from the body's ops."""
+    shapes, activations from the body's ops, and the role of each carried state (h, c, and with
+    a mask the last output)."""
     squashes = [("sigmoid", 0.0, 0.0)] if "Sigmoid" in ops else []
     if ops & {"HardSigmoid", "Clip", "Min", "Max", "Relu", "Div", "Mul"}:
         squashes += [("hardsigmoid", 0.2, 0.5), ("hardsigmoid", 1 / 6, 0.5)]
     outs = ([("tanh", 0.0, 0.0)] if "Tanh" in ops else []) + \
         ([("relu", 0.0, 0.0)] if ops & {"Relu", "Max", "Clip"} else [])
-    orders = ((0, 1), (1, 0)) if state_count == 2 else ((0,),)
-    for G in ((4,) if state_count == 2 else (3, 1)):
+    for G in (3, 1, 4):
+        names = ("h", "c") if G == 4 else ("h",)
+        if masked:
+            names += ("out",)
+        if len(names) != state_count:
+            continue
         recurrent = [(n, m) for n, m in matrices if m.ndim == 2 and m.shape[1] == G * m.shape[0]]
         for (r_name, rk), (k_name, kernel) in itertools.product(recurrent, matrices):
             H = rk.shape[0]
             if k_name == r_name or kernel.ndim != 2 or kernel.shape[1] != G * H:
                 continue
-            biases = [None] + [m for _, m in matrices
-                               if m.shape == (G * H,) or (G == 3 and m.shape == (2, G * H))]
-            for bias, variant, order in itertools.product(
-                    biases, list(_variants(G, squashes, outs)), orders):
-                if G == 3 and bias is not None and bias.ndim == 2 and \
-                        not variant["linear_before_reset"]:
-                    continue
-                yield dict(G=G, H=H, kernel=kernel, recurrent=rk, bias=bias, order=order,
+            for bias, variant, roles in itertools.product(
+                    _biases(matrices, G, H), list(_variants(G, squashes, outs)),
+                    itertools.permutations(names)):
+                yield dict(G=G, H=H, kernel=kernel, recurrent=rk, bias=bias, roles=roles,
                            **variant)
+
+
+def _biases(matrices, G: int, H: int) -> list:
+    """Candidate (input bias, recurrent bias) pairs, either None: none; a [G*H] vector (the
+    input bias); a GRU's [2, G*H] (Keras's reset_after bias) or two [G*H] vectors (the same
+    bias unstacked)."""
+    vectors = [m for _, m in matrices if m.shape == (G * H,)]
+    pairs = [(None, None)] + [(v, None) for v in vectors]
+    if G == 3:
+        pairs += [(m[0], m[1]) for _, m in matrices if m.shape == (2, G * H)]
+        pairs += list(itertools.permutations(vectors, 2))
+    return pairs
 
 
 def _variants(G: int, squashes, outs):
@@ -249,12 +294,9 @@ def _onnx_weights(spec):
     W = reorder_gates(spec["kernel"].T.astype(np.float64), mode, "keras", "onnx")
     R = reorder_gates(spec["recurrent"].T.astype(np.float64), mode, "keras", "onnx")
     B = np.zeros(2 * GH)
-    bias = spec["bias"]
-    if bias is not None:
-        bias = np.asarray(bias, np.float64)
-        B[:GH] = reorder_gates(bias.reshape(-1, GH)[0], mode, "keras", "onnx")
-        if bias.ndim == 2:
-            B[GH:] = reorder_gates(bias[1], mode, "keras", "onnx")
+    for part, bias in zip((slice(0, GH), slice(GH, 2 * GH)), spec["bias"]):
+        if bias is not None:
+            B[part] = reorder_gates(np.asarray(bias, np.float64), mode, "keras", "onnx")
     return W, R, B
 
 
@@ -304,11 +346,10 @@ class LoopedCell:
         a = analysis
         mode = _GATES[spec["G"]]
         self.dtype, self.H, self.I = a.dtype, spec["H"], spec["kernel"].shape[0]
-        # the carried slots of h (and c), and the states the scan outputs stack: h only
-        self.state_slots = [a.states[i] for i in spec["order"]]
-        scans = [spec["order"].index(s) for s in a.scans]
-        _require(not any(scans))
-        self.scan_count = len(scans)
+        # role -> carried slot of h, c (LSTM) and a masked layer's last output
+        self.slots = {role: a.states[i] for i, role in enumerate(spec["roles"])}
+        self.scans = [spec["roles"][s] for s in a.scans]  # the role each scan output stacks
+        _require("c" not in self.scans)
         W, R, B = (m[None].astype(self.dtype) for m in _onnx_weights(spec))
         attrs = {"mode": mode, "reverse": [False], "clip": None,
                  "activations": [[list(t) for t in spec["activations"]]],
@@ -319,6 +360,8 @@ class LoopedCell:
         self.mode, self.hidden_size, self.input_size = mode, self.H, self.I
         self.activations = [tuple(t) for t in spec["activations"]]
         self.linear_before_reset = spec["linear_before_reset"]
+        self.masked = a.mask_slot is not None
+        self.mask_slot, self.mask_trailing = a.mask_slot, a.mask_trailing
         self._execute, self._canonical = execute_node, canonical
         self.n, self.x_slot, self.time = a.n, a.x_slot, a.time
         self.control, self.invariant, self.runtime = a.control, a.invariant, a.runtime
@@ -329,24 +372,55 @@ class LoopedCell:
 
     def __repr__(self) -> str:
         gru = f", linear_before_reset={self.linear_before_reset}" if self.mode == "GRU" else ""
+        mask = ", masked" if self.masked else ""
         return (f"LoopedCell({self.mode}, input_size={self.I}, hidden_size={self.H}, "
-                f"activations={self.activations}{gru})")
+                f"activations={self.activations}{gru}{mask})")
 
     def __call__(self, ins: list):
-        trips, going = ins[0], ins[1]
         carried = ins[2:2 + self.n]
         X = ins[self.x_slot]
         if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self.dtype \
                 or X.shape[2] != self.I or X.shape[1] == 0:
             return None
-        T, N = X.shape[:2]
-        initial = [carried[k] for k in self.state_slots]
+        N = X.shape[1]
+        initial = {role: carried[slot] for role, slot in self.slots.items()}
         if any(type(s) is not np.ndarray or s.shape != (N, self.H) or s.dtype != self.dtype
-               for s in initial):
+               for s in initial.values()):
             return None
+        span = self._span(ins, X.shape[0])
+        if span is None:
+            return None
+        start, steps, time_next = span
+        taken = None
+        if self.masked:
+            taken = self._taken(ins[self.mask_slot], start, steps, N)
+            if taken is None:
+                return None
+        xs = X[start:start + steps]
+        c0 = initial["c"][None] if "c" in initial else None
+        if taken is None or taken.all():
+            y, h_n, c_n = self.stack.run(self._canonical(xs, self.dtype), initial["h"][None], c0,
+                                         None)
+            seqs = {"h": y, "out": y}
+        else:
+            seqs, h_n, c_n = self._run_masked(xs, taken, initial, c0)
+        outs = list(carried)
+        outs[self.slots["h"]] = h_n[0]
+        if c_n is not None:
+            outs[self.slots["c"]] = c_n[0]
+        if self.masked:
+            outs[self.slots["out"]] = seqs["out"][-1]
+        if self.time is not None:
+            outs[self.time] = time_next
+        return outs + [seqs[role] for role in self.scans]
+
+    def _span(self, ins: list, T: int):
+        """(the first index into X, the number of iterations, the time counter after them), or
+        None where the Loop must run node by node."""
+        trips, going = ins[0], ins[1]
         t0 = None
         if self.time is not None:
-            t0 = carried[self.time]
+            t0 = ins[2 + self.time]
             if type(t0) is not np.ndarray or t0.ndim != 0 or t0.dtype.kind not in "iu":
                 return None
         start = 0 if t0 is None else int(t0)
@@ -366,15 +440,39 @@ class LoopedCell:
         steps, stopped, time_next = counted
         if not stopped and not capped:  # it would go on to an index past X: the Loop says so
             return None
-        xs = self._canonical(X[start:start + steps], self.dtype)
-        c0 = initial[1][None] if len(initial) == 2 else None
-        y, h_n, c_n = self.stack.run(xs, initial[0][None], c0, None)
-        outs = list(carried)
-        for slot, value in zip(self.state_slots, [h_n[0]] if c_n is None else [h_n[0], c_n[0]]):
-            outs[slot] = value
-        if self.time is not None:
-            outs[self.time] = time_next
-        return outs + [y] * self.scan_count
+        return start, steps, time_next
+
+    def _taken(self, mask, start: int, steps: int, N: int):
+        """The mask's [steps, N] over the iterations, or None where the kernel cannot take it:
+        any other shape (the Loop reports it), or a row whose taken steps are not one run."""
+        if type(mask) is not np.ndarray or mask.dtype != np.bool_ or \
+                mask.shape[1:] != (N,) + self.mask_trailing or mask.shape[0] < start + steps:
+            return None
+        taken = mask[start:start + steps].reshape(steps, N)
+        starts = np.count_nonzero(taken[1:] & ~taken[:-1], axis=0) + taken[0]
+        return taken if np.all(starts <= 1) else None
+
+    def _run_masked(self, xs, taken, initial: dict, c0):
+        """Each row's run of taken steps moved to the front and run with its length, the
+        results moved back: before the run the states stay as they came in, after it they stay
+        as it left them (Keras's masked steps)."""
+        steps, N = taken.shape
+        lengths = np.count_nonzero(taken, axis=0)
+        first = np.where(lengths > 0, np.argmax(taken, axis=0), 0)
+        rows = np.arange(N)
+        at = np.minimum(first + np.arange(steps)[:, None], steps - 1)
+        shifted = self._canonical(xs[at, rows], self.dtype)
+        y, h_n, c_n = self.stack.run(shifted, initial["h"][None], c0, lengths)
+        # step t of row n: output k = t - first of its run, the last one past it, the state it
+        # came in with (row `steps` of `padded`) before it
+        k = np.arange(steps)[:, None] - first
+        k = np.where(k < 0, steps, np.minimum(k, lengths - 1))
+        k = np.where(lengths > 0, k, steps)
+        seqs = {}
+        for role in ("h", "out"):
+            padded = np.concatenate([y, initial[role][None]])
+            seqs[role] = padded[k, rows]
+        return seqs, h_n, c_n
 
     def _trip_count(self, ins: list, room: int, t0):
         """(iterations, whether the condition ended them, the time counter after them), from the
