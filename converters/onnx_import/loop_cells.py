@@ -1,20 +1,22 @@
 """A Loop whose body is one step of a recurrent cell, run by fastrnn's kernel instead of node by node.
 
 onnx-free. tf2onnx leaves a Keras layer it cannot rewrite into an ONNX RNN / GRU / LSTM node (Keras 3
-GRU, GRU(reset_after=False), SimpleRNN, LSTM with hard_sigmoid) as a Loop over the Keras cell: each
-iteration reads x_t = Gather(X, t), computes the new state from it and the carried state, counts t
-on and tests t < T. ``recognise`` finds such a body and what it computes, and answers the Loop's
-fast path: the whole sequence in one call of a recurrent layer, ~100x fewer Python steps.
+GRU, GRU(reset_after=False), SimpleRNN, LSTM with hard_sigmoid, any layer fed a mask) as a Loop over
+the Keras cell: each iteration reads x_t = Gather(X, t) (and a mask's m_t), computes the new state
+from it and the carried state, counts t on and tests t < T. ``recognise`` finds such a body and
+what it computes, and answers the Loop's fast path: the whole sequence in one kernel call.
 
 What the body computes is not read off its node pattern (exporters vary it) but found and checked:
 - its nodes split into the invariant ones (weights and what is computed from them alone, evaluated
   once here), the control ones (the counters and the condition, elementwise on scalars) and the
-  cell ones (from x_t and the carried states only); a node mixing control and cell values, or
-  reading anything else (a mask gathered per step, say), leaves the Loop as it is;
+  cell ones (from x_t, m_t and the carried states only); a node mixing control and cell values,
+  or reading anything else, leaves the Loop as it is;
 - the cell is guessed from the invariant matrices' shapes (kernel [I, G*H], recurrent kernel
-  [H, G*H], a bias) with Keras's gate orders and activations, and each guess is checked against
-  the body itself on random inputs: the first whose step matches the body's (to 1e-4, float64
-  reference) is the cell. A body that matches none stays a Loop.
+  [H, G*H], biases) with Keras's gate orders and activations, and each carried state's role (h,
+  c, with a mask the last output), and each guess is checked against the body itself on random
+  inputs: the first whose step matches the body's (to 1e-4, float64 reference; with a mask, the
+  new states in the rows it takes and the old ones in the others) is the cell. A body that
+  matches none stays a Loop.
 At run time the control nodes run once over the vector of all iterations, which gives the trip
 count; a sequence that ends somewhere the kernel cannot take (no iteration, an index out of X,
 a time counter that starts outside X) returns None, and the Loop runs node by node instead.
@@ -443,31 +445,26 @@ class LoopedCell:
         return start, steps, time_next
 
     def _taken(self, mask, start: int, steps: int, N: int):
-        """The mask's [steps, N] over the iterations, or None where the kernel cannot take it:
-        any other shape (the Loop reports it), or a row whose taken steps are not one run."""
+        """The mask's [steps, N] over the iterations, or None where it has another shape or
+        dtype (the Loop reports it)."""
         if type(mask) is not np.ndarray or mask.dtype != np.bool_ or \
                 mask.shape[1:] != (N,) + self.mask_trailing or mask.shape[0] < start + steps:
             return None
-        taken = mask[start:start + steps].reshape(steps, N)
-        starts = np.count_nonzero(taken[1:] & ~taken[:-1], axis=0) + taken[0]
-        return taken if np.all(starts <= 1) else None
+        return mask[start:start + steps].reshape(steps, N)
 
     def _run_masked(self, xs, taken, initial: dict, c0):
-        """Each row's run of taken steps moved to the front and run with its length, the
-        results moved back: before the run the states stay as they came in, after it they stay
-        as it left them (Keras's masked steps)."""
+        """Keras's masked steps: a row's state moves on only at its taken steps, so each row's
+        taken steps, moved to the front in their order, run as a sequence of that length, and
+        the results go back: at each step the states as the last taken step up to it left them
+        (as they came in before the first)."""
         steps, N = taken.shape
-        lengths = np.count_nonzero(taken, axis=0)
-        first = np.where(lengths > 0, np.argmax(taken, axis=0), 0)
         rows = np.arange(N)
-        at = np.minimum(first + np.arange(steps)[:, None], steps - 1)
-        shifted = self._canonical(xs[at, rows], self.dtype)
+        order = np.argsort(~taken, axis=0, kind="stable")  # taken steps first, in order
+        shifted = self._canonical(xs[order, rows], self.dtype)
+        lengths = np.count_nonzero(taken, axis=0)
         y, h_n, c_n = self.stack.run(shifted, initial["h"][None], c0, lengths)
-        # step t of row n: output k = t - first of its run, the last one past it, the state it
-        # came in with (row `steps` of `padded`) before it
-        k = np.arange(steps)[:, None] - first
-        k = np.where(k < 0, steps, np.minimum(k, lengths - 1))
-        k = np.where(lengths > 0, k, steps)
+        done = np.cumsum(taken, axis=0)  # taken steps up to each step
+        k = np.where(done > 0, done - 1, steps)  # row `steps` of `padded`: the incoming state
         seqs = {}
         for role in ("h", "out"):
             padded = np.concatenate([y, initial[role][None]])
