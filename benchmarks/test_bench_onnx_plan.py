@@ -1,6 +1,8 @@
 """fastrnn's ONNX plan (converters.from_onnx) against ONNX Runtime on the same model, one group
 per case, one thread each: a torch legacy export of a 2-layer LSTM at T=1 (where the plan's own
-per-node overhead shows) and T=100, and a tf2onnx Keras GRU whose time loop is an ONNX Loop.
+per-node overhead shows) and T=100, and tf2onnx Keras layers whose time loop is an ONNX Loop (which
+the plan runs as one kernel call): a GRU at T=20 and T=100, and a masked LSTM (Masking(0.0), the
+last 30 of 100 steps padding).
 
 Not part of the test suite (pytest's testpaths is tests/); run with
 
@@ -17,11 +19,14 @@ import time
 import numpy as np
 import pytest
 
-KERAS_LOOP = (pathlib.Path(__file__).parent.parent / "tests" / "data" / "keras"
-              / "k3_gru_reset_after_opset13.onnx")
+KERAS = pathlib.Path(__file__).parent.parent / "tests" / "data" / "keras"
+KERAS_LOOPS = {"gru": KERAS / "k3_gru_reset_after_opset13.onnx",
+               "lstm-masked": KERAS / "k2_masking_lstm_opset13.onnx"}
+PADDING = 30  # the masked case's last steps, zeros
 # case id -> (modules its model needs, steps T of its input)
 CASES = {"onnx-lstm2-h128-t1": (("torch",), 1), "onnx-lstm2-h128-t100": (("torch",), 100),
-         "onnx-keras-gru-loop-t20": ((), 20)}
+         "onnx-keras-gru-loop-t20": ((), 20), "onnx-keras-gru-loop-t100": ((), 100),
+         "onnx-keras-lstm-masked-loop-t100": ((), 100)}
 REQUIRES = {"plan": ("onnx",), "onnxruntime": ("onnx", "onnxruntime")}
 PAIRS = [pytest.param(engine, case_id, id=f"{case_id}-{engine}")
          for engine in REQUIRES for case_id in CASES]
@@ -45,7 +50,11 @@ def _model(case_id: str) -> tuple[bytes, dict]:
     rng = np.random.default_rng(0)
     if case_id.startswith("onnx-lstm2"):
         return _lstm_export(), {"x": rng.standard_normal((1, steps, 64)).astype(np.float32)}
-    return KERAS_LOOP.read_bytes(), {"x": rng.standard_normal((1, steps, 4)).astype(np.float32)}
+    x = rng.standard_normal((1, steps, 4)).astype(np.float32)
+    if "masked" in case_id:
+        x[:, steps - PADDING:] = 0
+    layer = "lstm-masked" if "masked" in case_id else "gru"
+    return KERAS_LOOPS[layer].read_bytes(), {"x": x}
 
 
 def _session(engine: str, model: bytes):

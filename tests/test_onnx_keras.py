@@ -7,7 +7,7 @@ tf2onnx turns Keras LSTM and Keras 2 GRU(reset_after=True) into ONNX LSTM / GRU 
 go_backwards layer's input reversal into ReverseSequence; what it cannot rewrite (SimpleRNN, Keras 3
 GRU, Keras 2 GRU(reset_after=False), Keras 3 LSTM with hard_sigmoid, a layer with recurrent dropout
 or fed a mask) stays a Loop over the Keras cell, which fastrnn runs as a Loop plan node (its body a
-nested plan, one numpy step per time step).
+nested plan), recognised as a cell's step and run by the kernel (tests/test_onnx_loop_cells.py).
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def test_fixed_sizes_are_checked():
 @pytest.mark.parametrize("name", LOOPS)
 def test_loops_run_as_loop_nodes(name):
     """The Loop tf2onnx leaves for a Keras layer it could not rewrite is a Loop plan node (the
-    numbers: test_runs_as_keras_and_onnxruntime)."""
+    numbers: test_runs_as_keras_and_onnxruntime; the kernel that runs it: test_onnx_loop_cells)."""
     loops = [n.name for n in onnx.load(str(DATA / f"{name}.onnx")).graph.node if n.op_type == "Loop"]
     assert loops
     sess = converters.from_onnx(DATA / f"{name}.onnx")

@@ -142,7 +142,9 @@ def test_as_node_by_node_and_onnxruntime(name, N, T, monkeypatch, tmp_path):
     if name == "k3_fixed_batch_gru_last":
         N, T = 3, 5  # its sizes are fixed
     feeds = _feeds(model, N, T)
+    calls = _counting_kernel_calls(fast, monkeypatch)
     got, ref = fast.run(None, feeds), ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    assert len(calls) == len(_loops(fast))
     slow_got = slow.run(None, feeds)
     path = tmp_path / "plan.frnn"
     fastrnn.save(fast, path)
@@ -215,6 +217,46 @@ def test_masked_steps_as_node_by_node_and_onnxruntime(name, holes, given_states,
         assert g.dtype == r.dtype and g.shape == r.shape
         np.testing.assert_allclose(g, r, **TOL)
         np.testing.assert_allclose(g, s, **TOL)
+
+
+# ------------------------------------------------------------------ more Keras layers
+MORE = pathlib.Path(__file__).parent / "data" / "keras_loops"
+MORE_FIXTURES = sorted(p.stem for p in MORE.glob("*.onnx"))
+
+
+def test_more_fixtures_are_there():
+    assert len(MORE_FIXTURES) == 22  # 11 models (make_fixtures.py there), Keras 3 and Keras 2
+
+
+@pytest.mark.parametrize("name", MORE_FIXTURES)
+def test_more_keras_loops_as_keras_onnxruntime_and_node_by_node(name, monkeypatch, tmp_path):
+    """Bidirectional masked layers (their outputs zeroed at masked steps), go_backwards, return_state,
+    stacked masked layers, larger sizes, no bias, hard_sigmoid, SimpleRNN's relu and sigmoid: every
+    Loop runs as a kernel call, on the recorded masked input (rows padded at either end and with
+    a gap) as Keras, ORT and the Loops run node by node, and at another batch size and length."""
+    model = onnx.load(str(MORE / f"{name}.onnx"))
+    with np.load(MORE / f"{name}.npz") as d:
+        x = d["x"]
+        keras_outs = [d[f"out{k}"] for k in range(sum(k.startswith("out") for k in d.files))]
+    plan = converters.from_onnx(model)
+    loops = _loops(plan)
+    assert loops and all(node.state is not None for node in loops)
+    calls = _counting_kernel_calls(plan, monkeypatch)
+    slow = _node_by_node(model, monkeypatch)
+    sess = ort.InferenceSession(model.SerializeToString())
+    got = plan.run(None, {"x": x})
+    assert len(calls) == len(loops)
+    for g, k, r, s in zip(got, keras_outs, sess.run(None, {"x": x}), slow.run(None, {"x": x})):
+        assert g.dtype == r.dtype and g.shape == k.shape == r.shape
+        np.testing.assert_allclose(g, k, **TOL)
+        np.testing.assert_allclose(g, r, **TOL)
+        np.testing.assert_allclose(g, s, **TOL)
+    other = _feeds(model, 2, 30)
+    for g, r in zip(plan.run(None, other), sess.run(None, other)):
+        np.testing.assert_allclose(g, r, **TOL)
+    fastrnn.save(plan, tmp_path / "plan.frnn")
+    for g, saved in zip(got, fastrnn.load(tmp_path / "plan.frnn").run(None, {"x": x})):
+        np.testing.assert_array_equal(g, saved)
 
 
 # ------------------------------------------------------------------ the Loop's own inputs

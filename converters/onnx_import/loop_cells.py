@@ -115,7 +115,8 @@ class _Analysis:
             self._check_time_step()
         self.states = [k for k in range(self.n) if k not in self.passthrough and k != self.time]
         _require(1 <= len(self.states) <= (3 if self.mask_gather is not None else 2))
-        kind = {name: "control" for name in [self.counter, self.cond_in, *self.runtime]}
+        kind = {name: "runtime" for name in self.runtime}  # read by either part
+        kind.update({self.counter: "control", self.cond_in: "control"})
         if self.time is not None:
             kind[self.carried[self.time]] = "control"
         kind[self.gather.outputs[0]] = "cell"
@@ -129,12 +130,13 @@ class _Analysis:
             _require(nd.op not in GRAPHS and not nd.op.startswith(_NOT_PURE))
             kinds = {kind.get(name, "other") for name in nd.inputs
                      if name and name not in self.invariant}
-            _require(kinds <= {"control", "cell"} and len(kinds) <= 1)
             if not kinds:  # computed from invariant values alone: once, here
                 outs = execute_node(nd, [self.invariant.get(i) if i else None for i in nd.inputs])
                 self.invariant.update((name, value) for name, value in zip(nd.outputs, outs) if name)
                 continue
-            (which,) = kinds
+            core = kinds - {"runtime"}
+            _require(core <= {"control", "cell"} and len(core) <= 1)
+            which = core.pop() if core else "control"
             (self.control if which == "control" else self.cell).append(nd)
             kind.update((name, which) for name in nd.outputs if name)
         for nd in self.control:
@@ -142,8 +144,14 @@ class _Analysis:
                 np.size(self.invariant[i]) == 1 for i in nd.inputs if i in self.invariant))
         _require(self.outs[0] in self.invariant or kind.get(self.outs[0]) == "control")
         _require(all(kind.get(self.outs[1 + k]) == "cell" for k in self.states))
-        _require(all(name not in self.invariant and kind.get(name) != "cell"
-                     for name in self.runtime))
+        # the values from outside the control part reads (scalars at run time), and those the
+        # cell reads: Keras's zeros for the outputs at masked steps, zeros at run time too
+        read_by = {part: {i for nd in nodes for i in nd.inputs if i in self.runtime}
+                   for part, nodes in (("control", self.control), ("cell", self.cell))}
+        self.control_runtime = {name: self.runtime[name] for name in sorted(read_by["control"])}
+        self.zero_names = sorted(read_by["cell"])
+        self.cell_zeros = [self.runtime[name] for name in self.zero_names]
+        _require(not self.cell_zeros or self.mask_gather is not None)
         aliases = {nd.outputs[0]: nd.inputs[0] for nd in self.cell
                    if nd.op == "Identity" and nd.outputs and nd.inputs}
 
@@ -173,7 +181,8 @@ class _Analysis:
         self.dtype = np.dtype(self.dtypes[self.x_name])
         matrices = [(name, v) for name, v in self.invariant.items()
                     if isinstance(v, np.ndarray) and v.dtype == self.dtype and v.ndim in (1, 2)]
-        self.probes: dict[tuple, list | None] = {}
+        self.probes: dict[tuple, list | None] = {}  # (I, H) -> probes
+        self.mask_trailing: dict[tuple, tuple] = {}  # (I, H) -> the mask's shape past [N]
         masked = self.mask_gather is not None
         for spec in _guesses(matrices, len(self.states), masked, {nd.op for nd in self.cell}):
             if self._matches(spec):
@@ -188,8 +197,8 @@ class _Analysis:
         states = [rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(self.dtype)
                   for _ in self.states]
         values.update(zip((self.carried[k] for k in self.states), states))
+        values.update((name, np.zeros((_PROBE_ROWS, H), self.dtype)) for name in self.zero_names)
         taken = np.arange(_PROBE_ROWS) % 2 == 0 if self.mask_gather is not None else None
-        self.mask_trailing = None
         if taken is None:
             return x, states, taken, self._run_cell(values)
         for trailing in ((1,), ()):  # Keras's mask per step: [N, 1] (or [N])
@@ -198,7 +207,7 @@ class _Analysis:
                 out = self._run_cell(dict(values))
             except Exception:  # noqa: BLE001 - not this shape of mask
                 continue
-            self.mask_trailing = trailing
+            self.mask_trailing[(I, H)] = trailing
             return x, states, taken, out
         raise _NotACell
 
@@ -229,8 +238,10 @@ class _Analysis:
         for x, states, taken, body_out in self.probes[key]:
             given = dict(zip(roles, states))
             new = dict(zip(("h", "c"), _reference_step(spec, W, R, B, x, given["h"], given.get("c"))))
-            new["out"] = new["h"]
+            new["out"] = new["zeroed"] = new["h"]
             for role, old, got in zip(roles, states, body_out):
+                if role == "zeroed":
+                    old = np.zeros_like(old)
                 want = new[role] if taken is None else np.where(taken[:, None], new[role], old)
                 if got.shape != want.shape or not np.all(
                         np.abs(got - want) <= _MATCH * (1 + np.abs(got))):
@@ -241,7 +252,7 @@ class _Analysis:
 def _guesses(matrices, state_count: int, masked: bool, ops: set):
     """Candidate cells, most likely first: gate count and sizes from the invariant matrices'
     shapes, activations from the body's ops, and the role of each carried state (h, c, and with
-    a mask the last output)."""
+    a mask the last output: kept at masked steps, or zeroed there)."""
     squashes = [("sigmoid", 0.0, 0.0)] if "Sigmoid" in ops else []
     if ops & {"HardSigmoid", "Clip", "Min", "Max", "Relu", "Div", "Mul"}:
         squashes += [("hardsigmoid", 0.2, 0.5), ("hardsigmoid", 1 / 6, 0.5)]
@@ -249,18 +260,18 @@ def _guesses(matrices, state_count: int, masked: bool, ops: set):
         ([("relu", 0.0, 0.0)] if ops & {"Relu", "Max", "Clip"} else [])
     for G in (3, 1, 4):
         names = ("h", "c") if G == 4 else ("h",)
-        if masked:
-            names += ("out",)
-        if len(names) != state_count:
+        lasts = ("out", "zeroed") if masked else (None,)
+        if len(names) + masked != state_count:
             continue
         recurrent = [(n, m) for n, m in matrices if m.ndim == 2 and m.shape[1] == G * m.shape[0]]
         for (r_name, rk), (k_name, kernel) in itertools.product(recurrent, matrices):
             H = rk.shape[0]
             if k_name == r_name or kernel.ndim != 2 or kernel.shape[1] != G * H:
                 continue
+            roles_each = [r for last in lasts
+                          for r in itertools.permutations(names + ((last,) if last else ()))]
             for bias, variant, roles in itertools.product(
-                    _biases(matrices, G, H), list(_variants(G, squashes, outs)),
-                    itertools.permutations(names)):
+                    _biases(matrices, G, H), list(_variants(G, squashes, outs)), roles_each):
                 yield dict(G=G, H=H, kernel=kernel, recurrent=rk, bias=bias, roles=roles,
                            **variant)
 
@@ -352,6 +363,8 @@ class LoopedCell:
         self.slots = {role: a.states[i] for i, role in enumerate(spec["roles"])}
         self.scans = [spec["roles"][s] for s in a.scans]  # the role each scan output stacks
         _require("c" not in self.scans)
+        # the sequences a masked run spreads back: the scans' and the last output's
+        self.sequences = set(self.scans) | ({"out", "zeroed"} & set(self.slots))
         W, R, B = (m[None].astype(self.dtype) for m in _onnx_weights(spec))
         attrs = {"mode": mode, "reverse": [False], "clip": None,
                  "activations": [[list(t) for t in spec["activations"]]],
@@ -363,10 +376,12 @@ class LoopedCell:
         self.activations = [tuple(t) for t in spec["activations"]]
         self.linear_before_reset = spec["linear_before_reset"]
         self.masked = a.mask_slot is not None
-        self.mask_slot, self.mask_trailing = a.mask_slot, a.mask_trailing
+        self.mask_slot = a.mask_slot
+        self.mask_trailing = a.mask_trailing.get((self.I, self.H))
         self._execute, self._canonical = execute_node, canonical
         self.n, self.x_slot, self.time = a.n, a.x_slot, a.time
-        self.control, self.invariant, self.runtime = a.control, a.invariant, a.runtime
+        self.control, self.invariant = a.control, a.invariant
+        self.control_runtime, self.cell_zeros = a.control_runtime, a.cell_zeros
         self.counter, self.cond_in, self.cond_out = a.counter, a.cond_in, a.outs[0]
         self.time_in = None if a.time is None else a.carried[a.time]
         self.time_out = None if a.time is None else a.outs[1 + a.time]
@@ -389,6 +404,11 @@ class LoopedCell:
         if any(type(s) is not np.ndarray or s.shape != (N, self.H) or s.dtype != self.dtype
                for s in initial.values()):
             return None
+        for slot in self.cell_zeros:
+            zeros = ins[slot]
+            if type(zeros) is not np.ndarray or zeros.shape != (N, self.H) or \
+                    zeros.dtype != self.dtype or zeros.any():
+                return None
         span = self._span(ins, X.shape[0])
         if span is None:
             return None
@@ -403,15 +423,16 @@ class LoopedCell:
         if taken is None or taken.all():
             y, h_n, c_n = self.stack.run(self._canonical(xs, self.dtype), initial["h"][None], c0,
                                          None)
-            seqs = {"h": y, "out": y}
+            seqs = {"h": y, "out": y, "zeroed": y}
         else:
             seqs, h_n, c_n = self._run_masked(xs, taken, initial, c0)
         outs = list(carried)
         outs[self.slots["h"]] = h_n[0]
         if c_n is not None:
             outs[self.slots["c"]] = c_n[0]
-        if self.masked:
-            outs[self.slots["out"]] = seqs["out"][-1]
+        for role in ("out", "zeroed"):
+            if role in self.slots:
+                outs[self.slots[role]] = seqs[role][-1]
         if self.time is not None:
             outs[self.time] = time_next
         return outs + [seqs[role] for role in self.scans]
@@ -466,9 +487,10 @@ class LoopedCell:
         done = np.cumsum(taken, axis=0)  # taken steps up to each step
         k = np.where(done > 0, done - 1, steps)  # row `steps` of `padded`: the incoming state
         seqs = {}
-        for role in ("h", "out"):
-            padded = np.concatenate([y, initial[role][None]])
-            seqs[role] = padded[k, rows]
+        for role in self.sequences:
+            before = np.zeros_like(y[0]) if role == "zeroed" else initial[role]
+            padded = np.concatenate([y, before[None]])
+            seqs[role] = padded[np.where(taken, k, steps) if role == "zeroed" else k, rows]
         return seqs, h_n, c_n
 
     def _trip_count(self, ins: list, room: int, t0):
@@ -476,7 +498,7 @@ class LoopedCell:
         control nodes run once over the first `room` iterations' values; None when they do not
         give one flag per iteration. Remembered per value of what they read."""
         key = [room] if t0 is None else [room, t0.dtype.str, int(t0)]
-        for slot in self.runtime.values():
+        for slot in self.control_runtime.values():
             value = ins[slot]
             if type(value) is not np.ndarray or value.size != 1:
                 return None
@@ -494,7 +516,7 @@ class LoopedCell:
 
     def _count(self, ins: list, room: int, t0):
         values = dict(self.invariant)
-        values.update((name, ins[slot]) for name, slot in self.runtime.items())
+        values.update((name, ins[slot]) for name, slot in self.control_runtime.items())
         values[self.counter] = np.arange(room, dtype=np.int64)
         values[self.cond_in] = np.ones(room, dtype=bool)
         if self.time_in is not None:
