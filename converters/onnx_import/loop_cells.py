@@ -30,6 +30,7 @@ import numpy as np
 from fastrnn.gates import reorder_gates
 
 from . import recurrent_node
+from .kernels import element_limit
 
 # ops the control part may use: elementwise, so that one call over every iteration's values
 # gives each iteration's result
@@ -40,13 +41,20 @@ _GATES = {1: "RNN", 3: "GRU", 4: "LSTM"}
 _PROBE_ROWS = 3
 _PROBES = 2
 _COUNTS_KEPT = 64  # trip counts remembered per Loop (one per sequence length, typically)
+_ELEMENTS_AT_LEAST = 1 << 20  # the element limit of what the analysis computes, at least
 _MATCH = 1e-4  # a guess's step against the body's, relative to the body's values plus one
 
 
 def recognise(node, outer_constants) -> "LoopedCell | None":
     """The Loop plan node's fast path, or None when its body is not a recognised cell step."""
+    # the analysis runs the body's nodes as a plan is built or loaded (a saved plan is a file from
+    # anywhere): no tensor it makes may be much larger than the values the Loop is given
+    given = list(node.graphs["body"].constants.values()) + [
+        outer_constants[name] for name in node.inputs if name in outer_constants]
+    limit = max([_ELEMENTS_AT_LEAST] + [2 * np.size(value) for value in given])
     try:
-        return _Analysis(node, outer_constants).result()
+        with element_limit(limit):
+            return _Analysis(node, outer_constants).result()
     except Exception:  # noqa: BLE001 - _NotACell, or a body the analysis cannot evaluate: the
         return None    # Loop runs node by node, and reports any error of its own when it runs
 
