@@ -388,7 +388,12 @@ class LoopedCell:
         self.mask_trailing = a.mask_trailing.get((self.I, self.H))
         self._execute, self._canonical = execute_node, canonical
         self.n, self.x_slot, self.time = a.n, a.x_slot, a.time
-        self.control, self.invariant = a.control, a.invariant
+        self.control = a.control
+        # of the invariant values (weights among them), those the control part reads
+        read = {i for nd in a.control for i in nd.inputs} | {a.outs[0]}
+        if a.time is not None:
+            read.add(a.outs[1 + a.time])
+        self.invariant = {name: a.invariant[name] for name in read if name in a.invariant}
         self.control_runtime, self.cell_zeros = a.control_runtime, a.cell_zeros
         self.counter, self.cond_in, self.cond_out = a.counter, a.cond_in, a.outs[0]
         self.time_in = None if a.time is None else a.carried[a.time]
