@@ -25,6 +25,7 @@ import pytest
 
 from converters import torch_files as tf
 from converters.torch_convert import from_torch
+from converters.torch_files.opaque import OpaqueValue
 from converters.torch_files.plain_values import _PickledOrderedDict
 from converters.torch_files.tensors import _rebuild_tensor_v2
 from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError, UnsupportedError
@@ -342,6 +343,33 @@ def test_class_instantiating_opcodes_are_refused(tmp_path):
     _zip_with_pickle(path, assemble({"w": NewObj(Global("collections", "OrderedDict"))}))
     with pytest.raises(UnsafeFileError, match="class-instantiating"):
         tf.open_checkpoint(path)
+
+
+def test_checkpoint_stand_ins_are_inert_data(tmp_path):
+    """The classes a training checkpoint keeps beside its weights (omegaconf, pathlib, argparse
+    Namespace, Lightning's AttributeDict: converters/torch_files/opaque.py) are never imported:
+    what a pickle builds from them is data, even under a name that would be code; such data
+    cannot be called, and the class stand-ins take no state."""
+    path = tmp_path / "o.pt"
+    _zip_with_pickle(path, assemble({
+        "x": Call(Global("omegaconf", "os.system"), "echo pwned"),
+        "cfg": Build(NewObj(Global("omegaconf.dictconfig", "DictConfig")),
+                     {"_content": {"lr": 0.1}, "_parent": None}),
+        "hp": NewObj(Global("lightning.fabric.utilities.data", "AttributeDict")),
+        "counts": Call(Global("collections", "defaultdict"), Global("builtins", "int")),
+    }))
+    obj = tf.load(path)
+    assert isinstance(obj["x"], OpaqueValue) and obj["x"].args == ("echo pwned",)
+    assert obj["x"].name == "omegaconf.os.system" and "not loaded" in repr(obj["x"])
+    assert obj["cfg"].state == {"_content": {"lr": 0.1}, "_parent": None}
+    assert obj["hp"] == {} and type(obj["hp"]) is dict and obj["counts"] == {}
+    for bad in (Call(Call(Global("pathlib", "PurePosixPath"), "/x"), "y"),
+                Build(Global("omegaconf.dictconfig", "DictConfig"), {"__call__": 1}),
+                Build(Global("lightning.fabric.utilities.data", "AttributeDict"), {"a": 1}),
+                NewObj(Global("argparse", "ArgumentParser"))):
+        _zip_with_pickle(path, assemble({"w": bad}))
+        with pytest.raises(FormatError):
+            tf.open_checkpoint(path)
 
 
 def _numpy_arrays():

@@ -1,7 +1,8 @@
 """converters.from_torch on checkpoints as users have them, each saved with torch and read back
 through the file path (no torch in the reading path) and, where it makes sense, in memory.
 
-Training checkpoints (optimizer state, Lightning, DataParallel, torch.compile), whole pickled
+Training checkpoints (optimizer state, Lightning with omegaconf configs, paths and AttributeDict
+hyper-parameters, DataParallel, torch.compile), whole pickled
 modules, half / bfloat16 / float64 tensors, views sharing one storage, the legacy format,
 weight_norm / spectral_norm (both APIs) in state dicts and modules, quantized LSTMs, constructor
 options, several RNNs in one checkpoint, composite models behind DataParallel. Outputs must
@@ -9,7 +10,12 @@ equal torch's on the same input (float32, 1e-5) or the error must be typed and s
 """
 from __future__ import annotations
 
+import argparse
+import collections
 import copy
+import pathlib
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -342,14 +348,70 @@ def test_composite_with_normalized_head_and_rnn(tmp_path, norm):
         np.testing.assert_allclose(tagger(ids), want, rtol=TOL, atol=TOL)
 
 
-def test_checkpoint_with_objects_in_its_hyper_parameters_says_how_to_extract_the_weights(
-        tmp_path):
-    import pathlib
+class UserConfig:
+    """A class of the user's own in a checkpoint: refused (its pickle could run its code)."""
+
+    def __init__(self):
+        self.hidden = H
+
+
+def test_checkpoint_with_objects_of_unknown_classes_says_how_to_extract_the_weights(tmp_path):
     lstm = torch.nn.LSTM(I, H)
     ckpt = {"state_dict": {f"model.{k}": v for k, v in lstm.state_dict().items()},
-            "hyper_parameters": {"data_dir": pathlib.PurePosixPath("/data")}}
-    with pytest.raises(UnsafeFileError, match=r"PurePosixPath.*hyper_parameters.*\['state_dict'\]"):
+            "hyper_parameters": {"config": UserConfig()}}
+    with pytest.raises(UnsafeFileError, match=r"UserConfig.*hyper_parameters.*\['state_dict'\]"):
         from_torch(saved(tmp_path, ckpt))
+
+
+def _without_module(monkeypatch, package: str) -> None:
+    """Make `package` (and its submodules) unimportable: reading the file must not need it."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
+def test_lightning_checkpoint_with_an_omegaconf_config_and_paths(tmp_path, monkeypatch):
+    """Hydra users' Lightning checkpoints keep an omegaconf DictConfig (nested configs, lists,
+    interpolations) as hyper_parameters, often with paths and a Namespace: read as inert data,
+    never imported or called (omegaconf unimportable while the file is read)."""
+    omegaconf = pytest.importorskip("omegaconf")
+    lstm, opt = trained_lstm()
+    cfg = omegaconf.OmegaConf.create({
+        "model": {"hidden": H, "cell": "lstm", "layers": [1, 2]}, "lr": 1e-3,
+        "data": {"root": "/data", "train": "${data.root}/train"}})
+    ckpt = {
+        "epoch": 2, "global_step": 10, "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"model.{k}": v for k, v in lstm.state_dict().items()},
+        "optimizer_states": [opt.state_dict()],
+        "hparams_name": "cfg", "hyper_parameters": cfg,
+        "datamodule_hyper_parameters": {
+            "root": pathlib.PurePosixPath("/data"), "cache": pathlib.Path("/tmp/cache"),
+            "args": argparse.Namespace(batch=32, workers=4),
+            "counts": collections.defaultdict(int, {"a": 1})},
+    }
+    path = saved(tmp_path, ckpt, "last.ckpt")
+    _without_module(monkeypatch, "omegaconf")
+    assert_matches(from_torch(path), lstm, inputs())
+    assert_matches(from_torch(path, prefix="model"), lstm, inputs())
+
+
+def test_lightning_attribute_dict_hyper_parameters(tmp_path, monkeypatch):
+    """Lightning's AttributeDict (a dict subclass) as its pickle names it: read as a plain dict."""
+    module = "lightning.fabric.utilities.data"
+    parts = module.split(".")
+    for k in range(1, len(parts) + 1):
+        monkeypatch.setitem(sys.modules, ".".join(parts[:k]), types.ModuleType(".".join(parts[:k])))
+
+    class AttributeDict(dict):
+        pass
+    AttributeDict.__module__, AttributeDict.__qualname__ = module, "AttributeDict"
+    sys.modules[module].AttributeDict = AttributeDict
+    lstm = torch.nn.LSTM(I, H)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in lstm.state_dict().items()},
+            "hyper_parameters": AttributeDict(hidden=H, lr=1e-3, name="lstm")}
+    path = saved(tmp_path, ckpt)
+    del sys.modules[module].AttributeDict
+    assert_matches(from_torch(path), lstm, inputs())
 
 
 @pytest.mark.parametrize("zip_format", [True, False])

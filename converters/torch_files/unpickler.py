@@ -1,5 +1,5 @@
-"""The restricted unpickler: only ALLOWED_GLOBALS, BUILD only on this package's data classes, no
-class-instantiating opcodes."""
+"""The restricted unpickler: only ALLOWED_GLOBALS and opaque.py's inert stand-ins, BUILD only on
+this package's data classes, NEWOBJ only on those stand-ins, no other class-instantiating opcode."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from .allowed import ALLOWED_GLOBALS
 from .brief import _brief, _why
 from .limits import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_RATIO
 from .numpy_values import _NumpyArray, _NumpyDType
+from .opaque import OpaqueClass, OpaqueValue, PlainDictClass, opaque_global
 from .plain_values import _CLOCK, _InsertClock, _Keys, _PickledOrderedDict
 
-_STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray)  # the only targets of BUILD
+_STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray, OpaqueValue)  # BUILD's only targets
+_NEWABLE = (OpaqueClass, PlainDictClass)  # NEWOBJ's only classes
 _STRINGS = (str, bytes, bytearray)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
@@ -54,8 +56,9 @@ def _refusal(full: str, where: str) -> UnsafeFileError:
         f"{where}: refused pickle global '{full}' (a checkpoint may only contain tensors and plain "
         "containers; loading it would run code from the file). If this file is a whole pickled "
         "model (torch.save(model, ...)), save model.state_dict() instead; if it is a training "
-        "checkpoint whose other entries hold objects (hyper_parameters with paths or an "
-        "omegaconf config, ...), save just its weights from a torch you trust the file with: "
+        "checkpoint whose other entries hold objects of your own classes (hyper_parameters: "
+        "omegaconf configs, paths, Namespace and AttributeDict are read as data, others are "
+        "not), save just its weights from a torch you trust the file with: "
         "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')"
     )
 
@@ -93,10 +96,12 @@ class _Memo(dict):
 class _RestrictedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler with find_class restricted and the object-building opcodes shut.
 
-    Only ``ALLOWED_GLOBALS`` can be named; BUILD (set state) is allowed only on the few data
-    classes of this module that expect it, so a file can never set attributes on anything else
-    (not even on the allowed functions); NEWOBJ / INST / OBJ, which torch.save never emits for
-    tensors and containers, are refused. Dict keys and set members must hash cheaply, at most
+    Only ``ALLOWED_GLOBALS`` and opaque.py's stand-ins (omegaconf configs, paths, Namespace,
+    AttributeDict: the objects training checkpoints keep beside their weights, as inert data)
+    can be named; BUILD (set state) is allowed only on the few data classes of this package that
+    expect it, so a file can never set attributes on anything else (not even on the allowed
+    functions); NEWOBJ builds only those stand-ins' values; NEWOBJ_EX / INST / OBJ, which
+    torch.save never emits, are refused. Dict keys and set members must hash cheaply, at most
     MAX_EQUAL_HASHES keys of one dict or set may share a hash value, each is set once, filling
     them is timed (_InsertClock), the memo is keyed by a secret permutation of its indices
     (below 2**32), equal strings (and bytes) are one object, the arguments of all calls together
@@ -123,7 +128,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
         try:
             return ALLOWED_GLOBALS[full]
         except KeyError:
-            raise _refusal(full, self._where) from None
+            pass
+        stand_in = opaque_global(full)
+        if stand_in is None:
+            raise _refusal(full, self._where)
+        return stand_in
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
@@ -152,6 +161,15 @@ class _RestrictedUnpickler(pickle._Unpickler):
             )
         self._charge(args)
         self.stack[-1] = self.stack[-1](*args)
+
+    def _load_newobj(self) -> None:
+        """NEWOBJ on a stand-in of opaque.py only: its value is data (no class is imported)."""
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if type(cls) not in _NEWABLE or type(args) is not tuple:
+            self._refuse_opcode()
+        self._charge(args)
+        self.append(cls.new(args))
 
     def _load_build(self) -> None:
         state = self.stack.pop()
@@ -260,8 +278,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.FROZENSET[0]] = _load_frozenset
     dispatch[pickle.DICT[0]] = _load_dict
     dispatch[pickle.PUT[0]] = _load_put
-    for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+    for _op in (pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
         dispatch[_op[0]] = _refuse_opcode
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
     # the opcodes that make strings or bytes (REDUCE: torch.device, _codecs.encode, numpy scalars)
     for _op in (pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.UNICODE,
                 pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8, pickle.BINBYTES,
