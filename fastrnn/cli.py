@@ -13,6 +13,7 @@ from .errors import ArgumentError, FastRNNError, FormatError, UnsupportedError
 from .layers import RecurrentLayer
 from .tasks import Generator, Seq2Seq, Sequential
 from .vocab import Vocabulary
+from .warmup import DEFAULT_TIMEOUT as DEFAULT_WARMUP_TIMEOUT
 
 
 def _cmd_bench(args) -> int:
@@ -241,7 +242,8 @@ def _cmd_warmup(args) -> int:
         print(f"  {record['name']:<13} {record['dtype']}{weights:<16} {record['seconds']:6.1f} s  "
               f"{state}", flush=True)
 
-    records = warmup(args.dtype, float16, jobs=args.jobs, progress=show)
+    records = warmup(args.dtype, float16, jobs=args.jobs, progress=show,
+                     timeout=args.timeout or None)
     compiled = sum(r["compiled"] for r in records)
     print(f"{compiled} of {len(records)} compiled, the rest cached already; "
           f"{time.perf_counter() - start:.1f} s. Kernel cache: {records[0]['cache']}")
@@ -309,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also the kernels of float16 weight storage (float32 models)")
     warm.add_argument("--jobs", type=int, default=None,
                       help="worker processes compiling at once (default: one per core)")
+    warm.add_argument("--timeout", type=float, default=DEFAULT_WARMUP_TIMEOUT, metavar="SECONDS",
+                      help="stop a worker that finishes no call for this long and fail (default: "
+                           "%(default)g; 0: no limit)")
     warm.set_defaults(func=_cmd_warmup)
     return parser
 

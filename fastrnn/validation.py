@@ -1,5 +1,6 @@
 """Argument checks shared by the layers and the task stages: dtypes, sizes, rebuilding from config."""
 import inspect
+import math
 from typing import Mapping
 
 import numpy as np
@@ -115,6 +116,14 @@ def as_float(value) -> float | None:
         return float(value)
     except OverflowError:
         return None
+
+
+def positive_float(name: str, value) -> float:
+    """`value` as a finite float > 0 (bools refused)."""
+    number = as_float(value)
+    if number is None or not 0 < number < math.inf:
+        raise ArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

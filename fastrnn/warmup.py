@@ -28,9 +28,12 @@ from typing import Callable
 import numpy as np
 
 from .errors import WarmupError
-from .validation import as_flag, check_dtype, positive_int
+from .validation import as_flag, check_dtype, positive_float, positive_int
 
 RECORD_PREFIX = "fastrnn-warmup-record "  # a worker's output line that carries one task's record
+# seconds a worker may take over one call before it is stopped: the slowest compiles take about a
+# minute alone on 2 cores, several times that beside the other workers on a busy machine
+DEFAULT_TIMEOUT = 900.0
 
 
 @dataclass(frozen=True)
@@ -208,14 +211,18 @@ def worker_count(jobs, tasks) -> int:
 
 
 def warmup(dtypes=("float32",), float16_weights=False, jobs=None,
-           progress: Callable[[dict], None] | None = None) -> list[dict]:
+           progress: Callable[[dict], None] | None = None,
+           timeout: float | None = DEFAULT_TIMEOUT) -> list[dict]:
     """Compile (or load from numba's cache) every kernel that calls of these dtypes can run, in
     `jobs` worker processes (default: one per core, at most one per task). Returns one record per
     task: name, dtype, weight_dtype, seconds, compiled (False: it was cached already), cache (the
-    cache folder); `progress` gets each record as it comes."""
+    cache folder); `progress` gets each record as it comes. A worker that finishes no call for
+    `timeout` seconds (None: no limit) is stopped, and the warm-up fails with WarmupError."""
+    if timeout is not None:
+        timeout = positive_float("timeout", timeout)
     tasks = plan(dtypes, float16_weights)
     results = queue.Queue()
-    threads = [threading.Thread(target=_drive, args=(group, results), daemon=True)
+    threads = [threading.Thread(target=_drive, args=(group, results, timeout), daemon=True)
                for group in _groups(tasks, worker_count(jobs, tasks))]
     for thread in threads:
         thread.start()
@@ -233,25 +240,34 @@ def warmup(dtypes=("float32",), float16_weights=False, jobs=None,
     return records
 
 
-def _drive(group, results):
+def _drive(group, results, timeout):
     """Run one worker process over `group`, putting each record on `results` as it finishes,
     then the worker's error ('' when it ended well): always len(group) + 1 items, so that the
-    caller never waits for a worker that is gone."""
+    caller never waits for a worker that is gone, or stuck (stopped after `timeout` seconds
+    without a record)."""
     spec = json.dumps([(e.name, d, w) for e, d, w in group])
     done, error = 0, ""
     try:
         with tempfile.TemporaryFile("w+") as err:
-            worker = subprocess.Popen([sys.executable, "-m", "fastrnn.warmup", spec],
-                                      env=_worker_env(), stdout=subprocess.PIPE, stderr=err,
-                                      text=True)
-            for line in worker.stdout:  # anything else a worker prints is not ours
-                if line.startswith(RECORD_PREFIX):
-                    results.put(json.loads(line[len(RECORD_PREFIX):]))
-                    done += 1
+            worker = subprocess.Popen(_worker_command(spec), env=_worker_env(),
+                                      stdout=subprocess.PIPE, stderr=err, text=True)
+            watchdog = _Watchdog(worker, timeout)
+            try:
+                for line in worker.stdout:  # anything else a worker prints is not ours
+                    if line.startswith(RECORD_PREFIX):
+                        results.put(json.loads(line[len(RECORD_PREFIX):]))
+                        done += 1
+                        watchdog.restart()
+            finally:
+                watchdog.stop()
             code = worker.wait()
             err.seek(0)
             message = err.read().strip().splitlines()
-        if code != 0 or done != len(group):  # a traceback's last line, not a signal's
+        if watchdog.fired:
+            task = group[done]
+            error = (f"a worker finished no call for {timeout:g} s and was stopped (on "
+                     f"{task[0].name} {task[1]}, after {done} of its {len(group)} calls)")
+        elif code != 0 or done != len(group):  # a traceback's last line, not a signal's
             error = message[-1] if code > 0 and message else (
                 f"a worker exited (status {code}) after {done} of its {len(group)} calls")
     except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it
@@ -259,6 +275,33 @@ def _drive(group, results):
     for _ in range(done, len(group)):  # the records it never sent
         results.put("")
     results.put(error)
+
+
+class _Watchdog:
+    """Kills `worker` when `timeout` seconds (None: never) pass without a restart."""
+
+    def __init__(self, worker, timeout):
+        self._worker, self._timeout, self._timer, self.fired = worker, timeout, None, False
+        self.restart()
+
+    def restart(self):
+        self.stop()
+        if self._timeout is not None:
+            self._timer = threading.Timer(self._timeout, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def stop(self):
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self):
+        self.fired = True
+        self._worker.kill()
+
+
+def _worker_command(spec: str) -> list:
+    return [sys.executable, "-m", "fastrnn.warmup", spec]
 
 
 def _worker_env():

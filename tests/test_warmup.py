@@ -1,4 +1,6 @@
 """fastrnn.warmup: one call per kernel entry, run in worker processes that fill numba's cache."""
+import sys
+import time
 import warnings
 
 import numba
@@ -119,12 +121,35 @@ def test_a_worker_always_ends_its_share_of_the_queue(monkeypatch, code, lines, e
         *a, **kw))
     serial = next(e for e in wu.EXERCISES if e.name == "serial")
     results = queue.Queue()
-    wu._drive([(serial, "float32", None)], results)
+    wu._drive([(serial, "float32", None)], results, None)
     items = [results.get_nowait() for _ in range(2)]
     assert results.empty()
     assert items[1] == error
     assert items[0] == ({"name": "serial"} if lines and lines[-1].startswith(wu.RECORD_PREFIX)
                         else "")
+
+
+def test_a_stuck_worker_is_stopped_after_the_timeout(monkeypatch):
+    """A worker that finishes no call for `timeout` seconds (a hung compile, a deadlock) is
+    killed and the warm-up fails, naming the call it was on, instead of waiting for ever."""
+    record = wu.RECORD_PREFIX + '{"name": "serial"}'
+    monkeypatch.setattr(wu, "_worker_command", lambda spec: [
+        sys.executable, "-c", f"import time; print({record!r}, flush=True); time.sleep(120)"])
+    serial = next(e for e in wu.EXERCISES if e.name == "serial")
+    units = next(e for e in wu.EXERCISES if e.name == "units")
+    monkeypatch.setattr(wu, "plan", lambda *args: [(serial, "float32", None),
+                                                    (units, "float32", None)])
+    seen, start = [], time.perf_counter()
+    with pytest.raises(WarmupError, match=r"finished no call for 1 s and was stopped \(on units "
+                                          r"float32, after 1 of its 2 calls\)"):
+        wu.warmup("float32", jobs=1, progress=seen.append, timeout=1)
+    assert time.perf_counter() - start < 60 and [r["name"] for r in seen] == ["serial"]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True])
+def test_timeout_must_be_a_positive_number(timeout):
+    with pytest.raises(ArgumentError, match="timeout must be a finite number > 0"):
+        wu.warmup("float32", timeout=timeout)
 
 
 def test_cli_warmup_prints_each_kernel(capsys):
@@ -134,6 +159,8 @@ def test_cli_warmup_prints_each_kernel(capsys):
     assert "units" in out and "Kernel cache:" in out
     assert main(["warmup", "--jobs", "0"]) == 2
     assert "jobs must be an int >= 1" in capsys.readouterr().err
+    assert main(["warmup", "--timeout", "-1"]) == 2
+    assert "timeout must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_a_kernel_compiled_but_not_saved_fails_its_exercise(monkeypatch):
