@@ -65,14 +65,6 @@ EXPECTED = {
 MASKED = sorted(name for name, cells in EXPECTED.items() if cells[0][3])
 
 
-@pytest.fixture(autouse=True)
-def serial_kernels():
-    before = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(1)
-    yield
-    fastrnn.set_num_threads(before)
-
-
 def _model(name: str):
     return onnx.load(str(DATA / f"{name}_opset13.onnx"))
 
