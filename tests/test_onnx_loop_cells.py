@@ -7,10 +7,13 @@ included).
 """
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference these tests compare with")
@@ -209,6 +212,43 @@ def test_masked_steps_as_node_by_node_and_onnxruntime(name, holes, given_states,
         assert g.dtype == r.dtype and g.shape == r.shape
         np.testing.assert_allclose(g, r, **TOL)
         np.testing.assert_allclose(g, s, **TOL)
+
+
+@functools.lru_cache(maxsize=None)
+def _masked_plans(name: str):
+    """The masked model with its initial states as graph inputs: its plan, the same plan with
+    the Loop run node by node, the state inputs' names, and a list that gets an entry per kernel
+    call of the first."""
+    model = _states_as_graph_inputs(_model(name))
+    with pytest.MonkeyPatch.context() as patch:
+        slow = _node_by_node(model, patch)
+    fast = converters.from_onnx(model)
+    calls = []
+    (loop,) = _loops(fast)
+    stack = loop.state.stack
+    stack.run = lambda *a, run=stack.run: calls.append(1) or run(*a)
+    return fast, slow, [vi.name for vi in model.graph.input[1:]], calls
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), name=st.sampled_from(["k3_masking_gru_seq", "k2_masking_lstm"]))
+def test_any_mask_as_node_by_node(data, name):
+    """Any mask (each row's taken steps anywhere), any initial states: the kernel's results are
+    the Loop's node by node."""
+    fast, slow, states, calls = _masked_plans(name)
+    before = len(calls)
+    N = data.draw(st.integers(1, 4), label="N")
+    T = data.draw(st.integers(1, 12), label="T")
+    taken = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T),
+                                        min_size=N, max_size=N), label="taken"))
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    feeds = _masked_feeds(_model(name), taken, seed=seed)
+    rng = np.random.default_rng(seed)
+    feeds.update({s: rng.uniform(-1, 1, (N, 6)).astype(np.float32) for s in states})
+    for g, w in zip(fast.run(None, feeds), slow.run(None, feeds)):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, **TOL)
+    assert len(calls) == before + 1
 
 
 # ------------------------------------------------------------------ more Keras layers
