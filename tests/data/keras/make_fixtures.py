@@ -10,8 +10,9 @@ TF_USE_LEGACY_KERAS=1, files k2_*): tf2onnx rewrites different layers of the two
 RNN / GRU / LSTM nodes. For each model and opset in OPSETS this writes K_NAME_opsetN.onnx
 (tf2onnx.convert.from_keras, random weights) and K_NAME_opsetN.npz: the inputs (keys the ONNX
 input names) and Keras's outputs on them (keys out0, out1, ...). A graph tf2onnx leaves a Loop
-in (the layer it could not rewrite) is written at the first opset only: fastrnn refuses it, and
-one file shows that. The inputs are fixed random values; the weights are seeded.
+in (the layer it could not rewrite) is written at the first opset only (the Loop is the same at
+both; tests/data/keras_loops has more of them). The inputs are fixed random values; the weights are
+seeded.
 """
 from __future__ import annotations
 
