@@ -80,7 +80,7 @@ class _Analysis:
         formal = [v.name for v in body.input_infos]
         outs = [v.name for v in body.output_infos]
         _require(len(formal) >= 2 + n and len(outs) >= 1 + n and len(node.inputs) == len(formal))
-        self.formal, self.outs = formal, outs
+        self.outs = outs
         self.counter, self.cond_in = formal[0], formal[1]
         self.carried = formal[2:2 + n]
         self.passthrough = [k for k, name in enumerate(self.carried) if outs[1 + k] == name]
