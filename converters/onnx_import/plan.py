@@ -20,7 +20,7 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import read_dtype
 
-from . import control_flow, loop_cells, recurrent_node
+from . import control_flow, fuse_layers, loop_cells, recurrent_node
 from .dtypes import type_string
 from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS, LOUD, NEUTRAL, QUIET, RUNTIME, prepare
 
@@ -219,6 +219,7 @@ class _Schedule:
                 keep.append(node)
                 needed.update(i for i in node.inputs if i)
         keep.reverse()
+        keep = fuse_layers.fuse(keep, set(wanted), plan._constants)
         consts, env = {}, {}
         self.template = [None, None]
         for name, value in plan._constants.items():
@@ -232,14 +233,21 @@ class _Schedule:
                 env[name] = len(self.template)
                 self.template.append(None)
             return env[name]
-        self.input_slots = [env_slot(v.name) for v in plan._inputs]
-        self.segments = []
-        for node in keep:
-            call, fast, errors = plan._calls[id(node)]
+        def make_step(node, call, fast) -> tuple:
             ins = [consts[i] if i in consts else env_slot(i) if i else 0 for i in node.inputs]
             outs = tuple(env_slot(o) for o in node.outputs)
             gather = operator.itemgetter(*ins) if ins else (lambda values: ())
-            step = (call, fast, node, gather, len(ins) == 1, outs[0] if len(outs) == 1 else outs)
+            return call, fast, node, gather, len(ins) == 1, outs[0] if len(outs) == 1 else outs
+        self.input_slots = [env_slot(v.name) for v in plan._inputs]
+        self.segments = []
+        for node in keep:
+            if node.op == fuse_layers.OP:  # declined inputs run the chain's own steps
+                fused = node.state
+                fused.steps = [make_step(n, *plan._calls[id(n)][:2]) for n in fused.nodes]
+                call, fast, errors = fused, True, LOUD
+            else:
+                call, fast, errors = plan._calls[id(node)]
+            step = make_step(node, call, fast)
             quiet = self.segments[-1][0] if errors == NEUTRAL and self.segments else errors == QUIET
             if not self.segments or self.segments[-1][0] != quiet:
                 self.segments.append((quiet, []))
@@ -257,6 +265,9 @@ def _run_steps(steps: list, values: list) -> None:
                 _raise_node_error(node, ins, e)
             outs = None
         if outs is None:  # a fast path failed, or left these inputs to the node's own run
+            if node.op == fuse_layers.OP:
+                _run_steps(node.state.steps, values)
+                continue
             outs = execute_node(node, ins)
         if type(out_slots) is int:
             values[out_slots] = outs[0]
