@@ -373,6 +373,27 @@ def test_a_body_that_is_almost_a_cell_stays_a_loop():
         np.testing.assert_allclose(g, r, **TOL)
 
 
+def test_the_guesses_checked_are_bounded(monkeypatch):
+    """A body is a file's: however many matrices it offers, at most _MAX_GUESSES guesses are
+    checked (the Keras bodies here match within 40); past that the Loop runs node by node."""
+    checked = []
+    matches = loop_cells._Analysis._matches
+    monkeypatch.setattr(loop_cells._Analysis, "_matches",
+                        lambda self, spec: checked.append(1) or matches(self, spec))
+    model = _model("k3_fixed_batch_gru_last")
+    assert _loops(converters.from_onnx(model))[0].state is not None
+    needed = len(checked)
+    assert 1 < needed <= 40
+    monkeypatch.setattr(loop_cells, "_MAX_GUESSES", needed - 1)
+    checked.clear()
+    plan = converters.from_onnx(model)
+    assert _loops(plan)[0].state is None and len(checked) == needed - 1
+    feeds = _feeds(model, 3, 5)
+    for g, r in zip(plan.run(None, feeds), ort.InferenceSession(model.SerializeToString())
+                    .run(None, feeds)):
+        np.testing.assert_allclose(g, r, **TOL)
+
+
 def _as_float64(model):
     """The model with every float32 tensor, type and cast in float64."""
     model = onnx.ModelProto.FromString(model.SerializeToString())

@@ -43,6 +43,10 @@ _PROBES = 2
 _COUNTS_KEPT = 64  # trip counts remembered per Loop (one per sequence length, typically)
 _ELEMENTS_AT_LEAST = 1 << 20  # the element limit of what the analysis computes, at least
 _MATCH = 1e-4  # a guess's step against the body's, relative to the body's values plus one
+# a body is a file's: however many matrices it holds, the guesses checked are bounded (a Keras
+# cell's body matches within its first 40 guesses or so)
+_MAX_GUESSES = 4096
+_MAX_CANDIDATES = 8  # matrices of one role (kernel, recurrent kernel, bias vector) looked at
 
 
 def recognise(node, outer_constants) -> "LoopedCell | None":
@@ -190,9 +194,13 @@ class _Analysis:
         matrices = [(name, v) for name, v in self.invariant.items()
                     if isinstance(v, np.ndarray) and v.dtype == self.dtype and v.ndim in (1, 2)]
         self.probes: dict[tuple, list | None] = {}  # (I, H) -> probes
+        self.reordered: dict[tuple, tuple] = {}  # the guesses' W and R, per pair of matrices
+        self.products: dict[tuple, np.ndarray] = {}  # a probe's x @ W.T or h @ R.T
         self.mask_trailing: dict[tuple, tuple] = {}  # (I, H) -> the mask's shape past [N]
         masked = self.mask_gather is not None
-        for spec in _guesses(matrices, len(self.states), masked, {nd.op for nd in self.cell}):
+        guesses = _guesses(matrices, len(self.states), masked, {nd.op for nd in self.cell},
+                           self._multiplied())
+        for spec in itertools.islice(guesses, _MAX_GUESSES):
             if self._matches(spec):
                 return LoopedCell(self, spec)
         raise _NotACell
@@ -241,11 +249,13 @@ class _Analysis:
                 self.probes[key] = None
         if self.probes[key] is None:
             return False
-        W, R, B = _onnx_weights(spec)
+        W, R, B = _onnx_weights(spec, self.reordered)
         roles = spec["roles"]
         for x, states, taken, body_out in self.probes[key]:
             given = dict(zip(roles, states))
-            new = dict(zip(("h", "c"), _reference_step(spec, W, R, B, x, given["h"], given.get("c"))))
+            h = given["h"]
+            products = (self._product(x, W), self._product(h, R))
+            new = dict(zip(("h", "c"), _reference_step(spec, R, B, products, h, given.get("c"))))
             new["out"] = new["zeroed"] = new["h"]
             for role, old, got in zip(roles, states, body_out):
                 if role == "zeroed":
@@ -257,10 +267,33 @@ class _Analysis:
         return True
 
 
-def _guesses(matrices, state_count: int, masked: bool, ops: set):
+    def _multiplied(self) -> dict:
+        """Per invariant matrix a MatMul multiplies, what its other operand comes from: "x"
+        (x_t), "h" (the carried states), or both."""
+        sources = {self.gather.outputs[0]: {"x"}}
+        sources.update((self.carried[k], {"h"}) for k in self.states)
+        multiplied: dict[str, set] = {}
+        for nd in self.cell:
+            came = set().union(*(sources.get(i, set()) for i in nd.inputs if i))
+            sources.update((o, came) for o in nd.outputs if o)
+            if nd.op == "MatMul" and len(nd.inputs) == 2 and nd.inputs[1] in self.invariant:
+                multiplied.setdefault(nd.inputs[1], set()).update(sources.get(nd.inputs[0], ()))
+        return multiplied
+
+    def _product(self, a, matrix):
+        """a @ matrix.T in float64, for every guess on the same operands once."""
+        key = (id(a), id(matrix))
+        if key not in self.products:
+            self.products[key] = a.astype(np.float64) @ matrix.T
+        return self.products[key]
+
+
+def _guesses(matrices, state_count: int, masked: bool, ops: set, multiplied: dict):
     """Candidate cells, most likely first: gate count and sizes from the invariant matrices'
-    shapes, activations from the body's ops, and the role of each carried state (h, c, and with
-    a mask the last output: kept at masked steps, or zeroed there)."""
+    shapes (a matrix the body multiplies x_t by first as the kernel, one it multiplies the state
+    by first as the recurrent kernel), activations from the body's ops, and the role of each
+    carried state (h, c, and with a mask the last output: kept at masked steps, or zeroed
+    there)."""
     squashes = [("sigmoid", 0.0, 0.0)] if "Sigmoid" in ops else []
     if ops & {"HardSigmoid", "Clip", "Min", "Max", "Relu", "Div", "Mul"}:
         squashes += [("hardsigmoid", 0.2, 0.5), ("hardsigmoid", 1 / 6, 0.5)]
@@ -271,8 +304,13 @@ def _guesses(matrices, state_count: int, masked: bool, ops: set):
         lasts = ("out", "zeroed") if masked else (None,)
         if len(names) + masked != state_count:
             continue
-        recurrent = [(n, m) for n, m in matrices if m.ndim == 2 and m.shape[1] == G * m.shape[0]]
-        for (r_name, rk), (k_name, kernel) in itertools.product(recurrent, matrices):
+        recurrent = sorted(((n, m) for n, m in matrices
+                            if m.ndim == 2 and m.shape[1] == G * m.shape[0]),
+                           key=lambda item: "h" not in multiplied.get(item[0], ()))
+        kernels = sorted(((n, m) for n, m in matrices if m.ndim == 2 and m.shape[1] % G == 0),
+                         key=lambda item: "x" not in multiplied.get(item[0], ()))
+        for (r_name, rk), (k_name, kernel) in itertools.product(recurrent[:_MAX_CANDIDATES],
+                                                                 kernels[:4 * _MAX_CANDIDATES]):
             H = rk.shape[0]
             if k_name == r_name or kernel.ndim != 2 or kernel.shape[1] != G * H:
                 continue
@@ -285,15 +323,15 @@ def _guesses(matrices, state_count: int, masked: bool, ops: set):
 
 
 def _biases(matrices, G: int, H: int) -> list:
-    """Candidate (input bias, recurrent bias) pairs, either None: none; a [G*H] vector (the
-    input bias); a GRU's [2, G*H] (Keras's reset_after bias) or two [G*H] vectors (the same
-    bias unstacked)."""
-    vectors = [m for _, m in matrices if m.shape == (G * H,)]
-    pairs = [(None, None)] + [(v, None) for v in vectors]
+    """Candidate (input bias, recurrent bias) pairs, either None: a GRU's [2, G*H] (Keras's
+    reset_after bias) or two [G*H] vectors (the same bias unstacked); a [G*H] vector (the input
+    bias); none."""
+    vectors = [m for _, m in matrices if m.shape == (G * H,)][:_MAX_CANDIDATES]
+    pairs = []
     if G == 3:
         pairs += [(m[0], m[1]) for _, m in matrices if m.shape == (2, G * H)]
         pairs += list(itertools.permutations(vectors, 2))
-    return pairs
+    return pairs + [(v, None) for v in vectors] + [(None, None)]
 
 
 def _variants(G: int, squashes, outs):
@@ -308,12 +346,17 @@ def _variants(G: int, squashes, outs):
             yield {"activations": [f, g, g], "linear_before_reset": 0}
 
 
-def _onnx_weights(spec):
-    """The guess's Keras matrices as ONNX W [G*H, I], R [G*H, H], B [2*G*H] in float64."""
+def _onnx_weights(spec, reordered: dict | None = None):
+    """The guess's Keras matrices as ONNX W [G*H, I], R [G*H, H], B [2*G*H] in float64 (W and
+    R kept in `reordered` for the next guess on the same matrices)."""
     mode = _GATES[spec["G"]]
     GH = spec["G"] * spec["H"]
-    W = reorder_gates(spec["kernel"].T.astype(np.float64), mode, "keras", "onnx")
-    R = reorder_gates(spec["recurrent"].T.astype(np.float64), mode, "keras", "onnx")
+    key = (id(spec["kernel"]), id(spec["recurrent"]), mode)
+    W, R = (reordered or {}).get(key) or (
+        reorder_gates(spec["kernel"].T.astype(np.float64), mode, "keras", "onnx"),
+        reorder_gates(spec["recurrent"].T.astype(np.float64), mode, "keras", "onnx"))
+    if reordered is not None:
+        reordered[key] = W, R
     B = np.zeros(2 * GH)
     for part, bias in zip((slice(0, GH), slice(GH, 2 * GH)), spec["bias"]):
         if bias is not None:
@@ -332,24 +375,24 @@ def _activate(act, x):
     return np.clip(alpha * x + beta, 0, 1)  # hardsigmoid
 
 
-def _reference_step(spec, W, R, B, x, h, c=None):
-    """One ONNX step in float64: the new h (and c)."""
+def _reference_step(spec, R, B, products, h, c=None):
+    """One ONNX step in float64 from x @ W.T and h @ R.T (`products`): the new h (and c)."""
     H, G = spec["H"], spec["G"]
     acts = spec["activations"]
-    x, h = x.astype(np.float64), h.astype(np.float64)
-    gx = x @ W.T + B[:G * H]
+    gx = products[0] + B[:G * H]
+    gh = products[1] + B[G * H:]
+    h = h.astype(np.float64)
     if G == 1:
-        return [_activate(acts[0], gx + h @ R.T + B[G * H:])]
+        return [_activate(acts[0], gx + gh)]
     if G == 3:
-        gh = h @ R[:2 * H].T + B[3 * H:5 * H]
         z = _activate(acts[0], gx[:, :H] + gh[:, :H])
-        r = _activate(acts[0], gx[:, H:2 * H] + gh[:, H:])
+        r = _activate(acts[0], gx[:, H:2 * H] + gh[:, H:2 * H])
         if spec["linear_before_reset"]:
-            n = _activate(acts[1], gx[:, 2 * H:] + r * (h @ R[2 * H:].T + B[5 * H:]))
+            n = _activate(acts[1], gx[:, 2 * H:] + r * gh[:, 2 * H:])
         else:
             n = _activate(acts[1], gx[:, 2 * H:] + (r * h) @ R[2 * H:].T + B[5 * H:])
         return [(1 - z) * n + z * h]
-    g = gx + h @ R.T + B[4 * H:]
+    g = gx + gh
     i, o, f = (_activate(acts[0], g[:, k * H:(k + 1) * H]) for k in range(3))
     c_new = f * c.astype(np.float64) + i * _activate(acts[1], g[:, 3 * H:])
     return [o * _activate(acts[2], c_new), c_new]
