@@ -130,6 +130,54 @@ def test_counter_loop_with_scan_outputs_and_outer_values(opset, tmp_path):
     assert sess.run(None, feeds[0])[1].shape == (5, 2, 3)
 
 
+def _hoisting_loop():
+    """v <- v @ reshape(w)^T + x for M steps, where w (an outer input) is reshaped to [3, 3] and
+    transposed in the body: nodes that read only values no iteration changes (w, and the carried
+    passthrough k, scaled) run once per Loop run."""
+    body = _body([helper.make_node("Reshape", ["w", "shape"], ["w33"]),
+                  helper.make_node("Transpose", ["w33"], ["wt"], perm=[1, 0]),
+                  helper.make_node("Mul", ["k", "two"], ["k2"]),
+                  helper.make_node("MatMul", ["v", "wt"], ["vw"]),
+                  helper.make_node("Add", ["vw", "x"], ["vx"]),
+                  helper.make_node("Mul", ["vx", "k2"], ["v_next"]),
+                  helper.make_node("Identity", ["c"], ["c_out"])],
+                 [("v", [2, 3]), ("k", [])],
+                 [("c_out", [], BOOL), ("v_next", [2, 3]), ("k", []), ("v_next", [2, 3])],
+                 inits=[numpy_helper.from_array(np.array([3, 3], np.int64), "shape"),
+                        numpy_helper.from_array(np.array(0.25, np.float32), "two")])
+    nodes = [helper.make_node("Loop", ["M", "", "v0", "k0"], ["v_final", "k_final", "vs"],
+                              name="hoist", body=body)]
+    return _model(nodes, [_vi("M", [], INT64), _vi("v0", [2, 3]), _vi("k0", []),
+                          _vi("w", [None]), _vi("x", [2, 3])], ["v_final", "k_final", "vs"])
+
+
+def test_loop_invariant_nodes_run_once_per_loop_run(monkeypatch):
+    """The body's Reshape, Transpose and the Mul of the passed-through k run at the first
+    iteration only; the results are ORT's, and a Loop of no iteration runs none of them (so a w
+    that cannot be reshaped fails only when an iteration needs it, as in ORT)."""
+    from converters.onnx_import import plan as plan_module
+
+    model = _hoisting_loop()
+    sess = converters.from_onnx(model)
+    ran = []
+    run_steps = plan_module._run_steps
+    monkeypatch.setattr(plan_module, "_run_steps", lambda steps, values: (
+        ran.extend(step[2].op for step in steps), run_steps(steps, values))[1])
+    feeds = {"M": np.array(6, np.int64), "v0": _fx(2, 3), "k0": np.array(1.5, np.float32),
+             "w": _fx(9, seed=3), "x": _fx(2, 3, seed=4)}
+    for g, w in zip(sess.run(None, feeds), _ort(model).run(None, feeds)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert ran.count("Reshape") == ran.count("Transpose") == 1
+    assert ran.count("MatMul") == 6 and ran.count("Mul") == 6 + 1
+    ran.clear()
+    bad = dict(feeds, w=_fx(8), M=np.array(0, np.int64))
+    for g, w in zip(sess.run(None, bad), _ort(model).run(None, bad)):
+        np.testing.assert_array_equal(g, w)
+    assert "Reshape" not in ran
+    with pytest.raises(ShapeError, match="Reshape"):
+        sess.run(None, dict(bad, M=np.array(2, np.int64)))
+
+
 def _while_loop(m_input, cond_input):
     """v <- v + step until v >= limit (the body's condition output); M and cond inputs optional."""
     body = _body([helper.make_node("Add", ["v", "step"], ["v_next"]),

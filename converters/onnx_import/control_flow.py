@@ -58,10 +58,15 @@ def _run_loop(node, ins: list) -> list:
     trips = _trip_count(ins[0])
     going = True if ins[1] is None else _flag(ins[1], "the Loop condition")
     carried, outer = list(ins[2:2 + n]), list(ins[2 + n:])
+    # the counter, the condition and the carried values a body output replaces vary; a carried
+    # value passed through as it is and the outer ones do not: what reads only those runs once
+    names_in, names_out = body.input_names, body.output_names
+    evaluate = body.iterations([0, 1] + [2 + k for k in range(n)
+                                         if names_out[1 + k] != names_in[2 + k]])
     steps: list[list] = []
     i = 0
     while going and (trips is None or i < trips):
-        outs = body.evaluate([np.array(i, np.int64), np.array(going), *carried, *outer])
+        outs = evaluate([np.array(i, np.int64), np.array(going), *carried, *outer])
         going = _flag(outs[0], "the Loop body's condition output")
         carried = outs[1:1 + n]
         steps.append(outs[1 + n:])

@@ -210,7 +210,7 @@ class _Schedule:
     tuple, the slot of its only output or the slots of its outputs). The steps come in `segments`
     (quiet, steps): a quiet one runs inside np.errstate(all="ignore"), entered once for it."""
 
-    __slots__ = ("segments", "template", "input_slots", "output_slots")
+    __slots__ = ("segments", "template", "input_slots", "output_slots", "reads", "_loop_splits")
 
     def __init__(self, plan: "OnnxPlan", wanted: tuple):
         needed, keep = set(wanted), []
@@ -220,6 +220,8 @@ class _Schedule:
                 needed.update(i for i in node.inputs if i)
         keep.reverse()
         keep = fuse_layers.fuse(keep, set(wanted), plan._constants)
+        self.reads: dict[int, tuple] = {}  # step number -> (the slots it reads, those it writes)
+        self._loop_splits: dict[tuple, tuple] = {}
         consts, env = {}, {}
         self.template = [None, None]
         for name, value in plan._constants.items():
@@ -237,7 +239,9 @@ class _Schedule:
             ins = [consts[i] if i in consts else env_slot(i) if i else 0 for i in node.inputs]
             outs = tuple(env_slot(o) for o in node.outputs)
             gather = operator.itemgetter(*ins) if ins else (lambda values: ())
-            return call, fast, node, gather, len(ins) == 1, outs[0] if len(outs) == 1 else outs
+            self.reads[len(self.reads)] = (tuple(ins), outs)
+            return (call, fast, node, gather, len(ins) == 1, outs[0] if len(outs) == 1 else outs,
+                    len(self.reads) - 1)
         self.input_slots = [env_slot(v.name) for v in plan._inputs]
         self.segments = []
         for node in keep:
@@ -254,9 +258,42 @@ class _Schedule:
             self.segments[-1][1].append(step)
         self.output_slots = [env[name] if name in env else consts[name] for name in wanted]
 
+    def loop_split(self, varying: tuple) -> tuple:
+        """(segments of the steps that read none of the inputs at the `varying` positions, nor
+        what such steps write; segments of the others), each in the schedule's order."""
+        split = self._loop_splits.get(varying)
+        if split is None:
+            moved = {self.input_slots[k] for k in varying}
+            fixed, moving = [], []
+            for quiet, steps in self.segments:
+                for step in steps:
+                    reads, writes = self.reads[step[6]]
+                    if moved.intersection(reads):
+                        moved.update(writes)
+                        _append(moving, quiet, step)
+                    else:
+                        _append(fixed, quiet, step)
+            split = self._loop_splits[varying] = (fixed, moving)
+        return split
+
+
+def _append(segments: list, quiet: bool, step: tuple) -> None:
+    if not segments or segments[-1][0] != quiet:
+        segments.append((quiet, []))
+    segments[-1][1].append(step)
+
+
+def _run_segments(segments: list, values: list) -> None:
+    for quiet, steps in segments:
+        if quiet:
+            with np.errstate(all="ignore"):
+                _run_steps(steps, values)
+        else:
+            _run_steps(steps, values)
+
 
 def _run_steps(steps: list, values: list) -> None:
-    for call, fast, node, gather, one_in, out_slots in steps:
+    for call, fast, node, gather, one_in, out_slots, _ in steps:
         ins = [gather(values)] if one_in else list(gather(values))
         try:
             outs = call(ins)
@@ -297,6 +334,7 @@ class OnnxPlan:
         for v in self._inputs:
             self._input_dtypes[v.name] = None if v.dtype is None else np.dtype(v.dtype)
         self._output_names = tuple(v.name for v in self._outputs)
+        self._input_names = tuple(v.name for v in self._inputs)
         self._feed_specs = _feed_specs(self._inputs, self._input_dtypes)
         self._validate()
         for node in self._nodes:
@@ -341,6 +379,14 @@ class OnnxPlan:
     @property
     def output_infos(self) -> list[ValueInfo]:
         return list(self._outputs)
+
+    @property
+    def input_names(self) -> tuple:
+        return self._input_names
+
+    @property
+    def output_names(self) -> tuple:
+        return self._output_names
 
     @property
     def nodes(self) -> list[PlanNode]:
@@ -460,18 +506,35 @@ class OnnxPlan:
         values = sched.template.copy()
         for slot, value in zip(sched.input_slots, inputs):
             values[slot] = value
-        for quiet, steps in sched.segments:
-            if quiet:
-                with np.errstate(all="ignore"):
-                    _run_steps(steps, values)
-            else:
-                _run_steps(steps, values)
+        _run_segments(sched.segments, values)
         return [values[i] for i in sched.output_slots]
 
     def evaluate(self, values: Sequence) -> list:
         """Every output from the inputs' values in order, unchecked and uncopied: a nested plan
         (Loop body, If branch) run by its control-flow node."""
         return self._execute(values, self._schedule(self._output_names))
+
+    def iterations(self, varying: Sequence[int]):
+        """For a Loop body: `evaluate` for one run of the Loop, whose inputs at positions other
+        than `varying` keep their first iteration's values. The nodes that read none of those
+        (transitively) run once, at the first iteration; the others at every one."""
+        sched = self._schedule(self._output_names)
+        fixed, moving = sched.loop_split(tuple(varying))
+        base: list = []
+
+        def evaluate(inputs: Sequence) -> list:
+            if not base:
+                values = sched.template.copy()
+                for slot, value in zip(sched.input_slots, inputs):
+                    values[slot] = value
+                _run_segments(fixed, values)
+                base.append(values)
+            values = base[0].copy()
+            for k in varying:
+                values[sched.input_slots[k]] = inputs[k]
+            _run_segments(moving, values)
+            return [values[i] for i in sched.output_slots]
+        return evaluate
 
     def __call__(self, **feeds) -> list[np.ndarray]:
         return self.run(None, feeds)
