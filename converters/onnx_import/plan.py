@@ -207,8 +207,9 @@ class _Schedule:
     values that starts as `template` (the constants in their slots; slot 0 holds None, for absent
     inputs, slot 1 takes absent outputs). A step: (call, fast (see _prepared_call), node, what
     gathers its inputs from the values, whether that gives the only input itself rather than a
-    tuple, the slot of its only output or the slots of its outputs). The steps come in `segments`
-    (quiet, steps): a quiet one runs inside np.errstate(all="ignore"), entered once for it."""
+    tuple, the slot of its only output or the slots of its outputs, its number in `reads`: the
+    slots it reads and writes). The steps come in `segments` (quiet, steps): a quiet one runs
+    inside np.errstate(all="ignore"), entered once for it."""
 
     __slots__ = ("segments", "template", "input_slots", "output_slots", "reads", "_loop_splits")
 
@@ -515,9 +516,10 @@ class OnnxPlan:
         return self._execute(values, self._schedule(self._output_names))
 
     def iterations(self, varying: Sequence[int]):
-        """For a Loop body: `evaluate` for one run of the Loop, whose inputs at positions other
-        than `varying` keep their first iteration's values. The nodes that read none of those
-        (transitively) run once, at the first iteration; the others at every one."""
+        """For a Loop body: `evaluate` for one run of the Loop, whose inputs keep their first
+        iteration's values but at the `varying` positions. The nodes that read no varying input
+        (nor what a node reading one writes) run once, at the first iteration; the others at
+        every one."""
         sched = self._schedule(self._output_names)
         fixed, moving = sched.loop_split(tuple(varying))
         base: list = []
