@@ -21,6 +21,7 @@ import converters  # noqa: E402
 import fastrnn  # noqa: E402
 from converters.onnx_import import fuse_layers  # noqa: E402
 from fastrnn.errors import UnsupportedError  # noqa: E402
+from test_onnx_exports import WithState  # noqa: E402
 
 I, H = 8, 16
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -41,15 +42,6 @@ class Returning(torch.nn.Module):
         y, _ = self.a(x)
         z, _ = self.b(y)
         return (y, z) if self.first_out else z
-
-
-class WithState(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rnn = torch.nn.GRU(I, H, num_layers=2)
-
-    def forward(self, x, h0):
-        return self.rnn(x, h0)
 
 
 def _export(module, names=("x",), dynamic=None, opset=17, args=None) -> bytes:
@@ -118,7 +110,8 @@ def test_opset_11_squeeze_axes_attribute(monkeypatch):
 
 
 @pytest.mark.parametrize("model, feeds", [
-    (lambda: _export(WithState(), ("x", "h0"), {"x": {0: "T", 1: "N"}, "h0": {1: "N"}},
+    (lambda: _export(WithState(torch.nn.GRU(I, H, num_layers=2)), ("x", "h0"),
+                     {"x": {0: "T", 1: "N"}, "h0": {1: "N"}},
                      args=(torch.randn(5, 3, I), torch.randn(2, 3, H))),
      lambda: {"x": _x(4, 3), "h0": np.random.default_rng(1).standard_normal((2, 3, H))
               .astype(np.float32)}),

@@ -499,13 +499,19 @@ def build(op, opset, inputs, attrs, n_out, as_initializers):
         else:
             graph_inputs.append(helper.make_tensor_value_info(name, ELEM[value.dtype], list(value.shape)))
             feeds[name] = value
+    model = single_node_model(op, opset, names, graph_inputs, inits, attrs, n_out)
+    return onnx.shape_inference.infer_shapes(model), feeds  # fills in the outputs' types
+
+
+def single_node_model(op, opset, names, graph_inputs, inits, attrs, n_out):
+    """A model of one `op` node (named "the_node") reading `names`, outputs out0, out1, ..."""
     outs = [f"out{i}" for i in range(n_out)]
     node = helper.make_node(op, names, outs, name="the_node", **attrs)
     graph = helper.make_graph([node], "g", graph_inputs,
                               [helper.make_empty_tensor_value_info(o) for o in outs], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    return onnx.shape_inference.infer_shapes(model), feeds  # fills in the outputs' types
+    return model
 
 
 @pytest.mark.parametrize("as_initializers", [False, True], ids=["runtime", "folded"])

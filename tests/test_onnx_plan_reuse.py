@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import converters  # noqa: E402
 from fastrnn.errors import FastRNNError  # noqa: E402
+from test_onnx_ops import single_node_model  # noqa: E402
 
 rng = np.random.default_rng(0)
 I64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
@@ -66,13 +67,7 @@ def _model(op, opset, consts, attrs, n_out, first_feed):
         else:
             inputs.append(helper.make_tensor_value_info(name, ELEM[first_feed[next(data)].dtype],
                                                         None))
-    outs = [f"out{i}" for i in range(n_out)]
-    node = helper.make_node(op, names, outs, name="the_node", **attrs)
-    graph = helper.make_graph([node], "g", inputs,
-                              [helper.make_empty_tensor_value_info(o) for o in outs], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    return single_node_model(op, opset, names, inputs, inits, attrs, n_out)
 
 
 @pytest.mark.parametrize("case_id, op, opset, consts, attrs, n_out, feeds", CASES,

@@ -91,7 +91,7 @@ class _Analysis:
         # the values that stay the same in every iteration: known now (constants), or only
         # when the Loop runs (slot in the Loop node's inputs)
         self.dtypes = {v.name: v.dtype for v in body.input_infos}
-        self.invariant = dict(body.constants)
+        self.invariant = dict(self.body_constants)
         self.runtime: dict[str, int] = {}
         outer_slots = [2 + k for k in self.passthrough] + list(range(2 + n, len(formal)))
         for slot in outer_slots:
@@ -144,7 +144,8 @@ class _Analysis:
                      if name and name not in self.invariant}
             if not kinds:  # computed from invariant values alone: once, here
                 outs = execute_node(nd, [self.invariant.get(i) if i else None for i in nd.inputs])
-                self.invariant.update((name, value) for name, value in zip(nd.outputs, outs) if name)
+                self.invariant.update((name, value)
+                                      for name, value in zip(nd.outputs, outs) if name)
                 continue
             core = kinds - {"runtime"}
             _require(core <= {"control", "cell"} and len(core) <= 1)
@@ -209,7 +210,8 @@ class _Analysis:
         """Random x_t and states (and a mask that takes some rows and leaves others), and the
         body's new states from them."""
         values = dict(self.invariant)
-        values[self.gather.outputs[0]] = x = rng.standard_normal((_PROBE_ROWS, I)).astype(self.dtype)
+        x = rng.standard_normal((_PROBE_ROWS, I)).astype(self.dtype)
+        values[self.gather.outputs[0]] = x
         states = [rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(self.dtype)
                   for _ in self.states]
         values.update(zip((self.carried[k] for k in self.states), states))
@@ -409,7 +411,8 @@ class LoopedCell:
 
         a = analysis
         mode = _GATES[spec["G"]]
-        self.dtype, self.H, self.I = a.dtype, spec["H"], spec["kernel"].shape[0]
+        self.dtype, self.hidden_size = a.dtype, spec["H"]
+        self.input_size = spec["kernel"].shape[0]
         # role -> carried slot of h, c (LSTM) and a masked layer's last output
         self.slots = {role: a.states[i] for i, role in enumerate(spec["roles"])}
         self.scans = [spec["roles"][s] for s in a.scans]  # the role each scan output stacks
@@ -422,13 +425,13 @@ class LoopedCell:
                  "linear_before_reset": spec["linear_before_reset"], "input_forget": 0,
                  "dtype": str(self.dtype)}
         self.stack = recurrent_node.make_stack(
-            attrs, recurrent_node.onnx_to_torch_params(mode, W, R, B, None, self.H))
-        self.mode, self.hidden_size, self.input_size = mode, self.H, self.I
+            attrs, recurrent_node.onnx_to_torch_params(mode, W, R, B, None, self.hidden_size))
+        self.mode = mode
         self.activations = [tuple(t) for t in spec["activations"]]
         self.linear_before_reset = spec["linear_before_reset"]
         self.masked = a.mask_slot is not None
         self.mask_slot = a.mask_slot
-        self.mask_trailing = a.mask_trailing.get((self.I, self.H))
+        self.mask_trailing = a.mask_trailing.get((self.input_size, self.hidden_size))
         self._execute, self._canonical = execute_node, canonical
         self.n, self.x_slot, self.time = a.n, a.x_slot, a.time
         self.control = a.control
@@ -446,23 +449,25 @@ class LoopedCell:
     def __repr__(self) -> str:
         gru = f", linear_before_reset={self.linear_before_reset}" if self.mode == "GRU" else ""
         mask = ", masked" if self.masked else ""
-        return (f"LoopedCell({self.mode}, input_size={self.I}, hidden_size={self.H}, "
+        return (f"LoopedCell({self.mode}, input_size={self.input_size}, "
+                f"hidden_size={self.hidden_size}, "
                 f"activations={self.activations}{gru}{mask})")
 
     def __call__(self, ins: list):
         carried = ins[2:2 + self.n]
         X = ins[self.x_slot]
         if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self.dtype \
-                or X.shape[2] != self.I or X.shape[1] == 0:
+                or X.shape[2] != self.input_size or X.shape[1] == 0:
             return None
         N = X.shape[1]
         initial = {role: carried[slot] for role, slot in self.slots.items()}
-        if any(type(s) is not np.ndarray or s.shape != (N, self.H) or s.dtype != self.dtype
+        if any(type(s) is not np.ndarray or s.shape != (N, self.hidden_size)
+               or s.dtype != self.dtype
                for s in initial.values()):
             return None
         for slot in self.cell_zeros:
             zeros = ins[slot]
-            if type(zeros) is not np.ndarray or zeros.shape != (N, self.H) or \
+            if type(zeros) is not np.ndarray or zeros.shape != (N, self.hidden_size) or \
                     zeros.dtype != self.dtype or zeros.any():
                 return None
         span = self._span(ins, X.shape[0])

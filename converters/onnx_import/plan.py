@@ -221,7 +221,7 @@ class _Schedule:
                 needed.update(i for i in node.inputs if i)
         keep.reverse()
         keep = fuse_layers.fuse(keep, set(wanted), plan._constants)
-        self.reads: dict[int, tuple] = {}  # step number -> (the slots it reads, those it writes)
+        self.reads: list[tuple] = []  # per step number: (the slots it reads, those it writes)
         self._loop_splits: dict[tuple, tuple] = {}
         consts, env = {}, {}
         self.template = [None, None]
@@ -240,7 +240,7 @@ class _Schedule:
             ins = [consts[i] if i in consts else env_slot(i) if i else 0 for i in node.inputs]
             outs = tuple(env_slot(o) for o in node.outputs)
             gather = operator.itemgetter(*ins) if ins else (lambda values: ())
-            self.reads[len(self.reads)] = (tuple(ins), outs)
+            self.reads.append((tuple(ins), outs))
             return (call, fast, node, gather, len(ins) == 1, outs[0] if len(outs) == 1 else outs,
                     len(self.reads) - 1)
         self.input_slots = [env_slot(v.name) for v in plan._inputs]

@@ -51,8 +51,8 @@ class OpaqueClass:
     def __call__(self, *args: Any) -> "OpaqueValue":
         return OpaqueValue(self.name, args)
 
-    def new(self, args: tuple) -> "OpaqueValue":
-        return OpaqueValue(self.name, args)
+    def new(self, args: tuple) -> "OpaqueValue":  # NEWOBJ
+        return self(*args)
 
     def __setstate__(self, state: Any) -> None:
         raise TypeError(f"pickle tried to set state on the class {self.name}")
@@ -88,8 +88,8 @@ class PlainDictClass:
     def __call__(self, *args: Any) -> dict:  # defaultdict(factory): the factory is not kept
         return {}
 
-    def new(self, args: tuple) -> dict:
-        return {}
+    def new(self, args: tuple) -> dict:  # NEWOBJ
+        return self(*args)
 
     def __setstate__(self, state: Any) -> None:
         raise TypeError(f"pickle tried to set state on the class {self.name}")
