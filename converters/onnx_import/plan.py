@@ -20,7 +20,7 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import read_dtype
 
-from . import control_flow, fuse_layers, loop_cells, recurrent_node
+from . import control_flow, fuse_layers, loop_cells, recurrent_node, unrolled_cells
 from .dtypes import type_string
 from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS, LOUD, NEUTRAL, QUIET, RUNTIME, prepare
 
@@ -30,6 +30,8 @@ PLAN_FORMAT = 1
 MAX_NESTING = 16
 # dtypes a .frnn file holds; other integer constants are widened to int64 (uint64: bit view)
 _SAVABLE = {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"}
+# nodes that stand for a chain of the plan's nodes, which they run themselves where their call declines
+_FUSED = (fuse_layers.OP, unrolled_cells.OP)
 _WIDENED = {"int16", "uint16", "uint32", "uint64"}  # saved as int64, their dtype in the table
 
 
@@ -220,6 +222,7 @@ class _Schedule:
                 keep.append(node)
                 needed.update(i for i in node.inputs if i)
         keep.reverse()
+        keep = unrolled_cells.fuse(keep, set(wanted), plan._constants)
         keep = fuse_layers.fuse(keep, set(wanted), plan._constants)
         self.reads: list[tuple] = []  # per step number: (the slots it reads, those it writes)
         self._loop_splits: dict[tuple, tuple] = {}
@@ -246,7 +249,7 @@ class _Schedule:
         self.input_slots = [env_slot(v.name) for v in plan._inputs]
         self.segments = []
         for node in keep:
-            if node.op == fuse_layers.OP:  # declined inputs run the chain's own steps
+            if node.op in _FUSED:  # declined inputs run the chain's own steps
                 fused = node.state
                 fused.steps = [make_step(n, *plan._calls[id(n)][:2]) for n in fused.nodes]
                 call, fast, errors = fused, True, LOUD
@@ -303,7 +306,7 @@ def _run_steps(steps: list, values: list) -> None:
                 _raise_node_error(node, ins, e)
             outs = None
         if outs is None:  # a fast path failed, or left these inputs to the node's own run
-            if node.op == fuse_layers.OP:
+            if node.op in _FUSED:
                 _run_steps(node.state.steps, values)
                 continue
             outs = execute_node(node, ins)

@@ -1,0 +1,558 @@
+"""Elman RNN layers that an exporter wrote out step by step, run by fastrnn's kernel in one call.
+
+onnx-free. torch.onnx.export(dynamo=True) has no RNN node for nn.RNN: it unrolls the layer over the
+export's sequence length. L = X @ W_ih^T + b_ih is computed for all steps at once, then each step
+reads u_t = Squeeze(Slice(L, t, t + 1)) and makes h_t = tanh(h_{t-1} @ W_hh^T + b_hh + u_t) (relu
+likewise; the reverse direction reads a flipped L), and the h_t are concatenated. ``fuse`` finds
+such chains among the nodes a schedule runs and puts one node of op OP in the place of each: a
+one-direction Stack that runs the chain's steps in one kernel call and gives every h_t, and a
+Concat of all of them in time order, as views of its output.
+
+A chain is found, not read off a pattern:
+- it is a run of MatMul nodes that multiply one constant square matrix R by the state the step
+  before made; the nodes that compute the next state from one state (they depend on it, and the
+  next state depends on them) are the first step, and each later step must be the same nodes
+  (ops, attributes, constants) on the state before it, reading one value from outside: a slice
+  of the same L at the next (or previous) time index;
+- the step is then checked on random inputs against act(u + h @ R + b), act tanh, relu or
+  sigmoid, b the step's constant vectors (to 1e-4 of a float64 reference), for states of rank 2
+  and 3 (the shapes it gives recorded per rank): a step that matches none leaves the nodes as
+  they are.
+The input projection runs in the kernel when L is X @ W (+ b) of a constant W; otherwise the
+kernel reads L through an identity projection. An input the call does not take (another dtype,
+rank or batch, a sequence too short for the chain's indices) runs the chain's own nodes.
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from .kernels import element_limit
+
+OP = "UnrolledCell"
+_MIN_STEPS = 2
+_MATCH = 1e-4  # the step against the guess, relative to the step's values plus one
+_PROBE_ROWS = 3
+_FLIP_END = -(1 << 62)  # a Slice end at or below this runs to the front of any axis
+_ACTIVATIONS = {"Tanh": "tanh", "Relu": "relu", "Sigmoid": "sigmoid"}
+
+
+class _NotAChain(Exception):
+    pass
+
+
+def _require(condition: bool) -> None:
+    if not condition:
+        raise _NotAChain
+
+
+class UnrolledLayer:
+    """A chain's fast call: ``call(ins)`` on the fused node's inputs gives the values of its
+    outputs, or None for the chain's own nodes (``nodes``, run as ``steps``) to run."""
+
+    def __init__(self, nodes: list, stack, n: int, first_index: int, reverse: bool, flipped: bool,
+                 sources: list, out_ranks: dict):
+        from fastrnn.recurrent import canonical
+
+        self.nodes, self.stack, self.n = nodes, stack, n
+        self.steps: list = []  # the nodes' steps in the schedule that runs it
+        first = stack.layers[0][0]
+        self.dtype, self.input_size, self.hidden_size = first.dtype, first.input_size, first.hidden_size
+        self._first, self._reverse, self._flipped = first_index, reverse, flipped
+        self._sources = sources  # per output: ("h", step) or ("y",)
+        self._out_ranks = out_ranks  # the initial state's rank -> the states' rank
+        self._canonical = canonical
+
+    def __repr__(self) -> str:
+        act = self.stack.layers[0][0].activations[0][0]
+        return (f"UnrolledLayer(RNN, input_size={self.input_size}, hidden_size="
+                f"{self.hidden_size}, steps={self.n}, activation={act!r}"
+                f"{', reverse' if self._reverse else ''})")
+
+    def __call__(self, ins: list):
+        X, h0 = ins[0], ins[1]
+        if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self.dtype or \
+                X.shape[2] != self.input_size or X.shape[1] == 0:
+            return None
+        T, N = X.shape[:2]
+        rank = self._out_ranks.get(getattr(h0, "ndim", None))
+        if rank is None or type(h0) is not np.ndarray or h0.dtype != self.dtype or \
+                h0.shape[-2:] != (N, self.hidden_size) or h0.size != N * self.hidden_size:
+            return None
+        # the window of X the chain's slices read, in X's time order
+        first = T - 1 - self._first if self._flipped else self._first
+        start = first - self.n + 1 if self._reverse else first
+        if start < 0 or start + self.n > T:
+            return None
+        y, _, _ = self.stack.run(self._canonical(X[start:start + self.n], self.dtype),
+                                 h0.reshape(1, N, self.hidden_size), None, None)
+        outs = []
+        for source in self._sources:
+            if source[0] == "y":  # the states concatenated on axis 0 in time order
+                outs.append(y if rank == 3 else y.reshape(self.n * N, self.hidden_size))
+                continue
+            t = self.n - 1 - source[1] if self._reverse else source[1]
+            outs.append(y[t:t + 1] if rank == 3 else y[t])
+        return outs
+
+
+def fuse(nodes: list, wanted: set, constants) -> list:
+    """`nodes` (a schedule's, in order) with each unrolled Elman chain of at least two steps
+    replaced by a node of op OP (its state: the chain's UnrolledLayer)."""
+    finder = _Finder(nodes, wanted, constants)
+    fused = finder.fused_nodes()
+    if not fused:
+        return nodes
+    return _ordered(nodes, fused)
+
+
+class _Chain:
+    """One chain as found: per step its nodes, its new state and the slice of L it reads."""
+
+    def __init__(self, h0: str):
+        self.h0 = h0
+        self.steps: list[list] = []
+        self.states: list[str] = []  # the state after each step
+        self.slices: list[tuple] = []  # per step: (L, time index, the nodes that slice it)
+
+
+class _Finder:
+    def __init__(self, nodes: list, wanted: set, constants):
+        self.nodes, self.wanted, self.constants = nodes, wanted, constants
+        self.position = {id(node): i for i, node in enumerate(nodes)}
+        self.producer: dict[str, object] = {}
+        self.users: dict[str, list] = {}
+        for node in nodes:
+            for name in filter(None, node.outputs):
+                self.producer[name] = node
+            for name in filter(None, node.inputs):
+                self.users.setdefault(name, []).append(node)
+
+    def fused_nodes(self) -> list:
+        """[(the fused node, the ids of the nodes it replaces, its place)] for every chain."""
+        groups: dict[str, list] = {}
+        for node in self.nodes:
+            if node.op == "MatMul" and len(node.inputs) == 2 and self._square(node.inputs[1]):
+                groups.setdefault(node.inputs[1], []).append(node)
+        taken: set[int] = set()
+        fused = []
+        for matmuls in groups.values():
+            if len(matmuls) < _MIN_STEPS:
+                continue
+            for first in matmuls:
+                if id(first) in taken:
+                    continue
+                try:
+                    with element_limit(1 << 20):
+                        found = self._fused(first, matmuls)
+                except Exception:  # noqa: BLE001 - _NotAChain, or a step the probes cannot run:
+                    continue       # the nodes run as they are
+                fused.append(found)
+                taken.update(found[1])
+        return fused
+
+    def _square(self, name: str) -> bool:
+        R = self.constants.get(name)
+        return isinstance(R, np.ndarray) and R.ndim == 2 and R.shape[0] == R.shape[1] > 0 and \
+            R.dtype in (np.float32, np.float64)
+
+    # ------------------------------------------------------------------ finding the chain
+    def _fused(self, first, matmuls: list) -> tuple:
+        R_name = first.inputs[1]
+        h0 = first.inputs[0]
+        nxt = self._next_matmul(first, matmuls)
+        template = self._step(h0, nxt.inputs[0])
+        chain = _Chain(h0)
+        state = h0
+        while True:
+            step = self._replay(template, state)
+            if step is None:
+                break
+            nodes, new_state, sliced = step
+            chain.steps.append(nodes)
+            chain.states.append(new_state)
+            chain.slices.append(sliced)
+            state = new_state
+        n = len(chain.steps)
+        _require(n >= _MIN_STEPS)
+        source = chain.slices[0][0]
+        _require(all(s[0] == source for s in chain.slices))
+        indices = [s[1] for s in chain.slices]
+        delta = indices[1] - indices[0]
+        _require(delta in (1, -1) and indices == [indices[0] + delta * k for k in range(n)])
+        cell = self._cell(template, self.constants[R_name])
+        return self._build(chain, cell, delta)
+
+    def _next_matmul(self, first, matmuls: list):
+        """The first MatMul of the group after `first` whose state depends on `first`'s."""
+        later = {id(m) for m in matmuls}
+        start = self.producer.get(first.inputs[0])
+        depends = {first.inputs[0]}
+        for node in self.nodes[self.position[id(start)] + 1 if start is not None else 0:]:
+            if not any(i in depends for i in node.inputs):
+                continue
+            if node is not first and id(node) in later and node.inputs[0] in depends:
+                return node
+            depends.update(filter(None, node.outputs))
+        raise _NotAChain
+
+    def _step(self, h0: str, h1: str) -> list:
+        """The template step: the nodes that depend on h0 and that h1 depends on, in order, each
+        as (node, per input: ("h",) | ("value", template output) | ("const", name) | ("u",) |
+        ("absent",)); the last one makes h1."""
+        start = self.producer.get(h0)
+        floor = self.position[id(start)] if start is not None else -1
+        depends: dict[str, bool] = {h0: True}
+
+        def on_path(name: str) -> bool:  # iterative: depends on h0, through nodes after floor
+            stack = [name]
+            while stack:
+                top = stack[-1]
+                if top in depends:
+                    stack.pop()
+                    continue
+                node = self.producer.get(top)
+                if node is None or self.position[id(node)] <= floor:
+                    depends[top] = False
+                    stack.pop()
+                    continue
+                pending = [i for i in node.inputs if i and i not in depends]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                result = any(depends[i] for i in node.inputs if i)
+                for out in filter(None, node.outputs):
+                    depends[out] = result
+                stack.pop()
+            return depends[name]
+
+        _require(on_path(h1))
+        nodes = sorted({id(self.producer[v]): self.producer[v] for v, d in depends.items()
+                        if d and v != h0}.values(), key=lambda nd: self.position[id(nd)])
+        _require(nodes and h1 in nodes[-1].outputs and nodes[-1].outputs.index(h1) == 0)
+        made = {o for nd in nodes for o in nd.outputs if o}
+        template, outside = [], 0
+        for nd in nodes:
+            roles = []
+            for name in nd.inputs:
+                if not name:
+                    roles.append(("absent",))
+                elif name == h0:
+                    roles.append(("h",))
+                elif name in made:
+                    roles.append(("value", name))
+                elif name in self.constants:
+                    roles.append(("const", name))
+                else:
+                    roles.append(("u",))
+                    outside += 1
+            template.append((nd, roles))
+        _require(outside == 1)  # an Elman step reads one value per step: its input's slice
+        return template
+
+    def _replay(self, template: list, h: str):
+        """The template's nodes on state `h`: (this step's nodes, its new state, the slice it
+        reads), or None where no such step follows `h`."""
+        mapped = {}
+        nodes, sliced = [], None
+        for tnode, roles in template:
+            anchor = next(mapped[r[1]] if r[0] == "value" else h
+                          for r in roles if r[0] in ("h", "value"))
+            found = None
+            for cand in self.users.get(anchor, ()):
+                if cand.op != tnode.op or cand.attrs != tnode.attrs or \
+                        len(cand.inputs) != len(roles) or len(cand.outputs) != len(tnode.outputs):
+                    continue
+                this = self._match(cand, roles, mapped, h)
+                if this is not None:
+                    _require(found is None)  # two such nodes: not one step
+                    found = (cand, this)
+            if found is None:
+                return None
+            cand, this = found
+            if this is not True:
+                sliced = this
+            nodes.append(cand)
+            mapped.update(zip(tnode.outputs, cand.outputs))
+        new_state = nodes[-1].outputs[0]
+        # a step's values other than its new state are its own
+        inside = {id(nd) for nd in nodes}
+        for nd in nodes:
+            for out in filter(None, nd.outputs):
+                if out != new_state:
+                    _require(out not in self.wanted and
+                             all(id(u) in inside for u in self.users.get(out, ())))
+        return nodes, new_state, sliced
+
+    def _match(self, cand, roles: list, mapped: dict, h: str):
+        """Whether `cand` reads what the template node reads: True, the slice of L it reads
+        for the "u" input, or None."""
+        sliced = True
+        for name, role in zip(cand.inputs, roles):
+            kind = role[0]
+            if kind == "absent":
+                ok = not name
+            elif kind == "h":
+                ok = name == h
+            elif kind == "value":
+                ok = mapped.get(role[1]) == name
+            elif kind == "const":
+                ok = name == role[1] or (name in self.constants and _same(
+                    self.constants[name], self.constants[role[1]]))
+            else:
+                try:
+                    sliced = self._time_slice(name) if name not in self.constants else None
+                except _NotAChain:
+                    sliced = None
+                ok = sliced is not None
+            if not ok:
+                return None
+        return sliced
+
+    def _ints(self, name: str):
+        value = self.constants.get(name) if name else None
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "iu" or value.ndim > 1:
+            return None
+        return [int(v) for v in value.reshape(-1)]
+
+    def _time_slice(self, name: str):
+        """(L, t, the nodes) where `name` is step t of L along axis 0: Squeeze(Slice(L, [t],
+        [t + 1], [0]), [0]), Gather(L, t) or Slice(L, [t], [t + 1], [0]) alone (t >= 0)."""
+        node = self.producer.get(name)
+        _require(node is not None)
+        taken = [node]
+        if node.op == "Gather":
+            _require(node.attrs.get("axis", 0) == 0 and len(node.inputs) == 2)
+            index = self.constants.get(node.inputs[1])
+            _require(isinstance(index, np.ndarray) and index.ndim == 0 and
+                     index.dtype.kind in "iu" and int(index) >= 0)
+            return node.inputs[0], int(index), taken
+        if node.op == "Squeeze":
+            _require(len(node.inputs) == 2 and self._ints(node.inputs[1]) == [0])
+            node = self.producer.get(node.inputs[0])
+            _require(node is not None)
+            taken.append(node)
+        _require(node.op == "Slice" and 3 <= len(node.inputs) <= 5)
+        starts, ends = self._ints(node.inputs[1]), self._ints(node.inputs[2])
+        axes = self._ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else [0]
+        steps = self._ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else [1]
+        _require(starts is not None and len(starts) == 1 and starts[0] >= 0 and
+                 ends == [starts[0] + 1] and axes == [0] and steps == [1])
+        return node.inputs[0], starts[0], taken
+
+    # ------------------------------------------------------------------ the cell
+    def _cell(self, template: list, R: np.ndarray) -> tuple:
+        """(activation, the recurrent bias or None, the state's rank -> the new state's rank,
+        the rank of the per-step input), checked on random inputs."""
+        from .plan import execute_node
+
+        H = R.shape[0]
+        ops = {nd.op for nd, _ in template}
+        acts = [name for op, name in _ACTIVATIONS.items() if op in ops]
+        _require(acts)
+        vectors = [self.constants[r[1]] for nd, roles in template if nd.op == "Add"
+                   for r in roles if r[0] == "const"]
+        _require(all(np.size(v) == H for v in vectors))
+        bias = sum(np.asarray(v, np.float64).reshape(H) for v in vectors) if vectors else None
+        u_name = next(name for nd, roles in template for name, r in zip(nd.inputs, roles)
+                      if r[0] == "u")
+        u_rank = 3 if self.producer[u_name].op == "Slice" else 2
+        rng = np.random.default_rng(20261127)
+        results: dict[int, list] = {}
+        for rank in (2, 3):
+            shape = (_PROBE_ROWS, H) if rank == 2 else (1, _PROBE_ROWS, H)
+            h = rng.uniform(-1, 1, shape).astype(R.dtype)
+            u = rng.standard_normal((_PROBE_ROWS, H) if u_rank == 2
+                                    else (1, _PROBE_ROWS, H)).astype(R.dtype)
+            values = {}
+            try:
+                with np.errstate(all="ignore"):
+                    for nd, roles in template:
+                        ins = [None if r[0] == "absent" else h if r[0] == "h" else
+                               u if r[0] == "u" else values[r[1]] if r[0] == "value"
+                               else self.constants[r[1]] for r in roles]
+                        values.update(zip(nd.outputs, execute_node(nd, ins)))
+            except Exception:  # noqa: BLE001 - not a state of this rank
+                continue
+            got = np.asarray(values[template[-1][0].outputs[0]])
+            pre = u.astype(np.float64) + h.astype(np.float64) @ R.astype(np.float64)
+            if bias is not None:
+                pre = pre + bias
+            want_shape = np.broadcast_shapes(h.shape, u.shape)
+            results[rank] = [act for act in acts if got.shape == want_shape and np.all(
+                np.abs(got - _activate(act, pre)) <= _MATCH * (1 + np.abs(got)))]
+        for act in acts:
+            ranks = {r: max(r, u_rank) for r, fits in results.items() if act in fits}
+            ranks = {r: out for r, out in ranks.items() if out in ranks}  # each step's the same
+            if ranks:
+                return act, bias, ranks
+        raise _NotAChain
+
+    # ------------------------------------------------------------------ the fused node
+    def _build(self, chain: _Chain, cell: tuple, delta: int) -> tuple:
+        from .plan import PlanNode
+
+        act, bias, out_ranks = cell
+        n = len(chain.steps)
+        removed = [nd for step in chain.steps for nd in step]
+        gone = {id(nd) for nd in removed}
+        source = chain.slices[0][0]
+        slicers = [nd for s in chain.slices for nd in s[2]]
+        self._take_if_only_read(slicers, removed, gone)
+        flipped = False
+        flip = self.producer.get(source)
+        if flip is not None and self._is_flip(flip):
+            flipped = True
+            self._take_if_only_read([flip], removed, gone)
+            source = flip.inputs[0]
+        X, W, b_ih = self._projection(source, removed, gone)
+        states = chain.states
+        reverse = (delta < 0) != flipped
+        in_time = [states[k] for k in (reversed(range(n)) if reverse else range(n))]
+        outputs, sources = [], []
+        concat = self._concatenation(in_time)
+        if concat is not None:
+            removed.append(concat)
+            gone.add(id(concat))
+            outputs.append(concat.outputs[0])
+            sources.append(("y",))
+        for k, name in enumerate(states):
+            if name in self.wanted or any(id(u) not in gone for u in self.users.get(name, ())):
+                outputs.append(name)
+                sources.append(("h", k))
+        # every value the chain's nodes give that anything else reads is one of the outputs
+        for nd in removed:
+            for out in filter(None, nd.outputs):
+                if out not in outputs and (out in self.wanted or any(
+                        id(u) not in gone for u in self.users.get(out, ()))):
+                    raise _NotAChain
+        stack = self._stack(W, b_ih, chain, bias, act, reverse)
+        removed.sort(key=lambda nd: self.position[id(nd)])
+        made = {o for nd in removed for o in nd.outputs if o}
+        inputs = [X, chain.h0]
+        for nd in removed:
+            for name in nd.inputs:
+                if name and name not in made and name not in self.constants and name not in inputs:
+                    inputs.append(name)
+        layer = UnrolledLayer(removed, stack, n, chain.slices[0][1], reverse, flipped, sources,
+                              out_ranks)
+        node = PlanNode(OP, inputs, outputs, name=f"unrolled {chain.steps[0][0].name}")
+        node.state = layer
+        return node, gone, max(self.position[id(nd)] for nd in removed)
+
+    def _take_if_only_read(self, candidates: list, removed: list, gone: set) -> None:
+        """Add each of `candidates` (last reader first) whose outputs only removed nodes read."""
+        for nd in sorted(candidates, key=lambda nd: -self.position[id(nd)]):
+            if id(nd) in gone:
+                continue
+            if all(out not in self.wanted and all(id(u) in gone for u in self.users.get(out, ()))
+                   for out in filter(None, nd.outputs)):
+                removed.append(nd)
+                gone.add(id(nd))
+
+    def _is_flip(self, node) -> bool:
+        """A Slice that reverses axis 0 whole: starts -1, ends before the front, step -1."""
+        if node.op != "Slice" or len(node.inputs) != 5:
+            return False
+        starts, ends = self._ints(node.inputs[1]), self._ints(node.inputs[2])
+        axes, steps = self._ints(node.inputs[3]), self._ints(node.inputs[4])
+        return starts == [-1] and ends is not None and len(ends) == 1 and \
+            ends[0] <= _FLIP_END and axes == [0] and steps == [-1]
+
+    def _projection(self, L: str, removed: list, gone: set) -> tuple:
+        """(the layer's input, W [H, I], b_ih [H] or None): X, W and b where L is X @ W.T (+ b)
+        of constants W and b, else L itself through the identity."""
+        H = None
+        add = self.producer.get(L)
+        matmul, b = add, None
+        if add is not None and add.op == "Add" and len(add.inputs) == 2:
+            for a, c in (add.inputs, add.inputs[::-1]):
+                value = self.constants.get(c)
+                producer = self.producer.get(a)
+                if isinstance(value, np.ndarray) and producer is not None and \
+                        producer.op == "MatMul" and value.ndim <= 3 and \
+                        value.shape[:-1] == (1,) * (value.ndim - 1):
+                    matmul, b = producer, value
+                    break
+        if matmul is not None and matmul.op == "MatMul" and len(matmul.inputs) == 2:
+            Wt = self.constants.get(matmul.inputs[1])
+            if isinstance(Wt, np.ndarray) and Wt.ndim == 2 and (
+                    b is None or b.shape[-1] == Wt.shape[1]) and matmul.inputs[0] not in \
+                    self.constants:
+                H = Wt.shape[1]
+                taking = [matmul] + ([add] if b is not None else [])
+                self._take_if_only_read(taking, removed, gone)
+                return matmul.inputs[0], Wt.T, None if b is None else b.reshape(H)
+        return L, None, None
+
+    def _concatenation(self, in_time: list):
+        """The Concat on axis 0 of exactly the chain's states in time order, if one reads them."""
+        for concat in self.users.get(in_time[0], ()):
+            if concat.op == "Concat" and concat.attrs.get("axis") == 0 and \
+                    concat.inputs == in_time and concat.outputs[0]:
+                return concat
+        return None
+
+    def _stack(self, W, b_ih, chain: _Chain, bias, act: str, reverse: bool):
+        from .recurrent_node import make_stack
+
+        R = self._recurrent(chain)
+        H = R.shape[0]
+        dtype = R.dtype
+        if W is None:
+            W = np.eye(H, dtype=dtype)
+        _require(W.shape[0] == H and W.dtype == dtype)
+        params = [{"w_ih": np.array(W, dtype, copy=True), "w_hh": np.array(R.T, dtype),
+                   "b_ih": None if b_ih is None else np.array(b_ih, dtype),
+                   "b_hh": None if bias is None else bias.astype(dtype), "peephole": None}]
+        attrs = {"mode": "RNN", "reverse": [reverse], "clip": None,
+                 "activations": [[[act, 0.0, 0.0]]], "dtype": str(dtype)}
+        return make_stack(attrs, params)
+
+    def _recurrent(self, chain: _Chain) -> np.ndarray:
+        first = next(nd for nd in chain.steps[0] if nd.op == "MatMul" and nd.inputs[0] == chain.h0)
+        return self.constants[first.inputs[1]]
+
+
+def _same(a, b) -> bool:
+    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and
+                      a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
+
+
+def _activate(name: str, x):
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "relu":
+        return np.maximum(x, 0)
+    return 1 / (1 + np.exp(-x))
+
+
+def _ordered(nodes: list, fused: list) -> list:
+    """The schedule's nodes with each chain's nodes replaced by its fused node, in an order that
+    computes every value before it is read, as close to the old one as that allows (a fused node
+    where its chain's last node was)."""
+    gone = set().union(*(ids for _, ids, _ in fused))
+    entries = [(i, node) for i, node in enumerate(nodes) if id(node) not in gone]
+    entries += [(place, node) for node, _, place in fused]
+    producer = {name: k for k, (_, node) in enumerate(entries) for name in node.outputs if name}
+    waiting = [0] * len(entries)
+    readers: dict[int, list] = {}
+    for k, (_, node) in enumerate(entries):
+        sources = {producer[name] for name in node.inputs if name in producer} - {k}
+        waiting[k] = len(sources)
+        for s in sources:
+            readers.setdefault(s, []).append(k)
+    ready = [(place, k) for k, (place, _) in enumerate(entries) if not waiting[k]]
+    heapq.heapify(ready)
+    result = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        result.append(entries[k][1])
+        for r in readers.get(k, ()):
+            waiting[r] -= 1
+            if not waiting[r]:
+                heapq.heappush(ready, (entries[r][0], r))
+    if len(result) != len(entries):  # a cycle cannot arise from a valid schedule: keep it as it was
+        return nodes
+    return result
