@@ -266,7 +266,8 @@ class _Finder:
                     continue
                 this = self._match(cand, roles, mapped, h)
                 if this is not None:
-                    _require(found is None)  # two such nodes: not one step
+                    if found is not None:  # two such nodes: not one step
+                        return None
                     found = (cand, this)
             if found is None:
                 return None
@@ -276,13 +277,13 @@ class _Finder:
             nodes.append(cand)
             mapped.update(zip(tnode.outputs, cand.outputs))
         new_state = nodes[-1].outputs[0]
-        # a step's values other than its new state are its own
+        # a step's values other than its new state are its own (else the chain ends before it)
         inside = {id(nd) for nd in nodes}
         for nd in nodes:
             for out in filter(None, nd.outputs):
-                if out != new_state:
-                    _require(out not in self.wanted and
-                             all(id(u) in inside for u in self.users.get(out, ())))
+                if out != new_state and (out in self.wanted or any(
+                        id(u) not in inside for u in self.users.get(out, ()))):
+                    return None
         return nodes, new_state, sliced
 
     def _match(self, cand, roles: list, mapped: dict, h: str):

@@ -1,0 +1,371 @@
+"""Elman RNN layers unrolled over time in the graph, run as one kernel call
+(converters/onnx_import/unrolled_cells.py).
+
+torch.onnx.export(dynamo=True) writes nn.RNN out step by step; those exports (tanh and relu, with
+and without bias and initial state, one and two directions, one to three layers, batch-first,
+a dynamic batch, float64) must run as one UnrolledCell node per layer and direction and agree with
+ONNX Runtime, torch and the float64 reference. Graphs built here vary what the exporter fixes
+(the slice of each step: Squeeze(Slice), Gather or a bare Slice; time indices counting up, down or
+over a flipped input; no input projection; the order of the step's sums; a sigmoid), and steps
+that are not an Elman cell's, or share a value with the rest of the graph, stay nodes. Inputs the
+fused call declines run the nodes themselves, errors included.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the models are torch's dynamo exports")
+onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import converters  # noqa: E402
+import fastrnn  # noqa: E402
+from converters.onnx_import import unrolled_cells  # noqa: E402
+from fastrnn.errors import FastRNNError  # noqa: E402
+from reference import reference_model, run_direction  # noqa: E402
+
+I, H, T = 5, 6, 7
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def serial_kernels(request):
+    """Serial kernels but in tests named *with_threads*."""
+    if "with_threads" in request.node.name:
+        yield
+        return
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(1)
+    yield
+    fastrnn.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def fast_calls(monkeypatch):
+    """[whether it gave the outputs] per call of a fused node (None: its nodes ran instead)."""
+    calls = []
+    call = unrolled_cells.UnrolledLayer.__call__
+
+    def recorded(self, ins):
+        outs = call(self, ins)
+        calls.append(outs is not None)
+        return outs
+    monkeypatch.setattr(unrolled_cells.UnrolledLayer, "__call__", recorded)
+    return calls
+
+
+def _fused_layers(plan) -> list:
+    wanted = tuple(o.name for o in plan.get_outputs())
+    return [step[2].state for _, steps in plan._schedule(wanted).segments for step in steps
+            if step[2].op == unrolled_cells.OP]
+
+
+# --------------------------------------------------------------------------------------------------
+# torch's dynamo exports of nn.RNN
+# --------------------------------------------------------------------------------------------------
+EXPORTS = {  # name: nn.RNN options, initial state given, dynamic batch, dtype
+    "tanh-h0": (dict(), True, False, torch.float32),
+    "relu": (dict(nonlinearity="relu"), False, False, torch.float32),
+    "no-bias-h0": (dict(bias=False), True, False, torch.float32),
+    "bidirectional-h0": (dict(bidirectional=True), True, False, torch.float32),
+    "2-layers-bidirectional-relu-batch-first": (
+        dict(num_layers=2, bidirectional=True, nonlinearity="relu", batch_first=True), False,
+        False, torch.float32),
+    "2-layers-batch-first-h0": (dict(num_layers=2, batch_first=True), True, False, torch.float32),
+    "2-layers-bidirectional-no-bias": (dict(num_layers=2, bidirectional=True, bias=False), False,
+                                       False, torch.float32),
+    "3-layers-h0-float64": (dict(num_layers=3), True, False, torch.float64),
+    "dynamic-batch-bidirectional-batch-first": (dict(bidirectional=True, batch_first=True),
+                                                False, True, torch.float32),
+    "dynamic-batch-h0": (dict(num_layers=2), True, True, torch.float32),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _export(name: str):
+    options, with_h0, dynamic, dtype = EXPORTS[name]
+    torch.manual_seed(0)
+    module = torch.nn.RNN(I, H, **options).to(dtype).eval()
+    D = 2 if options.get("bidirectional") else 1
+    L = options.get("num_layers", 1)
+    x = torch.randn((3, T, I) if options.get("batch_first") else (T, 3, I), dtype=dtype)
+    args = (x, torch.randn(L * D, 3, H, dtype=dtype)) if with_h0 else (x,)
+    dyn = None
+    if dynamic:
+        B = torch.export.Dim("B", min=1, max=64)
+        batch = {0: B} if options.get("batch_first") else {1: B}
+        dyn = (batch, {1: B}) if with_h0 else (batch,)
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dyn,
+                                        verbose=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    return program.model_proto.SerializeToString(), module
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_dynamo_rnn_export(name, fast_calls):
+    model, module = _export(name)
+    options, with_h0, dynamic, dtype = EXPORTS[name]
+    D = 2 if options.get("bidirectional") else 1
+    L = options.get("num_layers", 1)
+    proto = onnx.load_from_string(model)
+    assert "RNN" not in {n.op_type for n in proto.graph.node}  # unrolled
+    plan = converters.from_onnx(model)
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    rng = np.random.default_rng(1)
+    state_dict = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    for N in ((3, 1, 5) if dynamic else (3,)):
+        x = rng.standard_normal((N, T, I) if options.get("batch_first") else (T, N, I))
+        feeds = {proto.graph.input[0].name: x.astype(np_dtype)}
+        h0 = rng.uniform(-1, 1, (L * D, N, H)) if with_h0 else None
+        if with_h0:
+            feeds[proto.graph.input[1].name] = h0.astype(np_dtype)
+        del fast_calls[:]
+        got = plan.run(None, feeds)
+        assert len(_fused_layers(plan)) == L * D and fast_calls == [True] * (L * D)
+        for g, w in zip(got, ref.run(None, feeds)):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, **TOL)
+        with torch.no_grad():
+            y, h_n = module(torch.from_numpy(feeds[proto.graph.input[0].name]),
+                            None if h0 is None else torch.from_numpy(h0.astype(np_dtype)))
+        np.testing.assert_allclose(got[0], y.numpy(), **TOL)
+        np.testing.assert_allclose(got[1], h_n.numpy(), **TOL)
+        want_y, want_h = reference_model("RNN", state_dict, x, h0, num_layers=L,
+                                         batch_first=options.get("batch_first", False),
+                                         nonlinearity=options.get("nonlinearity", "tanh"))
+        np.testing.assert_allclose(got[0], want_y, **TOL)
+        np.testing.assert_allclose(got[1], want_h, **TOL)
+
+
+def test_a_saved_plan_runs_its_chains_fused(tmp_path, fast_calls):
+    model, _ = _export("bidirectional-h0")
+    plan = converters.from_onnx(model)
+    fastrnn.save(plan, tmp_path / "rnn.frnn")
+    loaded = fastrnn.load(tmp_path / "rnn.frnn")
+    rng = np.random.default_rng(2)
+    feeds = {"input": rng.standard_normal((T, 3, I)).astype(np.float32),
+             "hx": rng.standard_normal((2, 3, H)).astype(np.float32)}
+    for got, want in zip(loaded.run(None, feeds), plan.run(None, feeds)):
+        np.testing.assert_array_equal(got, want)
+    assert fast_calls == [True] * 4
+    assert [repr(layer) for layer in _fused_layers(loaded)] == [
+        f"UnrolledLayer(RNN, input_size={I}, hidden_size={H}, steps={T}, activation='tanh')",
+        f"UnrolledLayer(RNN, input_size={I}, hidden_size={H}, steps={T}, activation='tanh', "
+        f"reverse)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# unrolled graphs built here
+# --------------------------------------------------------------------------------------------------
+INT64_MIN = -(1 << 63)
+
+
+def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh", sums="bias-first",
+              h0="input", state_rank=3, dtype=np.float32, outputs=("y", "h_n"), seed=0,
+              time_dim="T", extra=None):
+    """An unrolled Elman layer in the dynamo exporter's form, with what it fixes varied; returns
+    (model bytes, its weights)."""
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    width = I if projection else H
+    w = {"Wt": rng.uniform(-0.5, 0.5, (I, H)), "b_ih": rng.uniform(-0.5, 0.5, H),
+         "R": rng.uniform(-0.5, 0.5, (H, H)), "b_hh": rng.uniform(-0.5, 0.5, H)}
+    inits = [numpy_helper.from_array(v.astype(dtype), k) for k, v in w.items()]
+
+    def const(name, values):
+        inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+    nodes = []
+    zero, one, minus_one = const("zero", [0]), const("one", [1]), const("minus_one", [-1])
+    source = "x"
+    if projection:
+        nodes += [helper.make_node("MatMul", ["x", "Wt"], ["xw"]),
+                  helper.make_node("Add", ["xw", "b_ih"], ["L"])]
+        source = "L"
+    if order == "flip":
+        nodes.append(helper.make_node("Slice", [source, minus_one, const("min", [INT64_MIN]), zero,
+                                                minus_one], ["flipped"]))
+        source = "flipped"
+    indices = list(range(steps))[::-1] if order == "down" else list(range(steps))
+    if h0 == "input":
+        state = "h0"
+        if state_rank == 3:
+            nodes.append(helper.make_node("Unsqueeze", ["h0", zero], ["h0_3"]))
+            state = "h0_3"
+    else:  # a constant initial state
+        inits.append(numpy_helper.from_array(rng.uniform(-1, 1, (1, 3, H)).astype(dtype), "hc"))
+        state = "hc"
+    states = []
+    for k, t in enumerate(indices):
+        u = f"u{k}"
+        if take == "gather":
+            inits.append(numpy_helper.from_array(np.array(t, np.int64), f"t{k}"))
+            nodes.append(helper.make_node("Gather", [source, f"t{k}"], [u], axis=0))
+        else:
+            out = f"s{k}" if take == "squeeze" else u
+            nodes.append(helper.make_node("Slice", [source, const(f"t{k}", [t]),
+                                                    const(f"e{k}", [t + 1]), zero], [out]))
+            if take == "squeeze":
+                nodes.append(helper.make_node("Squeeze", [out, zero], [u]))
+        nodes.append(helper.make_node("MatMul", [state, "R"], [f"m{k}"]))
+        if sums == "bias-first":
+            nodes += [helper.make_node("Add", [f"m{k}", "b_hh"], [f"a{k}"]),
+                      helper.make_node("Add", [f"a{k}", u], [f"p{k}"])]
+        else:  # the slice first, the bias last
+            nodes += [helper.make_node("Add", [u, f"m{k}"], [f"a{k}"]),
+                      helper.make_node("Add", ["b_hh", f"a{k}"], [f"p{k}"])]
+        pre = f"p{k}"
+        if extra == "half":  # not an Elman step: its sum halved
+            inits.append(numpy_helper.from_array(np.array(0.5, dtype), f"half{k}"))
+            nodes.append(helper.make_node("Mul", [pre, f"half{k}"], [f"q{k}"]))
+            pre = f"q{k}"
+        nodes.append(helper.make_node(act, [pre], [f"state{k}"]))
+        state = f"state{k}"
+        states.append(state)
+    in_time = states[::-1] if order in ("down", "flip") else states
+    outs = []
+    if "y" in outputs:
+        nodes.append(helper.make_node("Concat", in_time, ["y"], axis=0))
+        outs.append(helper.make_tensor_value_info("y", elem, None))
+    if "h_n" in outputs:
+        nodes.append(helper.make_node("Identity", [states[-1]], ["h_n"]))
+        outs.append(helper.make_tensor_value_info("h_n", elem, None))
+    for name in outputs:
+        if name not in ("y", "h_n"):  # a value inside the chain
+            outs.append(helper.make_tensor_value_info(name, elem, None))
+    inputs = [helper.make_tensor_value_info("x", elem, [time_dim, "N", width])]
+    if h0 == "input":
+        inputs.append(helper.make_tensor_value_info("h0", elem, ["M", H]))
+    graph = helper.make_graph(nodes, "unrolled", inputs, outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), w
+
+
+def _run_both(model, feeds):
+    plan = converters.from_onnx(model)
+    got = plan.run(None, feeds)
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, **TOL)
+    return plan, got
+
+
+def _feeds(width=I, steps=T, N=3, dtype=np.float32, seed=3):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((steps, N, width)).astype(dtype),
+            "h0": rng.uniform(-1, 1, (N, H)).astype(dtype)}
+
+
+def _reference(w, x, h0, act, *, reverse, projection=True):
+    p = {"w_ih": w["Wt"].T if projection else np.eye(H), "w_hh": w["R"].T,
+         "b_ih": w["b_ih"] if projection else None, "b_hh": w["b_hh"]}
+    return run_direction("RNN", p, x, h0, reverse=reverse, acts=[(act, 0.0, 0.0)])
+
+
+VARIANTS = [  # take, order, projection, act, sums, state rank, dtype
+    ("squeeze", "up", True, "Tanh", "bias-first", 3, np.float32),
+    ("gather", "up", True, "Relu", "slice-first", 3, np.float32),
+    ("slice", "up", True, "Tanh", "bias-first", 3, np.float32),
+    ("squeeze", "down", True, "Tanh", "slice-first", 3, np.float32),
+    ("gather", "flip", True, "Sigmoid", "bias-first", 3, np.float32),
+    ("squeeze", "flip", False, "Tanh", "bias-first", 3, np.float32),
+    ("squeeze", "up", False, "Relu", "bias-first", 2, np.float32),
+    ("gather", "down", True, "Tanh", "bias-first", 2, np.float64),
+]
+
+
+@pytest.mark.parametrize("take, order, projection, act, sums, rank, dtype", VARIANTS,
+                         ids=["-".join(str(v) if not isinstance(v, type) else v.__name__
+                                       for v in case) for case in VARIANTS])
+def test_unrolled_variants(take, order, projection, act, sums, rank, dtype, fast_calls):
+    model, w = _unrolled(take=take, order=order, projection=projection, act=act, sums=sums,
+                         state_rank=rank, dtype=dtype)
+    width = I if projection else H
+    for N in (3, 1):
+        feeds = _feeds(width, N=N, dtype=dtype)
+        del fast_calls[:]
+        plan, (y, h_n) = _run_both(model, feeds)
+        assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+        want_y, want_h, _ = _reference(w, feeds["x"], feeds["h0"], act.lower(),
+                                       reverse=order in ("down", "flip"), projection=projection)
+        if take == "slice" or rank == 3:
+            assert y.shape == (T, N, H) and h_n.shape == (1, N, H)
+        else:
+            assert y.shape == (T * N, H) and h_n.shape == (N, H)
+        np.testing.assert_allclose(y.reshape(T, N, H), want_y, **TOL)
+        np.testing.assert_allclose(h_n.reshape(N, H), want_h, **TOL)
+
+
+def test_a_constant_initial_state(fast_calls):
+    model, _ = _unrolled(h0="constant", order="down")
+    plan, _ = _run_both(model, {"x": _feeds()["x"]})
+    assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+
+
+def test_a_step_that_is_not_an_elman_cell_stays_nodes():
+    model, _ = _unrolled(extra="half")
+    plan, _ = _run_both(model, _feeds())
+    assert _fused_layers(plan) == []
+
+
+def test_a_value_inside_the_chain_read_elsewhere(fast_calls):
+    """A step's sum is also a graph output: that step runs as nodes, the steps before and after
+    it as two fused chains, and every output is ORT's."""
+    model, _ = _unrolled(outputs=("y", "h_n", "p3"))
+    plan, _ = _run_both(model, _feeds())
+    assert [layer.n for layer in _fused_layers(plan)] == [3, 3] and fast_calls == [True] * 2
+
+
+def test_a_chain_of_one_step_stays_nodes():
+    model, _ = _unrolled(steps=1)
+    plan, _ = _run_both(model, _feeds(steps=1))
+    assert _fused_layers(plan) == []
+
+
+def test_longer_inputs_use_the_chains_steps(fast_calls):
+    """The graph reads its first T steps of a longer input: so does the fused call."""
+    for order in ("up", "flip"):
+        model, _ = _unrolled(order=order)
+        del fast_calls[:]
+        plan, _ = _run_both(model, _feeds(steps=T + 4))
+        assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+
+
+def test_declined_inputs_run_the_nodes(fast_calls):
+    """An initial state that broadcasts over the batch (as the graph allows) runs the nodes, with
+    ORT's results; a sequence shorter than the chain fails where ORT fails."""
+    model, _ = _unrolled()
+    feeds = _feeds()
+    feeds["h0"] = feeds["h0"][:1]
+    _run_both(model, feeds)
+    assert fast_calls == [False]
+    plan = converters.from_onnx(model)
+    short = _feeds(steps=T - 2)
+    with pytest.raises(Exception):
+        ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, short)
+    with pytest.raises(FastRNNError):
+        plan.run(None, short)
+    assert len(_fused_layers(plan)) == 1 and fast_calls == [False, False]
+
+
+def test_with_threads_and_a_long_sequence(fast_calls):
+    """T = 100, H = 6 on the default thread count, against ORT."""
+    model, _ = _unrolled(steps=100, order="flip")
+    plan, _ = _run_both(model, _feeds(steps=100, N=2))
+    assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
