@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch", reason="the models are torch's dynamo expor
 onnx = pytest.importorskip("onnx", reason="building and importing ONNX models needs onnx")
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 import converters  # noqa: E402
 import fastrnn  # noqa: E402
@@ -189,7 +189,7 @@ def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh
         inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
         return name
     nodes = []
-    zero, one, minus_one = const("zero", [0]), const("one", [1]), const("minus_one", [-1])
+    zero, minus_one = const("zero", [0]), const("minus_one", [-1])
     source = "x"
     if projection:
         nodes += [helper.make_node("MatMul", ["x", "Wt"], ["xw"]),
