@@ -135,13 +135,13 @@ class _Finder:
         for node in self.nodes:
             if node.op == "MatMul" and len(node.inputs) == 2 and self._square(node.inputs[1]):
                 groups.setdefault(node.inputs[1], []).append(node)
-        taken: set[int] = set()
+        self.tried: set[int] = set()
         fused = []
         for matmuls in groups.values():
             if len(matmuls) < _MIN_STEPS:
                 continue
             for first in matmuls:
-                if id(first) in taken:
+                if id(first) in self.tried:
                     continue
                 try:
                     with element_limit(1 << 20):
@@ -149,7 +149,6 @@ class _Finder:
                 except Exception:  # noqa: BLE001 - _NotAChain, or a step the probes cannot run:
                     continue       # the nodes run as they are
                 fused.append(found)
-                taken.update(found[1])
         return fused
 
     def _square(self, name: str) -> bool:
@@ -175,6 +174,8 @@ class _Finder:
             chain.slices.append(sliced)
             state = new_state
         n = len(chain.steps)
+        # a chain that fails from here fails from any of its later steps too: not tried again
+        self.tried.update(id(nd) for step in chain.steps for nd in step)
         _require(n >= _MIN_STEPS)
         source = chain.slices[0][0]
         _require(all(s[0] == source for s in chain.slices))
