@@ -1,8 +1,9 @@
 """fastrnn's ONNX plan (converters.from_onnx) against ONNX Runtime on the same model, one group
 per case, one thread each: a torch legacy export of a 2-layer LSTM at T=1 (where the plan's own
-per-node overhead shows) and T=100, and tf2onnx Keras layers whose time loop is an ONNX Loop (which
-the plan runs as one kernel call): a GRU at T=20 and T=100, and a masked LSTM (Masking(0.0), the
-last 30 of 100 steps padding).
+per-node overhead shows) and T=100, torch's dynamo export of nn.RNN(64, 128), which writes the layer
+out step by step over T=100 (the plan runs the unrolled steps as one kernel call), and tf2onnx Keras
+layers whose time loop is an ONNX Loop (which the plan runs as one kernel call): a GRU at T=20 and
+T=100, and a masked LSTM (Masking(0.0), the last 30 of 100 steps padding).
 
 Not part of the test suite (pytest's testpaths is tests/); run with
 
@@ -25,6 +26,7 @@ KERAS_LOOPS = {"gru": KERAS / "k3_gru_reset_after_opset13.onnx",
 PADDING = 30  # the masked case's last steps, zeros
 # case id -> (modules its model needs, steps T of its input)
 CASES = {"onnx-lstm2-h128-t1": (("torch",), 1), "onnx-lstm2-h128-t100": (("torch",), 100),
+         "onnx-dynamo-rnn-h128-t100": (("torch",), 100),
          "onnx-keras-gru-loop-t20": ((), 20), "onnx-keras-gru-loop-t100": ((), 100),
          "onnx-keras-lstm-masked-loop-t100": ((), 100)}
 REQUIRES = {"plan": ("onnx",), "onnxruntime": ("onnx", "onnxruntime")}
@@ -44,12 +46,35 @@ def _lstm_export() -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=None)
+def _rnn_dynamo_export() -> bytes:
+    """nn.RNN(64, 128), seeded, exported by the dynamo exporter at T=100 (unrolled), batch 1."""
+    import logging
+    import warnings
+
+    import torch
+    torch.manual_seed(0)
+    module = torch.nn.RNN(64, 128).eval()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (torch.zeros(100, 1, 64),), dynamo=True,
+                                        verbose=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    return program.model_proto.SerializeToString()
+
+
 def _model(case_id: str) -> tuple[bytes, dict]:
     """(the case's ONNX model, its input feed: batch 1, float32, seeded)."""
     steps = CASES[case_id][1]
     rng = np.random.default_rng(0)
     if case_id.startswith("onnx-lstm2"):
         return _lstm_export(), {"x": rng.standard_normal((1, steps, 64)).astype(np.float32)}
+    if case_id.startswith("onnx-dynamo-rnn"):
+        return _rnn_dynamo_export(), {"input": rng.standard_normal((steps, 1, 64)).astype(
+            np.float32)}
     x = rng.standard_normal((1, steps, 4)).astype(np.float32)
     if "masked" in case_id:
         x[:, steps - PADDING:] = 0

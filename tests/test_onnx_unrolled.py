@@ -135,6 +135,7 @@ def test_dynamo_rnn_export(name, fast_calls):
         del fast_calls[:]
         got = plan.run(None, feeds)
         assert len(_fused_layers(plan)) == L * D and fast_calls == [True] * (L * D)
+        assert all(layer.n == T for layer in _fused_layers(plan))  # folded first steps too
         for g, w in zip(got, ref.run(None, feeds)):
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_allclose(g, w, **TOL)
@@ -205,9 +206,13 @@ def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh
         if state_rank == 3:
             nodes.append(helper.make_node("Unsqueeze", ["h0", zero], ["h0_3"]))
             state = "h0_3"
-    else:  # a constant initial state
+    elif h0 == "constant":
         inits.append(numpy_helper.from_array(rng.uniform(-1, 1, (1, 3, H)).astype(dtype), "hc"))
         state = "hc"
+    else:  # no initial state: the first step folded to act(C + u), C = 0 @ R + b_hh
+        rows = 3 if h0 == "folded" else 1
+        C = np.broadcast_to(w["b_hh"], (1, rows, H))
+        inits.append(numpy_helper.from_array(C.astype(dtype), "folded"))
     states = []
     for k, t in enumerate(indices):
         u = f"u{k}"
@@ -220,6 +225,12 @@ def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh
                                                     const(f"e{k}", [t + 1]), zero], [out]))
             if take == "squeeze":
                 nodes.append(helper.make_node("Squeeze", [out, zero], [u]))
+        if k == 0 and h0.startswith("folded"):
+            nodes += [helper.make_node("Add", ["folded", u], [f"p{k}"]),
+                      helper.make_node(act, [f"p{k}"], [f"state{k}"])]
+            state = f"state{k}"
+            states.append(state)
+            continue
         nodes.append(helper.make_node("MatMul", [state, "R"], [f"m{k}"]))
         if sums == "bias-first":
             nodes += [helper.make_node("Add", [f"m{k}", "b_hh"], [f"a{k}"]),
@@ -316,6 +327,25 @@ def test_a_constant_initial_state(fast_calls):
     model, _ = _unrolled(h0="constant", order="down")
     plan, _ = _run_both(model, {"x": _feeds()["x"]})
     assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+
+
+@pytest.mark.parametrize("rows", ["folded", "folded-any-batch"])
+def test_a_first_step_folded_from_zeros(rows, fast_calls):
+    """An export without an initial state folds the first step's product with zeros into a
+    constant: that step joins the chain, which starts from zeros. A constant of one batch size
+    takes only that one (the graph broadcasts others differently): other batches run the
+    nodes."""
+    model, w = _unrolled(h0=rows, order="flip")
+    for N in (3, 1):
+        del fast_calls[:]
+        x = _feeds(N=N)["x"]
+        plan, (y, h_n) = _run_both(model, {"x": x})
+        assert [layer.n for layer in _fused_layers(plan)] == [T]
+        assert fast_calls == [N == 3 or rows == "folded-any-batch"]
+        if fast_calls[0]:
+            want_y, want_h, _ = _reference(w, x, None, "tanh", reverse=True)
+            np.testing.assert_allclose(y, want_y, **TOL)
+            np.testing.assert_allclose(h_n[0], want_h, **TOL)
 
 
 def test_a_step_that_is_not_an_elman_cell_stays_nodes():

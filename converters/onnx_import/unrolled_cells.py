@@ -52,7 +52,7 @@ class UnrolledLayer:
     outputs, or None for the chain's own nodes (``nodes``, run as ``steps``) to run."""
 
     def __init__(self, nodes: list, stack, n: int, first_index: int, reverse: bool, flipped: bool,
-                 sources: list, out_ranks: dict):
+                 sources: list, out_ranks: dict, zero_start: tuple | None):
         from fastrnn.recurrent import canonical
 
         self.nodes, self.stack, self.n = nodes, stack, n
@@ -62,6 +62,9 @@ class UnrolledLayer:
         self._first, self._reverse, self._flipped = first_index, reverse, flipped
         self._sources = sources  # per output: ("h", step) or ("y",)
         self._out_ranks = out_ranks  # the initial state's rank -> the states' rank
+        # a chain from a zero state (no initial state input): (the states' rank, the batch size
+        # its folded first step takes, or None for any)
+        self._zero_start = zero_start
         self._canonical = canonical
 
     def __repr__(self) -> str:
@@ -71,22 +74,30 @@ class UnrolledLayer:
                 f"{', reverse' if self._reverse else ''})")
 
     def __call__(self, ins: list):
-        X, h0 = ins[0], ins[1]
+        X = ins[0]
         if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self.dtype or \
                 X.shape[2] != self.input_size or X.shape[1] == 0:
             return None
         T, N = X.shape[:2]
-        rank = self._out_ranks.get(getattr(h0, "ndim", None))
-        if rank is None or type(h0) is not np.ndarray or h0.dtype != self.dtype or \
-                h0.shape[-2:] != (N, self.hidden_size) or h0.size != N * self.hidden_size:
-            return None
+        if self._zero_start is not None:
+            rank, rows = self._zero_start
+            if rows is not None and N != rows:
+                return None
+            h0 = None
+        else:
+            h0 = ins[1]
+            rank = self._out_ranks.get(getattr(h0, "ndim", None))
+            if rank is None or type(h0) is not np.ndarray or h0.dtype != self.dtype or \
+                    h0.shape[-2:] != (N, self.hidden_size) or h0.size != N * self.hidden_size:
+                return None
+            h0 = h0.reshape(1, N, self.hidden_size)
         # the window of X the chain's slices read, in X's time order
         first = T - 1 - self._first if self._flipped else self._first
         start = first - self.n + 1 if self._reverse else first
         if start < 0 or start + self.n > T:
             return None
-        y, _, _ = self.stack.run(self._canonical(X[start:start + self.n], self.dtype),
-                                 h0.reshape(1, N, self.hidden_size), None, None)
+        y, _, _ = self.stack.run(self._canonical(X[start:start + self.n], self.dtype), h0, None,
+                                 None)
         outs = []
         for source in self._sources:
             if source[0] == "y":  # the states concatenated on axis 0 in time order
@@ -110,8 +121,9 @@ def fuse(nodes: list, wanted: set, constants) -> list:
 class _Chain:
     """One chain as found: per step its nodes, its new state and the slice of L it reads."""
 
-    def __init__(self, h0: str):
-        self.h0 = h0
+    def __init__(self, h0: str, R: str):
+        self.h0, self.R = h0, R  # the initial state (None: zeros), the recurrent matrix
+        self.zero_start = None  # see UnrolledLayer
         self.steps: list[list] = []
         self.states: list[str] = []  # the state after each step
         self.slices: list[tuple] = []  # per step: (L, time index, the nodes that slice it)
@@ -162,7 +174,7 @@ class _Finder:
         h0 = first.inputs[0]
         nxt = self._next_matmul(first, matmuls)
         template = self._step(h0, nxt.inputs[0])
-        chain = _Chain(h0)
+        chain = _Chain(h0, R_name)
         state = h0
         while True:
             step = self._replay(template, state)
@@ -183,6 +195,7 @@ class _Finder:
         delta = indices[1] - indices[0]
         _require(delta in (1, -1) and indices == [indices[0] + delta * k for k in range(n)])
         cell = self._cell(template, self.constants[R_name])
+        self._folded_first_step(chain, cell, delta)
         return self._build(chain, cell, delta)
 
     def _next_matmul(self, first, matmuls: list):
@@ -391,6 +404,94 @@ class _Finder:
                 return act, bias, ranks
         raise _NotAChain
 
+    def _folded_first_step(self, chain: _Chain, cell: tuple, delta: int) -> None:
+        """Where the chain's initial state is its step from zeros with the product folded away
+        (an export without an initial state: act(C + u), C = 0 @ R + b a constant), that step
+        joins the chain, which then starts from zeros."""
+        from .plan import execute_node
+
+        act, bias, ranks = cell
+        source, index = chain.slices[0][0], chain.slices[0][1] - delta
+        nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2)
+        if nodes is None or index < 0:
+            return
+        try:
+            sliced = self._time_slice(leaf)
+        except _NotAChain:
+            return
+        if sliced[:2] != (source, index):
+            return
+        inside = {id(nd) for nd in nodes}
+        if any(out in self.wanted or any(id(u) not in inside for u in self.users.get(out, ()))
+               for nd in nodes for out in nd.outputs if out and out != chain.h0):
+            return
+        H = self.constants[chain.R].shape[0]
+        dtype = self.constants[chain.R].dtype
+        u_rank = 3 if self.producer[leaf].op == "Slice" else 2
+        rng = np.random.default_rng(20261127)
+
+        def fits(rows: int):  # the state's rank where the nodes make act(u + b) of `rows` rows
+            u = rng.standard_normal((rows, H) if u_rank == 2 else (1, rows, H)).astype(dtype)
+            values = {leaf: u}
+            try:
+                with np.errstate(all="ignore"):
+                    for nd in nodes:
+                        values.update(zip(nd.outputs, execute_node(nd, [
+                            None if not i else values[i] if i in values else self.constants[i]
+                            for i in nd.inputs])))
+            except Exception:  # noqa: BLE001 - not a step of this batch size
+                return None
+            got = np.asarray(values[chain.h0])
+            if got.shape not in ((rows, H), (1, rows, H)) or got.dtype != dtype:
+                return None
+            got = got.reshape(rows, H)
+            pre = u.astype(np.float64).reshape(rows, H) + (0 if bias is None else bias)
+            return len(values[chain.h0].shape) if np.all(
+                np.abs(got - _activate(act, pre)) <= _MATCH * (1 + np.abs(got))) else None
+
+        rows, found = None, {fits(3), fits(5)}
+        if len(found) != 1 or None in found:  # a batch size its constants fix, if any
+            fixed = {v.shape[-2] for nd in nodes for v in map(self.constants.get, nd.inputs)
+                     if isinstance(v, np.ndarray) and v.ndim >= 2}
+            found = set()
+            for rows in sorted(fixed):
+                found = {fits(rows)} - {None}
+                if found:
+                    break
+        rank = found.pop() if len(found) == 1 else None
+        if rank is None or ranks.get(rank) != rank:  # its state is the chain's steps' kind
+            return
+        chain.steps.insert(0, nodes)
+        chain.states.insert(0, chain.h0)
+        chain.slices.insert(0, sliced)
+        chain.h0, chain.zero_start = None, (rank, rows)
+
+    def _computed_from_one_value(self, name: str, limit: int) -> tuple:
+        """(the nodes, in order, that compute `name` from constants and one other value, that
+        value), or (None, None) where more than `limit` nodes or another value take part."""
+        nodes, leaves, seen, pending = [], [], set(), [name]
+        while pending:
+            value = pending.pop()
+            if value in seen or value in self.constants:
+                continue
+            seen.add(value)
+            node = self.producer.get(value)
+            if node is None:
+                return None, None
+            try:
+                self._time_slice(value)
+                leaves.append(value)
+                continue
+            except _NotAChain:
+                pass
+            nodes.append(node)
+            if len(nodes) > limit:
+                return None, None
+            pending.extend(i for i in node.inputs if i)
+        if len(leaves) != 1:
+            return None, None
+        return sorted(nodes, key=lambda nd: self.position[id(nd)]), leaves[0]
+
     # ------------------------------------------------------------------ the fused node
     def _build(self, chain: _Chain, cell: tuple, delta: int) -> tuple:
         from .plan import PlanNode
@@ -432,13 +533,13 @@ class _Finder:
         stack = self._stack(W, b_ih, chain, bias, act, reverse)
         removed.sort(key=lambda nd: self.position[id(nd)])
         made = {o for nd in removed for o in nd.outputs if o}
-        inputs = [X, chain.h0]
+        inputs = [X] + ([chain.h0] if chain.h0 is not None else [])
         for nd in removed:
             for name in nd.inputs:
                 if name and name not in made and name not in self.constants and name not in inputs:
                     inputs.append(name)
         layer = UnrolledLayer(removed, stack, n, chain.slices[0][1], reverse, flipped, sources,
-                              out_ranks)
+                              out_ranks, chain.zero_start)
         node = PlanNode(OP, inputs, outputs, name=f"unrolled {chain.steps[0][0].name}")
         node.state = layer
         return node, gone, max(self.position[id(nd)] for nd in removed)
@@ -499,7 +600,7 @@ class _Finder:
     def _stack(self, W, b_ih, chain: _Chain, bias, act: str, reverse: bool):
         from .recurrent_node import make_stack
 
-        R = self._recurrent(chain)
+        R = self.constants[chain.R]
         H = R.shape[0]
         dtype = R.dtype
         if W is None:
@@ -511,10 +612,6 @@ class _Finder:
         attrs = {"mode": "RNN", "reverse": [reverse], "clip": None,
                  "activations": [[[act, 0.0, 0.0]]], "dtype": str(dtype)}
         return make_stack(attrs, params)
-
-    def _recurrent(self, chain: _Chain) -> np.ndarray:
-        first = next(nd for nd in chain.steps[0] if nd.op == "MatMul" and nd.inputs[0] == chain.h0)
-        return self.constants[first.inputs[1]]
 
 
 def _same(a, b) -> bool:
