@@ -18,9 +18,13 @@ A chain is found, not read off a pattern:
   sigmoid, b the step's constant vectors (to 1e-4 of a float64 reference), for states of rank 2
   and 3 (the shapes it gives recorded per rank): a step that matches none leaves the nodes as
   they are.
-The input projection runs in the kernel when L is X @ W (+ b) of a constant W; otherwise the
-kernel reads L through an identity projection. An input the call does not take (another dtype,
-rank or batch, a sequence too short for the chain's indices) runs the chain's own nodes.
+An export without an initial state folds the first step's product with zeros away (act(C + u_0),
+C = 0 @ R + b a constant): where the chain's initial state is made so from the slice before its
+first, and matches act(u + b) on random inputs, that step joins the chain, which then starts from
+zeros (for the batch size C fixes, if it fixes one). The input projection runs in the kernel when
+L is X @ W (+ b) of a constant W; otherwise the kernel reads L through an identity projection. An
+input the call does not take (another dtype, rank or batch, a sequence too short for the chain's
+indices) runs the chain's own nodes.
 """
 from __future__ import annotations
 
