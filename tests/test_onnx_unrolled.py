@@ -176,9 +176,9 @@ INT64_MIN = -(1 << 63)
 
 def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh", sums="bias-first",
               h0="input", state_rank=3, dtype=np.float32, outputs=("y", "h_n"), seed=0,
-              time_dim="T", extra=None):
-    """An unrolled Elman layer in the dynamo exporter's form, with what it fixes varied; returns
-    (model bytes, its weights)."""
+              time_dim="T", extra=None, odd=None):
+    """An unrolled Elman layer in the dynamo exporter's form, with what it fixes varied (`odd`:
+    step 3 unlike the others); returns (model bytes, its weights)."""
     rng = np.random.default_rng(seed)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     width = I if projection else H
@@ -214,8 +214,11 @@ def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh
         C = np.broadcast_to(w["b_hh"], (1, rows, H))
         inits.append(numpy_helper.from_array(C.astype(dtype), "folded"))
     states = []
+    inits.append(numpy_helper.from_array((2 * w["b_hh"]).astype(dtype), "b_odd"))
     for k, t in enumerate(indices):
         u = f"u{k}"
+        odd_here = odd if k == 3 else None
+        t = t + 1 if odd_here == "index" else t
         if take == "gather":
             inits.append(numpy_helper.from_array(np.array(t, np.int64), f"t{k}"))
             nodes.append(helper.make_node("Gather", [source, f"t{k}"], [u], axis=0))
@@ -231,19 +234,22 @@ def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh
             state = f"state{k}"
             states.append(state)
             continue
+        if odd_here == "state":  # the state two steps back
+            state = states[-2]
         nodes.append(helper.make_node("MatMul", [state, "R"], [f"m{k}"]))
+        b_hh = "b_odd" if odd_here == "bias" else "b_hh"
         if sums == "bias-first":
-            nodes += [helper.make_node("Add", [f"m{k}", "b_hh"], [f"a{k}"]),
+            nodes += [helper.make_node("Add", [f"m{k}", b_hh], [f"a{k}"]),
                       helper.make_node("Add", [f"a{k}", u], [f"p{k}"])]
         else:  # the slice first, the bias last
             nodes += [helper.make_node("Add", [u, f"m{k}"], [f"a{k}"]),
-                      helper.make_node("Add", ["b_hh", f"a{k}"], [f"p{k}"])]
+                      helper.make_node("Add", [b_hh, f"a{k}"], [f"p{k}"])]
         pre = f"p{k}"
         if extra == "half":  # not an Elman step: its sum halved
             inits.append(numpy_helper.from_array(np.array(0.5, dtype), f"half{k}"))
             nodes.append(helper.make_node("Mul", [pre, f"half{k}"], [f"q{k}"]))
             pre = f"q{k}"
-        nodes.append(helper.make_node(act, [pre], [f"state{k}"]))
+        nodes.append(helper.make_node("Relu" if odd_here == "act" else act, [pre], [f"state{k}"]))
         state = f"state{k}"
         states.append(state)
     in_time = states[::-1] if order in ("down", "flip") else states
@@ -352,6 +358,19 @@ def test_a_step_that_is_not_an_elman_cell_stays_nodes():
     model, _ = _unrolled(extra="half")
     plan, _ = _run_both(model, _feeds())
     assert _fused_layers(plan) == []
+
+
+@pytest.mark.parametrize("odd, chains", [("act", [3, 3]), ("bias", [3, 3]), ("index", [3, 3]),
+                                         ("state", [2, 3])])
+def test_a_step_unlike_the_others(odd, chains, fast_calls):
+    """Step 3 with another activation, another bias, the slice of step 4, or the state of two
+    steps back: the steps around it run as chains of their own, and every output is ORT's. (Two
+    steps that multiply the same state end the chain before them: steps 2 and 3 run as
+    nodes.)"""
+    model, _ = _unrolled(odd=odd)
+    plan, _ = _run_both(model, _feeds(steps=T + 1))
+    assert [layer.n for layer in _fused_layers(plan)] == chains
+    assert fast_calls == [True] * len(chains)
 
 
 def test_a_value_inside_the_chain_read_elsewhere(fast_calls):

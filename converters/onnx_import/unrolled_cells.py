@@ -179,25 +179,25 @@ class _Finder:
         nxt = self._next_matmul(first, matmuls)
         template = self._step(h0, nxt.inputs[0])
         chain = _Chain(h0, R_name)
-        state = h0
-        while True:
+        state, delta = h0, None
+        while True:  # the steps that follow, each reading L at the next index (or the previous)
             step = self._replay(template, state)
             if step is None:
                 break
             nodes, new_state, sliced = step
+            if chain.slices:
+                last = chain.slices[-1]
+                if sliced[0] != last[0] or sliced[1] - last[1] not in ((1, -1) if delta is None
+                                                                       else (delta,)):
+                    break
+                delta = sliced[1] - last[1]
             chain.steps.append(nodes)
             chain.states.append(new_state)
             chain.slices.append(sliced)
             state = new_state
-        n = len(chain.steps)
+        _require(len(chain.steps) >= _MIN_STEPS)
         # a chain that fails from here fails from any of its later steps too: not tried again
         self.tried.update(id(nd) for step in chain.steps for nd in step)
-        _require(n >= _MIN_STEPS)
-        source = chain.slices[0][0]
-        _require(all(s[0] == source for s in chain.slices))
-        indices = [s[1] for s in chain.slices]
-        delta = indices[1] - indices[0]
-        _require(delta in (1, -1) and indices == [indices[0] + delta * k for k in range(n)])
         cell = self._cell(template, self.constants[R_name])
         self._folded_first_step(chain, cell, delta)
         return self._build(chain, cell, delta)
