@@ -4,7 +4,10 @@
 torch.onnx.export(dynamo=True) writes nn.RNN out step by step; those exports (tanh and relu, with
 and without bias and initial state, one and two directions, one to three layers, batch-first,
 a dynamic batch, float64) must run as one UnrolledCell node per layer and direction and agree with
-ONNX Runtime, torch and the float64 reference. Graphs built here vary what the exporter fixes
+ONNX Runtime, torch and the float64 reference. So must tf2onnx's exports of Keras SimpleRNN layers
+built with unroll=True (tests/data/keras_unrolled, against Keras's own outputs and ORT), where each
+step projects its own slice of a Split of X; a GRU so built stays nodes. Graphs built here vary
+what the exporter fixes
 (the slice of each step: Squeeze(Slice), Gather or a bare Slice; time indices counting up, down or
 over a flipped input; no input projection; the order of the step's sums; a sigmoid), and steps
 that are not an Elman cell's, or share a value with the rest of the graph, stay nodes. Inputs the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import pathlib
 import warnings
 
 import numpy as np
@@ -169,6 +173,30 @@ def test_a_saved_plan_runs_its_chains_fused(tmp_path, fast_calls):
 
 
 # --------------------------------------------------------------------------------------------------
+# tf2onnx's exports of Keras layers built with unroll=True
+# --------------------------------------------------------------------------------------------------
+KERAS_UNROLLED = pathlib.Path(__file__).parent / "data" / "keras_unrolled"
+KERAS_CHAINS = {"simple_rnn_seq": 1, "simple_rnn_relu_state": 1, "simple_rnn_backwards_no_bias": 1,
+                "bidir_simple_rnn": 2, "stacked_simple_rnn": 2, "gru": 0}
+
+
+@pytest.mark.parametrize("name", [f"{flavour}_{name}" for flavour in ("k3", "k2")
+                                  for name in KERAS_CHAINS])
+def test_keras_unrolled_export(name, fast_calls):
+    model = (KERAS_UNROLLED / f"{name}.onnx").read_bytes()
+    saved = np.load(KERAS_UNROLLED / f"{name}.npz")
+    chains = KERAS_CHAINS[name[3:]]
+    plan, got = _run_both(model, {"x": saved["x"]})
+    assert [layer.n for layer in _fused_layers(plan)] == [saved["x"].shape[1]] * chains
+    assert fast_calls == [True] * chains
+    for k, value in enumerate(got):
+        np.testing.assert_allclose(value, saved[f"out{k}"], **TOL)
+    x = np.random.default_rng(4).standard_normal((5,) + saved["x"].shape[1:]).astype(np.float32)
+    _run_both(model, {"x": x})  # another batch size
+    assert fast_calls == [True] * (2 * chains)
+
+
+# --------------------------------------------------------------------------------------------------
 # unrolled graphs built here
 # --------------------------------------------------------------------------------------------------
 INT64_MIN = -(1 << 63)
@@ -215,11 +243,16 @@ def _unrolled(steps=T, *, take="squeeze", order="up", projection=True, act="Tanh
         inits.append(numpy_helper.from_array(C.astype(dtype), "folded"))
     states = []
     inits.append(numpy_helper.from_array((2 * w["b_hh"]).astype(dtype), "b_odd"))
+    if take == "split":  # one piece per step, each squeezed
+        nodes.append(helper.make_node("Split", [source], [f"piece{k}" for k in range(steps)],
+                                      axis=0))
     for k, t in enumerate(indices):
         u = f"u{k}"
         odd_here = odd if k == 3 else None
         t = t + 1 if odd_here == "index" else t
-        if take == "gather":
+        if take == "split":
+            nodes.append(helper.make_node("Squeeze", [f"piece{t}", zero], [u]))
+        elif take == "gather":
             inits.append(numpy_helper.from_array(np.array(t, np.int64), f"t{k}"))
             nodes.append(helper.make_node("Gather", [source, f"t{k}"], [u], axis=0))
         else:
@@ -304,6 +337,7 @@ VARIANTS = [  # take, order, projection, act, sums, state rank, dtype
     ("squeeze", "flip", False, "Tanh", "bias-first", 3, np.float32),
     ("squeeze", "up", False, "Relu", "bias-first", 2, np.float32),
     ("gather", "down", True, "Tanh", "bias-first", 2, np.float64),
+    ("split", "down", True, "Relu", "bias-first", 3, np.float32),
 ]
 
 
@@ -394,6 +428,19 @@ def test_longer_inputs_use_the_chains_steps(fast_calls):
         del fast_calls[:]
         plan, _ = _run_both(model, _feeds(steps=T + 4))
         assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+
+
+def test_a_split_takes_only_its_length(fast_calls):
+    """A Split into one piece per step gives other lengths pieces of other sizes: the nodes
+    run them, and fail where ORT fails."""
+    model, _ = _unrolled(take="split")
+    plan, _ = _run_both(model, _feeds())
+    with pytest.raises(Exception):
+        ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(
+            None, _feeds(steps=2 * T))
+    with pytest.raises(FastRNNError):
+        plan.run(None, _feeds(steps=2 * T))
+    assert fast_calls == [True, False]
 
 
 def test_declined_inputs_run_the_nodes(fast_calls):

@@ -29,6 +29,7 @@ indices) runs the chain's own nodes.
 from __future__ import annotations
 
 import heapq
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,6 +47,19 @@ class _NotAChain(Exception):
     pass
 
 
+class _StepInput(NamedTuple):
+    """What a step reads from outside the chain: step `index` of `source` along axis 0 (made by
+    `nodes`), of rank `rank`; `pieces`: for a Split into one piece per step, their number (the
+    length the source must have), else None; `projection`: (W, b or None), the constants that
+    multiply it in each step, or None where the source is projected already."""
+    source: str
+    index: int
+    nodes: list
+    rank: int
+    pieces: int | None
+    projection: tuple | None
+
+
 def _require(condition: bool) -> None:
     if not condition:
         raise _NotAChain
@@ -56,7 +70,7 @@ class UnrolledLayer:
     outputs, or None for the chain's own nodes (``nodes``, run as ``steps``) to run."""
 
     def __init__(self, nodes: list, stack, n: int, first_index: int, reverse: bool, flipped: bool,
-                 sources: list, out_ranks: dict, zero_start: tuple | None):
+                 sources: list, out_ranks: dict, zero_start: tuple | None, pieces: int | None):
         from fastrnn.recurrent import canonical
 
         self.nodes, self.stack, self.n = nodes, stack, n
@@ -69,6 +83,7 @@ class UnrolledLayer:
         # a chain from a zero state (no initial state input): (the states' rank, the batch size
         # its folded first step takes, or None for any)
         self._zero_start = zero_start
+        self._pieces = pieces  # the only length of X the chain's Split gives one step a piece
         self._canonical = canonical
 
     def __repr__(self) -> str:
@@ -83,6 +98,8 @@ class UnrolledLayer:
                 X.shape[2] != self.input_size or X.shape[1] == 0:
             return None
         T, N = X.shape[:2]
+        if self._pieces is not None and T != self._pieces:
+            return None
         if self._zero_start is not None:
             rank, rows = self._zero_start
             if rows is not None and N != rows:
@@ -130,7 +147,7 @@ class _Chain:
         self.zero_start = None  # see UnrolledLayer
         self.steps: list[list] = []
         self.states: list[str] = []  # the state after each step
-        self.slices: list[tuple] = []  # per step: (L, time index, the nodes that slice it)
+        self.slices: list[_StepInput] = []  # per step
 
 
 class _Finder:
@@ -187,10 +204,12 @@ class _Finder:
             nodes, new_state, sliced = step
             if chain.slices:
                 last = chain.slices[-1]
-                if sliced[0] != last[0] or sliced[1] - last[1] not in ((1, -1) if delta is None
-                                                                       else (delta,)):
+                same = (sliced.source, sliced.rank, sliced.pieces, sliced.projection) == \
+                    (last.source, last.rank, last.pieces, last.projection)
+                if not same or sliced.index - last.index not in ((1, -1) if delta is None
+                                                                 else (delta,)):
                     break
-                delta = sliced[1] - last[1]
+                delta = sliced.index - last.index
             chain.steps.append(nodes)
             chain.states.append(new_state)
             chain.slices.append(sliced)
@@ -321,7 +340,7 @@ class _Finder:
                     self.constants[name], self.constants[role[1]]))
             else:
                 try:
-                    sliced = self._time_slice(name) if name not in self.constants else None
+                    sliced = self._step_input(name) if name not in self.constants else None
                 except _NotAChain:
                     sliced = None
                 ok = sliced is not None
@@ -335,30 +354,64 @@ class _Finder:
             return None
         return [int(v) for v in value.reshape(-1)]
 
-    def _time_slice(self, name: str):
-        """(L, t, the nodes) where `name` is step t of L along axis 0: Squeeze(Slice(L, [t],
-        [t + 1], [0]), [0]), Gather(L, t) or Slice(L, [t], [t + 1], [0]) alone (t >= 0)."""
+    def _step_input(self, name: str) -> _StepInput:
+        """`name` as a _StepInput: a time slice of L (`_time_slice`), or such a slice of X times
+        a constant W (plus a constant b), as a layer written without its projection up front has
+        it (Keras's unroll=True)."""
+        try:
+            return self._time_slice(name)
+        except _NotAChain:
+            pass
+        node, bias = self.producer.get(name), None
+        taken = [node]
+        if node is not None and node.op == "Add" and len(node.inputs) == 2:
+            for a, b in (node.inputs, node.inputs[::-1]):
+                if b in self.constants and a in self.producer and self.producer[a].op == "MatMul":
+                    node, bias = self.producer[a], b
+                    break
+            taken.append(node)
+        _require(node is not None and node.op == "MatMul" and len(node.inputs) == 2)
+        W = self.constants.get(node.inputs[1])
+        _require(isinstance(W, np.ndarray) and W.ndim == 2)
+        if bias is not None:
+            b = self.constants[bias]
+            _require(b.ndim >= 1 and b.shape[-1] == W.shape[1] and b.size == W.shape[1])
+        sliced = self._time_slice(node.inputs[0])
+        return sliced._replace(nodes=sliced.nodes + taken, projection=(node.inputs[1], bias))
+
+    def _time_slice(self, name: str) -> _StepInput:
+        """`name` where it is step t of L along axis 0: Squeeze(Slice(L, [t], [t + 1], [0]), [0]),
+        Gather(L, t), Slice(L, [t], [t + 1], [0]) alone (t >= 0), or output t of a Split of L
+        into one piece per step (squeezed or not)."""
         node = self.producer.get(name)
         _require(node is not None)
-        taken = [node]
+        taken, rank = [node], 3
         if node.op == "Gather":
             _require(node.attrs.get("axis", 0) == 0 and len(node.inputs) == 2)
             index = self.constants.get(node.inputs[1])
             _require(isinstance(index, np.ndarray) and index.ndim == 0 and
                      index.dtype.kind in "iu" and int(index) >= 0)
-            return node.inputs[0], int(index), taken
+            return _StepInput(node.inputs[0], int(index), taken, 2, None, None)
         if node.op == "Squeeze":
             _require(len(node.inputs) == 2 and self._ints(node.inputs[1]) == [0])
-            node = self.producer.get(node.inputs[0])
+            name = node.inputs[0]
+            node = self.producer.get(name)
             _require(node is not None)
             taken.append(node)
+            rank = 2
+        if node.op == "Split":
+            pieces = len(node.outputs)
+            split = self._ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+            _require(node.attrs.get("axis", 0) == 0 and split in (None, [1] * pieces) and
+                     node.attrs.get("num_outputs", pieces) == pieces)
+            return _StepInput(node.inputs[0], node.outputs.index(name), taken, rank, pieces, None)
         _require(node.op == "Slice" and 3 <= len(node.inputs) <= 5)
         starts, ends = self._ints(node.inputs[1]), self._ints(node.inputs[2])
         axes = self._ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else [0]
         steps = self._ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else [1]
         _require(starts is not None and len(starts) == 1 and starts[0] >= 0 and
                  ends == [starts[0] + 1] and axes == [0] and steps == [1])
-        return node.inputs[0], starts[0], taken
+        return _StepInput(node.inputs[0], starts[0], taken, rank, None, None)
 
     # ------------------------------------------------------------------ the cell
     def _cell(self, template: list, R: np.ndarray) -> tuple:
@@ -376,7 +429,7 @@ class _Finder:
         bias = sum(np.asarray(v, np.float64).reshape(H) for v in vectors) if vectors else None
         u_name = next(name for nd, roles in template for name, r in zip(nd.inputs, roles)
                       if r[0] == "u")
-        u_rank = 3 if self.producer[u_name].op == "Slice" else 2
+        u_rank = self._step_input(u_name).rank
         rng = np.random.default_rng(20261127)
         results: dict[int, list] = {}
         for rank in (2, 3):
@@ -415,15 +468,16 @@ class _Finder:
         from .plan import execute_node
 
         act, bias, ranks = cell
-        source, index = chain.slices[0][0], chain.slices[0][1] - delta
+        first = chain.slices[0]
         nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2)
-        if nodes is None or index < 0:
+        if nodes is None or first.projection is not None or chain.h0 is None:
             return
         try:
             sliced = self._time_slice(leaf)
         except _NotAChain:
             return
-        if sliced[:2] != (source, index):
+        if (sliced.source, sliced.index, sliced.pieces) != (first.source, first.index - delta,
+                                                             first.pieces):
             return
         inside = {id(nd) for nd in nodes}
         if any(out in self.wanted or any(id(u) not in inside for u in self.users.get(out, ()))
@@ -431,7 +485,7 @@ class _Finder:
             return
         H = self.constants[chain.R].shape[0]
         dtype = self.constants[chain.R].dtype
-        u_rank = 3 if self.producer[leaf].op == "Slice" else 2
+        u_rank = sliced.rank
         rng = np.random.default_rng(20261127)
 
         def fits(rows: int):  # the state's rank where the nodes make act(u + b) of `rows` rows
@@ -504,8 +558,9 @@ class _Finder:
         n = len(chain.steps)
         removed = [nd for step in chain.steps for nd in step]
         gone = {id(nd) for nd in removed}
-        source = chain.slices[0][0]
-        slicers = [nd for s in chain.slices for nd in s[2]]
+        first = chain.slices[0]
+        source = first.source
+        slicers = [nd for s in chain.slices for nd in s.nodes]
         self._take_if_only_read(slicers, removed, gone)
         flipped = False
         flip = self.producer.get(source)
@@ -513,7 +568,12 @@ class _Finder:
             flipped = True
             self._take_if_only_read([flip], removed, gone)
             source = flip.inputs[0]
-        X, W, b_ih = self._projection(source, removed, gone)
+        if first.projection is not None:  # each step projects its own slice of X
+            X, (W, b_ih) = source, first.projection
+            W = self.constants[W].T
+            b_ih = None if b_ih is None else self.constants[b_ih].reshape(-1)
+        else:
+            X, W, b_ih = self._projection(source, removed, gone)
         states = chain.states
         reverse = (delta < 0) != flipped
         in_time = [states[k] for k in (reversed(range(n)) if reverse else range(n))]
@@ -542,8 +602,8 @@ class _Finder:
             for name in nd.inputs:
                 if name and name not in made and name not in self.constants and name not in inputs:
                     inputs.append(name)
-        layer = UnrolledLayer(removed, stack, n, chain.slices[0][1], reverse, flipped, sources,
-                              out_ranks, chain.zero_start)
+        layer = UnrolledLayer(removed, stack, n, first.index, reverse, flipped, sources,
+                              out_ranks, chain.zero_start, first.pieces)
         node = PlanNode(OP, inputs, outputs, name=f"unrolled {chain.steps[0][0].name}")
         node.state = layer
         return node, gone, max(self.position[id(nd)] for nd in removed)
