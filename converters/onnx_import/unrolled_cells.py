@@ -3,7 +3,9 @@
 onnx-free. torch.onnx.export(dynamo=True) has no RNN node for nn.RNN: it unrolls the layer over the
 export's sequence length. L = X @ W_ih^T + b_ih is computed for all steps at once, then each step
 reads u_t = Squeeze(Slice(L, t, t + 1)) and makes h_t = tanh(h_{t-1} @ W_hh^T + b_hh + u_t) (relu
-likewise; the reverse direction reads a flipped L), and the h_t are concatenated. ``fuse`` finds
+likewise; the reverse direction reads a flipped L), and the h_t are concatenated. tf2onnx writes
+a Keras SimpleRNN(unroll=True) so too, but splits X into one piece per step and projects each
+piece in its step (u_t = Squeeze(Split(X)_t) @ W + b). ``fuse`` finds
 such chains among the nodes a schedule runs and puts one node of op OP in the place of each: a
 one-direction Stack that runs the chain's steps in one kernel call and gives every h_t, and a
 Concat of all of them in time order, as views of its output.
@@ -13,7 +15,8 @@ A chain is found, not read off a pattern:
   before made; the nodes that compute the next state from one state (they depend on it, and the
   next state depends on them) are the first step, and each later step must be the same nodes
   (ops, attributes, constants) on the state before it, reading one value from outside: a slice
-  of the same L at the next (or previous) time index;
+  of the same L at the next (or previous) time index, or such a slice of X times the same
+  constant W (plus b);
 - the step is then checked on random inputs against act(u + h @ R + b), act tanh, relu or
   sigmoid, b the step's constant vectors (to 1e-4 of a float64 reference), for states of rank 2
   and 3 (the shapes it gives recorded per rank): a step that matches none leaves the nodes as
