@@ -5,10 +5,10 @@ export's sequence length. L = X @ W_ih^T + b_ih is computed for all steps at onc
 reads u_t = Squeeze(Slice(L, t, t + 1)) and makes h_t = tanh(h_{t-1} @ W_hh^T + b_hh + u_t) (relu
 likewise; the reverse direction reads a flipped L), and the h_t are concatenated. tf2onnx writes
 a Keras SimpleRNN(unroll=True) so too, but splits X into one piece per step and projects each
-piece in its step (u_t = Squeeze(Split(X)_t) @ W + b). ``fuse`` finds
-such chains among the nodes a schedule runs and puts one node of op OP in the place of each: a
-one-direction Stack that runs the chain's steps in one kernel call and gives every h_t, and a
-Concat of all of them in time order, as views of its output.
+piece in its step (u_t = Squeeze(Split(X)_t) @ W + b). ``fuse`` finds such chains among the nodes
+a schedule runs and puts one node of op OP in the place of each: a one-direction Stack that runs
+the chain's steps in one kernel call and gives every h_t, and a Concat of all of them in time
+order, as views of its output.
 
 A chain is found, not read off a pattern:
 - it is a run of MatMul nodes that multiply one constant square matrix R by the state the step
