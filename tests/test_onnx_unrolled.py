@@ -16,6 +16,7 @@ fused call declines run the nodes themselves, errors included.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import pathlib
 import warnings
@@ -153,6 +154,80 @@ def test_dynamo_rnn_export(name, fast_calls):
                                          nonlinearity=options.get("nonlinearity", "tanh"))
         np.testing.assert_allclose(got[0], want_y, **TOL)
         np.testing.assert_allclose(got[1], want_h, **TOL)
+
+
+class CellLoop(torch.nn.Module):
+    """A Python loop over nn.RNNCell / GRUCell / LSTMCell, which both exporters unroll (each step
+    a Gemm of x_t and one of h, the first one's folded with the zero state)."""
+
+    def __init__(self, cell: str, **options):
+        super().__init__()
+        self.cell = getattr(torch.nn, cell)(I, H, **options)
+
+    def forward(self, x, h=None):
+        h = torch.zeros(x.shape[1], H) if h is None else h
+        c = torch.zeros(x.shape[1], H)
+        outs = []
+        for t in range(x.shape[0]):
+            if isinstance(self.cell, torch.nn.LSTMCell):
+                h, c = self.cell(x[t], (h, c))
+            else:
+                h = self.cell(x[t], h)
+            outs.append(h)
+        return torch.stack(outs), h
+
+
+CELL_LOOPS = {  # name: cell, its options, initial state given; fused chains
+    "rnn-cell": ("RNNCell", {}, False, 1),
+    "rnn-cell-relu-h0": ("RNNCell", {"nonlinearity": "relu"}, True, 1),
+    "rnn-cell-no-bias": ("RNNCell", {"bias": False}, False, 1),
+    "gru-cell": ("GRUCell", {}, False, 0),
+    "lstm-cell": ("LSTMCell", {}, False, 0),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _export_cell_loop(name: str, dynamo: bool):
+    cell, options, with_h0, _ = CELL_LOOPS[name]
+    torch.manual_seed(0)
+    module = CellLoop(cell, **options).eval()
+    args = (torch.randn(T, 3, I),) + ((torch.randn(3, H),) if with_h0 else ())
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                model = torch.onnx.export(module, args, dynamo=True,
+                                          verbose=False).model_proto.SerializeToString()
+            else:
+                f = io.BytesIO()
+                torch.onnx.export(module, args, f, dynamo=False, opset_version=17,
+                                  input_names=["x", "h"][:len(args)])
+                model = f.getvalue()
+    finally:
+        logging.disable(logging.NOTSET)
+    return model, module
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("name", list(CELL_LOOPS))
+def test_cell_loop_export(name, dynamo, fast_calls):
+    """A loop over nn.RNNCell runs as one chain, its folded first step included; loops over the
+    gated cells stay nodes. All against ORT and torch."""
+    model, module = _export_cell_loop(name, dynamo)
+    _, _, with_h0, chains = CELL_LOOPS[name]
+    proto = onnx.load_from_string(model)
+    rng = np.random.default_rng(5)
+    feeds = {proto.graph.input[0].name: rng.standard_normal((T, 3, I)).astype(np.float32)}
+    if with_h0:
+        feeds[proto.graph.input[1].name] = rng.uniform(-1, 1, (3, H)).astype(np.float32)
+    plan, got = _run_both(model, feeds)
+    assert [layer.n for layer in _fused_layers(plan)] == [T] * chains
+    assert fast_calls == [True] * chains
+    with torch.no_grad():
+        want = module(*(torch.from_numpy(v) for v in feeds.values()))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), **TOL)
 
 
 def test_a_saved_plan_runs_its_chains_fused(tmp_path, fast_calls):

@@ -3,20 +3,21 @@
 onnx-free. torch.onnx.export(dynamo=True) has no RNN node for nn.RNN: it unrolls the layer over the
 export's sequence length. L = X @ W_ih^T + b_ih is computed for all steps at once, then each step
 reads u_t = Squeeze(Slice(L, t, t + 1)) and makes h_t = tanh(h_{t-1} @ W_hh^T + b_hh + u_t) (relu
-likewise; the reverse direction reads a flipped L), and the h_t are concatenated. tf2onnx writes
-a Keras SimpleRNN(unroll=True) so too, but splits X into one piece per step and projects each
-piece in its step (u_t = Squeeze(Split(X)_t) @ W + b). ``fuse`` finds such chains among the nodes
-a schedule runs and puts one node of op OP in the place of each: a one-direction Stack that runs
-the chain's steps in one kernel call and gives every h_t, and a Concat of all of them in time
-order, as views of its output.
+likewise; the reverse direction reads a flipped L), and the h_t are concatenated. tf2onnx writes a
+Keras SimpleRNN(unroll=True) so too, but splits X into one piece per step and projects each piece
+in its step (u_t = Squeeze(Split(X)_t) @ W + b), and both torch exporters a Python loop over
+nn.RNNCell (Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh) per step). ``fuse`` finds such chains among
+the nodes a schedule runs and puts one node of op OP in the place of each: a one-direction Stack
+that runs the chain's steps in one kernel call and gives every h_t, and a Concat of all of them in
+time order, as views of its output.
 
 A chain is found, not read off a pattern:
-- it is a run of MatMul nodes that multiply one constant square matrix R by the state the step
-  before made; the nodes that compute the next state from one state (they depend on it, and the
-  next state depends on them) are the first step, and each later step must be the same nodes
-  (ops, attributes, constants) on the state before it, reading one value from outside: a slice
-  of the same L at the next (or previous) time index, or such a slice of X times the same
-  constant W (plus b);
+- it is a run of MatMul (or Gemm) nodes that multiply one constant square matrix R (the same
+  values, under one name or several) by the state the step before made; the nodes that compute the
+  next state from one state (they depend on it, and the next state depends on them) are the first
+  step, and each later step must be the same nodes (ops, attributes, constants) on the state before
+  it, reading one value from outside: a slice of the same L at the next (or previous) time index,
+  or such a slice of X times the same constant W (plus b);
 - the step is then checked on random inputs against act(u + h @ R + b), act tanh, relu or
   sigmoid, b the step's constant vectors (to 1e-4 of a float64 reference), for states of rank 2
   and 3 (the shapes it gives recorded per rank): a step that matches none leaves the nodes as
@@ -31,6 +32,7 @@ indices) runs the chain's own nodes.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 from typing import NamedTuple
 
@@ -53,14 +55,20 @@ class _NotAChain(Exception):
 class _StepInput(NamedTuple):
     """What a step reads from outside the chain: step `index` of `source` along axis 0 (made by
     `nodes`), of rank `rank`; `pieces`: for a Split into one piece per step, their number (the
-    length the source must have), else None; `projection`: (W, b or None), the constants that
-    multiply it in each step, or None where the source is projected already."""
+    length the source must have), else None; `projection`: (what names the product, W, b or
+    None) where each step projects it as `slice @ W + b`, or None where the source is projected
+    already."""
     source: str
     index: int
     nodes: list
     rank: int
     pieces: int | None
     projection: tuple | None
+
+    def kind(self) -> tuple:
+        """What steps of one chain share: all but the index and the nodes."""
+        return (self.source, self.rank, self.pieces,
+                None if self.projection is None else self.projection[0])
 
 
 def _require(condition: bool) -> None:
@@ -145,8 +153,8 @@ def fuse(nodes: list, wanted: set, constants) -> list:
 class _Chain:
     """One chain as found: per step its nodes, its new state and the slice of L it reads."""
 
-    def __init__(self, h0: str, R: str):
-        self.h0, self.R = h0, R  # the initial state (None: zeros), the recurrent matrix
+    def __init__(self, h0: str, R: np.ndarray):
+        self.h0, self.R = h0, R  # the initial state (None: zeros), the recurrent matrix (h @ R)
         self.zero_start = None  # see UnrolledLayer
         self.steps: list[list] = []
         self.states: list[str] = []  # the state after each step
@@ -159,6 +167,7 @@ class _Finder:
         self.position = {id(node): i for i, node in enumerate(nodes)}
         self.producer: dict[str, object] = {}
         self.users: dict[str, list] = {}
+        self._keys: dict[int, tuple] = {}  # id of a constant -> (it, its _value_key)
         for node in nodes:
             for name in filter(None, node.outputs):
                 self.producer[name] = node
@@ -167,10 +176,11 @@ class _Finder:
 
     def fused_nodes(self) -> list:
         """[(the fused node, the ids of the nodes it replaces, its place)] for every chain."""
-        groups: dict[str, list] = {}
+        groups: dict[tuple, list] = {}  # products by their constant matrix's value
         for node in self.nodes:
-            if node.op == "MatMul" and len(node.inputs) == 2 and self._square(node.inputs[1]):
-                groups.setdefault(node.inputs[1], []).append(node)
+            product = _product(node, self.constants)
+            if product is not None and product[1].shape[0] == product[1].shape[1]:
+                groups.setdefault(self._product_key(node), []).append(node)
         self.tried: set[int] = set()
         fused = []
         for matmuls in groups.values():
@@ -187,18 +197,30 @@ class _Finder:
                 fused.append(found)
         return fused
 
-    def _square(self, name: str) -> bool:
-        R = self.constants.get(name)
-        return isinstance(R, np.ndarray) and R.ndim == 2 and R.shape[0] == R.shape[1] > 0 and \
-            R.dtype in (np.float32, np.float64)
+    def _product_key(self, node, added: str = "") -> tuple:
+        """A key equal for products of equal constants (exporters copy a weight per step: the
+        legacy exporter's Identity nodes, folded at import, give each step a constant of its
+        own): the op, transB and the values of its constant inputs (and of `added`)."""
+        names = node.inputs[1:] + [added]
+        return (node.op, node.attrs.get("transB", 0)) + tuple(map(self._value_key, names))
+
+    def _value_key(self, name: str) -> tuple | None:
+        array = self.constants.get(name) if name else None
+        if array is None:
+            return None
+        key = self._keys.get(id(array))  # the array itself kept: its id is not reused
+        if key is None:
+            digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16)
+            key = self._keys[id(array)] = (array, (array.shape, array.dtype.str,
+                                                    digest.digest()))
+        return key[1]
 
     # ------------------------------------------------------------------ finding the chain
     def _fused(self, first, matmuls: list) -> tuple:
-        R_name = first.inputs[1]
-        h0 = first.inputs[0]
+        h0, R, _ = _product(first, self.constants)
         nxt = self._next_matmul(first, matmuls)
         template = self._step(h0, nxt.inputs[0])
-        chain = _Chain(h0, R_name)
+        chain = _Chain(h0, R)
         state, delta = h0, None
         while True:  # the steps that follow, each reading L at the next index (or the previous)
             step = self._replay(template, state)
@@ -207,10 +229,8 @@ class _Finder:
             nodes, new_state, sliced = step
             if chain.slices:
                 last = chain.slices[-1]
-                same = (sliced.source, sliced.rank, sliced.pieces, sliced.projection) == \
-                    (last.source, last.rank, last.pieces, last.projection)
-                if not same or sliced.index - last.index not in ((1, -1) if delta is None
-                                                                 else (delta,)):
+                if sliced.kind() != last.kind() or sliced.index - last.index not in (
+                        (1, -1) if delta is None else (delta,)):
                     break
                 delta = sliced.index - last.index
             chain.steps.append(nodes)
@@ -220,7 +240,7 @@ class _Finder:
         _require(len(chain.steps) >= _MIN_STEPS)
         # a chain that fails from here fails from any of its later steps too: not tried again
         self.tried.update(id(nd) for step in chain.steps for nd in step)
-        cell = self._cell(template, self.constants[R_name])
+        cell = self._cell(template, R)
         self._folded_first_step(chain, cell, delta)
         return self._build(chain, cell, delta)
 
@@ -365,22 +385,25 @@ class _Finder:
             return self._time_slice(name)
         except _NotAChain:
             pass
-        node, bias = self.producer.get(name), None
+        node, added = self.producer.get(name), None
         taken = [node]
         if node is not None and node.op == "Add" and len(node.inputs) == 2:
             for a, b in (node.inputs, node.inputs[::-1]):
-                if b in self.constants and a in self.producer and self.producer[a].op == "MatMul":
-                    node, bias = self.producer[a], b
+                if b in self.constants and a in self.producer and \
+                        self.producer[a].op in ("MatMul", "Gemm"):
+                    node, added = self.producer[a], b
                     break
             taken.append(node)
-        _require(node is not None and node.op == "MatMul" and len(node.inputs) == 2)
-        W = self.constants.get(node.inputs[1])
-        _require(isinstance(W, np.ndarray) and W.ndim == 2)
-        if bias is not None:
-            b = self.constants[bias]
-            _require(b.ndim >= 1 and b.shape[-1] == W.shape[1] and b.size == W.shape[1])
-        sliced = self._time_slice(node.inputs[0])
-        return sliced._replace(nodes=sliced.nodes + taken, projection=(node.inputs[1], bias))
+        product = None if node is None else _product(node, self.constants)
+        _require(product is not None)
+        operand, W, bias = product
+        for extra in ([] if added is None else [self.constants[added]]):
+            _require(extra.dtype == W.dtype and extra.size == W.shape[1] and
+                     extra.shape[:-1] == (1,) * (extra.ndim - 1))
+            bias = extra if bias is None else bias.reshape(-1) + extra.reshape(-1)
+        sliced = self._time_slice(operand)
+        return sliced._replace(nodes=sliced.nodes + taken,
+                               projection=(self._product_key(node, added or ""), W, bias))
 
     def _time_slice(self, name: str) -> _StepInput:
         """`name` where it is step t of L along axis 0: Squeeze(Slice(L, [t], [t + 1], [0]), [0]),
@@ -428,6 +451,9 @@ class _Finder:
         _require(acts)
         vectors = [self.constants[r[1]] for nd, roles in template if nd.op == "Add"
                    for r in roles if r[0] == "const"]
+        vectors += [bias for nd, _ in template for bias in [(_product(nd, self.constants) or
+                                                             (None, None, None))[2]]
+                    if nd.op == "Gemm" and bias is not None]
         _require(all(np.size(v) == H for v in vectors))
         bias = sum(np.asarray(v, np.float64).reshape(H) for v in vectors) if vectors else None
         u_name = next(name for nd, roles in template for name, r in zip(nd.inputs, roles)
@@ -473,21 +499,16 @@ class _Finder:
         act, bias, ranks = cell
         first = chain.slices[0]
         nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2)
-        if nodes is None or first.projection is not None or chain.h0 is None:
+        if nodes is None or chain.h0 is None:
             return
-        try:
-            sliced = self._time_slice(leaf)
-        except _NotAChain:
-            return
-        if (sliced.source, sliced.index, sliced.pieces) != (first.source, first.index - delta,
-                                                             first.pieces):
+        sliced = self._step_input(leaf)
+        if sliced.kind() != first.kind() or sliced.index != first.index - delta:
             return
         inside = {id(nd) for nd in nodes}
         if any(out in self.wanted or any(id(u) not in inside for u in self.users.get(out, ()))
                for nd in nodes for out in nd.outputs if out and out != chain.h0):
             return
-        H = self.constants[chain.R].shape[0]
-        dtype = self.constants[chain.R].dtype
+        H, dtype = chain.R.shape[0], chain.R.dtype
         u_rank = sliced.rank
         rng = np.random.default_rng(20261127)
 
@@ -540,7 +561,7 @@ class _Finder:
             if node is None:
                 return None, None
             try:
-                self._time_slice(value)
+                self._step_input(value)
                 leaves.append(value)
                 continue
             except _NotAChain:
@@ -572,9 +593,8 @@ class _Finder:
             self._take_if_only_read([flip], removed, gone)
             source = flip.inputs[0]
         if first.projection is not None:  # each step projects its own slice of X
-            X, (W, b_ih) = source, first.projection
-            W = self.constants[W].T
-            b_ih = None if b_ih is None else self.constants[b_ih].reshape(-1)
+            X, (_, W, b_ih) = source, first.projection
+            W, b_ih = W.T, None if b_ih is None else b_ih.reshape(-1)
         else:
             X, W, b_ih = self._projection(source, removed, gone)
         states = chain.states
@@ -667,7 +687,7 @@ class _Finder:
     def _stack(self, W, b_ih, chain: _Chain, bias, act: str, reverse: bool):
         from .recurrent_node import make_stack
 
-        R = self.constants[chain.R]
+        R = chain.R
         H = R.shape[0]
         dtype = R.dtype
         if W is None:
@@ -679,6 +699,31 @@ class _Finder:
         attrs = {"mode": "RNN", "reverse": [reverse], "clip": None,
                  "activations": [[[act, 0.0, 0.0]]], "dtype": str(dtype)}
         return make_stack(attrs, params)
+
+
+def _product(node, constants):
+    """(the operand, the constant matrix it is multiplied by as `operand @ matrix`, the constant
+    added (Gemm's C, or None)) where `node` is MatMul(a, W) or Gemm(a, B, C) of constants
+    (alpha = beta = 1, A not transposed), else None."""
+    if node.op == "MatMul" and len(node.inputs) == 2:
+        matrix, bias = constants.get(node.inputs[1]), None
+    elif node.op == "Gemm" and 2 <= len(node.inputs) <= 3 and not node.attrs.get("transA", 0) \
+            and node.attrs.get("alpha", 1.0) == 1.0 and node.attrs.get("beta", 1.0) == 1.0:
+        matrix = constants.get(node.inputs[1])
+        bias = constants.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        if len(node.inputs) > 2 and node.inputs[2] and bias is None:
+            return None
+        if isinstance(matrix, np.ndarray) and matrix.ndim == 2 and node.attrs.get("transB", 0):
+            matrix = matrix.T
+    else:
+        return None
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2 or \
+            matrix.dtype not in (np.float32, np.float64):
+        return None
+    if bias is not None and (bias.dtype != matrix.dtype or bias.size != matrix.shape[1]
+                             or bias.shape[:-1] != (1,) * (bias.ndim - 1)):
+        return None
+    return node.inputs[0], matrix, bias
 
 
 def _same(a, b) -> bool:
