@@ -499,7 +499,7 @@ class _Finder:
         act, bias, ranks = cell
         first = chain.slices[0]
         nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2)
-        if nodes is None or chain.h0 is None:
+        if nodes is None:
             return
         sliced = self._step_input(leaf)
         if sliced.kind() != first.kind() or sliced.index != first.index - delta:
