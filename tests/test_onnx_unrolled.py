@@ -177,21 +177,22 @@ class CellLoop(torch.nn.Module):
         return torch.stack(outs), h
 
 
-CELL_LOOPS = {  # name: cell, its options, initial state given; fused chains
-    "rnn-cell": ("RNNCell", {}, False, 1),
-    "rnn-cell-relu-h0": ("RNNCell", {"nonlinearity": "relu"}, True, 1),
-    "rnn-cell-no-bias": ("RNNCell", {"bias": False}, False, 1),
-    "gru-cell": ("GRUCell", {}, False, 0),
-    "lstm-cell": ("LSTMCell", {}, False, 0),
+CELL_LOOPS = {  # name: cell, its options, initial state given, batch; fused chains
+    "rnn-cell": ("RNNCell", {}, False, 3, 1),
+    "rnn-cell-batch-1": ("RNNCell", {}, False, 1, 1),
+    "rnn-cell-relu-h0": ("RNNCell", {"nonlinearity": "relu"}, True, 3, 1),
+    "rnn-cell-no-bias": ("RNNCell", {"bias": False}, False, 3, 1),
+    "gru-cell": ("GRUCell", {}, False, 3, 0),
+    "lstm-cell": ("LSTMCell", {}, False, 3, 0),
 }
 
 
 @functools.lru_cache(maxsize=None)
 def _export_cell_loop(name: str, dynamo: bool):
-    cell, options, with_h0, _ = CELL_LOOPS[name]
+    cell, options, with_h0, batch, _ = CELL_LOOPS[name]
     torch.manual_seed(0)
     module = CellLoop(cell, **options).eval()
-    args = (torch.randn(T, 3, I),) + ((torch.randn(3, H),) if with_h0 else ())
+    args = (torch.randn(T, batch, I),) + ((torch.randn(batch, H),) if with_h0 else ())
     logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
@@ -212,18 +213,23 @@ def _export_cell_loop(name: str, dynamo: bool):
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
 @pytest.mark.parametrize("name", list(CELL_LOOPS))
 def test_cell_loop_export(name, dynamo, fast_calls):
-    """A loop over nn.RNNCell runs as one chain, its folded first step included; loops over the
-    gated cells stay nodes. All against ORT and torch."""
+    """A loop over nn.RNNCell runs as one chain, its folded first step and the stacking of its
+    states (Unsqueeze and Concat) included: the whole graph is one node; loops over the gated
+    cells stay nodes. All against ORT and torch."""
     model, module = _export_cell_loop(name, dynamo)
-    _, _, with_h0, chains = CELL_LOOPS[name]
+    _, _, with_h0, batch, chains = CELL_LOOPS[name]
     proto = onnx.load_from_string(model)
     rng = np.random.default_rng(5)
-    feeds = {proto.graph.input[0].name: rng.standard_normal((T, 3, I)).astype(np.float32)}
+    feeds = {proto.graph.input[0].name: rng.standard_normal((T, batch, I)).astype(np.float32)}
     if with_h0:
-        feeds[proto.graph.input[1].name] = rng.uniform(-1, 1, (3, H)).astype(np.float32)
+        feeds[proto.graph.input[1].name] = rng.uniform(-1, 1, (batch, H)).astype(np.float32)
     plan, got = _run_both(model, feeds)
     assert [layer.n for layer in _fused_layers(plan)] == [T] * chains
     assert fast_calls == [True] * chains
+    if chains:
+        wanted = tuple(o.name for o in plan.get_outputs())
+        assert [step[2].op for _, steps in plan._schedule(wanted).segments
+                for step in steps] == [unrolled_cells.OP]
     with torch.no_grad():
         want = module(*(torch.from_numpy(v) for v in feeds.values()))
     for g, w in zip(got, want):

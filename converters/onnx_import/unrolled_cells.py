@@ -89,7 +89,7 @@ class UnrolledLayer:
         first = stack.layers[0][0]
         self.dtype, self.input_size, self.hidden_size = first.dtype, first.input_size, first.hidden_size
         self._first, self._reverse, self._flipped = first_index, reverse, flipped
-        self._sources = sources  # per output: ("h", step) or ("y",)
+        self._sources = sources  # per output: ("h", step) or ("y", how the states are joined)
         self._out_ranks = out_ranks  # the initial state's rank -> the states' rank
         # a chain from a zero state (no initial state input): (the states' rank, the batch size
         # its folded first step takes, or None for any)
@@ -131,12 +131,15 @@ class UnrolledLayer:
         y, _, _ = self.stack.run(self._canonical(X[start:start + self.n], self.dtype), h0, None,
                                  None)
         outs = []
+        state = (1, N, self.hidden_size) if rank == 3 else (N, self.hidden_size)
         for source in self._sources:
-            if source[0] == "y":  # the states concatenated on axis 0 in time order
-                outs.append(y if rank == 3 else y.reshape(self.n * N, self.hidden_size))
+            if source[0] == "y":  # the states in time order, concatenated or stacked
+                states = y.reshape((self.n,) + state)
+                outs.append(states.reshape((self.n * state[0],) + state[1:])
+                            if source[1] is None else np.moveaxis(states, 0, source[1]))
                 continue
             t = self.n - 1 - source[1] if self._reverse else source[1]
-            outs.append(y[t:t + 1] if rank == 3 else y[t])
+            outs.append(y[t].reshape(state))
         return outs
 
 
@@ -498,11 +501,12 @@ class _Finder:
 
         act, bias, ranks = cell
         first = chain.slices[0]
-        nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2)
+        nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2,
+                                                    first.kind())
         if nodes is None:
             return
         sliced = self._step_input(leaf)
-        if sliced.kind() != first.kind() or sliced.index != first.index - delta:
+        if sliced.index != first.index - delta:
             return
         inside = {id(nd) for nd in nodes}
         if any(out in self.wanted or any(id(u) not in inside for u in self.users.get(out, ()))
@@ -548,9 +552,10 @@ class _Finder:
         chain.slices.insert(0, sliced)
         chain.h0, chain.zero_start = None, (rank, rows)
 
-    def _computed_from_one_value(self, name: str, limit: int) -> tuple:
-        """(the nodes, in order, that compute `name` from constants and one other value, that
-        value), or (None, None) where more than `limit` nodes or another value take part."""
+    def _computed_from_one_value(self, name: str, limit: int, kind: tuple) -> tuple:
+        """(the nodes, in order, that compute `name` from constants and one step input of this
+        `kind` (see _StepInput), that input), or (None, None) where more than `limit` nodes or
+        another value take part."""
         nodes, leaves, seen, pending = [], [], set(), [name]
         while pending:
             value = pending.pop()
@@ -561,9 +566,9 @@ class _Finder:
             if node is None:
                 return None, None
             try:
-                self._step_input(value)
-                leaves.append(value)
-                continue
+                if self._step_input(value).kind() == kind:
+                    leaves.append(value)
+                    continue
             except _NotAChain:
                 pass
             nodes.append(node)
@@ -601,12 +606,14 @@ class _Finder:
         reverse = (delta < 0) != flipped
         in_time = [states[k] for k in (reversed(range(n)) if reverse else range(n))]
         outputs, sources = [], []
-        concat = self._concatenation(in_time)
-        if concat is not None:
+        joined = self._joining(in_time)
+        if joined is not None:
+            concat, unsqueezes, axis = joined
             removed.append(concat)
             gone.add(id(concat))
+            self._take_if_only_read(unsqueezes, removed, gone)
             outputs.append(concat.outputs[0])
-            sources.append(("y",))
+            sources.append(("y", axis))
         for k, name in enumerate(states):
             if name in self.wanted or any(id(u) not in gone for u in self.users.get(name, ())):
                 outputs.append(name)
@@ -676,12 +683,29 @@ class _Finder:
                 return matmul.inputs[0], Wt.T, None if b is None else b.reshape(H)
         return L, None, None
 
-    def _concatenation(self, in_time: list):
-        """The Concat on axis 0 of exactly the chain's states in time order, if one reads them."""
+    def _joining(self, in_time: list):
+        """(a Concat of all the chain's states in time order, the Unsqueezes between them, the
+        axis they stack on or None) where one reads them: on axis 0 as they are, or each
+        unsqueezed on axis 0 or 1 and concatenated on that axis (torch.stack, Keras's
+        return_sequences); None where none does."""
         for concat in self.users.get(in_time[0], ()):
             if concat.op == "Concat" and concat.attrs.get("axis") == 0 and \
                     concat.inputs == in_time and concat.outputs[0]:
-                return concat
+                return concat, [], None
+        for first in self.users.get(in_time[0], ()):
+            axes = self._ints(first.inputs[1]) if first.op == "Unsqueeze" and \
+                len(first.inputs) == 2 else None
+            if axes not in ([0], [1]):
+                continue
+            for concat in self.users.get(first.outputs[0], ()):
+                if concat.op != "Concat" or concat.attrs.get("axis") != axes[0] or \
+                        len(concat.inputs) != len(in_time) or not concat.outputs[0]:
+                    continue
+                unsqueezes = [self.producer.get(name) for name in concat.inputs]
+                if all(u is not None and u.op == "Unsqueeze" and len(u.inputs) == 2 and
+                       u.inputs[0] == state and self._ints(u.inputs[1]) == axes
+                       for u, state in zip(unsqueezes, in_time)):
+                    return concat, unsqueezes, axes[0]
         return None
 
     def _stack(self, W, b_ih, chain: _Chain, bias, act: str, reverse: bool):
