@@ -164,9 +164,8 @@ class CellLoop(torch.nn.Module):
         super().__init__()
         self.cell = getattr(torch.nn, cell)(I, H, **options)
 
-    def forward(self, x, h=None):
-        h = torch.zeros(x.shape[1], H) if h is None else h
-        c = torch.zeros(x.shape[1], H)
+    def forward(self, x, *state):
+        h, c = (list(state) + [torch.zeros(x.shape[1], H)] * 2)[:2]
         outs = []
         for t in range(x.shape[0]):
             if isinstance(self.cell, torch.nn.LSTMCell):
@@ -177,13 +176,17 @@ class CellLoop(torch.nn.Module):
         return torch.stack(outs), h
 
 
-CELL_LOOPS = {  # name: cell, its options, initial state given, batch; fused chains
-    "rnn-cell": ("RNNCell", {}, False, 3, 1),
-    "rnn-cell-batch-1": ("RNNCell", {}, False, 1, 1),
-    "rnn-cell-relu-h0": ("RNNCell", {"nonlinearity": "relu"}, True, 3, 1),
-    "rnn-cell-no-bias": ("RNNCell", {"bias": False}, False, 3, 1),
-    "gru-cell": ("GRUCell", {}, False, 3, 0),
-    "lstm-cell": ("LSTMCell", {}, False, 3, 0),
+CELL_LOOPS = {  # name: cell, its options, initial state given, batch; the chain's steps
+    "rnn-cell": ("RNNCell", {}, False, 3, T),
+    "rnn-cell-batch-1": ("RNNCell", {}, False, 1, T),
+    "rnn-cell-relu-h0": ("RNNCell", {"nonlinearity": "relu"}, True, 3, T),
+    "rnn-cell-no-bias": ("RNNCell", {"bias": False}, False, 3, T),
+    # a gated cell's first step from zeros, folded by the exporter, runs as nodes
+    "gru-cell": ("GRUCell", {}, False, 3, T - 1),
+    "gru-cell-h0": ("GRUCell", {}, True, 3, T),
+    "gru-cell-no-bias": ("GRUCell", {"bias": False}, True, 1, T),
+    "lstm-cell": ("LSTMCell", {}, False, 3, T - 1),
+    "lstm-cell-h0": ("LSTMCell", {}, True, 3, T),
 }
 
 
@@ -192,7 +195,9 @@ def _export_cell_loop(name: str, dynamo: bool):
     cell, options, with_h0, batch, _ = CELL_LOOPS[name]
     torch.manual_seed(0)
     module = CellLoop(cell, **options).eval()
-    args = (torch.randn(T, batch, I),) + ((torch.randn(batch, H),) if with_h0 else ())
+    states = 2 if cell == "LSTMCell" else 1
+    args = (torch.randn(T, batch, I),) + tuple(torch.randn(batch, H)
+                                               for _ in range(states if with_h0 else 0))
     logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
@@ -203,7 +208,7 @@ def _export_cell_loop(name: str, dynamo: bool):
             else:
                 f = io.BytesIO()
                 torch.onnx.export(module, args, f, dynamo=False, opset_version=17,
-                                  input_names=["x", "h"][:len(args)])
+                                  input_names=["x", "h", "c"][:len(args)])
                 model = f.getvalue()
     finally:
         logging.disable(logging.NOTSET)
@@ -214,19 +219,19 @@ def _export_cell_loop(name: str, dynamo: bool):
 @pytest.mark.parametrize("name", list(CELL_LOOPS))
 def test_cell_loop_export(name, dynamo, fast_calls):
     """A loop over nn.RNNCell runs as one chain, its folded first step and the stacking of its
-    states (Unsqueeze and Concat) included: the whole graph is one node; loops over the gated
-    cells stay nodes. All against ORT and torch."""
+    states (Unsqueeze and Concat) included: the whole graph is one node; loops over
+    nn.GRUCell / nn.LSTMCell run as one chain too. All against ORT and torch."""
     model, module = _export_cell_loop(name, dynamo)
-    _, _, with_h0, batch, chains = CELL_LOOPS[name]
+    cell, _, with_h0, batch, steps = CELL_LOOPS[name]
     proto = onnx.load_from_string(model)
     rng = np.random.default_rng(5)
     feeds = {proto.graph.input[0].name: rng.standard_normal((T, batch, I)).astype(np.float32)}
-    if with_h0:
-        feeds[proto.graph.input[1].name] = rng.uniform(-1, 1, (batch, H)).astype(np.float32)
+    for given in proto.graph.input[1:]:  # the initial states
+        feeds[given.name] = rng.uniform(-1, 1, (batch, H)).astype(np.float32)
     plan, got = _run_both(model, feeds)
-    assert [layer.n for layer in _fused_layers(plan)] == [T] * chains
-    assert fast_calls == [True] * chains
-    if chains:
+    assert [layer.n for layer in _fused_layers(plan)] == [steps]
+    assert fast_calls == [True]
+    if cell == "RNNCell":
         wanted = tuple(o.name for o in plan.get_outputs())
         assert [step[2].op for _, steps in plan._schedule(wanted).segments
                 for step in steps] == [unrolled_cells.OP]
@@ -257,8 +262,13 @@ def test_a_saved_plan_runs_its_chains_fused(tmp_path, fast_calls):
 # tf2onnx's exports of Keras layers built with unroll=True
 # --------------------------------------------------------------------------------------------------
 KERAS_UNROLLED = pathlib.Path(__file__).parent / "data" / "keras_unrolled"
-KERAS_CHAINS = {"simple_rnn_seq": 1, "simple_rnn_relu_state": 1, "simple_rnn_backwards_no_bias": 1,
-                "bidir_simple_rnn": 2, "stacked_simple_rnn": 2, "gru": 0}
+KERAS_CHAINS = {  # name: the steps of each chain it runs fused (of T = 9)
+    "simple_rnn_seq": [9], "simple_rnn_relu_state": [9], "simple_rnn_backwards_no_bias": [9],
+    "bidir_simple_rnn": [9, 9], "stacked_simple_rnn": [9, 9], "gru": [9],
+    # reset_after=False multiplies h and r * h by two matrices: not a step fastrnn recognises
+    "gru_reset_before_backwards": [],
+    # tf2onnx folds the LSTM's first step (from zero states): it runs as nodes
+    "lstm_seq_state": [8], "bidir_lstm": [8, 8]}
 
 
 @pytest.mark.parametrize("name", [f"{flavour}_{name}" for flavour in ("k3", "k2")
@@ -268,13 +278,13 @@ def test_keras_unrolled_export(name, fast_calls):
     saved = np.load(KERAS_UNROLLED / f"{name}.npz")
     chains = KERAS_CHAINS[name[3:]]
     plan, got = _run_both(model, {"x": saved["x"]})
-    assert [layer.n for layer in _fused_layers(plan)] == [saved["x"].shape[1]] * chains
-    assert fast_calls == [True] * chains
+    assert [layer.n for layer in _fused_layers(plan)] == chains
+    assert fast_calls == [True] * len(chains)
     for k, value in enumerate(got):
         np.testing.assert_allclose(value, saved[f"out{k}"], **TOL)
     x = np.random.default_rng(4).standard_normal((5,) + saved["x"].shape[1:]).astype(np.float32)
     _run_both(model, {"x": x})  # another batch size
-    assert fast_calls == [True] * (2 * chains)
+    assert fast_calls == [True] * (2 * len(chains))
 
 
 # --------------------------------------------------------------------------------------------------

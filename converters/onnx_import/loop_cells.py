@@ -257,7 +257,7 @@ class _Analysis:
             given = dict(zip(roles, states))
             h = given["h"]
             products = (self._product(x, W), self._product(h, R))
-            new = dict(zip(("h", "c"), _reference_step(spec, R, B, products, h, given.get("c"))))
+            new = dict(zip(("h", "c"), reference_step(spec, R, B, products, h, given.get("c"))))
             new["out"] = new["zeroed"] = new["h"]
             for role, old, got in zip(roles, states, body_out):
                 if role == "zeroed":
@@ -377,7 +377,7 @@ def _activate(act, x):
     return np.clip(alpha * x + beta, 0, 1)  # hardsigmoid
 
 
-def _reference_step(spec, R, B, products, h, c=None):
+def reference_step(spec, R, B, products, h, c=None):
     """One ONNX step in float64 from x @ W.T and h @ R.T (`products`): the new h (and c)."""
     H, G = spec["H"], spec["G"]
     acts = spec["activations"]

@@ -71,6 +71,15 @@ class _StepInput(NamedTuple):
                 None if self.projection is None else self.projection[0])
 
 
+class _Template(NamedTuple):
+    """One step as found, for the others to match (see _Finder._step)."""
+    nodes: list  # (node, per input its role), in the order they are matched
+    state: str  # the new state: the first output of the last node that depends on the state
+    carried: list  # the values carried in besides the state (an LSTM's c)
+    deferred: frozenset  # outputs of the nodes that prepare the step's input (a Split of it):
+    # matched from the nodes that read them, which come first
+
+
 def _require(condition: bool) -> None:
     if not condition:
         raise _NotAChain
@@ -95,12 +104,14 @@ class UnrolledLayer:
         # its folded first step takes, or None for any)
         self._zero_start = zero_start
         self._pieces = pieces  # the only length of X the chain's Split gives one step a piece
+        self._mode = first.mode
         self._canonical = canonical
 
     def __repr__(self) -> str:
         act = self.stack.layers[0][0].activations[0][0]
-        return (f"UnrolledLayer(RNN, input_size={self.input_size}, hidden_size="
-                f"{self.hidden_size}, steps={self.n}, activation={act!r}"
+        act = f", activation={act!r}" if self._mode == "RNN" else ""
+        return (f"UnrolledLayer({self._mode}, input_size={self.input_size}, hidden_size="
+                f"{self.hidden_size}, steps={self.n}{act}"
                 f"{', reverse' if self._reverse else ''})")
 
     def __call__(self, ins: list):
@@ -123,16 +134,26 @@ class UnrolledLayer:
                     h0.shape[-2:] != (N, self.hidden_size) or h0.size != N * self.hidden_size:
                 return None
             h0 = h0.reshape(1, N, self.hidden_size)
+        c0 = None
+        if self._mode == "LSTM":  # its c after h0 in the inputs
+            c0 = ins[2]
+            if type(c0) is not np.ndarray or c0.dtype != self.dtype or \
+                    c0.shape != (N, self.hidden_size):
+                return None
+            c0 = c0.reshape(1, N, self.hidden_size)
         # the window of X the chain's slices read, in X's time order
         first = T - 1 - self._first if self._flipped else self._first
         start = first - self.n + 1 if self._reverse else first
         if start < 0 or start + self.n > T:
             return None
-        y, _, _ = self.stack.run(self._canonical(X[start:start + self.n], self.dtype), h0, None,
-                                 None)
+        y, _, c_n = self.stack.run(self._canonical(X[start:start + self.n], self.dtype), h0, c0,
+                                   None)
         outs = []
         state = (1, N, self.hidden_size) if rank == 3 else (N, self.hidden_size)
         for source in self._sources:
+            if source[0] == "c":
+                outs.append(c_n[0])
+                continue
             if source[0] == "y":  # the states in time order, concatenated or stacked
                 states = y.reshape((self.n,) + state)
                 outs.append(states.reshape((self.n * state[0],) + state[1:])
@@ -156,11 +177,13 @@ def fuse(nodes: list, wanted: set, constants) -> list:
 class _Chain:
     """One chain as found: per step its nodes, its new state and the slice of L it reads."""
 
-    def __init__(self, h0: str, R: np.ndarray):
+    def __init__(self, h0: str, R: np.ndarray, carried: list):
         self.h0, self.R = h0, R  # the initial state (None: zeros), the recurrent matrix (h @ R)
+        self.carried_in = carried  # the other carried values' initial values (an LSTM's c)
         self.zero_start = None  # see UnrolledLayer
         self.steps: list[list] = []
         self.states: list[str] = []  # the state after each step
+        self.carried: list[list] = []  # the other carried values after each step
         self.slices: list[_StepInput] = []  # per step
 
 
@@ -182,7 +205,8 @@ class _Finder:
         groups: dict[tuple, list] = {}  # products by their constant matrix's value
         for node in self.nodes:
             product = _product(node, self.constants)
-            if product is not None and product[1].shape[0] == product[1].shape[1]:
+            if product is not None and product[1].shape[1] in (
+                    product[1].shape[0] * G for G in (1, 3, 4)):  # RNN, GRU, LSTM
                 groups.setdefault(self._product_key(node), []).append(node)
         self.tried: set[int] = set()
         fused = []
@@ -223,13 +247,15 @@ class _Finder:
         h0, R, _ = _product(first, self.constants)
         nxt = self._next_matmul(first, matmuls)
         template = self._step(h0, nxt.inputs[0])
-        chain = _Chain(h0, R)
+        carried = template.carried
+        carried_out = self._carried_out(template, nxt, matmuls)
+        chain = _Chain(h0, R, carried)
         state, delta = h0, None
         while True:  # the steps that follow, each reading L at the next index (or the previous)
-            step = self._replay(template, state)
+            step = self._replay(template, state, carried, carried_out)
             if step is None:
                 break
-            nodes, new_state, sliced = step
+            nodes, new_state, carried, sliced = step
             if chain.slices:
                 last = chain.slices[-1]
                 if sliced.kind() != last.kind() or sliced.index - last.index not in (
@@ -238,14 +264,38 @@ class _Finder:
                 delta = sliced.index - last.index
             chain.steps.append(nodes)
             chain.states.append(new_state)
+            chain.carried.append(carried)
             chain.slices.append(sliced)
             state = new_state
         _require(len(chain.steps) >= _MIN_STEPS)
         # a chain that fails from here fails from any of its later steps too: not tried again
         self.tried.update(id(nd) for step in chain.steps for nd in step)
-        cell = self._cell(template, R)
-        self._folded_first_step(chain, cell, delta)
+        if R.shape[1] == R.shape[0] and not chain.carried_in:
+            cell = self._cell(template, R)
+            self._folded_first_step(chain, cell, delta)
+        else:
+            cell = self._gated_cell(template, R, chain, carried_out)
         return self._build(chain, cell, delta)
+
+    def _carried_out(self, template: _Template, nxt, matmuls: list) -> list:
+        """Per value the step carries besides its state (an LSTM's c), the template's value that
+        the next step reads in its place, found by the step after `nxt`."""
+        if not template.carried:
+            return []
+        _require(len(template.carried) == 1)
+        after = self._next_matmul(nxt, matmuls)
+        following = self._step(nxt.inputs[0], after.inputs[0])
+        _require(len(following.nodes) == len(template.nodes))
+        made = {o for nd, _ in template.nodes for o in nd.outputs if o}
+        out = [None] * len(template.carried)
+        for (nd, roles), (nd1, _) in zip(template.nodes, following.nodes):
+            _require(nd.op == nd1.op and len(nd.inputs) == len(nd1.inputs))
+            for role, name in zip(roles, nd1.inputs):
+                if role[0] == "carry":
+                    _require(name in made and out[role[1]] in (None, name))
+                    out[role[1]] = name
+        _require(None not in out)
+        return out
 
     def _next_matmul(self, first, matmuls: list):
         """The first MatMul of the group after `first` whose state depends on `first`'s."""
@@ -260,10 +310,12 @@ class _Finder:
             depends.update(filter(None, node.outputs))
         raise _NotAChain
 
-    def _step(self, h0: str, h1: str) -> list:
-        """The template step: the nodes that depend on h0 and that h1 depends on, in order, each
-        as (node, per input: ("h",) | ("value", template output) | ("const", name) | ("u",) |
-        ("absent",)); the last one makes h1."""
+    def _step(self, h0: str, h1: str) -> _Template:
+        """The template step: the nodes that depend on h0 and that h1 depends on, in order, then
+        those that prepare its input from the step's slice (a Split of it, not depending on
+        h0), each as (node, per input: ("h",) | ("value", template output) | ("const", name) |
+        ("u",): the step's input | ("carry", k): the k-th value carried in besides h0 |
+        ("absent",))."""
         start = self.producer.get(h0)
         floor = self.position[id(start)] if start is not None else -1
         depends: dict[str, bool] = {h0: True}
@@ -294,9 +346,20 @@ class _Finder:
         nodes = sorted({id(self.producer[v]): self.producer[v] for v, d in depends.items()
                         if d and v != h0}.values(), key=lambda nd: self.position[id(nd)])
         _require(nodes and h1 in nodes[-1].outputs and nodes[-1].outputs.index(h1) == 0)
+        prepared, inputs = {}, set()
         made = {o for nd in nodes for o in nd.outputs if o}
-        template, outside = [], 0
-        for nd in nodes:
+        for name in [i for nd in nodes for i in nd.inputs if i]:
+            if name in made or name == h0 or name in self.constants or \
+                    self._is_step_input(name):
+                continue
+            found, leaf = self._computed_from_one_value(name, 4, None)
+            if found is not None:
+                prepared.update((id(nd), nd) for nd in found)
+                inputs.add(leaf)
+        prep = sorted(prepared.values(), key=lambda nd: self.position[id(nd)])
+        made.update(o for nd in prep for o in nd.outputs if o)
+        template, carried = [], []
+        for nd in nodes + prep:
             roles = []
             for name in nd.inputs:
                 if not name:
@@ -307,58 +370,85 @@ class _Finder:
                     roles.append(("value", name))
                 elif name in self.constants:
                     roles.append(("const", name))
-                else:
+                elif self._is_step_input(name):
                     roles.append(("u",))
-                    outside += 1
+                    inputs.add(name)
+                else:
+                    if name not in carried:
+                        carried.append(name)
+                    roles.append(("carry", carried.index(name)))
             template.append((nd, roles))
-        _require(outside == 1)  # an Elman step reads one value per step: its input's slice
-        return template
+        _require(len(inputs) == 1)  # a step reads one value from outside: its input's slice
+        return _Template(template, h1, carried,
+                         frozenset(o for nd in prep for o in nd.outputs if o))
 
-    def _replay(self, template: list, h: str):
-        """The template's nodes on state `h`: (this step's nodes, its new state, the slice it
-        reads), or None where no such step follows `h`."""
+    def _is_step_input(self, name: str) -> bool:
+        try:
+            self._step_input(name)
+            return True
+        except _NotAChain:
+            return False
+
+    def _replay(self, template: list, h: str, carried: list, carried_out: list):
+        """The template's nodes on state `h` and the `carried` values: (this step's nodes, its new
+        state, its new carried values, the slice it reads), or None where no such step follows."""
         mapped = {}
         nodes, sliced = [], None
-        for tnode, roles in template:
-            anchor = next(mapped[r[1]] if r[0] == "value" else h
-                          for r in roles if r[0] in ("h", "value"))
+        for tnode, roles in template.nodes:
+            if tnode.outputs[0] in template.deferred:  # what its readers read
+                made = {self.producer.get(mapped.get(o)) for o in tnode.outputs if o in mapped}
+                candidates = [nd for nd in made if nd is not None]
+                if len(candidates) != 1:
+                    return None
+            else:
+                candidates = self.users.get(next(
+                    mapped[r[1]] if r[0] == "value" else h for r in roles
+                    if r[0] == "h" or (r[0] == "value" and r[1] in mapped)), ())
             found = None
-            for cand in self.users.get(anchor, ()):
+            for cand in candidates:
                 if cand.op != tnode.op or cand.attrs != tnode.attrs or \
                         len(cand.inputs) != len(roles) or len(cand.outputs) != len(tnode.outputs):
                     continue
-                this = self._match(cand, roles, mapped, h)
+                this = self._match(cand, roles, mapped, h, carried, template.deferred)
                 if this is not None:
                     if found is not None:  # two such nodes: not one step
                         return None
                     found = (cand, this)
             if found is None:
                 return None
-            cand, this = found
+            cand, (this, provisional) = found
+            if any(mapped.get(t, c) != c for t, c in zip(tnode.outputs, cand.outputs)):
+                return None
             if this is not True:
                 sliced = this
             nodes.append(cand)
+            mapped.update(provisional)
             mapped.update(zip(tnode.outputs, cand.outputs))
-        new_state = nodes[-1].outputs[0]
-        # a step's values other than its new state are its own (else the chain ends before it)
+        new_state = mapped[template.state]
+        new_carried = [mapped[name] for name in carried_out]
+        # a step's values other than what it carries are its own (else the chain ends before it)
         inside = {id(nd) for nd in nodes}
         for nd in nodes:
             for out in filter(None, nd.outputs):
-                if out != new_state and (out in self.wanted or any(
+                if out != new_state and out not in new_carried and (out in self.wanted or any(
                         id(u) not in inside for u in self.users.get(out, ()))):
                     return None
-        return nodes, new_state, sliced
+        return nodes, new_state, new_carried, sliced
 
-    def _match(self, cand, roles: list, mapped: dict, h: str):
-        """Whether `cand` reads what the template node reads: True, the slice of L it reads
-        for the "u" input, or None."""
-        sliced = True
+    def _match(self, cand, roles: list, mapped: dict, h: str, carried: list, deferred):
+        """Whether `cand` reads what the template node reads: (True, or the step input it reads
+        for the "u" role; the names it gives the `deferred` values it reads), or None."""
+        sliced, provisional = True, {}
         for name, role in zip(cand.inputs, roles):
             kind = role[0]
             if kind == "absent":
                 ok = not name
             elif kind == "h":
                 ok = name == h
+            elif kind == "carry":
+                ok = name == carried[role[1]]
+            elif kind == "value" and role[1] not in mapped and role[1] in deferred:
+                ok = provisional.setdefault(role[1], name) == name
             elif kind == "value":
                 ok = mapped.get(role[1]) == name
             elif kind == "const":
@@ -372,7 +462,7 @@ class _Finder:
                 ok = sliced is not None
             if not ok:
                 return None
-        return sliced
+        return sliced, provisional
 
     def _ints(self, name: str):
         value = self.constants.get(name) if name else None
@@ -443,23 +533,27 @@ class _Finder:
         return _StepInput(node.inputs[0], starts[0], taken, rank, None, None)
 
     # ------------------------------------------------------------------ the cell
-    def _cell(self, template: list, R: np.ndarray) -> tuple:
+    def _in_order(self, template: _Template) -> list:
+        """The template's nodes in an order that computes what each reads before it."""
+        return sorted(template.nodes, key=lambda entry: self.position[id(entry[0])])
+
+    def _cell(self, template: _Template, R: np.ndarray) -> dict:
         """(activation, the recurrent bias or None, the state's rank -> the new state's rank,
         the rank of the per-step input), checked on random inputs."""
         from .plan import execute_node
 
         H = R.shape[0]
-        ops = {nd.op for nd, _ in template}
+        ops = {nd.op for nd, _ in template.nodes}
         acts = [name for op, name in _ACTIVATIONS.items() if op in ops]
         _require(acts)
-        vectors = [self.constants[r[1]] for nd, roles in template if nd.op == "Add"
+        vectors = [self.constants[r[1]] for nd, roles in template.nodes if nd.op == "Add"
                    for r in roles if r[0] == "const"]
-        vectors += [bias for nd, _ in template for bias in [(_product(nd, self.constants) or
+        vectors += [bias for nd, _ in template.nodes for bias in [(_product(nd, self.constants) or
                                                              (None, None, None))[2]]
                     if nd.op == "Gemm" and bias is not None]
         _require(all(np.size(v) == H for v in vectors))
         bias = sum(np.asarray(v, np.float64).reshape(H) for v in vectors) if vectors else None
-        u_name = next(name for nd, roles in template for name, r in zip(nd.inputs, roles)
+        u_name = next(name for nd, roles in template.nodes for name, r in zip(nd.inputs, roles)
                       if r[0] == "u")
         u_rank = self._step_input(u_name).rank
         rng = np.random.default_rng(20261127)
@@ -472,14 +566,14 @@ class _Finder:
             values = {}
             try:
                 with np.errstate(all="ignore"):
-                    for nd, roles in template:
+                    for nd, roles in self._in_order(template):
                         ins = [None if r[0] == "absent" else h if r[0] == "h" else
                                u if r[0] == "u" else values[r[1]] if r[0] == "value"
                                else self.constants[r[1]] for r in roles]
                         values.update(zip(nd.outputs, execute_node(nd, ins)))
             except Exception:  # noqa: BLE001 - not a state of this rank
                 continue
-            got = np.asarray(values[template[-1][0].outputs[0]])
+            got = np.asarray(values[template.state])
             pre = u.astype(np.float64) + h.astype(np.float64) @ R.astype(np.float64)
             if bias is not None:
                 pre = pre + bias
@@ -490,8 +584,78 @@ class _Finder:
             ranks = {r: max(r, u_rank) for r, fits in results.items() if act in fits}
             ranks = {r: out for r, out in ranks.items() if out in ranks}  # each step's the same
             if ranks:
-                return act, bias, ranks
+                return {"mode": "RNN", "activations": [(act, 0.0, 0.0)], "bias": bias,
+                        "ranks": ranks, "order": "torch", "linear_before_reset": 0}
         raise _NotAChain
+
+    def _gated_cell(self, template: _Template, R: np.ndarray, chain: _Chain, carried_out: list):
+        """A GRU or LSTM step (R [H, G*H], PyTorch's or Keras's gate order, the default
+        activations, a GRU's reset after or before the product, the recurrent bias the step's
+        constant [G*H] vectors or none), checked on random inputs against the float64
+        reference step, as _cell's description (states of rank 2 only)."""
+        from fastrnn.gates import reorder_gates
+
+        from .plan import execute_node
+
+        H = R.shape[0]
+        G = R.shape[1] // H
+        mode = {3: "GRU", 4: "LSTM"}.get(G) if R.shape[1] == G * H else None
+        _require(mode is not None and len(chain.carried_in) == (mode == "LSTM"))
+        u_name = next(name for nd, roles in template.nodes for name, r in zip(nd.inputs, roles)
+                      if r[0] == "u")
+        _require(self._step_input(u_name).rank == 2)
+        vectors = [self.constants[r[1]] for nd, roles in template.nodes if nd.op == "Add"
+                   for r in roles if r[0] == "const"]
+        vectors += [p[2] for p in (_product(nd, self.constants) for nd, _ in template.nodes
+                                   if nd.op == "Gemm") if p is not None and p[2] is not None]
+        _require(all(np.size(v) == G * H for v in vectors))
+        biases = [None] + ([sum(np.asarray(v, np.float64).reshape(-1) for v in vectors)]
+                           if vectors else [])
+        acts = [("sigmoid", 0.0, 0.0)] + [("tanh", 0.0, 0.0)] * (G - 2)
+        rng = np.random.default_rng(20261127)
+        probes = []
+        for _ in range(2):
+            h = rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(R.dtype)
+            c = rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(R.dtype)
+            u = rng.standard_normal((_PROBE_ROWS, G * H)).astype(R.dtype)
+            values = {}
+            with np.errstate(all="ignore"):
+                for nd, roles in self._in_order(template):
+                    ins = [None if r[0] == "absent" else h if r[0] == "h" else u if r[0] == "u"
+                           else c if r[0] == "carry" else values[r[1]] if r[0] == "value"
+                           else self.constants[r[1]] for r in roles]
+                    values.update(zip(nd.outputs, execute_node(nd, ins)))
+            got = [np.asarray(values[template.state])]
+            got += [np.asarray(values[name]) for name in carried_out]
+            _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
+            probes.append((h, c, u, got))
+        R64 = R.astype(np.float64)
+        for order in (("torch", "keras") if mode == "GRU" else ("torch",)):
+            R_onnx = reorder_gates(R64.T, mode, order, "onnx")
+            for lbr in ((1, 0) if mode == "GRU" else (0,)):
+                spec = {"G": G, "H": H, "activations": acts, "linear_before_reset": lbr}
+                for bias in biases:
+                    B = np.zeros(2 * G * H)
+                    if bias is not None:
+                        B[G * H:] = reorder_gates(bias, mode, order, "onnx")
+                    if all(self._gated_fits(spec, R_onnx, B, probe, mode, order)
+                           for probe in probes):
+                        return {"mode": mode, "activations": acts, "bias": bias, "ranks": {2: 2},
+                                "order": order, "linear_before_reset": lbr}
+        raise _NotAChain
+
+    @staticmethod
+    def _gated_fits(spec, R_onnx, B, probe, mode: str, order: str) -> bool:
+        from fastrnn.gates import reorder_gates
+
+        from .loop_cells import reference_step
+
+        h, c, u, got = probe
+        gx = reorder_gates(u.astype(np.float64), mode, order, "onnx", axis=1)
+        h64 = h.astype(np.float64)
+        want = reference_step(spec, R_onnx, B, (gx, h64 @ R_onnx.T), h64,
+                              c.astype(np.float64) if mode == "LSTM" else None)
+        return all(np.all(np.abs(g - w) <= _MATCH * (1 + np.abs(g))) for g, w in zip(got, want))
 
     def _folded_first_step(self, chain: _Chain, cell: tuple, delta: int) -> None:
         """Where the chain's initial state is its step from zeros with the product folded away
@@ -499,7 +663,7 @@ class _Finder:
         joins the chain, which then starts from zeros."""
         from .plan import execute_node
 
-        act, bias, ranks = cell
+        act, bias, ranks = cell["activations"][0][0], cell["bias"], cell["ranks"]
         first = chain.slices[0]
         nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2,
                                                     first.kind())
@@ -554,8 +718,8 @@ class _Finder:
 
     def _computed_from_one_value(self, name: str, limit: int, kind: tuple) -> tuple:
         """(the nodes, in order, that compute `name` from constants and one step input of this
-        `kind` (see _StepInput), that input), or (None, None) where more than `limit` nodes or
-        another value take part."""
+        `kind` (see _StepInput; None: any), that input), or (None, None) where more than `limit`
+        nodes or another value take part."""
         nodes, leaves, seen, pending = [], [], set(), [name]
         while pending:
             value = pending.pop()
@@ -566,7 +730,7 @@ class _Finder:
             if node is None:
                 return None, None
             try:
-                if self._step_input(value).kind() == kind:
+                if kind in (None, self._step_input(value).kind()):
                     leaves.append(value)
                     continue
             except _NotAChain:
@@ -583,7 +747,6 @@ class _Finder:
     def _build(self, chain: _Chain, cell: tuple, delta: int) -> tuple:
         from .plan import PlanNode
 
-        act, bias, out_ranks = cell
         n = len(chain.steps)
         removed = [nd for step in chain.steps for nd in step]
         gone = {id(nd) for nd in removed}
@@ -618,22 +781,26 @@ class _Finder:
             if name in self.wanted or any(id(u) not in gone for u in self.users.get(name, ())):
                 outputs.append(name)
                 sources.append(("h", k))
+        for name in chain.carried[-1]:  # the last c (the kernel gives no other)
+            if name in self.wanted or any(id(u) not in gone for u in self.users.get(name, ())):
+                outputs.append(name)
+                sources.append(("c",))
         # every value the chain's nodes give that anything else reads is one of the outputs
         for nd in removed:
             for out in filter(None, nd.outputs):
                 if out not in outputs and (out in self.wanted or any(
                         id(u) not in gone for u in self.users.get(out, ()))):
                     raise _NotAChain
-        stack = self._stack(W, b_ih, chain, bias, act, reverse)
+        stack = self._stack(W, b_ih, chain, cell, reverse)
         removed.sort(key=lambda nd: self.position[id(nd)])
         made = {o for nd in removed for o in nd.outputs if o}
-        inputs = [X] + ([chain.h0] if chain.h0 is not None else [])
+        inputs = [X] + ([chain.h0] if chain.h0 is not None else []) + chain.carried_in
         for nd in removed:
             for name in nd.inputs:
                 if name and name not in made and name not in self.constants and name not in inputs:
                     inputs.append(name)
         layer = UnrolledLayer(removed, stack, n, first.index, reverse, flipped, sources,
-                              out_ranks, chain.zero_start, first.pieces)
+                              cell["ranks"], chain.zero_start, first.pieces)
         node = PlanNode(OP, inputs, outputs, name=f"unrolled {chain.steps[0][0].name}")
         node.state = layer
         return node, gone, max(self.position[id(nd)] for nd in removed)
@@ -708,20 +875,28 @@ class _Finder:
                     return concat, unsqueezes, axes[0]
         return None
 
-    def _stack(self, W, b_ih, chain: _Chain, bias, act: str, reverse: bool):
+    def _stack(self, W, b_ih, chain: _Chain, cell: dict, reverse: bool):
+        """The chain's layer: W [G*H, I] (None: the identity), b_ih, R and the cell's bias in
+        its gate order, as a one-direction Stack."""
+        from fastrnn.gates import reorder_gates
+
         from .recurrent_node import make_stack
 
-        R = chain.R
-        H = R.shape[0]
-        dtype = R.dtype
+        R, mode, order, bias = chain.R, cell["mode"], cell["order"], cell["bias"]
+        rows, dtype = R.shape[1], R.dtype
         if W is None:
-            W = np.eye(H, dtype=dtype)
-        _require(W.shape[0] == H and W.dtype == dtype)
-        params = [{"w_ih": np.array(W, dtype, copy=True), "w_hh": np.array(R.T, dtype),
-                   "b_ih": None if b_ih is None else np.array(b_ih, dtype),
-                   "b_hh": None if bias is None else bias.astype(dtype), "peephole": None}]
-        attrs = {"mode": "RNN", "reverse": [reverse], "clip": None,
-                 "activations": [[[act, 0.0, 0.0]]], "dtype": str(dtype)}
+            W = np.eye(rows, dtype=dtype)
+        _require(W.shape[0] == rows and W.dtype == dtype)
+
+        def torch_order(a):
+            return None if a is None else np.array(
+                reorder_gates(np.asarray(a), mode, order, "torch"), dtype, copy=True)
+        params = [{"w_ih": torch_order(W), "w_hh": torch_order(R.T), "b_ih": torch_order(b_ih),
+                   "b_hh": torch_order(bias), "peephole": None}]
+        attrs = {"mode": mode, "reverse": [reverse], "clip": None,
+                 "activations": [[list(a) for a in cell["activations"]]],
+                 "linear_before_reset": cell["linear_before_reset"], "input_forget": 0,
+                 "dtype": str(dtype)}
         return make_stack(attrs, params)
 
 

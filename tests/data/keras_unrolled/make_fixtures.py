@@ -44,6 +44,11 @@ def _models(keras):
         "stacked_simple_rnn": lambda: features(lambda x: L.SimpleRNN(H, unroll=True)(
             L.SimpleRNN(H, unroll=True, return_sequences=True)(x))),
         "gru": lambda: features(L.GRU(H, unroll=True, return_sequences=True)),
+        "gru_reset_before_backwards": lambda: features(L.GRU(
+            H, unroll=True, reset_after=False, go_backwards=True, return_sequences=True)),
+        "lstm_seq_state": lambda: features(L.LSTM(H, unroll=True, return_sequences=True,
+                                                  return_state=True)),
+        "bidir_lstm": lambda: features(L.Bidirectional(L.LSTM(H, unroll=True))),
     }
 
 
