@@ -155,9 +155,17 @@ class UnrolledLayer:
                 outs.append(c_n[0])
                 continue
             if source[0] == "y":  # the states in time order, concatenated or stacked
+                _, axis, before, after = source
                 states = y.reshape((self.n,) + state)
-                outs.append(states.reshape((self.n * state[0],) + state[1:])
-                            if source[1] is None else np.moveaxis(states, 0, source[1]))
+                states = states.reshape((self.n * state[0],) + state[1:]) if axis is None \
+                    else np.moveaxis(states, 0, axis)
+                if before or after:  # values the Concat has around the states
+                    try:
+                        states = np.concatenate([ins[k] for k in before] + [states] +
+                                                [ins[k] for k in after], axis=axis or 0)
+                    except (ValueError, TypeError):  # the Concat's own run reports it
+                        return None
+                outs.append(states)
                 continue
             t = self.n - 1 - source[1] if self._reverse else source[1]
             outs.append(y[t].reshape(state))
@@ -209,6 +217,7 @@ class _Finder:
                     product[1].shape[0] * G for G in (1, 3, 4)):  # RNN, GRU, LSTM
                 groups.setdefault(self._product_key(node), []).append(node)
         self.tried: set[int] = set()
+        self.claimed: set[int] = set()  # the nodes the chains found so far replace
         fused = []
         for matmuls in groups.values():
             if len(matmuls) < _MIN_STEPS:
@@ -222,6 +231,7 @@ class _Finder:
                 except Exception:  # noqa: BLE001 - _NotAChain, or a step the probes cannot run:
                     continue       # the nodes run as they are
                 fused.append(found)
+                self.claimed.update(found[1])
         return fused
 
     def _product_key(self, node, added: str = "") -> tuple:
@@ -770,13 +780,17 @@ class _Finder:
         in_time = [states[k] for k in (reversed(range(n)) if reverse else range(n))]
         outputs, sources = [], []
         joined = self._joining(in_time)
+        if joined is not None and self._reaches(
+                joined[0].inputs[:joined[3]] + joined[0].inputs[joined[3] + n:], gone):
+            joined = None  # its other inputs come from the chain's steps: they run as nodes
         if joined is not None:
-            concat, unsqueezes, axis = joined
+            concat, unsqueezes, axis, start = joined
             removed.append(concat)
             gone.add(id(concat))
             self._take_if_only_read(unsqueezes, removed, gone)
             outputs.append(concat.outputs[0])
-            sources.append(("y", axis))
+            around = (concat.inputs[:start], concat.inputs[start + n:])
+            sources.append(["y", axis] + list(around))  # inputs' names; slots once known
         for k, name in enumerate(states):
             if name in self.wanted or any(id(u) not in gone for u in self.users.get(name, ())):
                 outputs.append(name)
@@ -799,16 +813,36 @@ class _Finder:
             for name in nd.inputs:
                 if name and name not in made and name not in self.constants and name not in inputs:
                     inputs.append(name)
+        for k, source in enumerate(sources):
+            if source[0] == "y":  # the Concat's other inputs: computed before the chain's node
+                _require(not made.intersection(source[2] + source[3]))
+                inputs += [name for name in source[2] + source[3] if name not in inputs]
+                sources[k] = ("y", source[1], [inputs.index(name) for name in source[2]],
+                              [inputs.index(name) for name in source[3]])
         layer = UnrolledLayer(removed, stack, n, first.index, reverse, flipped, sources,
                               cell["ranks"], chain.zero_start, first.pieces)
         node = PlanNode(OP, inputs, outputs, name=f"unrolled {chain.steps[0][0].name}")
         node.state = layer
         return node, gone, max(self.position[id(nd)] for nd in removed)
 
+    def _reaches(self, names: list, gone: set) -> bool:
+        """Whether any of `names` is computed from what the nodes in `gone` compute."""
+        floor = min(self.position[i] for i in map(id, self.nodes) if i in gone)
+        pending, seen = list(names), set()
+        while pending:
+            node = self.producer.get(pending.pop())
+            if node is None or id(node) in seen or self.position[id(node)] < floor:
+                continue
+            if id(node) in gone:
+                return True
+            seen.add(id(node))
+            pending.extend(i for i in node.inputs if i)
+        return False
+
     def _take_if_only_read(self, candidates: list, removed: list, gone: set) -> None:
         """Add each of `candidates` (last reader first) whose outputs only removed nodes read."""
         for nd in sorted(candidates, key=lambda nd: -self.position[id(nd)]):
-            if id(nd) in gone:
+            if id(nd) in gone or id(nd) in self.claimed:
                 continue
             if all(out not in self.wanted and all(id(u) in gone for u in self.users.get(out, ()))
                    for out in filter(None, nd.outputs)):
@@ -851,14 +885,18 @@ class _Finder:
         return L, None, None
 
     def _joining(self, in_time: list):
-        """(a Concat of all the chain's states in time order, the Unsqueezes between them, the
-        axis they stack on or None) where one reads them: on axis 0 as they are, or each
-        unsqueezed on axis 0 or 1 and concatenated on that axis (torch.stack, Keras's
-        return_sequences); None where none does."""
+        """(a Concat of the chain's states in time order, the Unsqueezes between them, the axis
+        they stack on or None, where they start among its inputs) where one reads them all in
+        a row: on axis 0 as they are, or each unsqueezed on axis 0 or 1 and concatenated on
+        that axis (torch.stack, Keras's return_sequences; other values before and after them,
+        such as a first step of the loop that is not in the chain); None where none does."""
+        n = len(in_time)
         for concat in self.users.get(in_time[0], ()):
-            if concat.op == "Concat" and concat.attrs.get("axis") == 0 and \
-                    concat.inputs == in_time and concat.outputs[0]:
-                return concat, [], None
+            if concat.op == "Concat" and concat.attrs.get("axis") == 0 and concat.outputs[0] \
+                    and id(concat) not in self.claimed:
+                start = concat.inputs.index(in_time[0])
+                if concat.inputs[start:start + n] == in_time:
+                    return concat, [], None, start
         for first in self.users.get(in_time[0], ()):
             axes = self._ints(first.inputs[1]) if first.op == "Unsqueeze" and \
                 len(first.inputs) == 2 else None
@@ -866,13 +904,15 @@ class _Finder:
                 continue
             for concat in self.users.get(first.outputs[0], ()):
                 if concat.op != "Concat" or concat.attrs.get("axis") != axes[0] or \
-                        len(concat.inputs) != len(in_time) or not concat.outputs[0]:
+                        not concat.outputs[0] or id(concat) in self.claimed:
                     continue
-                unsqueezes = [self.producer.get(name) for name in concat.inputs]
-                if all(u is not None and u.op == "Unsqueeze" and len(u.inputs) == 2 and
-                       u.inputs[0] == state and self._ints(u.inputs[1]) == axes
-                       for u, state in zip(unsqueezes, in_time)):
-                    return concat, unsqueezes, axes[0]
+                start = concat.inputs.index(first.outputs[0])
+                unsqueezes = [self.producer.get(name) for name in concat.inputs[start:start + n]]
+                if len(unsqueezes) == n and all(
+                        u is not None and u.op == "Unsqueeze" and len(u.inputs) == 2 and
+                        u.inputs[0] == state and self._ints(u.inputs[1]) == axes
+                        for u, state in zip(unsqueezes, in_time)):
+                    return concat, unsqueezes, axes[0], start
         return None
 
     def _stack(self, W, b_ih, chain: _Chain, cell: dict, reverse: bool):
