@@ -1,34 +1,37 @@
-"""Elman RNN layers that an exporter wrote out step by step, run by fastrnn's kernel in one call.
+"""Recurrent layers that an exporter wrote out step by step, run by fastrnn's kernel in one call.
 
 onnx-free. torch.onnx.export(dynamo=True) has no RNN node for nn.RNN: it unrolls the layer over the
 export's sequence length. L = X @ W_ih^T + b_ih is computed for all steps at once, then each step
 reads u_t = Squeeze(Slice(L, t, t + 1)) and makes h_t = tanh(h_{t-1} @ W_hh^T + b_hh + u_t) (relu
 likewise; the reverse direction reads a flipped L), and the h_t are concatenated. tf2onnx writes a
-Keras SimpleRNN(unroll=True) so too, but splits X into one piece per step and projects each piece
-in its step (u_t = Squeeze(Split(X)_t) @ W + b), and both torch exporters a Python loop over
-nn.RNNCell (Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh) per step). ``fuse`` finds such chains among
-the nodes a schedule runs and puts one node of op OP in the place of each: a one-direction Stack
-that runs the chain's steps in one kernel call and gives every h_t, and a Concat of all of them in
-time order, as views of its output.
+Keras layer built with unroll=True so too, but splits X into one piece per step and projects each
+piece in its step (u_t = Squeeze(Split(X)_t) @ W + b), and both torch exporters a Python loop over
+nn.RNNCell / GRUCell / LSTMCell as a Gemm of x_t and one of h per step. ``fuse`` finds such chains
+among the nodes a schedule runs and puts one node of op OP in the place of each: a one-direction
+Stack that runs the chain's steps in one kernel call and gives every h_t (an LSTM's last c), and a
+Concat of them in time order, as views of its output.
 
 A chain is found, not read off a pattern:
-- it is a run of MatMul (or Gemm) nodes that multiply one constant square matrix R (the same
-  values, under one name or several) by the state the step before made; the nodes that compute the
-  next state from one state (they depend on it, and the next state depends on them) are the first
-  step, and each later step must be the same nodes (ops, attributes, constants) on the state before
-  it, reading one value from outside: a slice of the same L at the next (or previous) time index,
-  or such a slice of X times the same constant W (plus b);
-- the step is then checked on random inputs against act(u + h @ R + b), act tanh, relu or
-  sigmoid, b the step's constant vectors (to 1e-4 of a float64 reference), for states of rank 2
-  and 3 (the shapes it gives recorded per rank): a step that matches none leaves the nodes as
-  they are.
-An export without an initial state folds the first step's product with zeros away (act(C + u_0),
-C = 0 @ R + b a constant): where the chain's initial state is made so from the slice before its
-first, and matches act(u + b) on random inputs, that step joins the chain, which then starts from
-zeros (for the batch size C fixes, if it fixes one). The input projection runs in the kernel when
-L is X @ W (+ b) of a constant W; otherwise the kernel reads L through an identity projection. An
-input the call does not take (another dtype, rank or batch, a sequence too short for the chain's
-indices) runs the chain's own nodes.
+- it is a run of MatMul (or Gemm) nodes that multiply one constant matrix R [H, G*H] (G = 1, 3 or
+  4; the same values, under one name or a copy per step) by the state the step before made; the
+  nodes that compute the next state from one state (they depend on it, and the next state depends
+  on them), with those that prepare the step's input (a Split of it), are the first step, and each
+  later step must be the same nodes (ops, attributes, constants) on the state before it and, for
+  an LSTM, the c it made, reading one value from outside: a slice of the same L at the next (or
+  previous) time index, or such a slice of X times the same constant W (plus b);
+- the step is then checked on random inputs against a cell's float64 step (to 1e-4): for G = 1
+  act(u + h @ R + b), act tanh, relu or sigmoid, for states of rank 2 and 3 (the shapes it gives
+  recorded per rank); for G = 3 or 4 a GRU (its reset applied after the product, as PyTorch's and
+  Keras's default reset_after=True: one product of h per step) or LSTM step with the default
+  activations, in PyTorch's or Keras's gate order; b the step's constant vectors or none. A step
+  that matches none leaves the nodes as they are.
+An export without an initial state folds an Elman chain's first step's product with zeros away
+(act(C + u_0), C = 0 @ R + b a constant): where the chain's initial state is made so from the
+slice before its first, and matches act(u + b) on random inputs, that step joins the chain, which
+then starts from zeros (for the batch size C fixes, if it fixes one); a gated cell's such step runs
+as nodes. The input projection runs in the kernel when L is X @ W (+ b) of a constant W; otherwise
+the kernel reads L through an identity projection. An input the call does not take (another dtype,
+rank or batch, a sequence too short for the chain's indices) runs the chain's own nodes.
 """
 from __future__ import annotations
 
@@ -600,9 +603,9 @@ class _Finder:
 
     def _gated_cell(self, template: _Template, R: np.ndarray, chain: _Chain, carried_out: list):
         """A GRU or LSTM step (R [H, G*H], PyTorch's or Keras's gate order, the default
-        activations, a GRU's reset after or before the product, the recurrent bias the step's
-        constant [G*H] vectors or none), checked on random inputs against the float64
-        reference step, as _cell's description (states of rank 2 only)."""
+        activations, a GRU's reset after the product, the recurrent bias the step's constant
+        [G*H] vectors or none), checked on random inputs against the float64 reference step,
+        as _cell's description (states of rank 2 only)."""
         from fastrnn.gates import reorder_gates
 
         from .plan import execute_node
@@ -642,7 +645,7 @@ class _Finder:
         R64 = R.astype(np.float64)
         for order in (("torch", "keras") if mode == "GRU" else ("torch",)):
             R_onnx = reorder_gates(R64.T, mode, order, "onnx")
-            for lbr in ((1, 0) if mode == "GRU" else (0,)):
+            for lbr in ((1,) if mode == "GRU" else (0,)):
                 spec = {"G": G, "H": H, "activations": acts, "linear_before_reset": lbr}
                 for bias in biases:
                     B = np.zeros(2 * G * H)
