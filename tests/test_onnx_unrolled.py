@@ -35,21 +35,10 @@ import fastrnn  # noqa: E402
 from converters.onnx_import import unrolled_cells  # noqa: E402
 from fastrnn.errors import FastRNNError  # noqa: E402
 from reference import reference_model, run_direction  # noqa: E402
+from test_onnx_exports import serial_kernels  # noqa: E402,F401 - serial but *with_threads* tests
 
 I, H, T = 5, 6, 7
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture(autouse=True)
-def serial_kernels(request):
-    """Serial kernels but in tests named *with_threads*."""
-    if "with_threads" in request.node.name:
-        yield
-        return
-    before = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(1)
-    yield
-    fastrnn.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
