@@ -170,11 +170,11 @@ CELL_LOOPS = {  # name: cell, its options, initial state given, batch; the chain
     "rnn-cell-batch-1": ("RNNCell", {}, False, 1, T),
     "rnn-cell-relu-h0": ("RNNCell", {"nonlinearity": "relu"}, True, 3, T),
     "rnn-cell-no-bias": ("RNNCell", {"bias": False}, False, 3, T),
-    # a gated cell's first step from zeros, folded by the exporter, runs as nodes
-    "gru-cell": ("GRUCell", {}, False, 3, T - 1),
+    "gru-cell": ("GRUCell", {}, False, 3, T),
     "gru-cell-h0": ("GRUCell", {}, True, 3, T),
     "gru-cell-no-bias": ("GRUCell", {"bias": False}, True, 1, T),
-    "lstm-cell": ("LSTMCell", {}, False, 3, T - 1),
+    "lstm-cell": ("LSTMCell", {}, False, 3, T),
+    "lstm-cell-batch-1": ("LSTMCell", {}, False, 1, T),
     "lstm-cell-h0": ("LSTMCell", {}, True, 3, T),
 }
 
@@ -207,10 +207,9 @@ def _export_cell_loop(name: str, dynamo: bool):
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
 @pytest.mark.parametrize("name", list(CELL_LOOPS))
 def test_cell_loop_export(name, dynamo, fast_calls):
-    """A loop over nn.RNNCell runs as one chain, its folded first step and the stacking of its
-    states (Unsqueeze and Concat) included: the whole graph is one node; loops over
-    nn.GRUCell / nn.LSTMCell run as one chain too, their first step from zeros (folded by the
-    exporter) as nodes. All against ORT and torch."""
+    """A loop over nn.RNNCell, nn.GRUCell or nn.LSTMCell runs as one chain, its first step from
+    zeros (folded by the exporter) and the stacking of its states (Unsqueeze and Concat)
+    included: the whole graph is one node. All against ORT and torch."""
     model, module = _export_cell_loop(name, dynamo)
     cell, _, with_h0, batch, steps = CELL_LOOPS[name]
     proto = onnx.load_from_string(model)
@@ -222,11 +221,8 @@ def test_cell_loop_export(name, dynamo, fast_calls):
     assert [layer.n for layer in _fused_layers(plan)] == [steps]
     assert fast_calls == [True]
     wanted = tuple(o.name for o in plan.get_outputs())
-    ops = [step[2].op for _, steps in plan._schedule(wanted).segments for step in steps]
-    if steps == T:
-        assert ops == [unrolled_cells.OP]
-    else:  # the first step's nodes, and its state put in front of the others by the fused node
-        assert "Concat" not in ops and ops.count("Unsqueeze") == 1
+    assert [step[2].op for _, steps in plan._schedule(wanted).segments
+            for step in steps] == [unrolled_cells.OP]
     with torch.no_grad():
         want = module(*(torch.from_numpy(v) for v in feeds.values()))
     for g, w in zip(got, want):
@@ -259,8 +255,7 @@ KERAS_CHAINS = {  # name: the steps of each chain it runs fused (of T = 9)
     "bidir_simple_rnn": [9, 9], "stacked_simple_rnn": [9, 9], "gru": [9],
     # reset_after=False multiplies h and r * h by two matrices: not a step fastrnn recognises
     "gru_reset_before_backwards": [],
-    # tf2onnx folds the LSTM's first step (from zero states): it runs as nodes
-    "lstm_seq_state": [8], "bidir_lstm": [8, 8]}
+    "lstm_seq_state": [9], "bidir_lstm": [9, 9]}
 
 
 @pytest.mark.parametrize("name", [f"{flavour}_{name}" for flavour in ("k3", "k2")

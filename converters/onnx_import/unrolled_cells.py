@@ -138,7 +138,7 @@ class UnrolledLayer:
                 return None
             h0 = h0.reshape(1, N, self.hidden_size)
         c0 = None
-        if self._mode == "LSTM":  # its c after h0 in the inputs
+        if self._mode == "LSTM" and self._zero_start is None:  # its c after h0 in the inputs
             c0 = ins[2]
             if type(c0) is not np.ndarray or c0.dtype != self.dtype or \
                     c0.shape != (N, self.hidden_size):
@@ -260,8 +260,8 @@ class _Finder:
         h0, R, _ = _product(first, self.constants)
         nxt = self._next_matmul(first, matmuls)
         template = self._step(h0, nxt.inputs[0])
+        template, carried_out = self._carried_out(template, h0, nxt, matmuls)
         carried = template.carried
-        carried_out = self._carried_out(template, nxt, matmuls)
         chain = _Chain(h0, R, carried)
         state, delta = h0, None
         while True:  # the steps that follow, each reading L at the next index (or the previous)
@@ -285,30 +285,45 @@ class _Finder:
         self.tried.update(id(nd) for step in chain.steps for nd in step)
         if R.shape[1] == R.shape[0] and not chain.carried_in:
             cell = self._cell(template, R)
-            self._folded_first_step(chain, cell, delta)
         else:
             cell = self._gated_cell(template, R, chain, carried_out)
+        self._folded_first_step(chain, cell, delta)
         return self._build(chain, cell, delta)
 
-    def _carried_out(self, template: _Template, nxt, matmuls: list) -> list:
-        """Per value the step carries besides its state (an LSTM's c), the template's value that
-        the next step reads in its place, found by the step after `nxt`."""
-        if not template.carried:
-            return []
-        _require(len(template.carried) == 1)
-        after = self._next_matmul(nxt, matmuls)
+    def _carried_out(self, template: _Template, h0: str, nxt, matmuls: list) -> tuple:
+        """(the template, where it reads h0 in place of another carried value; per value the
+        step carries besides its state (an LSTM's c), the template's value that the next step
+        reads in its place), found by aligning the step after `nxt` with the template. A value
+        the first step reads as h0 where the next one reads another (Keras starts h and c from
+        one zeros tensor) is carried, starting from h0."""
+        try:
+            after = self._next_matmul(nxt, matmuls)
+        except _NotAChain:  # no third step to align with: nothing carried but the state
+            _require(not template.carried)
+            return template, []
         following = self._step(nxt.inputs[0], after.inputs[0])
-        _require(len(following.nodes) == len(template.nodes))
+        if len(following.nodes) != len(template.nodes) or any(
+                nd.op != nd1.op or len(nd.inputs) != len(nd1.inputs)
+                for (nd, _), (nd1, _) in zip(template.nodes, following.nodes)):
+            _require(not template.carried)  # the steps differ: the chain ends after the first
+            return template, []
         made = {o for nd, _ in template.nodes for o in nd.outputs if o}
-        out = [None] * len(template.carried)
-        for (nd, roles), (nd1, _) in zip(template.nodes, following.nodes):
-            _require(nd.op == nd1.op and len(nd.inputs) == len(nd1.inputs))
-            for role, name in zip(roles, nd1.inputs):
-                if role[0] == "carry":
+        carried, out, nodes = list(template.carried), [None] * len(template.carried), []
+        for (nd, roles), (nd1, roles1) in zip(template.nodes, following.nodes):
+            roles = list(roles)
+            for j, (role, role1, name) in enumerate(zip(roles, roles1, nd1.inputs)):
+                if role[0] == "h" and role1[0] != "h":  # h0 also starts another carried value
+                    _require(name in made)
+                    if name not in out:
+                        carried.append(h0)
+                        out.append(name)
+                    roles[j] = ("carry", out.index(name))
+                elif role[0] == "carry":
                     _require(name in made and out[role[1]] in (None, name))
                     out[role[1]] = name
-        _require(None not in out)
-        return out
+            nodes.append((nd, roles))
+        _require(None not in out and len(carried) <= 1)
+        return template._replace(nodes=nodes, carried=carried), out
 
     def _next_matmul(self, first, matmuls: list):
         """The first MatMul of the group after `first` whose state depends on `first`'s."""
@@ -606,8 +621,6 @@ class _Finder:
         activations, a GRU's reset after the product, the recurrent bias the step's constant
         [G*H] vectors or none), checked on random inputs against the float64 reference step,
         as _cell's description (states of rank 2 only)."""
-        from fastrnn.gates import reorder_gates
-
         from .plan import execute_node
 
         H = R.shape[0]
@@ -642,60 +655,51 @@ class _Finder:
             got += [np.asarray(values[name]) for name in carried_out]
             _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
             probes.append((h, c, u, got))
-        R64 = R.astype(np.float64)
         for order in (("torch", "keras") if mode == "GRU" else ("torch",)):
-            R_onnx = reorder_gates(R64.T, mode, order, "onnx")
-            for lbr in ((1,) if mode == "GRU" else (0,)):
-                spec = {"G": G, "H": H, "activations": acts, "linear_before_reset": lbr}
-                for bias in biases:
-                    B = np.zeros(2 * G * H)
-                    if bias is not None:
-                        B[G * H:] = reorder_gates(bias, mode, order, "onnx")
-                    if all(self._gated_fits(spec, R_onnx, B, probe, mode, order)
-                           for probe in probes):
-                        return {"mode": mode, "activations": acts, "bias": bias, "ranks": {2: 2},
-                                "order": order, "linear_before_reset": lbr}
+            for bias in biases:
+                cell = {"mode": mode, "activations": acts, "bias": bias, "ranks": {2: 2},
+                        "order": order, "linear_before_reset": int(mode == "GRU")}
+                if all(all(np.all(np.abs(g - w) <= _MATCH * (1 + np.abs(g))) for g, w in zip(
+                        got, _cell_step(cell, R, u, h, c if mode == "LSTM" else None)))
+                       for h, c, u, got in probes):
+                    return cell
         raise _NotAChain
 
-    @staticmethod
-    def _gated_fits(spec, R_onnx, B, probe, mode: str, order: str) -> bool:
-        from fastrnn.gates import reorder_gates
-
-        from .loop_cells import reference_step
-
-        h, c, u, got = probe
-        gx = reorder_gates(u.astype(np.float64), mode, order, "onnx", axis=1)
-        h64 = h.astype(np.float64)
-        want = reference_step(spec, R_onnx, B, (gx, h64 @ R_onnx.T), h64,
-                              c.astype(np.float64) if mode == "LSTM" else None)
-        return all(np.all(np.abs(g - w) <= _MATCH * (1 + np.abs(g))) for g, w in zip(got, want))
-
-    def _folded_first_step(self, chain: _Chain, cell: tuple, delta: int) -> None:
-        """Where the chain's initial state is its step from zeros with the product folded away
-        (an export without an initial state: act(C + u), C = 0 @ R + b a constant), that step
-        joins the chain, which then starts from zeros."""
+    def _folded_first_step(self, chain: _Chain, cell: dict, delta: int) -> None:
+        """Where the chain's initial state (and an LSTM's c) is its step from zero states with
+        the product folded away (an export without an initial state: a constant C = 0 @ R + b
+        in place of h @ R + b), that step joins the chain, which then starts from zeros (for
+        the batch size C fixes, if it fixes one)."""
         from .plan import execute_node
 
-        act, bias, ranks = cell["activations"][0][0], cell["bias"], cell["ranks"]
         first = chain.slices[0]
-        nodes, leaf = self._computed_from_one_value(chain.h0, len(chain.steps[0]) + 2,
-                                                    first.kind())
-        if nodes is None:
+        targets = [chain.h0] + chain.carried_in
+        found, leaves = {}, set()
+        for target in targets:
+            nodes, leaf = self._computed_from_one_value(target, len(chain.steps[0]) + 2,
+                                                        first.kind())
+            if nodes is None:
+                return
+            found.update((id(nd), nd) for nd in nodes)
+            leaves.add(leaf)
+        if len(leaves) != 1:
             return
+        leaf = leaves.pop()
+        nodes = sorted(found.values(), key=lambda nd: self.position[id(nd)])
         sliced = self._step_input(leaf)
         if sliced.index != first.index - delta:
             return
         inside = {id(nd) for nd in nodes}
         if any(out in self.wanted or any(id(u) not in inside for u in self.users.get(out, ()))
-               for nd in nodes for out in nd.outputs if out and out != chain.h0):
+               for nd in nodes for out in nd.outputs if out and out not in targets):
             return
-        H, dtype = chain.R.shape[0], chain.R.dtype
-        u_rank = sliced.rank
+        R = chain.R
+        H, width, dtype = R.shape[0], R.shape[1], R.dtype
         rng = np.random.default_rng(20261127)
 
-        def fits(rows: int):  # the state's rank where the nodes make act(u + b) of `rows` rows
-            u = rng.standard_normal((rows, H) if u_rank == 2 else (1, rows, H)).astype(dtype)
-            values = {leaf: u}
+        def fits(rows: int):  # the states' rank where the nodes make the step of `rows` rows
+            u = rng.standard_normal((rows, width) if sliced.rank == 2 else (1, rows, width))
+            values = {leaf: u.astype(dtype)}
             try:
                 with np.errstate(all="ignore"):
                     for nd in nodes:
@@ -704,30 +708,33 @@ class _Finder:
                             for i in nd.inputs])))
             except Exception:  # noqa: BLE001 - not a step of this batch size
                 return None
-            got = np.asarray(values[chain.h0])
-            if got.shape not in ((rows, H), (1, rows, H)) or got.dtype != dtype:
+            got = [np.asarray(values[t]) for t in targets]
+            if any(g.shape not in ((rows, H), (1, rows, H)) or g.dtype != dtype or
+                   g.ndim != got[0].ndim for g in got):
                 return None
-            got = got.reshape(rows, H)
-            pre = u.astype(np.float64).reshape(rows, H) + (0 if bias is None else bias)
-            return len(values[chain.h0].shape) if np.all(
-                np.abs(got - _activate(act, pre)) <= _MATCH * (1 + np.abs(got))) else None
+            zeros = np.zeros((rows, H))
+            want = _cell_step(cell, R, u.reshape(rows, width), zeros, zeros)
+            return got[0].ndim if all(
+                np.all(np.abs(g.reshape(rows, H) - w) <= _MATCH * (1 + np.abs(w)))
+                for g, w in zip(got, want)) else None
 
-        rows, found = None, {fits(3), fits(5)}
-        if len(found) != 1 or None in found:  # a batch size its constants fix, if any
+        rows, found_ranks = None, {fits(3), fits(5)}
+        if len(found_ranks) != 1 or None in found_ranks:  # a batch size its constants fix
             fixed = {v.shape[-2] for nd in nodes for v in map(self.constants.get, nd.inputs)
                      if isinstance(v, np.ndarray) and v.ndim >= 2}
-            found = set()
+            found_ranks = set()
             for rows in sorted(fixed):
-                found = {fits(rows)} - {None}
-                if found:
+                found_ranks = {fits(rows)} - {None}
+                if found_ranks:
                     break
-        rank = found.pop() if len(found) == 1 else None
-        if rank is None or ranks.get(rank) != rank:  # its state is the chain's steps' kind
+        rank = found_ranks.pop() if len(found_ranks) == 1 else None
+        if rank is None or cell["ranks"].get(rank) != rank:  # its states are the chain's kind
             return
         chain.steps.insert(0, nodes)
         chain.states.insert(0, chain.h0)
+        chain.carried.insert(0, list(chain.carried_in))
         chain.slices.insert(0, sliced)
-        chain.h0, chain.zero_start = None, (rank, rows)
+        chain.h0, chain.carried_in, chain.zero_start = None, [], (rank, rows)
 
     def _computed_from_one_value(self, name: str, limit: int, kind: tuple) -> tuple:
         """(the nodes, in order, that compute `name` from constants and one step input of this
@@ -966,6 +973,30 @@ def _product(node, constants):
                              or bias.shape[:-1] != (1,) * (bias.ndim - 1)):
         return None
     return node.inputs[0], matrix, bias
+
+
+def _cell_step(cell: dict, R: np.ndarray, u, h, c) -> list:
+    """The cell's step in float64 from the step's input u (the input projected, [N, G*H]) and
+    states h, c [N, H], R [H, G*H] as the graph multiplies h by it: [h'] or [h', c']."""
+    from fastrnn.gates import reorder_gates
+
+    from .loop_cells import reference_step
+
+    mode, R = cell["mode"], np.asarray(R, np.float64)
+    u, h = np.asarray(u, np.float64), np.asarray(h, np.float64)
+    bias = cell["bias"]
+    if mode == "RNN":
+        return [_activate(cell["activations"][0][0], u + h @ R + (0 if bias is None else bias))]
+    order, G = cell["order"], R.shape[1] // R.shape[0]
+    R_onnx = reorder_gates(R.T, mode, order, "onnx")
+    B = np.zeros(2 * R.shape[1])
+    if bias is not None:
+        B[R.shape[1]:] = reorder_gates(bias, mode, order, "onnx")
+    spec = {"G": G, "H": R.shape[0], "activations": cell["activations"],
+            "linear_before_reset": cell["linear_before_reset"]}
+    gx = reorder_gates(u, mode, order, "onnx", axis=1)
+    return reference_step(spec, R_onnx, B, (gx, h @ R_onnx.T), h,
+                          None if c is None else np.asarray(c, np.float64))
 
 
 def _same(a, b) -> bool:
