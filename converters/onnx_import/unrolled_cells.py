@@ -25,13 +25,14 @@ A chain is found, not read off a pattern:
   Keras's default reset_after=True: one product of h per step) or LSTM step with the default
   activations, in PyTorch's or Keras's gate order; b the step's constant vectors or none. A step
   that matches none leaves the nodes as they are.
-An export without an initial state folds an Elman chain's first step's product with zeros away
-(act(C + u_0), C = 0 @ R + b a constant): where the chain's initial state is made so from the
-slice before its first, and matches act(u + b) on random inputs, that step joins the chain, which
-then starts from zeros (for the batch size C fixes, if it fixes one); a gated cell's such step runs
-as nodes. The input projection runs in the kernel when L is X @ W (+ b) of a constant W; otherwise
-the kernel reads L through an identity projection. An input the call does not take (another dtype,
-rank or batch, a sequence too short for the chain's indices) runs the chain's own nodes.
+An export without an initial state folds the first step's product with zeros away (a constant C = 0
+@ R + b in place of h @ R + b): where the chain's initial states are made so from the slice before
+its first, and match the cell's step from zeros on random inputs, that step joins the chain, which
+then starts from zeros (for the batch size C fixes, if it fixes one). A first step that reads one
+tensor as both h and c (Keras's zeros) carries c from it. The input projection runs in the kernel
+when L is X @ W (+ b) of a constant W; otherwise the kernel reads L through an identity projection.
+An input the call does not take (another dtype, rank or batch, a sequence too short for the chain's
+indices) runs the chain's own nodes.
 """
 from __future__ import annotations
 
