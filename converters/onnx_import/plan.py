@@ -30,9 +30,9 @@ PLAN_FORMAT = 1
 MAX_NESTING = 16
 # dtypes a .frnn file holds; other integer constants are widened to int64 (uint64: bit view)
 _SAVABLE = {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"}
-# nodes that stand for a chain of the plan's nodes, which they run themselves where their call declines
-_FUSED = (fuse_layers.OP, unrolled_cells.OP)
 _WIDENED = {"int16", "uint16", "uint32", "uint64"}  # saved as int64, their dtype in the table
+# schedule nodes that stand for a chain of plan nodes, which run where the fused call declines
+_FUSED = (fuse_layers.OP, unrolled_cells.OP)
 
 
 class NodeArg:
