@@ -91,7 +91,7 @@ def _require(condition: bool) -> None:
 
 
 def fuse(nodes: list, wanted: set, constants) -> list:
-    """`nodes` (a schedule's, in order) with each unrolled Elman chain of at least two steps
+    """`nodes` (a schedule's, in order) with each unrolled recurrent chain of at least two steps
     replaced by a node of op OP (its state: the chain's UnrolledLayer)."""
     finder = _Finder(nodes, wanted, constants)
     fused = finder.fused_nodes()
