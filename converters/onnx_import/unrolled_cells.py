@@ -51,6 +51,7 @@ _MATCH = 1e-4  # the step against the guess, relative to the step's values plus 
 _PROBE_ROWS = 3
 _FLIP_END = -(1 << 62)  # a Slice end at or below this runs to the front of any axis
 _ACTIVATIONS = {"Tanh": "tanh", "Relu": "relu", "Sigmoid": "sigmoid"}
+_INPUT = "\0step input"  # the key of the step's input in a replay's names (no value's name)
 
 
 class _NotAChain(Exception):
@@ -332,7 +333,7 @@ class _Finder:
         except _NotAChain:
             return False
 
-    def _replay(self, template: list, h: str, carried: list, carried_out: list):
+    def _replay(self, template: _Template, h: str, carried: list, carried_out: list):
         """The template's nodes on state `h` and the `carried` values: (this step's nodes, its new
         state, its new carried values, the slice it reads), or None where no such step follows."""
         mapped = {}
@@ -397,12 +398,14 @@ class _Finder:
             elif kind == "const":
                 ok = name == role[1] or (name in self.constants and _same(
                     self.constants[name], self.constants[role[1]]))
+            elif _INPUT in mapped:  # the step input other nodes of the step read
+                ok = mapped[_INPUT] == name
             else:
                 try:
                     sliced = self._step_input(name) if name not in self.constants else None
                 except _NotAChain:
                     sliced = None
-                ok = sliced is not None
+                ok = sliced is not None and provisional.setdefault(_INPUT, name) == name
             if not ok:
                 return None
         return sliced, provisional
