@@ -484,8 +484,9 @@ class _Finder:
         return sorted(template.nodes, key=lambda entry: self.position[id(entry[0])])
 
     def _cell(self, template: _Template, R: np.ndarray) -> dict:
-        """(activation, the recurrent bias or None, the state's rank -> the new state's rank,
-        the rank of the per-step input), checked on random inputs."""
+        """The Elman cell the template computes, act(u + h @ R + b) for act tanh, relu or
+        sigmoid and b the step's constant vectors, checked on random states of rank 2 and 3:
+        {mode, activations, bias, ranks: the state's rank -> the new state's rank, ...}."""
         from .plan import execute_node
 
         H = R.shape[0]
@@ -494,9 +495,8 @@ class _Finder:
         _require(acts)
         vectors = [self.constants[r[1]] for nd, roles in template.nodes if nd.op == "Add"
                    for r in roles if r[0] == "const"]
-        vectors += [bias for nd, _ in template.nodes for bias in [(_product(nd, self.constants) or
-                                                             (None, None, None))[2]]
-                    if nd.op == "Gemm" and bias is not None]
+        vectors += [p[2] for p in (_product(nd, self.constants) for nd, _ in template.nodes
+                                   if nd.op == "Gemm") if p is not None and p[2] is not None]
         _require(all(np.size(v) == H for v in vectors))
         bias = sum(np.asarray(v, np.float64).reshape(H) for v in vectors) if vectors else None
         u_name = next(name for nd, roles in template.nodes for name, r in zip(nd.inputs, roles)
