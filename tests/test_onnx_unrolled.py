@@ -1,17 +1,19 @@
-"""Elman RNN layers unrolled over time in the graph, run as one kernel call
-(converters/onnx_import/unrolled_cells.py).
+"""Recurrent layers unrolled over time in the graph, run as one kernel call
+(converters/onnx_import/unrolled_cells.py, unrolled_layer.py).
 
 torch.onnx.export(dynamo=True) writes nn.RNN out step by step; those exports (tanh and relu, with
-and without bias and initial state, one and two directions, one to three layers, batch-first,
-a dynamic batch, float64) must run as one UnrolledCell node per layer and direction and agree with
-ONNX Runtime, torch and the float64 reference. So must tf2onnx's exports of Keras SimpleRNN layers
-built with unroll=True (tests/data/keras_unrolled, against Keras's own outputs and ORT), where each
-step projects its own slice of a Split of X; a GRU so built stays nodes. Graphs built here vary
-what the exporter fixes
-(the slice of each step: Squeeze(Slice), Gather or a bare Slice; time indices counting up, down or
-over a flipped input; no input projection; the order of the step's sums; a sigmoid), and steps
-that are not an Elman cell's, or share a value with the rest of the graph, stay nodes. Inputs the
-fused call declines run the nodes themselves, errors included.
+and without bias and initial state, one and two directions, one to three layers, batch-first, a
+dynamic batch, float64) must run as one UnrolledCell node per layer and direction and agree with
+ONNX Runtime, torch and the float64 reference. So must Python loops over nn.RNNCell / GRUCell /
+LSTMCell (legacy and dynamo exports; each a single plan node, its folded first step and the
+stacking of its states included), and tf2onnx's exports of Keras layers built with unroll=True
+(tests/data/keras_unrolled, against Keras's own outputs and ORT), where each step projects its
+own slice of a Split of X; a GRU with reset_after=False stays nodes. Graphs built here vary what
+the exporter fixes (the slice of each step: Squeeze(Slice), Gather, a bare Slice or a Split; time
+indices counting up, down or over a flipped input; no input projection; the order of the step's
+sums; a sigmoid; a folded first step), and steps that are no recognised cell's, or share a value
+with the rest of the graph, stay nodes. Inputs the fused call declines run the nodes themselves,
+errors included.
 """
 from __future__ import annotations
 
