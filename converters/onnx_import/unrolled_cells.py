@@ -424,25 +424,39 @@ class _Finder:
             return self._time_slice(name)
         except _NotAChain:
             pass
+        projected = self._projected(name)
+        _require(projected is not None)
+        taken, operand, W, bias, key = projected
+        sliced = self._time_slice(operand)
+        return sliced._replace(nodes=sliced.nodes + taken, projection=(key, W, bias))
+
+    def _projected(self, name: str):
+        """(the nodes, the operand, W, b [n] or None, a key equal for equal constants) where
+        `name` is operand @ W (+ b) of constants W and b: a MatMul or Gemm (_product), maybe
+        followed by an Add of a constant vector; else None."""
         node, added = self.producer.get(name), None
+        if node is None:
+            return None
         taken = [node]
-        if node is not None and node.op == "Add" and len(node.inputs) == 2:
+        if node.op == "Add" and len(node.inputs) == 2:
             for a, b in (node.inputs, node.inputs[::-1]):
                 if b in self.constants and a in self.producer and \
                         self.producer[a].op in ("MatMul", "Gemm"):
                     node, added = self.producer[a], b
+                    taken.append(node)
                     break
-            taken.append(node)
-        product = None if node is None else _product(node, self.constants)
-        _require(product is not None)
+        product = _product(node, self.constants)
+        if product is None or product[0] in self.constants:
+            return None
         operand, W, bias = product
-        for extra in ([] if added is None else [self.constants[added]]):
-            _require(extra.dtype == W.dtype and extra.size == W.shape[1] and
-                     extra.shape[:-1] == (1,) * (extra.ndim - 1))
+        if added is not None:
+            extra = self.constants[added]
+            if extra.dtype != W.dtype or extra.size != W.shape[1] or \
+                    extra.shape[:-1] != (1,) * (extra.ndim - 1):
+                return None
             bias = extra if bias is None else bias.reshape(-1) + extra.reshape(-1)
-        sliced = self._time_slice(operand)
-        return sliced._replace(nodes=sliced.nodes + taken,
-                               projection=(self._product_key(node, added or ""), W, bias))
+        return (taken, operand, W, None if bias is None else bias.reshape(-1),
+                self._product_key(node, added or ""))
 
     def _time_slice(self, name: str) -> _StepInput:
         """`name` where it is step t of L along axis 0: Squeeze(Slice(L, [t], [t + 1], [0]), [0]),
@@ -479,16 +493,24 @@ class _Finder:
         return _StepInput(node.inputs[0], starts[0], taken, rank, None, None)
 
     # ------------------------------------------------------------------ the cell
-    def _in_order(self, template: _Template) -> list:
-        """The template's nodes in an order that computes what each reads before it."""
-        return sorted(template.nodes, key=lambda entry: self.position[id(entry[0])])
+    def _run_template(self, template: _Template, h, u, c=None) -> dict:
+        """The values the template's nodes make from state h, step input u and carried c, run
+        in an order that computes what each reads before it."""
+        from .plan import execute_node
+
+        values = {}
+        with np.errstate(all="ignore"):
+            for nd, roles in sorted(template.nodes, key=lambda e: self.position[id(e[0])]):
+                given = {"absent": None, "h": h, "u": u, "carry": c}
+                ins = [given[r[0]] if r[0] in given else values[r[1]] if r[0] == "value"
+                       else self.constants[r[1]] for r in roles]
+                values.update(zip(nd.outputs, execute_node(nd, ins)))
+        return values
 
     def _cell(self, template: _Template, R: np.ndarray) -> dict:
         """The Elman cell the template computes, act(u + h @ R + b) for act tanh, relu or
         sigmoid and b the step's constant vectors, checked on random states of rank 2 and 3:
         {mode, activations, bias, ranks: the state's rank -> the new state's rank, ...}."""
-        from .plan import execute_node
-
         H = R.shape[0]
         ops = {nd.op for nd, _ in template.nodes}
         acts = [name for op, name in _ACTIVATIONS.items() if op in ops]
@@ -509,14 +531,8 @@ class _Finder:
             h = rng.uniform(-1, 1, shape).astype(R.dtype)
             u = rng.standard_normal((_PROBE_ROWS, H) if u_rank == 2
                                     else (1, _PROBE_ROWS, H)).astype(R.dtype)
-            values = {}
             try:
-                with np.errstate(all="ignore"):
-                    for nd, roles in self._in_order(template):
-                        ins = [None if r[0] == "absent" else h if r[0] == "h" else
-                               u if r[0] == "u" else values[r[1]] if r[0] == "value"
-                               else self.constants[r[1]] for r in roles]
-                        values.update(zip(nd.outputs, execute_node(nd, ins)))
+                values = self._run_template(template, h, u)
             except Exception:  # noqa: BLE001 - not a state of this rank
                 continue
             got = np.asarray(values[template.state])
@@ -539,8 +555,6 @@ class _Finder:
         activations, a GRU's reset after the product, the recurrent bias the step's constant
         [G*H] vectors or none), checked on random inputs against the float64 reference step,
         as _cell's description (states of rank 2 only)."""
-        from .plan import execute_node
-
         H = R.shape[0]
         G = R.shape[1] // H
         mode = {3: "GRU", 4: "LSTM"}.get(G) if R.shape[1] == G * H else None
@@ -562,13 +576,7 @@ class _Finder:
             h = rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(R.dtype)
             c = rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(R.dtype)
             u = rng.standard_normal((_PROBE_ROWS, G * H)).astype(R.dtype)
-            values = {}
-            with np.errstate(all="ignore"):
-                for nd, roles in self._in_order(template):
-                    ins = [None if r[0] == "absent" else h if r[0] == "h" else u if r[0] == "u"
-                           else c if r[0] == "carry" else values[r[1]] if r[0] == "value"
-                           else self.constants[r[1]] for r in roles]
-                    values.update(zip(nd.outputs, execute_node(nd, ins)))
+            values = self._run_template(template, h, u, c)
             got = [np.asarray(values[template.state])]
             got += [np.asarray(values[name]) for name in carried_out]
             _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
@@ -700,7 +708,7 @@ class _Finder:
             source = flip.inputs[0]
         if first.projection is not None:  # each step projects its own slice of X
             X, (_, W, b_ih) = source, first.projection
-            W, b_ih = W.T, None if b_ih is None else b_ih.reshape(-1)
+            W = W.T
         else:
             X, W, b_ih = self._projection(source, removed, gone)
         states = chain.states
@@ -787,30 +795,15 @@ class _Finder:
             ends[0] <= _FLIP_END and axes == [0] and steps == [-1]
 
     def _projection(self, L: str, removed: list, gone: set) -> tuple:
-        """(the layer's input, W [H, I], b_ih [H] or None): X, W and b where L is X @ W.T (+ b)
-        of constants W and b, else L itself through the identity."""
-        H = None
-        add = self.producer.get(L)
-        matmul, b = add, None
-        if add is not None and add.op == "Add" and len(add.inputs) == 2:
-            for a, c in (add.inputs, add.inputs[::-1]):
-                value = self.constants.get(c)
-                producer = self.producer.get(a)
-                if isinstance(value, np.ndarray) and producer is not None and \
-                        producer.op == "MatMul" and value.ndim <= 3 and \
-                        value.shape[:-1] == (1,) * (value.ndim - 1):
-                    matmul, b = producer, value
-                    break
-        if matmul is not None and matmul.op == "MatMul" and len(matmul.inputs) == 2:
-            Wt = self.constants.get(matmul.inputs[1])
-            if isinstance(Wt, np.ndarray) and Wt.ndim == 2 and (
-                    b is None or b.shape[-1] == Wt.shape[1]) and matmul.inputs[0] not in \
-                    self.constants:
-                H = Wt.shape[1]
-                taking = [matmul] + ([add] if b is not None else [])
-                self._take_if_only_read(taking, removed, gone)
-                return matmul.inputs[0], Wt.T, None if b is None else b.reshape(H)
-        return L, None, None
+        """(the layer's input, W [G*H, I], b_ih or None): X, W and b where L is X @ W.T (+ b)
+        of constants W and b (its nodes removed where only the chain reads them), else L
+        itself, through the identity."""
+        projected = self._projected(L)
+        if projected is None:
+            return L, None, None
+        taken, X, W, bias, _ = projected
+        self._take_if_only_read(taken, removed, gone)
+        return X, W.T, bias
 
     def _joining(self, in_time: list):
         """(a Concat of the chain's states in time order, the Unsqueezes between them, the axis
