@@ -35,6 +35,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 import converters  # noqa: E402
 import fastrnn  # noqa: E402
 from converters.onnx_import import unrolled_cells  # noqa: E402
+from converters.onnx_import.unrolled_layer import UnrolledLayer, UnrolledPair  # noqa: E402
 from fastrnn.errors import FastRNNError  # noqa: E402
 from reference import reference_model, run_direction  # noqa: E402
 from test_onnx_exports import serial_kernels  # noqa: E402,F401 - serial but *with_threads* tests
@@ -45,22 +46,47 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 @pytest.fixture(autouse=True)
 def fast_calls(monkeypatch):
-    """[whether it gave the outputs] per call of a fused node (None: its nodes ran instead)."""
-    calls = []
-    call = unrolled_cells.UnrolledLayer.__call__
+    """Per call of a fused node: True where it gave the outputs (a pair's two chains in one
+    kernel call), "each alone" where a pair's chains gave them in a call each, False where the
+    chains' own nodes ran instead."""
+    calls, depth, alone = [], [0], []
 
-    def recorded(self, ins):
-        outs = call(self, ins)
-        calls.append(outs is not None)
-        return outs
-    monkeypatch.setattr(unrolled_cells.UnrolledLayer, "__call__", recorded)
+    def record(cls):
+        call = cls.__call__
+
+        def recorded(self, ins):
+            depth[0] += 1
+            try:
+                outs = call(self, ins)
+            finally:
+                depth[0] -= 1
+            if not depth[0]:  # not a chain's call inside a pair's
+                calls.append(outs is not None and ("each alone" if alone else True))
+                del alone[:]
+            return outs
+        monkeypatch.setattr(cls, "__call__", recorded)
+    record(UnrolledLayer)
+    record(UnrolledPair)
+    each_alone = UnrolledPair._each_alone
+
+    def recorded_alone(self, ins_f, ins_b):
+        alone.append(True)
+        return each_alone(self, ins_f, ins_b)
+    monkeypatch.setattr(UnrolledPair, "_each_alone", recorded_alone)
     return calls
 
 
-def _fused_layers(plan) -> list:
+def _fused_calls(plan) -> list:
+    """The fused nodes' calls (an UnrolledLayer or UnrolledPair each) in the plan's schedule."""
     wanted = tuple(o.name for o in plan.get_outputs())
     return [step[2].state for _, steps in plan._schedule(wanted).segments for step in steps
             if step[2].op == unrolled_cells.OP]
+
+
+def _chains(plan) -> list:
+    """The UnrolledLayer of every fused chain, a pair's forward one first."""
+    return [chain for call in _fused_calls(plan) for chain in (
+        (call.forward, call.backward) if isinstance(call, UnrolledPair) else (call,))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,8 +156,12 @@ def test_dynamo_rnn_export(name, fast_calls):
             feeds[proto.graph.input[1].name] = h0.astype(np_dtype)
         del fast_calls[:]
         got = plan.run(None, feeds)
-        assert len(_fused_layers(plan)) == L * D and fast_calls == [True] * (L * D)
-        assert all(layer.n == T for layer in _fused_layers(plan))  # folded first steps too
+        # a bidirectional layer's two directions in one call
+        assert [type(call) for call in _fused_calls(plan)] == \
+            [UnrolledPair if D == 2 else UnrolledLayer] * L
+        assert fast_calls == [True] * L
+        assert len(_chains(plan)) == L * D
+        assert all(layer.n == T for layer in _chains(plan))  # folded first steps too
         for g, w in zip(got, ref.run(None, feeds)):
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_allclose(g, w, **TOL)
@@ -220,7 +250,7 @@ def test_cell_loop_export(name, dynamo, fast_calls):
     for given in proto.graph.input[1:]:  # the initial states
         feeds[given.name] = rng.uniform(-1, 1, (batch, H)).astype(np.float32)
     plan, got = _run_both(model, feeds)
-    assert [layer.n for layer in _fused_layers(plan)] == [steps]
+    assert [layer.n for layer in _chains(plan)] == [steps]
     assert fast_calls == [True]
     wanted = tuple(o.name for o in plan.get_outputs())
     assert [step[2].op for _, steps in plan._schedule(wanted).segments
@@ -241,11 +271,11 @@ def test_a_saved_plan_runs_its_chains_fused(tmp_path, fast_calls):
              "hx": rng.standard_normal((2, 3, H)).astype(np.float32)}
     for got, want in zip(loaded.run(None, feeds), plan.run(None, feeds)):
         np.testing.assert_array_equal(got, want)
-    assert fast_calls == [True] * 4
-    assert [repr(layer) for layer in _fused_layers(loaded)] == [
-        f"UnrolledLayer(RNN, input_size={I}, hidden_size={H}, steps={T}, activation='tanh')",
-        f"UnrolledLayer(RNN, input_size={I}, hidden_size={H}, steps={T}, activation='tanh', "
-        f"reverse)"]
+    assert fast_calls == [True] * 2
+    assert [repr(call) for call in _fused_calls(loaded)] == [
+        f"UnrolledPair(UnrolledLayer(RNN, input_size={I}, hidden_size={H}, steps={T}, "
+        f"activation='tanh'), UnrolledLayer(RNN, input_size={I}, hidden_size={H}, steps={T}, "
+        f"activation='tanh', reverse))"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,13 +297,16 @@ def test_keras_unrolled_export(name, fast_calls):
     saved = np.load(KERAS_UNROLLED / f"{name}.npz")
     chains = KERAS_CHAINS[name[3:]]
     plan, got = _run_both(model, {"x": saved["x"]})
-    assert [layer.n for layer in _fused_layers(plan)] == chains
-    assert fast_calls == [True] * len(chains)
+    assert [layer.n for layer in _chains(plan)] == chains
+    calls = _fused_calls(plan)
+    if "bidir" in name:  # the two directions in one call
+        assert [type(call) for call in calls] == [UnrolledPair]
+    assert fast_calls == [True] * len(calls)
     for k, value in enumerate(got):
         np.testing.assert_allclose(value, saved[f"out{k}"], **TOL)
     x = np.random.default_rng(4).standard_normal((5,) + saved["x"].shape[1:]).astype(np.float32)
     _run_both(model, {"x": x})  # another batch size
-    assert fast_calls == [True] * (2 * len(chains))
+    assert fast_calls == [True] * (2 * len(calls))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,7 +465,7 @@ def test_unrolled_variants(take, order, projection, act, sums, rank, dtype, fast
         feeds = _feeds(width, N=N, dtype=dtype)
         del fast_calls[:]
         plan, (y, h_n) = _run_both(model, feeds)
-        assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+        assert len(_chains(plan)) == 1 and fast_calls == [True]
         want_y, want_h, _ = _reference(w, feeds["x"], feeds["h0"], act.lower(),
                                        reverse=order in ("down", "flip"), projection=projection)
         if take == "slice" or rank == 3:
@@ -446,7 +479,7 @@ def test_unrolled_variants(take, order, projection, act, sums, rank, dtype, fast
 def test_a_constant_initial_state(fast_calls):
     model, _ = _unrolled(h0="constant", order="down")
     plan, _ = _run_both(model, {"x": _feeds()["x"]})
-    assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+    assert len(_chains(plan)) == 1 and fast_calls == [True]
 
 
 @pytest.mark.parametrize("rows", ["folded", "folded-any-batch"])
@@ -460,7 +493,7 @@ def test_a_first_step_folded_from_zeros(rows, fast_calls):
         del fast_calls[:]
         x = _feeds(N=N)["x"]
         plan, (y, h_n) = _run_both(model, {"x": x})
-        assert [layer.n for layer in _fused_layers(plan)] == [T]
+        assert [layer.n for layer in _chains(plan)] == [T]
         assert fast_calls == [N == 3 or rows == "folded-any-batch"]
         if fast_calls[0]:
             want_y, want_h, _ = _reference(w, x, None, "tanh", reverse=True)
@@ -471,7 +504,7 @@ def test_a_first_step_folded_from_zeros(rows, fast_calls):
 def test_a_step_that_is_not_an_elman_cell_stays_nodes():
     model, _ = _unrolled(extra="half")
     plan, _ = _run_both(model, _feeds())
-    assert _fused_layers(plan) == []
+    assert _chains(plan) == []
 
 
 @pytest.mark.parametrize("odd, chains", [("act", [3, 3]), ("bias", [3, 3]), ("index", [3, 3]),
@@ -483,7 +516,7 @@ def test_a_step_unlike_the_others(odd, chains, fast_calls):
     nodes.)"""
     model, _ = _unrolled(odd=odd)
     plan, _ = _run_both(model, _feeds(steps=T + 1))
-    assert [layer.n for layer in _fused_layers(plan)] == chains
+    assert [layer.n for layer in _chains(plan)] == chains
     assert fast_calls == [True] * len(chains)
 
 
@@ -492,13 +525,13 @@ def test_a_value_inside_the_chain_read_elsewhere(fast_calls):
     it as two fused chains, and every output is ORT's."""
     model, _ = _unrolled(outputs=("y", "h_n", "p3"))
     plan, _ = _run_both(model, _feeds())
-    assert [layer.n for layer in _fused_layers(plan)] == [3, 3] and fast_calls == [True] * 2
+    assert [layer.n for layer in _chains(plan)] == [3, 3] and fast_calls == [True] * 2
 
 
 def test_a_chain_of_one_step_stays_nodes():
     model, _ = _unrolled(steps=1)
     plan, _ = _run_both(model, _feeds(steps=1))
-    assert _fused_layers(plan) == []
+    assert _chains(plan) == []
 
 
 def test_longer_inputs_use_the_chains_steps(fast_calls):
@@ -507,7 +540,7 @@ def test_longer_inputs_use_the_chains_steps(fast_calls):
         model, _ = _unrolled(order=order)
         del fast_calls[:]
         plan, _ = _run_both(model, _feeds(steps=T + 4))
-        assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+        assert len(_chains(plan)) == 1 and fast_calls == [True]
 
 
 def test_a_split_takes_only_its_length(fast_calls):
@@ -537,11 +570,146 @@ def test_declined_inputs_run_the_nodes(fast_calls):
         ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, short)
     with pytest.raises(FastRNNError):
         plan.run(None, short)
-    assert len(_fused_layers(plan)) == 1 and fast_calls == [False, False]
+    assert len(_chains(plan)) == 1 and fast_calls == [False, False]
 
 
 def test_with_threads_and_a_long_sequence(fast_calls):
     """T = 100, H = 6 on the default thread count, against ORT."""
     model, _ = _unrolled(steps=100, order="flip")
     plan, _ = _run_both(model, _feeds(steps=100, N=2))
-    assert len(_fused_layers(plan)) == 1 and fast_calls == [True]
+    assert len(_chains(plan)) == 1 and fast_calls == [True]
+
+
+# --------------------------------------------------------------------------------------------------
+# bidirectional layers: a forward and a backward chain over one input, as one call
+# --------------------------------------------------------------------------------------------------
+def _bidirectional(*, join=("forward", -1), backward="flip", starts=("input", "input"), rank=3,
+                   backward_h0=None):
+    """A bidirectional Elman layer as two of _unrolled's chains over one x, each with weights of
+    its own, the backward one reading its slices in `backward` order ("flip" or "down"), each
+    starting as `starts` says (_unrolled's h0: "input" gives inputs f_h0 and b_h0; `backward_h0`
+    names a value to start the backward chain from instead); their ys joined by a Concat
+    (`join`: which comes first and the axis) or both graph outputs (None). Returns the model
+    and each chain's weights."""
+    nodes, inits, inputs, outputs, weights = [], [], [], [], []
+    for prefix, order, seed, start in (("f_", "up", 0, starts[0]), ("b_", backward, 1, starts[1])):
+        model, w = _unrolled(order=order, seed=seed, h0=start, state_rank=rank)
+        weights.append(w)
+        graph = onnx.load_from_string(model).graph
+
+        def renamed(name, prefix=prefix):
+            if name == "h0" and prefix == "b_" and backward_h0 is not None:
+                return backward_h0
+            return name if name in ("", "x") else prefix + name
+        for node in graph.node:
+            node.input[:] = [renamed(n) for n in node.input]
+            node.output[:] = [renamed(n) for n in node.output]
+            nodes.append(node)
+        for init in graph.initializer:
+            init.name = renamed(init.name)
+            inits.append(init)
+        for value in graph.input:
+            if value.name != "x" and not (prefix == "b_" and backward_h0 is not None):
+                value.name = renamed(value.name)
+                inputs.append(value)
+            elif value.name == "x" and prefix == "f_":
+                inputs.insert(0, value)
+        for value in graph.output:
+            value.name = renamed(value.name)
+            outputs.append(value)
+    if join is not None:
+        first, axis = join
+        ys = ["f_y", "b_y"] if first == "forward" else ["b_y", "f_y"]
+        nodes.append(helper.make_node("Concat", ys, ["y"], axis=axis))
+        outputs = [o for o in outputs if o.name not in ys] + [
+            helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "bidirectional", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), weights
+
+
+def _bidirectional_feeds(steps=T, N=3, seed=5):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((steps, N, I)).astype(np.float32),
+            "f_h0": rng.uniform(-1, 1, (N, H)).astype(np.float32),
+            "b_h0": rng.uniform(-1, 1, (N, H)).astype(np.float32)}
+
+
+PAIRS = {  # name: _bidirectional's options
+    "forward-first-last-axis": dict(join=("forward", -1)),
+    "backward-first-axis-2-reading-down": dict(join=("backward", 2), backward="down"),
+    "rank-2-states-axis-1": dict(join=("forward", 1), rank=2),
+    "joined-on-axis-0": dict(join=("forward", 0)),  # not the last axis: the Concat runs itself
+    "not-joined-backward-from-zeros": dict(join=None, starts=("input", "folded-any-batch")),
+    "forward-from-zeros": dict(starts=("folded", "input"), backward="down"),
+}
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_a_bidirectional_layer_runs_as_one_call(name, fast_calls):
+    """Against ORT and the float64 reference: the pair's y (the joining Concat's value from the
+    kernel's y as it is), each direction's last state, whichever initial states it has."""
+    options = PAIRS[name]
+    join = options.get("join", ("forward", -1))
+    model, (w_f, w_b) = _bidirectional(**options)
+    feeds = _bidirectional_feeds()
+    plan = converters.from_onnx(model)
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in plan.get_inputs()}}
+    plan, got = _run_both(model, feeds)
+    assert [type(call) for call in _fused_calls(plan)] == [UnrolledPair]
+    assert fast_calls == [True]
+    pair = _fused_calls(plan)[0]
+    assert (pair._joined is not None) == (join is not None and join[1] != 0)
+    x = feeds["x"].astype(np.float64)
+    want_f = _reference(w_f, x, feeds.get("f_h0"), "tanh", reverse=False)
+    want_b = _reference(w_b, x, feeds.get("b_h0"), "tanh", reverse=True)
+    by_name = dict(zip([o.name for o in plan.get_outputs()], got))
+    np.testing.assert_allclose(by_name["f_h_n"].reshape(3, H), want_f[1], **TOL)
+    np.testing.assert_allclose(by_name["b_h_n"].reshape(3, H), want_b[1], **TOL)
+    if join is not None and join[1] != 0:
+        parts = [want_f[0], want_b[0]] if join[0] == "forward" else [want_b[0], want_f[0]]
+        np.testing.assert_allclose(by_name["y"].reshape(T, 3, 2 * H),
+                                   np.concatenate(parts, axis=-1), **TOL)
+
+
+def test_a_pair_over_a_longer_input_runs_each_chain_alone(fast_calls):
+    """The graph's forward chain reads the first T steps, its backward one (over a flipped
+    input) the last T: where they differ, each chain runs in a call of its own."""
+    model, _ = _bidirectional()
+    _run_both(model, _bidirectional_feeds(steps=T + 3))
+    _run_both(model, _bidirectional_feeds(steps=T))
+    assert fast_calls == ["each alone", True]
+
+
+def test_chains_that_read_each_other_run_apart(fast_calls):
+    """A backward chain that starts from the forward one's last state cannot run in the same
+    call: each runs fused on its own."""
+    model, _ = _bidirectional(rank=2, backward_h0="f_h_n", join=None)
+    plan, _ = _run_both(model, {k: v for k, v in _bidirectional_feeds().items() if k != "b_h0"})
+    assert [type(call) for call in _fused_calls(plan)] == [UnrolledLayer, UnrolledLayer]
+    assert fast_calls == [True, True]
+
+
+def test_with_threads_a_bidirectional_export_runs_its_directions_at_once(fast_calls):
+    """torch's dynamo export of a bidirectional nn.RNN(8, 64) at T = 100: on two or three
+    threads the pair's Stack runs its two directions at once, one thread each."""
+    torch.manual_seed(0)
+    module = torch.nn.RNN(8, 64, bidirectional=True).eval()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.onnx.export(module, (torch.zeros(100, 2, 8),), dynamo=True,
+                                      verbose=False).model_proto.SerializeToString()
+    finally:
+        logging.disable(logging.NOTSET)
+    x = np.random.default_rng(6).standard_normal((100, 2, 8)).astype(np.float32)
+    plan, got = _run_both(model, {"input": x})
+    pair, = _fused_calls(plan)
+    assert isinstance(pair, UnrolledPair) and fast_calls == [True]
+    if 2 <= fastrnn.get_num_threads() < 4:
+        assert pair.stack.layers[0][0].directions_concurrently(100, 2, fastrnn.get_num_threads())
+    with torch.no_grad():
+        want = module(torch.from_numpy(x))
+    np.testing.assert_allclose(got[0], want[0].numpy(), **TOL)

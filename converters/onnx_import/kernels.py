@@ -198,15 +198,18 @@ def _squeeze_norm(axes: list[int], rank: int) -> tuple:
     return tuple(sorted({_axis(a, rank, "Squeeze axis") for a in axes}))
 
 
+def _unsqueeze_norm(axes: list[int], rank: int) -> list[int]:
+    """Where Unsqueeze's `axes` put the new axes of size 1 in the output of an input of `rank`."""
+    norm = sorted(_axis(a, rank + len(axes), "Unsqueeze axis") for a in axes)
+    if len(set(norm)) != len(norm):
+        raise ShapeError(f"Unsqueeze axes {axes} repeat an axis")
+    return norm
+
+
 @kernel("Unsqueeze")
 def _unsqueeze(attrs, ins, n_out):
     x = ins[0]
-    axes = _ints(ins[1])
-    rank = x.ndim + len(axes)
-    norm = sorted(_axis(a, rank, "Unsqueeze axis") for a in axes)
-    if len(set(norm)) != len(norm):
-        raise ShapeError(f"Unsqueeze axes {axes} repeat an axis")
-    return [np.expand_dims(x, tuple(norm))]
+    return [np.expand_dims(x, tuple(_unsqueeze_norm(_ints(ins[1]), x.ndim)))]
 
 
 @kernel("Concat")
@@ -1211,6 +1214,24 @@ def _prepare_squeeze(op, attrs, consts, n_out):
             if shape[a] != 1:
                 return kernel_fn(attrs, ins, n_out)
         return [x.squeeze(axis=at)]
+    return run
+
+
+@preparer(NEUTRAL, "Unsqueeze")
+def _prepare_unsqueeze(op, attrs, consts, n_out):
+    axes = _const_ints(consts, 1)
+    if not axes:
+        return None
+    kernel_fn, norm = KERNELS[op], _memo(lambda rank: _unsqueeze_norm(axes, rank))
+
+    def run(ins):
+        x = ins[0]
+        if type(x) is not np.ndarray:
+            return kernel_fn(attrs, ins, n_out)
+        shape = list(x.shape)
+        for a in norm(x.ndim):
+            shape.insert(a, 1)
+        return [x.reshape(shape)]
     return run
 
 

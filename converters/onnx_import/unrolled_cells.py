@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import unrolled_pairs
 from .kernels import element_limit
 from .unrolled_layer import UnrolledLayer
 
@@ -93,12 +94,15 @@ def _require(condition: bool) -> None:
 
 def fuse(nodes: list, wanted: set, constants) -> list:
     """`nodes` (a schedule's, in order) with each unrolled recurrent chain of at least two steps
-    replaced by a node of op OP (its state: the chain's UnrolledLayer)."""
+    replaced by a node of op OP (its state: the chain's UnrolledLayer, or an UnrolledPair for a
+    forward and a backward chain over one input)."""
     finder = _Finder(nodes, wanted, constants)
     fused = finder.fused_nodes()
     if not fused:
         return nodes
-    return _ordered(nodes, fused)
+    pairs = unrolled_pairs.paired(fused, finder.users, wanted, finder.position, OP)
+    # a pair whose chains read each other's values cannot run as one call: each runs alone
+    return _ordered(nodes, pairs) or _ordered(nodes, fused) or nodes
 
 
 class _Chain:
@@ -923,10 +927,11 @@ def _activate(name: str, x):
     return 1 / (1 + np.exp(-x))
 
 
-def _ordered(nodes: list, fused: list) -> list:
+def _ordered(nodes: list, fused: list) -> list | None:
     """The schedule's nodes with each chain's nodes replaced by its fused node, in an order that
     computes every value before it is read, as close to the old one as that allows (a fused node
-    where its chain's last node was)."""
+    where its chain's last node was); None where no order does (a fused node reads what another
+    gives and gives what that reads)."""
     gone = set().union(*(ids for _, ids, _ in fused))
     entries = [(i, node) for i, node in enumerate(nodes) if id(node) not in gone]
     entries += [(place, node) for node, _, place in fused]
@@ -948,6 +953,4 @@ def _ordered(nodes: list, fused: list) -> list:
             waiting[r] -= 1
             if not waiting[r]:
                 heapq.heappush(ready, (entries[r][0], r))
-    if len(result) != len(entries):  # a cycle cannot arise from a valid schedule: keep it as it was
-        return nodes
-    return result
+    return result if len(result) == len(entries) else None
