@@ -713,3 +713,70 @@ def test_with_threads_a_bidirectional_export_runs_its_directions_at_once(fast_ca
     with torch.no_grad():
         want = module(torch.from_numpy(x))
     np.testing.assert_allclose(got[0], want[0].numpy(), **TOL)
+
+
+class BidirectionalCellLoop(torch.nn.Module):
+    """Two Python loops over cells, one forward and one backward over x, each from initial states
+    of its own (h, and c for LSTM: the forward loop's first) or zeros, their states stacked in
+    time order and concatenated on the feature axis; gives that and each one's last state."""
+
+    def __init__(self, cell: str):
+        super().__init__()
+        self.forward_cell = getattr(torch.nn, cell)(I, H)
+        self.backward_cell = getattr(torch.nn, cell)(I, H)
+
+    def forward(self, x, *state):
+        ys, last = [], []
+        per_loop = len(state) // 2
+        for k, (cell, steps) in enumerate(((self.forward_cell, range(x.shape[0])),
+                                           (self.backward_cell, reversed(range(x.shape[0]))))):
+            given = list(state[k * per_loop:(k + 1) * per_loop])
+            h, c = (given + [torch.zeros(x.shape[1], H)] * 2)[:2]
+            outs = {}
+            for t in steps:
+                if isinstance(cell, torch.nn.LSTMCell):
+                    h, c = cell(x[t], (h, c))
+                else:
+                    h = cell(x[t], h)
+                outs[t] = h
+            ys.append(torch.stack([outs[t] for t in range(x.shape[0])]))
+            last += [h, c] if isinstance(cell, torch.nn.LSTMCell) else [h]
+        return (torch.cat(ys, -1), *last)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("cell, given", [("LSTMCell", False), ("LSTMCell", True),
+                                         ("GRUCell", False), ("RNNCell", True)])
+def test_a_bidirectional_cell_loop_runs_as_one_call(cell, given, dynamo, fast_calls):
+    """Both loops in one two-direction call, the Concat of their stacked states from its y:
+    every output (each direction's last h, and c) against ORT and torch."""
+    torch.manual_seed(0)
+    module = BidirectionalCellLoop(cell).eval()
+    states = 2 * (2 if cell == "LSTMCell" else 1) if given else 0
+    args = (torch.randn(T, 3, I),) + tuple(torch.randn(3, H) for _ in range(states))
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                model = torch.onnx.export(module, args, dynamo=True,
+                                          verbose=False).model_proto.SerializeToString()
+            else:
+                f = io.BytesIO()
+                torch.onnx.export(module, args, f, dynamo=False, opset_version=17)
+                model = f.getvalue()
+    finally:
+        logging.disable(logging.NOTSET)
+    proto = onnx.load_from_string(model)
+    rng = np.random.default_rng(7)
+    feeds = {proto.graph.input[0].name: rng.standard_normal((T, 3, I)).astype(np.float32)}
+    for value in proto.graph.input[1:]:
+        feeds[value.name] = rng.uniform(-1, 1, (3, H)).astype(np.float32)
+    plan, got = _run_both(model, feeds)
+    pair, = _fused_calls(plan)
+    assert isinstance(pair, UnrolledPair) and pair._joined is not None and fast_calls == [True]
+    with torch.no_grad():
+        want = module(*(torch.from_numpy(v) for v in feeds.values()))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), **TOL)
