@@ -1,19 +1,21 @@
 """Recurrent layers unrolled over time in the graph, run as one kernel call
-(converters/onnx_import/unrolled_cells.py, unrolled_layer.py).
+(converters/onnx_import/unrolled_cells.py, unrolled_layer.py, unrolled_pairs.py).
 
 torch.onnx.export(dynamo=True) writes nn.RNN out step by step; those exports (tanh and relu, with
 and without bias and initial state, one and two directions, one to three layers, batch-first, a
-dynamic batch, float64) must run as one UnrolledCell node per layer and direction and agree with
-ONNX Runtime, torch and the float64 reference. So must Python loops over nn.RNNCell / GRUCell /
-LSTMCell (legacy and dynamo exports; each a single plan node, its folded first step and the
-stacking of its states included), and tf2onnx's exports of Keras layers built with unroll=True
+dynamic batch, float64) must run as one UnrolledCell node per layer (a bidirectional layer's two
+directions in one call) and agree with ONNX Runtime, torch and the float64 reference. So must
+Python loops over nn.RNNCell / GRUCell / LSTMCell (legacy and dynamo exports; each a single plan
+node, its folded first step and the stacking of its states included; a forward and a backward
+loop as one call), and tf2onnx's exports of Keras layers built with unroll=True
 (tests/data/keras_unrolled, against Keras's own outputs and ORT), where each step projects its
-own slice of a Split of X; a GRU with reset_after=False stays nodes. Graphs built here vary what
-the exporter fixes (the slice of each step: Squeeze(Slice), Gather, a bare Slice or a Split; time
-indices counting up, down or over a flipped input; no input projection; the order of the step's
-sums; a sigmoid; a folded first step), and steps that are no recognised cell's, or share a value
-with the rest of the graph, stay nodes. Inputs the fused call declines run the nodes themselves,
-errors included.
+own slice of a Split of X, GRUs with reset_after=True and False among them. Graphs built here vary
+what the exporter fixes (the slice of each step: Squeeze(Slice), Gather, a bare Slice or a Split;
+time indices counting up, down or over a flipped input; no input projection; the order of the
+step's sums; a sigmoid; a folded first step; for a bidirectional pair, the Concat that joins it,
+initial states, a longer input, a chain started from the other's state), and steps that are no
+recognised cell's, or share a value with the rest of the graph, stay nodes. Inputs the fused call
+declines run the nodes themselves, errors included.
 """
 from __future__ import annotations
 
@@ -285,8 +287,9 @@ KERAS_UNROLLED = pathlib.Path(__file__).parent / "data" / "keras_unrolled"
 KERAS_CHAINS = {  # name: the steps of each chain it runs fused (of T = 9)
     "simple_rnn_seq": [9], "simple_rnn_relu_state": [9], "simple_rnn_backwards_no_bias": [9],
     "bidir_simple_rnn": [9, 9], "stacked_simple_rnn": [9, 9], "gru": [9],
-    # reset_after=False multiplies h and r * h by two matrices: not a step fastrnn recognises
-    "gru_reset_before_backwards": [],
+    # reset_after=False: h by [H, 2H] for z and r, r * h by [H, H] in the step
+    "gru_reset_before_backwards": [9], "gru_reset_before_state": [9],
+    "gru_reset_before_no_bias": [9], "bidir_gru_reset_before": [9, 9],
     "lstm_seq_state": [9], "bidir_lstm": [9, 9]}
 
 

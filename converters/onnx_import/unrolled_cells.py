@@ -12,8 +12,8 @@ Stack that runs the chain's steps in one kernel call and gives every h_t (an LST
 Concat of them in time order, as views of its output.
 
 A chain is found, not read off a pattern:
-- it is a run of MatMul (or Gemm) nodes that multiply one constant matrix R [H, G*H] (G = 1, 3 or
-  4; the same values, under one name or a copy per step) by the state the step before made; the
+- it is a run of MatMul (or Gemm) nodes that multiply one constant matrix R [H, G*H] (G = 1, 2, 3
+  or 4; the same values, under one name or a copy per step) by the state the step before made; the
   nodes that compute the next state from one state (they depend on it, and the next state depends
   on them), with those that prepare the step's input (a Split of it), are the first step, and each
   later step must be the same nodes (ops, attributes, constants) on the state before it and, for
@@ -23,8 +23,10 @@ A chain is found, not read off a pattern:
   act(u + h @ R + b), act tanh, relu or sigmoid, for states of rank 2 and 3 (the shapes it gives
   recorded per rank); for G = 3 or 4 a GRU (its reset applied after the product, as PyTorch's and
   Keras's default reset_after=True: one product of h per step) or LSTM step with the default
-  activations, in PyTorch's or Keras's gate order; b the step's constant vectors or none. A step
-  that matches none leaves the nodes as they are.
+  activations, in PyTorch's or Keras's gate order; b the step's constant vectors or none; for
+  G = 2 a GRU that resets h before its product (Keras's reset_after=False: h times R for z and r,
+  r * h times one more constant [H, H] in the step), without a recurrent bias. A step that matches
+  none leaves the nodes as they are.
 An export without an initial state folds the first step's product with zeros away (a constant C = 0
 @ R + b in place of h @ R + b): where the chain's initial states are made so from the slice before
 its first, and match the cell's step from zeros on random inputs, that step joins the chain, which
@@ -136,8 +138,8 @@ class _Finder:
         groups: dict[tuple, list] = {}  # products by their constant matrix's value
         for node in self.nodes:
             product = _product(node, self.constants)
-            if product is not None and product[1].shape[1] in (
-                    product[1].shape[0] * G for G in (1, 3, 4)):  # RNN, GRU, LSTM
+            if product is not None and product[1].shape[1] in (  # RNN, GRU (reset before:
+                    product[1].shape[0] * G for G in (1, 2, 3, 4)):  # h by z's and r's), LSTM
                 groups.setdefault(self._product_key(node), []).append(node)
         self.tried: set[int] = set()
         self.claimed: set[int] = set()  # the nodes the chains found so far replace
@@ -206,7 +208,10 @@ class _Finder:
         if R.shape[1] == R.shape[0] and not chain.carried_in:
             cell = self._cell(template, R)
         else:
-            cell = self._gated_cell(template, R, chain, carried_out)
+            reset_after = R.shape[1] != 2 * R.shape[0]  # else (r * h) by R_h in the step
+            if not reset_after:
+                chain.R = R = np.concatenate([R, self._reset_product(template, R)], axis=1)
+            cell = self._gated_cell(template, R, chain, carried_out, reset_after)
         self._folded_first_step(chain, cell, delta)
         return self._build(chain, cell, delta)
 
@@ -554,11 +559,24 @@ class _Finder:
                         "ranks": ranks, "order": "torch", "linear_before_reset": 0}
         raise _NotAChain
 
-    def _gated_cell(self, template: _Template, R: np.ndarray, chain: _Chain, carried_out: list):
+    def _reset_product(self, template: _Template, R: np.ndarray) -> np.ndarray:
+        """R_h [H, H] of a GRU step that resets h before its product (Keras's reset_after=False,
+        ONNX's linear_before_reset=0), where R [H, 2H] gives h's products for z and r: the one
+        constant [H, H] matrix the template multiplies a value of its own by."""
+        H = R.shape[0]
+        found = [product[1] for product in (_product(nd, self.constants) for nd, roles in
+                                            template.nodes if roles and roles[0][0] == "value")
+                 if product is not None and product[1].shape == (H, H)]
+        _require(len(found) == 1 and found[0].dtype == R.dtype)
+        return found[0]
+
+    def _gated_cell(self, template: _Template, R: np.ndarray, chain: _Chain, carried_out: list,
+                    reset_after: bool):
         """A GRU or LSTM step (R [H, G*H], PyTorch's or Keras's gate order, the default
-        activations, a GRU's reset after the product, the recurrent bias the step's constant
-        [G*H] vectors or none), checked on random inputs against the float64 reference step,
-        as _cell's description (states of rank 2 only)."""
+        activations, a GRU's reset after the product (R's gates multiply h) or before it (R's
+        last H columns multiply r * h, and no recurrent bias), the recurrent bias the step's
+        constant [G*H] vectors or none), checked on random inputs against the float64
+        reference step, as _cell's description (states of rank 2 only)."""
         H = R.shape[0]
         G = R.shape[1] // H
         mode = {3: "GRU", 4: "LSTM"}.get(G) if R.shape[1] == G * H else None
@@ -585,10 +603,11 @@ class _Finder:
             got += [np.asarray(values[name]) for name in carried_out]
             _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
             probes.append((h, c, u, got))
+        _require(reset_after or (mode == "GRU" and len(biases) == 1))
         for order in (("torch", "keras") if mode == "GRU" else ("torch",)):
             for bias in biases:
                 cell = {"mode": mode, "activations": acts, "bias": bias, "ranks": {2: 2},
-                        "order": order, "linear_before_reset": int(mode == "GRU")}
+                        "order": order, "linear_before_reset": int(mode == "GRU" and reset_after)}
                 if all(all(np.all(np.abs(g - w) <= _MATCH * (1 + np.abs(g))) for g, w in zip(
                         got, _cell_step(cell, R, u, h, c if mode == "LSTM" else None)))
                        for h, c, u, got in probes):

@@ -2,9 +2,10 @@
 with unroll=True, which tf2onnx writes out step by step (needs tensorflow; the tests themselves do
 not).
 
-    /tmp/tfenv/bin/python tests/data/keras_unrolled/make_fixtures.py     # from the repository root
+    /tmp/tfenv/bin/python tests/data/keras_unrolled/make_fixtures.py [NAME ...]  # from the root
 
-(/tmp/tfenv as in tests/data/keras/make_fixtures.py). Each model is built with Keras 3 (k3_*) and
+NAME: only those of the models below (all by default). /tmp/tfenv as in
+tests/data/keras/make_fixtures.py. Each model is built with Keras 3 (k3_*) and
 Keras 2 (tf_keras, k2_*), random weights and biases (seeded), exported at opset 13; NAME.npz holds
 the input (key x: N = 3, T = 9) and Keras's outputs on it (out0, out1, ...).
 """
@@ -46,6 +47,12 @@ def _models(keras):
         "gru": lambda: features(L.GRU(H, unroll=True, return_sequences=True)),
         "gru_reset_before_backwards": lambda: features(L.GRU(
             H, unroll=True, reset_after=False, go_backwards=True, return_sequences=True)),
+        "gru_reset_before_state": lambda: features(L.GRU(
+            H, unroll=True, reset_after=False, return_sequences=True, return_state=True)),
+        "gru_reset_before_no_bias": lambda: features(L.GRU(
+            H, unroll=True, reset_after=False, use_bias=False)),
+        "bidir_gru_reset_before": lambda: features(L.Bidirectional(L.GRU(
+            H, unroll=True, reset_after=False, return_sequences=True))),
         "lstm_seq_state": lambda: features(L.LSTM(H, unroll=True, return_sequences=True,
                                                   return_state=True)),
         "bidir_lstm": lambda: features(L.Bidirectional(L.LSTM(H, unroll=True))),
@@ -72,7 +79,7 @@ def _write(name: str, model, x: np.ndarray) -> None:
 def main() -> None:
     if FLAVOUR is None:
         for flavour in ("k3", "k2"):
-            subprocess.run([sys.executable, __file__], check=True,
+            subprocess.run([sys.executable, __file__] + sys.argv[1:], check=True,
                            env=dict(os.environ, KERAS_FLAVOUR=flavour))
         return
     if FLAVOUR == "k2":
@@ -81,6 +88,8 @@ def main() -> None:
         import keras
     x = np.random.default_rng(1).standard_normal((N, T, I)).astype(np.float32)
     for name, build in _models(keras).items():
+        if sys.argv[1:] and name not in sys.argv[1:]:
+            continue
         keras.utils.set_random_seed(0)
         _write(name, build(), x)
 
