@@ -290,7 +290,9 @@ KERAS_CHAINS = {  # name: the steps of each chain it runs fused (of T = 9)
     # reset_after=False: h by [H, 2H] for z and r, r * h by [H, H] in the step
     "gru_reset_before_backwards": [9], "gru_reset_before_state": [9],
     "gru_reset_before_no_bias": [9], "bidir_gru_reset_before": [9, 9],
-    "lstm_seq_state": [9], "bidir_lstm": [9, 9]}
+    "lstm_seq_state": [9], "bidir_lstm": [9, 9],
+    # Keras 2's hard_sigmoid is 0.2 x + 0.5, Keras 3's x / 6 + 0.5 (each clipped to [0, 1])
+    "lstm_hard_sigmoid": [9], "gru_relu_hard_sigmoid": [9], "gru_reset_before_hard_sigmoid": [9]}
 
 
 @pytest.mark.parametrize("name", [f"{flavour}_{name}" for flavour in ("k3", "k2")

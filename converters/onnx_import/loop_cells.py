@@ -296,11 +296,7 @@ def _guesses(matrices, state_count: int, masked: bool, ops: set, multiplied: dic
     by first as the recurrent kernel), activations from the body's ops, and the role of each
     carried state (h, c, and with a mask the last output: kept at masked steps, or zeroed
     there)."""
-    squashes = [("sigmoid", 0.0, 0.0)] if "Sigmoid" in ops else []
-    if ops & {"HardSigmoid", "Clip", "Min", "Max", "Relu", "Div", "Mul"}:
-        squashes += [("hardsigmoid", 0.2, 0.5), ("hardsigmoid", 1 / 6, 0.5)]
-    outs = ([("tanh", 0.0, 0.0)] if "Tanh" in ops else []) + \
-        ([("relu", 0.0, 0.0)] if ops & {"Relu", "Max", "Clip"} else [])
+    squashes, outs = activation_candidates(ops)
     for G in (3, 1, 4):
         names = ("h", "c") if G == 4 else ("h",)
         lasts = ("out", "zeroed") if masked else (None,)
@@ -322,6 +318,19 @@ def _guesses(matrices, state_count: int, masked: bool, ops: set, multiplied: dic
                     _biases(matrices, G, H), list(_variants(G, squashes, outs)), roles_each):
                 yield dict(G=G, H=H, kernel=kernel, recurrent=rk, bias=bias, roles=roles,
                            **variant)
+
+
+def activation_candidates(ops: set) -> tuple[list, list]:
+    """(the gates' squashing activations, the cell input's and output's) that a Keras cell whose
+    step has `ops` may apply, most likely first: sigmoid, and Keras 2's and Keras 3's
+    hard_sigmoid (0.2 x + 0.5 and x / 6 + 0.5, clipped to [0, 1]; written with Clip, Min / Max,
+    Relu, Div or Mul as well as HardSigmoid); tanh and relu."""
+    squashes = [("sigmoid", 0.0, 0.0)] if "Sigmoid" in ops else []
+    if ops & {"HardSigmoid", "Clip", "Min", "Max", "Relu", "Div", "Mul"}:
+        squashes += [("hardsigmoid", 0.2, 0.5), ("hardsigmoid", 1 / 6, 0.5)]
+    outs = ([("tanh", 0.0, 0.0)] if "Tanh" in ops else []) + \
+        ([("relu", 0.0, 0.0)] if ops & {"Relu", "Max", "Clip"} else [])
+    return squashes, outs
 
 
 def _biases(matrices, G: int, H: int) -> list:

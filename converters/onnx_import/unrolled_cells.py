@@ -22,8 +22,9 @@ A chain is found, not read off a pattern:
 - the step is then checked on random inputs against a cell's float64 step (to 1e-4): for G = 1
   act(u + h @ R + b), act tanh, relu or sigmoid, for states of rank 2 and 3 (the shapes it gives
   recorded per rank); for G = 3 or 4 a GRU (its reset applied after the product, as PyTorch's and
-  Keras's default reset_after=True: one product of h per step) or LSTM step with the default
-  activations, in PyTorch's or Keras's gate order; b the step's constant vectors or none; for
+  Keras's default reset_after=True: one product of h per step) or LSTM step, its gates squashed
+  by sigmoid or Keras's hard_sigmoid and its cell's input and output by tanh or relu, in
+  PyTorch's or Keras's gate order; b the step's constant vectors or none; for
   G = 2 a GRU that resets h before its product (Keras's reset_after=False: h times R for z and r,
   r * h times one more constant [H, H] in the step), without a recurrent bias. A step that matches
   none leaves the nodes as they are.
@@ -40,12 +41,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 from typing import NamedTuple
 
 import numpy as np
 
 from . import unrolled_pairs
 from .kernels import element_limit
+from .loop_cells import activation_candidates
 from .unrolled_layer import UnrolledLayer
 
 OP = "UnrolledCell"
@@ -332,8 +335,58 @@ class _Finder:
                     roles.append(("carry", carried.index(name)))
             template.append((nd, roles))
         _require(len(inputs) == 1)  # a step reads one value from outside: its input's slice
+        template = self._in_canonical_order(template, len(nodes))
         return _Template(template, h1, carried,
                          frozenset(o for nd in prep for o in nd.outputs if o))
+
+    def _in_canonical_order(self, entries: list, main: int) -> list:
+        """`entries` ((node, roles): first the step's `main` nodes, in an order that computes what
+        each reads before it, then those that prepare its input) with each of the two parts in
+        an order that depends only on what the nodes compute, so that steps the exporter wrote
+        in different orders (tf2onnx's order of a step's independent nodes varies) line up:
+        each next the one, of those whose inputs are computed, with the least digest of its op,
+        its attributes and, recursively, what it reads."""
+        producer = {name: k for k, (nd, _) in enumerate(entries) for name in nd.outputs if name}
+        digests: dict[int, bytes] = {}
+
+        def digest(k: int) -> bytes:
+            if k not in digests:
+                nd, roles = entries[k]
+                reads = []
+                for name, role in zip(nd.inputs, roles):
+                    if role[0] == "value" and name in producer:
+                        reads.append((digest(producer[name]),
+                                      entries[producer[name]][0].outputs.index(name)))
+                    elif role[0] == "const":
+                        reads.append(("const", self._value_key(name)))
+                    elif role[0] in ("h", "carry"):  # alike: a first step may read h as c
+                        reads.append(("state",))
+                    else:  # the step input, or absent
+                        reads.append(role)
+                digests[k] = hashlib.blake2b(repr((nd.op, sorted(nd.attrs.items()), reads))
+                                             .encode(), digest_size=16).digest()
+            return digests[k]
+        ordered = []
+        for part in (range(main), range(main, len(entries))):
+            inside = {name: k for name, k in producer.items() if k in part}
+            waiting = {k: len({inside[name] for name in entries[k][0].inputs if name in inside})
+                       for k in part}
+            readers: dict[int, set] = {}
+            for k in part:
+                for name in entries[k][0].inputs:
+                    if name in inside:
+                        readers.setdefault(inside[name], set()).add(k)
+            ready = [(digest(k), k) for k, count in waiting.items() if not count]
+            heapq.heapify(ready)
+            while ready:
+                _, k = heapq.heappop(ready)
+                ordered.append(entries[k])
+                for r in readers.get(k, ()):
+                    waiting[r] -= 1
+                    if not waiting[r]:
+                        heapq.heappush(ready, (digest(r), r))
+        _require(len(ordered) == len(entries))
+        return ordered
 
     def _is_step_input(self, name: str) -> bool:
         try:
@@ -572,11 +625,12 @@ class _Finder:
 
     def _gated_cell(self, template: _Template, R: np.ndarray, chain: _Chain, carried_out: list,
                     reset_after: bool):
-        """A GRU or LSTM step (R [H, G*H], PyTorch's or Keras's gate order, the default
-        activations, a GRU's reset after the product (R's gates multiply h) or before it (R's
-        last H columns multiply r * h, and no recurrent bias), the recurrent bias the step's
-        constant [G*H] vectors or none), checked on random inputs against the float64
-        reference step, as _cell's description (states of rank 2 only)."""
+        """A GRU or LSTM step (R [H, G*H], PyTorch's or Keras's gate order; sigmoid or Keras's
+        hard_sigmoid for the gates, tanh or relu for the cell's input and output; a GRU's reset
+        after the product (R's gates multiply h) or before it (R's last H columns multiply
+        r * h, and no recurrent bias); the recurrent bias the step's constant [G*H] vectors or
+        none), checked on random inputs against the float64 reference step, as _cell's
+        description (states of rank 2 only)."""
         H = R.shape[0]
         G = R.shape[1] // H
         mode = {3: "GRU", 4: "LSTM"}.get(G) if R.shape[1] == G * H else None
@@ -584,14 +638,15 @@ class _Finder:
         u_name = next(name for nd, roles in template.nodes for name, r in zip(nd.inputs, roles)
                       if r[0] == "u")
         _require(self._step_input(u_name).rank == 2)
+        # (scalars added are a hard_sigmoid's offsets, which the probes check)
         vectors = [self.constants[r[1]] for nd, roles in template.nodes if nd.op == "Add"
-                   for r in roles if r[0] == "const"]
+                   for r in roles if r[0] == "const" and np.size(self.constants[r[1]]) != 1]
         vectors += [p[2] for p in (_product(nd, self.constants) for nd, _ in template.nodes
                                    if nd.op == "Gemm") if p is not None and p[2] is not None]
         _require(all(np.size(v) == G * H for v in vectors))
         biases = [None] + ([sum(np.asarray(v, np.float64).reshape(-1) for v in vectors)]
                            if vectors else [])
-        acts = [("sigmoid", 0.0, 0.0)] + [("tanh", 0.0, 0.0)] * (G - 2)
+        squashes, outs = activation_candidates({nd.op for nd, _ in template.nodes})
         rng = np.random.default_rng(20261127)
         probes = []
         for _ in range(2):
@@ -604,14 +659,16 @@ class _Finder:
             _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
             probes.append((h, c, u, got))
         _require(reset_after or (mode == "GRU" and len(biases) == 1))
-        for order in (("torch", "keras") if mode == "GRU" else ("torch",)):
-            for bias in biases:
-                cell = {"mode": mode, "activations": acts, "bias": bias, "ranks": {2: 2},
-                        "order": order, "linear_before_reset": int(mode == "GRU" and reset_after)}
-                if all(all(np.all(np.abs(g - w) <= _MATCH * (1 + np.abs(g))) for g, w in zip(
-                        got, _cell_step(cell, R, u, h, c if mode == "LSTM" else None)))
-                       for h, c, u, got in probes):
-                    return cell
+        for order, bias, squash, out in itertools.product(
+                ("torch", "keras") if mode == "GRU" else ("torch",), biases, squashes, outs):
+            cell = {"mode": mode, "activations": [squash] + [out] * (G - 2), "bias": bias,
+                    "ranks": {2: 2}, "order": order,
+                    "linear_before_reset": int(mode == "GRU" and reset_after)}
+            if all(all(np.all(np.abs(value - want) <= _MATCH * (1 + np.abs(value)))
+                       for value, want in zip(got, _cell_step(cell, R, u, h, c if mode == "LSTM"
+                                                              else None)))
+                   for h, c, u, got in probes):
+                return cell
         raise _NotAChain
 
     def _folded_first_step(self, chain: _Chain, cell: dict, delta: int) -> None:

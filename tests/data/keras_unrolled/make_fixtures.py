@@ -55,6 +55,14 @@ def _models(keras):
             H, unroll=True, reset_after=False, return_sequences=True))),
         "lstm_seq_state": lambda: features(L.LSTM(H, unroll=True, return_sequences=True,
                                                   return_state=True)),
+        "lstm_hard_sigmoid": lambda: features(L.LSTM(
+            H, unroll=True, recurrent_activation="hard_sigmoid", return_sequences=True)),
+        "gru_relu_hard_sigmoid": lambda: features(L.GRU(
+            H, unroll=True, activation="relu", recurrent_activation="hard_sigmoid",
+            return_state=True)),
+        "gru_reset_before_hard_sigmoid": lambda: features(L.GRU(
+            H, unroll=True, reset_after=False, recurrent_activation="hard_sigmoid",
+            return_sequences=True)),
         "bidir_lstm": lambda: features(L.Bidirectional(L.LSTM(H, unroll=True))),
     }
 
