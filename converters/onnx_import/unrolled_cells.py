@@ -348,24 +348,23 @@ class _Finder:
         its attributes and, recursively, what it reads."""
         producer = {name: k for k, (nd, _) in enumerate(entries) for name in nd.outputs if name}
         digests: dict[int, bytes] = {}
-
-        def digest(k: int) -> bytes:
-            if k not in digests:
-                nd, roles = entries[k]
-                reads = []
-                for name, role in zip(nd.inputs, roles):
-                    if role[0] == "value" and name in producer:
-                        reads.append((digest(producer[name]),
-                                      entries[producer[name]][0].outputs.index(name)))
-                    elif role[0] == "const":
-                        reads.append(("const", self._value_key(name)))
-                    elif role[0] in ("h", "carry"):  # alike: a first step may read h as c
-                        reads.append(("state",))
-                    else:  # the step input, or absent
-                        reads.append(role)
-                digests[k] = hashlib.blake2b(repr((nd.op, sorted(nd.attrs.items()), reads))
-                                             .encode(), digest_size=16).digest()
-            return digests[k]
+        # each part comes in an order that computes what it reads first, and the input's
+        # preparation reads nothing of the rest: so each node's inputs are digested before it
+        for k in list(range(main, len(entries))) + list(range(main)):
+            nd, roles = entries[k]
+            reads = []
+            for name, role in zip(nd.inputs, roles):
+                if role[0] == "value" and name in producer:
+                    reads.append((digests[producer[name]],
+                                  entries[producer[name]][0].outputs.index(name)))
+                elif role[0] == "const":
+                    reads.append(("const", self._value_key(name)))
+                elif role[0] in ("h", "carry"):  # alike: a first step may read h as c
+                    reads.append(("state",))
+                else:  # the step input, or absent
+                    reads.append(role)
+            digests[k] = hashlib.blake2b(repr((nd.op, sorted(nd.attrs.items()), reads)).encode(),
+                                         digest_size=16).digest()
         ordered = []
         for part in (range(main), range(main, len(entries))):
             inside = {name: k for name, k in producer.items() if k in part}
@@ -376,7 +375,7 @@ class _Finder:
                 for name in entries[k][0].inputs:
                     if name in inside:
                         readers.setdefault(inside[name], set()).add(k)
-            ready = [(digest(k), k) for k, count in waiting.items() if not count]
+            ready = [(digests[k], k) for k, count in waiting.items() if not count]
             heapq.heapify(ready)
             while ready:
                 _, k = heapq.heappop(ready)
@@ -384,7 +383,7 @@ class _Finder:
                 for r in readers.get(k, ()):
                     waiting[r] -= 1
                     if not waiting[r]:
-                        heapq.heappush(ready, (digest(r), r))
+                        heapq.heappush(ready, (digests[r], r))
         _require(len(ordered) == len(entries))
         return ordered
 

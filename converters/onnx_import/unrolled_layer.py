@@ -122,8 +122,8 @@ class UnrolledLayer:
                 outs.append(_joined(y, self.n, state, axis))
                 if before or after:  # values the Concat has around the states
                     try:
-                        outs[-1] = np.concatenate([ins[k] for k in before] + [outs[-1]] +
-                                                  [ins[k] for k in after], axis=axis or 0)
+                        outs[-1] = np.concatenate([ins[i] for i in before] + [outs[-1]] +
+                                                  [ins[i] for i in after], axis=axis or 0)
                     except (ValueError, TypeError):  # the Concat's own run reports it
                         return None
                 continue
@@ -145,12 +145,13 @@ class UnrolledPair:
     """A forward and a backward chain over the same X as one call of a two-direction Stack.
     ``call(ins)`` on the fused node's inputs gives the two chains' outputs (`forward_ins` /
     `backward_ins`: where each finds its inputs among them). Where a Concat joins the two
-    chains' joined states on their last axis (for some rank of states the chains give), read by
-    nothing else (`joined`: (0 where the forward chain's come first, else 1; the index of those
-    among each chain's sources; the Concat's axis)), the call gives the Concat's value in place of theirs, last: the kernel's y
-    itself, joined as the chains join their states. Where the chains read different windows of
-    X (an input longer than the export's), or give states of other ranks or of a rank whose last
-    axis the Concat does not join, each runs on its own.
+    chains' joined states on their last axis (for some rank of states the chains give), read
+    by nothing else, the call gives that Concat's value in place of theirs, last: the kernel's
+    y itself, joined as the chains join their states (`joined`: 0 where the forward chain's
+    states come first in it, else 1; the index of the joined states among each chain's
+    sources; the Concat's axis). Where the chains read different windows of X (an input longer
+    than the export's), or give states of other ranks or of a rank whose last axis the Concat
+    does not join, each runs on its own.
     """
 
     def __init__(self, nodes: list, forward: UnrolledLayer, backward: UnrolledLayer,
