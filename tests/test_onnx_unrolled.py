@@ -91,6 +91,23 @@ def _chains(plan) -> list:
         (call.forward, call.backward) if isinstance(call, UnrolledPair) else (call,))]
 
 
+def _torch_export(module, args, dynamo: bool, **options) -> bytes:
+    """The module exported at opset 17 (the legacy exporter; `options` its own) or by the dynamo
+    exporter (`options`: dynamic_shapes), quietly."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                return torch.onnx.export(module, args, dynamo=True, verbose=False,
+                                         **options).model_proto.SerializeToString()
+            f = io.BytesIO()
+            torch.onnx.export(module, args, f, dynamo=False, opset_version=17, **options)
+            return f.getvalue()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 # --------------------------------------------------------------------------------------------------
 # torch's dynamo exports of nn.RNN
 # --------------------------------------------------------------------------------------------------
@@ -126,15 +143,7 @@ def _export(name: str):
         B = torch.export.Dim("B", min=1, max=64)
         batch = {0: B} if options.get("batch_first") else {1: B}
         dyn = (batch, {1: B}) if with_h0 else (batch,)
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dyn,
-                                        verbose=False)
-    finally:
-        logging.disable(logging.NOTSET)
-    return program.model_proto.SerializeToString(), module
+    return _torch_export(module, args, True, dynamic_shapes=dyn), module
 
 
 @pytest.mark.parametrize("name", list(EXPORTS))
@@ -221,21 +230,8 @@ def _export_cell_loop(name: str, dynamo: bool):
     states = 2 if cell == "LSTMCell" else 1
     args = (torch.randn(T, batch, I),) + tuple(torch.randn(batch, H)
                                                for _ in range(states if with_h0 else 0))
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if dynamo:
-                model = torch.onnx.export(module, args, dynamo=True,
-                                          verbose=False).model_proto.SerializeToString()
-            else:
-                f = io.BytesIO()
-                torch.onnx.export(module, args, f, dynamo=False, opset_version=17,
-                                  input_names=["x", "h", "c"][:len(args)])
-                model = f.getvalue()
-    finally:
-        logging.disable(logging.NOTSET)
-    return model, module
+    names = {} if dynamo else {"input_names": ["x", "h", "c"][:len(args)]}
+    return _torch_export(module, args, dynamo, **names), module
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
@@ -701,14 +697,7 @@ def test_with_threads_a_bidirectional_export_runs_its_directions_at_once(fast_ca
     threads the pair's Stack runs its two directions at once, one thread each."""
     torch.manual_seed(0)
     module = torch.nn.RNN(8, 64, bidirectional=True).eval()
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = torch.onnx.export(module, (torch.zeros(100, 2, 8),), dynamo=True,
-                                      verbose=False).model_proto.SerializeToString()
-    finally:
-        logging.disable(logging.NOTSET)
+    model = _torch_export(module, (torch.zeros(100, 2, 8),), True)
     x = np.random.default_rng(6).standard_normal((100, 2, 8)).astype(np.float32)
     plan, got = _run_both(model, {"input": x})
     pair, = _fused_calls(plan)
@@ -759,19 +748,7 @@ def test_a_bidirectional_cell_loop_runs_as_one_call(cell, given, dynamo, fast_ca
     module = BidirectionalCellLoop(cell).eval()
     states = 2 * (2 if cell == "LSTMCell" else 1) if given else 0
     args = (torch.randn(T, 3, I),) + tuple(torch.randn(3, H) for _ in range(states))
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if dynamo:
-                model = torch.onnx.export(module, args, dynamo=True,
-                                          verbose=False).model_proto.SerializeToString()
-            else:
-                f = io.BytesIO()
-                torch.onnx.export(module, args, f, dynamo=False, opset_version=17)
-                model = f.getvalue()
-    finally:
-        logging.disable(logging.NOTSET)
+    model = _torch_export(module, args, dynamo)
     proto = onnx.load_from_string(model)
     rng = np.random.default_rng(7)
     feeds = {proto.graph.input[0].name: rng.standard_normal((T, 3, I)).astype(np.float32)}
