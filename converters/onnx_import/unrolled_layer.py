@@ -134,11 +134,12 @@ class UnrolledLayer:
 
 def _joined(y: np.ndarray, n: int, state: tuple, axis: int | None) -> np.ndarray:
     """The states y (n, N, H) joined as one Concat does: on axis 0 as they are (`axis` None), or
-    each unsqueezed on `axis` (0 or 1) first."""
-    states = y.reshape((n,) + state)
+    each unsqueezed on `axis` (0 or 1) first. y itself where that is its shape (an array the
+    call made, which a plan then gives as an output without copying it)."""
     if axis is None:
-        return states.reshape((n * state[0],) + state[1:])
-    return np.moveaxis(states, 0, axis)
+        joined = (n * state[0],) + state[1:]
+        return y if y.shape == joined else y.reshape(joined)
+    return np.moveaxis(y.reshape((n,) + state), 0, axis)
 
 
 class UnrolledPair:
