@@ -62,6 +62,11 @@ def _cmd_convert(args) -> int:
                                       prefix=args.prefix)
     fileformat.save(model, args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes): {model!r}")
+    if src.lower().endswith(".onnx"):  # which recurrent layers the kernels run
+        calls = model.kernel_calls()
+        print(f"kernel calls: {len(calls) or 'none (every node runs on numpy)'}")
+        for call in calls:
+            print(f"  {call}")
     return 0
 
 

@@ -39,7 +39,7 @@ def test_run_layer_file_writes_outputs(tmp_path, capsys):
     assert "LSTM" in text and "weight_hh_l1" in text and "parameters:" in text
 
 
-def test_convert_onnx_then_run_matches_onnxruntime(tmp_path):
+def test_convert_onnx_then_run_matches_onnxruntime(tmp_path, capsys):
     torch = pytest.importorskip("torch", reason="exporting a test model needs torch")
     ort = pytest.importorskip("onnxruntime", reason="the reference run needs onnxruntime")
     torch.manual_seed(0)
@@ -49,6 +49,7 @@ def test_convert_onnx_then_run_matches_onnxruntime(tmp_path):
                       input_names=["x"], output_names=["y", "h"],
                       dynamic_axes={"x": {0: "N", 1: "T"}})
     assert main(["convert", str(path), "-o", str(tmp_path / "g.frnn")]) == 0
+    assert "kernel calls: 1\n  /GRU: GRU(4, 6)\n" in capsys.readouterr().out
     x = np.random.default_rng(1).standard_normal((1, 9, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     assert main(["run", str(tmp_path / "g.frnn"), "--input", f"x={tmp_path / 'x.npy'}",

@@ -20,7 +20,8 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference")
 import converters  # noqa: E402
 import fastrnn  # noqa: E402
 from converters.onnx_import import fuse_layers  # noqa: E402
-from fastrnn.errors import UnsupportedError  # noqa: E402
+from fastrnn.errors import ArgumentError, UnsupportedError  # noqa: E402
+from onnx import helper  # noqa: E402
 from test_onnx_exports import WithState  # noqa: E402
 
 I, H = 8, 16
@@ -146,3 +147,27 @@ def test_a_saved_plan_fuses_its_layers_too(tmp_path):
     assert _ops(loaded).count(fuse_layers.OP) == 1
     for g, s in zip(plan.run(None, {"x": _x(5, 2)}), loaded.run(None, {"x": _x(5, 2)})):
         np.testing.assert_array_equal(g, s)
+
+
+def test_kernel_calls_name_what_runs_on_the_kernels():
+    """OnnxPlan.kernel_calls: per wanted outputs, each call of a recurrent kernel and what it
+    runs; a layer whose weights come at run time says so."""
+    plan = converters.from_onnx(_stacked("LSTM", 2, True))
+    assert plan.kernel_calls() == [f"/LSTM+/LSTM_1: FusedLayers(LSTM({I}, {H}, 2 layers, "
+                                   f"bidirectional))"]
+    single = converters.from_onnx(_stacked("GRU", 1, False))
+    assert single.kernel_calls() == [f"/GRU: GRU({I}, {H})"]
+    assert single.kernel_calls([single.get_outputs()[1].name]) == single.kernel_calls()
+    with pytest.raises(ArgumentError, match="outputs"):
+        single.kernel_calls(["nope"])
+    with pytest.raises(ArgumentError, match="outputs"):
+        single.kernel_calls(single.get_outputs()[0].name)
+    W = helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [1, 3 * H, I])
+    R = helper.make_tensor_value_info("R", onnx.TensorProto.FLOAT, [1, 3 * H, H])
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["T", "N", I])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=H,
+                                                name="gru")], "g", [x, W, R], [y])
+    given = converters.from_onnx(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert given.kernel_calls() == ["gru: GRU node, weights given at run time"]

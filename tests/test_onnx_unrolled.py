@@ -302,6 +302,11 @@ def test_keras_unrolled_export(name, fast_calls):
     calls = _fused_calls(plan)
     if "bidir" in name:  # the two directions in one call
         assert [type(call) for call in calls] == [UnrolledPair]
+    described = " ".join(plan.kernel_calls())  # the cell each was recognised as
+    if "hard_sigmoid" in name:
+        assert f"('hardsigmoid', {0.2 if name.startswith('k2') else 1 / 6}, 0.5)" in described
+    if "gru" in name:
+        assert f"linear_before_reset={int('reset_before' not in name)}" in described
     assert fast_calls == [True] * len(calls)
     for k, value in enumerate(got):
         np.testing.assert_allclose(value, saved[f"out{k}"], **TOL)

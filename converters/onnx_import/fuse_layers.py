@@ -35,6 +35,9 @@ class Fused:
         self._directions = len(stack.layers[0])
         self._canonical = canonical
 
+    def __repr__(self) -> str:
+        return f"FusedLayers({recurrent_node.describe(self.stack)})"
+
     def __call__(self, ins: list):
         X = ins[0]
         if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self._dtype:

@@ -416,6 +416,32 @@ class OnnxPlan:
         return (f"OnnxPlan(inputs={[v.name for v in self._inputs]}, "
                 f"outputs={[v.name for v in self._outputs]}, nodes={ops})")
 
+    def kernel_calls(self, output_names: Sequence[str] | None = None) -> list[str]:
+        """What of computing the named outputs (all when None or empty) runs on fastrnn's
+        recurrent kernels, one line per call in the order they run ("node name: what it runs"):
+        recurrent nodes (a stack of them fused into one call), Loops over a cell's step, layers
+        an exporter wrote out step by step. Recurrent layers missing from it run node by node
+        (nested graphs' nodes are not listed)."""
+        wanted = tuple(output_names) if output_names else self._output_names
+        bad = [n for n in wanted if n not in self._output_names]
+        if bad or isinstance(output_names, str):
+            raise ArgumentError(f"output_names must be a list of the model's outputs "
+                                f"{list(self._output_names)}, got {output_names!r}")
+        calls = []
+        for _, steps in self._schedule(wanted).segments:
+            for step in steps:
+                node = step[2]
+                if node.op == recurrent_node.OP:
+                    what = (f"{node.attrs['mode']} node, weights given at run time"
+                            if node.state is None else recurrent_node.describe(node.state))
+                elif node.op in _FUSED or (node.op == control_flow.LOOP and
+                                           node.state is not None):
+                    what = repr(node.state)
+                else:
+                    continue
+                calls.append(f"{node.name}: {what}")
+        return calls
+
     # ------------------------------------------------------------------ running
     def _fast_feeds(self, input_feed) -> list | None:
         """The feeds in input order when each is an ndarray of its input's dtype and shape (those

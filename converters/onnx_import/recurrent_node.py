@@ -78,6 +78,14 @@ def make_stack(attrs: dict, params: list[dict]):
     return Stack([result])
 
 
+def describe(stack) -> str:
+    """A Stack as a constructor-like line: LSTM(64, 128), GRU(64, 128, 2 layers, bidirectional)."""
+    first = stack.layers[0][0]
+    layers = f", {len(stack.layers)} layers" if len(stack.layers) > 1 else ""
+    both = ", bidirectional" if len(stack.layers[0]) == 2 else ""
+    return f"{first.mode}({first.input_size}, {first.hidden_size}{layers}{both})"
+
+
 def prepare(attrs: dict, constants: dict):
     """Build the node's Stack once from the constants the converter stored (static weights)."""
     names = attrs.get("params")

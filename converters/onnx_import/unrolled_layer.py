@@ -48,10 +48,17 @@ class UnrolledLayer:
         self._canonical = canonical
 
     def __repr__(self) -> str:
-        act = self.stack.layers[0][0].activations[0][0]
-        act = f", activation={act!r}" if self.mode == "RNN" else ""
+        params = self.stack.layers[0][0]
+        if self.mode == "RNN":
+            cell = f", activation={params.activations[0][0]!r}"
+        else:  # the activations where they are not the defaults
+            acts = [tuple(a) for a in params.activations]
+            default = [("sigmoid", 0.0, 0.0)] + [("tanh", 0.0, 0.0)] * (len(acts) - 1)
+            cell = "" if acts == default else f", activations={acts}"
+            if self.mode == "GRU":
+                cell += f", linear_before_reset={int(params.linear_before_reset)}"
         return (f"UnrolledLayer({self.mode}, input_size={self.input_size}, hidden_size="
-                f"{self.hidden_size}, steps={self.n}{act}"
+                f"{self.hidden_size}, steps={self.n}{cell}"
                 f"{', reverse' if self.reverse else ''})")
 
     def __call__(self, ins: list):
