@@ -12,13 +12,10 @@ the input (key x: N = 3, T = 9) and Keras's outputs on it (out0, out1, ...).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-FLAVOUR = os.environ.get("KERAS_FLAVOUR")  # "k2" or "k3" in the child processes
-if FLAVOUR == "k2":
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_fixture_runner  # noqa: E402 - before numpy and TensorFlow: it picks the flavour
 
 import numpy as np  # noqa: E402
 
@@ -32,7 +29,8 @@ def _models(keras):
 
     def features(layer_fn):
         x = keras.Input((T, I), name="x")
-        return keras.Model(x, layer_fn(x))
+        return keras.Model(x, layer_fn(x)), np.random.default_rng(1).standard_normal(
+            (N, T, I)).astype(np.float32)
 
     return {
         "simple_rnn_seq": lambda: features(L.SimpleRNN(H, unroll=True, return_sequences=True)),
@@ -67,40 +65,5 @@ def _models(keras):
     }
 
 
-def _write(name: str, model, x: np.ndarray) -> None:
-    import tensorflow as tf
-    import tf2onnx
-
-    rng = np.random.default_rng(0)
-    for w in model.weights:  # Keras starts biases at zero: random ones test them too
-        if "bias" in w.name:
-            w.assign((rng.standard_normal(w.shape) * 0.5).astype(np.float32))
-    outs = model(x)
-    outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    spec = [tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype, name="x")]
-    path = os.path.join(HERE, f"{FLAVOUR}_{name}")
-    tf2onnx.convert.from_keras(model, input_signature=spec, opset=13, output_path=path + ".onnx")
-    np.savez(path + ".npz", x=x, **{f"out{k}": np.asarray(o) for k, o in enumerate(outs)})
-    print("wrote", path)
-
-
-def main() -> None:
-    if FLAVOUR is None:
-        for flavour in ("k3", "k2"):
-            subprocess.run([sys.executable, __file__] + sys.argv[1:], check=True,
-                           env=dict(os.environ, KERAS_FLAVOUR=flavour))
-        return
-    if FLAVOUR == "k2":
-        import tf_keras as keras
-    else:
-        import keras
-    x = np.random.default_rng(1).standard_normal((N, T, I)).astype(np.float32)
-    for name, build in _models(keras).items():
-        if sys.argv[1:] and name not in sys.argv[1:]:
-            continue
-        keras.utils.set_random_seed(0)
-        _write(name, build(), x)
-
-
 if __name__ == "__main__":
-    main()
+    keras_fixture_runner.run(HERE, _models)
