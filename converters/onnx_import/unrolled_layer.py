@@ -172,8 +172,11 @@ class UnrolledPair:
         self._ins = (forward_ins, backward_ins)
         self._joined = joined
         backward_first = joined is not None and joined[0] == 1
-        self._chains = (backward, forward) if backward_first else (forward, backward)
-        self.stack = Stack([[chain.stack.layers[0][0] for chain in self._chains]])
+        self._slots = (1, 0) if backward_first else (0, 1)  # each chain's slot in the Stack
+        chains = (backward, forward) if backward_first else (forward, backward)
+        self.stack = Stack([[chain.stack.layers[0][0] for chain in chains]])
+        # the source of each chain that the joining Concat takes, which the call leaves out
+        self._left_out = (None, None) if joined is None else joined[1:3]
         self._canonical = canonical
 
     def __repr__(self) -> str:
@@ -184,19 +187,18 @@ class UnrolledPair:
         taken_f, taken_b = self.forward.accepted(ins_f), self.backward.accepted(ins_b)
         if taken_f is None or taken_b is None:
             return None
-        skip = (None, None) if self._joined is None else self._joined[1:3]
         if taken_f.start != taken_b.start or taken_f.rows != taken_b.rows or \
                 taken_f.rank != taken_b.rank or not self._joins_last_axis(taken_f.rank):
             return self._each_alone(ins_f, ins_b)
         n, H, dtype = self.forward.n, self.forward.hidden_size, self.forward.dtype
-        order = (0, 1) if self._chains[0] is self.forward else (1, 0)  # Stack slot per chain
-        h0 = _initial((taken_f.h0, taken_b.h0), order, taken_f.rows, H, dtype)
-        c0 = _initial((taken_f.c0, taken_b.c0), order, taken_f.rows, H, dtype)
+        h0 = _initial((taken_f.h0, taken_b.h0), self._slots, taken_f.rows, H, dtype)
+        c0 = _initial((taken_f.c0, taken_b.c0), self._slots, taken_f.rows, H, dtype)
         X = ins_f[0][taken_f.start:taken_f.start + n]
         y, _, c_n = self.stack.run(self._canonical(X, dtype), h0, c0, None)
         outs = []
         for chain, chain_ins, taken, d, left_out in zip(
-                (self.forward, self.backward), (ins_f, ins_b), (taken_f, taken_b), order, skip):
+                (self.forward, self.backward), (ins_f, ins_b), (taken_f, taken_b), self._slots,
+                self._left_out):
             got = chain.outputs(chain_ins, taken, y[:, :, d * H:(d + 1) * H],
                                 None if c_n is None else c_n[d], left_out)
             if got is None:
@@ -204,7 +206,7 @@ class UnrolledPair:
             outs += got
         if self._joined is not None:
             state = (1, taken_f.rows, 2 * H) if taken_f.rank == 3 else (taken_f.rows, 2 * H)
-            outs.append(_joined(y, n, state, self.forward.sources[skip[0]][1]))
+            outs.append(_joined(y, n, state, self.forward.sources[self._left_out[0]][1]))
         return outs
 
     def _joins_last_axis(self, rank: int) -> bool:
@@ -228,13 +230,13 @@ class UnrolledPair:
         return outs_f + outs_b + [joined]
 
 
-def _initial(states: tuple, order: tuple, rows: int, hidden_size: int, dtype):
+def _initial(states: tuple, slots: tuple, rows: int, hidden_size: int, dtype):
     """The forward and backward chains' initial states (1, N, H) or None (zeros) as the Stack's
-    (2, N, H), None where both start from zeros."""
+    (2, N, H) (`slots`: each one's), None where both start from zeros."""
     if states[0] is None and states[1] is None:
         return None
     result = np.zeros((2, rows, hidden_size), dtype)
-    for state, d in zip(states, order):
+    for state, d in zip(states, slots):
         if state is not None:
             result[d] = state[0]
     return result
