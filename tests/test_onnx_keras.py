@@ -183,14 +183,16 @@ def _reverse_sequence_model(x_shape, batch_axis=None, time_axis=None, opset=13):
 @pytest.mark.parametrize("batch_axis,time_axis,shape", [
     (None, None, (5, 3)), (1, 0, (5, 3, 2)), (0, 1, (3, 5)), (0, 1, (3, 5, 2, 2))])
 def test_reverse_sequence_as_onnxruntime(batch_axis, time_axis, shape):
-    """Each batch entry's first length steps reversed, the rest copied; lengths 0 and T too."""
+    """Each batch entry's first length steps reversed, the rest copied; lengths 0 and T too, and
+    every entry whole (tf2onnx's ReverseV2: a reversed copy)."""
     model = _reverse_sequence_model([None] * len(shape), batch_axis, time_axis)
     x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    lens = np.array([5, 0, 2], np.int64)
-    got = converters.from_onnx(model).run(None, {"x": x, "lens": lens})[0]
-    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "lens": lens})[0]
-    np.testing.assert_array_equal(got, ref)
-    assert not np.array_equal(got, x)
+    sess, ref_sess = converters.from_onnx(model), ort.InferenceSession(model.SerializeToString())
+    for lens in ([5, 0, 2], [5, 5, 5]):
+        feeds = {"x": x, "lens": np.array(lens, np.int64)}
+        got = sess.run(None, feeds)[0]
+        np.testing.assert_array_equal(got, ref_sess.run(None, feeds)[0])
+        assert not np.array_equal(got, x) and not np.shares_memory(got, x)
 
 
 def test_reverse_sequence_refuses_what_onnxruntime_refuses():

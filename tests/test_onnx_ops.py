@@ -83,10 +83,17 @@ CASES = [
     ("shape15_start_end", "Shape", 15, [F(2, 3, 4, 5)], {"start": 1, "end": -1}, 1),
     ("size", "Size", 13, [F(2, 3, 4)], {}, 1),
     ("expand", "Expand", 13, [F(3, 1), I64(2, 1, 4)], {}, 1),
+    ("expand_same_shape", "Expand", 13, [F(3, 4), I64(1, 4)], {}, 1),
+    ("expand_large", "Expand", 13, [F(3, 1), I64(2, 3, 1000)], {}, 1),
+    ("expand_int_scalar", "Expand", 8, [np.array(7, np.int64), I64(5)], {}, 1),
     ("tile", "Tile", 13, [F(2, 3), I64(2, 1)], {}, 1),
     ("constant_of_shape", "ConstantOfShape", 13, [I64(2, 3)],
      {"value": numpy_helper.from_array(np.array([1.5], np.float32))}, 1),
     ("constant_of_shape_default", "ConstantOfShape", 9, [I64(4)], {}, 1),
+    ("constant_of_shape_int32_empty", "ConstantOfShape", 9, [I64(2, 0)],
+     {"value": numpy_helper.from_array(np.array([3], np.int32))}, 1),
+    ("constant_of_shape_scalar", "ConstantOfShape", 9, [np.zeros(0, np.int64)],
+     {"value": numpy_helper.from_array(np.array([2.5], np.float64))}, 1),
     ("cast_int", "Cast", 13, [F(3, 4) * 10], {"to": TensorProto.INT64}, 1),
     ("cast_int32_float", "Cast", 9, [np.array([1, -2, 3], np.int32)], {"to": TensorProto.FLOAT}, 1),
     ("cast_bool", "Cast", 19, [np.array([0.0, 2.0, -1.0], np.float32)], {"to": TensorProto.BOOL}, 1),
@@ -745,3 +752,49 @@ def test_conv1d_before_an_rnn_takes_milliseconds():
         sess.run(None, feeds)
         times.append(time.perf_counter() - start)
     assert sorted(times)[2] < 0.1, times  # about 1 ms; generous for a busy machine
+
+
+def test_products_of_broadcast_and_strided_views_as_onnxruntime():
+    """MatMul and Gemm reading an Expand's broadcast (zero strides: Keras 3's zero state times
+    the recurrent kernel) and a strided Slice, at run time: numpy would multiply such views in
+    its own loops, fastrnn hands them to BLAS contiguous; the values are ORT's."""
+    nodes = [helper.make_node("Expand", ["s", "shape_small"], ["zeros"]),
+             helper.make_node("MatMul", ["zeros", "w"], ["y0"]),
+             helper.make_node("Expand", ["row", "shape_large"], ["rows"]),
+             helper.make_node("MatMul", ["rows", "w"], ["y1"]),
+             helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["xs"]),
+             helper.make_node("MatMul", ["xs", "w"], ["y2"]),
+             helper.make_node("Gemm", ["xs", "w", "bias"], ["y3"], alpha=0.5),
+             helper.make_node("Gemm", ["w", "xs"], ["y4"], transA=1, transB=1)]
+    consts = {"shape_small": I64(1, 16), "shape_large": I64(300, 16), "w": F(16, 8),
+              "bias": F(8), "starts": I64(0), "ends": I64(32), "axes": I64(1), "steps": I64(2)}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                     for n in ("s", "row", "x")],
+        [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, None) for k in range(5)],
+        [numpy_helper.from_array(v, n) for n, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    feeds = {"s": np.array(0.75, np.float32), "row": F(1, 16), "x": F(5, 32)}
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = converters.from_onnx(model).run(None, feeds)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, **TOL)
+
+
+def test_small_expands_are_copies_and_large_ones_views():
+    """A prepared Expand's output up to 4096 elements is its own array, a larger one a broadcast
+    view of the input (no copy of a tensor that may be large; a plan's outputs are copied
+    anyway, so this looks at the node's call)."""
+    from converters.onnx_import.kernels import RUNTIME, prepare
+
+    call, fast, _ = prepare("Expand", {}, [RUNTIME, RUNTIME], 1)
+    assert fast
+    row = F(1, 8)
+    for shape, copied in (((4, 8), True), ((512, 8), True), ((513, 8), False)):
+        got = call([row, I64(*shape)])[0]
+        np.testing.assert_array_equal(got, np.broadcast_to(row, shape))
+        assert (got.strides[0] != 0) == copied, shape
+        assert np.shares_memory(got, row) != copied, shape

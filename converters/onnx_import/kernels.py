@@ -323,10 +323,12 @@ def _reverse_sequence(attrs, ins, n_out):
     if lens.shape != (N,) or lens.dtype.kind not in "iu":
         raise ShapeError(f"ReverseSequence sequence_lens must be {N} integers (one per batch "
                          f"entry), got shape {lens.shape} of {lens.dtype}")
-    bad = (lens < 0) | (lens > T)
-    if bad.any():
-        raise ArgumentError(f"ReverseSequence sequence lengths must be in [0, {T}], got "
-                            f"{int(lens[bad][0])}")
+    listed = lens.tolist()  # one per batch entry: few
+    for n in listed:
+        if not 0 <= n <= T:
+            raise ArgumentError(f"ReverseSequence sequence lengths must be in [0, {T}], got {n}")
+    if listed.count(T) == N:  # the whole sequence of every entry (tf2onnx's ReverseV2)
+        return [(x[::-1] if time_axis == 0 else x[:, ::-1]).copy()]
     steps = np.arange(T).reshape(T, 1)
     source = np.where(steps < lens, lens - 1 - steps, steps)  # (T, N): the step each comes from
     rows = np.arange(N).reshape(1, N)
@@ -612,9 +614,18 @@ def _where(attrs, ins, n_out):
 
 
 # ------------------------------------------------------------------ linear algebra
+def _blas_ready(a):
+    """`a` as an operand numpy hands to BLAS: a view that is neither C- nor F-contiguous (an
+    Expand's zero strides, a strided slice) made contiguous, since numpy multiplies those in its
+    own loops, ~20x slower (a [1, 128] broadcast of zeros times [128, 512]: 90 against 5 us)."""
+    if type(a) is np.ndarray and not (a.flags.c_contiguous or a.flags.f_contiguous):
+        return np.ascontiguousarray(a)
+    return a
+
+
 @kernel("MatMul")
 def _matmul(attrs, ins, n_out):
-    a, b = ins
+    a, b = _blas_ready(ins[0]), _blas_ready(ins[1])
     rows = a.shape[-2:-1] if a.ndim > 1 else ()
     cols = b.shape[-1:] if b.ndim > 1 else ()
     _check_size(_broadcast("MatMul", a.shape[:-2], b.shape[:-2]) + rows + cols, "MatMul's output")
@@ -645,7 +656,7 @@ def _gemm(attrs, ins, n_out):
             raise UnsupportedError(f"Gemm on {a.dtype} with alpha {alpha} and beta {beta}: "
                                    f"integer Gemm needs whole-number alpha and beta in range")
         alpha, beta = int(alpha), int(beta)
-    y = a @ b
+    y = _blas_ready(a) @ _blas_ready(b)
     if alpha != 1:
         y = y * y.dtype.type(alpha)
     if c is not None and beta != 0:  # ORT ignores C when beta is 0 (an inf or NaN in C too)
@@ -1330,6 +1341,51 @@ def _prepare_gather(op, attrs, consts, n_out):
     return run
 
 
+_EXPAND_COPIED = 1 << 12  # an Expand's output up to this many elements is a copy, not a view
+
+
+@preparer(NEUTRAL, "Expand")
+def _prepare_expand(op, attrs, consts, n_out):
+    """Small outputs copied rather than numpy's broadcast view (~6 us to make, and its zero
+    strides slow what reads it, a MatMul most); large ones stay views, as the kernel gives."""
+    kernel_fn = KERNELS[op]
+
+    def run(ins):
+        x, shape = ins
+        if type(x) is not np.ndarray or type(shape) is not np.ndarray or shape.ndim != 1 \
+                or shape.dtype.kind not in "iu":
+            return kernel_fn(attrs, ins, n_out)
+        out_shape = _broadcast(op, x.shape, tuple(shape.tolist()))
+        if out_shape == x.shape:
+            return [x]
+        if math.prod(out_shape) > _EXPAND_COPIED:
+            return [np.broadcast_to(x, out_shape)]
+        out = np.empty(out_shape, x.dtype)
+        out[...] = x
+        return [out]
+    return run
+
+
+@preparer(NEUTRAL, "ConstantOfShape")
+def _prepare_constant_of_shape(op, attrs, consts, n_out):
+    value = consts[1] if len(consts) > 1 else None
+    if value is None:
+        value = np.zeros(1, np.float32)
+    if not isinstance(value, np.ndarray) or value.size == 0:
+        return None
+    kernel_fn, fill, dtype = KERNELS[op], value.reshape(-1)[0], value.dtype
+
+    def run(ins):
+        shape = ins[0]
+        if type(shape) is not np.ndarray or shape.ndim != 1 or shape.dtype.kind not in "iu":
+            return kernel_fn(attrs, ins, n_out)
+        dims = shape.tolist()
+        if min(dims, default=0) < 0 or math.prod(dims) > _max_elements.get():
+            return kernel_fn(attrs, ins, n_out)  # its errors
+        return [np.full(dims, fill, dtype)]
+    return run
+
+
 @preparer(QUIET, *BINARY)
 def _prepare_binary(op, attrs, consts, n_out):
     """The kernel without its np.errstate, which the plan enters once for a run of such calls."""
@@ -1364,7 +1420,7 @@ def _prepare_matmul(op, attrs, consts, n_out):
         if not (type(a) is type(b) is np.ndarray and a.ndim == 2 == b.ndim
                 and a.shape[0] * b.shape[1] <= _max_elements.get()):
             return kernel_fn(attrs, ins, n_out)
-        return [np.matmul(a, b)]
+        return [np.matmul(_blas_ready(a), _blas_ready(b))]
     return run
 
 
