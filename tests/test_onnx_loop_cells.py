@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import converters  # noqa: E402
 import fastrnn  # noqa: E402
-from converters.onnx_import import loop_cells  # noqa: E402
+from converters.onnx_import import loop_cells, loop_pairs  # noqa: E402
 from fastrnn.errors import FastRNNError  # noqa: E402
+from fastrnn.recurrent import Stack  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data" / "keras"
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -96,12 +97,23 @@ def _loops(plan) -> list:
 
 
 def _counting_kernel_calls(plan, monkeypatch) -> list:
-    """A list that gets an entry each time one of the plan's Loops runs its kernel."""
+    """A list that gets an entry each time a kernel runs (one of the plan's Loops, or the two
+    Loops of a Bidirectional layer in one call)."""
     calls = []
-    for node in _loops(plan):
-        stack = node.state.stack
-        monkeypatch.setattr(stack, "run", lambda *a, run=stack.run: calls.append(1) or run(*a))
+    run = Stack.run
+    monkeypatch.setattr(Stack, "run", lambda self, *a: calls.append(1) or run(self, *a))
     return calls
+
+
+def _kernel_calls_expected(plan, name: str) -> int:
+    """One per Loop (and recurrent node), one for both Loops of a Bidirectional layer (run as
+    a LoopedPair)."""
+    lines = plan.kernel_calls()
+    pairs = [line for line in lines if ": LoopedPair(LoopedCell(" in line]
+    assert len(pairs) == ("bidir" in name)
+    assert len(lines) == len(plan.nodes) - sum(n.op not in ("Loop", "RecurrentLayer")
+                                               for n in plan.nodes) - len(pairs)
+    return len(lines)
 
 
 def test_every_looped_fixture_is_listed():
@@ -139,7 +151,7 @@ def test_as_node_by_node_and_onnxruntime(name, N, T, monkeypatch, tmp_path):
     feeds = _feeds(model, N, T)
     calls = _counting_kernel_calls(fast, monkeypatch)
     got, ref = fast.run(None, feeds), ort.InferenceSession(model.SerializeToString()).run(None, feeds)
-    assert len(calls) == len(_loops(fast))
+    assert len(calls) == _kernel_calls_expected(fast, name)
     slow_got = slow.run(None, feeds)
     path = tmp_path / "plan.frnn"
     fastrnn.save(fast, path)
@@ -277,7 +289,7 @@ def test_more_keras_loops_as_keras_onnxruntime_and_node_by_node(name, monkeypatc
     slow = _node_by_node(model, monkeypatch)
     sess = ort.InferenceSession(model.SerializeToString())
     got = plan.run(None, {"x": x})
-    assert len(calls) == len(loops)
+    assert len(calls) == _kernel_calls_expected(plan, name)
     for g, k, r, s in zip(got, keras_outs, sess.run(None, {"x": x}), slow.run(None, {"x": x})):
         assert g.dtype == r.dtype and g.shape == k.shape == r.shape
         np.testing.assert_allclose(g, k, **TOL)
@@ -430,3 +442,111 @@ def test_float64_loops(name, monkeypatch):
         assert g.dtype == np.float64
         np.testing.assert_allclose(g, s, **F64_TOL)
         np.testing.assert_allclose(g, r, **F64_TOL)
+
+
+# ------------------------------------------------------------------ Bidirectional: one call
+BIDIRECTIONAL = ["k3_bidir_gru_masked_seq", "k2_bidir_lstm_tokens_last"]
+
+
+@functools.lru_cache(maxsize=None)
+def _bidirectional_plans(name: str):
+    """The masked Bidirectional model as it is and with both Loops' initial states as graph
+    inputs ('s<loop>_<slot>' [N, 6]), the latter's plan, the same plan with the Loops run node
+    by node, and the state inputs' names."""
+    model = onnx.load(str(MORE / f"{name}.onnx"))
+    base = onnx.ModelProto.FromString(model.SerializeToString())
+    loops = _loops(converters.from_onnx(model))
+    graph_loops = [n for n in model.graph.node if n.op_type == "Loop"]
+    for k, (node, loop) in enumerate(zip(loops, graph_loops)):
+        assert node.name == loop.name
+        for slot in node.state.slots.values():
+            loop.input[2 + slot] = f"s{k}_{slot}"
+            model.graph.input.append(helper.make_tensor_value_info(
+                f"s{k}_{slot}", TensorProto.FLOAT, [None, 6]))
+    with pytest.MonkeyPatch.context() as patch:
+        slow = _node_by_node(model, patch)
+    states = [vi.name for vi in model.graph.input[1:]]
+    return base, model, converters.from_onnx(model), slow, states
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), name=st.sampled_from(BIDIRECTIONAL))
+def test_any_mask_bidirectional_as_node_by_node(data, name):
+    """A masked Bidirectional layer's two Loops as one two-direction call (each row's taken
+    steps moved to the front for both directions, the backward one's states reversed within
+    the row's count), under any mask and any initial states: the Loops' results node by node."""
+    base, model, fast, slow, states = _bidirectional_plans(name)
+    N = data.draw(st.integers(1, 4), label="N")
+    T = data.draw(st.integers(1, 12), label="T")
+    taken = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T),
+                                        min_size=N, max_size=N), label="taken"))
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    feeds = _masked_feeds(base, taken, seed=seed)
+    rng = np.random.default_rng(seed)
+    feeds.update({s: rng.uniform(-1, 1, (N, 6)).astype(np.float32) for s in states})
+    with pytest.MonkeyPatch.context() as patch:
+        calls = _counting_kernel_calls(fast, patch)
+        got = fast.run(None, feeds)
+    assert len(calls) == 1
+    for g, w in zip(got, slow.run(None, feeds)):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, **TOL)
+
+
+@pytest.mark.parametrize("name", BIDIRECTIONAL)
+def test_a_bidirectional_layer_runs_as_one_two_direction_call(name, monkeypatch):
+    """At T = 100 the two Loops run as one call of a two-direction Stack (whose directions run
+    at once on two or three threads where the layer is large enough); as ORT, with masked steps
+    and without."""
+    base, model, fast, _, states = _bidirectional_plans(name)
+    sess = ort.InferenceSession(model.SerializeToString())
+    taken = np.ones((3, 100), bool)
+    for holes in (False, True):
+        if holes:
+            taken[0, 60:] = taken[1, :5] = taken[2, 30:33] = False
+        feeds = _masked_feeds(base, taken, seed=5)
+        feeds.update({s: np.full((3, 6), 0.25, np.float32) for s in states})
+        with monkeypatch.context() as patch:
+            calls = _counting_kernel_calls(fast, patch)
+            got = fast.run(None, feeds)
+        assert len(calls) == 1
+        for g, r in zip(got, sess.run(None, feeds)):
+            np.testing.assert_allclose(g, r, **TOL)
+    (line,) = fast.kernel_calls()
+    assert ": LoopedPair(" in line
+    (pair,) = _pairs(fast)
+    forward, backward = pair.stack.layers[0]  # one layer of two directions, run as the Stack's
+    assert (forward.reverse, backward.reverse) == (False, True)  # (at once where it pays: H = 6
+    assert forward.mode == backward.mode == ("GRU" if "gru" in name else "LSTM")  # does not)
+
+
+def _pairs(plan) -> list:
+    """The LoopedPair calls in the plan's schedule."""
+    wanted = tuple(o.name for o in plan.get_outputs())
+    return [step[2].state for _, steps in plan._schedule(wanted).segments for step in steps
+            if step[2].op == loop_pairs.OP]
+
+
+def test_reversals_of_part_of_a_sequence_run_each_loop_alone(monkeypatch):
+    """The backward Loop's input reversed over fewer steps than T for some row is not the
+    backward direction over X: the two Loops then run a kernel call each; as ORT."""
+    model = onnx.load(str(MORE / "k3_bidir_gru_masked_seq.onnx"))
+    base = onnx.ModelProto.FromString(model.SerializeToString())
+    reversals = [n for n in model.graph.node if n.op_type == "ReverseSequence"
+                 and "backward_gru_1/ReverseV2" in n.output[0]]  # that its Loop's body reads
+    assert len(reversals) == 2  # of X and of the mask (a third reverses the backward output)
+    for node in reversals:
+        node.input[1] = "lens"
+    model.graph.input.append(helper.make_tensor_value_info("lens", TensorProto.INT64, [None]))
+    plan, sess = converters.from_onnx(model), ort.InferenceSession(model.SerializeToString())
+    assert len(_pairs(plan)) == 1
+    taken = np.ones((2, 9), bool)
+    taken[1, 6:] = False
+    for lens, calls_expected in (([9, 9], 1), ([9, 6], 2), ([0, 9], 2)):
+        feeds = dict(_masked_feeds(base, taken), lens=np.array(lens, np.int64))
+        with monkeypatch.context() as patch:
+            calls = _counting_kernel_calls(plan, patch)
+            got = plan.run(None, feeds)
+        assert len(calls) == calls_expected, lens
+        for g, r in zip(got, sess.run(None, feeds)):
+            np.testing.assert_allclose(g, r, **TOL)

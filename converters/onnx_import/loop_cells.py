@@ -24,6 +24,7 @@ a time counter that starts outside X) returns None, and the Loop runs node by no
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -433,8 +434,10 @@ class LoopedCell:
                  "activations": [[list(t) for t in spec["activations"]]],
                  "linear_before_reset": spec["linear_before_reset"], "input_forget": 0,
                  "dtype": str(self.dtype)}
-        self.stack = recurrent_node.make_stack(
-            attrs, recurrent_node.onnx_to_torch_params(mode, W, R, B, None, self.hidden_size))
+        # kept for a two-direction Stack with the other half of a Keras Bidirectional layer
+        self.attrs = attrs
+        self.params = recurrent_node.onnx_to_torch_params(mode, W, R, B, None, self.hidden_size)
+        self.stack = recurrent_node.make_stack(attrs, self.params)
         self.mode = mode
         self.activations = [tuple(t) for t in spec["activations"]]
         self.linear_before_reset = spec["linear_before_reset"]
@@ -463,6 +466,24 @@ class LoopedCell:
                 f"activations={self.activations}{gru}{mask})")
 
     def __call__(self, ins: list):
+        got = self.accepted(ins)
+        if got is None:
+            return None
+        xs = ins[self.x_slot][got.start:got.start + got.steps]
+        h0 = got.initial["h"][None]
+        c0 = got.initial["c"][None] if "c" in got.initial else None
+        if got.taken is None:
+            y, h_n, c_n = self.stack.run(self._canonical(xs, self.dtype), h0, c0, None)
+            seqs = {role: y for role in self.sequences}
+        else:
+            shifted, lengths = self.shifted(xs, got.taken)
+            y, h_n, c_n = self.stack.run(shifted, h0, c0, lengths)
+            seqs = self.spread(y, got)
+        return self.outputs(ins, got, seqs, h_n[0], None if c_n is None else c_n[0])
+
+    def accepted(self, ins: list) -> "Accepted | None":
+        """What a call on the Loop node's inputs `ins` runs, or None where the Loop must run
+        node by node."""
         carried = ins[2:2 + self.n]
         X = ins[self.x_slot]
         if type(X) is not np.ndarray or X.ndim != 3 or X.dtype != self.dtype \
@@ -488,23 +509,23 @@ class LoopedCell:
             taken = self._taken(ins[self.mask_slot], start, steps, N)
             if taken is None:
                 return None
-        xs = X[start:start + steps]
-        c0 = initial["c"][None] if "c" in initial else None
-        if taken is None or taken.all():
-            y, h_n, c_n = self.stack.run(self._canonical(xs, self.dtype), initial["h"][None], c0,
-                                         None)
-            seqs = {"h": y, "out": y, "zeroed": y}
-        else:
-            seqs, h_n, c_n = self._run_masked(xs, taken, initial, c0)
-        outs = list(carried)
-        outs[self.slots["h"]] = h_n[0]
+            if taken.all():
+                taken = None
+        return Accepted(start, steps, time_next, taken, initial)
+
+    def outputs(self, ins: list, got: "Accepted", seqs: dict, h_n, c_n) -> list:
+        """The Loop's outputs: its carried values after the run (the new h [N, H] `h_n` and c
+        `c_n`, the last outputs, the time counter), then its scans (from `seqs`: the sequence
+        per role, in the Loop's step order)."""
+        outs = list(ins[2:2 + self.n])
+        outs[self.slots["h"]] = h_n
         if c_n is not None:
-            outs[self.slots["c"]] = c_n[0]
+            outs[self.slots["c"]] = c_n
         for role in ("out", "zeroed"):
             if role in self.slots:
                 outs[self.slots[role]] = seqs[role][-1]
         if self.time is not None:
-            outs[self.time] = time_next
+            outs[self.time] = got.time_next
         return outs + [seqs[role] for role in self.scans]
 
     def _span(self, ins: list, T: int):
@@ -543,25 +564,29 @@ class LoopedCell:
             return None
         return mask[start:start + steps].reshape(steps, N)
 
-    def _run_masked(self, xs, taken, initial: dict, c0):
-        """Keras's masked steps: a row's state moves on only at its taken steps, so each row's
-        taken steps, moved to the front in their order, run as a sequence of that length, and
-        the results go back: at each step the states as the last taken step up to it left them
-        (as they came in before the first)."""
+    def shifted(self, xs, taken) -> tuple:
+        """Keras's masked steps: a row's state moves on only at its taken steps (`taken`
+        [steps, N]), so each row's taken steps, moved to the front in their order, run as a
+        sequence of that length: (that input, the lengths)."""
+        rows = np.arange(taken.shape[1])
+        order = np.argsort(~taken, axis=0, kind="stable")  # taken steps first, in order
+        return self._canonical(xs[order, rows], self.dtype), np.count_nonzero(taken, axis=0)
+
+    def spread(self, y, got: "Accepted") -> dict:
+        """The sequences per role from the run of ``shifted``'s input (y [steps, N, H]): at
+        each step the states as the last taken step up to it left them (as they came in before
+        the first)."""
+        taken = got.taken
         steps, N = taken.shape
         rows = np.arange(N)
-        order = np.argsort(~taken, axis=0, kind="stable")  # taken steps first, in order
-        shifted = self._canonical(xs[order, rows], self.dtype)
-        lengths = np.count_nonzero(taken, axis=0)
-        y, h_n, c_n = self.stack.run(shifted, initial["h"][None], c0, lengths)
         done = np.cumsum(taken, axis=0)  # taken steps up to each step
         k = np.where(done > 0, done - 1, steps)  # row `steps` of `padded`: the incoming state
         seqs = {}
         for role in self.sequences:
-            before = np.zeros_like(y[0]) if role == "zeroed" else initial[role]
+            before = np.zeros_like(y[0]) if role == "zeroed" else got.initial[role]
             padded = np.concatenate([y, before[None]])
             seqs[role] = padded[np.where(taken, k, steps) if role == "zeroed" else k, rows]
-        return seqs, h_n, c_n
+        return seqs
 
     def _trip_count(self, ins: list, room: int, t0):
         """(iterations, whether the condition ended them, the time counter after them), from the
@@ -607,6 +632,17 @@ class LoopedCell:
                 return None
             time_next = np.asarray(after[steps - 1])
         return steps, bool(stops.size), time_next
+
+
+class Accepted(NamedTuple):
+    """A LoopedCell call's run: its iterations X[start:start + steps], the time counter after
+    them, the mask's [steps, N] (None where it takes every step) and the initial state per
+    role."""
+    start: int
+    steps: int
+    time_next: object
+    taken: object
+    initial: dict
 
 
 def _single_true(value) -> bool:

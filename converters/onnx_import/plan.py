@@ -20,7 +20,7 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import read_dtype
 
-from . import control_flow, fuse_layers, loop_cells, recurrent_node, unrolled_cells
+from . import control_flow, fuse_layers, loop_cells, loop_pairs, recurrent_node, unrolled_cells
 from .dtypes import type_string
 from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS, LOUD, NEUTRAL, QUIET, RUNTIME, prepare
 
@@ -32,7 +32,7 @@ MAX_NESTING = 16
 _SAVABLE = {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"}
 _WIDENED = {"int16", "uint16", "uint32", "uint64"}  # saved as int64, their dtype in the table
 # schedule nodes that stand for a chain of plan nodes, which run where the fused call declines
-_FUSED = (fuse_layers.OP, unrolled_cells.OP)
+_FUSED = (fuse_layers.OP, unrolled_cells.OP, loop_pairs.OP)
 
 
 class NodeArg:
@@ -224,6 +224,7 @@ class _Schedule:
         keep.reverse()
         keep = unrolled_cells.fuse(keep, set(wanted), plan._constants)
         keep = fuse_layers.fuse(keep, set(wanted), plan._constants)
+        keep = loop_pairs.fuse(keep)
         self.reads: list[tuple] = []  # per step number: (the slots it reads, those it writes)
         self._loop_splits: dict[tuple, tuple] = {}
         consts, env = {}, {}

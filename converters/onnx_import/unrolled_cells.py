@@ -107,7 +107,7 @@ def fuse(nodes: list, wanted: set, constants) -> list:
         return nodes
     pairs = unrolled_pairs.paired(fused, finder.users, wanted, finder.position, OP)
     # a pair whose chains read each other's values cannot run as one call: each runs alone
-    return _ordered(nodes, pairs) or _ordered(nodes, fused) or nodes
+    return ordered(nodes, pairs) or ordered(nodes, fused) or nodes
 
 
 class _Chain:
@@ -1002,7 +1002,7 @@ def _activate(name: str, x):
     return 1 / (1 + np.exp(-x))
 
 
-def _ordered(nodes: list, fused: list) -> list | None:
+def ordered(nodes: list, fused: list) -> list | None:
     """The schedule's nodes with each chain's nodes replaced by its fused node, in an order that
     computes every value before it is read, as close to the old one as that allows (a fused node
     where its chain's last node was); None where no order does (a fused node reads what another
