@@ -4,8 +4,9 @@ per case, one thread each unless the case says two: a torch legacy export of a 2
 which writes the layer out step by step over T=100 (the plan runs the unrolled steps as one kernel
 call), and of a bidirectional one on two threads (the plan runs both directions in one call, one
 thread each), and tf2onnx Keras layers whose time loop is an ONNX Loop (which the plan runs as one
-kernel call): a GRU at T=20 and T=100, and a masked LSTM (Masking(0.0), the last 30 of 100 steps
-padding).
+kernel call): a GRU at T=20 and T=100, a masked LSTM (Masking(0.0), the last 30 of 100 steps
+padding), and on two threads a Bidirectional LSTM(64) over Embedding(mask_zero=True) tokens (the
+last 30 of 100 padding; the plan runs its two Loops as one call, a direction per thread).
 
 Not part of the test suite (pytest's testpaths is tests/); run with
 
@@ -25,14 +26,16 @@ import pytest
 
 KERAS = pathlib.Path(__file__).parent.parent / "tests" / "data" / "keras"
 KERAS_LOOPS = {"gru": KERAS / "k3_gru_reset_after_opset13.onnx",
-               "lstm-masked": KERAS / "k2_masking_lstm_opset13.onnx"}
+               "lstm-masked": KERAS / "k2_masking_lstm_opset13.onnx",
+               "bilstm-masked": KERAS.parent / "keras_loops" / "k3_bidir_lstm_tokens_larger.onnx"}
 PADDING = 30  # the masked case's last steps, zeros
 # case id -> (modules its model needs, steps T of its input, threads)
 CASES = {"onnx-lstm2-h128-t1": (("torch",), 1, 1), "onnx-lstm2-h128-t100": (("torch",), 100, 1),
          "onnx-dynamo-rnn-h128-t100": (("torch",), 100, 1),
          "onnx-dynamo-birnn-h128-t100-2threads": (("torch",), 100, 2),
          "onnx-keras-gru-loop-t20": ((), 20, 1), "onnx-keras-gru-loop-t100": ((), 100, 1),
-         "onnx-keras-lstm-masked-loop-t100": ((), 100, 1)}
+         "onnx-keras-lstm-masked-loop-t100": ((), 100, 1),
+         "onnx-keras-bilstm-masked-loop-t100-2threads": ((), 100, 2)}
 REQUIRES = {"plan": ("onnx",), "onnxruntime": ("onnx", "onnxruntime")}
 PAIRS = [pytest.param(engine, case_id, id=f"{case_id}-{engine}")
          for engine in REQUIRES for case_id in CASES]
@@ -79,10 +82,13 @@ def _model(case_id: str) -> tuple[bytes, dict]:
     if case_id.startswith("onnx-dynamo-"):
         return _rnn_dynamo_export("birnn" in case_id), {"input": rng.standard_normal(
             (steps, 1, 64)).astype(np.float32)}
-    x = rng.standard_normal((1, steps, 4)).astype(np.float32)
+    if "bilstm" in case_id:  # tokens, 0 the padding
+        x = rng.integers(1, 12, size=(1, steps)).astype(np.int32)
+    else:
+        x = rng.standard_normal((1, steps, 4)).astype(np.float32)
     if "masked" in case_id:
         x[:, steps - PADDING:] = 0
-    layer = "lstm-masked" if "masked" in case_id else "gru"
+    layer = case_id.split("onnx-keras-")[1].split("-loop")[0]
     return KERAS_LOOPS[layer].read_bytes(), {"x": x}
 
 

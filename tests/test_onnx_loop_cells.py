@@ -269,7 +269,7 @@ MORE_FIXTURES = sorted(p.stem for p in MORE.glob("*.onnx"))
 
 
 def test_more_fixtures_are_there():
-    assert len(MORE_FIXTURES) == 22  # 11 models (make_fixtures.py there), Keras 3 and Keras 2
+    assert len(MORE_FIXTURES) == 24  # 12 models (make_fixtures.py there), Keras 3 and Keras 2
 
 
 @pytest.mark.parametrize("name", MORE_FIXTURES)
@@ -445,14 +445,15 @@ def test_float64_loops(name, monkeypatch):
 
 
 # ------------------------------------------------------------------ Bidirectional: one call
-BIDIRECTIONAL = ["k3_bidir_gru_masked_seq", "k2_bidir_lstm_tokens_last"]
+BIDIRECTIONAL = ["k3_bidir_gru_masked_seq", "k2_bidir_lstm_tokens_last",
+                 "k3_bidir_lstm_tokens_larger"]
 
 
 @functools.lru_cache(maxsize=None)
 def _bidirectional_plans(name: str):
     """The masked Bidirectional model as it is and with both Loops' initial states as graph
-    inputs ('s<loop>_<slot>' [N, 6]), the latter's plan, the same plan with the Loops run node
-    by node, and the state inputs' names."""
+    inputs ('s<loop>_<slot>' [N, H]), the latter's plan, the same plan with the Loops run node
+    by node, the state inputs' names and H."""
     model = onnx.load(str(MORE / f"{name}.onnx"))
     base = onnx.ModelProto.FromString(model.SerializeToString())
     loops = _loops(converters.from_onnx(model))
@@ -462,11 +463,11 @@ def _bidirectional_plans(name: str):
         for slot in node.state.slots.values():
             loop.input[2 + slot] = f"s{k}_{slot}"
             model.graph.input.append(helper.make_tensor_value_info(
-                f"s{k}_{slot}", TensorProto.FLOAT, [None, 6]))
+                f"s{k}_{slot}", TensorProto.FLOAT, [None, node.state.hidden_size]))
     with pytest.MonkeyPatch.context() as patch:
         slow = _node_by_node(model, patch)
     states = [vi.name for vi in model.graph.input[1:]]
-    return base, model, converters.from_onnx(model), slow, states
+    return base, model, converters.from_onnx(model), slow, states, loops[0].state.hidden_size
 
 
 @settings(max_examples=30, deadline=None)
@@ -475,7 +476,7 @@ def test_any_mask_bidirectional_as_node_by_node(data, name):
     """A masked Bidirectional layer's two Loops as one two-direction call (each row's taken
     steps moved to the front for both directions, the backward one's states reversed within
     the row's count), under any mask and any initial states: the Loops' results node by node."""
-    base, model, fast, slow, states = _bidirectional_plans(name)
+    base, model, fast, slow, states, H = _bidirectional_plans(name)
     N = data.draw(st.integers(1, 4), label="N")
     T = data.draw(st.integers(1, 12), label="T")
     taken = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T),
@@ -483,7 +484,7 @@ def test_any_mask_bidirectional_as_node_by_node(data, name):
     seed = data.draw(st.integers(0, 2 ** 16), label="seed")
     feeds = _masked_feeds(base, taken, seed=seed)
     rng = np.random.default_rng(seed)
-    feeds.update({s: rng.uniform(-1, 1, (N, 6)).astype(np.float32) for s in states})
+    feeds.update({s: rng.uniform(-1, 1, (N, H)).astype(np.float32) for s in states})
     with pytest.MonkeyPatch.context() as patch:
         calls = _counting_kernel_calls(fast, patch)
         got = fast.run(None, feeds)
@@ -498,14 +499,14 @@ def test_a_bidirectional_layer_runs_as_one_two_direction_call(name, monkeypatch)
     """At T = 100 the two Loops run as one call of a two-direction Stack (whose directions run
     at once on two or three threads where the layer is large enough); as ORT, with masked steps
     and without."""
-    base, model, fast, _, states = _bidirectional_plans(name)
+    base, model, fast, _, states, H = _bidirectional_plans(name)
     sess = ort.InferenceSession(model.SerializeToString())
     taken = np.ones((3, 100), bool)
     for holes in (False, True):
         if holes:
             taken[0, 60:] = taken[1, :5] = taken[2, 30:33] = False
         feeds = _masked_feeds(base, taken, seed=5)
-        feeds.update({s: np.full((3, 6), 0.25, np.float32) for s in states})
+        feeds.update({s: np.full((3, H), 0.25, np.float32) for s in states})
         with monkeypatch.context() as patch:
             calls = _counting_kernel_calls(fast, patch)
             got = fast.run(None, feeds)
@@ -516,8 +517,11 @@ def test_a_bidirectional_layer_runs_as_one_two_direction_call(name, monkeypatch)
     assert ": LoopedPair(" in line
     (pair,) = _pairs(fast)
     forward, backward = pair.stack.layers[0]  # one layer of two directions, run as the Stack's
-    assert (forward.reverse, backward.reverse) == (False, True)  # (at once where it pays: H = 6
-    assert forward.mode == backward.mode == ("GRU" if "gru" in name else "LSTM")  # does not)
+    assert (forward.reverse, backward.reverse) == (False, True)
+    assert forward.mode == backward.mode == ("GRU" if "gru" in name else "LSTM")
+    threads = fastrnn.get_num_threads()
+    if 2 <= threads < 4:  # at once, one thread each, where the layer pays for it: H = 64
+        assert forward.directions_concurrently(100, 3, threads) == (H == 64)
 
 
 def _pairs(plan) -> list:

@@ -42,10 +42,10 @@ def _models(keras):
         return keras.Model(x, layer_fn(x)), _masked(
             np.random.default_rng(1).standard_normal((N, T, i)).astype(np.float32))
 
-    def tokens(layer_fn):
+    def tokens(layer_fn, i=I):
         x = keras.Input((None,), dtype="int32", name="x")
         ids = np.random.default_rng(2).integers(1, V, size=(N, T)).astype(np.int32)
-        return keras.Model(x, layer_fn(L.Embedding(V, I, mask_zero=True)(x))), _masked(ids)
+        return keras.Model(x, layer_fn(L.Embedding(V, i, mask_zero=True)(x))), _masked(ids)
 
     def masking(layer):
         return lambda x: layer(L.Masking(0.0)(x))
@@ -54,6 +54,7 @@ def _models(keras):
         "bidir_gru_masked_seq": lambda: features(masking(
             L.Bidirectional(L.GRU(H, return_sequences=True)))),
         "bidir_lstm_tokens_last": lambda: tokens(L.Bidirectional(L.LSTM(H))),
+        "bidir_lstm_tokens_larger": lambda: tokens(L.Bidirectional(L.LSTM(64)), i=32),
         "gru_backwards_masked_seq": lambda: features(masking(
             L.GRU(H, return_sequences=True, go_backwards=True))),
         "simple_rnn_relu_masked_seq": lambda: features(masking(
