@@ -1388,13 +1388,16 @@ def _prepare_constant_of_shape(op, attrs, consts, n_out):
 
 @preparer(QUIET, *BINARY)
 def _prepare_binary(op, attrs, consts, n_out):
-    """The kernel without its np.errstate, which the plan enters once for a run of such calls."""
+    """The kernel without its np.errstate, which the plan enters once for a run of such calls,
+    nor its broadcast check for arrays of one shape (the output no larger than an input)."""
     fn = BINARY[op]
 
     def run(ins):
         a, b = ins
-        _broadcast(op, np.shape(a), np.shape(b))
-        return [np.asarray(fn(a, b))]
+        if type(a) is not np.ndarray or type(b) is not np.ndarray or a.shape != b.shape:
+            _broadcast(op, np.shape(a), np.shape(b))
+        y = fn(a, b)
+        return [y if type(y) is np.ndarray else np.asarray(y)]
     return run
 
 
