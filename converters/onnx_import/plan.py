@@ -20,7 +20,8 @@ from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, FormatError
                             UnsupportedError)
 from fastrnn.validation import read_dtype
 
-from . import control_flow, fuse_layers, loop_cells, loop_pairs, recurrent_node, unrolled_cells
+from . import (control_flow, fuse_layers, loop_cells, loop_pairs, recurrent_node, shape_memo,
+               unrolled_cells)
 from .dtypes import type_string
 from .kernels import BRANCH_KEYS, CONDITIONAL, KERNELS, LOUD, NEUTRAL, QUIET, RUNTIME, prepare
 
@@ -213,7 +214,8 @@ class _Schedule:
     slots it reads and writes). The steps come in `segments` (quiet, steps): a quiet one runs
     inside np.errstate(all="ignore"), entered once for it."""
 
-    __slots__ = ("segments", "template", "input_slots", "output_slots", "reads", "_loop_splits")
+    __slots__ = ("segments", "template", "input_slots", "output_slots", "reads", "_loop_splits",
+                 "memo")
 
     def __init__(self, plan: "OnnxPlan", wanted: tuple):
         needed, keep = set(wanted), []
@@ -262,6 +264,9 @@ class _Schedule:
                 self.segments.append((quiet, []))
             self.segments[-1][1].append(step)
         self.output_slots = [env[name] if name in env else consts[name] for name in wanted]
+        # the steps that compute from the inputs' shapes alone: once per set of shapes
+        self.memo = shape_memo.memo_for(self.segments, [v.name for v in plan._inputs],
+                                        plan._constants)
 
     def loop_split(self, varying: tuple) -> tuple:
         """(segments of the steps that read none of the inputs at the `varying` positions, nor
@@ -537,7 +542,10 @@ class OnnxPlan:
         values = sched.template.copy()
         for slot, value in zip(sched.input_slots, inputs):
             values[slot] = value
-        _run_segments(sched.segments, values)
+        if sched.memo is None:
+            _run_segments(sched.segments, values)
+        else:
+            sched.memo.run(inputs, values, _run_segments)
         return [values[i] for i in sched.output_slots]
 
     def evaluate(self, values: Sequence) -> list:
