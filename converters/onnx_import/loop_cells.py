@@ -572,20 +572,26 @@ class LoopedCell:
         order = np.argsort(~taken, axis=0, kind="stable")  # taken steps first, in order
         return self._canonical(xs[order, rows], self.dtype), np.count_nonzero(taken, axis=0)
 
-    def spread(self, y, got: "Accepted") -> dict:
-        """The sequences per role from the run of ``shifted``'s input (y [steps, N, H]): at
-        each step the states as the last taken step up to it left them (as they came in before
-        the first)."""
+    def spread(self, y, got: "Accepted", source=None) -> dict:
+        """The sequences per role from the run of ``shifted``'s input (y [steps, N, H]; its
+        steps at rows `source` [steps, N] of y where given): at each step the states as the
+        last taken step up to it left them (as they came in before the first). One gather per
+        role, no padded copy of y: each new array of that size costs page faults in a VM."""
         taken = got.taken
         steps, N = taken.shape
         rows = np.arange(N)
         done = np.cumsum(taken, axis=0)  # taken steps up to each step
-        k = np.where(done > 0, done - 1, steps)  # row `steps` of `padded`: the incoming state
+        k = np.where(done > 0, done - 1, steps)  # `steps`: the incoming state
         seqs = {}
         for role in self.sequences:
-            before = np.zeros_like(y[0]) if role == "zeroed" else got.initial[role]
-            padded = np.concatenate([y, before[None]])
-            seqs[role] = padded[np.where(taken, k, steps) if role == "zeroed" else k, rows]
+            at = np.where(taken, k, steps) if role == "zeroed" else k
+            before = at == steps
+            at = np.minimum(at, steps - 1)
+            seq = y[at if source is None else source[at, rows], rows]
+            if before.any():
+                t, n = np.nonzero(before)
+                seq[t, n] = 0 if role == "zeroed" else got.initial[role][n]
+            seqs[role] = seq
         return seqs
 
     def _trip_count(self, ins: list, room: int, t0):

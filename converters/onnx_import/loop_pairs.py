@@ -151,14 +151,14 @@ class LoopedPair:
             shifted, lengths = self.forward.shifted(X, got_f.taken)
             y, h_n, c_n = self.stack.run(shifted, h0, c0, lengths)
             seqs_f = self.forward.spread(y[:, :, :H], got_f)
-            seqs_b = self.backward.spread(_reversed_within(y[:, :, H:], lengths), got_b)
+            seqs_b = self.backward.spread(y[:, :, H:], got_b, _reversed_within(lengths, T))
         c_f, c_b = (None, None) if c_n is None else (c_n[0], c_n[1])
         return (self.forward.outputs(ins_f, got_f, seqs_f, h_n[0], c_f) +
                 self.backward.outputs(ins_b, got_b, seqs_b, h_n[1], c_b))
 
 
-def _reversed_within(y, lengths):
-    """y [T, N, H] with each row's first lengths[n] steps reversed."""
-    T, N = y.shape[:2]
+def _reversed_within(lengths, T: int):
+    """[T, N]: per step j and row n, the step of a run reversed within its first lengths[n]
+    steps that it reads (lengths[n] - 1 - j there, j after them)."""
     steps = np.arange(T).reshape(T, 1)
-    return y[np.where(steps < lengths, lengths - 1 - steps, steps), np.arange(N)]
+    return np.where(steps < lengths, lengths - 1 - steps, steps)
