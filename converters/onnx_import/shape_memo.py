@@ -21,7 +21,7 @@ import numpy as np
 
 from .kernels import BINARY, KERNELS, UNARY
 
-_KEYS_KEPT = 64  # sets of input shapes remembered per schedule before it starts afresh
+_KEYS_KEPT = 32  # sets of input shapes remembered per schedule before it starts afresh
 _SEEN_KEPT = 1024  # sets of input shapes met once, before it starts afresh
 _ELEMENTS_KEPT = 1 << 12  # a kept value's size at most (larger ones are computed every call)
 _SAME_SHAPE = ("Identity", "Cast", "CastLike", "Where", "Clip", "LeakyRelu", "HardSigmoid",
