@@ -72,8 +72,8 @@ def memo_for(segments: list, input_names: list, constants) -> "ShapeMemo | None"
 
 class ShapeMemo:
     """``run(inputs, values, run_segments)``: the segments on `values` (the schedule's slots, the
-    inputs in theirs), the steps whose outputs the inputs' shapes decide only at the first call
-    with those shapes."""
+    inputs in theirs), the steps whose outputs the inputs' shapes decide only at the first two
+    calls with those shapes."""
 
     def __init__(self, segments: list, kept: set):
         self._segments = segments
