@@ -1209,41 +1209,40 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@preparer(NEUTRAL, "Squeeze")
-def _prepare_squeeze(op, attrs, consts, n_out):
-    axes = _const_ints(consts, 1)
-    if not axes:  # run-time axes, or none: every size-1 axis
-        return None
-    kernel_fn, norm = KERNELS[op], _memo(lambda rank: _squeeze_norm(axes, rank))
+def _with_constant_axes(norm_fn, apply):
+    """A preparer for an op whose input 1 is a constant list of axes, normalised once per input
+    rank by norm_fn(axes, rank); its call is apply(x, normalised axes), or the kernel where that
+    gives None (or x is not an array, or the axes are known only at run time)."""
+    def make(op, attrs, consts, n_out):
+        axes = _const_ints(consts, 1)
+        if not axes:  # run-time axes, or none (Squeeze: every size-1 axis)
+            return None
+        kernel_fn, norm = KERNELS[op], _memo(lambda rank: norm_fn(axes, rank))
 
-    def run(ins):
-        x = ins[0]
-        if type(x) is not np.ndarray:
-            return kernel_fn(attrs, ins, n_out)
-        at, shape = norm(x.ndim), x.shape
-        for a in at:
-            if shape[a] != 1:
-                return kernel_fn(attrs, ins, n_out)
-        return [x.squeeze(axis=at)]
-    return run
+        def run(ins):
+            x = ins[0]
+            y = apply(x, norm(x.ndim)) if type(x) is np.ndarray else None
+            return kernel_fn(attrs, ins, n_out) if y is None else [y]
+        return run
+    return make
 
 
-@preparer(NEUTRAL, "Unsqueeze")
-def _prepare_unsqueeze(op, attrs, consts, n_out):
-    axes = _const_ints(consts, 1)
-    if not axes:
-        return None
-    kernel_fn, norm = KERNELS[op], _memo(lambda rank: _unsqueeze_norm(axes, rank))
+def _squeezed(x, at):
+    for a in at:
+        if x.shape[a] != 1:
+            return None  # the kernel's error
+    return x.squeeze(axis=at)
 
-    def run(ins):
-        x = ins[0]
-        if type(x) is not np.ndarray:
-            return kernel_fn(attrs, ins, n_out)
-        shape = list(x.shape)
-        for a in norm(x.ndim):
-            shape.insert(a, 1)
-        return [x.reshape(shape)]
-    return run
+
+def _unsqueezed(x, at):
+    shape = list(x.shape)
+    for a in at:
+        shape.insert(a, 1)
+    return x.reshape(shape)
+
+
+preparer(NEUTRAL, "Squeeze")(_with_constant_axes(_squeeze_norm, _squeezed))
+preparer(NEUTRAL, "Unsqueeze")(_with_constant_axes(_unsqueeze_norm, _unsqueezed))
 
 
 @preparer(NEUTRAL, "Transpose")

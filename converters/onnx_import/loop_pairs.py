@@ -53,11 +53,11 @@ def _forward_of(backward, loops: list, producer: dict, paired: set):
     lengths) where it is one of the same cell, else None."""
     cell = backward.state
     reversal = _whole_reversal(producer.get(backward.inputs[cell.x_slot]))
-    if reversal is None:
+    if reversal is None or id(backward) in paired:
         return None
     for forward in loops:
         other = forward.state
-        if forward is backward or id(forward) in paired or id(backward) in paired or \
+        if forward is backward or id(forward) in paired or \
                 forward.inputs[other.x_slot] != reversal.inputs[0] or \
                 _pairing_key(other) != _pairing_key(cell):
             continue
