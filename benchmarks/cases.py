@@ -12,14 +12,16 @@ step cannot run faster than R can be read from the cache level it lives in. Per 
               plus |W_l| when streaming): split evenly over the case's threads for a private
               level (L1, L2: each core keeps its own slice), whole for a shared one (L3); else DRAM
     memory  = bytes / (threads * single-core read bandwidth of that level)
-    compute = FLOPs / (threads * single-core sgemm rate),  FLOPs = 2 * steps * N * sum_l gates*H*(I_l+H)
+    compute = FLOPs / (threads * single-core product rate),  FLOPs = 2 * steps * N * sum_l gates*H*(I_l+H)
     floor   = max(memory, compute)
 
-The bandwidths and the sgemm rate are measured once per run by `probe()`, not hard-coded, and
+The bandwidths and the product rate are measured once per run by `probe()`, not hard-coded, and
 always as the best a core reached, so that the floor stays a lower bound: each level's read
 bandwidth is the fastest of vectorised numba loops over one stream and over four interleaved
-streams (as a matrix-vector product reads them) at several working-set sizes inside the level; the sgemm rate
-the fastest numpy float32 matmul of a few sizes. Scaling them by the thread count assumes each core
+streams (as a matrix-vector product reads them) at several working-set sizes inside the level; the product
+rate the faster of numpy's float32 matmul at a few sizes and fastrnn's own register tiles on operands
+that stay in cache (numpy's BLAS may not use the core's widest vectors; a floor from its rate alone
+was beaten by 75 % on a Zen 5). Scaling them by the thread count assumes each core
 reads its own slice at full speed, so the floor is optimistic for L3/DRAM-bound cases. The memory term governs
 batch 1; the compute term governs batch 64, where each step is a GEMM.
 """
@@ -148,7 +150,8 @@ def _count_cpus(cpu_list: str) -> int:
 
 
 def probe() -> dict:
-    """Single-core read bandwidth (GB/s) of each cache level and DRAM, and the sgemm rate (GFLOP/s).
+    """Single-core read bandwidth (GB/s) of each cache level and DRAM, and the float32
+    multiply-add rate (GFLOP/s, `sgemm_gflops`: the faster of numpy's sgemm and fastrnn's tiles).
 
     Run it in a process of its own with BLAS limited to one thread (compare.py does).
     """
@@ -202,7 +205,48 @@ def probe() -> dict:
     def sgemm(n):
         x, y = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
         return 2 * n ** 3 / best_of(lambda: x @ y) / 1e9
-    return dict(levels=levels + [dram], sgemm_gflops=max(sgemm(n) for n in (256, 512, 1024)))
+
+    blas = max(sgemm(n) for n in (256, 512, 1024))
+    tiles = max(packed_product_gflops(m, k, n) for m, k, n in ((64, 256, 128), (96, 256, 256)))
+    return dict(levels=levels + [dram], sgemm_gflops=max(blas, tiles),
+                sgemm_sources=dict(numpy=blas, fastrnn_tiles=tiles))
+
+
+def packed_product_gflops(m: int, k: int, n: int) -> float:
+    """GFLOP/s of fastrnn's register-tiled product (kernels/gemm.py) of an (m, k) by a packed
+    (k, n) matrix, both small enough to stay in L1/L2, repeated: the probe's other witness of the
+    core's multiply-add rate, since numpy's BLAS does not always use the widest vectors a core
+    has (on a Zen 5, OpenBLAS and MKL reached 115-129 GFLOP/s a core where these tiles reach
+    ~260, and fastrnn's batch-64 LSTM ran at 175 % of a floor taken from numpy's rate)."""
+    import numba
+    import numpy as np
+
+    from fastrnn.kernels.gemm import gemm_gates, pack_gates
+
+    @numba.njit(fastmath=True, error_model="numpy")
+    def products(a, bp, bias, out, reps):
+        for _ in range(reps):
+            gemm_gates(a, 0, a.shape[0], a.shape[1], bp, 1, 0, 1, 0, out.shape[1], out.shape[1],
+                       bias, out, False)
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k), dtype=np.float32)
+    bias = np.zeros(n, np.float32)
+    out = np.zeros((m, n), np.float32)
+    bp = pack_gates(b, 1)
+    reps = max(1, int(1e9 / (2 * m * k * n)))
+    products(a, bp, bias, out, 1)
+    if not np.allclose(out, a @ b.T, rtol=1e-4, atol=1e-3):
+        raise RuntimeError("fastrnn's packed product disagrees with numpy's")
+    best = min(_timed(lambda: products(a, bp, bias, out, reps)) for _ in range(7))
+    return 2 * m * k * n * reps / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def floor(case: Case, machine: dict) -> dict:

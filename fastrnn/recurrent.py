@@ -17,7 +17,7 @@ from .gates import NUM_GATES
 from .kernels import engine, fused, layout, units
 from .kernels._jit import compiled_for
 from .kernels.gemm import PANEL, pack_gates, padded, unpack_gates
-from .kernels.simd import VECTOR_BUDGET
+from .kernels.simd import CARRY_PROJECTION
 from .threads import workers
 from .validation import as_array, check_clip, check_dtype, check_weight_dtype, real_array
 
@@ -118,12 +118,12 @@ class DirectionParams:
 
     def _projects_ahead(self) -> bool:
         """Whether one-row calls carry the input projection inside the recurrent steps
-        (kernels/steps.py, ahead_slot) instead of running it before them: float32 with 32
-        vector registers (the fused tile holds 16 accumulators), every gate in one product (not
-        GRU linear_before_reset=0, nor RNN's one-gate tiles), and input plus recurrent weights
-        of at most _AHEAD_MAX_BYTES."""
+        (kernels/steps.py, ahead_slot) instead of running it before them: float32 on a target
+        where that pays (simd.CARRY_PROJECTION), every gate in one product (not GRU
+        linear_before_reset=0, nor RNN's one-gate tiles), and input plus recurrent weights of
+        at most _AHEAD_MAX_BYTES."""
         weights = self._gates * self._hp * (self.input_size + self.hidden_out)
-        return (self.dtype == np.float32 and VECTOR_BUDGET >= 32
+        return (self.dtype == np.float32 and CARRY_PROJECTION
                 and (self.mode == "LSTM" or (self.mode == "GRU" and self.linear_before_reset))
                 and weights * self.weight_dtype.itemsize <= _AHEAD_MAX_BYTES)
 

@@ -22,3 +22,17 @@ def test_at_threads_keeps_order_and_drops_repeats():
 def test_unknown_ids_are_refused(bad):
     with pytest.raises(ValueError, match="not a case id"):
         by_id(bad)
+
+
+def test_the_probe_times_fastrnn_tiles_on_a_checked_product():
+    from benchmarks.cases import packed_product_gflops
+    rate = packed_product_gflops(8, 32, 32)
+    assert 0 < rate < float("inf")
+
+
+def test_the_report_says_where_the_product_rate_came_from():
+    from benchmarks.compare import _product_rate
+    old = _product_rate(dict(sgemm_gflops=104.2))
+    assert old == "104 GFLOP/s per core (numpy sgemm)"
+    new = _product_rate(dict(sgemm_gflops=260.0, sgemm_sources=dict(numpy=126.0, fastrnn_tiles=260.0)))
+    assert "numpy's sgemm, 126" in new and "fastrnn's tiles, 260" in new
