@@ -6,12 +6,13 @@ At batch 1, with the input projection hoisted into one GEMM before the time loop
 matrix-vector product with the recurrent weights R (gates*H x H, fp32): 2 FLOP per 4 bytes, so a
 step cannot run faster than R can be read from the cache level it lives in. Per case:
 
-    bytes   = steps * sum_l |R_l|  +  sum_l |W_l|           (W_l read once by the hoisted GEMM)
-    bytes   = sum_l (|W_l| + |R_l|)                          (a streaming step: nothing to hoist)
-    level   = the smallest cache level that holds the weights touched every step (sum_l |R_l|,
-              plus |W_l| when streaming): split evenly over the case's threads for a private
-              level (L1, L2: each core keeps its own slice), whole for a shared one (L3); else DRAM
-    memory  = bytes / (threads * single-core read bandwidth of that level)
+    memory  = sum_l (steps * |R_l| + |W_l|) / (threads * bandwidth of level_l)
+              (W_l read once by the hoisted GEMM; the layers run one after another)
+    level_l = the smallest cache level that holds |R_l|: split evenly over the case's threads
+              for a private level (L1, L2: each core keeps its own slice), whole for a shared
+              one (L3); else DRAM
+    memory  = sum_l (|W_l| + |R_l|) / (threads * bandwidth of the level holding all of them)
+              (a streaming step: every layer each step, nothing to hoist)
     compute = FLOPs / (threads * single-core product rate),  FLOPs = 2 * steps * N * sum_l gates*H*(I_l+H)
     floor   = max(memory, compute)
 
@@ -60,10 +61,15 @@ class Case:
     def layer_inputs(self):
         return [self.input] + [self.hidden] * (self.layers - 1)
 
+    def layer_weight_bytes(self) -> list[tuple[int, int]]:
+        """(bytes of W_l, bytes of R_l) of each layer, fp32."""
+        g, h = GATES[self.mode], self.hidden
+        return [(4 * g * h * i, 4 * g * h * h) for i in self.layer_inputs()]
+
     def weight_bytes(self):
         """(bytes of all W_l, bytes of all R_l), fp32."""
-        g, h = GATES[self.mode], self.hidden
-        return (sum(4 * g * h * i for i in self.layer_inputs()), 4 * g * h * h * self.layers)
+        per_layer = self.layer_weight_bytes()
+        return sum(w for w, _ in per_layer), sum(r for _, r in per_layer)
 
     def flops(self) -> int:
         g, h = GATES[self.mode], self.hidden
@@ -250,19 +256,29 @@ def _timed(fn) -> float:
 
 
 def floor(case: Case, machine: dict) -> dict:
-    """The case's floor (seconds) and the level its weights live in, from probe()'s figures."""
-    w, r = case.weight_bytes()
-    resident = r + (w if case.stream else 0)
-    level = machine["levels"][-1]                      # DRAM unless a cache holds them
-    for lv in machine["levels"][:-1]:
-        if (resident / case.threads if lv["private"] else resident) <= lv["size"]:
-            level = lv
-            break
-    moved = w + r if case.stream else case.steps * r + w
-    memory = moved / (case.threads * level["gbps"] * 1e9)
+    """The case's floor (seconds) and the level its weights live in, from probe()'s figures.
+    A sequence runs its layers one after another (every engine compared does), so each layer's
+    weights need to fit a level only while that layer runs; a streaming step runs every layer
+    at each step, so the level must hold them all."""
+    parts = [case.weight_bytes()] if case.stream else case.layer_weight_bytes()
+    memory, names = 0.0, []
+    for w, r in parts:
+        level = _level_holding(r + (w if case.stream else 0), case.threads, machine["levels"])
+        moved = w + r if case.stream else case.steps * r + w
+        memory += moved / (case.threads * level["gbps"] * 1e9)
+        names += [level["name"]] if level["name"] not in names else []
     compute = case.flops() / (case.threads * machine["sgemm_gflops"] * 1e9)
-    return dict(seconds=max(memory, compute), level=level["name"],
+    return dict(seconds=max(memory, compute), level="+".join(names),
                 bound="memory" if memory >= compute else "compute")
+
+
+def _level_holding(resident: int, threads: int, levels: list[dict]) -> dict:
+    """The smallest cache level that holds `resident` bytes (split over the threads where the
+    level is private to a core); DRAM (the last) when none does."""
+    for lv in levels[:-1]:
+        if (resident / threads if lv["private"] else resident) <= lv["size"]:
+            return lv
+    return levels[-1]
 
 
 if __name__ == "__main__":

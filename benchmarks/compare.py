@@ -108,13 +108,31 @@ def subprocess_json(args, threads: int, timeout: float) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def machine_info() -> dict:
-    cpu = "unknown"
+def cpu_description() -> str:
+    """The CPU's model name with its family and model numbers and LLVM's name for it (a VM's
+    model name often leaves the generation out: "AMD EPYC" is a Zen 3, 4 or 5)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first CPU's block only
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    details = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    try:
+        import llvmlite.binding as llvm
+        details.append(f"LLVM {llvm.get_host_cpu_name()}")
+    except ImportError:
+        pass
+    name = fields.get("model name", "unknown")
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def machine_info() -> dict:
+    cpu = cpu_description()
     versions = {}
     for name in PACKAGES:
         try:
@@ -181,6 +199,7 @@ def _product_rate(probe: dict) -> str:
 
 def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
     m, pr = machine, machine["probe"]
+    notes = list(notes)  # the caller's list goes into results.json without the report's own
     bw = ", ".join(f"{lv['name']} {lv['gbps']:.0f} GB/s" for lv in pr["levels"])
     caches = ", ".join(f"{lv['name']} {lv['size'] >> 10} KiB{'' if lv['private'] else ' shared'}"
                        for lv in pr["levels"] if lv["size"])

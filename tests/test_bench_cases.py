@@ -36,3 +36,40 @@ def test_the_report_says_where_the_product_rate_came_from():
     assert old == "104 GFLOP/s per core (numpy sgemm)"
     new = _product_rate(dict(sgemm_gflops=260.0, sgemm_sources=dict(numpy=126.0, fastrnn_tiles=260.0)))
     assert "numpy's sgemm, 126" in new and "fastrnn's tiles, 260" in new
+
+
+_MACHINE = dict(levels=[dict(name="L1", size=48 << 10, private=True, gbps=400.0),
+                        dict(name="L2", size=1 << 20, private=True, gbps=200.0),
+                        dict(name="L3", size=32 << 20, private=False, gbps=100.0),
+                        dict(name="DRAM", size=None, private=False, gbps=40.0)],
+                sgemm_gflops=250.0)
+
+
+def test_a_sequence_floor_takes_each_layer_from_the_level_holding_it():
+    from benchmarks.cases import floor
+    # LSTM H = 256: each layer's R is 1 MiB, which one core's L2 holds while that layer runs
+    two = CASES["lstm-2layer-b1-h256-t1"]
+    (w0, r), (w1, _) = two.layer_weight_bytes()
+    got = floor(two, _MACHINE)
+    assert got["level"] == "L2" and got["bound"] == "memory"
+    assert got["seconds"] == pytest.approx((200 * r + w0 + w1) / 200e9)
+    # a streaming step touches every weight each step: the 6 MiB of LSTM H = 512 come from L3
+    step = CASES["lstm-step-h512-t1"]
+    w, r = step.weight_bytes()
+    got = floor(step, _MACHINE)
+    assert got["level"] == "L3" and got["seconds"] == pytest.approx((w + r) / 100e9)
+
+
+def test_a_floor_is_the_larger_of_memory_and_compute():
+    from benchmarks.cases import floor
+    batch = CASES["lstm-b64-h256-t2"]
+    got = floor(batch, _MACHINE)
+    assert got["bound"] == "compute"
+    assert got["seconds"] == pytest.approx(batch.flops() / (2 * 250e9))
+
+
+def test_the_report_names_the_cpu_generation():
+    import llvmlite.binding as llvm
+
+    from benchmarks.compare import cpu_description
+    assert cpu_description().endswith(f"LLVM {llvm.get_host_cpu_name()})")
