@@ -184,19 +184,10 @@ def probe() -> dict:
                 s3 += a[3 * quarter + i]
         return s0 + s1 + s2 + s3
 
-    def best_of(fn, runs=7):
-        fn()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     def gbps(nbytes):
         a = np.ones(max(nbytes, 4096) // 4, np.float32)
         reps = max(1, (256 << 20) // a.nbytes)
-        return max(a.nbytes * reps / best_of(lambda: read(a, reps)) / 1e9
+        return max(a.nbytes * reps / _best_of(lambda: read(a, reps)) / 1e9
                    for read in (read_one, read_four))
 
     levels = cache_levels()
@@ -210,7 +201,7 @@ def probe() -> dict:
 
     def sgemm(n):
         x, y = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
-        return 2 * n ** 3 / best_of(lambda: x @ y) / 1e9
+        return 2 * n ** 3 / _best_of(lambda: x @ y) / 1e9
 
     blas = max(sgemm(n) for n in (256, 512, 1024))
     tiles = max(packed_product_gflops(m, k, n) for m, k, n in ((64, 256, 128), (96, 256, 256)))
@@ -245,14 +236,18 @@ def packed_product_gflops(m: int, k: int, n: int) -> float:
     products(a, bp, bias, out, 1)
     if not np.allclose(out, a @ b.T, rtol=1e-4, atol=1e-3):
         raise RuntimeError("fastrnn's packed product disagrees with numpy's")
-    best = min(_timed(lambda: products(a, bp, bias, out, reps)) for _ in range(7))
-    return 2 * m * k * n * reps / best / 1e9
+    return 2 * m * k * n * reps / _best_of(lambda: products(a, bp, bias, out, reps)) / 1e9
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _best_of(fn, runs=7) -> float:
+    """The fastest of `runs` timed calls of fn, after one untimed."""
     fn()
-    return time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def floor(case: Case, machine: dict) -> dict:
