@@ -1,5 +1,7 @@
-"""The benchmark runner's case ids: every case parses back from its id, and --threads makes the same
-shapes at other thread counts."""
+"""The benchmark runner's cases and floors: every case parses back from its id, --threads makes the
+same shapes at other thread counts, each floor is the larger of its memory and compute terms (a
+sequence's layers each from the level holding it), and the probe's product rate says where it
+came from."""
 import pytest
 
 from benchmarks.cases import CASES, Case, at_threads, by_id
