@@ -26,6 +26,7 @@ was beaten by 75 % on a Zen 5). Scaling them by the thread count assumes each co
 reads its own slice at full speed, so the floor is optimistic for L3/DRAM-bound cases. The memory term governs
 batch 1; the compute term governs batch 64, where each step is a GEMM.
 """
+import functools
 import glob
 import json
 import os
@@ -215,17 +216,11 @@ def packed_product_gflops(m: int, k: int, n: int) -> float:
     core's multiply-add rate, since numpy's BLAS does not always use the widest vectors a core
     has (on a Zen 5, OpenBLAS and MKL reached 115-129 GFLOP/s a core where these tiles reach
     ~260, and fastrnn's batch-64 LSTM ran at 175 % of a floor taken from numpy's rate)."""
-    import numba
     import numpy as np
 
-    from fastrnn.kernels.gemm import gemm_gates, pack_gates
+    from fastrnn.kernels.gemm import pack_gates
 
-    @numba.njit(fastmath=True, error_model="numpy")
-    def products(a, bp, bias, out, reps):
-        for _ in range(reps):
-            gemm_gates(a, 0, a.shape[0], a.shape[1], bp, 1, 0, 1, 0, out.shape[1], out.shape[1],
-                       bias, out, False)
-
+    products = _packed_products()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((n, k), dtype=np.float32)
@@ -237,6 +232,23 @@ def packed_product_gflops(m: int, k: int, n: int) -> float:
     if not np.allclose(out, a @ b.T, rtol=1e-4, atol=1e-3):
         raise RuntimeError("fastrnn's packed product disagrees with numpy's")
     return 2 * m * k * n * reps / _best_of(lambda: products(a, bp, bias, out, reps)) / 1e9
+
+
+@functools.lru_cache(maxsize=None)
+def _packed_products():
+    """products(a, bp, bias, out, reps): `reps` times out = bias + a @ B through gemm_gates,
+    compiled once for every shape the probe times."""
+    import numba
+
+    from fastrnn.kernels.gemm import gemm_gates
+
+    @numba.njit(fastmath=True, error_model="numpy")
+    def products(a, bp, bias, out, reps):
+        for _ in range(reps):
+            gemm_gates(a, 0, a.shape[0], a.shape[1], bp, 1, 0, 1, 0, out.shape[1], out.shape[1],
+                       bias, out, False)
+
+    return products
 
 
 def _best_of(fn, runs=7) -> float:
@@ -261,7 +273,8 @@ def floor(case: Case, machine: dict) -> dict:
         level = _level_holding(r + (w if case.stream else 0), case.threads, machine["levels"])
         moved = w + r if case.stream else case.steps * r + w
         memory += moved / (case.threads * level["gbps"] * 1e9)
-        names += [level["name"]] if level["name"] not in names else []
+        if level["name"] not in names:
+            names.append(level["name"])
     compute = case.flops() / (case.threads * machine["sgemm_gflops"] * 1e9)
     return dict(seconds=max(memory, compute), level="+".join(names),
                 bound="memory" if memory >= compute else "compute")
