@@ -1,4 +1,5 @@
-"""The benchmark cases of issue 5 and the hardware floor each one is measured against.
+"""The benchmark cases of issue 5 (and a few shapes beyond its grid) and the hardware floor each one
+is measured against.
 
 Floor model
 -----------
@@ -10,10 +11,13 @@ step cannot run faster than R can be read from the cache level it lives in. Per 
               (W_l read once by the hoisted GEMM; the layers run one after another)
     level_l = the smallest cache level that holds |R_l|: split evenly over the case's threads
               for a private level (L1, L2: each core keeps its own slice), whole for a shared
-              one (L3); else DRAM
+              one (L3); else DRAM. A bidirectional layer's directions may run one after
+              another (one thread) or each on a core of its own (two): a core then holds one
+              direction's half of R_l at least, and its split is over max(threads, 2)
     memory  = sum_l (|W_l| + |R_l|) / (threads * bandwidth of the level holding all of them)
               (a streaming step: every layer each step, nothing to hoist)
-    compute = FLOPs / (threads * single-core product rate),  FLOPs = 2 * steps * N * sum_l gates*H*(I_l+H)
+    compute = FLOPs / (threads * single-core product rate),  FLOPs = 2 * steps * N * #weights
+              (|R_l| and |W_l| count every direction; an LSTM projection's P x H matrix is in R_l)
     floor   = max(memory, compute)
 
 The bandwidths and the product rate are measured once per run by `probe()`, not hard-coded, and
@@ -41,31 +45,48 @@ CHECK_STEPS = 8          # steps a streaming case runs for the cross-engine outp
 
 @dataclass(frozen=True)
 class Case:
-    mode: str            # "LSTM" or "GRU"
+    mode: str            # "LSTM", "GRU" or "RNN"
     hidden: int
     input: int
     batch: int = 1
     threads: int = 1
     layers: int = 1
     stream: bool = False  # True: one step (T=1) with the state carried between calls
+    bidirectional: bool = False
+    proj: int = 0        # LSTM proj_size (0: none)
+    length: int = STEPS  # T of a sequence case
 
     @property
     def steps(self) -> int:
-        return 1 if self.stream else STEPS
+        return 1 if self.stream else self.length
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def hidden_out(self) -> int:
+        return self.proj or self.hidden
 
     @property
     def id(self) -> str:
         layers = f"-{self.layers}layer" if self.layers > 1 else ""
+        bi = "-bi" if self.bidirectional else ""
         shape = "step" if self.stream else f"b{self.batch}"
-        return f"{self.mode.lower()}{layers}-{shape}-h{self.hidden}-t{self.threads}"
+        proj = f"-p{self.proj}" if self.proj else ""
+        length = f"-T{self.length}" if self.length != STEPS and not self.stream else ""
+        return (f"{self.mode.lower()}{layers}{bi}-{shape}-h{self.hidden}{proj}{length}"
+                f"-t{self.threads}")
 
     def layer_inputs(self):
-        return [self.input] + [self.hidden] * (self.layers - 1)
+        return [self.input] + [self.directions * self.hidden_out] * (self.layers - 1)
 
     def layer_weight_bytes(self) -> list[tuple[int, int]]:
-        """(bytes of W_l, bytes of R_l) of each layer, fp32."""
-        g, h = GATES[self.mode], self.hidden
-        return [(4 * g * h * i, 4 * g * h * h) for i in self.layer_inputs()]
+        """(bytes of W_l, bytes of R_l) of each layer, every direction, fp32; R_l counts what a
+        step reads: with a projection, the gates' R (G*H x P) and the projection (P x H)."""
+        g, h, p, d = GATES[self.mode], self.hidden, self.hidden_out, self.directions
+        step = g * h * p + (p * h if self.proj else 0)
+        return [(4 * d * g * h * i, 4 * d * step) for i in self.layer_inputs()]
 
     def weight_bytes(self):
         """(bytes of all W_l, bytes of all R_l), fp32."""
@@ -73,8 +94,8 @@ class Case:
         return sum(w for w, _ in per_layer), sum(r for _, r in per_layer)
 
     def flops(self) -> int:
-        g, h = GATES[self.mode], self.hidden
-        return 2 * self.steps * self.batch * sum(g * h * (i + h) for i in self.layer_inputs())
+        """A multiply-add (2 FLOP) per weight (4 bytes), row and step."""
+        return 2 * self.steps * self.batch * sum(self.weight_bytes()) // 4
 
 
 def _input_for(hidden):
@@ -91,20 +112,41 @@ def all_cases() -> list[Case]:
     return cases
 
 
+def extra_cases() -> list[Case]:
+    """Shapes beyond issue 5's grid that real models have (`compare.py --extra`): bidirectional
+    and stacked bidirectional layers, batches of 8-32, an LSTM projection, Elman RNNs, a long
+    sequence."""
+    return [Case("LSTM", 128, 64, threads=t, bidirectional=True) for t in (1, 2)] + [
+        Case("GRU", 256, 64, threads=2, layers=2, bidirectional=True),
+        Case("GRU", 128, 64, batch=8, threads=1),
+        Case("GRU", 128, 64, batch=8, threads=2),
+        Case("LSTM", 256, 64, batch=16, threads=2),
+        Case("LSTM", 256, 64, proj=128),
+        Case("LSTM", 128, 64, length=1000),
+        Case("RNN", 256, 64),
+        Case("RNN", 256, 64, batch=32, threads=2)]
+
+
 CASES = {case.id: case for case in all_cases()}
-_ID = re.compile(r"(lstm|gru)(?:-(\d+)layer)?-(?:b(\d+)|(step))-h(\d+)-t(\d+)")
+EXTRA_CASES = {case.id: case for case in extra_cases()}
+_ID = re.compile(r"(lstm|gru|rnn)(?:-(\d+)layer)?(-bi)?-(?:b(\d+)|(step))-h(\d+)(?:-p(\d+))?"
+                 r"(?:-T(\d+))?-t(\d+)")
 
 
 def by_id(case_id: str) -> Case:
-    """The case an id names: one of CASES, or a shape of theirs at another thread count (the
-    runner's --threads makes those)."""
+    """The case an id names: one of CASES or EXTRA_CASES, or a shape of theirs at another thread
+    count (the runner's --threads makes those)."""
     m = _ID.fullmatch(case_id)
     if not m:
         raise ValueError(f"not a case id: {case_id!r}")
-    mode, layers, batch, step, hidden, threads = m.groups()
-    hidden = int(hidden)
+    mode, layers, bi, batch, step, hidden, proj, length, threads = m.groups()
+    hidden, proj = int(hidden), int(proj or 0)
+    if (proj and (mode != "lstm" or proj >= hidden)) or (step and (bi or length)):
+        raise ValueError(f"not a case id: {case_id!r} (a projection is an LSTM's, smaller than "
+                         f"its hidden size; a streaming step is unidirectional, T = 1)")
     return Case(mode.upper(), hidden, _input_for(hidden), batch=int(batch or 1),
-                threads=int(threads), layers=int(layers or 1), stream=step is not None)
+                threads=int(threads), layers=int(layers or 1), stream=step is not None,
+                bidirectional=bi is not None, proj=proj, length=int(length or STEPS))
 
 
 def at_threads(cases, counts) -> list[Case]:
@@ -117,13 +159,15 @@ def at_threads(cases, counts) -> list[Case]:
     return list(out.values())
 
 
-def select(patterns) -> list[Case]:
-    """Cases whose id contains any of the patterns (shell wildcards allowed); all when empty."""
+def select(patterns, pool=None) -> list[Case]:
+    """Cases of `pool` (default CASES) whose id contains any of the patterns (shell wildcards
+    allowed); all of them when there are none."""
     from fnmatch import fnmatch
+    pool = list((CASES if pool is None else pool).values())
     if not patterns:
-        return list(CASES.values())
+        return pool
     globs = [p if any(c in p for c in "*?[") else f"*{p}*" for p in patterns]
-    return [c for c in CASES.values() if any(fnmatch(c.id, g) for g in globs)]
+    return [c for c in pool if any(fnmatch(c.id, g) for g in globs)]
 
 
 # ----- the floor -----
@@ -270,7 +314,8 @@ def floor(case: Case, machine: dict) -> dict:
     parts = [case.weight_bytes()] if case.stream else case.layer_weight_bytes()
     memory, names = 0.0, []
     for w, r in parts:
-        level = _level_holding(r + (w if case.stream else 0), case.threads, machine["levels"])
+        level = _level_holding(r + (w if case.stream else 0),
+                               max(case.threads, case.directions), machine["levels"])
         moved = w + r if case.stream else case.steps * r + w
         memory += moved / (case.threads * level["gbps"] * 1e9)
         if level["name"] not in names:

@@ -1,7 +1,7 @@
 """Side-by-side comparison of fastrnn, ONNX Runtime and PyTorch on the cases of benchmarks/cases.py.
 
     python -m benchmarks.compare [--cases lstm-b1 step] [--engines fastrnn onnxruntime] [--quick]
-                                 [--out benchmarks/results] [--threads 1 4 16]
+                                 [--out benchmarks/results] [--threads 1 4 16] [--extra]
 
 Every (case, engine) pair runs in a process of its own (thread pools of different engines fight
 when they share a process), with the case's thread count pinned through each engine's API and the
@@ -27,7 +27,8 @@ if __package__ in (None, ""):          # run as `python benchmarks/compare.py`
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import engines  # noqa: E402
-from benchmarks.cases import CASES, at_threads, by_id, floor, probe, select  # noqa: E402
+from benchmarks.cases import (CASES, EXTRA_CASES, at_threads, by_id, floor, probe,  # noqa: E402
+                             select)
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 PACKAGES = ("fastrnn", "numpy", "numba", "llvmlite", "torch", "onnxruntime", "onnx")
@@ -212,7 +213,8 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
         f"float32 products {_product_rate(pr)}", f"- **Run**: {m['date']}, "
         f"{m['timing']}; 1-minute load average {m['load_average'][0]:.1f} before, "
         f"{m['load_average'][1]:.1f} after (anything else running skews the timings)", "",
-        "Median wall time of one call (T = 100) or one streaming step (`step`, T = 1, state carried). "
+        "Median wall time of one call (T = 100, or the id's `-T`) or one streaming step (`step`, "
+        "T = 1, state carried). `-bi`: bidirectional; `-p`: LSTM projection size. "
         "Ratio = fastrnn / best peer (< 1 is faster). Floor: see `benchmarks/cases.py`; "
         "% of floor = floor / time.", "",
         "| case | " + " | ".join(engine_names) + " | fastrnn / best peer | floor | "
@@ -250,7 +252,8 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
     notes.append(chart_note)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes if n]
     lines += ["", "## Reproduce", "", "```bash", ". .venv/bin/activate && pip install -e \".[bench]\"",
-              "python -m benchmarks.compare            # this report (--quick for a fast pass)",
+              "python -m benchmarks.compare            # the issue's cases (--quick for a fast pass)",
+              "python -m benchmarks.compare --extra    # the shapes beyond them",
               "python -m pytest benchmarks --benchmark-only   # the same cases under pytest-benchmark",
               "python benchmarks/cold_start.py          # import + load + first call", "```", ""]
     return "\n".join(lines)
@@ -301,6 +304,9 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=count, metavar="N",
                     help="run the selected cases' shapes at these thread counts instead of "
                          "their own (multi-core scaling)")
+    ap.add_argument("--extra", action="store_true",
+                    help="the shapes beyond issue 5's grid (benchmarks/cases.extra_cases: "
+                         "bidirectional, batches of 8-32, a projection, RNN, T = 1000) instead")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     for name, value in FULL.items():
@@ -316,9 +322,10 @@ def main(argv=None):
         print(json.dumps(probe()))
         return
 
-    cases = select(args.cases)
+    pool = EXTRA_CASES if args.extra else CASES
+    cases = select(args.cases, pool)
     if not cases:
-        ap.error(f"no case matches {args.cases}; cases: {', '.join(CASES)}")
+        ap.error(f"no case matches {args.cases}; cases: {', '.join(pool)}")
     if args.threads:
         cases = at_threads(cases, args.threads)
     notes, engine_names = [], []

@@ -47,7 +47,13 @@ def torch_module(case: Case):
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)     # the torch engine sets its own count; exporting stays quiet
     torch.manual_seed(SEED)
-    return getattr(torch.nn, case.mode)(case.input, case.hidden, case.layers).eval()
+    return getattr(torch.nn, case.mode)(case.input, case.hidden, case.layers,
+                                        bidirectional=case.bidirectional,
+                                        **_projection(case)).eval()
+
+
+def _projection(case: Case) -> dict:
+    return {"proj_size": case.proj} if case.proj else {}
 
 
 def reference_weights(case: Case) -> dict:
@@ -55,7 +61,8 @@ def reference_weights(case: Case) -> dict:
     if find_spec("torch") is None:
         import fastrnn
         return getattr(fastrnn, case.mode)(case.input, case.hidden, case.layers,
-                                           seed=SEED).state_dict()
+                                           bidirectional=case.bidirectional, seed=SEED,
+                                           **_projection(case)).state_dict()
     return {k: v.numpy() for k, v in torch_module(case).state_dict().items()}
 
 
@@ -65,7 +72,9 @@ class FastRNN:
     def __init__(self, case: Case):
         import fastrnn
         fastrnn.set_num_threads(case.threads)
-        self.layer = getattr(fastrnn, case.mode)(case.input, case.hidden, case.layers)
+        self.layer = getattr(fastrnn, case.mode)(case.input, case.hidden, case.layers,
+                                                 bidirectional=case.bidirectional,
+                                                 **_projection(case))
         self.layer.load_state_dict(reference_weights(case))
         self.batch = case.batch
 
@@ -102,6 +111,8 @@ class OnnxRuntime:
     def __init__(self, case: Case):
         import onnxruntime as ort
         import torch
+        if case.proj:
+            raise NotImplementedError("ONNX's LSTM operator has no projection (proj_size)")
         self.case, self.lstm = case, case.mode == "LSTM"
         module = torch_module(case)
         x = torch.from_numpy(case_input(case)[:1 if case.stream else None])

@@ -4,14 +4,26 @@ sequence's layers each from the level holding it), and the probe's product rate 
 came from."""
 import pytest
 
-from benchmarks.cases import CASES, Case, at_threads, by_id
+from dataclasses import replace
+
+from benchmarks.cases import CASES, EXTRA_CASES, Case, at_threads, by_id
 
 
 def test_every_case_parses_back_from_its_id():
-    for case_id, case in CASES.items():
+    for case_id, case in {**CASES, **EXTRA_CASES}.items():
         assert by_id(case_id) == case
-        assert by_id(case_id.replace(f"-t{case.threads}", "-t16")) == Case(
-            case.mode, case.hidden, case.input, case.batch, 16, case.layers, case.stream)
+        assert by_id(case_id.replace(f"-t{case.threads}", "-t16")) == replace(case, threads=16)
+
+
+def test_the_extra_cases_are_the_shapes_their_ids_name():
+    assert {c.mode for c in EXTRA_CASES.values()} == {"LSTM", "GRU", "RNN"}
+    bi = by_id("gru-2layer-bi-b1-h256-t2")
+    assert (bi.mode, bi.layers, bi.bidirectional, bi.hidden, bi.threads) == ("GRU", 2, True, 256, 2)
+    assert bi.layer_inputs() == [64, 512]
+    proj = by_id("lstm-b1-h256-p128-t1")
+    assert (proj.proj, proj.hidden_out) == (128, 128)
+    assert by_id("lstm-b1-h128-T1000-t1").steps == 1000
+    assert set(CASES).isdisjoint(EXTRA_CASES)
 
 
 def test_at_threads_keeps_order_and_drops_repeats():
@@ -20,7 +32,9 @@ def test_at_threads_keeps_order_and_drops_repeats():
     assert ids == ["lstm-b1-h64-t1", "lstm-b1-h64-t4", "gru-step-h128-t1", "gru-step-h128-t4"]
 
 
-@pytest.mark.parametrize("bad", ["", "lstm", "rnn-b1-h64-t1", "lstm-b1-h64", "lstm-b1-h64-t1x"])
+@pytest.mark.parametrize("bad", ["", "lstm", "lstm-b1-h64", "lstm-b1-h64-t1x", "gru-b1-h64-p32-t1",
+                                 "lstm-b1-h64-p64-t1", "lstm-bi-step-h64-t1",
+                                 "lstm-step-h64-T10-t1"])
 def test_unknown_ids_are_refused(bad):
     with pytest.raises(ValueError, match="not a case id"):
         by_id(bad)
@@ -60,6 +74,29 @@ def test_a_sequence_floor_takes_each_layer_from_the_level_holding_it():
     w, r = step.weight_bytes()
     got = floor(step, _MACHINE)
     assert got["level"] == "L3" and got["seconds"] == pytest.approx((w + r) / 100e9)
+
+
+def test_the_weights_count_every_direction_and_the_projection():
+    grid = CASES["gru-b1-h128-t1"]
+    assert grid.flops() == 2 * 100 * 3 * 128 * (64 + 128)
+    bi = replace(grid, bidirectional=True)
+    assert bi.layer_weight_bytes() == [tuple(2 * b for b in grid.layer_weight_bytes()[0])]
+    assert bi.flops() == 2 * grid.flops()
+    proj = EXTRA_CASES["lstm-b1-h256-p128-t1"]
+    # gates' R (4H x P) and the projection (P x H) every step; W (4H x I) once
+    assert proj.layer_weight_bytes() == [(4 * 4 * 256 * 64, 4 * (4 * 256 * 128 + 128 * 256))]
+
+
+def test_a_bidirectional_floor_keeps_a_direction_on_each_core():
+    from benchmarks.cases import floor
+    # LSTM H = 256: 1 MiB of R a direction; one direction fits an L2, both do not
+    one = floor(Case("LSTM", 256, 64, bidirectional=True), _MACHINE)
+    two = floor(Case("LSTM", 256, 64, threads=2, bidirectional=True), _MACHINE)
+    assert one["level"] == two["level"] == "L2"
+    assert one["seconds"] == pytest.approx(2 * two["seconds"])
+    # a unidirectional 2 MiB R split over two cores fits their L2s as well; on one it is in L3
+    assert floor(Case("LSTM", 362, 64, threads=2), _MACHINE)["level"] == "L2"
+    assert floor(Case("LSTM", 362, 64), _MACHINE)["level"] == "L3"
 
 
 def test_a_floor_is_the_larger_of_memory_and_compute():
