@@ -34,6 +34,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NU
 PACKAGES = ("fastrnn", "numpy", "numba", "llvmlite", "torch", "onnxruntime", "onnx")
 CHECK_VALUES = 64      # output values each worker sends back for the cross-engine check
 CHECK_TOL = 1e-3
+SLOW_HANDOVER_NS = 200  # a round trip between two cores of one die takes ~50 ns
 FULL = dict(repeats=30, min_seconds=0.5, max_seconds=3.0, warmup=0.2)
 QUICK = dict(repeats=10, min_seconds=0.1, max_seconds=0.5, warmup=0.05)
 
@@ -145,17 +146,20 @@ def machine_info() -> dict:
                 versions=versions, date=time.strftime("%Y-%m-%d %H:%M"))
 
 
-def run_all(cases, engine_names, timing, timeout, rounds=1) -> list[dict]:
+def run_all(cases, engine_names, timing, timeout, rounds=1, between_rounds=None) -> list[dict]:
     """Every (case, engine) pair once per round, each round in the opposite order of the last;
     a pair keeps its fastest round's median. On a shared machine other tenants' bursts only ever
-    add time, and with rounds far apart a burst rarely hits every round of one pair."""
+    add time, and with rounds far apart a burst rarely hits every round of one pair.
+    between_rounds() (if given) runs before each round and after the last."""
     pairs = [(c, e) for c in cases for e in engine_names]
     rows = {c.id: dict(case=c, results={}) for c in cases}
     t0 = time.perf_counter()
     total = rounds * len(pairs)
     options = [f"--{name.replace('_', '-')}={value}" for name, value in timing.items()]
-    for k, (case, engine) in enumerate((p for n in range(rounds)
-                                        for p in (pairs if n % 2 == 0 else pairs[::-1])), 1):
+    order = [p for n in range(rounds) for p in (pairs if n % 2 == 0 else pairs[::-1])]
+    for k, (case, engine) in enumerate(order, 1):
+        if between_rounds and (k - 1) % len(pairs) == 0:
+            between_rounds()
         r = subprocess_json(["--worker", case.id, engine, *options], case.threads, timeout)
         kept = rows[case.id]["results"].get(engine)
         if kept is None or "error" in kept or ("seconds" in r and r["seconds"] < kept["seconds"]):
@@ -164,6 +168,8 @@ def run_all(cases, engine_names, timing, timeout, rounds=1) -> list[dict]:
         shown = f"error: {r['error']}" if "error" in r else fmt_time(r["seconds"])
         print(f"[{k:3d}/{total}] {elapsed:5.0f}s, ~{elapsed / k * (total - k):4.0f}s left  "
               f"{case.id:24s} {engine:12s} {shown}", file=sys.stderr, flush=True)
+    if between_rounds:
+        between_rounds()
     return list(rows.values())
 
 
@@ -210,7 +216,7 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
         f"- **Machine**: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs; "
         f"caches {caches}", f"- **Libraries**: Python {m['python']}, {vers}; fastrnn threading "
         f"layer {m.get('threading_layer')}", f"- **Measured single-core read bandwidth**: {bw}; "
-        f"float32 products {_product_rate(pr)}", f"- **Run**: {m['date']}, "
+        f"float32 products {_product_rate(pr)}", *_handover_line(m), f"- **Run**: {m['date']}, "
         f"{m['timing']}; 1-minute load average {m['load_average'][0]:.1f} before, "
         f"{m['load_average'][1]:.1f} after (anything else running skews the timings)", "",
         "Median wall time of one call (T = 100, or the id's `-T`) or one streaming step (`step`, "
@@ -246,6 +252,9 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
         notes.insert(0, f"**The machine was busy** (load average {m['load_average'][0]:.1f} "
                      f"on {m['usable_cpus']} CPUs before the run): these timings, the "
                      "multi-threaded ones above all, are not reliable.")
+    slow = handover_note(m.get("handover_ns") or [])
+    if slow:
+        notes.insert(0, slow)
     worst = max((d for r in rows for d in r["max_diff"].values()), default=0.0)
     if worst <= CHECK_TOL:
         notes.append(f"Every engine's output agrees with torch's to {worst:.1e} (same weights).")
@@ -257,6 +266,35 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
               "python -m pytest benchmarks --benchmark-only   # the same cases under pytest-benchmark",
               "python benchmarks/cold_start.py          # import + load + first call", "```", ""]
     return "\n".join(lines)
+
+
+def _handover_line(machine: dict) -> list[str]:
+    values = machine.get("handover_ns")
+    if not values:
+        return []
+    shown = ", ".join("-" if v is None else f"{v:.0f}" for v in values)
+    return [f"- **Two-thread handover** (a cache line passed back and forth between the two "
+            f"threads of a parallel region, round trip; before each round and after the last): "
+            f"{shown} ns"]
+
+
+def handover_note(values) -> str | None:
+    """A warning when the two threads handed work over slowly: throughout the run (over
+    SLOW_HANDOVER_NS) or in some of its rounds (over twice the fastest measurement)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    fastest, slowest = min(known), max(known)
+    if fastest > SLOW_HANDOVER_NS:
+        return (f"**Two-thread handovers were slow throughout** ({fastest:.0f}-{slowest:.0f} ns a "
+                "round trip): the two CPUs are far apart or share a core, and every two-thread "
+                "batch-1 case, whose threads hand each step over, is slower for it.")
+    if slowest > 2 * fastest:
+        return (f"**Two-thread handovers slowed down during the run** ({fastest:.0f} to "
+                f"{slowest:.0f} ns a round trip; a shared VM's host moves its vCPUs): a two-thread "
+                "pair whose every round fell in a slow stretch shows it; each pair keeps its "
+                "fastest round.")
+    return None
 
 
 def chart(rows, engine_names, path) -> str:
@@ -309,6 +347,7 @@ def main(argv=None):
                          "bidirectional, batches of 8-32, a projection, RNN, T = 1000) instead")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--handover", action="store_true", help=argparse.SUPPRESS)
     for name, value in FULL.items():
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
                         type=count if isinstance(value, int) else seconds)
@@ -320,6 +359,10 @@ def main(argv=None):
         return
     if args.probe:
         print(json.dumps(probe()))
+        return
+    if args.handover:
+        from benchmarks.handover import round_trip_ns
+        print(json.dumps(dict(round_trip_ns=round_trip_ns())))
         return
 
     pool = EXTRA_CASES if args.extra else CASES
@@ -347,7 +390,16 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     rounds = args.rounds or (1 if args.quick else 2)
     machine["timing"] += f", best of {rounds} round{'s' * (rounds > 1)}"
-    rows = run_all(cases, engine_names, timing, args.timeout, rounds)
+    # two threads' handover latency, before each round and after the last (see handover.py)
+    handovers = len(os.sched_getaffinity(0)) >= 2 and any(c.threads >= 2 for c in cases)
+    if handovers:
+        machine["handover_ns"] = []
+
+    def measure_handover():
+        r = subprocess_json(["--handover"], 2, args.timeout)
+        machine["handover_ns"].append(r.get("round_trip_ns"))
+    rows = run_all(cases, engine_names, timing, args.timeout, rounds,
+                   measure_handover if handovers else None)
     machine["load_average"] = [load_before, os.getloadavg()[0]]
     machine["threading_layer"] = next((r["results"]["fastrnn"].get("threading_layer") for r in rows
                                        if "fastrnn" in r["results"]), None)

@@ -1,10 +1,11 @@
 """The benchmark runner's cases and floors: every case parses back from its id, --threads makes the
 same shapes at other thread counts, each floor is the larger of its memory and compute terms (a
 sequence's layers each from the level holding it), and the probe's product rate says where it
-came from."""
-import pytest
-
+came from; the extra cases beyond the grid; the two-thread handover probe and its warning."""
 from dataclasses import replace
+
+import numpy as np
+import pytest
 
 from benchmarks.cases import CASES, EXTRA_CASES, Case, at_threads, by_id
 
@@ -112,3 +113,32 @@ def test_the_report_names_the_cpu_generation():
 
     from benchmarks.compare import cpu_description
     assert cpu_description().endswith(f"LLVM {llvm.get_host_cpu_name()})")
+
+
+def test_the_handover_probe_times_two_threads_or_says_it_cannot():
+    import numba
+
+    from benchmarks.handover import ABORT, _ping_pong, round_trip_ns
+    got = round_trip_ns(trips=200, runs=1)
+    if numba.get_num_threads() >= 2:
+        assert got is not None and 0 < got < 1e6
+    else:
+        assert got is None
+    # iterations that run one after the other (one thread) give up instead of waiting forever
+    sync = np.zeros(24, np.int64)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        _ping_pong(sync, 10, 1000)
+    finally:
+        numba.set_num_threads(before)
+    assert sync[ABORT] > 0
+
+
+@pytest.mark.parametrize("values,warned", [
+    ([45.0, 52.0, 48.0], None), ([45.0, 410.0, 50.0], "slowed down"),
+    ([380.0, 420.0], "slow throughout"), ([None, None], None), ([], None)])
+def test_the_report_warns_of_slow_handovers(values, warned):
+    from benchmarks.compare import handover_note
+    note = handover_note(values)
+    assert (note is None) if warned is None else (warned in note)
