@@ -141,9 +141,10 @@ def by_id(case_id: str) -> Case:
         raise ValueError(f"not a case id: {case_id!r}")
     mode, layers, bi, batch, step, hidden, proj, length, threads = m.groups()
     hidden, proj = int(hidden), int(proj or 0)
-    if (proj and (mode != "lstm" or proj >= hidden)) or (step and (bi or length)):
+    if ((proj and (mode != "lstm" or proj >= hidden)) or (step and (bi or length))
+            or int(length or 1) < 1):
         raise ValueError(f"not a case id: {case_id!r} (a projection is an LSTM's, smaller than "
-                         f"its hidden size; a streaming step is unidirectional, T = 1)")
+                         f"its hidden size; a streaming step is unidirectional, T = 1; T >= 1)")
     return Case(mode.upper(), hidden, _input_for(hidden), batch=int(batch or 1),
                 threads=int(threads), layers=int(layers or 1), stream=step is not None,
                 bidirectional=bi is not None, proj=proj, length=int(length or STEPS))

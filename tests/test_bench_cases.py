@@ -35,7 +35,7 @@ def test_at_threads_keeps_order_and_drops_repeats():
 
 @pytest.mark.parametrize("bad", ["", "lstm", "lstm-b1-h64", "lstm-b1-h64-t1x", "gru-b1-h64-p32-t1",
                                  "lstm-b1-h64-p64-t1", "lstm-bi-step-h64-t1",
-                                 "lstm-step-h64-T10-t1"])
+                                 "lstm-step-h64-T10-t1", "lstm-b1-h64-T0-t1"])
 def test_unknown_ids_are_refused(bad):
     with pytest.raises(ValueError, match="not a case id"):
         by_id(bad)
