@@ -160,11 +160,11 @@ def at_threads(cases, counts) -> list[Case]:
     return list(out.values())
 
 
-def select(patterns, pool=None) -> list[Case]:
-    """Cases of `pool` (default CASES) whose id contains any of the patterns (shell wildcards
-    allowed); all of them when there are none."""
+def select(patterns, pool: dict) -> list[Case]:
+    """Cases of `pool` (CASES or EXTRA_CASES) whose id contains any of the patterns (shell
+    wildcards allowed); all of them when there are none."""
     from fnmatch import fnmatch
-    pool = list((CASES if pool is None else pool).values())
+    pool = list(pool.values())
     if not patterns:
         return pool
     globs = [p if any(c in p for c in "*?[") else f"*{p}*" for p in patterns]

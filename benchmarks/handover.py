@@ -50,13 +50,12 @@ def round_trip_ns(trips: int = 20_000, runs: int = 5) -> float | None:
     cannot run at once (numba's pool has one thread, or the other never came)."""
     if numba.get_num_threads() < 2:
         return None
-    best = None
-    for _ in range(runs + 1):  # the first compiles or loads the kernel
+    times = []
+    for _ in range(runs + 1):
         sync = np.zeros(3 * 8, np.int64)
         t0 = time.perf_counter()
         _ping_pong(sync, trips, PATIENCE)
-        elapsed = time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
         if sync[ABORT]:
             return None
-        best = elapsed if best is None else min(best, elapsed)
-    return best / trips * 1e9
+    return min(times[1:]) / trips * 1e9  # the first call compiles or loads the kernel
