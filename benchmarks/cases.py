@@ -23,10 +23,11 @@ step cannot run faster than R can be read from the cache level it lives in. Per 
 The bandwidths and the product rate are measured once per run by `probe()`, not hard-coded, and
 always as the best a core reached, so that the floor stays a lower bound: each level's read
 bandwidth is the fastest of vectorised numba loops over one stream and over four interleaved
-streams (as a matrix-vector product reads them) at several working-set sizes inside the level; the product
-rate the faster of numpy's float32 matmul at a few sizes and fastrnn's own register tiles on operands
-that stay in cache (numpy's BLAS may not use the core's widest vectors; a floor from its rate alone
-was beaten by 75 % on a Zen 5). Scaling them by the thread count assumes each core
+streams (as a matrix-vector product reads them) at several working-set sizes inside the level, each
+read from a 64-byte boundary and 16 bytes past one (READ_OFFSETS); the product rate the faster of
+numpy's float32 matmul at a few sizes and fastrnn's own register tiles on operands that stay in
+cache, its weights 64-byte aligned as a layer's are (numpy's BLAS may not use the core's widest
+vectors; a floor from its rate alone was beaten by 75 % on a Zen 5). Scaling them by the thread count assumes each core
 reads its own slice at full speed, so the floor is optimistic for L3/DRAM-bound cases. The memory term governs
 batch 1; the compute term governs batch 64, where each step is a GEMM.
 """
@@ -201,6 +202,23 @@ def _count_cpus(cpu_list: str) -> int:
     return n
 
 
+# Byte offsets from a 64-byte boundary at which the probe reads each size: where an array starts
+# moves a core's read rate (a Zen 5: 24 KiB from L1 at ~500 GB/s aligned, ~270 at 16-48 bytes
+# past; 256 KiB from L2 at ~200 aligned, ~245 past), and numpy's allocations start anywhere, so
+# the figures changed from run to run. The probe keeps the faster.
+READ_OFFSETS = (0, 16)
+
+
+def aligned_ones(size: int, offset: int = 0):
+    """A float32 array of `size` ones whose data starts `offset` bytes (a multiple of 4) past a
+    64-byte boundary."""
+    import numpy as np
+
+    raw = np.ones(size + 32, np.float32)
+    skip = ((-raw.ctypes.data) % 64 + offset) // 4
+    return raw[skip:skip + size]
+
+
 def probe() -> dict:
     """Single-core read bandwidth (GB/s) of each cache level and DRAM, and the float32
     multiply-add rate (GFLOP/s, `sgemm_gflops`: the faster of numpy's sgemm and fastrnn's tiles).
@@ -231,10 +249,13 @@ def probe() -> dict:
         return s0 + s1 + s2 + s3
 
     def gbps(nbytes):
-        a = np.ones(max(nbytes, 4096) // 4, np.float32)
-        reps = max(1, (256 << 20) // a.nbytes)
-        return max(a.nbytes * reps / _best_of(lambda: read(a, reps)) / 1e9
-                   for read in (read_one, read_four))
+        rates = []
+        for offset in READ_OFFSETS:
+            a = aligned_ones(max(nbytes, 4096) // 4, offset)
+            reps = max(1, (256 << 20) // a.nbytes)
+            rates += [a.nbytes * reps / _best_of(lambda: read(a, reps)) / 1e9
+                      for read in (read_one, read_four)]
+        return max(rates)
 
     levels = cache_levels()
     dram = dict(name="DRAM", size=None, private=False)
@@ -270,8 +291,9 @@ def packed_product_gflops(m: int, k: int, n: int) -> float:
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((n, k), dtype=np.float32)
     bias = np.zeros(n, np.float32)
-    out = np.zeros((m, n), np.float32)
-    bp = pack_gates(b, 1)
+    out = aligned_ones(m * n).reshape(m, n)
+    bp = aligned_ones(n * k)
+    bp[:] = pack_gates(b, 1)  # on a 64-byte boundary, as a layer's packed weights are
     reps = max(1, int(1e9 / (2 * m * k * n)))
     products(a, bp, bias, out, 1)
     if not np.allclose(out, a @ b.T, rtol=1e-4, atol=1e-3):

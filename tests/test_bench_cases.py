@@ -47,6 +47,47 @@ def test_the_probe_times_fastrnn_tiles_on_a_checked_product():
     assert 0 < rate < float("inf")
 
 
+@pytest.mark.parametrize("offset", [0, 16, 48])
+def test_aligned_ones_start_where_asked(offset):
+    from benchmarks.cases import aligned_ones
+    for size in (1, 1000, 300_000):
+        a = aligned_ones(size, offset)
+        assert a.ctypes.data % 64 == offset and a.size == size and a.dtype == np.float32
+        assert np.all(a == 1)
+
+
+def test_the_probe_reads_every_size_at_each_offset(monkeypatch):
+    """Where an array starts moves a core's read rate: every size is read aligned and not, so
+    the figures do not change with where numpy happened to allocate."""
+    import benchmarks.cases as cases
+    starts = []
+    real = cases.aligned_ones
+
+    def recording(size, offset=0):
+        a = real(size, offset)
+        starts.append(a.ctypes.data % 64)
+        return a
+    monkeypatch.setattr(cases, "aligned_ones", recording)
+    monkeypatch.setattr(cases, "cache_levels",
+                        lambda: [dict(name="L1", size=16 << 10, private=True)])
+    monkeypatch.setattr(cases, "packed_product_gflops", lambda m, k, n: 1.0)
+    cases.probe()
+    assert sorted(set(starts)) == sorted(cases.READ_OFFSETS)
+
+
+def test_the_probe_times_tiles_on_aligned_weights(monkeypatch):
+    import benchmarks.cases as cases
+    real = cases._packed_products()
+    seen = []
+
+    def products(a, bp, bias, out, reps):
+        seen.append(bp.ctypes.data % 64)
+        real(a, bp, bias, out, reps)
+    monkeypatch.setattr(cases, "_packed_products", lambda: products)
+    assert cases.packed_product_gflops(8, 32, 32) > 0
+    assert seen and set(seen) == {0}
+
+
 def test_the_report_says_where_the_product_rate_came_from():
     from benchmarks.compare import _product_rate
     old = _product_rate(dict(sgemm_gflops=104.2))
