@@ -22,14 +22,14 @@ step cannot run faster than R can be read from the cache level it lives in. Per 
 
 The bandwidths and the product rate are measured once per run by `probe()`, not hard-coded, and
 always as the best a core reached, so that the floor stays a lower bound: each level's read
-bandwidth is the fastest of vectorised numba loops over one stream and over four interleaved
-streams (as a matrix-vector product reads them) at several working-set sizes inside the level, each
-read from a 64-byte boundary and 16 bytes past one (READ_OFFSETS); the product rate the faster of
-numpy's float32 matmul at a few sizes and fastrnn's own register tiles on operands that stay in
-cache, its weights 64-byte aligned as a layer's are (numpy's BLAS may not use the core's widest
-vectors; a floor from its rate alone was beaten by 75 % on a Zen 5). Scaling them by the thread count assumes each core
-reads its own slice at full speed, so the floor is optimistic for L3/DRAM-bound cases. The memory term governs
-batch 1; the compute term governs batch 64, where each step is a GEMM.
+bandwidth is the fastest of vectorised numba loops over one stream and over four interleaved streams
+(as a matrix-vector product reads them) at several working-set sizes inside the level, each read
+from a 64-byte boundary and 16 bytes past one (READ_OFFSETS); the product rate the faster of numpy's
+float32 matmul at a few sizes and fastrnn's own register tiles on operands that stay in cache, its
+weights 64-byte aligned as a layer's are (numpy's BLAS may not use the core's widest vectors; a
+floor from its rate alone was beaten by 75 % on a Zen 5). Scaling them by the thread count assumes
+each core reads its own slice at full speed, so the floor is optimistic for L3/DRAM-bound cases. The
+memory term governs batch 1; the compute term governs batch 64, where each step is a GEMM.
 """
 import functools
 import glob
