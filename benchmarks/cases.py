@@ -210,13 +210,15 @@ READ_OFFSETS = (0, 16)
 
 
 def aligned_ones(size: int, offset: int = 0):
-    """A float32 array of `size` ones whose data starts `offset` bytes (a multiple of 4) past a
-    64-byte boundary."""
+    """A float32 array of `size` ones whose data starts `offset` bytes (a multiple of 4 below
+    64) past a 64-byte boundary."""
     import numpy as np
 
-    raw = np.ones(size + 32, np.float32)
-    skip = ((-raw.ctypes.data) % 64 + offset) // 4
-    return raw[skip:skip + size]
+    from fastrnn.recurrent import aligned
+
+    ones = aligned(size + 16, np.float32)[offset // 4:offset // 4 + size]
+    ones.fill(1)
+    return ones
 
 
 def probe() -> dict:
