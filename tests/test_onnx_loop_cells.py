@@ -385,6 +385,60 @@ def test_a_body_that_is_almost_a_cell_stays_a_loop():
         np.testing.assert_allclose(g, r, **TOL)
 
 
+def _with_node_after(body, producer_output: str, op: str, constants: dict):
+    """The body with `op`(value, *constants) inserted after the node that makes
+    `producer_output`, which then names op's result."""
+    (producer,) = [n for n in body.node if producer_output in n.output]
+    producer.output[list(producer.output).index(producer_output)] = producer_output + "_raw"
+    body.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k)
+                            for k, v in constants.items())
+    body.node.insert(list(body.node).index(producer) + 1, helper.make_node(
+        op, [producer_output + "_raw", *constants], [producer_output]))
+
+
+def _relu6(body):  # tf2onnx's form of tf.nn.relu6
+    (relu,) = [n for n in body.node if n.op_type == "Relu"]
+    relu.op_type = "Clip"
+    body.initializer.extend([numpy_helper.from_array(np.array(0.0, np.float32), "relu6_lo"),
+                             numpy_helper.from_array(np.array(6.0, np.float32), "relu6_hi")])
+    relu.input.extend(["relu6_lo", "relu6_hi"])
+
+
+def _relu_then_min(body):
+    (relu,) = [n for n in body.node if n.op_type == "Relu"]
+    _with_node_after(body, relu.output[0], "Min", {"six": 6.0})
+
+
+def _relu_plus_offset(body):
+    (relu,) = [n for n in body.node if n.op_type == "Relu"]
+    _with_node_after(body, relu.output[0], "Add", {"offset": 3e-5})
+
+
+def _clipped_cell_state(body):  # TF's LSTMCell(cell_clip=3)
+    (c_out,) = [o.name for o in body.output if o.name.endswith("while/Identity_5:0")]
+    _with_node_after(body, c_out, "Clip", {"clip_lo": -3.0, "clip_hi": 3.0})
+
+
+@pytest.mark.parametrize("name, change", [
+    ("k3_simple_rnn_relu_last", _relu6), ("k3_simple_rnn_relu_last", _relu_then_min),
+    ("k3_simple_rnn_relu_last", _relu_plus_offset),
+    ("k3_lstm_recurrent_dropout", _clipped_cell_state)])
+def test_a_body_unlike_a_cell_only_past_small_inputs_stays_a_loop(name, change):
+    """Bodies that agree with a cell on small inputs and part from it past a threshold (relu6,
+    a clipped cell state) or by less than 1e-4 (an added 3e-5) are no cell: the Loop runs node
+    by node, as ORT, also on inputs that pass the thresholds."""
+    model = _model(name)
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    change(loop.attribute[0].g)
+    plan = converters.from_onnx(model)
+    assert _loops(plan)[0].state is None
+    session = ort.InferenceSession(model.SerializeToString())
+    for scale in (0.3, 30.0):
+        feeds = {k: (v * scale).astype(v.dtype) for k, v in _feeds(model, 2, 40).items()}
+        for g, r in zip(plan.run(None, feeds), session.run(None, feeds)):
+            np.testing.assert_allclose(g, r, **TOL)
+
+
 def test_the_guesses_checked_are_bounded(monkeypatch):
     """A body is a file's: however many matrices it offers, at most _MAX_GUESSES guesses are
     checked (the Keras bodies here match within 40); past that the Loop runs node by node."""

@@ -513,6 +513,27 @@ def test_a_step_that_is_not_an_elman_cell_stays_nodes():
     assert _chains(plan) == []
 
 
+def test_a_step_unlike_a_cell_only_past_small_inputs_stays_nodes():
+    """Steps of min(relu(.), 6) (relu6) agree with a relu cell until a pre-activation passes 6:
+    no chain, and every output is ORT's on inputs that pass it."""
+    model = onnx.load_from_string(_unrolled(act="Relu")[0])
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array(6.0, np.float32), "six"))
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type == "Relu":
+            out = node.output[0]
+            node.output[0] = out + "_relu"
+            nodes.append(helper.make_node("Min", [out + "_relu", "six"], [out]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    feeds = _feeds()
+    feeds["x"] = feeds["x"] * np.float32(50)
+    plan, (y, _) = _run_both(model.SerializeToString(), feeds)
+    assert _chains(plan) == [] and y.max() == 6
+
+
 @pytest.mark.parametrize("odd, chains", [("act", [3, 3]), ("bias", [3, 3]), ("index", [3, 3]),
                                          ("state", [2, 3])])
 def test_a_step_unlike_the_others(odd, chains, fast_calls):

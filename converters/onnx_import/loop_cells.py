@@ -14,9 +14,10 @@ What the body computes is not read off its node pattern (exporters vary it) but 
 - the cell is guessed from the invariant matrices' shapes (kernel [I, G*H], recurrent kernel
   [H, G*H], biases) with Keras's gate orders and activations, and each carried state's role (h,
   c, with a mask the last output), and each guess is checked against the body itself on random
-  inputs: the first whose step matches the body's (to 1e-4, float64 reference; with a mask, the
-  new states in the rows it takes and the old ones in the others) is the cell. A body that
-  matches none stays a Loop.
+  inputs at several scales (cell_probes): the first whose step matches the body's (float64
+  reference against the body's values to within their rounding; with a mask, the new states in
+  the rows it takes and the old ones in the others) is the cell. A body that matches none stays
+  a Loop.
 At run time the control nodes run once over the vector of all iterations, which gives the trip
 count; a sequence that ends somewhere the kernel cannot take (no iteration, an index out of X,
 a time counter that starts outside X) returns None, and the Loop runs node by node instead.
@@ -30,7 +31,7 @@ import numpy as np
 
 from fastrnn.gates import reorder_gates
 
-from . import recurrent_node
+from . import cell_probes, recurrent_node
 from .kernels import element_limit
 
 # ops the control part may use: elementwise, so that one call over every iteration's values
@@ -40,10 +41,8 @@ _ELEMENTWISE = {"Cast", "CastLike", "Less", "LessOrEqual", "Greater", "GreaterOr
 _NOT_PURE = ("Random", "Bernoulli", "Multinomial")
 _GATES = {1: "RNN", 3: "GRU", 4: "LSTM"}
 _PROBE_ROWS = 3
-_PROBES = 2
 _COUNTS_KEPT = 64  # trip counts remembered per Loop (one per sequence length, typically)
 _ELEMENTS_AT_LEAST = 1 << 20  # the element limit of what the analysis computes, at least
-_MATCH = 1e-4  # a guess's step against the body's, relative to the body's values plus one
 # a body is a file's: however many matrices it holds, the guesses checked are bounded (a Keras
 # cell's body matches within its first 40 guesses or so)
 _MAX_GUESSES = 4096
@@ -197,7 +196,7 @@ class _Analysis:
                     if isinstance(v, np.ndarray) and v.dtype == self.dtype and v.ndim in (1, 2)]
         self.probes: dict[tuple, list | None] = {}  # (I, H) -> probes
         self.reordered: dict[tuple, tuple] = {}  # the guesses' W and R, per pair of matrices
-        self.products: dict[tuple, np.ndarray] = {}  # a probe's x @ W.T or h @ R.T
+        self.products: dict[tuple, np.ndarray] = {}  # a probe's x @ W.T or h @ R.T (or |.|s)
         self.mask_trailing: dict[tuple, tuple] = {}  # (I, H) -> the mask's shape past [N]
         masked = self.mask_gather is not None
         guesses = _guesses(matrices, len(self.states), masked, {nd.op for nd in self.cell},
@@ -207,13 +206,13 @@ class _Analysis:
                 return LoopedCell(self, spec)
         raise _NotACell
 
-    def _probe(self, I: int, H: int, rng) -> tuple:
-        """Random x_t and states (and a mask that takes some rows and leaves others), and the
-        body's new states from them."""
+    def _probe(self, I: int, H: int, rng, scale: float) -> tuple:
+        """Random x_t and states of `scale` (and a mask that takes some rows and leaves
+        others), and the body's new states from them."""
         values = dict(self.invariant)
-        x = rng.standard_normal((_PROBE_ROWS, I)).astype(self.dtype)
+        x = cell_probes.inputs(rng, (_PROBE_ROWS, I), scale, self.dtype, "x")
         values[self.gather.outputs[0]] = x
-        states = [rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(self.dtype)
+        states = [cell_probes.inputs(rng, (_PROBE_ROWS, H), scale, self.dtype, "state")
                   for _ in self.states]
         values.update(zip((self.carried[k] for k in self.states), states))
         values.update((name, np.zeros((_PROBE_ROWS, H), self.dtype)) for name in self.zero_names)
@@ -247,7 +246,8 @@ class _Analysis:
         if key not in self.probes:
             rng = np.random.default_rng(20261127)
             try:
-                self.probes[key] = [self._probe(*key, rng) for _ in range(_PROBES)]
+                self.probes[key] = [self._probe(*key, rng, scale)
+                                    for scale in cell_probes.SCALES]
             except Exception:  # noqa: BLE001 - the body does not take inputs of these sizes
                 self.probes[key] = None
         if self.probes[key] is None:
@@ -260,12 +260,15 @@ class _Analysis:
             products = (self._product(x, W), self._product(h, R))
             new = dict(zip(("h", "c"), reference_step(spec, R, B, products, h, given.get("c"))))
             new["out"] = new["zeroed"] = new["h"]
+            terms = (self._product(x, W, absolute=True) + self._product(h, R, absolute=True)
+                     + np.abs(B[:B.size // 2]) + np.abs(B[B.size // 2:]))
+            rounding = cell_probes.magnitude(terms, spec["G"], cell_probes.gated_state(
+                spec["G"], h, given.get("c")))
             for role, old, got in zip(roles, states, body_out):
                 if role == "zeroed":
                     old = np.zeros_like(old)
                 want = new[role] if taken is None else np.where(taken[:, None], new[role], old)
-                if got.shape != want.shape or not np.all(
-                        np.abs(got - want) <= _MATCH * (1 + np.abs(got))):
+                if not cell_probes.agrees(got, want, rounding):
                     return False
         return True
 
@@ -283,11 +286,13 @@ class _Analysis:
                 multiplied.setdefault(nd.inputs[1], set()).update(sources.get(nd.inputs[0], ()))
         return multiplied
 
-    def _product(self, a, matrix):
-        """a @ matrix.T in float64, for every guess on the same operands once."""
-        key = (id(a), id(matrix))
+    def _product(self, a, matrix, absolute: bool = False):
+        """a @ matrix.T in float64 (|a| @ |matrix|.T when `absolute`), for every guess on the
+        same operands once (a and matrix live as long as the analysis: their ids stay theirs)."""
+        key = (id(a), id(matrix), absolute)
         if key not in self.products:
-            self.products[key] = a.astype(np.float64) @ matrix.T
+            a = a.astype(np.float64)
+            self.products[key] = np.abs(a) @ np.abs(matrix.T) if absolute else a @ matrix.T
         return self.products[key]
 
 
@@ -378,8 +383,8 @@ def _onnx_weights(spec, reordered: dict | None = None):
 
 def _activate(act, x):
     name, alpha, beta = act
-    if name == "sigmoid":
-        return 1 / (1 + np.exp(-x))
+    if name == "sigmoid":  # as tanh: exp(-x) overflows at the probes' largest scale
+        return 0.5 * np.tanh(0.5 * x) + 0.5
     if name == "tanh":
         return np.tanh(x)
     if name == "relu":

@@ -46,14 +46,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import unrolled_pairs
+from . import cell_probes, unrolled_pairs
 from .kernels import element_limit
 from .loop_cells import activation_candidates
 from .unrolled_layer import UnrolledLayer
 
 OP = "UnrolledCell"
 _MIN_STEPS = 2
-_MATCH = 1e-4  # the step against the guess, relative to the step's values plus one
 _PROBE_ROWS = 3
 _FLIP_END = -(1 << 62)  # a Slice end at or below this runs to the front of any axis
 _ACTIVATIONS = {"Tanh": "tanh", "Relu": "relu", "Sigmoid": "sigmoid"}
@@ -586,23 +585,30 @@ class _Finder:
                       if r[0] == "u")
         u_rank = self._step_input(u_name).rank
         rng = np.random.default_rng(20261127)
-        results: dict[int, list] = {}
+        R64 = R.astype(np.float64)
+        results: dict[int, list] = {}  # per rank of the state the template takes: what fits
         for rank in (2, 3):
             shape = (_PROBE_ROWS, H) if rank == 2 else (1, _PROBE_ROWS, H)
-            h = rng.uniform(-1, 1, shape).astype(R.dtype)
-            u = rng.standard_normal((_PROBE_ROWS, H) if u_rank == 2
-                                    else (1, _PROBE_ROWS, H)).astype(R.dtype)
-            try:
-                values = self._run_template(template, h, u)
-            except Exception:  # noqa: BLE001 - not a state of this rank
-                continue
-            got = np.asarray(values[template.state])
-            pre = u.astype(np.float64) + h.astype(np.float64) @ R.astype(np.float64)
-            if bias is not None:
-                pre = pre + bias
-            want_shape = np.broadcast_shapes(h.shape, u.shape)
-            results[rank] = [act for act in acts if got.shape == want_shape and np.all(
-                np.abs(got - _activate(act, pre)) <= _MATCH * (1 + np.abs(got)))]
+            fits = list(acts)
+            for scale in cell_probes.SCALES:
+                h = cell_probes.inputs(rng, shape, scale, R.dtype, "state")
+                u = cell_probes.inputs(rng, (_PROBE_ROWS, H) if u_rank == 2
+                                       else (1, _PROBE_ROWS, H), scale, R.dtype, "x")
+                try:
+                    values = self._run_template(template, h, u)
+                except Exception:  # noqa: BLE001 - not a state of this rank
+                    fits = None
+                    break
+                h64, u64 = h.astype(np.float64), u.astype(np.float64)
+                pre = u64 + h64 @ R64
+                terms = np.abs(u64) + np.abs(h64) @ np.abs(R64)
+                if bias is not None:
+                    pre, terms = pre + bias, terms + np.abs(bias)
+                got = values[template.state]
+                fits = [act for act in fits if cell_probes.agrees(got, _activate(act, pre),
+                                                                  terms)]
+            if fits is not None:
+                results[rank] = fits
         for act in acts:
             ranks = {r: max(r, u_rank) for r, fits in results.items() if act in fits}
             ranks = {r: out for r, out in ranks.items() if out in ranks}  # each step's the same
@@ -648,25 +654,26 @@ class _Finder:
         squashes, outs = activation_candidates({nd.op for nd, _ in template.nodes})
         rng = np.random.default_rng(20261127)
         probes = []
-        for _ in range(2):
-            h = rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(R.dtype)
-            c = rng.uniform(-1, 1, (_PROBE_ROWS, H)).astype(R.dtype)
-            u = rng.standard_normal((_PROBE_ROWS, G * H)).astype(R.dtype)
+        R64 = np.abs(R.astype(np.float64))
+        for scale in cell_probes.SCALES:
+            h = cell_probes.inputs(rng, (_PROBE_ROWS, H), scale, R.dtype, "state")
+            c = cell_probes.inputs(rng, (_PROBE_ROWS, H), scale, R.dtype, "state")
+            u = cell_probes.inputs(rng, (_PROBE_ROWS, G * H), scale, R.dtype, "x")
             values = self._run_template(template, h, u, c)
             got = [np.asarray(values[template.state])]
             got += [np.asarray(values[name]) for name in carried_out]
             _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
-            probes.append((h, c, u, got))
+            terms = np.abs(u.astype(np.float64)) + np.abs(h.astype(np.float64)) @ R64
+            probes.append((h, c, u, got, terms))
         _require(reset_after or (mode == "GRU" and len(biases) == 1))
         for order, bias, squash, out in itertools.product(
                 ("torch", "keras") if mode == "GRU" else ("torch",), biases, squashes, outs):
             cell = {"mode": mode, "activations": [squash] + [out] * (G - 2), "bias": bias,
                     "ranks": {2: 2}, "order": order,
                     "linear_before_reset": int(mode == "GRU" and reset_after)}
-            if all(all(np.all(np.abs(value - want) <= _MATCH * (1 + np.abs(value)))
-                       for value, want in zip(got, _cell_step(cell, R, u, h, c if mode == "LSTM"
-                                                              else None)))
-                   for h, c, u, got in probes):
+            if all(_agrees(got, _cell_step(cell, R, u, h, c if mode == "LSTM" else None),
+                           terms, bias, G, cell_probes.gated_state(G, h, c))
+                   for h, c, u, got, terms in probes):
                 return cell
         raise _NotAChain
 
@@ -718,10 +725,12 @@ class _Finder:
                    g.ndim != got[0].ndim for g in got):
                 return None
             zeros = np.zeros((rows, H))
-            want = _cell_step(cell, R, u.reshape(rows, width), zeros, zeros)
-            return got[0].ndim if all(
-                np.all(np.abs(g.reshape(rows, H) - w) <= _MATCH * (1 + np.abs(w)))
-                for g, w in zip(got, want)) else None
+            u = u.reshape(rows, width)
+            want = _cell_step(cell, R, u, zeros, zeros)
+            gates = width // H
+            fitting = _agrees([g.reshape(rows, H) for g in got], want, np.abs(u), cell["bias"],
+                              gates, cell_probes.gated_state(gates, zeros, zeros))
+            return got[0].ndim if fitting else None
 
         rows, found_ranks = None, {fits(3), fits(5)}
         if len(found_ranks) != 1 or None in found_ranks:  # a batch size its constants fix
@@ -989,6 +998,15 @@ def _cell_step(cell: dict, R: np.ndarray, u, h, c) -> list:
                           None if c is None else np.asarray(c, np.float64))
 
 
+def _agrees(got: list, want: list, terms, bias, gates: int, gated) -> bool:
+    """Whether a step's values `got` are the reference's `want` (cell_probes.agrees), `terms`
+    the sums of the pre-activations' absolute terms without the bias."""
+    if bias is not None:
+        terms = terms + np.abs(bias)
+    rounding = cell_probes.magnitude(terms, gates, gated)
+    return all(cell_probes.agrees(g, w, rounding) for g, w in zip(got, want))
+
+
 def _same(a, b) -> bool:
     return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and
                       a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
@@ -999,7 +1017,7 @@ def _activate(name: str, x):
         return np.tanh(x)
     if name == "relu":
         return np.maximum(x, 0)
-    return 1 / (1 + np.exp(-x))
+    return 0.5 * np.tanh(0.5 * x) + 0.5  # sigmoid (exp(-x) overflows at cell_probes.SCALES)
 
 
 def ordered(nodes: list, fused: list) -> list | None:
