@@ -109,6 +109,19 @@ def test_paths_and_sources(tmp_path):
         assert converters.from_onnx(src).run(["Y_h"], feeds())[0].shape == (1, 2, H)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_path, kind):
+    """A FIFO would block the read for ever, /dev/zero feed it without end."""
+    path = tmp_path / "model.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    with pytest.raises(FormatError, match="not a regular file"):
+        converters.from_onnx(path)
+
+
 def test_external_data_missing_or_unreachable(tmp_path):
     model = lstm_model()
     path = tmp_path / "m.onnx"
@@ -639,6 +652,99 @@ _REFUSED = {
     "cumsum_axis_out_of_range": (helper.make_node("CumSum", ["x", "a"], ["y"]), 14,
                                  {"x": np.zeros((2, 3), np.float32), "a": np.array(2)}, ShapeError),
 }
+
+
+def test_reshape_entries_below_minus_one_are_refused():
+    """numpy takes any negative entry of a shape for -1; ORT refuses them."""
+    node = helper.make_node("Reshape", ["x", "s"], ["y"])
+    for target in ([-2, 12], [-5, 4], [-7, -1]):
+        values = {"x": np.zeros((2, 3, 4), np.float32), "s": np.array(target)}
+        for model, feeds in _both_ways([node], values, 14):
+            with pytest.raises(Exception):  # noqa: B017 - ORT's own exception types
+                ort.InferenceSession(model.SerializeToString(),
+                                     providers=["CPUExecutionProvider"]).run(None, feeds)
+            _refused_at_import_or_run(model, feeds, ShapeError)
+
+
+def test_feeds_that_make_no_array_of_the_inputs_type_are_dtype_errors():
+    """A Python int past the input's integer type, and None (np.asarray would make a NaN)."""
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, None)
+    model = small_model([helper.make_node("Identity", ["x"], ["y"])], inputs=[x])
+    with pytest.raises(DTypeError, match="int32"):
+        converters.from_onnx(model).run(None, {"x": [2 ** 40]})
+    f = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    model = small_model([helper.make_node("Identity", ["x"], ["y"])], inputs=[f])
+    with pytest.raises(DTypeError, match="None"):
+        converters.from_onnx(model).run(None, {"x": None})
+
+
+def test_bool_tensors_hold_true_as_one_and_half_floats_fit_16_bits():
+    """A bool initializer's raw bytes other than 0 and 1 are true, stored as 1 (as ORT has
+    them); float16 values given as int32_data past 16 bits are refused (onnx would wrap them)."""
+    flags = onnx.TensorProto(name="b", data_type=TensorProto.BOOL, dims=[3],
+                             raw_data=bytes([0, 1, 2]))
+    model = small_model([helper.make_node("Identity", ["b"], ["y"])], inits=[flags])
+    (got,) = converters.from_onnx(model).run(None, {})
+    (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {})
+    assert got.tobytes() == want.tobytes() == bytes([0, 1, 1])
+    half = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT16, dims=[2],
+                            int32_data=[15360, 70000])
+    model = small_model([helper.make_node("Identity", ["w"], ["y"])], inits=[half])
+    with pytest.raises(FormatError, match="16 bits"):
+        converters.from_onnx(model)
+
+
+def _function_model(depth: int, calls: int = 2):
+    """x -> F0(x), where F_k calls F_{k+1} `calls` times (their sum) and F_depth is Neg: a model
+    of a few hundred bytes that inlines to ~calls**depth nodes."""
+    opsets = [helper.make_opsetid("", 14), helper.make_opsetid("local", 1)]
+    functions = [helper.make_function("local", f"F{depth}", ["a"], ["b"],
+                                      [helper.make_node("Neg", ["a"], ["b"])], opsets)]
+    for k in reversed(range(depth)):
+        nodes = [helper.make_node(f"F{k + 1}", ["a"], [f"p{i}"], domain="local")
+                 for i in range(calls)]
+        nodes.append(helper.make_node("Sum", [f"p{i}" for i in range(calls)], ["b"]))
+        functions.append(helper.make_function("local", f"F{k}", ["a"], ["b"], nodes, opsets))
+    graph = helper.make_graph([helper.make_node("F0", ["x"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_empty_tensor_value_info("y")])
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    model.ir_version = 8
+    return model
+
+
+def test_local_functions_are_inlined_in_a_fresh_process():
+    """onnx.inliner is a submodule `import onnx` does not import: a process that imported
+    nothing else (no torch, no onnxscript) inlines too."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+        import numpy as np
+        import converters
+        from test_onnx_errors import _function_model
+        assert "onnx.inliner" not in sys.modules
+        y = converters.from_onnx(_function_model(3)).run(None, {{"x": np.ones(2, np.float32)}})[0]
+        print(y.tolist())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[-8.0,", "-8.0]"]
+
+
+def test_local_functions_that_inline_past_the_limit_or_recurse_are_refused():
+    model = _function_model(3)
+    np.testing.assert_array_equal(
+        converters.from_onnx(model).run(None, {"x": np.ones(2, np.float32)})[0],
+        ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.ones(2, np.float32)})[0])
+    with pytest.raises(UnsupportedError, match="inline to more than"):
+        converters.from_onnx(_function_model(26))  # 2**26 nodes from ~2 KB
+    looped = _function_model(2)
+    looped.functions[0].node[0].op_type = "F0"  # F2 (the Neg) now calls F0
+    looped.functions[0].node[0].domain = "local"
+    with pytest.raises(UnsupportedError, match="calls itself"):
+        converters.from_onnx(looped)
 
 
 @pytest.mark.parametrize("case", list(_REFUSED))

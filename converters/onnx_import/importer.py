@@ -63,6 +63,8 @@ def load_model(src) -> Any:
             raise FileNotFoundError(f"no such ONNX file: {path!r}")
         if os.path.isdir(path):
             raise FormatError(f"{path!r} is a directory, expected an .onnx file")
+        if not os.path.isfile(path):  # a FIFO would block, a device read without end
+            raise FormatError(f"{path!r} is not a regular file, expected an .onnx file")
         try:
             model = onnx.load(path, load_external_data=False)
         except (DecodeError, RuntimeError, ValueError) as e:
@@ -207,6 +209,12 @@ def _to_array(tensor) -> np.ndarray:
     if dt is None:
         raise UnsupportedError(f"tensor {tensor.name!r} has element type "
                                f"{onnx_type_name(tensor.data_type)}, which fastrnn does not support")
+    if tensor.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) \
+            and len(tensor.int32_data):
+        bits = np.asarray(tensor.int32_data)
+        if bits.min() < 0 or bits.max() > 0xFFFF:  # onnx would wrap them, ORT refuses them
+            raise FormatError(f"tensor {tensor.name!r}: its 16-bit values (int32_data) do not "
+                              f"fit in 16 bits")
     try:
         arr = onnx.numpy_helper.to_array(tensor)
     except Exception as e:  # noqa: BLE001 - onnx raises assorted types for bad tensors
@@ -214,6 +222,8 @@ def _to_array(tensor) -> np.ndarray:
     expected = tuple(tensor.dims)
     if arr.shape != expected:
         raise FormatError(f"tensor {tensor.name!r} holds {arr.size} values for dims {expected}")
+    if dt == np.bool_:  # raw bytes other than 0 and 1 are true, stored as 1 (as ORT does)
+        return np.ascontiguousarray(arr, dtype=np.bool_).view(np.uint8) != 0
     return np.asarray(arr, dtype=dt)
 
 
@@ -779,10 +789,48 @@ def _run_time_branch(ctx: ImportContext, node: NodeView, label: str, graph, inpu
             "n_out": len(step.outputs), "outputs": [step.outputs.index(s) for s in sources]}
 
 
+# Nodes a model's local functions may inline to: a few bytes of functions that each call the next
+# twice make 2**depth nodes (depth 18: 19 s and 0.9 GB in onnx's inliner).
+MAX_INLINED_NODES = 100_000
+
+
+def _check_inlined_size(model) -> None:
+    """Refuse a model whose local functions would inline to more than MAX_INLINED_NODES nodes,
+    or that call themselves, counted before onnx's inliner builds them."""
+    functions = {(f.domain, f.name, getattr(f, "overload", "")): f for f in model.functions}
+    sizes: dict[tuple, int] = {}
+
+    def count(nodes, calling: tuple) -> int:
+        total = 0
+        for node in nodes:
+            key = (node.domain, node.op_type, getattr(node, "overload", ""))
+            if key not in functions:
+                total += 1
+            elif key in calling:
+                raise UnsupportedError(f"local function {key[1]!r} (domain {key[0]!r}) calls "
+                                       f"itself; ONNX functions cannot recurse")
+            else:
+                if key not in sizes:
+                    sizes[key] = count(functions[key].node, calling + (key,))
+                total += sizes[key]
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    total += count(sub.node, calling)
+            if total > MAX_INLINED_NODES:
+                raise UnsupportedError(f"the model's local functions inline to more than "
+                                       f"{MAX_INLINED_NODES} nodes")
+        return total
+
+    count(model.graph.node, ())
+
+
 def convert_model(model) -> OnnxPlan:
     onnx = _onnx()
     graph = model.graph
     if model.functions:
+        _check_inlined_size(model)
+        import onnx.inliner  # not imported by `import onnx`
+
         try:
             model = onnx.inliner.inline_local_functions(model)
             graph = model.graph

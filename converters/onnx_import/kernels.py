@@ -163,6 +163,8 @@ def _reshape(attrs, ins, n_out):
                 shape[i] = x.shape[i]
     if shape.count(-1) > 1:
         raise ShapeError(f"Reshape target {shape} has more than one -1")
+    if any(s < -1 for s in shape):  # numpy would take any negative entry for -1
+        raise ShapeError(f"Reshape target {shape} has an entry below -1")
     try:
         return [np.reshape(x, shape)]
     except ValueError:

@@ -484,9 +484,11 @@ class OnnxPlan:
             value = input_feed[info.name]
             want = self._input_dtypes[info.name]
             if not isinstance(value, np.ndarray):
+                if value is None:  # np.asarray(None, float32) would be a NaN
+                    raise DTypeError(f"input {info.name!r}: expected an array, got None")
                 try:
                     value = np.asarray(value, dtype=want if not isinstance(value, np.generic) else None)
-                except (TypeError, ValueError) as e:
+                except (TypeError, ValueError, OverflowError) as e:
                     raise DTypeError(f"input {info.name!r}: cannot make a {want} array of "
                                      f"{type(value).__name__}: {e}") from None
             if want is not None and value.dtype != want:
