@@ -230,6 +230,25 @@ def _activation_case(mode, activations, alpha, beta, bidirectional, dtype, key, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("mode,slot", SLOTS, ids=[f"{m}-{s}" for m, s in SLOTS])
+def test_softplus_of_large_values_is_the_value(mode, slot, dtype):
+    """softplus(x) ~ x for large x, where log(1 + e^x) would overflow (float32 from 89, float64
+    from 710): pre-activations and cell states up to 1000."""
+    names = ref.default_activations(mode)
+    names[slot] = "Softplus"
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[mode]
+    layer = make_layer(mode, input_size=1, hidden_size=1, activations=names, dtype=dtype)
+    layer.load_state_dict({"weight_ih_l0": np.ones((gates, 1)), "weight_hh_l0": np.zeros((gates, 1)),
+                           "bias_ih_l0": np.zeros(gates), "bias_hh_l0": np.zeros(gates)})
+    x = np.array([-1000.0, -30.0, 0.5, 30.0, 88.0, 89.0, 100.0, 709.0, 711.0, 1000.0],
+                 dtype)[:, None, None]
+    y, _ = layer(x)
+    assert np.all(np.isfinite(y))
+    expected = run_reference(layer, x, None, None, activations=names)
+    assert_same_result(layer, (y, _), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ONNX_NAMES)
 @pytest.mark.parametrize("mode,slot", SLOTS, ids=[f"{m}-{s}" for m, s in SLOTS])
 def test_activations(mode, slot, name, dtype):

@@ -48,8 +48,9 @@ def activate(code, alpha, beta, x):
         return x if x >= 0.0 else alpha * (np.exp(x) - 1.0)
     if code == SOFTSIGN:
         return x / (1.0 + abs(x))
-    # SOFTPLUS
-    return np.log1p(np.exp(x))
+    # SOFTPLUS: log(1 + e^x) as max(x, 0) + log(1 + e^-|x|), which does not overflow to inf
+    # where it is ~x (e^x does from x = 89 in float32)
+    return max(x, 0.0) + np.log1p(np.exp(-abs(x)))
 
 
 @intrinsic
