@@ -432,6 +432,24 @@ def test_a_scan_output_that_changes_shape_is_a_shape_error():
         sess.run(None, feeds)
 
 
+def test_a_loops_scan_outputs_stop_at_the_element_limit(monkeypatch):
+    """Scan outputs that pass the element limit (lowered here) stop the Loop with a
+    SizeLimitError naming it: a Loop that never stops (ORT runs one for ever) cannot grow them
+    without end. (M bounds this one, so that the test ends either way.)"""
+    from converters.onnx_import import kernels
+
+    monkeypatch.setattr(kernels, "_max_elements", kernels.contextvars.ContextVar(
+        "max_elements", default=30_000))
+    body = _body([helper.make_node("Identity", ["c"], ["c_out"]),
+                  helper.make_node("Identity", ["row"], ["scan"])],
+                 [], [("c_out", [], BOOL), ("scan", [100], FLOAT)],
+                 [numpy_helper.from_array(np.ones(100, np.float32), "row")])
+    model = _model([helper.make_node("Loop", ["M", ""], ["rows"], name="long", body=body)],
+                   [_vi("M", [], INT64)], [_vi("rows", None, FLOAT)])
+    with pytest.raises(kernels.SizeLimitError, match=r"Loop 'long' after 301 iterations"):
+        converters.from_onnx(model).run(None, {"M": np.array(100_000, np.int64)})
+
+
 def test_errors_in_the_body_name_the_loop_and_the_body_node():
     body = _body([helper.make_node("Reshape", ["v", "shape"], ["v_next"], name="reshape"),
                   helper.make_node("Identity", ["c"], ["c_out"])],

@@ -17,6 +17,8 @@ import numpy as np
 
 from fastrnn.errors import DTypeError, FormatError, ShapeError
 
+from .kernels import _check_size
+
 LOOP = "Loop"
 IF = "If"
 GRAPHS = {LOOP: ("body",), IF: ("then_branch", "else_branch")}
@@ -64,12 +66,15 @@ def _run_loop(node, ins: list) -> list:
     evaluate = body.iterations([0, 1] + [2 + k for k in range(n)
                                          if names_out[1 + k] != names_in[2 + k]])
     steps: list[list] = []
-    i = 0
+    scanned = 0  # elements of the scan outputs so far: a Loop that never stops may not grow them
+    i = 0       # without end (one with none runs on, as in ONNX Runtime)
     while going and (trips is None or i < trips):
         outs = evaluate([np.array(i, np.int64), np.array(going), *carried, *outer])
         going = _flag(outs[0], "the Loop body's condition output")
         carried = outs[1:1 + n]
         steps.append(outs[1 + n:])
+        scanned += sum(np.size(out) for out in steps[-1])
+        _check_size((scanned,), f"the scan outputs of Loop {node.name!r} after {i + 1} iterations")
         i += 1
     return carried + [_stack(steps, k, info) for k, info in enumerate(body.output_infos[1 + n:])]
 
