@@ -38,9 +38,11 @@ from .torch_files import (WRAPPER_KEYS, UnreadableTensor, flatten_tensors, is_te
 __all__ = ["from_torch", "convert_file", "inspect_torch", "find_recurrent_groups", "infer_architecture"]
 
 PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+# a layer number: ASCII digits only (\d takes any Unicode digit), and few enough for int()
+_LAYER = r"[0-9]{1,9}"
 _PARAM_RE = re.compile(
     r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
-    r"_l(?P<layer>\d+)(?P<rev>_reverse)?$"
+    rf"_l(?P<layer>{_LAYER})(?P<rev>_reverse)?$"
 )
 _CELL_RE = re.compile(r"^(?:.*\.)?(weight_ih|weight_hh)$")
 MODES = {1: "RNN", 3: "GRU", 4: "LSTM"}
@@ -99,7 +101,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 # weights a state dict stores as weight_norm / spectral_norm parts
 # ----------------------------------------------------------------------------------------------
 # an RNN's weight_ih_l0 ... weight_hr_l1_reverse, or a Linear's / an Embedding's weight and bias
-_PARAM_NAME = r"(?:weight|bias)(?:_(?:ih|hh|hr)_l\d+(?:_reverse)?)?"
+_PARAM_NAME = rf"(?:weight|bias)(?:_(?:ih|hh|hr)_l{_LAYER}(?:_reverse)?)?"
 # torch.nn.utils.parametrizations: parametrizations.<name>.original0/1 (weight_norm: g, v) or
 # .original, .0._u, .0._v (spectral_norm)
 _PARAMETRIZED_RE = re.compile(rf"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>{_PARAM_NAME})"
@@ -318,6 +320,10 @@ def infer_architecture(params: Mapping[str, Any], where: str = "state dict") -> 
             parts.append(f"inconsistent extra {extra} (layer 0 forward has "
                          f"{sorted(expected_kinds)})")
         raise FormatError(f"{where}: incomplete recurrent weights: {'; '.join(parts)}")
+    for (layer, d), s in sorted(slots.items()):  # the reader knows why; a shape check would not
+        for kind, value in s.items():
+            if isinstance(value, UnreadableTensor):
+                raise UnsupportedError(f"{where}: {key(kind, layer, d)}: {value.reason}")
 
     for (layer, d), s in slots.items():
         for kind, value in s.items():

@@ -170,6 +170,14 @@ def _reject_constant(name: str) -> Any:
     raise FormatError(f"JSON header contains {name}, which is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one past the float range (1e999) would be inf, and is refused."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise FormatError(f"JSON header contains the number {text[:40]}, beyond the float range")
+    return value
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -210,7 +218,7 @@ def _read_header(f, path: str) -> tuple[int, dict, int, int]:
     blob = f.read(hlen)
     try:
         header = json.loads(blob.decode("utf-8"), object_pairs_hook=_reject_duplicates,
-                            parse_constant=_reject_constant)
+                            parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError,
         # and integers of more digits than Python converts
         raise FormatError(f"{path!r}: the header is not valid UTF-8 JSON: {e}") from None

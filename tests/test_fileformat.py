@@ -315,6 +315,7 @@ CORRUPT = {
                            "unknown dtype"),
     "integer past Python's digits": (dict(blob=b'{"kind": "k", "x": ' + b"9" * 5000 + b"}"),
                                      "not valid UTF-8 JSON"),
+    "number past the float range": (dict(blob=b'{"kind": "k", "x": -1e999}'), "-1e999, beyond the float"),
     "truncated data": (dict(data=bytes(80)), "truncated: the header says the file is .* it is"),
     "trailing bytes": (dict(data=bytes(100)), "has trailing bytes"),
 }

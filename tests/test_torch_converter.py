@@ -24,7 +24,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 import fastrnn  # noqa: E402
 import converters  # noqa: E402
 from converters.torch_composite import from_torch_composite, seq2seq_from_torch  # noqa: E402
-from converters.torch_convert import convert_file, from_torch, inspect_torch  # noqa: E402
+from converters.torch_convert import (convert_file, from_torch, infer_architecture,  # noqa: E402
+                                      inspect_torch)
 from converters.torch_files import TensorRef  # noqa: E402
 from fastrnn.errors import (ArgumentError, DTypeError, FormatError, ShapeError,  # noqa: E402
                             UnsupportedError)
@@ -384,6 +385,33 @@ def test_unknown_key_is_an_error():
     sd["weight_hh_l0_g"] = torch.ones(4 * H, 1)
     with pytest.raises(FormatError, match="weight_norm"):
         from_torch(sd)
+
+
+def test_layer_numbers_are_ascii_digits_int_can_read():
+    """A layer number of non-ASCII digits (not layer 0) or of more digits than int() converts
+    (not Python's own ValueError) makes a name torch never writes: a FormatError."""
+    for digits in ("\u0660", "9" * 5000):
+        sd = {"weight_ih_l" + digits: np.zeros((H, I)), "weight_hh_l" + digits: np.zeros((H, H))}
+        with pytest.raises(FormatError, match="no torch RNN"):
+            from_torch(sd)
+        assert inspect_torch(sd) == []
+        with pytest.raises(FormatError, match="unknown parameter"):
+            infer_architecture(sd)
+        gru = dict(make_module("GRU").state_dict(), **sd)
+        with pytest.raises(FormatError, match="unknown tensors"):
+            from_torch(gru)
+
+
+def test_unreadable_weights_are_refused_with_the_reason(tmp_path):
+    """Weights the file reader cannot read (an LSTM saved from the meta device) are refused with
+    the reader's reason, not a shape error about the placeholder they are read as."""
+    with torch.device("meta"):
+        m = torch.nn.LSTM(I, H)
+    path = tmp_path / "meta.pt"
+    torch.save(m.state_dict(), path)
+    with pytest.raises(UnsupportedError, match="weight_ih_l0: meta"):
+        from_torch(str(path))
+    assert "weight_ih_l0: meta" in inspect_torch(str(path))[0]["error"]
 
 
 def test_missing_and_inconsistent_keys():
