@@ -136,6 +136,20 @@ def test_unknown_safetensors_dtype_is_unreadable_only_when_used(tmp_path):
         obj["q"].numpy()
 
 
+def test_threads_read_one_safetensors_file_at_once(tmp_path):
+    """The tensors of one open safetensors file share its file object: read from 4 threads, a
+    seek of one between another's seek and read gave that one the wrong tensor's bytes, silently
+    (about a fifth of the 1,000 arrays here), or a truncation error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "t.safetensors"
+    write_safetensors(path, {f"t{k}": np.full(1024, k, np.float32) for k in range(200)})
+    for _ in range(5):
+        with tf.open_checkpoint(path) as f, ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(tf.TensorRef.numpy, f.tensors().values()))
+        assert all((a == k).all() for k, a in enumerate(got))
+
+
 def test_not_a_checkpoint(tmp_path):
     for i, data in enumerate([b"", b"hello world", b"(lp0\nI1\na.", b"\x89PNG\r\n\x1a\n" + b"\0" * 40]):
         p = tmp_path / f"x{i}"
@@ -306,8 +320,9 @@ def test_allowed_names_cannot_be_abused(tmp_path):
                                                ((1,),), {})}))
     with pytest.raises(UnsafeFileError, match="_rebuild_from_type_v2"):
         tf.open_checkpoint(path)
-    # storage, dtype and type names are data, not callables
-    for mod, name in (("torch", "FloatStorage"), ("torch", "float32"), ("torch", "Tensor")):
+    # storage, dtype, type and qscheme names are data, not callables
+    for mod, name in (("torch", "FloatStorage"), ("torch", "float32"), ("torch", "Tensor"),
+                      ("torch", "per_tensor_affine")):
         _zip_with_pickle(path, _global_pickle(mod, name, args=(3,)))
         with pytest.raises(FormatError):
             tf.open_checkpoint(path)
@@ -624,6 +639,32 @@ def test_calls_cannot_copy_much_more_than_the_pickle_holds(tmp_path, calls):
     assert len(tf.load(path)) == 2
 
 
+@pytest.mark.parametrize("call,arg", [
+    ("list", "x" * (1 << 19)), ("tuple", "\u03b1" * (1 << 16)),
+    ("set", list(range(1 << 16, (1 << 16) + 50_000))),
+])
+def test_calls_that_build_containers_are_charged_what_they_build(tmp_path, call, arg):
+    """list(s) was charged len(s) bytes of arguments but makes a pointer (8 bytes) for each
+    character, and a new str for each outside latin-1 (84 bytes); set(x) a table entry for each
+    item (over 32 bytes), charged 8: reused through memo references, a 16 MB file made 1 GB. Here
+    20 such calls made 42 MB, 118 MB and 17 MB from files of 0.5 MB, 128 KB and 250 KB. A plain
+    set of 100,000 ints, which a pickle makes with set(list), still loads."""
+    import tracemalloc
+
+    path = tmp_path / "c.pt"
+    _zip_with_pickle(path, assemble([Call(Global("builtins", call), arg) for _ in range(20)]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="bytes of arguments in all"):
+            tf.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    _zip_with_pickle(path, pickle.dumps(set(range(100_000)), protocol=2))
+    assert len(tf.load(path)) == 100_000
+
+
 def test_zip_directory_sizes_are_checked_against_the_file(tmp_path):
     """D7: a central directory claiming a 3 GiB record (read allocated it), or a data.pkl whose
     stored size disagrees with its size (read 1 GiB, then loaded), is refused when opened."""
@@ -702,6 +743,40 @@ def test_two_tensors_with_one_name_are_refused(tmp_path, obj):
     _zip_with_pickle(path, pickle.dumps(obj, protocol=2))
     with pytest.raises(FormatError, match="names two tensors"):
         tf.read_state_dict(path)
+
+
+def _long_key_nest(key, depth, leaf):
+    """{key: {key: ... {key: leaf}}} `depth` deep, the key one memo entry: 3 bytes a level."""
+    body = leaf
+    for _ in range(depth - 1):
+        body = pickle.EMPTY_DICT + b"h\xff" + body + pickle.SETITEM
+    return b"\x80\x02}" + _binunicode(key) + b"q\xff" + body + b"s."
+
+
+def test_a_long_key_at_every_level_is_refused_before_its_name_is_built(tmp_path, monkeypatch):
+    """A long key reused (memo references) at each of 100 levels names a tensor of depth x key
+    length characters: 6 MiB keys took 27 s and 1.4 GB to build that name, one level at a time,
+    before MAX_NAME_CHARS refused it, and a nesting error built it too. Here 64 KiB keys against a
+    1 MiB budget: the refusals build no name, and a name within the budget is joined once."""
+    import tracemalloc
+
+    from converters.torch_files import flatten
+
+    monkeypatch.setattr(flatten, "MAX_NAME_CHARS", 1 << 20)
+    key, leaf = "k" * (64 << 10), pickle.dumps(np.zeros(1), protocol=2)[2:-1]
+    path = tmp_path / "k.pt"
+    for depth, leaf_, match in [(100, leaf, "names take more than"), (110, b"N", "nests deeper")]:
+        _zip_with_pickle(path, _long_key_nest(key, depth, leaf_))
+        tracemalloc.start()
+        try:
+            with pytest.raises(FormatError, match=match) as err:
+                tf.read_state_dict(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2 << 20 and len(str(err.value)) < 1000
+    _zip_with_pickle(path, _long_key_nest(key, 15, leaf))
+    assert list(tf.read_state_dict(path)) == [".".join([key] * 15)]
 
 
 def test_ambiguous_records_are_refused(tmp_path):
@@ -1165,6 +1240,28 @@ def test_big_endian_zip(torch, tmp_path):
     got = tf.read_state_dict(big)
     for k, v in sd.items():
         np.testing.assert_array_equal(got[k], v.numpy())
+
+
+def test_quantized_tensors_beside_float_weights(torch, tmp_path):
+    """A quantized tensor beside float weights had the whole file refused (UnsafeFileError: the
+    qscheme, torch.per_tensor_affine or per_channel_affine, that torch writes into
+    _rebuild_qtensor's arguments was no allowed global). The float weights read; the quantized
+    tensors fail only when read."""
+    rnn, x = torch.nn.GRU(3, 4), torch.randn(5, 3)
+    path = tmp_path / "q.pt"
+    torch.save({"rnn": rnn.state_dict(),
+                "q": torch.quantize_per_tensor(x, 0.1, 0, torch.qint8),
+                "qc": torch.quantize_per_channel(x, torch.full((5,), 0.1),
+                                                 torch.zeros(5, dtype=torch.long), 0, torch.qint8)},
+               path)
+    with tf.open_checkpoint(path) as f:
+        refs = f.tensors()
+        for k, v in rnn.state_dict().items():
+            np.testing.assert_array_equal(refs[f"rnn.{k}"].numpy(), v.numpy())
+        for k in ("q", "qc"):
+            with pytest.raises(UnsupportedError, match="quantized"):
+                refs[k].numpy()
+    assert from_torch(str(path), prefix="rnn.").mode == "GRU"
 
 
 class TinyNet:  # pickled as a whole object below; never importable by the reader

@@ -10,7 +10,7 @@ from .numpy_values import (_numpy_frombuffer, _numpy_reconstruct, _numpy_scalar,
                            _NumpyDType)
 from .plain_values import (_codecs_encode, _container, _empty_bytes, _PickledOrderedDict,
                            _torch_device, _torch_size)
-from .stand_ins import _DType, _StorageType, _TypeMarker
+from .stand_ins import _DType, _QScheme, _StorageType, _TypeMarker
 from .tensors import (_rebuild_device_tensor_from_cpu_tensor, _rebuild_from_type_v2, _rebuild_parameter,
                       _rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _unreadable)
 
@@ -51,6 +51,9 @@ def _build_allowed() -> dict[str, Any]:
         allowed[f"torch.{name}"] = _DType(name)
     for alias, name in _DTYPE_ALIASES.items():
         allowed[f"torch.{alias}"] = _DType(name)
+    for name in ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric",
+                 "per_channel_symmetric", "per_channel_affine_float_qparams"):
+        allowed[f"torch.{name}"] = _QScheme(name)
     for sname, dtype in _STORAGE_DTYPES.items():
         for mod in ("torch", "torch.cuda", "torch.storage"):
             allowed[f"{mod}.{sname}"] = _StorageType(sname, dtype)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import operator
+from collections.abc import Mapping
+from itertools import dropwhile
 from typing import Any
 
 import numpy as np
@@ -44,43 +46,49 @@ def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, Any]:
     shared_left = MAX_SHARED_VISITS
     chars_left = MAX_NAME_CHARS
 
-    def dotted(path: tuple) -> str:
-        name = prefix.rstrip(".")
-        for k in path:
-            if not isinstance(k, str):
-                k = str(k) if type(k) is int and k.bit_length() <= 128 else _brief(k)
-            name = f"{name}.{k}" if name else k
-        return name
+    def text(k: Any) -> str:
+        if isinstance(k, str):
+            return k
+        return str(k) if type(k) is int and k.bit_length() <= 128 else _brief(k)
 
-    # the path is kept as keys and joined only at a tensor: a long key over many entries costs nothing
-    def walk(o: Any, path: tuple) -> bool:
-        """Whether o holds tensors."""
+    def dotted(path: tuple) -> str:  # "a.b.c"; no dot after leading empty names
+        return ".".join(dropwhile(operator.not_, (prefix.rstrip("."), *map(text, path))))
+
+    def name_start(path: tuple) -> str:
+        """The first characters of a path's dotted name, for messages: a long key the pickle
+        shares (memo references) at each of 100 levels makes a name of gigabytes."""
+        return dotted(tuple(text(k)[:80] for k in path[:80]))[:80]
+
+    # The path is kept as keys, with the length of its name, and joined only at a tensor within
+    # the budget: a long key over many entries, or at every level, costs nothing.
+    def walk(o: Any, path: tuple, length: int) -> bool:
+        """Whether o holds tensors; length: that of the dotted name of path[:-1]."""
         nonlocal shared_left, chars_left
         if _is_script_object(o):  # kept by name, so that converters can say what it is
             o = UnreadableTensor("a torch.ScriptObject (packed weights of a quantized module) "
                                  "is not a tensor")
-        if is_tensor_like(o):
+        tensor = is_tensor_like(o)
+        if not tensor and not isinstance(o, (Mapping, list, tuple)):
+            return False
+        if path:
+            n = len(text(path[-1]))
+            length = length + 1 + n if length else n
+        if tensor:
+            if length > chars_left:
+                raise FormatError(f"checkpoint tensor names take more than {MAX_NAME_CHARS} characters")
             name = dotted(path)
             if name in out:
                 raise FormatError(
                     f"checkpoint names two tensors {_brief(name)} (keys 0 and '0', or a dotted key "
                     "next to nested ones); expected unique names"
                 )
-            chars_left -= len(name)
-            if chars_left < 0:
-                raise FormatError(f"checkpoint tensor names take more than {MAX_NAME_CHARS} characters")
+            chars_left -= length
             out[name] = o
             return True
         if len(path) > MAX_NESTING:
             raise FormatError(
-                f"checkpoint nests deeper than {MAX_NESTING} levels at {_brief(dotted(path))}"
+                f"checkpoint nests deeper than {MAX_NESTING} levels at {_brief(name_start(path))}"
             )
-        if isinstance(o, Mapping):
-            items: Iterator = iter(o.items())
-        elif isinstance(o, (list, tuple)):
-            items = iter(enumerate(o))
-        else:
-            return False
         if id(o) in active or id(o) in barren:  # a container inside itself, or nothing to find
             return False
         if id(o) in walked:
@@ -93,12 +101,12 @@ def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, Any]:
         walked.add(id(o))
         active.add(id(o))
         found = False
-        for k, v in items:
-            found = walk(v, path + (k,)) or found
+        for k, v in (o.items() if isinstance(o, Mapping) else enumerate(o)):
+            found = walk(v, path + (k,), length) or found
         active.discard(id(o))
         if not found:
             barren.add(id(o))
         return found
 
-    walk(obj, ())
+    walk(obj, (), len(prefix.rstrip(".")))
     return out

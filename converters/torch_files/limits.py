@@ -16,9 +16,10 @@ MAX_VIEW_RATIO = 8
 MAX_SHARED_VISITS = 100_000
 MAX_NAME_CHARS = 64 << 20  # all tensor names of one flatten_tensors call together
 # The functions a pickle calls (REDUCE) or sets state with (BUILD) may be passed at most
-# MAX_ARGUMENT_RATIO * pickle size + MAX_ARGUMENT_BYTES bytes of arguments in all, 8 per container
-# item: memo references pass one large value to many calls at a few bytes each, and a call may
-# copy it (list(x), torch.Size(x), a numpy array's data).
+# MAX_ARGUMENT_RATIO * pickle size + MAX_ARGUMENT_BYTES bytes of arguments in all, each counted as
+# what the call may make of it (_charge): memo references pass one large value to many calls at a
+# few bytes each, and a call may copy it (torch.Size(x), a numpy array's data) or build a container
+# of its items (list(x), set(x)).
 MAX_ARGUMENT_RATIO = 8
 MAX_ARGUMENT_BYTES = 1 << 20
 # Keys of one dict (members of one set) with one hash value: a str or bytes hash is randomised per

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import struct
+import threading
 from typing import Any
 
 from fastrnn.errors import FastRNNError, FormatError
@@ -48,6 +49,7 @@ def _open_safetensors(path: str, fh: Any) -> TorchFile:
     out: dict[str, Any] = {}
     metadata: dict[str, str] = {}
     spans = []
+    lock = threading.Lock()  # the readers share fh and its position; threads may read at once
     for name, entry in header.items():
         if name == "__metadata__":
             if isinstance(entry, dict):
@@ -86,8 +88,9 @@ def _open_safetensors(path: str, fh: Any) -> TorchFile:
             )
 
         def reader(start=base + offs[0], nbytes=nbytes):
-            fh.seek(start)
-            return fh.read(nbytes)
+            with lock:
+                fh.seek(start)
+                return fh.read(nbytes)
 
         st = _Storage(reader, name, nbytes)
         stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))

@@ -52,3 +52,19 @@ class _TypeMarker:
 
     def __repr__(self) -> str:
         return self.name
+
+
+class _QScheme:
+    """A torch quantization scheme named in a pickle (``torch.per_tensor_affine``, in the arguments
+    of a quantized tensor's _rebuild_qtensor); inert data, not callable."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __setstate__(self, state: Any) -> None:
+        raise FormatError("pickle tried to set state on a torch qscheme")
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"

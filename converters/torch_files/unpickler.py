@@ -23,7 +23,24 @@ _STATEFUL = (_PickledOrderedDict, _NumpyDType, _NumpyArray, OpaqueValue)  # BUIL
 _NEWABLE = (OpaqueClass, PlainDictClass)  # NEWOBJ's only classes
 _STRINGS = (str, bytes, bytearray)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+# a str of one character outside latin-1, made anew each time (latin-1 ones are cached, but only
+# ASCII is cheap to check)
+_CHAR_BYTES = 80
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _made_of(v: Any, item_bytes: int) -> int:
+    """The bytes a call may make of its argument v: see _RestrictedUnpickler._charge."""
+    if isinstance(v, _STRINGS):
+        if not item_bytes:
+            return len(v)
+        if isinstance(v, str) and not v.isascii():
+            item_bytes += _CHAR_BYTES
+    elif isinstance(v, _CONTAINERS):
+        item_bytes = item_bytes or 8
+    else:
+        return 0
+    return item_bytes * len(v)
 
 
 class QuantizedFileError(UnsafeFileError, UnsupportedError):
@@ -139,13 +156,16 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(f"{self._where}: unexpected persistent id {_brief(pid)}")
         return self._persistent(pid)
 
-    def _charge(self, values: tuple) -> None:
-        """Count a call's arguments (the tuple's items, 8 bytes each, then their own sizes)."""
+    def _charge(self, values: tuple, item_bytes: int = 0) -> None:
+        """Count a call's arguments: the tuple's items, 8 bytes each, then what the call may make
+        of each: a copy of a string, 8 bytes an item of a container. A call that builds a
+        container of its argument's items (builtins.list, set, dict; plain_values._ITEM_BYTES)
+        makes item_bytes for each item or character instead, and a str object for each character
+        outside ASCII: list(s) of a str of a million characters makes 8 MB, 84 MB if they are Greek.
+        """
         self._arguments_left -= 8 * len(values)
         if self._arguments_left >= 0:  # then there are few enough values to walk
-            self._arguments_left -= sum(len(v) if isinstance(v, _STRINGS)
-                                        else 8 * len(v) if isinstance(v, _CONTAINERS) else 0
-                                        for v in values)
+            self._arguments_left -= sum(_made_of(v, item_bytes) for v in values)
         if self._arguments_left < 0:
             raise FormatError(
                 f"{self._where}: pickle passes its calls more than "
@@ -159,7 +179,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(
                 f"{self._where}: pickle calls a function with {type(args).__name__} arguments"
             )
-        self._charge(args)
+        self._charge(args, getattr(self.stack[-1], "item_bytes", 0))
         self.stack[-1] = self.stack[-1](*args)
 
     def _load_newobj(self) -> None:
