@@ -745,6 +745,8 @@ def test_local_functions_that_inline_past_the_limit_or_recurse_are_refused():
     looped.functions[0].node[0].domain = "local"
     with pytest.raises(UnsupportedError, match="calls itself"):
         converters.from_onnx(looped)
+    with pytest.raises(UnsupportedError, match="more than 100 deep"):
+        converters.from_onnx(_function_model(3000, calls=1))  # a chain, not a tree
 
 
 @pytest.mark.parametrize("case", list(_REFUSED))

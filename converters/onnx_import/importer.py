@@ -792,6 +792,7 @@ def _run_time_branch(ctx: ImportContext, node: NodeView, label: str, graph, inpu
 # Nodes a model's local functions may inline to: a few bytes of functions that each call the next
 # twice make 2**depth nodes (depth 18: 19 s and 0.9 GB in onnx's inliner).
 MAX_INLINED_NODES = 100_000
+MAX_FUNCTION_NESTING = 100  # functions calling functions (counted by recursion here)
 
 
 def _check_inlined_size(model) -> None:
@@ -809,6 +810,9 @@ def _check_inlined_size(model) -> None:
             elif key in calling:
                 raise UnsupportedError(f"local function {key[1]!r} (domain {key[0]!r}) calls "
                                        f"itself; ONNX functions cannot recurse")
+            elif len(calling) >= MAX_FUNCTION_NESTING:
+                raise UnsupportedError(f"the model's local functions call each other more than "
+                                       f"{MAX_FUNCTION_NESTING} deep")
             else:
                 if key not in sizes:
                     sizes[key] = count(functions[key].node, calling + (key,))

@@ -654,7 +654,7 @@ class _Finder:
         squashes, outs = activation_candidates({nd.op for nd, _ in template.nodes})
         rng = np.random.default_rng(20261127)
         probes = []
-        R64 = np.abs(R.astype(np.float64))
+        R_abs = np.abs(R.astype(np.float64))
         for scale in cell_probes.SCALES:
             h = cell_probes.inputs(rng, (_PROBE_ROWS, H), scale, R.dtype, "state")
             c = cell_probes.inputs(rng, (_PROBE_ROWS, H), scale, R.dtype, "state")
@@ -663,7 +663,7 @@ class _Finder:
             got = [np.asarray(values[template.state])]
             got += [np.asarray(values[name]) for name in carried_out]
             _require(all(g.shape == (_PROBE_ROWS, H) for g in got))
-            terms = np.abs(u.astype(np.float64)) + np.abs(h.astype(np.float64)) @ R64
+            terms = np.abs(u.astype(np.float64)) + np.abs(h.astype(np.float64)) @ R_abs
             probes.append((h, c, u, got, terms))
         _require(reset_after or (mode == "GRU" and len(biases) == 1))
         for order, bias, squash, out in itertools.product(
