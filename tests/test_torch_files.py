@@ -612,6 +612,20 @@ _ITEMS = list(range(50_000))  # ~150 KB of pickle, 400 KB as a list
 _ARRAY_STATE = (1, (50_000,), np.dtype("u1"), False, bytes(50_000))
 
 
+def _refused_peak(read, path, match):
+    """(the peak of memory Python allocated while read(path) was refused with a FormatError
+    matching `match`, that error)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match=match) as err:
+            read(path)
+        return tracemalloc.get_traced_memory()[1], err.value
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("calls", [
     [Call(Global("builtins", "list"), _ITEMS) for _ in range(1000)],
     [Call(Global("torch", "Size"), _ITEMS) for _ in range(1000)],
@@ -623,18 +637,9 @@ def test_calls_cannot_copy_much_more_than_the_pickle_holds(tmp_path, calls):
     bytes, and the call may copy it: 1,000 copies of one list made 400 MB from a 150 KB file (and
     hundreds of GB from a MB), 4,000 numpy arrays from one array's state 200 MB. The arguments of
     all calls together are capped by the pickle's size."""
-    import tracemalloc
-
     path = tmp_path / "c.pt"
     _zip_with_pickle(path, assemble(calls))
-    tracemalloc.start()
-    try:
-        with pytest.raises(FormatError, match="bytes of arguments in all"):
-            tf.load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 << 20
+    assert _refused_peak(tf.load, path, "bytes of arguments in all")[0] < 32 << 20
     _zip_with_pickle(path, assemble(calls[:2]))
     assert len(tf.load(path)) == 2
 
@@ -649,18 +654,9 @@ def test_calls_that_build_containers_are_charged_what_they_build(tmp_path, call,
     item (over 32 bytes), charged 8: reused through memo references, a 16 MB file made 1 GB. Here
     20 such calls made 42 MB, 118 MB and 17 MB from files of 0.5 MB, 128 KB and 250 KB. A plain
     set of 100,000 ints, which a pickle makes with set(list), still loads."""
-    import tracemalloc
-
     path = tmp_path / "c.pt"
     _zip_with_pickle(path, assemble([Call(Global("builtins", call), arg) for _ in range(20)]))
-    tracemalloc.start()
-    try:
-        with pytest.raises(FormatError, match="bytes of arguments in all"):
-            tf.load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 << 20
+    assert _refused_peak(tf.load, path, "bytes of arguments in all")[0] < 8 << 20
     _zip_with_pickle(path, pickle.dumps(set(range(100_000)), protocol=2))
     assert len(tf.load(path)) == 100_000
 
@@ -758,8 +754,6 @@ def test_a_long_key_at_every_level_is_refused_before_its_name_is_built(tmp_path,
     length characters: 6 MiB keys took 27 s and 1.4 GB to build that name, one level at a time,
     before MAX_NAME_CHARS refused it, and a nesting error built it too. Here 64 KiB keys against a
     1 MiB budget: the refusals build no name, and a name within the budget is joined once."""
-    import tracemalloc
-
     from converters.torch_files import flatten
 
     monkeypatch.setattr(flatten, "MAX_NAME_CHARS", 1 << 20)
@@ -767,14 +761,8 @@ def test_a_long_key_at_every_level_is_refused_before_its_name_is_built(tmp_path,
     path = tmp_path / "k.pt"
     for depth, leaf_, match in [(100, leaf, "names take more than"), (110, b"N", "nests deeper")]:
         _zip_with_pickle(path, _long_key_nest(key, depth, leaf_))
-        tracemalloc.start()
-        try:
-            with pytest.raises(FormatError, match=match) as err:
-                tf.read_state_dict(path)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert peak < 2 << 20 and len(str(err.value)) < 1000
+        peak, err = _refused_peak(tf.read_state_dict, path, match)
+        assert peak < 2 << 20 and len(str(err)) < 1000
     _zip_with_pickle(path, _long_key_nest(key, 15, leaf))
     assert list(tf.read_state_dict(path)) == [".".join([key] * 15)]
 
