@@ -8,19 +8,27 @@ from typing import Any
 from fastrnn.errors import FormatError
 
 
-class _DType:
-    """A torch dtype named in a pickle (``torch.float16``); inert data, not callable."""
+class _TorchName:
+    """A name of torch's that a pickle passes as data (``torch.<name>``); inert, not callable."""
 
     __slots__ = ("name",)
+    what = "a torch name"
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __setstate__(self, state: Any) -> None:
-        raise FormatError("pickle tried to set state on a torch dtype")
+        raise FormatError(f"pickle tried to set state on {self.what}")
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
+
+
+class _DType(_TorchName):
+    """A torch dtype named in a pickle (``torch.float16``)."""
+
+    __slots__ = ()
+    what = "a torch dtype"
 
 
 class _StorageType:
@@ -54,17 +62,9 @@ class _TypeMarker:
         return self.name
 
 
-class _QScheme:
+class _QScheme(_TorchName):
     """A torch quantization scheme named in a pickle (``torch.per_tensor_affine``, in the arguments
-    of a quantized tensor's _rebuild_qtensor); inert data, not callable."""
+    of a quantized tensor's _rebuild_qtensor)."""
 
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __setstate__(self, state: Any) -> None:
-        raise FormatError("pickle tried to set state on a torch qscheme")
-
-    def __repr__(self) -> str:
-        return f"torch.{self.name}"
+    __slots__ = ()
+    what = "a torch qscheme"
