@@ -54,3 +54,10 @@ def agrees(got, want, magnitude_of_want) -> bool:
     eps = float(np.finfo(got.dtype).eps)
     tolerance = MATCH * (1 + np.abs(want)) + ROUNDING * eps * magnitude_of_want
     return bool(np.all(np.abs(got - want) <= tolerance))
+
+
+def steps_agree(got: list, want: list, terms: np.ndarray, gates: int, gated=None) -> bool:
+    """Whether each of a step's values (new h, c, ...) agrees with the reference's, all rounding
+    by magnitude(terms, gates, gated)."""
+    rounding = magnitude(terms, gates, gated)
+    return all(agrees(g, w, rounding) for g, w in zip(got, want))

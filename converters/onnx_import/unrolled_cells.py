@@ -671,8 +671,10 @@ class _Finder:
             cell = {"mode": mode, "activations": [squash] + [out] * (G - 2), "bias": bias,
                     "ranks": {2: 2}, "order": order,
                     "linear_before_reset": int(mode == "GRU" and reset_after)}
-            if all(_agrees(got, _cell_step(cell, R, u, h, c if mode == "LSTM" else None),
-                           terms, bias, G, cell_probes.gated_state(G, h, c))
+            if all(cell_probes.steps_agree(
+                    got, _cell_step(cell, R, u, h, c if mode == "LSTM" else None),
+                    terms if bias is None else terms + np.abs(bias), G,
+                    cell_probes.gated_state(G, h, c))
                    for h, c, u, got, terms in probes):
                 return cell
         raise _NotAChain
@@ -728,8 +730,9 @@ class _Finder:
             u = u.reshape(rows, width)
             want = _cell_step(cell, R, u, zeros, zeros)
             gates = width // H
-            fitting = _agrees([g.reshape(rows, H) for g in got], want, np.abs(u), cell["bias"],
-                              gates, cell_probes.gated_state(gates, zeros, zeros))
+            terms = np.abs(u) if cell["bias"] is None else np.abs(u) + np.abs(cell["bias"])
+            fitting = cell_probes.steps_agree([g.reshape(rows, H) for g in got], want, terms,
+                                              gates, cell_probes.gated_state(gates, zeros, zeros))
             return got[0].ndim if fitting else None
 
         rows, found_ranks = None, {fits(3), fits(5)}
@@ -996,15 +999,6 @@ def _cell_step(cell: dict, R: np.ndarray, u, h, c) -> list:
     gx = reorder_gates(u, mode, order, "onnx", axis=1)
     return reference_step(spec, R_onnx, B, (gx, h @ R_onnx.T), h,
                           None if c is None else np.asarray(c, np.float64))
-
-
-def _agrees(got: list, want: list, terms, bias, gates: int, gated) -> bool:
-    """Whether a step's values `got` are the reference's `want` (cell_probes.agrees), `terms`
-    the sums of the pre-activations' absolute terms without the bias."""
-    if bias is not None:
-        terms = terms + np.abs(bias)
-    rounding = cell_probes.magnitude(terms, gates, gated)
-    return all(cell_probes.agrees(g, w, rounding) for g, w in zip(got, want))
 
 
 def _same(a, b) -> bool:
