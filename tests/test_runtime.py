@@ -606,13 +606,17 @@ def test_kernels_flush_denormals_and_restore_the_fp_mode(threads):
     assert np.float32(tiny) * np.float32(0.5) > 0
 
 
-@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
-def test_walking_order_never_changes_results(cls):
-    """Serial steps and calls alternate the order in which they walk the weight tiles (gemm.py);
+@pytest.mark.parametrize("cls,kwargs,rows", [
+    (fastrnn.RNN, {}, 1), (fastrnn.GRU, {}, 1), (fastrnn.LSTM, {}, 1), (fastrnn.LSTM, {}, 3),
+    (fastrnn.GRU, {"linear_before_reset": False}, 1), (fastrnn.LSTM, {"proj_size": 40}, 2),
+    (fastrnn.LSTM, {"weight_dtype": "float16"}, 1)])
+def test_walking_order_never_changes_results(cls, kwargs, rows):
+    """Serial steps and calls alternate the order in which they walk the weight tiles (gemm.py),
+    and a stream's every other step projects its input after the recurrent product (steps.serial);
     every output still sums in one order, so calls that start on either parity, and a stream's
     one-step calls, give the same bits."""
-    layer = cls(24, 100, seed=3)  # 4 panels of units: the order matters
-    x = np.random.default_rng(4).standard_normal((7, 1, 24)).astype(np.float32)
+    layer = cls(24, 100, seed=3, **kwargs)  # 4 panels of units: the order matters
+    x = np.random.default_rng(4).standard_normal((7, rows, 24)).astype(np.float32)
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(1)
@@ -621,7 +625,7 @@ def test_walking_order_never_changes_results(cls):
         second = layer(x)
     finally:
         fastrnn.set_num_threads(before)
-    stream = layer.stream()
+    stream = layer.stream(rows)
     steps = [np.array(stream.step(x[t]), copy=True) for t in range(7)]
     for got in (second[0], np.stack(steps)):
         np.testing.assert_array_equal(got, first[0])

@@ -133,9 +133,10 @@ def phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, 
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
-    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried), the call's
-    input, its projection weights and whether its steps carry part of a later block's projection
-    (ahead_slot)."""
+    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried, late), the
+    call's input, its projection weights, whether its steps carry part of a later block's
+    projection (ahead_slot) and whether this one-step call projects its input only now, after
+    the recurrent product (serial)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
@@ -144,6 +145,7 @@ def phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, 
                           src):
         gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
                    gates, back)
+    _project_late(back, ahead, lo, hi, j0, j1, cfg, xp)
     update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c, False)
 
@@ -152,7 +154,7 @@ def phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, 
 def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates, src):
     """phase_a's product with this step's share of a later block's input projection, if the
     step carries one (ahead_slot); False when it does not (the caller runs the plain one)."""
-    x2, w_ih, bias, carried = ahead
+    x2, w_ih, bias, carried, _ = ahead
     if not carried:
         return False
     slot, first = ahead_slot(s, lengths)
@@ -164,6 +166,17 @@ def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, x
                      t * x2.shape[1], down * x2.shape[1], w_ih, bias, xp, t * xp.shape[1],
                      down * xp.shape[1], slot)
     return True
+
+
+@inline
+def _project_late(back, ahead, lo, hi, j0, j1, cfg, xp):
+    """The input projection of a one-step call's rows [lo, hi), units [j0, j1), when the call
+    runs it after its recurrent product (ahead's `late`, see serial)."""
+    x2, w_ih, bias, _, late = ahead
+    if late:
+        gates = GATES[cfg[C_MODE]]
+        gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias, xp,
+                   back)
 
 
 @inline
@@ -363,10 +376,15 @@ def serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     xp, gates, hb, aux, cb = scratch_views(sbuf, cfg, rows, steps)
     x2 = carve(x, 0, (steps * rows, x.shape[2]))
     carried = projects_ahead(cfg, lengths)
-    project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried)
     # The walking order alternates across calls too: a stream's one-step calls with the same
     # scratch then alternate as a sequence's steps do. The scratch's last slot keeps the parity.
     flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
+    # A one-step call reads both weight matrices: every other one walks them in the reverse
+    # order (the recurrent product backward, then the projection backward), so that it starts
+    # on what the call before read last, still in L2 where both do not fit.
+    late = steps == 1 and flip == 1
+    if not late:
+        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried)
     step_rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-          (x2, w_ih, bias, carried), xp, gates, hb, aux, c, y, yd, h)
+          (x2, w_ih, bias, carried, late), xp, gates, hb, aux, c, y, yd, h)
     sbuf[sbuf.size - 1] = (flip + longest(lengths, 0, rows)) & 1

@@ -69,7 +69,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     early = _starts_early(stages, rows, chunks, cfg, r)
     # blocks that start early run their product in parts, none of which carries the projection
     carried = projects_ahead(cfg, lengths) and not early
-    ahead = (x2, w_ih, bias, carried)
+    ahead = (x2, w_ih, bias, carried, False)
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
         # the input projection first (what the steps do not carry), by blocks of units (one
