@@ -15,7 +15,7 @@ from fastrnn.errors import (ArgumentError, FastRNNError, FormatError, ShapeError
 
 from . import op_converters  # noqa: F401  (registers the converters)
 from . import conv_ops  # registers Conv and Einsum
-from . import recurrent_node
+from . import node_order, recurrent_node
 from .control_flow import GRAPHS, IF, LOOP
 from .dtypes import numpy_dtype, onnx_type_name
 from .kernels import CONDITIONAL, KERNELS, SizeLimitError, element_limit
@@ -479,7 +479,8 @@ def _add_subgraph_types(graph, types: dict) -> None:
 
 def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: str = "") -> None:
     """Every value is defined once (graph inputs and initializers may share a name: IR < 4
-    lists initializers as inputs) and every node reads only values defined before it; If
+    lists initializers as inputs) and every node reads only values defined before it (node_order
+    has sorted the nodes: a value read too early is one defined nowhere); If
     branches and Loop bodies (`where`: the node's name and graph) may also read the `outer`
     values defined before their node, but define no value of an outer name, nor return an outer
     value as it is (ORT refuses both: single static assignment; "add an Identity node").
@@ -501,7 +502,7 @@ def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: 
         missing = [i for i in n.input if i and i not in defined and i not in outer]
         if missing:
             raise FormatError(f"node {name!r} ({n.op_type}) reads {missing}, which no graph input, "
-                              f"initializer or earlier node defines (truncated or unsorted graph?)")
+                              f"initializer or node defines (truncated graph?)")
         for label, g in _subgraphs(n):
             if n.op_type == LOOP:
                 _check_loop_signature(n, g, name)
@@ -830,16 +831,18 @@ def _check_inlined_size(model) -> None:
 
 def convert_model(model) -> OnnxPlan:
     onnx = _onnx()
-    graph = model.graph
     if model.functions:
         _check_inlined_size(model)
         import onnx.inliner  # not imported by `import onnx`
 
         try:
             model = onnx.inliner.inline_local_functions(model)
-            graph = model.graph
         except Exception:  # noqa: BLE001 - left for the unsupported-op report
             pass
+    # before anything that reads the nodes in their order: the support check, whose operator
+    # versions follow it, the structure check and shape inference
+    model = node_order.topologically_sorted(model)
+    graph = model.graph
     if len(graph.sparse_initializer):
         raise UnsupportedError("sparse initializers are not supported")
     opsets = _opsets(model)
