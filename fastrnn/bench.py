@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ArgumentError
 from .layers import LAYERS
 from .threads import get_num_threads, set_num_threads
 from .validation import positive_int
@@ -41,6 +42,8 @@ def median_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
 def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20,
              weight_dtype=None) -> BenchResult:
     steps, repeats = positive_int("steps", steps), positive_int("repeats", repeats)
+    if not isinstance(mode, str) or mode not in LAYERS:
+        raise ArgumentError(f"mode must be one of {sorted(LAYERS)}, got {mode!r:.40}")
     previous = get_num_threads()
     set_num_threads(threads)
     try:

@@ -85,8 +85,8 @@ def _cmd_inspect(args) -> int:
         for key, value in config.items():
             print(f"  {key + ':':<20} {value}")
     _print_task(info["meta"])
-    dtypes = sorted({t['dtype'] for t in info["tensors"]})
-    print(f"parameters:  {info['parameter_count']} ({', '.join(dtypes)})")
+    dtypes = ", ".join(sorted({t['dtype'] for t in info["tensors"]}))
+    print(f"parameters:  {info['parameter_count']}" + (f" ({dtypes})" if dtypes else ""))
     for t in info["tensors"]:
         print(f"  {t['name']:<28} {t['dtype']:<8} {t['shape']}")
     return 0
@@ -101,7 +101,7 @@ def _print_task(meta: dict) -> None:
             parts = [chain.get("input")] + _listed(chain.get("rnns")) + _listed(chain.get("heads"))
             text = " -> ".join(_stage_text(part) for part in parts if part is not None)
             print(f"{key + ':':<12} {text}")
-    for key in ("vocab", "source_vocab", "target_vocab"):
+    for key in ("vocabulary", "vocab", "source_vocab", "target_vocab"):
         vocab = meta.get(key)
         if isinstance(vocab, dict) and isinstance(vocab.get("symbols"), list):
             unit = "characters" if vocab.get("chars") else "tokens"
@@ -143,11 +143,17 @@ def _stage_text(cfg) -> str:
     return f"{json.dumps(cfg)[:60]}"
 
 
-def _parse_feed(text: str):
-    name, sep, path = text.partition("=")
-    if not sep:
-        raise FastRNNError(f"--input expects NAME=FILE.npy, got {text!r}")
-    return name, _load_npy(text, path)
+def _parse_feeds(texts: list[str]) -> dict:
+    """The --input NAME=FILE.npy arguments as {name: array}, each name once."""
+    feeds = {}
+    for text in texts:
+        name, sep, path = text.partition("=")
+        if not sep or not name:
+            raise ArgumentError(f"--input expects NAME=FILE.npy, got {text!r}")
+        if name in feeds:
+            raise ArgumentError(f"--input {name}= is given twice")
+        feeds[name] = _load_npy(text, path)
+    return feeds
 
 
 def _load_npy(feed: str, path: str) -> np.ndarray:
@@ -216,15 +222,23 @@ def _run_sequential(model, feeds: dict) -> dict:
 
 def _cmd_run(args) -> int:
     model = fileformat.load(args.file)
-    feeds = dict(_parse_feed(t) for t in args.input)
-    outputs = _run_model(model, feeds)
+    outputs = _run_model(model, _parse_feeds(args.input))
     for name, value in outputs.items():
         print(f"{name}: shape {tuple(value.shape)} dtype {value.dtype}")
     if args.output:
-        with open(args.output, "wb") as f:  # np.savez would add .npz to a path without it
-            np.savez(f, **outputs)
+        _write_npz(args.output, outputs)
         print(f"wrote {args.output}")
     return 0
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    """An .npz archive of the named arrays at exactly ``path``. np.savez would add .npz to a path
+    without it, and takes the names as keyword arguments: an ONNX output named "file" would
+    collide with its own argument, one named "allow_pickle" would be dropped."""
+    with zipfile.ZipFile(path, "w", allowZip64=True) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def _cmd_demo(args) -> int:

@@ -175,6 +175,8 @@ def run_demo(names=None, repeats: int = 5, out=print) -> int:
     repeats = positive_int("repeats", repeats)  # timed calls per latency: a best of none is inf
     start, compiled = time.perf_counter(), compiled_here()
     names = list(names or MODELS)
+    for name in names:
+        model_path(name)  # an unknown name fails before anything is printed
     out(f"fastrnn demo: shipped models in {MODELS_DIR} (threads: {get_num_threads()})")
     for name in names:
         model = load_model(name)

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn.errors import ArgumentError, DTypeError, FastRNNError, FormatError
-from fastrnn.validation import as_flag
+from fastrnn.validation import as_array, as_flag
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "ALIGNMENT", "DTYPES",
@@ -111,7 +111,7 @@ def write_container(path: str | os.PathLike, kind: str, meta: Mapping[str, Any],
     for name, value in tensors.items():
         if not isinstance(name, str) or not name:
             raise ArgumentError(f"tensor names must be non-empty strings, got {name!r}")
-        a = np.asarray(value)
+        a = as_array(value, f"tensor {name!r}")
         dname = _dtype_name(a.dtype)
         if dname is None:
             raise DTypeError(f"tensor {name!r} has dtype {a.dtype}, which a .frnn file cannot hold; "
@@ -126,7 +126,7 @@ def write_container(path: str | os.PathLike, kind: str, meta: Mapping[str, Any],
     try:
         blob = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
                           default=_json_default).encode("utf-8")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise ArgumentError(f"meta must be JSON-serializable (no NaN/inf): {e}") from None
     data_start = _align(FIXED_HEADER.size + len(blob))
 

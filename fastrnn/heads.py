@@ -112,7 +112,9 @@ class Embedding:
 
     def _lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """lookup_into for int64 ids already checked against out."""
-        return np.take(self.weight, ids, axis=0, out=out)
+        # np.take's default mode="raise" copies the rows through a temporary as large as out;
+        # the ids are in range, so "clip" (which writes out directly) changes none of them
+        return np.take(self.weight, ids, axis=0, out=out, mode="clip")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight.copy()}

@@ -237,7 +237,8 @@ class Vocabulary:
         seqs = [self.encode(t, bos=bos, eos=eos) for t in texts]
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         fill = pad_id if pad_id is not None else (self.pad_id or 0)
-        check_ids(np.asarray(fill), len(self), "pad_id")
+        if check_ids(fill, len(self), "pad_id").ndim:  # np.full would broadcast a list of ids
+            raise ShapeError(f"pad_id must be one id, got {fill!r:.60}")
         ids = np.full((len(seqs), int(lengths.max(initial=0))), fill, dtype=np.int64)
         for row, s in enumerate(seqs):
             ids[row, :len(s)] = s
@@ -269,7 +270,11 @@ class Vocabulary:
             raise FormatError(f"bad vocabulary record: {exc}") from None
         if list(v.symbols) != list(symbols):
             raise FormatError("bad vocabulary record: special symbols are not among the symbols")
-        v.chars = bool(meta.get("chars", v.chars))
+        chars = meta.get("chars", v.chars)
+        if not isinstance(chars, bool):
+            raise FormatError(f"bad vocabulary record: chars must be true or false, got "
+                              f"{chars!r:.60}")
+        v.chars = chars
         return v
 
     def to_record(self):

@@ -246,3 +246,66 @@ def test_compare_runner_validates_its_counts(argv, capsys, tmp_path, monkeypatch
     assert exit_.value.code == 2
     assert f"argument {argv[0]}" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+class _NamedOutputs:
+    """A converted ONNX model as `fastrnn run` sees one, with outputs of any names."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def get_inputs(self):
+        return []
+
+    def get_outputs(self):
+        return [type("Arg", (), {"name": name}) for name in self.names]
+
+    def run(self, output_names, feeds):
+        return [np.full(2, i, np.float32) for i in range(len(self.names))]
+
+
+def test_run_writes_every_output_whatever_its_name(tmp_path, monkeypatch, capsys):
+    """np.savez takes the names as keywords: "file" collided with its own argument (a
+    TypeError), "allow_pickle" was taken as its option and left out of the archive."""
+    names = ["file", "allow_pickle", "output"]
+    monkeypatch.setattr(fastrnn.fileformat, "load", lambda path: _NamedOutputs(names))
+    out = tmp_path / "out.npz"
+    assert main(["run", "model.frnn", "-o", str(out)]) == 0
+    with np.load(out) as archive:
+        assert sorted(archive) == sorted(names)
+        for i, name in enumerate(names):
+            np.testing.assert_array_equal(archive[name], np.full(2, i, np.float32))
+
+
+def test_inspect_shows_a_vocabulary_files_size(tmp_path, capsys):
+    fastrnn.save(fastrnn.Vocabulary("ab", eos="$"), tmp_path / "v.frnn")
+    assert main(["inspect", str(tmp_path / "v.frnn")]) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary:  3 characters\n" in out and "parameters:  0\n" in out
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (["x=X", "x=X"], "--input x= is given twice"),
+    (["=X"], "expects NAME=FILE.npy, got '=X'"),
+])
+def test_run_takes_each_input_name_once(tmp_path, capsys, inputs, message):
+    fastrnn.save(_classifier(), tmp_path / "clf.frnn")
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.int64))
+    argv = ["run", str(tmp_path / "clf.frnn")]
+    for item in inputs:
+        argv += ["--input", item.replace("X", str(tmp_path / "x.npy"))]
+    assert main(argv) == 2
+    assert message.replace("X", str(tmp_path / "x.npy")) in capsys.readouterr().err
+
+
+def test_demo_of_an_unknown_model_prints_only_the_error(capsys):
+    assert main(["demo", "dna_motif", "no_such_model"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "no shipped model 'no_such_model'" in err
+
+
+def test_bench_refuses_an_unknown_cell():
+    from fastrnn.bench import run_case
+    for mode in ("LSTMX", ["LSTM"], None):   # LAYERS[mode]: a KeyError, a TypeError
+        with pytest.raises(fastrnn.errors.ArgumentError, match="mode must be one of"):
+            run_case(mode, 8, 4, 1, steps=2, repeats=1)

@@ -590,3 +590,15 @@ def test_any_layer_config_loads_or_fails_typed(tmp_path, changes):
         return
     x = np.random.default_rng(0).standard_normal((3, 2, back.input_size))
     back(x if not back.batch_first else x.transpose(1, 0, 2))
+
+
+def test_write_container_refuses_ragged_tensors_and_too_deep_meta(tmp_path):
+    path = tmp_path / "x.frnn"
+    with pytest.raises(ShapeError, match="tensor 'a' must be a rectangular array"):
+        ff.write_container(path, "k", {}, {"a": [[1.0], [2.0, 3.0]]})   # numpy's ValueError
+    deep = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ArgumentError, match="JSON-serializable"):      # json's RecursionError
+        ff.write_container(path, "k", {"deep": deep}, {})
+    assert not path.exists() and not list(tmp_path.iterdir())

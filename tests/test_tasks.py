@@ -793,3 +793,79 @@ def test_generation_seed_is_checked_and_a_long_stream_needs_no_memory_up_front()
     tracemalloc.stop()
     assert got == first.tolist()                # the same draws across the 4096-step refill
     assert peak < 2**20
+
+
+def _tiny_seq2seq(**kw):
+    args = dict(source=fastrnn.Embedding(5, 3, seed=0), encoder=fastrnn.GRU(3, 4, seed=0),
+                target=fastrnn.Embedding(4, 2, seed=0), decoder=fastrnn.GRU(2, 4, seed=0),
+                head=fastrnn.Linear(4, 4, seed=0), bos=0, eos=1)
+    return fastrnn.Seq2Seq(**{**args, **kw})
+
+
+def _tiny_generator(**kw):
+    return fastrnn.Generator(fastrnn.Vocabulary("ab", eos="$"), fastrnn.GRU(3, 4, seed=0),
+                             fastrnn.Linear(4, 3, seed=0), **kw)
+
+
+def _tiny_classifier(**kw):
+    return fastrnn.Classifier(fastrnn.Vocabulary("ab"), fastrnn.GRU(2, 4, seed=0),
+                              fastrnn.Linear(4, 2, seed=0), **kw)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _tiny_classifier(pool=np.array(["last", "max"])),   # numpy's untyped ValueError
+    lambda: _tiny_seq2seq(bridge=np.array(["sum", "concat"])),
+    lambda: _tiny_classifier(labels=5),                          # not iterable: a TypeError
+    lambda: _tiny_classifier(labels="ab"),                       # once taken as ["a", "b"]
+    lambda: _tiny_classifier(info=[1, 2]),                       # dict([1, 2]): a TypeError
+    lambda: _tiny_generator(info="ab"),                          # dict("ab"): a ValueError
+    lambda: _tiny_seq2seq(info=[("a", 1), 3]),
+    lambda: _tiny_seq2seq(bos=None),                             # no target_vocab to ask
+    lambda: _tiny_seq2seq(target=fastrnn.Vocabulary("abcd"), decoder=fastrnn.GRU(4, 4, seed=0),
+                          bos=None, eos=None),                   # a vocabulary without bos
+])
+def test_choices_labels_notes_and_token_ids_are_argument_errors(make):
+    with pytest.raises(ArgumentError):
+        make()
+
+
+def test_seq2seq_bos_and_eos_are_single_ids():
+    with pytest.raises(ShapeError, match="bos is one target id"):
+        _tiny_seq2seq(bos=[0])                                   # once int()'s TypeError
+    with pytest.raises(ShapeError, match="eos is one target id"):
+        _tiny_seq2seq(eos=np.array([1, 2]))
+    with pytest.raises(ArgumentError, match=r"bos=ID, or a target_vocab built with bos=SYMBOL"):
+        _tiny_seq2seq(bos=None)
+    assert _tiny_seq2seq(bos=np.int8(2), eos=np.array(3)).eos == 3
+
+
+def test_embedding_lookups_allocate_nothing_whatever_their_width():
+    """np.take's default mode copies through a temporary as large as `out`: a wide embedding
+    allocated that much per generated token."""
+    emb = fastrnn.Embedding(3, 1 << 14, seed=0)
+    out = np.empty((2, 1 << 14), np.float32)
+    ids = np.array([2, 0])
+    emb.lookup_into(ids, out)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            emb.lookup_into(ids, out)
+        grown = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4096, f"{grown} bytes allocated by 20 lookups of 128 KiB rows"
+    np.testing.assert_array_equal(out, emb.weight[[2, 0]])
+
+    gen = fastrnn.Generator(fastrnn.Embedding(5, 4096, seed=0), fastrnn.GRU(4096, 8, seed=0),
+                            fastrnn.Linear(8, 5, seed=0))
+    it = gen.stream_ids([1], 1000, seed=0, stop=False)
+    next(it)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        count = sum(1 for _ in zip(range(200), it))
+        grown = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert count == 200 and grown < 4096, f"{grown} bytes allocated over 200 steps"

@@ -159,3 +159,20 @@ def test_one_hot_of_a_list_of_ids():
         v.one_hot([0.0, 1.0])
     with pytest.raises(ArgumentError, match="a symbol is a string, got int 1"):
         fastrnn.Vocabulary("AT", unknown="?").one_hot(["A", 1])   # not the unknown symbol's row
+
+
+@pytest.mark.parametrize("pad_id", [[1, 2], [1, 2, 3], [[3]]])
+def test_encode_batch_pads_with_one_id(pad_id):
+    """np.full broadcast a list: [1, 2] padded row 0 as [A, 2], [1, 2, 3] was numpy's ValueError."""
+    v = fastrnn.Vocabulary("ATCG")
+    with pytest.raises(ShapeError, match="pad_id must be one id"):
+        v.encode_batch(["A", "AT"], pad_id=pad_id)
+    assert v.encode_batch(["A", "AT"], pad_id=np.int8(3))[0].tolist() == [[0, 3], [0, 1]]
+
+
+def test_a_vocabulary_records_chars_flag_is_a_bool():
+    meta = fastrnn.Vocabulary(["a", "b"]).to_meta()
+    assert not fastrnn.Vocabulary.from_meta({**meta, "chars": False}).chars  # kept as saved
+    for chars in ("no", 0, None, [True]):   # bool("no") made a character vocabulary
+        with pytest.raises(FormatError, match="chars must be true or false"):
+            fastrnn.Vocabulary.from_meta({**meta, "chars": chars})

@@ -13,7 +13,7 @@ from ..kernels.heads import sample
 from ..validation import as_array, as_flag
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import HeadChain, check_vocab, split_stages
+from .stages import HeadChain, check_info, check_vocab, split_stages
 
 _UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
 
@@ -49,7 +49,7 @@ class Generator:
             raise ShapeError(f"the vocabulary has {len(self.vocab)} symbols but the model takes "
                              f"{inp.size} ids")
         self.stop = self._stop_id(stop, default=True)
-        self.info = dict(info or {})
+        self.info = check_info(info)
         self._latest = threading.local()  # per thread: concurrent requests each see their own
 
     def __getstate__(self) -> dict:

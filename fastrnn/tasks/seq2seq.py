@@ -12,8 +12,8 @@ from ..layers import RecurrentLayer
 from ..validation import as_array, as_float
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import (HeadChain, check_row_lengths, check_vocab, empty_batch, prepare_input,
-                     run_rnns, split_stages)
+from .stages import (HeadChain, check_choice, check_info, check_row_lengths, check_vocab,
+                     empty_batch, prepare_input, run_rnns, split_stages)
 
 BRIDGES = ("concat", "sum")
 
@@ -62,9 +62,7 @@ class Seq2Seq:
                                 f"log_softmax), got {self.heads[-1].activation!r}")
         if self.decoder.bidirectional:
             raise UnsupportedError("the decoder runs step by step: it must be unidirectional")
-        if bridge not in BRIDGES:
-            raise ArgumentError(f"bridge must be one of {BRIDGES}, got {bridge!r}")
-        self.bridge = bridge
+        self.bridge = check_choice(bridge, BRIDGES, "bridge")
         e, d = self.encoder, self.decoder
         if e.num_layers != d.num_layers:
             raise ShapeError(f"the encoder has {e.num_layers} layers and the decoder "
@@ -79,13 +77,13 @@ class Seq2Seq:
             raise ShapeError(f"the decoder's cell state has {d.hidden_size} features, the "
                              f"encoder's gives {e.hidden_size * factor}")
         tvocab = self.target_vocab
-        if bos is None:
-            bos = tvocab.bos_id if tvocab is not None else -1
-        if eos is None:
-            eos = tvocab.eos_id if tvocab is not None else -1
-        self.bos = int(check_ids(bos, self.target.size, "bos id (target_vocab needs a bos symbol)"))
-        self.eos = int(check_ids(eos, self.target.size, "eos id (target_vocab needs an eos symbol)"))
-        self.info = dict(info or {})
+        if bos is None and tvocab is not None:
+            bos = tvocab.bos_id
+        if eos is None and tvocab is not None:
+            eos = tvocab.eos_id
+        self.bos = _target_id(bos, "bos", self.target.size)
+        self.eos = _target_id(eos, "eos", self.target.size)
+        self.info = check_info(info)
 
     # ----- encoder -----
     def encode(self, src, lengths=None):
@@ -280,6 +278,17 @@ class Seq2Seq:
     def __repr__(self) -> str:
         return (f"fastrnn.Seq2Seq(source={self.source!r}, encoder={self.encoder!r}, "
                 f"target={self.target!r}, decoder={self.decoder!r}, head={self.heads!r})")
+
+
+def _target_id(value, name: str, size: int) -> int:
+    """The bos / eos target id: one int in [0, size)."""
+    if value is None:
+        raise ArgumentError(f"Seq2Seq needs the {name} id: give {name}=ID, or a target_vocab "
+                            f"built with {name}=SYMBOL")
+    arr = check_ids(value, size, f"{name} id")
+    if arr.ndim:
+        raise ShapeError(f"{name} is one target id, got shape {arr.shape}")
+    return int(arr)
 
 
 def _check_length_penalty(value) -> float:

@@ -9,8 +9,8 @@ from .. import fileformat
 from ..errors import ArgumentError, ShapeError
 from ..vocab import Vocabulary
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import (apply_heads, check_vocab, final_hidden, prepare_input, run_rnns,
-                     split_stages)
+from .stages import (apply_heads, check_choice, check_info, check_labels, check_vocab,
+                     final_hidden, prepare_input, run_rnns, split_stages)
 
 POOLS = ("last", "mean", "max")
 
@@ -42,13 +42,9 @@ class Sequential:
         if self.vocab is not None and len(self.vocab) != inp.size:
             raise ShapeError(f"the vocabulary has {len(self.vocab)} symbols but the input stage "
                              f"takes {inp.size} ids")
-        if pool not in POOLS and pool is not None:
-            raise ArgumentError(f"pool must be one of {POOLS} or None, got {pool!r}")
-        self.pool = pool
-        self.labels = None if labels is None else [str(s) for s in labels]
-        if self.labels is not None and len(self.labels) != self.output_size:
-            raise ShapeError(f"{len(self.labels)} labels for {self.output_size} outputs")
-        self.info = dict(info or {})
+        self.pool = None if pool is None else check_choice(pool, POOLS, "pool")
+        self.labels = check_labels(labels, self.output_size)
+        self.info = check_info(info)
 
     @property
     def batch_first(self) -> bool:

@@ -1,7 +1,7 @@
 """A task model's chain of stages: checking it, preparing its input, running it."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,38 @@ def check_vocab(vocab: Any, name: str) -> Vocabulary | None:
                             f"{type(vocab).__name__} {vocab!r:.40}; build one with "
                             f"fastrnn.Vocabulary(symbols)")
     return vocab
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """``value`` when it is one of the names ``choices``, else an ArgumentError (before the
+    membership test, which a numpy array would answer with an untyped ValueError)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ArgumentError(f"{name} must be one of {choices}, got {value!r:.60}")
+    return value
+
+
+def check_info(info: Any) -> dict:
+    """A model's notes (saved with it as JSON) as a dict; None: none."""
+    if info is None:
+        return {}
+    if not isinstance(info, Mapping):
+        raise ArgumentError(f"info must be a dict of notes or None, got {type(info).__name__} "
+                            f"{info!r:.40}")
+    return dict(info)
+
+
+def check_labels(labels: Any, outputs: int) -> list[str] | None:
+    """Class names, one per output, as strings; None: none. A string is refused: its characters
+    would be taken as the names."""
+    if labels is None:
+        return None
+    if isinstance(labels, str) or not isinstance(labels, Iterable):
+        raise ArgumentError(f"labels must be a list of class names (one per output) or None, "
+                            f"got {type(labels).__name__} {labels!r:.40}")
+    names = [str(s) for s in labels]
+    if len(names) != outputs:
+        raise ShapeError(f"{len(names)} labels for {outputs} outputs")
+    return names
 
 
 def check_row_lengths(lengths: Any, rows: int, steps: int) -> np.ndarray:
