@@ -29,6 +29,7 @@ import numpy as np
 from fastrnn.errors import ArgumentError, DTypeError, FastRNNError, UnsupportedError
 
 from .torch_convert import from_flat, from_torch, only_wrappers_before, resolve_reparametrizations
+from .torch_files.brief import brief_list, brief_name
 
 __all__ = ["from_torch_composite", "seq2seq_from_torch", "TASKS"]
 
@@ -102,12 +103,12 @@ class _Source:
         if len(hits) == 1:
             return hits[0]
         if hits:
-            raise ArgumentError(f"{exact!r} matches several tensors in {self.what}: {hits}; "
-                                f"give a longer name")
-        near = sorted(k for k in self.flat if k.rsplit(".", 1)[0].endswith(part))[:8]
-        raise ArgumentError(f"no tensor {exact!r} in {self.what}"
-                            + (f"; under {part!r} there are {near}" if near else
-                               f"; its parts are {sorted({k.split('.')[0] for k in self.flat})}"))
+            raise ArgumentError(f"{exact!r} matches several tensors in {self.what}: "
+                                f"[{brief_list(hits)}]; give a longer name")
+        near = sorted(k for k in self.flat if k.rsplit(".", 1)[0].endswith(part))
+        seen = (f"under {part!r} there are [{brief_list(near)}]" if near else
+                f"its parts are [{brief_list(sorted({k.split('.')[0] for k in self.flat}))}]")
+        raise ArgumentError(f"no tensor {exact!r} in {self.what}; {seen}")
 
     def beside(self, key: str, param: str) -> str | None:
         """The key of ``param`` in the part that holds ``key`` (its bias beside its weight), if
@@ -116,9 +117,10 @@ class _Source:
         return sibling if sibling in self.flat else None
 
     def array(self, key: str) -> np.ndarray:
-        arr = _to_array(self.flat[key], key)
+        arr = _to_array(self.flat[key], brief_name(key))
         if arr.dtype.kind != "f":
-            raise DTypeError(f"{key} has dtype {arr.dtype}; weights must be floating point")
+            raise DTypeError(f"{brief_name(key)} has dtype {arr.dtype}; weights must be floating "
+                             "point")
         return arr
 
     def submodule(self, path: str):

@@ -34,6 +34,7 @@ from fastrnn.validation import SUPPORTED_DTYPES, as_flag, read_dtype
 
 from .torch_files import (WRAPPER_KEYS, UnreadableTensor, flatten_tensors, is_tensor_like,
                           open_checkpoint)
+from .torch_files.brief import brief_list, brief_name
 
 __all__ = ["from_torch", "convert_file", "inspect_torch", "find_recurrent_groups", "infer_architecture"]
 
@@ -128,7 +129,8 @@ class _Reparametrized:
         self.dtype = _dtype_name(main)
 
     def numpy(self) -> np.ndarray:
-        arrays = {role: _to_numpy(t, self.keys[role]) for role, t in self.parts.items()}
+        arrays = {role: _to_numpy(t, brief_name(self.keys[role]))
+                  for role, t in self.parts.items()}
         out_dtype = np.result_type(*arrays.values())
         a = {role: x.astype(np.float64) for role, x in arrays.items()}
         if self.kind == "weight_norm":
@@ -139,16 +141,18 @@ class _Reparametrized:
         if g.ndim == 0:  # weight_norm(dim=None): one norm over the whole tensor
             return v * (g / np.linalg.norm(v))
         if g.ndim != v.ndim or any(n not in (1, m) for n, m in zip(g.shape, v.shape)):
-            raise ShapeError(f"{self.keys['g']} has shape {g.shape}, which does not fit "
-                             f"{self.keys['v']} of shape {v.shape} as weight_norm's magnitude")
+            g_key, v_key = brief_name(self.keys["g"]), brief_name(self.keys["v"])
+            raise ShapeError(f"{g_key} has shape {g.shape}, which does not fit {v_key} of shape "
+                             f"{v.shape} as weight_norm's magnitude")
         axes = tuple(i for i, n in enumerate(g.shape) if n == 1)
         return v * (g / np.sqrt(np.sum(v * v, axis=axes, keepdims=True)))
 
     def _spectral_norm(self, w: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         if w.ndim != 2 or u.shape != (w.shape[0],) or v.shape != (w.shape[1],):
-            raise ShapeError(f"spectral_norm parts {self.keys['w']} {w.shape}, {self.keys['u']} "
-                             f"{u.shape}, {self.keys['v']} {v.shape}: expected a matrix (R, C) "
-                             "with u of length R and v of length C")
+            w_key, u_key, v_key = (brief_name(self.keys[role]) for role in "wuv")
+            raise ShapeError(f"spectral_norm parts {w_key} {w.shape}, {u_key} {u.shape}, {v_key} "
+                             f"{v.shape}: expected a matrix (R, C) with u of length R and v of "
+                             "length C")
         return w / float(u @ (w @ v))
 
 
@@ -215,11 +219,11 @@ def only_wrappers_before(name: str, tail: str) -> bool:
 
 
 def _describe_prefix(p: str) -> str:
-    return repr(p) if p else "'' (top level)"
+    return repr(brief_name(p)) if p else "'' (top level)"
 
 
 def _select_group(groups: Mapping[str, Any], prefix: str | None, what: str) -> str:
-    found = ", ".join(_describe_prefix(p) for p in sorted(groups))
+    found = brief_list(sorted(groups), show=_describe_prefix)
     if prefix is None:
         if len(groups) == 1:
             return next(iter(groups))
@@ -241,7 +245,7 @@ def _select_group(groups: Mapping[str, Any], prefix: str | None, what: str) -> s
     if matches:
         raise ArgumentError(
             f"prefix {prefix!r} matches several groups of recurrent weights in {what}: "
-            f"{', '.join(sorted(map(repr, matches)))}; give a longer prefix"
+            f"{brief_list(sorted(matches))}; give a longer prefix"
         )
     raise ArgumentError(
         f"no recurrent weights under prefix {prefix!r} in {what}; prefixes found: {found}"
@@ -263,8 +267,8 @@ def _check_neighbours(flat: Mapping[str, Any], prefix: str, what: str) -> None:
     if parametrized:
         raise UnsupportedError(
             f"{what}: weights under {_describe_prefix(prefix)} carry a parametrization fastrnn "
-            f"cannot compute from a state dict ({parametrized[0]}, ...; weight_norm and "
-            "spectral_norm are computed); remove the parametrization before saving "
+            f"cannot compute from a state dict ({brief_name(parametrized[0])}, ...; weight_norm "
+            "and spectral_norm are computed); remove the parametrization before saving "
             "(torch.nn.utils.parametrize.remove_parametrizations) or convert the module itself"
         )
     if unknown:
@@ -275,7 +279,7 @@ def _check_neighbours(flat: Mapping[str, Any], prefix: str, what: str) -> None:
                     "weight's parts: call remove_weight_norm / remove_spectral_norm before "
                     "saving, or convert the module itself")
         raise FormatError(
-            f"{what}: unknown tensors {unknown[:8]} next to the recurrent weights under "
+            f"{what}: unknown tensors [{brief_list(unknown)}] next to the recurrent weights under "
             f"{_describe_prefix(prefix)}; torch's RNN/GRU/LSTM hold only "
             f"{', '.join(k + '_l{k}[_reverse]' for k in PARAM_KINDS)}{hint}"
         )
@@ -290,14 +294,15 @@ def infer_architecture(params: Mapping[str, Any], where: str = "state dict") -> 
     for name, value in params.items():
         m = _PARAM_RE.match(name)
         if not m or m.group("prefix"):
-            raise FormatError(f"{where}: unknown parameter {name!r}")
+            raise FormatError(f"{where}: unknown parameter {brief_name(name)!r}")
         slots.setdefault((int(m.group("layer")), 1 if m.group("rev") else 0), {})[m.group("kind")] = value
     if not slots:
         raise FormatError(f"{where}: no recurrent weights")
     layers = sorted({k for k, _ in slots})
     num_layers = len(layers)
     if layers != list(range(num_layers)):
-        raise FormatError(f"{where}: layers are numbered {layers}, expected 0..{num_layers - 1}")
+        raise FormatError(f"{where}: layers are numbered [{brief_list(layers)}], expected "
+                          f"0..{num_layers - 1}")
     dirs = 2 if any(d for _, d in slots) else 1
 
     def key(kind: str, layer: int, d: int) -> str:
@@ -315,9 +320,9 @@ def infer_architecture(params: Mapping[str, Any], where: str = "state dict") -> 
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing {missing}")
+            parts.append(f"missing [{brief_list(missing)}]")
         if extra:
-            parts.append(f"inconsistent extra {extra} (layer 0 forward has "
+            parts.append(f"inconsistent extra [{brief_list(extra)}] (layer 0 forward has "
                          f"{sorted(expected_kinds)})")
         raise FormatError(f"{where}: incomplete recurrent weights: {'; '.join(parts)}")
     for (layer, d), s in sorted(slots.items()):  # the reader knows why; a shape check would not
@@ -436,8 +441,8 @@ def _refuse_quantized_state_dict(flat: Mapping[str, Any], what: str) -> None:
     packed = sorted(k for k in map(str, flat) if "._all_weight_values." in "." + k)
     if packed:
         raise UnsupportedError(
-            f"{what} holds {packed[0]!r}, the packed weights of a quantized recurrent module "
-            f"(torch.ao.nn.quantized.dynamic.LSTM / GRU); {_QUANTIZED_ADVICE}")
+            f"{what} holds {brief_name(packed[0])!r}, the packed weights of a quantized recurrent "
+            f"module (torch.ao.nn.quantized.dynamic.LSTM / GRU); {_QUANTIZED_ADVICE}")
 
 
 def _is_quantized_rnn(module: Any) -> bool:
@@ -463,18 +468,18 @@ def from_flat(flat: Mapping[str, Any], what: str, prefix: str | None, **hints: A
         cells = sorted(k for k in flat if _CELL_RE.match(str(k)))
         if cells:
             raise UnsupportedError(
-                f"{what} holds {cells[0]!r}, the naming of nn.RNNCell/GRUCell/LSTMCell; fastrnn "
-                "converts nn.RNN/GRU/LSTM layers (weight_ih_l0, weight_hh_l0, ...)"
+                f"{what} holds {brief_name(cells[0])!r}, the naming of nn.RNNCell/GRUCell/"
+                "LSTMCell; fastrnn converts nn.RNN/GRU/LSTM layers (weight_ih_l0, weight_hh_l0, "
+                "...)"
             )
-        names = sorted(map(str, flat))
-        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        shown = brief_list(sorted(map(str, flat)), most=10, show=brief_name)
         raise FormatError(
             f"{what} holds no torch RNN/GRU/LSTM weights (names like 'weight_ih_l0'); "
             f"tensors found: {shown or 'none'}"
         )
     chosen = _select_group(groups, prefix, what)
     _check_neighbours(flat, chosen, what)
-    where = f"{what}, prefix {chosen!r}" if chosen else what
+    where = f"{what}, prefix {brief_name(chosen)!r}" if chosen else what
     return _build(groups[chosen], where, **hints)
 
 
@@ -611,7 +616,7 @@ def inspect_torch(src: Any) -> list[dict[str, Any]]:
         for prefix, params in sorted(groups.items()):
             entry: dict[str, Any] = {"prefix": prefix}
             try:
-                entry.update(infer_architecture(params, repr(prefix)))
+                entry.update(infer_architecture(params, repr(brief_name(prefix))))
                 entry["num_parameters"] = int(sum(
                     int(np.prod(_shape(v), dtype=np.int64)) for v in params.values()))
             except FastRNNError as exc:

@@ -402,6 +402,61 @@ def test_layer_numbers_are_ascii_digits_int_can_read():
             from_torch(gru)
 
 
+_LONG = "k" * 10_000  # a key of 10,000 characters
+
+
+def _gru_weights(prefix=""):
+    return {prefix + k: v.detach().numpy() for k, v in make_module("GRU").state_dict().items()}
+
+
+def _weight_norm_parts_that_disagree():
+    sd = _gru_weights(_LONG + ".")
+    v = sd.pop(_LONG + ".weight_hh_l0")  # (12, 4): a magnitude g must be (12, 1) or (1, 4)
+    return dict(sd, **{_LONG + ".weight_hh_l0_g": np.ones((12, 2)), _LONG + ".weight_hh_l0_v": v})
+
+
+@pytest.mark.parametrize("convert,error,expected", [
+    (lambda: from_torch(dict(_gru_weights(), **{"weight_ih_l" + "7" * 5000: np.zeros(1)})),
+     FormatError, ["weight_ih_l777", "...(5011 chars)...", "hold only weight_ih_l{k}[_reverse]"]),
+    (lambda: from_torch({_LONG: np.zeros(1)}), FormatError,
+     ["...(10000 chars)...", "names like 'weight_ih_l0'"]),
+    (lambda: infer_architecture({_LONG: np.zeros(1)}), FormatError,
+     ["unknown parameter", "...(10000 chars)..."]),
+    (lambda: from_torch(dict(_gru_weights(_LONG + "."), **{_LONG + ".bias_hh_l0": np.zeros(2)})),
+     ShapeError, ["...(10001 chars)...", "bias_hh_l0 has shape (2,), expected (12,) for a GRU"]),
+    (lambda: from_torch({**_gru_weights(_LONG + "a."), **_gru_weights(_LONG + "b.")}),
+     ArgumentError, ["...(10002 chars)...kkkkkkkkkkkkkkkkkka.'", "pick one with prefix="]),
+    (lambda: from_torch({f"{i}{_LONG[:100]}.{k}": v for i in range(1000)
+                         for k, v in _gru_weights().items()}, prefix="rnn."),
+     ArgumentError, ["'0kkk", "...(102 chars)...", ", ... (1000 in all)"]),
+    (lambda: from_torch({f"weight_{kind}_l{i}": np.zeros((3 * H, H)) for i in range(1000)
+                         for kind in ("ih", "hh")} | {"weight_ih_l2000": np.zeros((3 * H, H))}),
+     FormatError, ["numbered [0, 1, 2, 3, 4, 5, 6, 7, ... (1001 in all)], expected 0..1000"]),
+    (lambda: from_torch({"weight_ih_l" + str(i): np.zeros((3 * H, I)) for i in range(1000)}),
+     FormatError, ["missing ['weight_hh_l0', 'weight_hh_l1', ", ", ... (1000 in all)]"]),
+    (lambda: from_torch(_weight_norm_parts_that_disagree()), ShapeError,
+     ["...(10015 chars)...kkkkk.weight_hh_l0_g has shape (12, 2)", "as weight_norm's magnitude"]),
+    (lambda: from_torch(dict(_gru_weights(_LONG + "."),
+                             **{_LONG + ".parametrizations.weight_hh_l0.original": np.zeros(1)})),
+     UnsupportedError, ["...(10039 chars)...", "remove the parametrization"]),
+    (lambda: from_torch_composite({f"{i}{_LONG}.weight": np.zeros((2, 2)) for i in range(100)},
+                                  embedding="emb", rnn="rnn"),
+     ArgumentError, ["no tensor 'emb.weight'", "...(10001 chars)...", "(100 in all)"]),
+], ids=["layer-digits", "no-rnn", "infer", "shape", "two-groups", "many-groups", "layer-numbers",
+        "missing", "weight-norm", "parametrized", "composite"])
+def test_messages_show_long_names_briefly(convert, error, expected):
+    """A key from the file goes into a message as its first 60 and last 20 characters and its
+    length, and a list of them as its first few and their count: a 5,000-digit layer number made
+    a message of 5 KB, a key of 10,000 characters one of 10 to 20 KB, 1,000 groups one of 108 KB,
+    the 100 parts of a composite model one of 1 MB."""
+    with pytest.raises(error) as err:
+        convert()
+    message = str(err.value)
+    assert len(message) < 500, message[:1000]
+    for piece in expected:
+        assert piece in message, (piece, message)
+
+
 def test_unreadable_weights_are_refused_with_the_reason(tmp_path):
     """Weights the file reader cannot read (an LSTM saved from the meta device) are refused with
     the reader's reason, not a shape error about the placeholder they are read as."""

@@ -608,6 +608,7 @@ def test_tensors_cannot_name_much_more_data_than_the_file_holds(tmp_path, count,
         tf.open_checkpoint(path)
 
 
+_OVER_CALL_BUDGET = "bytes of call arguments, containers and sets in all"
 _ITEMS = list(range(50_000))  # ~150 KB of pickle, 400 KB as a list
 _ARRAY_STATE = (1, (50_000,), np.dtype("u1"), False, bytes(50_000))
 
@@ -639,7 +640,7 @@ def test_calls_cannot_copy_much_more_than_the_pickle_holds(tmp_path, calls):
     all calls together are capped by the pickle's size."""
     path = tmp_path / "c.pt"
     _zip_with_pickle(path, assemble(calls))
-    assert _refused_peak(tf.load, path, "bytes of arguments in all")[0] < 32 << 20
+    assert _refused_peak(tf.load, path, _OVER_CALL_BUDGET)[0] < 32 << 20
     _zip_with_pickle(path, assemble(calls[:2]))
     assert len(tf.load(path)) == 2
 
@@ -656,9 +657,70 @@ def test_calls_that_build_containers_are_charged_what_they_build(tmp_path, call,
     set of 100,000 ints, which a pickle makes with set(list), still loads."""
     path = tmp_path / "c.pt"
     _zip_with_pickle(path, assemble([Call(Global("builtins", call), arg) for _ in range(20)]))
-    assert _refused_peak(tf.load, path, "bytes of arguments in all")[0] < 8 << 20
+    assert _refused_peak(tf.load, path, _OVER_CALL_BUDGET)[0] < 8 << 20
     _zip_with_pickle(path, pickle.dumps(set(range(100_000)), protocol=2))
     assert len(tf.load(path)) == 100_000
+
+
+_PAIRS = [(i, None) for i in range(300, 983)]  # a dict of these 683 has just doubled its table
+_MEMBERS = list(range(300, 1529))  # a set of these 1,229 has just quadrupled its table
+
+
+@pytest.mark.parametrize("module,name,args,count", [
+    ("builtins", "dict", (_PAIRS,), 1000),
+    ("collections", "OrderedDict", (_PAIRS,), 1000),
+    ("builtins", "set", (_MEMBERS,), 1000),
+    ("builtins", "frozenset", (_MEMBERS[:512],), 1000),
+    ("builtins", "set", (), 20_000),
+    ("collections", "OrderedDict", (), 20_000),
+], ids=["dict", "OrderedDict", "set", "frozenset", "set()", "OrderedDict()"])
+def test_containers_built_of_one_shared_argument_take_at_most_the_budget(
+        tmp_path, monkeypatch, module, name, args, count):
+    """A call that builds a dict or set was charged the least its table takes (32 bytes an item,
+    80 in an OrderedDict), but a table that has just grown takes up to 107: dict(pairs) again and
+    again of one shared list of 90,000 pairs made 15 MB from a 630 KB pickle, and set() or
+    OrderedDict() of no argument was charged nothing: against a budget of 2 MiB, these calls
+    made 2.9 to 6.8 MiB (all 20,000 of set() and OrderedDict()). Each is now charged what it
+    takes: beside the pickle itself, they make the budget and one container more."""
+    from converters.torch_files import unpickler
+
+    monkeypatch.setattr(unpickler, "MAX_ARGUMENT_RATIO", 0)
+    monkeypatch.setattr(unpickler, "MAX_ARGUMENT_BYTES", 2 << 20)
+    path = tmp_path / "c.pt"
+    pkl = assemble([Call(Global(module, name), *args) for _ in range(count)])
+    _zip_with_pickle(path, pkl)
+    beside = 2 * len(pkl) + (300 << 10)  # the pickle's bytes, its stack, the shared argument
+    assert _refused_peak(tf.load, path, _OVER_CALL_BUDGET)[0] < (2 << 20) + beside
+
+
+@pytest.mark.parametrize("opcodes,count", [
+    (pickle.EMPTY_SET, 200_000), (pickle.MARK + pickle.FROZENSET, 100_000),
+], ids=["EMPTY_SET", "FROZENSET"])
+def test_empty_sets_are_charged_what_they_take(tmp_path, opcodes, count):
+    """EMPTY_SET makes a set of 216 bytes of one byte of pickle (MARK FROZENSET of two): 200 KB of
+    them made 45 MB and 23 MB. Sets the opcodes make count against the calls' budget; real sets
+    at protocol 4 still load."""
+    path = tmp_path / "s.pt"
+    _zip_with_pickle(path, b"\x80\x04" + pickle.MARK + opcodes * count + pickle.LIST + pickle.STOP)
+    assert _refused_peak(tf.load, path, _OVER_CALL_BUDGET)[0] < 8 << 20
+    sets = [set(), frozenset(), set(range(100_000)), frozenset(range(1000))]
+    _zip_with_pickle(path, pickle.dumps(sets, protocol=4))
+    assert tf.load(path) == sets
+
+
+def test_long_names_in_reader_messages_show_their_length(tmp_path):
+    """A 10,000-character name (a pickle global, a safetensors entry) shows in a message as its
+    first and last characters and its length."""
+    path = tmp_path / "g.pt"
+    _zip_with_pickle(path, _global_pickle("os", "x" * 10_000))
+    with pytest.raises(UnsafeFileError, match=r"pickle global 'os\.x+\.\.\.\(10003 chars\)"):
+        tf.load(path)
+    path = tmp_path / "s.safetensors"
+    head = json.dumps({"w" * 10_000: {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})
+    path.write_bytes(struct.pack("<Q", len(head)) + head.encode() + F32)
+    with pytest.raises(FormatError, match=r"'w+\.\.\.\(10000 chars\)\.\.\.w+' has bad sha") as err:
+        tf.load(path)
+    assert len(str(err.value)) < len(str(path)) + 250
 
 
 def test_zip_directory_sizes_are_checked_against_the_file(tmp_path):

@@ -19,9 +19,14 @@ MAX_NAME_CHARS = 64 << 20  # all tensor names of one flatten_tensors call togeth
 # MAX_ARGUMENT_RATIO * pickle size + MAX_ARGUMENT_BYTES bytes of arguments in all, each counted as
 # what the call may make of it (_charge): memo references pass one large value to many calls at a
 # few bytes each, and a call may copy it (torch.Size(x), a numpy array's data) or build a container
-# of its items (list(x), set(x)).
+# of its items (list(x), set(x), dict(pairs)), counted as the bytes that container takes. The sets
+# the pickle's opcodes make count too (216 bytes from a 1-byte EMPTY_SET). A protocol 2 pickle holds
+# a set of ints in 3 to 5 bytes a member, and the set(list) call that builds it takes 30 to 53
+# bytes a member (its table doubles as it grows) and 2 MiB at 19,661 members (a small set's table
+# quadruples): these bounds take any set of up to 150,000 ints (frozenset, whose table is sized at
+# once to twice its members, 65,000), and larger ones but where their table has just doubled.
 MAX_ARGUMENT_RATIO = 8
-MAX_ARGUMENT_BYTES = 1 << 20
+MAX_ARGUMENT_BYTES = 2 << 20
 # Keys of one dict (members of one set) with one hash value: a str or bytes hash is randomised per
 # process, but an int's is itself mod 2**61 - 1 and a float's or a tuple's follows from its items',
 # so a file can make any number collide, and then each insertion compares the key with all the

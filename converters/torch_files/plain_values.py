@@ -48,10 +48,10 @@ class _PickledOrderedDict(collections.OrderedDict):
             self.__dict__["pickled_state"] = state
 
 
-# The bytes each item (or character) of its argument takes in the container a call builds, as the
-# unpickler charges them: a pointer in a list; in a set or dict the least its table takes (32 to
-# 52 bytes measured, 85 to 105 in an OrderedDict): more would refuse a plain set of 100,000 ints,
-# whose pickle holds about 4 bytes a member.
+# The least each item (or character) of its argument takes in the container a call builds: a
+# pointer in a list; in a set or dict the least its table takes (30 bytes or more measured, up to
+# 107; 85 or more in an OrderedDict). The unpickler charges this before the call, so that a call
+# past its budget builds nothing, and the container's real size once it is built.
 _ITEM_BYTES = {list: 8, tuple: 8, bytearray: 1, set: 32, frozenset: 32, dict: 32,
                _PickledOrderedDict: 80}
 
@@ -66,14 +66,8 @@ def _container(cls):
             return cls(*args)
         # a dict or set is filled one key at a time, as SETITEMS and ADDITEMS fill one
         if issubclass(cls, dict):
-            pairs = list(args[0].items()) if isinstance(args[0], dict) else args[0]
-            for pair in pairs:
-                if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                    raise FormatError(
-                        f"{cls.__name__}() of {_brief(pair)}: expected (key, value) pairs"
-                    )
             keys = _Keys(cls())
-            keys.fill([p[0] for p in pairs], [p[1] for p in pairs])
+            keys.fill(*_keys_and_values(args[0], cls.__name__))
             return keys.container
         keys = _Keys(set())
         keys.fill(args[0])
@@ -81,6 +75,16 @@ def _container(cls):
 
     build.item_bytes = _ITEM_BYTES[cls]  # type: ignore[attr-defined]
     return build
+
+
+def _keys_and_values(source: Any, call: str) -> tuple[list, list]:
+    """The keys and the values of a dict, or of a sequence of (key, value) pairs."""
+    if isinstance(source, dict):
+        return list(source), list(source.values())
+    for pair in source:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise FormatError(f"{call}() of {_brief(pair)}: expected (key, value) pairs")
+    return [p[0] for p in source], [p[1] for p in source]
 
 
 class _InsertClock:

@@ -8,12 +8,13 @@ import mmap
 import pickle
 import secrets
 import struct
+import sys
 from typing import Any
 
 from fastrnn.errors import FastRNNError, FormatError, UnsafeFileError, UnsupportedError
 
 from .allowed import ALLOWED_GLOBALS
-from .brief import _brief, _why
+from .brief import _brief, _why, brief_name
 from .limits import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_RATIO
 from .numpy_values import _NumpyArray, _NumpyDType
 from .opaque import OpaqueClass, OpaqueValue, PlainDictClass, opaque_global
@@ -26,6 +27,7 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 # a str of one character outside latin-1, made anew each time (latin-1 ones are cached, but only
 # ASCII is cheap to check)
 _CHAR_BYTES = 80
+_EMPTY_SET_BYTES = sys.getsizeof(set())  # 216: a set's table before its first member
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
@@ -49,7 +51,7 @@ class QuantizedFileError(UnsafeFileError, UnsupportedError):
 
 
 def _refusal(full: str, where: str) -> UnsafeFileError:
-    full = full if len(full) <= 200 else full[:200] + "..."
+    shown = brief_name(full)
     if full == "torch.ScriptObject":
         return QuantizedFileError(
             f"{where} holds a torch.ScriptObject (how quantized modules such as "
@@ -61,21 +63,21 @@ def _refusal(full: str, where: str) -> UnsafeFileError:
     if module.startswith("torch.nn.modules") or (
             module.startswith("torch.nn.") and full.split(".")[-1][:1].isupper()):
         return UnsafeFileError(
-            f"{where} holds a pickled whole nn.Module ({full}); fastrnn never unpickles classes. "
+            f"{where} holds a pickled whole nn.Module ({shown}); fastrnn never unpickles classes. "
             "Save the weights instead, torch.save(model.state_dict(), path), and convert that file"
         )
     if module.startswith("__torch__"):
         return UnsafeFileError(
-            f"{where} is a TorchScript archive (global {full}); save model.state_dict() with "
+            f"{where} is a TorchScript archive (global {shown}); save model.state_dict() with "
             "torch.save instead"
         )
     return UnsafeFileError(
-        f"{where}: refused pickle global '{full}' (a checkpoint may only contain tensors and plain "
-        "containers; loading it would run code from the file). If this file is a whole pickled "
-        "model (torch.save(model, ...)), save model.state_dict() instead; if it is a training "
-        "checkpoint whose other entries hold objects of your own classes (hyper_parameters: "
-        "omegaconf configs, paths, Namespace and AttributeDict are read as data, others are "
-        "not), save just its weights from a torch you trust the file with: "
+        f"{where}: refused pickle global '{shown}' (a checkpoint may only contain tensors and "
+        "plain containers; loading it would run code from the file). If this file is a whole "
+        "pickled model (torch.save(model, ...)), save model.state_dict() instead; if it is a "
+        "training checkpoint whose other entries hold objects of your own classes "
+        "(hyper_parameters: omegaconf configs, paths, Namespace and AttributeDict are read as "
+        "data, others are not), save just its weights from a torch you trust the file with: "
         "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt')"
     )
 
@@ -121,9 +123,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
     torch.save never emits, are refused. Dict keys and set members must hash cheaply, at most
     MAX_EQUAL_HASHES keys of one dict or set may share a hash value, each is set once, filling
     them is timed (_InsertClock), the memo is keyed by a secret permutation of its indices
-    (below 2**32), equal strings (and bytes) are one object, the arguments of all calls together
-    are bounded by the input's size, and a bytearray may not claim more bytes than the input
-    holds.
+    (below 2**32), equal strings (and bytes) are one object, the arguments of all calls, the
+    containers they build and the sets the opcodes make are bounded together by the input's size,
+    and a bytearray may not claim more bytes than the input holds.
     """
 
     dispatch = pickle._Unpickler.dispatch.copy()
@@ -135,7 +137,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._where = where
         self._persistent = persistent
         self._firsts: dict[type, dict] = {str: {}, bytes: {}}  # each value -> its first object
-        self._arguments_left = MAX_ARGUMENT_RATIO * size + MAX_ARGUMENT_BYTES
+        self._bytes_left = MAX_ARGUMENT_RATIO * size + MAX_ARGUMENT_BYTES  # see _spend
         # id -> the keys of each dict or set the opcodes fill (holding it keeps its id its own)
         self._keys: dict[int, _Keys] = {}
 
@@ -156,22 +158,34 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(f"{self._where}: unexpected persistent id {_brief(pid)}")
         return self._persistent(pid)
 
+    def _spend(self, nbytes: int) -> None:
+        """Count bytes that the pickle's calls take or build, or that its sets take; refuse past
+        MAX_ARGUMENT_RATIO times the input's size plus MAX_ARGUMENT_BYTES."""
+        self._bytes_left -= nbytes
+        if self._bytes_left < 0:
+            raise FormatError(
+                f"{self._where}: pickle makes more than "
+                f"{MAX_ARGUMENT_RATIO * self._size + MAX_ARGUMENT_BYTES} bytes of call arguments, "
+                "containers and sets in all (a large value passed again and again through memo "
+                "references); expected tensors and plain containers"
+            )
+
     def _charge(self, values: tuple, item_bytes: int = 0) -> None:
         """Count a call's arguments: the tuple's items, 8 bytes each, then what the call may make
         of each: a copy of a string, 8 bytes an item of a container. A call that builds a
         container of its argument's items (builtins.list, set, dict; plain_values._ITEM_BYTES)
-        makes item_bytes for each item or character instead, and a str object for each character
-        outside ASCII: list(s) of a str of a million characters makes 8 MB, 84 MB if they are Greek.
+        makes at least item_bytes for each item or character instead (_charge_container counts
+        the rest once it is built), and a str object for each character outside ASCII: list(s) of
+        a str of a million characters makes 8 MB, 84 MB if they are Greek.
         """
-        self._arguments_left -= 8 * len(values)
-        if self._arguments_left >= 0:  # then there are few enough values to walk
-            self._arguments_left -= sum(_made_of(v, item_bytes) for v in values)
-        if self._arguments_left < 0:
-            raise FormatError(
-                f"{self._where}: pickle passes its calls more than "
-                f"{MAX_ARGUMENT_RATIO * self._size + MAX_ARGUMENT_BYTES} bytes of arguments in all "
-                "(a large value reused through memo references); expected tensors and plain containers"
-            )
+        self._spend(8 * len(values))  # then there are few enough values to walk
+        self._spend(sum(_made_of(v, item_bytes) for v in values))
+
+    def _charge_container(self, made: Any, args: tuple, item_bytes: int) -> None:
+        """Count the rest of what a container-building call made: _charge counted the least it
+        takes, item_bytes an item, but a dict's or set's table may take over three times that, and
+        set() of no argument 216 bytes. Its charge is then the bytes it takes."""
+        self._spend(sys.getsizeof(made) - item_bytes * sum(map(len, args)))
 
     def _load_reduce(self) -> None:
         args = self.stack.pop()
@@ -179,8 +193,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(
                 f"{self._where}: pickle calls a function with {type(args).__name__} arguments"
             )
-        self._charge(args, getattr(self.stack[-1], "item_bytes", 0))
-        self.stack[-1] = self.stack[-1](*args)
+        call = self.stack[-1]
+        item_bytes = getattr(call, "item_bytes", 0)
+        self._charge(args, item_bytes)
+        made = call(*args)
+        if item_bytes:
+            self._charge_container(made, args, item_bytes)
+        self.stack[-1] = made
 
     def _load_newobj(self) -> None:
         """NEWOBJ on a stand-in of opaque.py only: its value is data (no class is imported)."""
@@ -268,7 +287,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
             )
         self._keys_of(target).fill(items)
 
+    def _load_empty_set(self) -> None:
+        # 216 bytes from one byte of pickle: the largest object an opcode makes of nothing
+        self._spend(_EMPTY_SET_BYTES)
+        self.append(set())
+
     def _load_frozenset(self) -> None:
+        self._spend(_EMPTY_SET_BYTES)  # as EMPTY_SET; its members cost their own bytes of pickle
         keys = _Keys(set())
         keys.fill(self.pop_mark())
         self.append(keys.frozen())
@@ -291,6 +316,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.REDUCE[0]] = _load_reduce
     dispatch[pickle.BUILD[0]] = _load_build
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    dispatch[pickle.EMPTY_SET[0]] = _load_empty_set
     # the opcodes that hash dict keys and set members, or (PUT) pickle-chosen memo indices
     dispatch[pickle.SETITEM[0]] = _load_setitem
     dispatch[pickle.SETITEMS[0]] = _load_setitems
