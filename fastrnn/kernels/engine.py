@@ -96,4 +96,4 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, c
     for ch in prange(chunks):
         lo, hi = chunk_bounds(rows, chunks, ch, 1)
         step_rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-              (x2, w_ih, bias, False, False), xp, gates, hb, aux, c, y, yd, h)
+              (x2, w_ih, bias, False), False, xp, gates, hb, aux, c, y, yd, h)

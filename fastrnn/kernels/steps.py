@@ -128,15 +128,15 @@ def _gru_update(g, xr, hp, hd, gs, j0, j1, lbr, fast, code, alpha, beta, clip):
 # ----- one step of a chunk of rows [lo, hi) over units [j0, j1) -----
 
 @inline
-def phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias, peep, xp,
-             gates, src, dst, aux, c):
+def phase_a(s, back, ahead, late, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias,
+             peep, xp, gates, src, dst, aux, c):
     """Recurrent product for units [j0, j1) of every gate (whole panels: j1 may pass H, up to
     Hp), then the update of units [j0, min(j1, H)). LSTM with projection leaves o*tanh(c') in
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
-    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried, late), the
-    call's input, its projection weights, whether its steps carry part of a later block's
-    projection (ahead_slot) and whether this one-step call projects its input only now, after
-    the recurrent product (serial)."""
+    back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried), the call's
+    input, its projection weights and whether its steps carry part of a later block's projection
+    (ahead_slot). late: this one-step call projects its input only now, between the recurrent
+    product and the update (serial; a constant False at the call sites that never do)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
@@ -145,7 +145,8 @@ def phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, 
                           src):
         gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
                    gates, back)
-    _project_late(back, ahead, lo, hi, j0, j1, cfg, xp)
+    if late:
+        _project_late(back, ahead, lo, hi, j0, j1, cfg, xp)
     update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c, False)
 
@@ -154,7 +155,7 @@ def phase_a(s, back, ahead, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, r, 
 def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates, src):
     """phase_a's product with this step's share of a later block's input projection, if the
     step carries one (ahead_slot); False when it does not (the caller runs the plain one)."""
-    x2, w_ih, bias, carried, _ = ahead
+    x2, w_ih, bias, carried = ahead
     if not carried:
         return False
     slot, first = ahead_slot(s, lengths)
@@ -171,12 +172,10 @@ def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, x
 @inline
 def _project_late(back, ahead, lo, hi, j0, j1, cfg, xp):
     """The input projection of a one-step call's rows [lo, hi), units [j0, j1), when the call
-    runs it after its recurrent product (ahead's `late`, see serial)."""
-    x2, w_ih, bias, _, late = ahead
-    if late:
-        gates = GATES[cfg[C_MODE]]
-        gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias, xp,
-                   back)
+    runs it after its recurrent product (phase_a's `late`, see serial)."""
+    x2, w_ih, bias, _ = ahead
+    gates = GATES[cfg[C_MODE]]
+    gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias, xp, back)
 
 
 @inline
@@ -319,10 +318,11 @@ def zero_if_empty(n, cfg, lengths, h, c):
 
 
 @helper
-def step_rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, ahead, xp,
-          gates, hb, aux, c, y, yd, h):
+def step_rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros, ahead, late,
+          xp, gates, hb, aux, c, y, yd, h):
     """Rows [lo, hi) over steps [s0, s1) of their sequences, all units, in lock-step (s0 = 0
-    loads the initial state). Steps s with (s + flip) odd walk the weights backward."""
+    loads the initial state). Steps s with (s + flip) odd walk the weights backward. ahead and
+    late as in phase_a."""
     fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], rbias)
@@ -335,8 +335,8 @@ def step_rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, ze
         src = hb[s & 1]
         dst = hb[(s + 1) & 1]
         back = (s + flip) & 1
-        phase_a(s, back, ahead, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r, rbias,
-                 peep, xp, gates, src, dst, aux, c)
+        phase_a(s, back, ahead, late, lo, hi, 0, cfg[C_HP], cfg, fcfg, codes, clip, lengths, r,
+                 rbias, peep, xp, gates, src, dst, aux, c)
         if two_phases:
             phase_b(s, back, lo, hi, 0, cfg[C_HOUTP], cfg, fcfg, codes, clip, lengths, r, w_hr,
                      zeros, xp, gates, src, dst, aux)
@@ -386,5 +386,5 @@ def serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     if not late:
         project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried)
     step_rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-          (x2, w_ih, bias, carried, late), xp, gates, hb, aux, c, y, yd, h)
+          (x2, w_ih, bias, carried), late, xp, gates, hb, aux, c, y, yd, h)
     sbuf[sbuf.size - 1] = (flip + longest(lengths, 0, rows)) & 1

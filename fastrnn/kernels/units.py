@@ -69,7 +69,7 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     early = _starts_early(stages, rows, chunks, cfg, r)
     # blocks that start early run their product in parts, none of which carries the projection
     carried = projects_ahead(cfg, lengths) and not early
-    ahead = (x2, w_ih, bias, carried, False)
+    ahead = (x2, w_ih, bias, carried)
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
         # the input projection first (what the steps do not carry), by blocks of units (one
@@ -227,8 +227,8 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
     dst = hb[(s + 1) & 1]
     if stage % stages == 0:
         j0, j1 = chunk_bounds(cfg[C_HP], chunks, block, PANEL)
-        phase_a(s, s & 1, ahead, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, rbias,
-                 peep, xp, gates, src, dst, aux, c)
+        phase_a(s, s & 1, ahead, False, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r,
+                 rbias, peep, xp, gates, src, dst, aux, c)
         if stages == 1:
             emit_rows(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, 0, y, yd, h)
     else:
