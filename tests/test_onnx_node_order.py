@@ -1,5 +1,6 @@
-"""Graphs whose nodes are out of order run as ONNX Runtime runs them: ORT sorts the nodes as it
-loads a model (the main graph and every subgraph), and so does fastrnn (node_order.py).
+"""Graphs whose nodes are out of order run as ONNX Runtime runs them: ORT sorts the main graph's
+nodes as it loads a model, and so does fastrnn (node_order.py), in If branches and Loop bodies
+too (ORT refuses those out of order; the tests compare with ORT running them in order).
 
 A torch export shuffled and reversed; Loop and If nodes listed before the nodes defining what
 their subgraphs read, at any depth, and Loop bodies out of order themselves; the caller's model
@@ -23,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import converters  # noqa: E402
 from converters.onnx_import.node_order import topologically_sorted  # noqa: E402
 from fastrnn.errors import FormatError  # noqa: E402
+from test_onnx_errors import ort_refuses  # noqa: E402
 
 FLOAT, INT64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -75,14 +77,6 @@ def _in_order(graph) -> bool:
             return False
         defined.update(n.output)
     return True
-
-
-def _ort_refuses(model) -> bool:
-    try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - ORT's own exception types
-        return True
-    return False
 
 
 def _check_like_ort(model, feeds_list, reference=None):
@@ -201,7 +195,7 @@ def test_a_loop_body_out_of_order(body_order, relu_after_loop):
     order."""
     model = _loop_model([BODY_NODES[i] for i in body_order], relu_after_loop)
     assert not _in_order(model.graph.node[0 if relu_after_loop else 1].attribute[0].g)
-    assert _ort_refuses(model)
+    assert ort_refuses(model)
     _check_like_ort(model, _loop_feeds(), reference=_loop_model(BODY_NODES, relu_after_loop))
 
 
@@ -322,7 +316,7 @@ def _cycle_cases():
 @pytest.mark.parametrize("case", list(_cycle_cases()))
 def test_a_cycle_is_a_format_error_naming_its_nodes(case):
     model, names = _cycle_cases()[case]
-    assert _ort_refuses(model)
+    assert ort_refuses(model)
     with pytest.raises(FormatError, match="form a cycle") as e:
         converters.from_onnx(model)
     assert f"nodes {names} form a cycle" in str(e.value)
@@ -347,7 +341,7 @@ def test_a_value_defined_twice_is_still_a_format_error(shuffle):
     if shuffle:
         nodes = [nodes[1], nodes[2], nodes[0]]
     model = _model(nodes, [_vi("x", [3])], ["y"])
-    assert _ort_refuses(model)
+    assert ort_refuses(model)
     again = "first" if shuffle else "second"
     with pytest.raises(FormatError) as e:
         converters.from_onnx(model)

@@ -257,18 +257,23 @@ def test_top_k_top_p_draw_only_allowed_tokens():
         sample_token(logits, top_k=-2)
 
 
+def _allocated_while(run):
+    """(run()'s result, the bytes traced memory grew by while it ran)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
 def test_generation_steps_allocate_nothing():
     _, gen = _text_generator()
     it = gen.stream_ids("ab", 2000, temperature=1.0, seed=0, stop=False)
     next(it)                                                  # set-up done
     first = gen.logits
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        count = sum(1 for _ in zip(range(500), it))
-        grown = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    count, grown = _allocated_while(lambda: sum(1 for _ in zip(range(500), it)))
     assert count == 500 and gen.logits is first
     assert grown < 2048, f"{grown} bytes allocated over 500 steps"
 
@@ -846,14 +851,7 @@ def test_embedding_lookups_allocate_nothing_whatever_their_width():
     out = np.empty((2, 1 << 14), np.float32)
     ids = np.array([2, 0])
     emb.lookup_into(ids, out)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(20):
-            emb.lookup_into(ids, out)
-        grown = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    _, grown = _allocated_while(lambda: [emb.lookup_into(ids, out) for _ in range(20)])
     assert grown < 4096, f"{grown} bytes allocated by 20 lookups of 128 KiB rows"
     np.testing.assert_array_equal(out, emb.weight[[2, 0]])
 
@@ -861,11 +859,5 @@ def test_embedding_lookups_allocate_nothing_whatever_their_width():
                             fastrnn.Linear(8, 5, seed=0))
     it = gen.stream_ids([1], 1000, seed=0, stop=False)
     next(it)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        count = sum(1 for _ in zip(range(200), it))
-        grown = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    count, grown = _allocated_while(lambda: sum(1 for _ in zip(range(200), it)))
     assert count == 200 and grown < 4096, f"{grown} bytes allocated over 200 steps"
