@@ -177,14 +177,16 @@ class DirectionParams:
         return (2 <= thread_count < 4 and rows < _ROW_SPLIT_MIN_ROWS
                 and steps * rows * self._recurrent_bytes >= _UNIT_SPLIT_MIN_BYTES)
 
-    def bind(self, route, rows: int, slot: int, yd: int):
+    def bind(self, route, rows: int, slot: int, yd: int, sync=None):
         """call(x, lengths, hs, cs, y, scratch) running this direction over x (T, rows, I) the
         way `route` (this direction's route for that shape) says: hs (S, N, H_out) and, for
         LSTM, cs (S, N, H) (else the empty `dummy_c`) hold the initial state in slot `slot` and
         receive the final one there; it writes columns [yd*H_out, (yd+1)*H_out) of the layer
         output y (T, N, D*H_out). Every array is C-contiguous, aligned and writeable
         (`canonical`), of the direction's dtype, lengths int64; scratch is the calling thread's
-        workspace of scratch_size(T, rows) elements (unused by FUSED)."""
+        workspace of scratch_size(T, rows) elements (unused by FUSED). sync: the unit split's
+        sync array (units.sync_array of the route's chunks), zeroed and used by every call of one
+        thread at a time; by default each call makes its own."""
         kind, chunks = route
         wbuf, wpk, cfg, fcfg = self._wbuf, self._wpk, self._cfg, self._fcfg
         if kind == FUSED:
@@ -202,7 +204,7 @@ class DirectionParams:
         if kind == UNITS:
             def call(x, lengths, hs, cs, y, scratch):
                 self._call(units.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
-                                             yd, scratch, units.sync_array(chunks), chunks))
+                                             yd, scratch, _zeroed(sync, chunks), chunks))
             return call
         if kind == ROWS:
             def call(x, lengths, hs, cs, y, scratch):
@@ -255,6 +257,14 @@ class DirectionParams:
         if self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES:
             return UNITS, min(thread_count, self._hp // PANEL)
         return SERIAL, 1
+
+
+def _zeroed(sync, chunks: int) -> np.ndarray:
+    """sync zeroed for a call of the unit split, or a new sync array where there is none."""
+    if sync is None:
+        return units.sync_array(chunks)
+    sync.fill(0)
+    return sync
 
 
 # DirectionParams.route's kinds of call

@@ -6,8 +6,10 @@ from typing import Callable
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
+from .kernels import units
 from .kernels._jit import compiled_for
 from .recurrent import aligned
+from .threads import workers
 from .validation import as_array, check_elements
 
 
@@ -20,6 +22,9 @@ class Stream:
     be stepped by one thread at a time (unchecked: two at once mix their steps). A stream follows
     its layer's weights: after `layer.load_state_dict` its next step uses the new ones, from the
     state it has (a step under way when another thread loads runs the old ones in every layer).
+    On several threads (`set_num_threads`, read at every step) a step splits each layer over
+    them as a one-step layer call would (large weights by hidden units, batches of 8+ rows by
+    rows); other layers step on one thread.
     """
 
     step: Callable[[np.ndarray], np.ndarray]  # x_t (N, I) -> (N, H_out); built per stream
@@ -61,7 +66,15 @@ class Stream:
         self._layer_inputs = [buf[at:at + rows * hout].reshape(rows, hout) for at in y_at[:-1]]
         self._offsets = [(h_at + k * rows * hout, c_at + k * rows * hid, y_at[k], scratch_at[k])
                          for k in range(layers)]
-        self.step, self._rebind = self._stepper(self._calls(directions))
+        # what a layer call's kernels take, for the steps that split a layer over threads: 3-D
+        # inputs and outputs of one step, lengths of one step, each layer's scratch
+        self._inputs3 = [a.reshape(1, rows, -1) for a in [self._x0] + self._layer_inputs]
+        self._outputs3 = [buf[at:at + rows * hout].reshape(1, rows, hout) for at in y_at]
+        self._scratch = [buf[at:at + p.scratch_size(1, rows)]
+                         for at, p in zip(scratch_at, directions)]
+        self._lengths = np.ones(rows, np.int64)
+        splits = any(_splits(p, rows) for p in directions)
+        self.step, self._rebind = self._stepper(self._calls(directions), splits)
         with _FOLLOWING:
             _STREAMS.setdefault(layer, weakref.WeakSet()).add(self)
             if layer._stack is not stack:  # loaded while this stream was being built
@@ -69,24 +82,31 @@ class Stream:
 
     def _calls(self, directions):
         """(first layer's compiled kernel, its arguments after the input, [(compiled kernel,
-        arguments) of each further layer]) for these DirectionParams of the layer."""
+        arguments) of each further layer], _SplitSteps) for these DirectionParams of the layer:
+        the one-thread steps, and the steps on several threads."""
         calls = [p.stream_call(self._buf, self.batch_size, *offsets)
                  for p, offsets in zip(directions, self._offsets)]
         (first, args), rest = calls[0], calls[1:]
         first = compiled_for(first, (self._x0, *args))
         rest = [(compiled_for(kernel, (x, *args)), (x, *args))
                 for x, (kernel, args) in zip(self._layer_inputs, rest)]
-        return first, args, rest
+        c = directions[0].dummy_c if self._c is None else self._c
+        state = (self._lengths, self._h, c)
+        split = _SplitSteps(directions, [(first, (self._x0, *args))] + rest, [
+            (x, *state, y, scratch)
+            for x, y, scratch in zip(self._inputs3, self._outputs3, self._scratch)])
+        return first, args, rest, split
 
     def _weights_changed(self) -> None:
         """Called by the layer's load_state_dict: the next step runs the new weights."""
         self._rebind(self._calls(_directions(self.layer._stack)))
 
-    def _stepper(self, calls):
+    def _stepper(self, calls, splits: bool):
         """The stream's `step` function, a closure over everything a step reads (a step's
         Python is ~0.25 us this way, ~0.4 us as a method reading its attributes), and the
         function that rebinds it to new `_calls`. Neither holds a reference to the stream, so
-        that a stream is freed as soon as it is dropped."""
+        that a stream is freed as soon as it is dropped. `splits`: some layer's one-step call
+        splits over threads (_splits); the step then asks for the thread count first."""
         x0, result = self._x0, self._result
         dtype, shape = x0.dtype, x0.shape
         ndarray = np.ndarray
@@ -99,7 +119,7 @@ class Stream:
             """x_t (N, I) -> (N, H_out) for this step; the state advances by one step."""
             # one read of the calls: a step rebound by another thread's load_state_dict runs the
             # old weights or the new ones in every layer, never some of each
-            first, (buf, meta, wbuf, wpk, fcfg), rest = calls
+            first, (buf, meta, wbuf, wpk, fcfg), rest, _ = calls
             # The first layer reads x_t itself when it is what its kernel was compiled for (the
             # layer's dtype, C-contiguous, aligned, writeable: 'carray'), else a checked copy.
             # x_t may be the previous step's output: a step reads its input before writing.
@@ -110,7 +130,19 @@ class Stream:
             for kernel, args in rest:
                 kernel(*args)
             return result
-        return step, rebind
+
+        def split_step(x_t) -> np.ndarray:
+            """step, with each layer split over the threads where a one-step layer call would
+            be (a layer call's kernels read their input from the stream's own buffer)."""
+            count = workers()
+            if count < 2:
+                return step(x_t)
+            layers = calls[3].calls(count)
+            _copied(x_t, x0)
+            for call, args in layers:
+                call(*args)
+            return result
+        return (split_step if splits else step), rebind
 
     def __reduce__(self):
         """Copied and pickled as its layer, batch size and state: a copy is a stream of its own,
@@ -177,6 +209,45 @@ _MAX_BATCH = 1 << 31
 def _directions(stack):
     """A unidirectional stack's DirectionParams, one per layer."""
     return [directions[0] for directions in stack.layers]
+
+
+def _splits(params, rows: int) -> bool:
+    """Whether a one-step call of this direction over `rows` rows splits over threads with
+    enough of them (DirectionParams.route: large weights, or batches of 8+ rows)."""
+    return params.route(1, rows, _MANY_THREADS)[1] > 1
+
+
+_MANY_THREADS = 1 << 10
+
+
+class _SplitSteps:
+    """A stream's step on several threads: each layer as the layer's own one-step call runs it
+    (DirectionParams.bind over views of the stream's buffer: the work split over threads by
+    hidden units or by rows) where that splits, else through its one-thread stream kernel. The
+    calls are planned once per thread count. Holds no reference to the stream."""
+
+    def __init__(self, directions, serial, call_args):
+        self._directions = directions
+        self._serial = serial  # [(compiled stream kernel, its arguments)] of each layer
+        self._call_args = call_args  # [(x, lengths, hs, cs, y, scratch)] of each layer's call
+        self._plans = {}
+
+    def calls(self, count: int):
+        """[(call, arguments)] of each layer for a step on `count` threads."""
+        plan = self._plans.get(count)
+        if plan is None:
+            plan = self._plans[count] = [self._planned(k, count)
+                                         for k in range(len(self._directions))]
+        return plan
+
+    def _planned(self, layer: int, count: int):
+        params = self._directions[layer]
+        rows = self._call_args[layer][0].shape[1]
+        route = params.route(1, rows, count)
+        if route[1] < 2:
+            return self._serial[layer]
+        sync = units.sync_array(route[1])  # the steps' own: nothing allocated per step
+        return params.bind(route, rows, layer, 0, sync), self._call_args[layer]
 
 
 def _copied(x_t, x0):

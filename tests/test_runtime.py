@@ -150,21 +150,31 @@ def test_flags_are_taken_by_their_truth_value_or_refused(tmp_path):
         fastrnn.Linear(3, 2, bias=no_truth)
 
 
-@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.GRU, fastrnn.LSTM])
-def test_stream_step_allocates_no_array_memory(cls):
-    layer = cls(6, 10, num_layers=2, seed=1)
-    stream = layer.stream(batch_size=3)
+@pytest.mark.parametrize("make,threads", [
+    (lambda: fastrnn.RNN(6, 10, num_layers=2, seed=1), 1),
+    (lambda: fastrnn.GRU(6, 10, num_layers=2, seed=1), 1),
+    (lambda: fastrnn.LSTM(6, 10, num_layers=2, seed=1), 1),
+    (lambda: fastrnn.LSTM(6, 256, num_layers=2, seed=1), 2)])  # hidden units split over threads
+def test_stream_step_allocates_no_array_memory(make, threads, monkeypatch):
+    from fastrnn.kernels import units
+
+    stream = make().stream(batch_size=3)
     x_t = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
-    for _ in range(3):  # compile and warm up outside the measurement
-        stream.step(x_t)
-    tracemalloc.start()
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
     try:
+        for _ in range(3):  # compile and warm up outside the measurement
+            stream.step(x_t)
+        # nor a unit split's sync array per step (freed at once, so the snapshots miss it)
+        monkeypatch.setattr(units, "sync_array", lambda chunks: pytest.fail("new sync array"))
+        tracemalloc.start()
         snapshot_before = tracemalloc.take_snapshot()
         for _ in range(50):
             stream.step(x_t)
         snapshot_after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
+        fastrnn.set_num_threads(before)
     domain = tracemalloc.DomainFilter(True, NUMPY_DOMAIN)
     grown = [s for s in snapshot_after.filter_traces([domain]).compare_to(
         snapshot_before.filter_traces([domain]), "lineno") if s.count_diff > 0]
@@ -281,7 +291,7 @@ def test_stream_steps_alternate_their_weight_walk(cls):
 
     layer = cls(4, 40, num_layers=2, seed=3)
     stream = layer.stream(2)
-    _, first_args, rest = stream._calls([d[0] for d in layer._stack.layers])
+    _, first_args, rest, _ = stream._calls([d[0] for d in layer._stack.layers])
     layer_args = [first_args] + [args[1:] for _, args in rest]  # (buf, meta, ...) of each layer
     x_t = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     for step in range(4):
@@ -418,6 +428,63 @@ def test_streams_in_threads_are_independent():
         w.join()
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+# A stream's step on two threads runs each layer as a one-step layer call would: its hidden units
+# split over the threads (one row and large weights, run_units), or its rows (8+: run_parallel,
+# and for LSTM / RNN from 16 rows the fused product, run_fused); a small layer stays on one thread.
+STREAM_SPLITS = [
+    (lambda: fastrnn.LSTM(16, 256, num_layers=2, seed=21), 1, "run_units"),
+    (lambda: fastrnn.GRU(16, 224, dtype=np.float64, seed=21), 2, "run_units"),
+    (lambda: fastrnn.GRU(16, 320, linear_before_reset=False, seed=21), 1, "run_units"),
+    (lambda: fastrnn.LSTM(16, 512, proj_size=128, seed=21), 1, "run_units"),
+    (lambda: fastrnn.RNN(16, 192, num_layers=2, seed=21), 8, "run_parallel"),
+    (lambda: fastrnn.LSTM(16, 128, seed=21), 16, "run_fused"),
+    (lambda: fastrnn.GRU(16, 64, seed=21), 1, None),
+]
+
+
+@pytest.mark.parametrize("make,rows,kernel", STREAM_SPLITS)
+def test_streams_on_two_threads_match_one_thread(make, rows, kernel, monkeypatch):
+    """Steps, a change of the thread count between steps and a load_state_dict between steps
+    give the one-thread stream's results; the split steps run the layer call's kernel."""
+    from fastrnn.kernels import engine, fused, units
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
+        pytest.skip("needs numba's parallel threading layer")
+    layer = make()
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((9, rows, 16)).astype(layer.dtype)
+    reloaded = {k: v + 0.01 * rng.standard_normal(v.shape).astype(v.dtype)
+                for k, v in layer.state_dict().items()}
+
+    def run(counts):
+        layer.load_state_dict(make().state_dict())
+        stream = layer.stream(rows)
+        outputs = []
+        for t, count in enumerate(counts):
+            if t == 6:
+                layer.load_state_dict(reloaded)
+            fastrnn.set_num_threads(count)
+            outputs.append(np.array(stream.step(x[t]), copy=True))
+        return np.stack(outputs), stream.state
+
+    before = fastrnn.get_num_threads()
+    try:
+        serial = run([1] * 9)
+        called = []
+        for module, name in ((units, "run_units"), (engine, "run_parallel"), (fused, "run_fused")):
+            original = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda *a, o=original, n=name: called.append(n) or o(*a))
+        split = run([2, 2, 2, 1, 2, 2, 2, 2, 2])
+    finally:
+        fastrnn.set_num_threads(before)
+    assert set(called) == ({kernel} if kernel else set())
+    assert len(called) == (8 * layer.num_layers if kernel else 0)
+    atol = 1e-12 if layer.dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(split[0], serial[0], rtol=0, atol=atol)
+    for got, want in zip(*(s[1] if isinstance(s[1], tuple) else (s[1],) for s in (split, serial))):
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
 # Batches under 8 rows split each step's hidden units over threads (run_units), and bidirectional
