@@ -115,7 +115,7 @@ class NodeView:
     def __init__(self, proto, index: int, version: int):
         onnx = _onnx()
         self.op_type = proto.op_type
-        self.name = proto.name or f"{proto.op_type}_{index}"
+        self.name = node_order.node_name(proto, index)
         self.inputs = list(proto.input)
         self.outputs = list(proto.output)
         self.domain = "" if proto.domain in DEFAULT_DOMAINS else proto.domain
@@ -350,7 +350,7 @@ def _unsupported_nodes(model, opsets: dict) -> tuple[list[str], list[int]]:
     problems, versions = [], []
     local = {(f.domain, f.name) for f in model.functions}
     for index, n in enumerate(model.graph.node):
-        name = n.name or f"{n.op_type}_{index}"
+        name = node_order.node_name(n, index)
         problem, since = _node_support(n, name, opsets, local)
         versions.append(since)
         if problem:
@@ -420,7 +420,7 @@ def _branch_problems(n, name: str, opsets: dict, local: set, depth: int) -> list
             return [f"{n.op_type} nested more than {MAX_IF_DEPTH} deep in If branches or Loop "
                     f"bodies at node {name!r}"]
         for index, m in enumerate(g.node):
-            inner = f"{name}/{label}/{m.name or f'{m.op_type}_{index}'}"
+            inner = f"{name}/{label}/{node_order.node_name(m, index)}"
             problem, _ = _node_support(m, inner, opsets, local)
             if problem:
                 problems.append(problem)
@@ -498,7 +498,7 @@ def _check_structure(graph, input_names, outer: frozenset = frozenset(), where: 
             seen.add(name)
         defined |= seen
     for index, n in enumerate(graph.node):
-        name = where + (n.name or f"{n.op_type}_{index}")
+        name = where + node_order.node_name(n, index)
         missing = [i for i in n.input if i and i not in defined and i not in outer]
         if missing:
             raise FormatError(f"node {name!r} ({n.op_type}) reads {missing}, which no graph input, "

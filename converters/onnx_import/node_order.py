@@ -48,7 +48,7 @@ def _graphs(main) -> list[_Graph]:
     for index, graph in enumerate(graphs):  # the loop reaches the graphs it appends
         for holder, node in enumerate(graph.nodes):
             for label, sub in _subgraphs(node):
-                where = f"{graph.where}{_node_name(node, holder)}/{label}/"
+                where = f"{graph.where}{node_name(node, holder)}/{label}/"
                 graphs.append(_Graph(sub, list(sub.node), index, holder, where))
     return graphs
 
@@ -62,8 +62,8 @@ def _subgraphs(node):
             yield f"{attribute.name}[{index}]", graph
 
 
-def _node_name(node, index: int) -> str:
-    """The name the importer's messages give the node."""
+def node_name(node, index: int) -> str:
+    """The node's name in messages and plans: its own, or its op type and index in its graph."""
     return node.name or f"{node.op_type}_{index}"
 
 
@@ -178,7 +178,7 @@ def _cycle_message(graph: _Graph, dependencies: list[dict[int, str]], placed: se
 
 
 def _full_name(graph: _Graph, index: int) -> str:
-    return graph.where + _node_name(graph.nodes[index], index)
+    return graph.where + node_name(graph.nodes[index], index)
 
 
 def _reorder(graph: _Graph, order: list[int]) -> None:

@@ -92,7 +92,7 @@ def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, c
     xp, gates, hb, aux, cb = scratch_views(sbuf, cfg, rows, steps)
     x2 = carve(x, 0, (steps * rows, x.shape[2]))
     for ch in prange(chunks):
-        project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch, 0, cfg[C_HP], False)
+        project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch, 0, cfg[C_HP], False, 0)
     for ch in prange(chunks):
         lo, hi = chunk_bounds(rows, chunks, ch, 1)
         step_rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,

@@ -146,7 +146,8 @@ def phase_a(s, back, ahead, late, lo, hi, j0, j1, cfg, fcfg, codes, clip, length
         gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
                    gates, back)
     if late:
-        _project_late(back, ahead, lo, hi, j0, j1, cfg, xp)
+        x2, w_ih, bias, _ = ahead
+        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, j0, j1, False, back)
     update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c, False)
 
@@ -167,15 +168,6 @@ def _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, x
                      t * x2.shape[1], down * x2.shape[1], w_ih, bias, xp, t * xp.shape[1],
                      down * xp.shape[1], slot)
     return True
-
-
-@inline
-def _project_late(back, ahead, lo, hi, j0, j1, cfg, xp):
-    """The input projection of a one-step call's rows [lo, hi), units [j0, j1), when the call
-    runs it after its recurrent product (phase_a's `late`, see serial)."""
-    x2, w_ih, bias, _ = ahead
-    gates = GATES[cfg[C_MODE]]
-    gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias, xp, back)
 
 
 @inline
@@ -345,11 +337,12 @@ def step_rows(lo, hi, s0, s1, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, ze
 
 
 @helper
-def project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk, j0, j1, carried):
+def project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk, j0, j1, carried, backward):
     """Chunk `chunk` of `chunks` of the hoisted input projection (blocks of rows) for units
     [j0, j1) of every gate; a call whose steps carry the projection (`carried`, ahead_slot) has
     only the steps that no step carries done here: the first block and the steps after the last
-    whole one (one range when there are fewer than two)."""
+    whole one (one range when there are fewer than two). backward: panels last to first (a
+    one-step call's late projection, see serial)."""
     fp_mode = denormals_off()
     gates = GATES[cfg[C_MODE]]
     length = lengths[0]
@@ -365,7 +358,7 @@ def project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk, j0, j1, carried):
             lo, hi = (length - s1, length - s0) if cfg[C_REV] != 0 else (s0, s1)
         if lo < hi:
             gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias,
-                       xp, 0)
+                       xp, backward)
     restore_fp_mode(fp_mode)
 
 
@@ -384,7 +377,7 @@ def serial(x, wbuf, wpk, cfg, fcfg, lengths, h, c, y, yd, sbuf):
     # on what the call before read last, still in L2 where both do not fit.
     late = steps == 1 and flip == 1
     if not late:
-        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried)
+        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, 0, cfg[C_HP], carried, 0)
     step_rows(0, rows, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
           (x2, w_ih, bias, carried), late, xp, gates, hb, aux, c, y, yd, h)
     sbuf[sbuf.size - 1] = (flip + longest(lengths, 0, rows)) & 1

@@ -134,7 +134,7 @@ def _project_block(block, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carrie
     claim = block * SYNC_LINE + PROJECTED
     if atomic_load(sync, claim) == 0 and atomic_cas(sync, claim, 0, 1):
         j0, j1 = chunk_bounds(cfg[C_HP], chunks, block, PANEL)
-        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, j0, j1, carried)
+        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, j0, j1, carried, 0)
         atomic_add(sync, chunks * SYNC_LINE, 1)
 
 
