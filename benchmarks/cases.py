@@ -32,9 +32,7 @@ each core reads its own slice at full speed, so the floor is optimistic for L3/D
 memory term governs batch 1; the compute term governs batch 64, where each step is a GEMM.
 """
 import functools
-import glob
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, replace
@@ -175,31 +173,11 @@ def select(patterns, pool: dict) -> list[Case]:
 # ----- the floor -----
 
 def cache_levels() -> list[dict]:
-    """Data/unified cache levels of cpu0 from sysfs: name, size in bytes, private or shared."""
-    levels = []
-    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        read = lambda f: open(os.path.join(d, f)).read().strip()  # noqa: E731
-        try:
-            if read("type") == "Instruction":
-                continue
-            size = read("size")
-            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
-            cpus = _count_cpus(read("shared_cpu_list"))
-            levels.append(dict(name=f"L{read('level')}", size=int(size.rstrip("KMG")) * mult,
-                               private=cpus == 1))
-        except (OSError, ValueError):
-            continue
-    return levels or [dict(name="L1", size=32 << 10, private=True),
-                      dict(name="L2", size=1 << 20, private=True),
-                      dict(name="L3", size=32 << 20, private=False)]
+    """cpu0's data cache levels (fastrnn.cpu_caches), imported on use: the peers' processes
+    import this module and should not load fastrnn."""
+    from fastrnn.cpu_caches import cache_levels as read
 
-
-def _count_cpus(cpu_list: str) -> int:
-    n = 0
-    for part in cpu_list.split(","):
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
+    return read()
 
 
 # Byte offsets from a 64-byte boundary at which the probe reads each size: where an array starts

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import recurrent
 from fastrnn.errors import ArgumentError, ShapeError, UnsupportedError
 
 
@@ -158,6 +159,7 @@ def test_flags_are_taken_by_their_truth_value_or_refused(tmp_path):
 def test_stream_step_allocates_no_array_memory(make, threads, monkeypatch):
     from fastrnn.kernels import units
 
+    monkeypatch.setattr(recurrent, "core_l2_bytes", lambda: 1 << 20)  # whatever this CPU's L2
     stream = make().stream(batch_size=3)
     x_t = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
     before = fastrnn.get_num_threads()
@@ -452,6 +454,7 @@ def test_streams_on_two_threads_match_one_thread(make, rows, kernel, monkeypatch
 
     if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
         pytest.skip("needs numba's parallel threading layer")
+    monkeypatch.setattr(recurrent, "core_l2_bytes", lambda: 1 << 20)  # each layer overflows it
     layer = make()
     rng = np.random.default_rng(22)
     x = rng.standard_normal((9, rows, 16)).astype(layer.dtype)
@@ -485,6 +488,42 @@ def test_streams_on_two_threads_match_one_thread(make, rows, kernel, monkeypatch
     np.testing.assert_allclose(split[0], serial[0], rtol=0, atol=atol)
     for got, want in zip(*(s[1] if isinstance(s[1], tuple) else (s[1],) for s in (split, serial))):
         np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+def test_one_step_splits_only_weights_that_overflow_a_core_l2(monkeypatch):
+    """A step whose W and R fit one core's L2 runs on one thread (halving an L2-rate step does
+    not pay for the parallel region); a sequence over the same weights still splits."""
+    from fastrnn.recurrent import SERIAL, UNITS
+    from fastrnn.stream import _directions
+
+    (params,) = _directions(fastrnn.LSTM(64, 256, seed=1)._stack)  # W + R: 1.25 MiB
+    for l2, step_route in ((1 << 20, (UNITS, 2)), (2 << 20, (SERIAL, 1))):
+        monkeypatch.setattr(recurrent, "core_l2_bytes", lambda l2=l2: l2)
+        assert params.route(1, 1, 2) == step_route
+        assert params.route(100, 1, 2) == (UNITS, 2)
+        assert params.route(1, 1, 1) == (SERIAL, 1)
+
+
+def test_cache_levels_read_from_sysfs_or_a_fallback(monkeypatch, tmp_path):
+    from fastrnn import cpu_caches
+
+    for index, (level, kind, size, cpus) in enumerate([(1, "Data", "48K", "0"),
+                                                       (1, "Instruction", "32K", "0"),
+                                                       (2, "Unified", "2048K", "0"),
+                                                       (3, "Unified", "32M", "0-7,16-23")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size),
+                            ("shared_cpu_list", cpus)):
+            (d / name).write_text(f"{value}\n")
+    monkeypatch.setattr(cpu_caches.glob, "glob", lambda pattern: [str(tmp_path / "index0"),
+                        str(tmp_path / "index1"), str(tmp_path / "index2"), str(tmp_path / "index3")])
+    assert cpu_caches.cache_levels() == [dict(name="L1", size=48 << 10, private=True),
+                                         dict(name="L2", size=2 << 20, private=True),
+                                         dict(name="L3", size=32 << 20, private=False)]
+    monkeypatch.setattr(cpu_caches.glob, "glob", lambda pattern: [])
+    assert [level["name"] for level in cpu_caches.cache_levels()] == ["L1", "L2", "L3"]
+    assert cpu_caches.core_l2_bytes() > 0
 
 
 # Batches under 8 rows split each step's hidden units over threads (run_units), and bidirectional
