@@ -1,4 +1,5 @@
 """Built-in latency benchmark of fastrnn alone (the peers' side-by-side runner is in benchmarks/)."""
+import math
 import time
 from dataclasses import dataclass
 
@@ -7,7 +8,7 @@ import numpy as np
 from .errors import ArgumentError
 from .layers import LAYERS
 from .threads import get_num_threads, set_num_threads
-from .validation import positive_int
+from .validation import as_float, positive_int
 
 DEFAULT_CASES = [  # (mode, hidden, input, batch)
     ("LSTM", 64, 64, 1), ("LSTM", 128, 64, 1), ("LSTM", 256, 64, 1), ("LSTM", 512, 256, 1),
@@ -29,10 +30,16 @@ class BenchResult:
 
 
 def median_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
-    """Median wall time of fn() in seconds over `repeats` runs (at least `min_seconds` in all)."""
+    """Median wall time of fn() in seconds over `repeats` runs (at least `min_seconds` in all).
+    repeats must be an int >= 1 (the median of no runs would be NaN) and min_seconds a finite
+    number >= 0 (an infinite one ran for ever)."""
+    repeats = positive_int("repeats", repeats)
+    seconds = as_float(min_seconds)
+    if seconds is None or not 0 <= seconds < math.inf:
+        raise ArgumentError(f"min_seconds must be a finite number >= 0, got {min_seconds!r}")
     times = []
     start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    while len(times) < repeats or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -42,6 +49,7 @@ def median_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
 def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20,
              weight_dtype=None) -> BenchResult:
     steps, repeats = positive_int("steps", steps), positive_int("repeats", repeats)
+    batch = positive_int("batch", batch)  # numpy's own errors for -1, 1.5 or True are untyped
     if not isinstance(mode, str) or mode not in LAYERS:
         raise ArgumentError(f"mode must be one of {sorted(LAYERS)}, got {mode!r:.40}")
     previous = get_num_threads()
@@ -67,11 +75,18 @@ def run_case(mode, hidden, input_size, batch, steps=100, threads=1, repeats=20,
 
 
 def format_table(results) -> str:
-    lines = ["| cell | H | I | batch | threads | T=%d sequence | per step | one streaming step |"
-             % results[0].steps,
+    """run_case results as a Markdown table, one row each in their order; no results give the
+    header alone. The sequence column's heading names the steps T when the results share
+    them; otherwise each of its cells does."""
+    results = list(results)
+    steps = {r.steps for r in results}
+    shared = steps.pop() if len(steps) == 1 else None
+    sequence = "sequence" if shared is None else f"T={shared} sequence"
+    lines = [f"| cell | H | I | batch | threads | {sequence} | per step | one streaming step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         step = "-" if r.step_us is None else f"{r.step_us:.1f} µs"
+        seq = f"{r.sequence_us:.0f} µs" + ("" if shared is not None else f" (T={r.steps})")
         lines.append(f"| {r.mode} | {r.hidden} | {r.input} | {r.batch} | {r.threads} | "
-                     f"{r.sequence_us:.0f} µs | {r.sequence_us / r.steps:.2f} µs | {step} |")
+                     f"{seq} | {r.sequence_us / r.steps:.2f} µs | {step} |")
     return "\n".join(lines)

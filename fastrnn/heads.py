@@ -48,9 +48,42 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None
     return value, min(int(top_k), _TOP_K_MAX), p
 
 
+def usable_logits(row: np.ndarray, scratch: np.ndarray, what: str) -> np.ndarray:
+    """The row of logits to choose from when ``row`` (V,) may not be all finite. Callers first
+    make one cheap pass: ``row[row.argmax()]`` is finite unless the row holds NaN (numpy's
+    argmax stops at the first) or +inf, or is all -inf; a short row's sum is finite only when
+    every logit is. Only rows that fail it come here.
+
+    NaN anywhere: ArgumentError (no token can be chosen: the model's weights or state hold
+    NaN, or a step overflowed; torch.multinomial refuses such rows too). +inf: those tokens
+    are certain, and share the draw alike (``scratch`` holds 0 for them and -inf for the
+    others; greedy takes the first, as for tied scores, and top_k / top_p cut among them by
+    id). Every logit -inf (every token masked): ArgumentError. Otherwise (-inf next to finite
+    logits, or finite ones whose sum overflowed) ``row`` itself: -inf tokens are never drawn.
+    ``what`` names the row in the messages ("the logits at generation step 3")."""
+    nan = np.isnan(row)
+    if nan.any():
+        ids = np.flatnonzero(nan)
+        shown = ", ".join(str(i) for i in ids[:8]) + (", ..." if ids.size > 8 else "")
+        raise ArgumentError(f"{what} hold NaN (at {ids.size} of {row.size} ids: {shown}), so "
+                            f"no token can be chosen (weights or a state holding NaN, or a step "
+                            f"that overflowed, give NaN logits)")
+    top = row == np.inf
+    if top.any():
+        np.copyto(scratch, np.where(top, 0.0, -np.inf))
+        return scratch
+    if (row == -np.inf).all():
+        raise ArgumentError(f"{what} are all -inf: every token is masked, so no token can be "
+                            f"chosen")
+    return row
+
+
 def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, rng: Any = None) -> int:
-    """One id drawn from a (V,) row of logits (see Generator.generate for the parameters)."""
+    """One id drawn from a (V,) row of logits (see Generator.generate for the parameters).
+
+    Non-finite logits as in generation: NaN, or every logit -inf, is an ArgumentError; +inf
+    logits are certain (one: that id; several: drawn alike among them)."""
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     row = as_array(logits, "logits")
     if row.dtype.kind not in "fiu":
@@ -59,8 +92,10 @@ def sample_token(logits, temperature: float = 1.0, top_k: int | None = None,
     if row.ndim != 1 or row.size == 0:
         raise ShapeError(f"logits must be a non-empty 1-D array, got shape {row.shape}")
     rng = np.random.default_rng(check_seed(rng, "rng"))
+    if not math.isfinite(row[row.argmax()]):  # argmax stops at a NaN: see usable_logits
+        row = usable_logits(row, np.empty_like(row), "the logits")
     return int(sample(row, temperature, top_k, top_p, float(rng.random()),
-                              np.empty_like(row), np.empty(row.size, np.int64)))
+                      np.empty_like(row), np.empty(row.size, np.int64)))
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -112,6 +147,9 @@ class Embedding:
 
     def _lookup_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """lookup_into for int64 ids already checked against out."""
+        if ids.shape[0] == 1:  # a generation step's one token: a row copy costs a third of take
+            out[0] = self.weight[ids[0]]
+            return out
         # np.take's default mode="raise" copies the rows through a temporary as large as out;
         # the ids are in range, so "clip" (which writes out directly) changes none of them
         return np.take(self.weight, ids, axis=0, out=out, mode="clip")

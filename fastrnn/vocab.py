@@ -203,8 +203,11 @@ class Vocabulary:
 
     def one_hot(self, text: str | Sequence | np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """One-hot rows (*S, len(self)) of 0/1: of a text (S = its symbols), or of ids or
-        symbols of any shape S (an array or nested lists of ints, or of strings)."""
-        wanted = read_dtype(dtype)
+        symbols of any shape S (an array or nested lists of ints, or of strings).
+
+        dtype: any numeric numpy dtype; None is float32, the default, as for the stages (numpy
+        would read None as float64)."""
+        wanted = np.dtype(np.float32) if dtype is None else read_dtype(dtype)
         if wanted is None or wanted.kind not in "biuf":
             raise DTypeError(f"one_hot's dtype must be a numeric dtype, got {dtype!r}")
         dtype = wanted

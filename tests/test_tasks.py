@@ -401,14 +401,34 @@ def test_beam_translate_honours_lengths_and_empty_rows(mode):
             text.translate("abc", beam=beam, lengths=[2])
 
 
-def test_beam_search_without_a_finite_score_finds_nothing():
+def test_beam_search_of_non_finite_logits():
+    """NaN logits were taken as 'no finite score': beam search found nothing and translate gave
+    an empty answer, while greedy decoding returned NaN's index. Now NaN is an ArgumentError in
+    both; a hypothesis whose logits are all -inf has no continuation (none found), and +inf
+    logits are certain (their log-softmax was NaN, so the hypothesis was dropped)."""
     net, model = _s2s("GRU")
     head = model.heads[-1]
     state = head.state_dict()
-    state["bias"][:] = np.nan
+    for bias, beam_result in ((np.nan, ArgumentError), (-np.inf, [])):
+        state["bias"][:] = bias
+        head.load_state_dict(state)
+        if beam_result is ArgumentError:
+            for call in (lambda: model.beam_search(np.array([1, 2]), beam=3, max_len=5),
+                         lambda: model.translate(np.array([1, 2]), beam=3, max_len=5)):
+                with pytest.raises(ArgumentError, match="step 0 of hypothesis 0 hold NaN"):
+                    call()
+        else:
+            assert model.beam_search(np.array([1, 2]), beam=3, max_len=5) == beam_result
+            assert model.translate(np.array([1, 2]), beam=3, max_len=5) == beam_result
+        with pytest.raises(ArgumentError, match="step 0 of row 0 (hold NaN|are all -inf)"):
+            model.translate(np.array([1, 2]), max_len=5)                  # greedy
+    state["weight"][:] = 0
+    state["bias"][:] = [np.inf, 0, 0, np.inf, 0, 0, 0]         # tokens 0 and 3; eos is 1
     head.load_state_dict(state)
-    assert model.beam_search(np.array([1, 2]), beam=3, max_len=5) == []
-    assert model.translate(np.array([1, 2]), beam=3, max_len=5) == []
+    hyps = model.beam_search(np.array([1, 2]), beam=4, max_len=2, n_best=4)
+    assert sorted(ids for ids, _ in hyps) == [[0, 0], [0, 3], [3, 0], [3, 3]]
+    np.testing.assert_allclose([score for _, score in hyps], 2 * np.log(0.5))
+    assert model.greedy_ids(np.array([1, 2]), max_len=3)[0].tolist() == [0, 0, 0]
 
 
 def test_tagger_predict_marks_padding_from_lengths_not_from_zero_scores():
@@ -861,3 +881,152 @@ def test_embedding_lookups_allocate_nothing_whatever_their_width():
     next(it)
     count, grown = _allocated_while(lambda: sum(1 for _ in zip(range(200), it)))
     assert count == 200 and grown < 4096, f"{grown} bytes allocated over 200 steps"
+
+
+# ------------------------------------------------------------------------------------ non-finite logits
+def _fixed_logits_generator(logits, vocab=None):
+    """A Generator whose every step scores exactly `logits` (a zero head weight, the logits
+    as its bias), with a stop symbol it never picks unless asked."""
+    size = len(logits)
+    head = fastrnn.Linear(3, size, seed=0)
+    head.load_state_dict({"weight": np.zeros((size, 3)), "bias": np.asarray(logits, float)})
+    return fastrnn.Generator(fastrnn.Embedding(size, 2, seed=0), fastrnn.GRU(2, 3, seed=0), head,
+                             vocab=vocab)
+
+
+SAMPLING_MODES = [dict(greedy=True), dict(temperature=0), dict(temperature=1.0, seed=0),
+                  dict(temperature=0.5, top_k=2, seed=1), dict(top_p=0.6, seed=2),
+                  dict(temperature=3.0, top_k=3, top_p=0.9, seed=3), dict(temperature=1e-30)]
+
+
+@pytest.mark.parametrize("kw", SAMPLING_MODES)
+def test_nan_logits_are_an_error_naming_the_step_in_every_mode(kw):
+    """NaN logits gave an arbitrary in-range id (0 for greedy, others by chance when sampling),
+    and generation went on feeding it back."""
+    gen = _fixed_logits_generator([0.5, np.nan, 1.0, 2.0])
+    with pytest.raises(ArgumentError, match=r"generation step 0 .*hold NaN \(at 1 of 4 ids: 1\)"):
+        gen.generate_ids([0], 5, **kw)
+    with pytest.raises(ArgumentError, match="hold NaN"):
+        fastrnn.heads.sample_token([0.5, np.nan, 1.0, 2.0], **{k: v for k, v in kw.items()
+                                                                 if k not in ("greedy", "seed")})
+    # NaN from a later step: token 3 is certain, and its embedding row is NaN, so the state
+    # and the logits of step 1 are NaN; step 0's token comes out first
+    gen = _fixed_logits_generator([0.0, 0.0, 0.0, 50.0])
+    weight = gen.input.weight.copy()
+    weight[3] = np.nan
+    gen.input.load_state_dict({"weight": weight})
+    stream = gen.stream_ids([0], 5, stop=False, **kw)
+    assert next(stream) == 3
+    with pytest.raises(ArgumentError, match="generation step 1 .*hold NaN"):
+        next(stream)
+
+
+@pytest.mark.parametrize("kw", SAMPLING_MODES)
+def test_infinite_logits_in_every_mode(kw):
+    """One +inf logit is certain (its softmax was NaN: top-p drew another id); several share
+    the draw (greedy takes the first, as for ties); -inf ids are never drawn; all -inf is an
+    error (greedy returned 0)."""
+    one = _fixed_logits_generator([1.0, np.inf, 2.0, 3.0])
+    assert one.generate_ids([0], 20, stop=False, **kw).tolist() == [1] * 20
+    several = _fixed_logits_generator([np.inf, 1.0, np.inf, 3.0])
+    got = several.generate_ids([0], 400, stop=False, **kw)
+    if kw.get("greedy") or kw.get("temperature") == 0:
+        assert set(got.tolist()) == {0}
+    else:  # top_k >= 2 and top_p keep both; fair draws: 200 +- 4.5 sigma
+        assert set(got.tolist()) == {0, 2} and 155 < np.count_nonzero(got == 0) < 245
+    masked = _fixed_logits_generator([-np.inf, 1.0, 1.5, -np.inf])
+    assert set(masked.generate_ids([0], 200, stop=False, **kw).tolist()) <= {1, 2}
+    none = _fixed_logits_generator([-np.inf] * 4)
+    with pytest.raises(ArgumentError, match="generation step 0 .*all -inf"):
+        none.generate_ids([0], 3, **kw)
+
+
+def test_sample_token_of_non_finite_logits():
+    from fastrnn.heads import sample_token
+    assert {sample_token([1.0, np.inf, 2.0], top_p=0.5, rng=s) for s in range(50)} == {1}
+    assert {sample_token([np.inf, 0.0, np.inf], rng=s) for s in range(200)} == {0, 2}
+    assert sample_token([np.inf, 0.0, np.inf], temperature=0) == 0
+    assert {sample_token([-np.inf, 0.0, -np.inf, 1.0], rng=s) for s in range(200)} == {1, 3}
+    assert sample_token(np.array([3e38, -3e38, 1.0], np.float32), rng=0) == 0  # finite, large
+    for bad, match in (([np.nan, 1.0], "hold NaN"), ([-np.inf, -np.inf], "all -inf"),
+                       ([np.inf, np.nan], "hold NaN")):
+        for temperature in (0, 1.0):
+            with pytest.raises(ArgumentError, match=match):
+                sample_token(bad, temperature)
+
+
+def test_numpy_argmax_stops_at_the_first_nan():
+    """The generation loop's one-pass check relies on it: argmax of a row holding NaN is the
+    first NaN's index, on numpy's SIMD paths too (every length and position, both dtypes)."""
+    for dtype in (np.float32, np.float64):
+        for size in range(1, 70):
+            for at in range(size):
+                row = np.arange(size, dtype=dtype)
+                row[at] = np.nan
+                row[-1] = np.inf if at != size - 1 else row[-1]
+                assert row.argmax() == at
+
+
+def test_greedy_generation_allocates_nothing_and_matches_the_kernel():
+    """Greedy steps take numpy's argmax instead of the sampling kernel: the same ids."""
+    from fastrnn.kernels.heads import sample
+    _, gen = _text_generator()
+    ids = gen.generate_ids("ab", 300, greedy=True, stop=False)
+    picks = []
+    it = gen.stream_ids("ab", 300, greedy=True, stop=False)
+    for t in it:
+        picks.append(sample(gen.logits, 0.0, 0, 1.0, 0.5, np.empty(6), np.empty(6, np.int64)))
+        assert t == picks[-1]
+    assert ids.tolist() == picks
+    it = gen.stream_ids("ab", 2000, greedy=True, stop=False)
+    next(it)
+    count, grown = _allocated_while(lambda: sum(1 for _ in zip(range(500), it)))
+    assert count == 500 and grown < 2048, f"{grown} bytes allocated over 500 steps"
+
+
+def test_seq2seq_greedy_checks_only_the_rows_still_decoding():
+    """NaN logits of a row past its eos are padding (no error, the other rows unchanged);
+    a row still decoding with NaN logits is an ArgumentError naming it."""
+    model = fastrnn.Seq2Seq(source=fastrnn.Embedding(5, 3, seed=3), encoder=fastrnn.GRU(3, 4, seed=3),
+                            target=fastrnn.Embedding(4, 2, seed=3),
+                            decoder=fastrnn.GRU(2, 4, seed=3), head=fastrnn.Linear(4, 4, seed=3),
+                            bos=0, eos=1)
+    src = np.array([[0, 1]])                         # (T, N): sources [0] and [1]
+    ids, lens = model.greedy_ids(src, max_len=6)
+    assert lens.tolist() == [6, 0]                   # row 1 ends at once, row 0 never does
+    weight = model.target.weight.copy()
+    weight[1] = np.nan                               # feeding eos back: NaN state and logits
+    model.target.load_state_dict({"weight": weight})
+    got, got_lens = model.greedy_ids(src, max_len=6)
+    assert got_lens.tolist() == [6, 0] and got[0].tolist() == ids[0].tolist()
+    weight[2] = np.nan                               # row 0 feeds token 2 back
+    model.target.load_state_dict({"weight": weight})
+    with pytest.raises(ArgumentError, match="step 1 of row 0 hold NaN"):
+        model.greedy_ids(src, max_len=6)
+
+
+def test_predict_refuses_outputs_without_an_argmax():
+    """predict gave NaN's index (or 0 for all -inf) as a class; NaN at padded steps, which are
+    never read, is no error."""
+    clf = fastrnn.Classifier(fastrnn.GRU(2, 3, batch_first=True, seed=0),
+                             fastrnn.Linear(3, 2, seed=0), pool="mean")
+    x = np.ones((2, 3, 2), np.float32)
+    assert clf.predict(x).shape == (2,)
+    x[1, 1, 0] = np.nan
+    with pytest.raises(ArgumentError, match=r"Classifier.predict: the outputs at index \(1,\) "
+                                            r"\(of the ids' shape \(2,\)\) hold NaN"):
+        clf.predict(x)
+    assert clf.predict(x, lengths=[3, 1]).shape == (2,)   # the NaN step is past row 1's length
+    tagger = fastrnn.Tagger(fastrnn.GRU(2, 3, batch_first=True, seed=0),
+                            fastrnn.Linear(3, 2, seed=0))
+    with pytest.raises(ArgumentError, match=r"Tagger.predict: the outputs at index \(1, 1\)"):
+        tagger.predict(x)
+    assert tagger.predict(x, lengths=[3, 1]).tolist()[1] == [tagger.predict(x[1:, :1])[0, 0],
+                                                             -1, -1]
+    head = fastrnn.Linear(3, 2, seed=0)
+    head.load_state_dict({"weight": np.zeros((2, 3)), "bias": [-np.inf, -np.inf]})
+    masked = fastrnn.Classifier(fastrnn.GRU(2, 3, seed=0), head)
+    with pytest.raises(ArgumentError, match="are all -inf"):
+        masked.predict(np.ones((4, 2), np.float32))
+    head.load_state_dict({"weight": np.zeros((2, 3)), "bias": [np.inf, np.inf]})
+    assert masked.predict(np.ones((4, 2), np.float32)) == 0             # the first of ties

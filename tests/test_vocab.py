@@ -176,3 +176,29 @@ def test_a_vocabulary_records_chars_flag_is_a_bool():
     for chars in ("no", 0, None, [True]):   # bool("no") made a character vocabulary
         with pytest.raises(FormatError, match="chars must be true or false"):
             fastrnn.Vocabulary.from_meta({**meta, "chars": chars})
+
+
+def test_one_hot_dtype_none_is_float32_as_for_the_stages():
+    """dtype=None gave float64 (numpy's reading of None); the stages (OneHot, Embedding,
+    Linear, the layers) read None as float32, the default."""
+    v = fastrnn.Vocabulary("ATCG")
+    for x in ("GATC", np.array([[0, 2], [3, 1]]), [["A", "T"]], ""):
+        got = v.one_hot(x, dtype=None)
+        assert got.dtype == np.float32 == fastrnn.OneHot(4, dtype=None).dtype
+        np.testing.assert_array_equal(got, v.one_hot(x))
+    assert v.one_hot("A", dtype="float64").dtype == np.float64   # other dtypes as asked
+
+
+@pytest.mark.parametrize("empty", ["", [], np.zeros(0, np.int64), np.zeros((2, 0), np.int64),
+                                   np.array([], dtype="<U1")])
+def test_empty_inputs_give_empty_results(empty):
+    v = fastrnn.Vocabulary("ATCG", pad="_")
+    shape = np.shape(empty) if not isinstance(empty, str) else (0,)
+    hot = v.one_hot(empty)
+    assert hot.shape == shape + (5,) and hot.dtype == np.float32
+    if np.ndim(empty) <= 1 and np.asarray(empty).dtype.kind != "U":  # decode takes ids
+        assert v.decode(v.encode(empty) if isinstance(empty, str) else empty) == ""
+    ids, lengths = v.encode_batch([])
+    assert ids.shape == (0, 0) and lengths.shape == (0,)
+    ids, lengths = v.encode_batch(["", ""], batch_first=False)
+    assert ids.shape == (0, 2) and lengths.tolist() == [0, 0]

@@ -1,6 +1,7 @@
 """One-to-many: the Generator, streamed token by token."""
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Mapping
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from .. import fileformat
 from ..errors import ArgumentError, ShapeError, UnsupportedError
-from ..heads import check_sampling
+from ..heads import check_sampling, usable_logits
 from ..kernels.heads import sample
 from ..validation import as_array, as_flag
 from ..vocab import Vocabulary, check_ids
@@ -16,6 +17,7 @@ from .records import load_stages, load_vocab, stages_record, vocab_meta
 from .stages import HeadChain, check_info, check_vocab, split_stages
 
 _UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
+_SHORT_ROW = 16  # up to this many logits, their sum as a list is checked faster than an argmax
 
 
 class Generator:
@@ -119,6 +121,11 @@ class Generator:
         the top_k most likely and then to the top_p nucleus, with numpy's generator seeded by
         ``seed``. Generation ends early at the stop symbol (not yielded). After the set-up,
         no step allocates an array.
+
+        Logits that are not all finite, in every mode: NaN anywhere, or every logit -inf,
+        raises ArgumentError naming the step (no token can be chosen; before, an arbitrary id
+        came out); +inf logits are certain: one is that token, several share the draw alike
+        (greedy takes the first, as for tied scores). -inf tokens are never drawn.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ArgumentError(f"steps must be an int >= 0, got {steps!r}")
@@ -152,13 +159,33 @@ class Generator:
         y = np.ascontiguousarray(feats[-1:])
         row = heads.bufs[-1][0]                         # the one logits buffer, reused
         latest = self._latest
+        # one pass over the logits finds what cannot be sampled as it is (NaN, +inf, all -inf):
+        # numpy's argmax stops at the first NaN (it ranks NaN above every number), so the top
+        # logit is finite unless the row holds one of those; for greedy decoding it is the
+        # token itself. A short row's sum as Python floats costs less than the argmax and is
+        # finite only when every logit is (a -inf among finite logits takes the slow path).
+        # usable_logits sorts the rest out: NaN and all -inf are an ArgumentError.
+        argmax, value, as_list, isfinite = row.argmax, row.item, row.tolist, math.isfinite
+        greedy, short = temperature <= 0.0, row.size <= _SHORT_ROW
+        masked = np.empty_like(row)
         for i in range(steps):
             heads(y)
             latest.logits = row  # set at every step: generations may interleave in one thread
             j = i % _UNIFORM_BLOCK
             if j == 0 and i:
                 rng.random(out=uniforms)
-            t = sample(row, temperature, top_k, top_p, uniforms[j], probs, order)
+            if greedy:
+                best = argmax()
+                finite = isfinite(value(best))
+                t = int(best)
+            else:
+                finite = isfinite(sum(as_list())) if short else isfinite(value(argmax()))
+                if finite:
+                    t = sample(row, temperature, top_k, top_p, uniforms[j], probs, order)
+            if not finite:
+                t = sample(usable_logits(row, masked, f"the model's logits at generation step "
+                                                      f"{i} (0: the first after the prompt)"),
+                           temperature, top_k, top_p, uniforms[j], probs, order)
             if t == stop_id:
                 return
             yield t

@@ -8,12 +8,13 @@ import numpy as np
 
 from .. import fileformat
 from ..errors import ArgumentError, ShapeError, UnsupportedError
+from ..heads import usable_logits
 from ..layers import RecurrentLayer
 from ..validation import as_array, as_float
 from ..vocab import Vocabulary, check_ids
 from .records import load_stages, load_vocab, stages_record, vocab_meta
-from .stages import (HeadChain, check_choice, check_info, check_row_lengths, check_vocab,
-                     empty_batch, prepare_input, run_rnns, split_stages)
+from .stages import (HeadChain, apply_heads, check_choice, check_info, check_row_lengths,
+                     check_vocab, empty_batch, prepare_input, run_rnns, split_stages)
 
 BRIDGES = ("concat", "sum")
 
@@ -114,7 +115,10 @@ class Seq2Seq:
     # ----- greedy -----
     def greedy_ids(self, src, lengths=None, max_len: int = 50) -> tuple[np.ndarray, np.ndarray]:
         """Batched greedy decoding: (ids (N, max_len), lengths (N,)); ids past a row's length
-        (its eos, not counted) are padding. Unbatched input gives (max_len,) and ()."""
+        (its eos, not counted) are padding. Unbatched input gives (max_len,) and ().
+
+        A row still decoding whose logits hold NaN, or are all -inf, is an ArgumentError
+        naming the step and row; of several +inf logits the first is taken."""
         max_len = _check_max_len(max_len)
         state, batched = self.encode(src, lengths)
         h = state[0] if isinstance(state, tuple) else state
@@ -127,10 +131,13 @@ class Seq2Seq:
         out = np.zeros((rows, max_len), np.int64)
         done = np.zeros(rows, bool)
         hit = np.zeros(rows, bool)
+        flat = heads.bufs[-1].reshape(-1)  # the logits of every row: finite when their dot is
         for t in range(max_len):
             self.target._lookup_into(tok, x)
             logits = heads(stream.step(x))
             np.argmax(logits, axis=1, out=tok)
+            if not math.isfinite(flat.dot(flat)):
+                _check_greedy_rows(logits, tok, done, t)
             out[:, t] = tok
             np.equal(tok, self.eos, out=hit)
             np.logical_or(done, hit, out=done)
@@ -144,8 +151,10 @@ class Seq2Seq:
     def beam_search(self, src, beam: int = 4, max_len: int = 50, length_penalty: float = 0.0,
                     n_best: int = 1, lengths=None) -> list[tuple[list[int], float]]:
         """One source sequence (or a batch of one, with ``lengths`` as for encode) -> the n_best
-        hypotheses as (ids without eos, score), best first; none where every score is NaN or
-        -inf (a model whose weights are).
+        hypotheses as (ids without eos, score), best first; none where no hypothesis has a
+        finite score. Logits that hold NaN are an ArgumentError (as in greedy decoding); +inf
+        logits are certain (log-probability -log(count) each, the other tokens -inf); a
+        hypothesis whose logits are all -inf has no continuation.
 
         Each step extends every live hypothesis by every token, keeps the ``beam`` best by the
         sum of log-probabilities, and sets those ending in eos aside; the search ends once
@@ -170,6 +179,7 @@ class Seq2Seq:
         stream = self.decoder.stream(beam)
         stream.state = (rep(state[0]), rep(state[1])) if lstm else rep(state)
         heads = HeadChain(self.heads, beam, "log_softmax")
+        flat = heads.bufs[-1].reshape(-1)
         vsize = self.target.size
         x = np.zeros((beam, self.target.output_size), self.target.dtype)
         tokens = np.full(beam, self.bos, np.int64)
@@ -186,7 +196,13 @@ class Seq2Seq:
 
         for t in range(max_len):
             self.target._lookup_into(tokens, x)
-            logp = heads(stream.step(x)).astype(np.float64)
+            h = stream.step(x)
+            logp = heads(h).astype(np.float64)
+            if not math.isfinite(flat.dot(flat)):  # all finite, the usual case, in one call
+                # logits with NaN or +inf, or all -inf, have NaN log-probabilities
+                unusable = np.isnan(logp).any(axis=1) & np.isfinite(scores)
+                if unusable.any():
+                    self._usable_log_probs(h, logp, np.flatnonzero(unusable), t)
             cand = (scores[:, None] + logp).ravel()
             order = np.argsort(-cand, kind="stable")[:2 * beam]
             keep = []
@@ -217,6 +233,22 @@ class Seq2Seq:
                                      float(scores[b])))
         finished.sort(key=lambda f: -f[0])
         return [(ids, float(score)) for score, ids, _ in finished[:n_best]]
+
+    def _usable_log_probs(self, h, logp, rows, step: int) -> None:
+        """Beam rows whose log-softmax is NaN, from their logits: NaN is an ArgumentError (as
+        in greedy decoding); the +inf tokens share the probability (log(1 / count) each, every
+        other token -inf); every logit -inf leaves the hypothesis no continuation (all -inf)."""
+        logits = apply_heads(self.heads, h[rows], "none").astype(np.float64)
+        for r, row in zip(rows, logits):
+            if (row == -np.inf).all():
+                logp[r] = -np.inf
+                continue
+            usable = usable_logits(row, np.empty_like(row), f"the decoder's logits at step "
+                                                            f"{step} of hypothesis {r}")
+            if usable is row:  # finite logits with a NaN log-softmax: cannot happen
+                raise ArgumentError(f"the decoder's log-probabilities at step {step} of "
+                                    f"hypothesis {r} are NaN")
+            logp[r] = usable - math.log(np.count_nonzero(usable == 0))
 
     # ----- text in, text out -----
     def translate(self, src, max_len: int = 50, beam: int = 1, length_penalty: float = 0.0,
@@ -278,6 +310,17 @@ class Seq2Seq:
     def __repr__(self) -> str:
         return (f"fastrnn.Seq2Seq(source={self.source!r}, encoder={self.encoder!r}, "
                 f"target={self.target!r}, decoder={self.decoder!r}, head={self.heads!r})")
+
+
+def _check_greedy_rows(logits, tok, done, step: int) -> None:
+    """Greedy decoding's check of logits that are not all finite: a row still decoding whose
+    top logit (at its argmax ``tok``, which numpy takes at the first NaN) is not finite holds
+    NaN or +inf, or is all -inf; NaN and all -inf are an ArgumentError (heads.usable_logits),
+    +inf is certain, and argmax took the first. Rows past their eos are padding."""
+    top = np.take_along_axis(logits, tok[:, None], axis=1)[:, 0]
+    for r in np.flatnonzero(~np.isfinite(top) & ~done):
+        usable_logits(logits[r], np.empty_like(logits[r]),
+                      f"the decoder's logits at step {step} of row {r}")
 
 
 def _target_id(value, name: str, size: int) -> int:

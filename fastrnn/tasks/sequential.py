@@ -83,9 +83,24 @@ class Sequential:
 
     def predict(self, x, lengths=None) -> np.ndarray:
         """The argmax over the outputs: class ids (N,) / () or per-step ids (like __call__).
-        At padded steps of a tagger the id is -1."""
+        At padded steps of a tagger the id is -1. Outputs that hold NaN, or are all -inf, have
+        no argmax: an ArgumentError naming where (numpy would give NaN's index, or 0); of
+        several +inf outputs the first is taken."""
         y, pad = self._outputs(x, lengths)
         ids = y.argmax(axis=-1)
+        top = np.take_along_axis(y, ids[..., None], axis=-1)[..., 0]  # NaN where any is
+        if not np.isfinite(top).all():
+            nan, masked = np.isnan(top), top == -np.inf
+            for bad, what in ((nan, "hold NaN"), (masked, "are all -inf")):
+                if pad is not None:
+                    bad &= ~pad
+                if bad.any():
+                    at = tuple(int(i) for i in np.argwhere(bad)[0])
+                    where = f" at index {at} (of the ids' shape {ids.shape})" if at else ""
+                    raise ArgumentError(
+                        f"{type(self).__name__}.predict: the outputs{where} {what}, so no class "
+                        f"can be chosen (the input or the weights hold NaN or inf, or a step "
+                        f"overflowed)")
         return ids if pad is None else np.where(pad, -1, ids)
 
     def _outputs(self, x, lengths):

@@ -200,13 +200,20 @@ class HeadChain:
         self.bufs = [np.zeros((rows, h.out_features), h.dtype) for h in heads]
         self.final = final_activation
         self.inp = np.zeros((rows, heads[0].in_features), heads[0].dtype)
+        self._ready = None  # the latest input found usable as it is (a loop's reused buffer)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.dtype != self.heads[0].dtype or not x.flags.c_contiguous:
-            np.copyto(self.inp, x)
-            x = self.inp
-        last = len(self.heads) - 1
-        for i, (h, out) in enumerate(zip(self.heads, self.bufs)):
-            h._apply_into(x, out, self.final if i == last else None)
-            x = out
-        return x
+        # a step loop passes the same buffer every time: its dtype and layout are checked once
+        # (the checks cost a third of a small head's call)
+        if x is not self._ready:
+            if x.dtype != self.heads[0].dtype or not x.flags.c_contiguous:
+                np.copyto(self.inp, x)
+                x = self.inp
+            else:
+                self._ready = x
+        heads, bufs = self.heads, self.bufs
+        last = len(heads) - 1
+        for i in range(last):
+            heads[i]._apply_into(x, bufs[i])
+            x = bufs[i]
+        return heads[last]._apply_into(x, bufs[last], self.final)
