@@ -737,6 +737,38 @@ def test_walking_order_never_changes_results(cls, kwargs, rows):
         np.testing.assert_array_equal(got, first[0])
 
 
+@pytest.mark.parametrize("make,rows", [
+    (lambda: fastrnn.LSTM(24, 256, seed=3), 1), (lambda: fastrnn.GRU(24, 320, seed=3), 1),
+    (lambda: fastrnn.GRU(24, 256, linear_before_reset=False, seed=3), 2),
+    (lambda: fastrnn.LSTM(24, 256, proj_size=100, seed=3), 3)])
+def test_split_stream_steps_walk_both_ways_to_the_same_bits(make, rows, monkeypatch):
+    """A stream's steps split over threads (run_units, blocks too large to start early) alternate
+    their walking order as one-thread steps do: every other step's blocks run the recurrent
+    product backward, then project their own input (none projected up front). Every output is
+    the one-thread call's, to the bit: one row and several, LSTM projection, GRU lbr=0."""
+    from fastrnn.kernels import units
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
+        pytest.skip("needs numba's parallel threading layer")
+    monkeypatch.setattr(recurrent, "core_l2_bytes", lambda: 1 << 16)
+    layer = make()
+    x = np.random.default_rng(4).standard_normal((7, rows, 24)).astype(np.float32)
+    called = []
+    original = units.run_units
+    monkeypatch.setattr(units, "run_units", lambda *a: called.append(a) or original(*a))
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        want = layer(x)[0]
+        fastrnn.set_num_threads(2)
+        stream = layer.stream(rows)
+        got = np.stack([np.array(stream.step(x[t]), copy=True) for t in range(7)])
+    finally:
+        fastrnn.set_num_threads(before)
+    assert len(called) == 7
+    np.testing.assert_array_equal(got, want)
+
+
 # Which float32 layers carry their input projection inside the steps: input plus recurrent weights
 # up to 8 MiB (LSTM H = 512, I = 256: 6 MiB; H = 1024: 20 MiB), not GRU linear_before_reset=0
 # (its n gate waits for r * h), not float64.

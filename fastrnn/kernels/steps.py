@@ -136,7 +136,8 @@ def phase_a(s, back, ahead, late, lo, hi, j0, j1, cfg, fcfg, codes, clip, length
     back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried), the call's
     input, its projection weights and whether its steps carry part of a later block's projection
     (ahead_slot). late: this one-step call projects its input only now, between the recurrent
-    product and the update (serial; a constant False at the call sites that never do)."""
+    product and the update (serial, run_units; a constant False at the call sites that never
+    do)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:

@@ -51,7 +51,12 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     before the wait: the part over the block's own units of h (which its thread has just
     computed) runs while the other blocks finish, and the wait then only has to cover the rest.
     Every block's product sums k in that order, whichever thread works it, so results do not
-    depend on the scheduling."""
+    depend on the scheduling.
+
+    The walking order alternates across calls as serial's does (the scratch's last slot keeps
+    the parity): a one-step call after one that walked forward runs each block's recurrent
+    product backward and then projects the block's input, backward too, with no projection up
+    front, so that each thread starts on the lines of its slice that the call before read last."""
     h, c, y = state_views(cfg, hs, cs, slot, y3)
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = weight_views(wbuf, wpk, cfg)
@@ -70,11 +75,14 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     # blocks that start early run their product in parts, none of which carries the projection
     carried = projects_ahead(cfg, lengths) and not early
     ahead = (x2, w_ih, bias, carried)
+    flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
+    late = steps == 1 and flip == 1 and not early
     for chunk in prange(chunks):
         ch = np.int64(chunk)  # prange's index is unsigned: one signature for the helpers below
         # the input projection first (what the steps do not carry), by blocks of units (one
         # parallel region for the whole call: a second costs a region start and much compile time)
-        _project_units(ch, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried)
+        if not late:
+            _project_units(ch, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carried)
         fp_mode = denormals_off()
         mine = True  # this thread worked its block of the previous stage
         for stage in range(total):
@@ -87,22 +95,23 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
             # slower at H64: LLVM lays the step loop out worse)
             if stage > 0 and not _stage_done(stage - 1, chunks, sync):
                 _wait_stage(stage - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
-                            w_hr, zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
+                            w_hr, zeros, ahead, flip, late, xp, gates, hb, aux, cb, y, yd, h)
             if started:
                 _finish_block(ch, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, hb, aux,
                               cb, y, yd, h)
             elif claimed:
                 _unit_block(ch, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                            zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
+                            zeros, ahead, flip, late, xp, gates, hb, aux, cb, y, yd, h)
             if claimed:
                 atomic_add(sync, ch * SYNC_LINE + DONE, 1)
             mine = claimed
         _wait_stage(total - 1, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr,
-                    zeros, ahead, xp, gates, hb, aux, cb, y, yd, h)
+                    zeros, ahead, flip, late, xp, gates, hb, aux, cb, y, yd, h)
         restore_fp_mode(fp_mode)
     if lstm:
         for n in range(rows):
             copy_values(cb[n], c[n], c.shape[1])
+    sbuf[sbuf.size - 1] = (flip + longest(lengths, 0, rows)) & 1
 
 
 @inline
@@ -140,7 +149,7 @@ def _project_block(block, x2, w_ih, bias, xp, cfg, lengths, chunks, sync, carrie
 
 @helper
 def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-                ahead, xp, gates, hb, aux, c, y, yd, h):
+                ahead, flip, late, xp, gates, hb, aux, c, y, yd, h):
     """Return once every block of `stage` (< 0: none) is done, working any block of it that
     nobody has claimed."""
     if stage < 0:
@@ -155,7 +164,8 @@ def _wait_stage(stage, stages, chunks, sync, cfg, fcfg, lengths, r, rbias, peep,
                 slot = block * SYNC_LINE
                 if atomic_load(sync, slot) == stage and atomic_cas(sync, slot, stage, stage + 1):
                     _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias,
-                                peep, w_hr, zeros, ahead, xp, gates, hb, aux, c, y, yd, h)
+                                peep, w_hr, zeros, ahead, flip, late, xp, gates, hb, aux, c, y,
+                                yd, h)
                     atomic_add(sync, slot + DONE, 1)
 
 
@@ -211,9 +221,10 @@ def _finish_block(block, stage, chunks, cfg, fcfg, lengths, r, peep, xp, gates, 
 
 @helper
 def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-                ahead, xp, gates, hb, aux, c, y, yd, h):
+                ahead, flip, late, xp, gates, hb, aux, c, y, yd, h):
     """Block `block` of stage `stage`, all of it (its thread, or one that took it over); ahead
-    as in phase_a."""
+    and late as in phase_a (late: the block projects its own input), steps s with (s + flip)
+    odd walk backward."""
     rows = lengths.shape[0]
     if _starts_early(stages, rows, chunks, cfg, r):  # the same order of k as run_units
         _own_part(block, stage, chunks, cfg, r, rbias, gates, hb)
@@ -225,14 +236,15 @@ def _unit_block(block, stage, stages, chunks, cfg, fcfg, lengths, r, rbias, peep
     s = stage // stages
     src = hb[s & 1]
     dst = hb[(s + 1) & 1]
+    back = (s + flip) & 1
     if stage % stages == 0:
         j0, j1 = chunk_bounds(cfg[C_HP], chunks, block, PANEL)
-        phase_a(s, s & 1, ahead, False, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r,
+        phase_a(s, back, ahead, late, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r,
                  rbias, peep, xp, gates, src, dst, aux, c)
         if stages == 1:
             emit_rows(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, 0, y, yd, h)
     else:
         j0, j1 = chunk_bounds(cfg[C_HOUTP], chunks, block, PANEL)
-        phase_b(s, s & 1, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
+        phase_b(s, back, 0, rows, j0, j1, cfg, fcfg, codes, clip, lengths, r, w_hr, zeros, xp,
                  gates, src, dst, aux)
         emit_rows(s, 0, rows, j0, j1, cfg[C_REV] != 0, lengths, dst, 0, y, yd, h)
