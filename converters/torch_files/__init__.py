@@ -15,8 +15,10 @@ open, so a large training checkpoint is only read where a tensor is used; ``load
 
 A hostile file fails fast with a typed error: sizes it states are checked against its real size
 before anything is allocated, its tensors together may name at most a small multiple of it
-(MAX_VIEW_RATIO), structures it shares through pickle memo references are walked within a bound
-(MAX_SHARED_VISITS), and zip records must be stored uncompressed, as torch.save writes them.
+(MAX_VIEW_RATIO), the Python objects its pickle makes are counted as they are made, at most
+MAX_MADE_BYTES plus MAX_MADE_RATIO times the pickle's size (3 GiB at most), structures it shares
+through pickle memo references are walked within a bound (MAX_SHARED_VISITS), and zip records must
+be stored uncompressed, as torch.save writes them.
 """
 
 from .allowed import ALLOWED_GLOBALS
