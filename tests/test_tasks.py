@@ -955,8 +955,22 @@ def test_sample_token_of_non_finite_logits():
                 sample_token(bad, temperature)
 
 
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (2, 1.0), (0, 0.5), (2, 0.9)])
+def test_the_sampling_kernel_returns_minus_one_for_rows_it_cannot_draw_from(top_k, top_p):
+    """A draw from logits holding NaN or +inf, or all -inf, is -1 (the generation loop then asks
+    usable_logits); -inf among finite logits is drawn from as it is, never chosen."""
+    from fastrnn.kernels.heads import sample
+    scratch = np.empty(4), np.empty(4, np.int64)
+    for bad in ([np.nan, 1.0, 2.0, 0.0], [1.0, np.inf, 2.0, 0.0], [-np.inf] * 4,
+                [np.inf, np.nan, -np.inf, 1.0]):
+        for dtype in (np.float32, np.float64):
+            assert sample(np.array(bad, dtype), 1.0, top_k, top_p, 0.5, *scratch) == -1
+    row = np.array([-np.inf, 0.0, -np.inf, 1.0])
+    assert {sample(row, 1.0, top_k, top_p, u, *scratch) for u in np.linspace(0, 0.999, 50)} <= {1, 3}
+
+
 def test_numpy_argmax_stops_at_the_first_nan():
-    """The generation loop's one-pass check relies on it: argmax of a row holding NaN is the
+    """Greedy generation's check relies on it: argmax of a row holding NaN is the
     first NaN's index, on numpy's SIMD paths too (every length and position, both dtypes)."""
     for dtype in (np.float32, np.float64):
         for size in range(1, 70):

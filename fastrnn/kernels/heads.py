@@ -65,7 +65,9 @@ def sample(logits, temperature, top_k, top_p, u, probs, order):
     """One id from a row of logits: argmax when temperature <= 0, else a draw (uniform u in
     [0, 1)) from softmax(logits / temperature) cut to the top_k ids (top_k <= 0: all) and then to
     the smallest set of most likely ids whose mass reaches top_p of what is left.
-    probs (V,) and order (V,) are scratch; O(V * kept) work, nothing allocated."""
+    probs (V,) and order (V,) are scratch; O(V * kept) work, nothing allocated. A draw from
+    logits that hold NaN or +inf, or are all -inf, returns -1 (their softmax has no finite
+    total): the caller decides (heads.usable_logits)."""
     size = logits.shape[0]
     best = 0
     for v in range(1, size):
@@ -79,6 +81,8 @@ def sample(logits, temperature, top_k, top_p, u, probs, order):
         p = np.exp((logits[v] - m) / temperature)
         probs[v] = p
         total += p
+    if not (0.0 < total < np.inf):
+        return -1
     k = size if (top_k <= 0 or top_k >= size) else top_k
     if k == size and top_p >= 1.0:        # plain sampling over everything, in id order
         target = u * total

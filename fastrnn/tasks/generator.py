@@ -17,7 +17,6 @@ from .records import load_stages, load_vocab, stages_record, vocab_meta
 from .stages import HeadChain, check_info, check_vocab, split_stages
 
 _UNIFORM_BLOCK = 4096  # a Generator's random numbers drawn per block of steps
-_SHORT_ROW = 16  # up to this many logits, their sum as a list is checked faster than an argmax
 
 
 class Generator:
@@ -159,14 +158,12 @@ class Generator:
         y = np.ascontiguousarray(feats[-1:])
         row = heads.bufs[-1][0]                         # the one logits buffer, reused
         latest = self._latest
-        # one pass over the logits finds what cannot be sampled as it is (NaN, +inf, all -inf):
-        # numpy's argmax stops at the first NaN (it ranks NaN above every number), so the top
-        # logit is finite unless the row holds one of those; for greedy decoding it is the
-        # token itself. A short row's sum as Python floats costs less than the argmax and is
-        # finite only when every logit is (a -inf among finite logits takes the slow path).
-        # usable_logits sorts the rest out: NaN and all -inf are an ArgumentError.
-        argmax, value, as_list, isfinite = row.argmax, row.item, row.tolist, math.isfinite
-        greedy, short = temperature <= 0.0, row.size <= _SHORT_ROW
+        # what cannot be decoded as it is (NaN, +inf, every logit -inf) goes to usable_logits,
+        # which refuses NaN and all -inf: numpy's argmax stops at the first NaN (it ranks NaN
+        # above every number), so greedy's top logit is finite unless the row holds one of
+        # those; a draw from such a row returns -1 (kernels.heads.sample)
+        argmax, value, isfinite = row.argmax, row.item, math.isfinite
+        greedy = temperature <= 0.0
         masked = np.empty_like(row)
         for i in range(steps):
             heads(y)
@@ -176,13 +173,10 @@ class Generator:
                 rng.random(out=uniforms)
             if greedy:
                 best = argmax()
-                finite = isfinite(value(best))
-                t = int(best)
+                t = int(best) if isfinite(value(best)) else -1
             else:
-                finite = isfinite(sum(as_list())) if short else isfinite(value(argmax()))
-                if finite:
-                    t = sample(row, temperature, top_k, top_p, uniforms[j], probs, order)
-            if not finite:
+                t = sample(row, temperature, top_k, top_p, uniforms[j], probs, order)
+            if t < 0:
                 t = sample(usable_logits(row, masked, f"the model's logits at generation step "
                                                       f"{i} (0: the first after the prompt)"),
                            temperature, top_k, top_p, uniforms[j], probs, order)
