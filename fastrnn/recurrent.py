@@ -256,8 +256,9 @@ class DirectionParams:
             return SERIAL, 1
         if row_split:
             return ROWS, split_threads
-        if (self._hp >= 2 * PANEL and steps * work >= _UNIT_SPLIT_MIN_BYTES
-                and (steps > 1 or self._step_bytes > core_l2_bytes())):
+        if self._hp >= 2 * PANEL and (
+                self._step_bytes > _UNIT_SPLIT_L2_SHARE * core_l2_bytes() if steps == 1
+                else steps * work >= _UNIT_SPLIT_MIN_BYTES):
             return UNITS, min(thread_count, self._hp // PANEL)
         return SERIAL, 1
 
@@ -289,15 +290,19 @@ _FUSED_MIN_ROWS_PER_THREAD = 8
 # and waking a second thread costs more than it saves).
 _ROW_SPLIT_MIN_ROWS = 8
 _ROW_SPLIT_MIN_BYTES = 256 * 1024
-# Unit split: at least this many weight bytes over the whole call (steps * rows * recurrent
-# bytes). Its parallel region costs a few microseconds once; each step's handover ~0.1 us.
-# A one-step call (a stream's step) splits only when its weights (W and R) overflow one core's
-# L2: a step that reads them from L2 runs at L2's rate on one thread, and halving that does not
-# pay for the region. Forced splits of L2-resident steps on two threads here (Zen 5, 1 MiB L2):
-# LSTM H = 128 2.4 -> 4.5 us, H = 192 4.6 -> 9.5, GRU H = 256 (960 KiB) 6.8 -> 10.4; of steps
-# that overflow it, LSTM H = 256 11.5 -> 7.5, GRU H = 320 11.4 -> 9.9. On a 16-core Xeon (2 MiB
-# L2) the split LSTM H = 256 step took 17.8-19.5 us on 2-16 threads against 14.9 on one.
+# Unit split of a call of several steps: at least this many weight bytes over the whole call
+# (steps * rows * recurrent bytes). Its parallel region costs a few microseconds once; each
+# step's handover ~0.1 us.
 _UNIT_SPLIT_MIN_BYTES = 1 << 20
+# A one-step call (a stream's step) splits when its weights (W and R) take more than this share
+# of one core's L2, which also holds the step's buffers and does not keep every line it could: a
+# step that finds them in L2 runs at L2's rate on one thread, and halving that does not pay for
+# the region. One thread against two (forced), Zen 5 (1 MiB L2), I = 64: LSTM H = 128 (384 KiB)
+# 2.3 against 4.3 us, H = 192 (768 KiB) 4.3-4.6 against 5.4; GRU H = 256 (960 KiB) 6.3-6.4
+# against 5.7-5.8, LSTM H = 256 (1.25 MiB) 9.4-9.6 against 7.0-7.2, GRU H = 320 10.8-11.3
+# against 7.6-8.3. On a 16-core Xeon (2 MiB L2) the split LSTM H = 256 step took 17.8-19.5 us on
+# 2-16 threads against 14.9 on one.
+_UNIT_SPLIT_L2_SHARE = 7 / 8
 
 
 # Kept per shape: every call of a layer asks for them again (plain Python, ~0.5 us each).

@@ -490,18 +490,25 @@ def test_streams_on_two_threads_match_one_thread(make, rows, kernel, monkeypatch
         np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
-def test_one_step_splits_only_weights_that_overflow_a_core_l2(monkeypatch):
-    """A step whose W and R fit one core's L2 runs on one thread (halving an L2-rate step does
-    not pay for the parallel region); a sequence over the same weights still splits."""
+def test_one_step_splits_only_weights_that_fill_most_of_a_core_l2(monkeypatch):
+    """A step whose W and R take at most 7/8 of one core's L2 runs on one thread (halving an
+    L2-rate step does not pay for the parallel region); a sequence over the same weights splits
+    by its own rule (1 MiB of recurrent weights over the call)."""
     from fastrnn.recurrent import SERIAL, UNITS
     from fastrnn.stream import _directions
 
-    (params,) = _directions(fastrnn.LSTM(64, 256, seed=1)._stack)  # W + R: 1.25 MiB
-    for l2, step_route in ((1 << 20, (UNITS, 2)), (2 << 20, (SERIAL, 1))):
+    def params(layer):
+        return _directions(layer._stack)[0]
+
+    lstm = params(fastrnn.LSTM(64, 256, seed=1))  # W + R: 1.25 MiB, R 1 MiB
+    gru = params(fastrnn.GRU(64, 256, seed=1))  # 960 KiB, R 768 KiB
+    small = params(fastrnn.LSTM(64, 192, seed=1))  # 768 KiB, R 576 KiB
+    for l2, steps in ((1 << 20, [(UNITS, 2), (UNITS, 2), (SERIAL, 1)]),
+                      (2 << 20, [(SERIAL, 1), (SERIAL, 1), (SERIAL, 1)])):
         monkeypatch.setattr(recurrent, "core_l2_bytes", lambda l2=l2: l2)
-        assert params.route(1, 1, 2) == step_route
-        assert params.route(100, 1, 2) == (UNITS, 2)
-        assert params.route(1, 1, 1) == (SERIAL, 1)
+        assert [p.route(1, 1, 2) for p in (lstm, gru, small)] == steps
+        assert [p.route(100, 1, 2) for p in (lstm, gru, small)] == [(UNITS, 2)] * 3
+        assert lstm.route(1, 1, 1) == (SERIAL, 1)
 
 
 def test_cache_levels_read_from_sysfs_or_a_fallback(monkeypatch, tmp_path):
