@@ -80,16 +80,17 @@ class Case:
     def layer_inputs(self):
         return [self.input] + [self.directions * self.hidden_out] * (self.layers - 1)
 
-    def layer_weight_bytes(self) -> list[tuple[int, int]]:
-        """(bytes of W_l, bytes of R_l) of each layer, every direction, fp32; R_l counts what a
-        step reads: with a projection, the gates' R (G*H x P) and the projection (P x H)."""
+    def layer_weight_bytes(self, itemsize: int = 4) -> list[tuple[int, int]]:
+        """(bytes of W_l, bytes of R_l) of each layer, every direction, at `itemsize` bytes a
+        weight (fp32: 4); R_l counts what a step reads: with a projection, the gates' R
+        (G*H x P) and the projection (P x H)."""
         g, h, p, d = GATES[self.mode], self.hidden, self.hidden_out, self.directions
         step = g * h * p + (p * h if self.proj else 0)
-        return [(4 * d * g * h * i, 4 * d * step) for i in self.layer_inputs()]
+        return [(itemsize * d * g * h * i, itemsize * d * step) for i in self.layer_inputs()]
 
-    def weight_bytes(self):
-        """(bytes of all W_l, bytes of all R_l), fp32."""
-        per_layer = self.layer_weight_bytes()
+    def weight_bytes(self, itemsize: int = 4):
+        """(bytes of all W_l, bytes of all R_l) at `itemsize` bytes a weight."""
+        per_layer = self.layer_weight_bytes(itemsize)
         return sum(w for w, _ in per_layer), sum(r for _, r in per_layer)
 
     def flops(self) -> int:
@@ -309,12 +310,13 @@ def _best_of(fn, runs=7) -> float:
     return min(times)
 
 
-def floor(case: Case, machine: dict) -> dict:
-    """The case's floor (seconds) and the level its weights live in, from probe()'s figures.
-    A sequence runs its layers one after another (every engine compared does), so each layer's
-    weights need to fit a level only while that layer runs; a streaming step runs every layer
-    at each step, so the level must hold them all."""
-    parts = [case.weight_bytes()] if case.stream else case.layer_weight_bytes()
+def floor(case: Case, machine: dict, itemsize: int = 4) -> dict:
+    """The case's floor (seconds) and the level its weights live in, from probe()'s figures,
+    for weights of `itemsize` bytes (fp32: 4; fastrnn's float16 weights: 2; the arithmetic and
+    so the compute term stay float32). A sequence runs its layers one after another (every
+    engine compared does), so each layer's weights need to fit a level only while that layer
+    runs; a streaming step runs every layer at each step, so the level must hold them all."""
+    parts = [case.weight_bytes(itemsize)] if case.stream else case.layer_weight_bytes(itemsize)
     memory, names = 0.0, []
     for w, r in parts:
         level = _level_holding(r + (w if case.stream else 0),

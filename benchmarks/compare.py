@@ -9,7 +9,9 @@ usual environment variables. Each process builds the same seeded PyTorch module,
 up, warms it up, then reports the median of many timed runs and a slice of its output, which the
 runner compares across engines. Every pair runs in two rounds (--rounds) and keeps the faster
 median: bursts of other work on a shared machine only ever add time. Writes report.md,
-results.json and (with matplotlib) chart.png.
+results.json and (with matplotlib) chart.png. `--engines fastrnn fastrnn-f16 onnxruntime torch`
+adds fastrnn with its opt-in float16 weights (weights rounded to float16: not the peers' weights,
+so never a peer and not in the default set) with its own ratios and floor.
 """
 import argparse
 import json
@@ -86,7 +88,7 @@ def worker(case_id: str, engine: str, repeats: int, min_seconds: float, max_seco
     repeats = max(5, min(repeats, int(max_seconds / per_call)))
     result = dict(seconds=median_time(bench.run, repeats, min_seconds), repeats=repeats,
                   check=check.tolist())
-    if engine == "fastrnn":
+    if engine in engines.OURS:
         import fastrnn
         result["threading_layer"] = fastrnn.threading_layer()
     return result
@@ -178,20 +180,31 @@ def fmt_time(s):
 
 
 def summarise(rows, machine):
-    """Add floor, fastrnn's ratio to the best peer and the output check to each row."""
+    """Add floor, fastrnn's ratio to the best peer and the output check to each row (and the
+    same for fastrnn's other weight storage, when it ran: `ratios`, `own_floors`); returns the
+    geometric mean of fastrnn's ratios."""
     import numpy as np
     for row in rows:
         case, res = row["case"], row["results"]
         row["floor"] = floor(case, machine["probe"])
         times = {e: r["seconds"] for e, r in res.items() if "seconds" in r}
-        peers = [t for e, t in times.items() if e != "fastrnn"]
+        best_peer = min((t for e, t in times.items() if engines.is_peer(e)), default=None)
         row["times"] = times
-        row["ratio"] = times["fastrnn"] / min(peers) if "fastrnn" in times and peers else None
+        row["ratios"] = {e: times[e] / best_peer for e in engines.OURS
+                         if e in times and best_peer}
+        row["ratio"] = row["ratios"].get("fastrnn")
+        row["own_floors"] = {e: floor(case, machine["probe"], size)
+                             for e, size in engines.WEIGHT_ITEMSIZE.items() if e in times}
         checks = {e: np.array(r.pop("check")) for e, r in res.items() if "check" in r}
         ref = checks.get("torch", next(iter(checks.values()), None))
         row["max_diff"] = {e: float(np.abs(v - ref).max()) for e, v in checks.items()}
-    ratios = [r["ratio"] for r in rows if r["ratio"]]
-    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+    return geometric_mean(r["ratio"] for r in rows)
+
+
+def geometric_mean(values):
+    """Of the values that are not None; None when there are none."""
+    values = [v for v in values if v]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
 def _product_rate(probe: dict) -> str:
@@ -222,24 +235,33 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
         "Median wall time of one call (T = 100, or the id's `-T`) or one streaming step (`step`, "
         "T = 1, state carried). `-bi`: bidirectional; `-p`: LSTM projection size. "
         "Ratio = fastrnn / best peer (< 1 is faster). Floor: see `benchmarks/cases.py`; "
-        "% of floor = floor / time.", "",
+        "% of floor = floor / time.", *_half_line(engine_names), "",
         "| case | " + " | ".join(engine_names) + " | fastrnn / best peer | floor | "
-        "fastrnn % of floor | best peer % of floor |",
-        "|---" * (len(engine_names) + 5) + "|"]
+        "fastrnn % of floor | best peer % of floor |"
+        + "".join(f" {e} / best peer | {e} % of its floor |" for e in _others(engine_names)),
+        "|---" * (len(engine_names) + 5 + 2 * len(_others(engine_names))) + "|"]
     for row in rows:
         t, f = row["times"], row["floor"]
-        peers = [v for e, v in t.items() if e != "fastrnn"]
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        if row["ratio"] and row["ratio"] > 1:
-            ratio = f"**{ratio}**"
-        pct = lambda s: "-" if s is None else f"{100 * f['seconds'] / s:.0f}%"  # noqa: E731
-        lines.append(f"| {row['case'].id} | " + " | ".join(fmt_time(t.get(e)) for e in engine_names)
-                     + f" | {ratio} | {fmt_time(f['seconds'])} ({f['level']}, {f['bound']}) | "
-                     f"{pct(t.get('fastrnn'))} | {pct(min(peers) if peers else None)} |")
+        peers = [v for e, v in t.items() if engines.is_peer(e)]
+        pct = lambda s, f=f: "-" if s is None else f"{100 * f['seconds'] / s:.0f}%"  # noqa: E731
+        cells = [fmt_time(t.get(e)) for e in engine_names]
+        cells += [_ratio_cell(row["ratios"].get("fastrnn")),
+                  f"{fmt_time(f['seconds'])} ({f['level']}, {f['bound']})",
+                  pct(t.get("fastrnn")), pct(min(peers) if peers else None)]
+        for e in _others(engine_names):
+            own = row["own_floors"].get(e)
+            cells += [_ratio_cell(row["ratios"].get(e)),
+                      "-" if own is None or e not in t else
+                      f"{pct(t[e], own)} of {fmt_time(own['seconds'])} ({own['level']}, {own['bound']})"]
+        lines.append(f"| {row['case'].id} | " + " | ".join(cells) + " |")
     lines += ["", "**Geometric mean of fastrnn / best peer**: "
               + ("-" if geomean is None else f"{geomean:.2f}") + " over "
               f"{sum(1 for r in rows if r['ratio'])} cases; cases where fastrnn is slower than the "
               f"best peer: {sum(1 for r in rows if r['ratio'] and r['ratio'] > 1)}."]
+    for e in _others(engine_names):
+        mean = geometric_mean(r["ratios"].get(e) for r in rows)
+        lines += ["", f"**Geometric mean of {e} / best peer**: "
+                  + ("-" if mean is None else f"{mean:.2f}") + "."]
     for row in rows:
         for e, r in row["results"].items():
             if "error" in r:
@@ -255,17 +277,44 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
     slow = handover_note(m.get("handover_ns") or [])
     if slow:
         notes.insert(0, slow)
-    worst = max((d for r in rows for d in r["max_diff"].values()), default=0.0)
+    worst = max((d for r in rows for e, d in r["max_diff"].items() if e not in
+                 engines.WEIGHT_ITEMSIZE), default=0.0)
     if worst <= CHECK_TOL:
         notes.append(f"Every engine's output agrees with torch's to {worst:.1e} (same weights).")
+    for e in _others(engine_names):
+        apart = max((r["max_diff"][e] for r in rows if e in r["max_diff"]), default=None)
+        if apart is not None and apart <= CHECK_TOL:
+            notes.append(f"{e}'s output (its weights rounded to float16) is within {apart:.1e} "
+                         "of torch's.")
     notes.append(chart_note)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes if n]
     lines += ["", "## Reproduce", "", "```bash", ". .venv/bin/activate && pip install -e \".[bench]\"",
               "python -m benchmarks.compare            # the issue's cases (--quick for a fast pass)",
               "python -m benchmarks.compare --extra    # the shapes beyond them",
+              "python -m benchmarks.compare --cases step --threads 1 2 \\",
+              "    --engines fastrnn fastrnn-f16 onnxruntime torch   # float16 weights beside them",
               "python -m pytest benchmarks --benchmark-only   # the same cases under pytest-benchmark",
               "python benchmarks/cold_start.py          # import + load + first call", "```", ""]
     return "\n".join(lines)
+
+
+def _others(engine_names) -> list[str]:
+    """The engines that run fastrnn on weights of another storage (fastrnn-f16)."""
+    return [e for e in engine_names if e in engines.WEIGHT_ITEMSIZE]
+
+
+def _half_line(engine_names) -> list[str]:
+    if "fastrnn-f16" not in engine_names:
+        return []
+    return ["fastrnn-f16 is fastrnn with its opt-in float16 weights (`layer.with_weight_dtype("
+            "\"float16\")`): the same weights rounded to float16 (so not exactly the peers'), "
+            "float32 arithmetic; its floor counts 2 bytes a weight."]
+
+
+def _ratio_cell(ratio) -> str:
+    if ratio is None:
+        return "-"
+    return f"**{ratio:.2f}**" if ratio > 1 else f"{ratio:.2f}"
 
 
 def _handover_line(machine: dict) -> list[str]:
@@ -311,7 +360,7 @@ def chart(rows, engine_names, path) -> str:
         xs = [i + (k - (len(engine_names) - 1) / 2) * width for i in range(len(ids))]
         rel, frac = [], []
         for r in rows:
-            t, peers = r["times"].get(e), [v for n, v in r["times"].items() if n != "fastrnn"]
+            t, peers = r["times"].get(e), [v for n, v in r["times"].items() if engines.is_peer(n)]
             rel.append(t / min(peers) if t and peers else math.nan)
             frac.append(100 * r["floor"]["seconds"] / t if t else math.nan)
         axes[0].bar(xs, rel, width, label=e)
@@ -331,7 +380,9 @@ def chart(rows, engine_names, path) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", nargs="*", default=[], help="case id substrings or wildcards")
-    ap.add_argument("--engines", nargs="*", default=list(engines.ENGINES), choices=engines.ENGINES)
+    ap.add_argument("--engines", nargs="*", default=list(engines.DEFAULT_ENGINES),
+                    choices=engines.ENGINES, help="default: %(default)s; fastrnn-f16 (fastrnn "
+                    "with float16 weights) only when named")
     ap.add_argument("--quick", action="store_true", help="few repeats (a fast, noisier pass)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--timeout", type=positive_seconds, default=300,

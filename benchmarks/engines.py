@@ -19,9 +19,18 @@ from .cases import CHECK_STEPS, Case
 SEED = 0
 
 # modules each engine needs; the weights come from torch when it is installed
-REQUIRES = {"fastrnn": ("fastrnn",), "onnxruntime": ("onnxruntime", "onnx", "torch"),
-            "torch": ("torch",)}
+REQUIRES = {"fastrnn": ("fastrnn",), "fastrnn-f16": ("fastrnn",),
+            "onnxruntime": ("onnxruntime", "onnx", "torch"), "torch": ("torch",)}
 ENGINES = tuple(REQUIRES)
+# fastrnn-f16 (the opt-in float16 weights) runs weights rounded to float16, not the same ones as
+# the peers, so it is asked for by name; it never counts as a peer
+DEFAULT_ENGINES = ("fastrnn", "onnxruntime", "torch")
+OURS = ("fastrnn", "fastrnn-f16")
+WEIGHT_ITEMSIZE = {"fastrnn-f16": 2}   # bytes a weight streams (4 for every other engine)
+
+
+def is_peer(engine: str) -> bool:
+    return engine not in OURS
 
 
 def missing(engine: str) -> list[str]:
@@ -86,6 +95,14 @@ class FastRNN:
         return (lambda x_t: s.step(x_t[0])), s.reset
 
 
+class FastRNNHalf(FastRNN):
+    """fastrnn with its weight matrices stored as float16 (`with_weight_dtype`)."""
+
+    def __init__(self, case: Case):
+        super().__init__(case)
+        self.layer = self.layer.with_weight_dtype("float16")
+
+
 class Torch:
     def __init__(self, case: Case):
         import torch
@@ -146,7 +163,7 @@ class OnnxRuntime:
         return step, lambda: feed.update(self.zeros)
 
 
-ADAPTERS = {"fastrnn": FastRNN, "onnxruntime": OnnxRuntime, "torch": Torch}
+ADAPTERS = {"fastrnn": FastRNN, "fastrnn-f16": FastRNNHalf, "onnxruntime": OnnxRuntime, "torch": Torch}
 
 
 def setup(engine: str, case: Case) -> Bench:

@@ -244,3 +244,56 @@ def test_median_time_needs_a_finite_minimum_time():
     calls = []
     median_time(lambda: calls.append(1), 3, np.float32(0.01))
     assert len(calls) >= 3
+
+
+def test_a_floor_counts_the_bytes_a_weight_streams():
+    from benchmarks.cases import floor
+    step = CASES["gru-step-h256-t1"]   # 960 KiB of float32 weights, 480 KiB as float16
+    assert step.weight_bytes(2) == tuple(b // 2 for b in step.weight_bytes())
+    single, half = floor(step, _MACHINE), floor(step, _MACHINE, itemsize=2)
+    assert single["level"] == half["level"] == "L2"
+    assert half["seconds"] == pytest.approx(single["seconds"] / 2)
+    big = CASES["lstm-step-h512-t1"]   # 6 MiB, 3 MiB as float16: L3 either way
+    assert floor(big, _MACHINE, itemsize=2)["seconds"] == pytest.approx(
+        floor(big, _MACHINE)["seconds"] / 2)
+
+
+def _machine_info():
+    return dict(cpu="test CPU", usable_cpus=2, logical_cpus=2, versions=dict(fastrnn="0"),
+                python="3", probe=dict(_MACHINE, sgemm_gflops=250.0), timing="t", date="d",
+                load_average=[0.0, 0.0])
+
+
+def test_float16_weights_are_reported_beside_fastrnn_and_never_as_a_peer():
+    from benchmarks.compare import report, summarise
+    check = np.linspace(-1, 1, 8)
+    times = {"fastrnn": 50e-6, "fastrnn-f16": 28e-6, "onnxruntime": 70e-6, "torch": 500e-6}
+    rows = [dict(case=CASES["lstm-step-h512-t1"], results={
+        e: dict(seconds=t, check=list(check + (2e-4 if e == "fastrnn-f16" else 0)))
+        for e, t in times.items()})]
+    machine = _machine_info()
+    geomean = summarise(rows, machine)
+    (row,) = rows
+    assert row["ratio"] == geomean == pytest.approx(50 / 70)   # not against the faster f16
+    assert row["ratios"]["fastrnn-f16"] == pytest.approx(28 / 70)
+    assert row["own_floors"]["fastrnn-f16"]["seconds"] == pytest.approx(row["floor"]["seconds"] / 2)
+    text = report(rows, list(times), machine, geomean, [], "")
+    header = next(line for line in text.splitlines() if line.startswith("| case"))
+    assert "fastrnn-f16 / best peer" in header and "fastrnn-f16 % of its floor" in header
+    table_row = next(line for line in text.splitlines() if line.startswith("| lstm-step"))
+    assert table_row.count("|") == header.count("|")
+    assert "| 0.71 |" in table_row and "| 0.40 |" in table_row
+    assert "Geometric mean of fastrnn-f16 / best peer**: 0.40" in text
+    assert "agrees with torch's to 0.0e+00" in text      # the same-weight engines only
+    assert "fastrnn-f16's output (its weights rounded to float16) is within 2.0e-04" in text
+
+
+def test_without_float16_weights_the_report_has_its_usual_columns():
+    from benchmarks.compare import report, summarise
+    rows = [dict(case=CASES["gru-b1-h64-t1"], results={
+        "fastrnn": dict(seconds=30e-6, check=[0.5]), "onnxruntime": dict(seconds=60e-6,
+                                                                         check=[0.5])})]
+    machine = _machine_info()
+    text = report(rows, ["fastrnn", "onnxruntime"], machine, summarise(rows, machine), [], "")
+    header = next(line for line in text.splitlines() if line.startswith("| case"))
+    assert "f16" not in header and "fastrnn-f16 is" not in text and header.count("|") == 8
