@@ -187,8 +187,8 @@ class DirectionParams:
         output y (T, N, D*H_out). Every array is C-contiguous, aligned and writeable
         (`canonical`), of the direction's dtype, lengths int64; scratch is the calling thread's
         workspace of scratch_size(T, rows) elements (unused by FUSED). sync: the unit split's
-        sync array (units.sync_array of the route's chunks), zeroed and used by every call of one
-        thread at a time; by default each call makes its own."""
+        sync array (units.sync_array of the route's chunks), used by every call of one thread at
+        a time (the kernel zeroes it); by default each call makes its own."""
         kind, chunks = route
         wbuf, wpk, cfg, fcfg = self._wbuf, self._wpk, self._cfg, self._fcfg
         if kind == FUSED:
@@ -205,8 +205,10 @@ class DirectionParams:
             return call
         if kind == UNITS:
             def call(x, lengths, hs, cs, y, scratch):
-                self._call(units.run_units, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y,
-                                             yd, scratch, _zeroed(sync, chunks), chunks))
+                # a stream's split step, a few microseconds: no helper calls around the kernel's
+                args = (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd, scratch,
+                        units.sync_array(chunks) if sync is None else sync, chunks)
+                self._entry(units.run_units, args)(*args)
             return call
         if kind == ROWS:
             def call(x, lengths, hs, cs, y, scratch):
@@ -261,14 +263,6 @@ class DirectionParams:
                 else steps * work >= _UNIT_SPLIT_MIN_BYTES):
             return UNITS, min(thread_count, self._hp // PANEL)
         return SERIAL, 1
-
-
-def _zeroed(sync, chunks: int) -> np.ndarray:
-    """sync zeroed for a call of the unit split, or a new sync array where there is none."""
-    if sync is None:
-        return units.sync_array(chunks)
-    sync.fill(0)
-    return sync
 
 
 # DirectionParams.route's kinds of call

@@ -12,7 +12,7 @@ import pytest
 
 import fastrnn
 from fastrnn import recurrent
-from fastrnn.errors import ArgumentError, ShapeError, UnsupportedError
+from fastrnn.errors import ArgumentError, DTypeError, ShapeError, UnsupportedError
 
 
 def test_import_pulls_in_neither_torch_nor_onnx():
@@ -239,6 +239,44 @@ def test_stream_step_takes_any_input_and_its_own_output(cls):
     for awkward in _awkward_copies(xs[1]):
         np.testing.assert_array_equal(layer.stream(2).step(awkward), reference)
     assert len(engine.run_stream.signatures) == signatures
+
+
+@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
+def test_split_stream_step_takes_any_input_and_its_own_output(cls, monkeypatch):
+    """The same on two threads, where each step splits the layer's hidden units (run_units, which
+    reads its input from the stream's own buffer): any input is checked and copied in, its own
+    output fed back is read before the step overwrites it, and wrong inputs are typed errors."""
+    from fastrnn.kernels import units
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
+        pytest.skip("needs numba's parallel threading layer")
+    monkeypatch.setattr(recurrent, "core_l2_bytes", lambda: 1 << 20)  # W + R 1.5-2 MiB split
+    layer = cls(256, 256, seed=4)
+    called = []
+    original = units.run_units
+    monkeypatch.setattr(units, "run_units", lambda *a: called.append(1) or original(*a))
+    xs = np.random.default_rng(5).standard_normal((8, 1, 256)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        plain, fed = layer.stream(1), layer.stream(1)
+        out = fed.step(xs[0])
+        y = plain.step(xs[0]).copy()
+        for _ in range(7):
+            want = plain.step(y).copy()
+            assert fed.step(out) is out
+            np.testing.assert_array_equal(out, want)
+            y = want
+        reference = layer.stream(1).step(xs[1]).copy()
+        for awkward in _awkward_copies(xs[1]):
+            np.testing.assert_array_equal(layer.stream(1).step(awkward), reference)
+        with pytest.raises(ShapeError, match=r"\(batch_size, input_size\)"):
+            plain.step(xs[1, :, :255])
+        with pytest.raises(DTypeError, match="floating point"):
+            plain.step(np.ones((1, 256), np.int64))
+    finally:
+        fastrnn.set_num_threads(before)
+    assert len(called) == 2 * 8 + 1 + 5  # every step split: two streams of 8, 1, 5 awkward
 
 
 def test_call_plans_per_shape_stay_bounded_and_right():

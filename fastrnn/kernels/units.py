@@ -31,7 +31,7 @@ EARLY_START_MAX_BYTES = 256 * 1024
 
 
 def sync_array(chunks):
-    """A zeroed sync array for run_units with `chunks` blocks."""
+    """A sync array for run_units with `chunks` blocks (each call of run_units zeroes it)."""
     return np.zeros((chunks + 1) * SYNC_LINE, np.int64)
 
 
@@ -40,7 +40,8 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     """chunks > 1 threads in one parallel region for the whole sequence: each step's hidden units
     are split into `chunks` blocks (whole panels), thread k works block k, so its slice of R stays
     in its core's cache. A step is one stage (two when a second phase follows: LSTM projection,
-    GRU lbr=0). sync (sync_array) hands out the blocks: for each stage a thread claims its own
+    GRU lbr=0). sync (sync_array; zeroed here, before the threads start) hands out the blocks:
+    for each stage a thread claims its own
     block, waits until every block of the previous stage is done, then works its block.
     Claiming (not fixed ownership) is what makes the wait safe: while it waits, a thread takes
     over any block of the awaited stage that nobody has claimed, so a thread that never arrives
@@ -62,6 +63,8 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     w_ih, bias, r, rbias, peep, w_hr, zeros = weight_views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = scratch_views(sbuf, cfg, rows, steps)
     x2 = carve(x, 0, (steps * rows, x.shape[2]))
+    for i in range(sync.size):
+        sync[i] = 0
     begin_rows(0, rows, cfg, lengths, h, c, hb)
     # the cell state in rows whose blocks start on cache lines: a block boundary inside a line of
     # the caller's c made both threads write that line every step (~0.2 us a step at H64)
