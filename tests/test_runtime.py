@@ -814,40 +814,6 @@ def test_split_stream_steps_walk_both_ways_to_the_same_bits(make, rows, monkeypa
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("make,rows,kernel", [
-    (lambda: fastrnn.GRU(24, 100, seed=3), 8, "run_parallel"),
-    (lambda: fastrnn.GRU(24, 100, linear_before_reset=False, seed=3), 9, "run_parallel"),
-    (lambda: fastrnn.LSTM(24, 100, proj_size=40, seed=3), 8, "run_parallel")])
-def test_split_batch_steps_walk_both_ways_to_the_same_bits(make, rows, kernel, monkeypatch):
-    """A batch stream's steps split by rows (run_parallel) alternate their walking order across
-    calls as one thread's do (the parity in the scratch's last slot flips every step; every
-    other step projects each block's rows after the recurrent product, backward): each output
-    is the two-thread sequence call's, to the bit."""
-    from fastrnn.kernels import engine
-
-    if numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None:
-        pytest.skip("needs numba's parallel threading layer")
-    layer = make()
-    x = np.random.default_rng(4).standard_normal((7, rows, 24)).astype(np.float32)
-    called = []
-    original = engine.run_parallel
-    monkeypatch.setattr(engine, "run_parallel", lambda *a: called.append(kernel) or original(*a))
-    before = fastrnn.get_num_threads()
-    try:
-        fastrnn.set_num_threads(2)
-        want = layer(x)[0]
-        stream = layer.stream(rows)
-        got, parities = [], []
-        for t in range(7):
-            got.append(np.array(stream.step(x[t]), copy=True))
-            parities.append(stream._scratch[0][-1])
-    finally:
-        fastrnn.set_num_threads(before)
-    assert called == [kernel] * 8
-    assert parities == [1, 0, 1, 0, 1, 0, 1]
-    np.testing.assert_array_equal(np.stack(got), want)
-
-
 # Which float32 layers carry their input projection inside the steps: input plus recurrent weights
 # up to 8 MiB (LSTM H = 512, I = 256: 6 MiB; H = 1024: 20 MiB), not GRU linear_before_reset=0
 # (its n gate waits for r * h), not float64.

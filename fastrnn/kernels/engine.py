@@ -34,8 +34,8 @@ out at its last step; L = 0 leaves a zero state (ONNX Runtime's behaviour).
 from numba import prange
 
 from ._jit import kernel
-from .layout import (CFG_LEN, C_H, C_HOUT, C_HP, C_I, C_MODE, LSTM, chunk_bounds, longest,
-                     scratch_views, state_views, weight_views)
+from .layout import (CFG_LEN, C_H, C_HOUT, C_HP, C_I, C_MODE, LSTM, chunk_bounds, scratch_views,
+                     state_views, weight_views)
 from .steps import project, serial, step_rows
 from .views import carve
 
@@ -85,22 +85,15 @@ def run_directions(x, lengths, hs, cs, slot, y, wbuf0, wpk0, cfg0, fcfg0, sbuf0,
 @kernel(parallel=True)
 def run_parallel(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, chunks):
     """chunks > 1 threads, each with a block of batch rows for the whole sequence (no
-    synchronisation). The walking order alternates across calls as serial's does (the scratch's
-    last slot keeps the parity): every other one-step call projects each block's input after
-    its recurrent product, both backward, so that a stream's steps start on what the step
-    before read last."""
+    synchronisation)."""
     h, c, y = state_views(cfg, hs, cs, slot, y3)
     steps, rows = x.shape[0], x.shape[1]
     w_ih, bias, r, rbias, peep, w_hr, zeros = weight_views(wbuf, wpk, cfg)
     xp, gates, hb, aux, cb = scratch_views(sbuf, cfg, rows, steps)
     x2 = carve(x, 0, (steps * rows, x.shape[2]))
-    flip = 1 if sbuf[sbuf.size - 1] != 0 else 0
-    late = steps == 1 and flip == 1
-    if not late:
-        for ch in prange(chunks):
-            project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch, 0, cfg[C_HP], False, 0)
+    for ch in prange(chunks):
+        project(x2, w_ih, bias, xp, cfg, lengths, chunks, ch, 0, cfg[C_HP], False, 0)
     for ch in prange(chunks):
         lo, hi = chunk_bounds(rows, chunks, ch, 1)
-        step_rows(lo, hi, 0, steps, flip, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
-              (x2, w_ih, bias, False), late, xp, gates, hb, aux, c, y, yd, h)
-    sbuf[sbuf.size - 1] = (flip + longest(lengths, 0, rows)) & 1
+        step_rows(lo, hi, 0, steps, 0, cfg, fcfg, lengths, r, rbias, peep, w_hr, zeros,
+              (x2, w_ih, bias, False), False, xp, gates, hb, aux, c, y, yd, h)

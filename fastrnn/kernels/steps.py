@@ -135,9 +135,9 @@ def phase_a(s, back, ahead, late, lo, hi, j0, j1, cfg, fcfg, codes, clip, length
     aux, GRU lbr=0 leaves r, z in gates and r*h in aux (the second phase finishes the step).
     back: walk the weights backward (gemm.py). ahead: (x2, w_ih, bias, carried), the call's
     input, its projection weights and whether its steps carry part of a later block's projection
-    (ahead_slot). late: this one-step call projects the input of rows [lo, hi) only now,
-    between the recurrent product and the update (serial, run_units, run_parallel; a constant
-    False at the call sites that never do)."""
+    (ahead_slot). late: this one-step call projects its input only now, between the recurrent
+    product and the update (serial, run_units; a constant False at the call sites that never
+    do)."""
     mode = cfg[C_MODE]
     gcount = GATES[mode]
     if mode == GRU and cfg[C_LBR] == 0:
@@ -148,7 +148,7 @@ def phase_a(s, back, ahead, late, lo, hi, j0, j1, cfg, fcfg, codes, clip, length
                    gates, back)
     if late:
         x2, w_ih, bias, _ = ahead
-        project(x2[lo:hi], w_ih, bias, xp[lo:hi], cfg, lengths, 1, 0, j0, j1, False, back)
+        project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, j0, j1, False, back)
     update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c, False)
 
