@@ -223,22 +223,31 @@ def test_stream_step_takes_any_input_and_its_own_output(cls):
     from fastrnn.kernels import engine
 
     layer = cls(6, 6, num_layers=2, seed=4)
-    rng = np.random.default_rng(5)
-    xs = rng.standard_normal((8, 2, 6)).astype(np.float32)
-    plain, fed = layer.stream(2), layer.stream(2)
+    xs = np.random.default_rng(5).standard_normal((8, 2, 6)).astype(np.float32)
+    layer.stream(2).step(xs[0])  # compiled for canonical inputs
+    signatures = len(engine.run_stream.signatures)
+    plain = _steps_on_any_input(layer, xs)
+    assert not plain._x0.any()  # canonical inputs were read in place, never copied in
+    assert len(engine.run_stream.signatures) == signatures
+
+
+def _steps_on_any_input(layer, xs):
+    """Steps xs (T, N, I) through one stream fed canonical copies of its outputs and another fed
+    its own output buffer (equal results), and xs[1] as every awkward copy through new streams
+    (the canonical input's result); returns the first stream."""
+    rows = xs.shape[1]
+    plain, fed = layer.stream(rows), layer.stream(rows)
     out = fed.step(xs[0])  # the stream's own output buffer
     y = plain.step(xs[0]).copy()
-    for _ in range(7):
+    for _ in range(len(xs) - 1):
         want = plain.step(y).copy()
         assert fed.step(out) is out
         np.testing.assert_array_equal(out, want)
         y = want
-    assert not plain._x0.any()  # canonical inputs were read in place, never copied in
-    signatures = len(engine.run_stream.signatures)
-    reference = layer.stream(2).step(xs[1]).copy()
+    reference = layer.stream(rows).step(xs[1]).copy()
     for awkward in _awkward_copies(xs[1]):
-        np.testing.assert_array_equal(layer.stream(2).step(awkward), reference)
-    assert len(engine.run_stream.signatures) == signatures
+        np.testing.assert_array_equal(layer.stream(rows).step(awkward), reference)
+    return plain
 
 
 @pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
@@ -259,17 +268,7 @@ def test_split_stream_step_takes_any_input_and_its_own_output(cls, monkeypatch):
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(2)
-        plain, fed = layer.stream(1), layer.stream(1)
-        out = fed.step(xs[0])
-        y = plain.step(xs[0]).copy()
-        for _ in range(7):
-            want = plain.step(y).copy()
-            assert fed.step(out) is out
-            np.testing.assert_array_equal(out, want)
-            y = want
-        reference = layer.stream(1).step(xs[1]).copy()
-        for awkward in _awkward_copies(xs[1]):
-            np.testing.assert_array_equal(layer.stream(1).step(awkward), reference)
+        plain = _steps_on_any_input(layer, xs)
         with pytest.raises(ShapeError, match=r"\(batch_size, input_size\)"):
             plain.step(xs[1, :, :255])
         with pytest.raises(DTypeError, match="floating point"):
