@@ -250,9 +250,9 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
                   pct(t.get("fastrnn")), pct(min(peers) if peers else None)]
         for e in _others(engine_names):
             own = row["own_floors"].get(e)
-            cells += [_ratio_cell(row["ratios"].get(e)),
-                      "-" if own is None or e not in t else
-                      f"{pct(t[e], own)} of {fmt_time(own['seconds'])} ({own['level']}, {own['bound']})"]
+            cells += [_ratio_cell(row["ratios"].get(e)), "-" if own is None or e not in t else
+                      f"{pct(t[e], own)} of {fmt_time(own['seconds'])} ({own['level']}, "
+                      f"{own['bound']})"]
         lines.append(f"| {row['case'].id} | " + " | ".join(cells) + " |")
     lines += ["", "**Geometric mean of fastrnn / best peer**: "
               + ("-" if geomean is None else f"{geomean:.2f}") + " over "
@@ -304,6 +304,7 @@ def _others(engine_names) -> list[str]:
 
 
 def _half_line(engine_names) -> list[str]:
+    """The report's line on fastrnn-f16, when it ran."""
     if "fastrnn-f16" not in engine_names:
         return []
     return ["fastrnn-f16 is fastrnn with its opt-in float16 weights (`layer.with_weight_dtype("

@@ -163,7 +163,8 @@ class OnnxRuntime:
         return step, lambda: feed.update(self.zeros)
 
 
-ADAPTERS = {"fastrnn": FastRNN, "fastrnn-f16": FastRNNHalf, "onnxruntime": OnnxRuntime, "torch": Torch}
+ADAPTERS = {"fastrnn": FastRNN, "fastrnn-f16": FastRNNHalf, "onnxruntime": OnnxRuntime,
+            "torch": Torch}
 
 
 def setup(engine: str, case: Case) -> Bench:

@@ -205,7 +205,7 @@ class DirectionParams:
             return call
         if kind == UNITS:
             def call(x, lengths, hs, cs, y, scratch):
-                # a stream's split step, a few microseconds: no helper calls around the kernel's
+                # a stream's split step takes a few microseconds: no helper layers around it
                 args = (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y, yd, scratch,
                         units.sync_array(chunks) if sync is None else sync, chunks)
                 self._entry(units.run_units, args)(*args)

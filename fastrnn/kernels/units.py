@@ -41,8 +41,8 @@ def run_units(x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot, y3, yd, sbuf, sync
     are split into `chunks` blocks (whole panels), thread k works block k, so its slice of R stays
     in its core's cache. A step is one stage (two when a second phase follows: LSTM projection,
     GRU lbr=0). sync (sync_array; zeroed here, before the threads start) hands out the blocks:
-    for each stage a thread claims its own
-    block, waits until every block of the previous stage is done, then works its block.
+    for each stage a thread claims its own block, waits until every block of the previous stage
+    is done, then works its block.
     Claiming (not fixed ownership) is what makes the wait safe: while it waits, a thread takes
     over any block of the awaited stage that nobody has claimed, so a thread that never arrives
     (the region ran on fewer threads, or it was descheduled) has its blocks done by the others
