@@ -138,10 +138,7 @@ class Stream:
             if count < 2:
                 return step(x_t)
             layers = calls[3].calls(count)
-            if type(x_t) is ndarray and x_t.dtype is dtype and x_t.shape == shape:
-                x0[...] = x_t
-            else:
-                _copied(x_t, x0)
+            _copied(x_t, x0)
             for call, args in layers:
                 call(*args)
             return result
@@ -255,6 +252,9 @@ class _SplitSteps:
 
 def _copied(x_t, x0):
     """x_t checked and copied into x0, the stream's own input buffer."""
+    if type(x_t) is np.ndarray and x_t.dtype is x0.dtype and x_t.shape == x0.shape:
+        x0[...] = x_t  # the common input, without the general checks (0.5 against 0.2 us)
+        return x0
     x_t = as_array(x_t, "step input")
     if x_t.shape != x0.shape:
         raise ShapeError(f"step input must have shape {x0.shape} "
