@@ -11,11 +11,12 @@ import numba
 import numpy as np
 import pytest
 
-from fastrnn.kernels.gemm import pack_gates, unpack_gates
-from fastrnn.kernels.simd import AHEAD, PANEL, _fits, _passes, _row_tile, tile, tile_ahead
+from fastrnn.kernels.gemm import PAIR_ROWS, gemm_gates, pack_gates, unpack_gates
+from fastrnn.kernels.simd import (AHEAD, PANEL, REGISTERS, ROW_TILE, _fits, _passes, _row_tile,
+                                  streams_once, tile, tile_ahead)
 
-SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL), (2, PANEL), (4, PANEL),
-          (6, PANEL), (8, PANEL)]
+SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL)] + [
+    (rows, PANEL) for rows in range(2, 9)] + [(rows, 2 * PANEL) for rows in range(2, 7)]
 # (registers, bytes each): AVX-512, AVX/AVX2, NEON, SSE
 REGISTER_FILES = [(32, 64), (16, 32), (32, 16), (16, 16)]
 
@@ -109,6 +110,52 @@ def test_tile_widens_float16_weights(mr, ncols, registers):
         run(a, 0, k_len, packed, 0, k_len * PANEL, k_len, bias, 0, out, 0, out.shape[1], PANEL)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("registers,pairs", [((32, 64), 6), ((16, 32), 1), ((32, 16), 1)])
+def test_gate_pairs_take_the_rows_they_stream_once(registers, pairs):
+    """gemm.PAIR_ROWS: the leftover rows of a multi-row product share each weight load over two
+    gates up to the most rows such a tile runs in every pass (AVX-512: 6); beyond, or where
+    even two rows would split (AVX2, NEON), one gate at a time."""
+    assert all(streams_once(rows, 2 * PANEL, registers) for rows in range(1, pairs + 1))
+    assert not streams_once(pairs + 1, 2 * PANEL, registers)
+    if registers == REGISTERS:
+        assert PAIR_ROWS == pairs
+
+
+@pytest.mark.parametrize("gates,g0,g1", [(4, 0, 4), (3, 0, 3), (3, 0, 2), (3, 2, 3), (1, 0, 1)])
+@pytest.mark.parametrize("weights", ["float32", "float64", "float16"])
+def test_products_of_any_row_count_equal_one_row_products(gates, g0, g1, weights):
+    """gemm_gates over m rows (tall tiles, then the rest in one tile over gate pairs or single
+    gates; row blocks of 128) gives each row, to the bit, what a one-row call gives it (the same
+    sum over k in the same order), and numpy's product to rounding, walking forward or
+    backward, over a block of units that is not the whole row."""
+    rng = np.random.default_rng(gates * 10 + g0 + len(weights))
+    dtype = np.float64 if weights == "float64" else np.float32
+    k_len, gs = 23, 3 * PANEL
+    w = rng.standard_normal((gates * gs, k_len)).astype(np.float16 if weights == "float16"
+                                                         else dtype)
+    packed = pack_gates(w, gates)
+    if weights == "float16":
+        packed = packed.view(np.uint16)
+    bias = rng.standard_normal(gates * gs).astype(dtype)
+    j0, j1 = PANEL, 3 * PANEL  # the units of panels 1 and 2 of each gate
+    cols = [g * gs + j for g in range(g0, g1) for j in range(j0, j1)]
+    for rows in list(range(2, 3 * ROW_TILE + 2)) + [131]:
+        a = rng.standard_normal((rows + 1, k_len)).astype(dtype)
+        for backward in (False, True):
+            out = np.full((rows + 1, gates * gs), np.nan, dtype)
+            gemm_gates(a, 1, rows + 1, k_len, packed, gates, g0, g1, j0, j1, gs, bias, out,
+                       backward)
+            one = np.full_like(out, np.nan)
+            for m in range(1, rows + 1):
+                gemm_gates(a, m, m + 1, k_len, packed, gates, g0, g1, j0, j1, gs, bias, one,
+                           backward)
+            np.testing.assert_array_equal(out, one)
+        want = a[1:].astype(np.float64) @ w.astype(np.float64).T + bias
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(out[1:, cols], want[:, cols], rtol=tol, atol=tol)
+        assert np.isnan(np.delete(out, cols, axis=1)).all() and np.isnan(out[0]).all()
 
 
 def _ahead_runner(ncols):

@@ -5,8 +5,11 @@ B (K x G*gs, from weights stored G*gs x K) is packed once by `pack_gates` into p
 columns (simd.py) ordered unit block first, gate second: the panels of one block of units, every
 gate, are contiguous. So a thread that owns a block of units streams one contiguous slice, and
 one batch-1 tile covers one panel of every gate (2*G vectors in flight hide the FMA latency).
-More rows use tiles of ROW_TILE x 32 (8 rows with AVX-512, 6 with AVX2; then 4, 3, 2, 1 rows)
-over blocks of rows. Output widths are whole panels (the caller pads), so tiles never need edges.
+More rows use tiles of ROW_TILE x 32 (8 rows with AVX-512, 6 with AVX2) over blocks of rows,
+and the rows left over one tile of all of them, over two gates at a time where it keeps them in
+registers (a batch of 5 once took a 4-row and a 1-row tile, whose 2 accumulators waited on the
+FMA latency: LSTM H = 256, 5 rows, 2.19 -> 1.38 ms). Output widths are whole panels (the caller
+pads), so tiles never need edges.
 
 A recurrent step calls the same product every step; `backward` walks its column tiles last to
 first, and steps alternate it: the tiles a step starts with are the ones the step before read
@@ -16,13 +19,25 @@ last, still in cache when the weights are a little larger than it (LSTM H=256: 1
 import numpy as np
 
 from ._jit import helper, inline
-from .simd import PANEL, ROW_TILE, tile, tile_ahead
+from .simd import PANEL, ROW_TILE, streams_once, tile, tile_ahead
 
 _TALL = tile(ROW_TILE, PANEL)  # 8 rows with AVX-512, 6 with AVX2 (simd._row_tile)
-_T4 = tile(4, PANEL)
-_T3 = tile(3, PANEL)
-_T2 = tile(2, PANEL)
+# The rows left over after the tall tiles (fewer than ROW_TILE): one tile of all of them (two
+# tiles would each stream the panel again, with fewer accumulators), over two gates at once
+# up to PAIR_ROWS rows, as many as such a tile keeps in each of its passes, else over one.
 _T1 = tile(1, PANEL)
+_T2 = tile(2, PANEL)
+_T3 = tile(3, PANEL)
+_T4 = tile(4, PANEL)
+_T5 = tile(5, PANEL)
+_T6 = tile(6, PANEL)
+_T7 = tile(7, PANEL)
+_P2 = tile(2, 2 * PANEL)
+_P3 = tile(3, 2 * PANEL)
+_P4 = tile(4, 2 * PANEL)
+_P5 = tile(5, 2 * PANEL)
+_P6 = tile(6, 2 * PANEL)
+PAIR_ROWS = next((r - 1 for r in range(2, 7) if not streams_once(r, 2 * PANEL)), 6)
 _T1_WIDE = tile(1, 4 * PANEL)
 _T1_X2 = tile(1, 2 * PANEL)
 _T1_X3 = tile(1, 3 * PANEL)
@@ -66,37 +81,81 @@ def gemm_gates(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
     bp = pack_gates(B^T, gates). backward: panels of units last to first."""
     if m_hi - m_lo == 1:
         gemv_gates(a, m_lo, 0, k_len, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, backward)
-        return
+    else:
+        _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, backward)
+
+
+@helper
+def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, backward):
+    """gemm_gates over two or more rows (a helper of its own, so that a one-row step's call
+    stays small)."""
     lda = a.shape[1]
     ldo = out.shape[1]
     ps = k_len * PANEL
     panels = (j1 - j0) // PANEL
     for block in range(m_lo, m_hi, _ROW_BLOCK):
         block_hi = min(block + _ROW_BLOCK, m_hi)
+        tail = block_hi - (block_hi - block) % ROW_TILE
+        left = block_hi - tail
         for q in range(panels):
             j = j0 + _nth(q, panels, backward) * PANEL
             for g in range(g0, g1):
                 b_off = (j // PANEL * gates + g) * ps
                 col = g * gs + j
-                m = block
-                while m + ROW_TILE <= block_hi:
+                for m in range(block, tail, ROW_TILE):
                     _TALL(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col,
                           ldo, PANEL)
-                    m += ROW_TILE
-                while m + 4 <= block_hi:
-                    _T4(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
-                        PANEL)
-                    m += 4
-                left = block_hi - m
-                if left == 3:
-                    _T3(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
-                        PANEL)
-                elif left == 2:
-                    _T2(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
-                        PANEL)
-                elif left == 1:
-                    _T1(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col, ldo,
-                        PANEL)
+            if left == 0:
+                continue
+            a_off = tail * lda
+            g = g0
+            if left <= PAIR_ROWS:
+                while g + 2 <= g1:
+                    col = g * gs + j
+                    _pair_tile(left, a, a_off, lda, bp, (j // PANEL * gates + g) * ps, ps, k_len,
+                               bias, col, out, tail * ldo + col, ldo, gs)
+                    g += 2
+            for g in range(g, g1):
+                col = g * gs + j
+                _gate_tile(left, a, a_off, lda, bp, (j // PANEL * gates + g) * ps, ps, k_len,
+                           bias, col, out, tail * ldo + col, ldo)
+
+
+@inline
+def _gate_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo):
+    """rows (1 to 7) rows by one panel of one gate."""
+    if rows == 1:
+        _T1(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+    elif rows == 2:
+        _T2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+    elif rows == 3:
+        _T3(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+    elif rows == 4:
+        _T4(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+    elif rows == 5:
+        _T5(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+    elif rows == 6:
+        _T6(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+    else:
+        _T7(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, PANEL)
+
+
+@inline
+def _pair_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs):
+    """rows (1 to PAIR_ROWS) rows by one panel of two consecutive gates (ps apart in bp, gs
+    columns apart in out and bias)."""
+    if rows == 1:
+        _T1_X2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    elif rows == 2:
+        _P2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    elif rows == 3:
+        _P3(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    elif rows == 4:
+        _P4(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    elif rows == 5:
+        _P5(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    else:
+        _P6(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
 
 
 @helper

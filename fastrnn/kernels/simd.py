@@ -136,6 +136,13 @@ def _passes(rows, nvec, registers):
             for v in range(0, nvec, vecs) for r in range(0, rows, per)]
 
 
+def streams_once(rows, ncols, registers=REGISTERS):
+    """Whether a float32 tile(rows, ncols) reads each weight once: every one of its passes over
+    k covers all the rows (passes that split the vectors instead read the rows of a again, from
+    L1). float64 tiles have twice the vectors and may split rows where float32 ones do not."""
+    return all(len(r) == rows for r, _ in _passes(rows, ncols // 16, registers))
+
+
 class _Emitter:
     """IR building blocks for tiles of one dtype: flat-offset pointers into arrays, vector loads
     (weights widened from float16 bits when they are uint16), splats and counted loops whose
