@@ -114,10 +114,14 @@ def all_cases() -> list[Case]:
 
 def extra_cases() -> list[Case]:
     """Shapes beyond issue 5's grid that real models have (`compare.py --extra`): bidirectional
-    and stacked bidirectional layers, batches of 8-32, an LSTM projection, Elman RNNs, a long
+    and stacked bidirectional layers, batches of 3-32, an LSTM projection, Elman RNNs, a long
     sequence."""
     return [Case("LSTM", 128, 64, threads=t, bidirectional=True) for t in (1, 2)] + [
         Case("GRU", 256, 64, threads=2, layers=2, bidirectional=True),
+        Case("LSTM", 256, 64, batch=3),
+        Case("LSTM", 256, 64, batch=5),
+        Case("GRU", 256, 64, batch=5),
+        Case("LSTM", 128, 64, batch=6, threads=2),
         Case("GRU", 128, 64, batch=8, threads=1),
         Case("GRU", 128, 64, batch=8, threads=2),
         Case("LSTM", 256, 64, batch=16, threads=2),
