@@ -125,21 +125,23 @@ def test_gate_pairs_take_the_rows_they_stream_once(registers, pairs):
 
 @pytest.mark.parametrize("gates,g0,g1", [(4, 0, 4), (3, 0, 3), (3, 0, 2), (3, 2, 3), (1, 0, 1)])
 @pytest.mark.parametrize("weights", ["float32", "float64", "float16"])
-def test_products_of_any_row_count_equal_one_row_products(gates, g0, g1, weights):
+@pytest.mark.parametrize("panels", [(1, 3), (0, 1), (1, 4), (0, 7)])
+def test_products_of_any_row_count_equal_one_row_products(gates, g0, g1, weights, panels):
     """gemm_gates over m rows (tall tiles, then the rest in one tile over gate pairs or single
     gates; row blocks of 128) gives each row, to the bit, what a one-row call gives it (the same
     sum over k in the same order), and numpy's product to rounding, walking forward or
-    backward, over a block of units that is not the whole row."""
-    rng = np.random.default_rng(gates * 10 + g0 + len(weights))
+    backward, over blocks of units that are not the whole row (one gate's one-row tiles take
+    up to 4 panels: 1-3 left over, and 4 + 3)."""
+    rng = np.random.default_rng(gates * 10 + g0 + len(weights) + panels[1])
     dtype = np.float64 if weights == "float64" else np.float32
-    k_len, gs = 23, 3 * PANEL
+    k_len, gs = 23, 8 * PANEL
     w = rng.standard_normal((gates * gs, k_len)).astype(np.float16 if weights == "float16"
                                                          else dtype)
     packed = pack_gates(w, gates)
     if weights == "float16":
         packed = packed.view(np.uint16)
     bias = rng.standard_normal(gates * gs).astype(dtype)
-    j0, j1 = PANEL, 3 * PANEL  # the units of panels 1 and 2 of each gate
+    j0, j1 = panels[0] * PANEL, panels[1] * PANEL
     cols = [g * gs + j for g in range(g0, g1) for j in range(j0, j1)]
     for rows in list(range(2, 3 * ROW_TILE + 2)) + [131]:
         a = rng.standard_normal((rows + 1, k_len)).astype(dtype)

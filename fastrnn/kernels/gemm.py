@@ -170,20 +170,25 @@ def gemv_gates(a, m, k0, k1, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, ba
     o_row = m * ldo
     part = k1 - k0
     panels = (j1 - j0) // PANEL
-    if g1 - g0 == 1:  # one gate: 4 consecutive unit panels per tile, gates * ps apart
+    if g1 - g0 == 1:  # one gate: up to 4 consecutive unit panels per tile, gates * ps apart
         col = g0 * gs
         wide = panels // 4
-        tiles = wide + panels % 4
+        rest = panels % 4  # the last 1-3 panels: one tile too
+        tiles = wide + (1 if rest else 0)
         for q in range(tiles):
             t = _nth(q, tiles, backward)
+            j = j0 + t * 4 * PANEL
+            b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
             if t < wide:
-                j = j0 + t * 4 * PANEL
-                b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
                 _T1_WIDE(a, a_off, lda, bp, b_off, gates * ps, part, bias, col + j, out,
                          o_row + col + j, ldo, PANEL)
+            elif rest == 3:
+                _T1_X3(a, a_off, lda, bp, b_off, gates * ps, part, bias, col + j, out,
+                       o_row + col + j, ldo, PANEL)
+            elif rest == 2:
+                _T1_X2(a, a_off, lda, bp, b_off, gates * ps, part, bias, col + j, out,
+                       o_row + col + j, ldo, PANEL)
             else:
-                j = j0 + (3 * wide + t) * PANEL  # after the wide tiles' 4 * wide panels
-                b_off = (j // PANEL * gates + g0) * ps + k0 * PANEL
                 _T1(a, a_off, lda, bp, b_off, ps, part, bias, col + j, out, o_row + col + j,
                     ldo, PANEL)
         return
