@@ -11,12 +11,14 @@ import numba
 import numpy as np
 import pytest
 
-from fastrnn.kernels.gemm import PAIR_ROWS, gemm_gates, pack_gates, unpack_gates
+from fastrnn.kernels.gemm import (PAIR_ROWS, QUAD_ROWS, TRIPLE_ROWS, gemm_gates, pack_gates,
+                                  unpack_gates)
 from fastrnn.kernels.simd import (AHEAD, PANEL, REGISTERS, ROW_TILE, _fits, _passes, _row_tile,
                                   streams_once, tile, tile_ahead)
 
 SHAPES = [(1, PANEL), (1, 2 * PANEL), (1, 3 * PANEL), (1, 4 * PANEL)] + [
-    (rows, PANEL) for rows in range(2, 9)] + [(rows, 2 * PANEL) for rows in range(2, 7)]
+    (rows, PANEL) for rows in range(2, 9)] + [(rows, 2 * PANEL) for rows in range(2, 7)] + [
+    (2, 3 * PANEL), (3, 3 * PANEL), (2, 4 * PANEL)]
 # (registers, bytes each): AVX-512, AVX/AVX2, NEON, SSE
 REGISTER_FILES = [(32, 64), (16, 32), (32, 16), (16, 16)]
 
@@ -112,15 +114,21 @@ def test_tile_widens_float16_weights(mr, ncols, registers):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("registers,pairs", [((32, 64), 6), ((16, 32), 1), ((32, 16), 1)])
-def test_gate_pairs_take_the_rows_they_stream_once(registers, pairs):
-    """gemm.PAIR_ROWS: the leftover rows of a multi-row product share each weight load over two
-    gates up to the most rows such a tile runs in every pass (AVX-512: 6); beyond, or where
-    even two rows would split (AVX2, NEON), one gate at a time."""
-    assert all(streams_once(rows, 2 * PANEL, registers) for rows in range(1, pairs + 1))
-    assert not streams_once(pairs + 1, 2 * PANEL, registers)
+@pytest.mark.parametrize("registers,quads,triples,pairs", [((32, 64), 2, 3, 6),
+                                                           ((16, 32), 1, 1, 1),
+                                                           ((32, 16), 1, 1, 1)])
+def test_leftover_rows_share_each_weight_load_over_the_gates_they_stream_once(
+        registers, quads, triples, pairs):
+    """gemm's QUAD_ROWS / TRIPLE_ROWS / PAIR_ROWS: the leftover rows of a multi-row product
+    share each weight load over four, three or two gates up to the most rows such a tile runs
+    in every pass (AVX-512: 2, 3, 6); beyond, or where even two rows would split (AVX2, NEON),
+    fewer gates at a time."""
+    for gates, most in ((4, quads), (3, triples), (2, pairs)):
+        assert all(streams_once(rows, gates * PANEL, registers) for rows in range(1, most + 1))
+        assert most == {4: 2, 3: 3, 2: 6}[gates] or not streams_once(most + 1, gates * PANEL,
+                                                                      registers)
     if registers == REGISTERS:
-        assert PAIR_ROWS == pairs
+        assert (QUAD_ROWS, TRIPLE_ROWS, PAIR_ROWS) == (quads, triples, pairs)
 
 
 @pytest.mark.parametrize("gates,g0,g1", [(4, 0, 4), (3, 0, 3), (3, 0, 2), (3, 2, 3), (1, 0, 1)])

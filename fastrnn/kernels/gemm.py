@@ -6,7 +6,7 @@ columns (simd.py) ordered unit block first, gate second: the panels of one block
 gate, are contiguous. So a thread that owns a block of units streams one contiguous slice, and
 one batch-1 tile covers one panel of every gate (2*G vectors in flight hide the FMA latency).
 More rows use tiles of ROW_TILE x 32 (8 rows with AVX-512, 6 with AVX2) over blocks of rows,
-and the rows left over one tile of all of them, over two gates at a time where it keeps them in
+and the rows left over one tile of all of them, over as many gates at a time as keep them in
 registers (a batch of 5 once took a 4-row and a 1-row tile, whose 2 accumulators waited on the
 FMA latency: LSTM H = 256, 5 rows, 2.19 -> 1.38 ms). Output widths are whole panels (the caller
 pads), so tiles never need edges.
@@ -22,10 +22,14 @@ from ._jit import helper, inline
 from .simd import PANEL, ROW_TILE, streams_once, tile, tile_ahead
 
 _TALL = tile(ROW_TILE, PANEL)  # 8 rows with AVX-512, 6 with AVX2 (simd._row_tile)
-# The rows left over after the tall tiles (fewer than ROW_TILE): one tile of all of them (two
-# tiles would each stream the panel again, with fewer accumulators), over two gates at once
-# up to PAIR_ROWS rows, as many as such a tile keeps in each of its passes, else over one.
 _T1 = tile(1, PANEL)
+_T1_X2 = tile(1, 2 * PANEL)
+_T1_X3 = tile(1, 3 * PANEL)
+_T1_WIDE = tile(1, 4 * PANEL)
+# The rows left over after the tall tiles (fewer than ROW_TILE) run as one tile of all of them
+# (two tiles would each stream the panel again, with fewer accumulators), over as many gates of
+# the panel as fit: four for up to QUAD_ROWS rows, GRU's three for up to TRIPLE_ROWS, two for up
+# to PAIR_ROWS, else one; each the most rows such a tile keeps in every pass (_streamed_rows).
 _T2 = tile(2, PANEL)
 _T3 = tile(3, PANEL)
 _T4 = tile(4, PANEL)
@@ -37,10 +41,20 @@ _P3 = tile(3, 2 * PANEL)
 _P4 = tile(4, 2 * PANEL)
 _P5 = tile(5, 2 * PANEL)
 _P6 = tile(6, 2 * PANEL)
-PAIR_ROWS = next((r - 1 for r in range(2, 7) if not streams_once(r, 2 * PANEL)), 6)
-_T1_WIDE = tile(1, 4 * PANEL)
-_T1_X2 = tile(1, 2 * PANEL)
-_T1_X3 = tile(1, 3 * PANEL)
+_R2 = tile(2, 3 * PANEL)
+_R3 = tile(3, 3 * PANEL)
+_Q2 = tile(2, 4 * PANEL)
+
+
+def _streamed_rows(gates: int, most: int) -> int:
+    """The most rows, up to `most`, that a tile over one panel of `gates` gates covers in every
+    pass over k (simd.streams_once) at this and every smaller row count."""
+    return next((r - 1 for r in range(2, most + 1) if not streams_once(r, gates * PANEL)), most)
+
+
+QUAD_ROWS = _streamed_rows(4, 2)  # AVX-512: 2 (AVX2, NEON: 1)
+TRIPLE_ROWS = _streamed_rows(3, 3)  # 3 (1)
+PAIR_ROWS = _streamed_rows(2, 6)  # 6 (1)
 _A4 = tile_ahead(4 * PANEL)
 _A3 = tile_ahead(3 * PANEL)
 _ROW_BLOCK = 128  # rows of a per pass over B: a block of a stays in L2 while B's panels stream
@@ -108,6 +122,16 @@ def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
             if left == 0:
                 continue
             a_off = tail * lda
+            b_off = (j // PANEL * gates + g0) * ps
+            col = g0 * gs + j
+            if g1 - g0 == 4 and left <= QUAD_ROWS:
+                _quad_tile(left, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out,
+                           tail * ldo + col, ldo, gs)
+                continue
+            if g1 - g0 == 3 and left <= TRIPLE_ROWS:
+                _triple_tile(left, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out,
+                             tail * ldo + col, ldo, gs)
+                continue
             g = g0
             if left <= PAIR_ROWS:
                 while g + 2 <= g1:
@@ -119,6 +143,27 @@ def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
                 col = g * gs + j
                 _gate_tile(left, a, a_off, lda, bp, (j // PANEL * gates + g) * ps, ps, k_len,
                            bias, col, out, tail * ldo + col, ldo)
+
+
+@inline
+def _quad_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs):
+    """rows (1 to QUAD_ROWS) rows by one panel of four consecutive gates (ps apart in bp, gs
+    columns apart in out and bias; so are the gates of the tiles below)."""
+    if rows == 1:
+        _T1_WIDE(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    else:
+        _Q2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+
+
+@inline
+def _triple_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs):
+    """rows (1 to TRIPLE_ROWS) rows by one panel of three consecutive gates."""
+    if rows == 1:
+        _T1_X3(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    elif rows == 2:
+        _R2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
+    else:
+        _R3(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
 
 
 @inline
@@ -142,8 +187,7 @@ def _gate_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off,
 
 @inline
 def _pair_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs):
-    """rows (1 to PAIR_ROWS) rows by one panel of two consecutive gates (ps apart in bp, gs
-    columns apart in out and bias)."""
+    """rows (1 to PAIR_ROWS) rows by one panel of two consecutive gates."""
     if rows == 1:
         _T1_X2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
     elif rows == 2:
