@@ -180,16 +180,16 @@ def fmt_time(s):
 
 
 def summarise(rows, machine):
-    """Add floor, fastrnn's ratio to the best peer and the output check to each row (and the
-    same for fastrnn's other weight storage, when it ran: `ratios`, `own_floors`); returns the
-    geometric mean of fastrnn's ratios."""
+    """Add floor, the best peer's time, fastrnn's ratio to it and the output check to each row
+    (and the same for fastrnn's other weight storage, when it ran: `ratios`, `own_floors`);
+    returns the geometric mean of fastrnn's ratios."""
     import numpy as np
     for row in rows:
         case, res = row["case"], row["results"]
         row["floor"] = floor(case, machine["probe"])
         times = {e: r["seconds"] for e, r in res.items() if "seconds" in r}
         best_peer = min((t for e, t in times.items() if engines.is_peer(e)), default=None)
-        row["times"] = times
+        row["times"], row["best_peer"] = times, best_peer
         row["ratios"] = {e: times[e] / best_peer for e in engines.OURS
                          if e in times and best_peer}
         row["ratio"] = row["ratios"].get("fastrnn")
@@ -242,12 +242,11 @@ def report(rows, engine_names, machine, geomean, notes, chart_note) -> str:
         "|---" * (len(engine_names) + 5 + 2 * len(_others(engine_names))) + "|"]
     for row in rows:
         t, f = row["times"], row["floor"]
-        peers = [v for e, v in t.items() if engines.is_peer(e)]
         pct = lambda s, f=f: "-" if s is None else f"{100 * f['seconds'] / s:.0f}%"  # noqa: E731
         cells = [fmt_time(t.get(e)) for e in engine_names]
         cells += [_ratio_cell(row["ratios"].get("fastrnn")),
                   f"{fmt_time(f['seconds'])} ({f['level']}, {f['bound']})",
-                  pct(t.get("fastrnn")), pct(min(peers) if peers else None)]
+                  pct(t.get("fastrnn")), pct(row["best_peer"])]
         for e in _others(engine_names):
             own = row["own_floors"].get(e)
             cells += [_ratio_cell(row["ratios"].get(e)), "-" if own is None or e not in t else
@@ -361,8 +360,8 @@ def chart(rows, engine_names, path) -> str:
         xs = [i + (k - (len(engine_names) - 1) / 2) * width for i in range(len(ids))]
         rel, frac = [], []
         for r in rows:
-            t, peers = r["times"].get(e), [v for n, v in r["times"].items() if engines.is_peer(n)]
-            rel.append(t / min(peers) if t and peers else math.nan)
+            t, best = r["times"].get(e), r["best_peer"]
+            rel.append(t / best if t and best else math.nan)
             frac.append(100 * r["floor"]["seconds"] / t if t else math.nan)
         axes[0].bar(xs, rel, width, label=e)
         axes[1].bar(xs, frac, width, label=e)
