@@ -136,10 +136,10 @@ def test_leftover_rows_share_each_weight_load_over_the_gates_they_stream_once(
 @pytest.mark.parametrize("panels", [(1, 3), (0, 1), (1, 4), (0, 7)])
 def test_products_of_any_row_count_equal_one_row_products(gates, g0, g1, weights, panels):
     """gemm_gates over m rows (tall tiles, then the rest in one tile over four, three or two
-    gates or one; row blocks of 128) gives each row, to the bit, what a one-row call gives it
-    (the same sum over k in the same order), and numpy's product to rounding, walking forward
-    or backward, over blocks of units that are not the whole row (one gate's one-row tiles take
-    up to 4 panels: 1-3 left over, and 4 + 3)."""
+    gates or one, a single gate's panels two at a time; row blocks of 128) gives each row, to
+    the bit, what a one-row call gives it (the same sum over k in the same order), and numpy's
+    product to rounding, walking forward or backward, over blocks of units that are not the
+    whole row (one gate's one-row tiles take up to 4 panels: 1-3 left over, and 4 + 3)."""
     rng = np.random.default_rng(gates * 10 + g0 + len(weights) + panels[1])
     dtype = np.float64 if weights == "float64" else np.float32
     k_len, gs = 23, 8 * PANEL

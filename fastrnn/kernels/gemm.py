@@ -7,9 +7,10 @@ gate, are contiguous. So a thread that owns a block of units streams one contigu
 one batch-1 tile covers one panel of every gate (2*G vectors in flight hide the FMA latency).
 More rows use tiles of ROW_TILE x 32 (8 rows with AVX-512, 6 with AVX2) over blocks of rows,
 and the rows left over one tile of all of them, over as many gates at a time as keep them in
-registers (a batch of 5 once took a 4-row and a 1-row tile, whose 2 accumulators waited on the
-FMA latency: LSTM H = 256, 5 rows, 2.19 -> 1.38 ms). Output widths are whole panels (the caller
-pads), so tiles never need edges.
+registers, a single gate's panels two at a time (a batch of 5 once took a 4-row and a 1-row
+tile, whose 2 accumulators waited on the FMA latency: LSTM H = 256, 5 rows, 2.19 -> 1.38 ms; an
+RNN's batch of 2, H = 256, 233 -> 205 us with panel pairs). Output widths are whole panels (the
+caller pads), so tiles never need edges.
 
 A recurrent step calls the same product every step; `backward` walks its column tiles last to
 first, and steps alternate it: the tiles a step starts with are the ones the step before read
@@ -119,8 +120,9 @@ def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
                 for m in range(block, tail, ROW_TILE):
                     _TALL(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col,
                           ldo, PANEL)
-            if left == 0:
-                continue
+            one_gate = g1 - g0 == 1
+            if left == 0 or (one_gate and q % 2 == 1 and left <= PAIR_ROWS):
+                continue  # (one gate: its rows ran in the pair tile of the panel before)
             a_off = tail * lda
             b_off = (j // PANEL * gates + g0) * ps
             col = g0 * gs + j
@@ -134,10 +136,16 @@ def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
                 continue
             g = g0
             if left <= PAIR_ROWS:
-                while g + 2 <= g1:
+                # pairs of the panel's gates; one gate: the panel and the next in walking order,
+                # gates * ps further in bp and PANEL columns further in out
+                last, b_step, c_step = g1, ps, gs
+                if one_gate and q + 1 < panels:
+                    j = min(j, j0 + _nth(q + 1, panels, backward) * PANEL)
+                    last, b_step, c_step = g0 + 2, gates * ps, PANEL
+                while g + 2 <= last:
                     col = g * gs + j
-                    _pair_tile(left, a, a_off, lda, bp, (j // PANEL * gates + g) * ps, ps, k_len,
-                               bias, col, out, tail * ldo + col, ldo, gs)
+                    _pair_tile(left, a, a_off, lda, bp, (j // PANEL * gates + g) * ps, b_step,
+                               k_len, bias, col, out, tail * ldo + col, ldo, c_step)
                     g += 2
             for g in range(g, g1):
                 col = g * gs + j
@@ -187,7 +195,8 @@ def _gate_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off,
 
 @inline
 def _pair_tile(rows, a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs):
-    """rows (1 to PAIR_ROWS) rows by one panel of two consecutive gates."""
+    """rows (1 to PAIR_ROWS) rows by one panel of two consecutive gates, or by two consecutive
+    panels of one gate (then ps is the gates' panels' stride in bp, gs = PANEL)."""
     if rows == 1:
         _T1_X2(a, a_off, lda, bp, b_off, ps, k_len, bias, col, out, o_off, ldo, gs)
     elif rows == 2:
