@@ -136,20 +136,24 @@ class DirectionParams:
         return rows.reshape(self._gates * self._hp, -1)
 
     def _fused_weights(self):
-        """(packed [W_ih | W_hh] (K = I + H), b_ih + b_hh padded) for run_fused, packed once on
-        first use (only batches of 8+ rows take that path, so smaller workloads never pay its
-        memory)."""
+        """(packed [W_ih | W_hh] (K = I + H), b_ih + b_hh) for run_fused, packed once on first use
+        (only batches of 8+ rows take that path, so smaller workloads never pay its memory). Its
+        product is one gate of G*H columns, gate k's units at k*H, padded to whole panels once,
+        not per gate: an LSTM of H = 100 computes 416 columns instead of 4 * 128."""
         if self._fused is None:
-            gh = self._gates * self._hp
+            gates, hid, hp = self._gates, self.hidden_size, self._hp
+            gh = gates * hp
             o_ih, o_bias, o_hh, o_rbias = self._cfg[layout.C_OFF:layout.C_OFF + 4]
             wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
-            w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], self._gates,
-                                self.input_size)
-            w_hh = unpack_gates(wpk[o_hh:o_hh + gh * self.hidden_out], self._gates,
-                                self.hidden_out)
-            both = pack_gates(np.concatenate([w_ih, w_hh], axis=1), self._gates)
-            bsum = self._wbuf[o_bias:o_bias + gh] + self._wbuf[o_rbias:o_rbias + gh]
-            both = _flat([both], self.weight_dtype)[0]
+            w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], gates, self.input_size)
+            w_hh = unpack_gates(wpk[o_hh:o_hh + gh * self.hidden_out], gates, self.hidden_out)
+            both = np.concatenate([w_ih, w_hh], axis=1).reshape(gates, hp, -1)[:, :hid]
+            bsum = (self._wbuf[o_bias:o_bias + gh] + self._wbuf[o_rbias:o_rbias + gh])
+            bsum = bsum.reshape(gates, hp)[:, :hid].ravel()
+            width = padded(gates * hid)
+            both = np.pad(both.reshape(gates * hid, -1), ((0, width - gates * hid), (0, 0)))
+            bsum = np.pad(bsum, (0, width - gates * hid))
+            both = _flat([pack_gates(both, 1)], self.weight_dtype)[0]
             self._fused = (both, _flat([bsum], self.dtype)[0])
         return self._fused
 

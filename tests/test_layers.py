@@ -15,12 +15,14 @@ from __future__ import annotations
 import copy
 import zlib
 
+import numba
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, ShapeError,
                             UnsupportedError)
+from fastrnn.recurrent import FUSED
 try:
     from tests import reference as ref
 except ImportError:  # tests/ is not a package; pytest's default import mode puts tests/ on sys.path
@@ -332,6 +334,46 @@ def test_lstm_options(peepholes, input_forget, proj, bidirectional, dtype):
     hx = random_state(layer, rng)
     lengths = ref.random_lengths(rng, N, T, allow_zero=True)
     assert_same_result(layer, layer(x, hx, lengths), run_reference(layer, x, hx, lengths))
+
+
+FUSED_VARIANTS = {
+    "lstm": ("LSTM", {}), "peepholes": ("LSTM", dict(peepholes=True)),
+    "input-forget": ("LSTM", dict(input_forget=True, peepholes=True)),
+    "activations-clip": ("LSTM", dict(activations=["HardSigmoid", "Softsign", "Elu"],
+                                      activation_alpha=[0.3, 0.8], activation_beta=[0.45],
+                                      clip=2.0)),
+    "rnn": ("RNN", {}),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
+@pytest.mark.parametrize("hidden", [20, 100])
+def test_fused_batches_of_odd_hidden_sizes(hidden, variant, dtype, threads):
+    """Batches of 8+ rows a thread run one product per step over [x_t, h] (LSTM without
+    projection, RNN) whose gates lie one after another, padded to whole panels only at the end
+    (H = 20: LSTM's 80 columns in 3 panels, gate boundaries inside them; H = 100: 400 in 13):
+    every LSTM option against the reference, with uneven lengths and a given state."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two numba threads")
+    mode, kw = FUSED_VARIANTS[variant]
+    seed = _seed("fused", hidden, variant)
+    rng = np.random.default_rng(seed)
+    batch = 8 * threads + 3
+    layer = make_layer(mode, hidden_size=hidden, dtype=dtype, seed=seed, **kw)
+    x = random_input(layer, rng, 30, batch)
+    hx = random_state(layer, rng, batch)
+    lengths = ref.random_lengths(rng, batch, 30, allow_zero=True)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        assert layer._stack.layers[0][0].route(30, batch, threads)[0] == FUSED
+        got = layer(x, hx, lengths)
+    finally:
+        fastrnn.set_num_threads(before)
+    extra = {k: kw[k] for k in ("activations", "activation_alpha", "activation_beta") if k in kw}
+    assert_same_result(layer, got, run_reference(layer, x, hx, lengths, **extra))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

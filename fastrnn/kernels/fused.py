@@ -6,17 +6,18 @@ from ._jit import helper, kernel
 from .activations import typed
 from .fpmode import denormals_off, restore_fp_mode
 from .gemm import gemm_gates
-from .layout import (C_CODE, C_FAST, C_H, C_HP, C_IFG, C_MODE, C_PEEP, C_REV, GATES, LSTM,
-                     chunk_bounds, copy_values, longest, state_views, step_time, weight_views)
+from .layout import (C_CODE, C_FAST, C_H, C_IFG, C_MODE, C_PEEP, C_REV, LSTM, chunk_bounds,
+                     copy_values, longest, state_views, step_time, weight_views)
 from .steps import emit_rows, lstm_update, rnn_update, zero_if_empty
 
 
 @helper
 def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates, c, y, yd, h):
     """Rows [lo, hi) of an LSTM (no projection) or RNN: each step gates = [x_t, h] @ [W, R]^T +
-    bias, one product with K = I + H (wr packed, G*Hp columns) instead of a hoisted K = I
-    projection and a K = H product: the gates of a step are written and read once, not twice.
-    xh (2, N, I + H) ping-pongs [x_t, h]."""
+    bias, one product with K = I + H instead of a hoisted K = I projection and a K = H product:
+    the gates of a step are written and read once, not twice. wr is packed as one gate of
+    bsum.size columns (G*H, whole panels), gate k's units at k*H. xh (2, N, I + H) ping-pongs
+    [x_t, h]."""
     fp_mode = denormals_off()
     codes = cfg[C_CODE:C_CODE + 3]
     clip = typed(fcfg[0], bsum)
@@ -35,15 +36,15 @@ def _fused_rows(lo, hi, x, wr, bsum, cfg, fcfg, lengths, peep, zeros, xh, gates,
             length = lengths[n]
             if s < length:
                 copy_values(x[step_time(s, length, reverse), n], src[n], feats)
-        gemm_gates(src, lo, hi, src.shape[1], wr, GATES[mode], 0, GATES[mode], 0, cfg[C_HP],
-                   cfg[C_HP], bsum, gates, s & 1)
+        gemm_gates(src, lo, hi, src.shape[1], wr, 1, 0, 1, 0, bsum.size, bsum.size, bsum, gates,
+                   s & 1)
         for n in range(lo, hi):
             length = lengths[n]
             if s >= length:
                 continue
             out = dst[n, feats:]
             if mode == LSTM:
-                lstm_update(gates[n], zeros, c[n], peep, out, cfg[C_HP], 0, hid, cfg[C_IFG] != 0,
+                lstm_update(gates[n], zeros, c[n], peep, out, hid, 0, hid, cfg[C_IFG] != 0,
                              fast, codes, fcfg, clip, cfg[C_PEEP] != 0)
             else:
                 rnn_update(gates[n], zeros, out, 0, hid, fast, codes[0], typed(fcfg[1], clip),
