@@ -107,6 +107,9 @@ class DirectionParams:
                              dtype=np.int64)
         assert self._cfg.size == layout.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
+        # the fused product's columns (its gates padded once) against the per-gate padded ones
+        self._fused_narrower = self._fusable and \
+            padded(gates * hidden) <= _FUSED_NARROWER * gates * self._hp
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
         self._entries = {}  # kernel -> its compiled function for this direction's argument types
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
@@ -251,22 +254,27 @@ class DirectionParams:
         [x_t, h], no hoisted projection; rows split over threads as above) when it can give each
         thread the row split would use 8+ rows: with fewer it would leave threads idle (8-15 rows
         on two threads ran on one: 1.7-2x the time of the row split on both; 64 rows on 16
-        threads: 7.1 against 5.4 ms on a 16-core Xeon)."""
+        threads: 7.1 against 5.4 ms on a 16-core Xeon). Where the fused product computes fewer
+        columns (_fused_narrower: an LSTM whose H is not a whole number of panels), it also takes
+        the row split's place and, from 2 rows, the one-thread calls'."""
         work = rows * self._recurrent_bytes  # weight bytes streamed per step
         row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
         split_threads = min(thread_count, rows) if row_split else 1
         fused_threads = min(thread_count, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
         if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD and fused_threads >= split_threads:
             return FUSED, fused_threads
+        if row_split and self._fused_narrower:
+            return FUSED, split_threads
+        one_thread = (FUSED, 1) if self._fused_narrower and rows >= 2 else (SERIAL, 1)
         if thread_count < 2:
-            return SERIAL, 1
+            return one_thread
         if row_split:
             return ROWS, split_threads
         if self._hp >= 2 * PANEL and (
                 self._step_bytes > _UNIT_SPLIT_L2_SHARE * core_l2_bytes() if steps == 1
                 else steps * work >= _UNIT_SPLIT_MIN_BYTES):
             return UNITS, min(thread_count, self._hp // PANEL)
-        return SERIAL, 1
+        return one_thread
 
 
 # DirectionParams.route's kinds of call
@@ -283,6 +291,13 @@ _AHEAD_MAX_BYTES = 8 << 20
 # LSTM (no projection) / RNN with at least this many batch rows for each thread: one product per
 # step over [x_t, h] (run_fused) instead of a hoisted input projection plus the recurrent product.
 _FUSED_MIN_ROWS_PER_THREAD = 8
+# ... or, where the fused product computes at most this share of the columns of the per-gate
+# padded products, any batch of 2+ rows that would run on one thread or split its rows. One
+# thread, T = 100, fused / hoisted: LSTM H = 100 (416 of 512 columns) 4 rows 0.85, 7 rows 0.83,
+# 2 rows 0.95, H = 80 (0.83) 3 rows 0.84, H = 200 (0.89) 4 rows 0.91, H = 50 (0.88) 4 rows
+# 0.94, H = 300 (0.95) 4 rows 0.97, H = 128 (1.0) 4 rows 1.02, H = 256 1.03, one row at H = 100
+# 1.03; two threads, 12 rows (two blocks of 6): H = 100 0.84, H = 128 1.00, H = 256 1.02.
+_FUSED_NARROWER = 0.9
 # Row split: batches of at least this many rows (each thread then runs 4-row register tiles) and
 # this many recurrent-weight bytes streamed per step (below it a step takes a few microseconds
 # and waking a second thread costs more than it saves).

@@ -22,7 +22,7 @@ import pytest
 import fastrnn
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, ShapeError,
                             UnsupportedError)
-from fastrnn.recurrent import FUSED
+from fastrnn.recurrent import FUSED, UNITS
 try:
     from tests import reference as ref
 except ImportError:  # tests/ is not a package; pytest's default import mode puts tests/ on sys.path
@@ -346,29 +346,33 @@ FUSED_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch,threads", [(3, 1), (19, 1), (3, 2), (11, 2), (19, 2)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
 @pytest.mark.parametrize("hidden", [20, 100])
-def test_fused_batches_of_odd_hidden_sizes(hidden, variant, dtype, threads):
-    """Batches of 8+ rows a thread run one product per step over [x_t, h] (LSTM without
-    projection, RNN) whose gates lie one after another, padded to whole panels only at the end
-    (H = 20: LSTM's 80 columns in 3 panels, gate boundaries inside them; H = 100: 400 in 13):
-    every LSTM option against the reference, with uneven lengths and a given state."""
+def test_fused_batches_of_odd_hidden_sizes(hidden, variant, dtype, batch, threads):
+    """One product per step over [x_t, h] (LSTM without projection, RNN), its gates one after
+    another, padded to whole panels only at the end (H = 20: LSTM's 80 columns in 3 panels, gate
+    boundaries inside them; H = 100: 400 in 13): batches of 8+ rows a thread, and for an LSTM
+    whose H is not whole panels also smaller ones, on one thread or split by rows (11 on two
+    threads): every LSTM option against the reference, uneven lengths, a given state."""
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("needs two numba threads")
     mode, kw = FUSED_VARIANTS[variant]
-    seed = _seed("fused", hidden, variant)
+    seed = _seed("fused", hidden, variant, batch)
     rng = np.random.default_rng(seed)
-    batch = 8 * threads + 3
     layer = make_layer(mode, hidden_size=hidden, dtype=dtype, seed=seed, **kw)
     x = random_input(layer, rng, 30, batch)
     hx = random_state(layer, rng, batch)
     lengths = ref.random_lengths(rng, batch, 30, allow_zero=True)
+    route = layer._stack.layers[0][0].route(30, batch, threads)
+    if (hidden, batch, threads) == (100, 3, 2):
+        assert route[0] == UNITS  # a small batch's hidden units split over both threads
+    elif mode == "LSTM" or batch == 19:
+        assert route[0] == FUSED
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        assert layer._stack.layers[0][0].route(30, batch, threads)[0] == FUSED
         got = layer(x, hx, lengths)
     finally:
         fastrnn.set_num_threads(before)

@@ -696,10 +696,13 @@ def test_fused_kernel_on_two_threads_matches_one_thread(cls):
 
 # The fused product runs only where it keeps every thread the row split would use busy: with 8-15
 # rows on two threads it would run one thread, so the row split (4+ rows a thread) runs instead.
-@pytest.mark.parametrize("threads,rows,expected", [
-    (1, 12, "run_fused_serial"), (2, 12, "run_parallel"), (2, 16, "run_fused"),
-    (2, 4, "run_units")])
-def test_batch_kernel_choice(monkeypatch, threads, rows, expected):
+# Where it computes fewer columns (H = 100: its gates padded once, 416 columns against 4 x 128)
+# it replaces the row split and, from 2 rows, the one-thread kernel; not the unit split.
+@pytest.mark.parametrize("threads,rows,hidden,expected", [
+    (1, 12, 256, "run_fused_serial"), (2, 12, 256, "run_parallel"), (2, 16, 256, "run_fused"),
+    (2, 4, 256, "run_units"), (1, 1, 100, "run_serial"), (1, 3, 100, "run_fused_serial"),
+    (2, 12, 100, "run_fused"), (2, 4, 100, "run_units")])
+def test_batch_kernel_choice(monkeypatch, threads, rows, hidden, expected):
     from fastrnn.kernels import engine, fused, units
 
     if threads > 1 and (numba.config.NUMBA_NUM_THREADS < 2 or fastrnn.threading_layer() is None):
@@ -715,10 +718,10 @@ def test_batch_kernel_choice(monkeypatch, threads, rows, expected):
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        got = fastrnn.LSTM(16, 256, dtype=np.float64, seed=13)(x)
+        got = fastrnn.LSTM(16, hidden, dtype=np.float64, seed=13)(x)
         fastrnn.set_num_threads(1)
         monkeypatch.undo()  # a layer binds its kernels on its first call of a shape: a new one
-        want = fastrnn.LSTM(16, 256, dtype=np.float64, seed=13)(x)
+        want = fastrnn.LSTM(16, hidden, dtype=np.float64, seed=13)(x)
     finally:
         fastrnn.set_num_threads(before)
     assert called == [expected]
@@ -756,16 +759,17 @@ def test_kernels_flush_denormals_and_restore_the_fp_mode(threads):
     assert np.float32(tiny) * np.float32(0.5) > 0
 
 
-@pytest.mark.parametrize("cls,kwargs,rows", [
-    (fastrnn.RNN, {}, 1), (fastrnn.GRU, {}, 1), (fastrnn.LSTM, {}, 1), (fastrnn.LSTM, {}, 3),
-    (fastrnn.GRU, {"linear_before_reset": False}, 1), (fastrnn.LSTM, {"proj_size": 40}, 2),
-    (fastrnn.LSTM, {"weight_dtype": "float16"}, 1)])
-def test_walking_order_never_changes_results(cls, kwargs, rows):
+@pytest.mark.parametrize("cls,kwargs,rows,hidden", [
+    (fastrnn.RNN, {}, 1, 100), (fastrnn.GRU, {}, 1, 100), (fastrnn.LSTM, {}, 1, 100),
+    (fastrnn.LSTM, {}, 3, 128), (fastrnn.GRU, {"linear_before_reset": False}, 1, 100),
+    (fastrnn.LSTM, {"proj_size": 40}, 2, 100), (fastrnn.LSTM, {"weight_dtype": "float16"}, 1, 100)])
+def test_walking_order_never_changes_results(cls, kwargs, rows, hidden):
     """Serial steps and calls alternate the order in which they walk the weight tiles (gemm.py),
     and a stream's every other step projects its input after the recurrent product (steps.serial);
     every output still sums in one order, so calls that start on either parity, and a stream's
-    one-step calls, give the same bits."""
-    layer = cls(24, 100, seed=3, **kwargs)  # 4 panels of units: the order matters
+    one-step calls, give the same bits. (An LSTM batch of H = 100 runs the fused product instead,
+    DirectionParams.route: H = 128 keeps 3 rows on the serial steps.)"""
+    layer = cls(24, hidden, seed=3, **kwargs)  # 4 panels of units: the order matters
     x = np.random.default_rng(4).standard_normal((7, rows, 24)).astype(np.float32)
     before = fastrnn.get_num_threads()
     try:
