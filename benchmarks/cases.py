@@ -115,7 +115,7 @@ def all_cases() -> list[Case]:
 def extra_cases() -> list[Case]:
     """Shapes beyond issue 5's grid that real models have (`compare.py --extra`): bidirectional
     and stacked bidirectional layers, batches of 3-32, an LSTM projection, Elman RNNs, a long
-    sequence."""
+    sequence, a hidden size that is not a whole number of 32-unit panels."""
     return [Case("LSTM", 128, 64, threads=t, bidirectional=True) for t in (1, 2)] + [
         Case("GRU", 256, 64, threads=2, layers=2, bidirectional=True),
         Case("LSTM", 256, 64, batch=3),
@@ -128,7 +128,10 @@ def extra_cases() -> list[Case]:
         Case("LSTM", 256, 64, proj=128),
         Case("LSTM", 128, 64, length=1000),
         Case("RNN", 256, 64),
-        Case("RNN", 256, 64, batch=32, threads=2)]
+        Case("RNN", 256, 64, batch=32, threads=2),
+        Case("LSTM", 100, 64),
+        Case("LSTM", 100, 64, batch=4),
+        Case("LSTM", 100, 64, batch=32, threads=2)]
 
 
 CASES = {case.id: case for case in all_cases()}
