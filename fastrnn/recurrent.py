@@ -103,14 +103,18 @@ class DirectionParams:
                               self.hidden_out, self.input_size, self.proj_size, self.reverse,
                               self.linear_before_reset, self.input_forget, fast, *codes,
                               self._hp, hout_p, *offsets, self._projects_ahead(),
-                              peephole is not None],
+                              peephole is not None, gates * self._hp, 0],
                              dtype=np.int64)
         assert self._cfg.size == layout.CFG_LEN
         self._fusable = mode in ("LSTM", "RNN") and self.proj_size == 0
-        # the fused product's columns (its gates padded once) against the per-gate padded ones
-        self._fused_narrower = self._fusable and \
-            padded(gates * hidden) <= _FUSED_NARROWER * gates * self._hp
         self._fused = None  # ([W_ih, W_hh] side by side, both biases), built on first use
+        # The kernels that run every unit of a step at once (one thread, rows split, streams) lay
+        # the gates flat where that computes fewer columns (_FLAT_NARROWER); built on first use.
+        self._flat_gates = (
+            (mode == "LSTM" and self.proj_size == 0
+             or mode == "GRU" and self.linear_before_reset)
+            and padded(gates * hidden) <= _FLAT_NARROWER * gates * self._hp)
+        self._flat = None
         self._entries = {}  # kernel -> its compiled function for this direction's argument types
         self._fcfg = np.array([self.clip, *alpha, *beta], dtype=np.float64)
         self.dummy_c = np.zeros((1, 0, hidden), dtype)  # the kernels' c for RNN and GRU
@@ -165,18 +169,58 @@ class DirectionParams:
         return _scratch_size(self._gates, self.hidden_size, self.hidden_out, steps, rows)
 
     def own_args(self, scratch):
-        """This direction's own kernel arguments but the state: (wbuf, wpk, cfg, fcfg, scratch)."""
+        """This direction's own kernel arguments but the state: (wbuf, wpk, cfg, fcfg, scratch),
+        each gate in panels of its own (what every kernel reads, the unit split included)."""
         return self._wbuf, self._wpk, self._cfg, self._fcfg, scratch
+
+    def whole_step_args(self, scratch):
+        """own_args for a kernel that runs every unit of a step at once (_whole_steps)."""
+        return (*self._whole_steps(), self._fcfg, scratch)
+
+    def _whole_steps(self):
+        """(wbuf, wpk, cfg) for the kernels that run every unit of a step at once (serial, row
+        split, streams, both directions at once): the gates laid flat where that computes fewer
+        columns (layout.C_FLAT), else the panels of every gate that the unit split needs."""
+        if not self._flat_gates:
+            return self._wbuf, self._wpk, self._cfg
+        if self._flat is None:
+            gates, hid, hp = self._gates, self.hidden_size, self._hp
+            width = padded(gates * hid)
+            gh = gates * hp
+
+            def laid_flat(rows):  # (G*Hp, K), each gate padded, -> (width, K), padded once
+                rows = rows.reshape(gates, hp, -1)[:, :hid].reshape(gates * hid, -1)
+                return np.pad(rows, ((0, width - gates * hid), (0, 0)))
+
+            o_ih, o_bias, o_hh, o_rbias, o_peep = self._cfg[layout.C_OFF:layout.C_OFF + 5]
+            wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
+            w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], gates, self.input_size)
+            w_hh = unpack_gates(wpk[o_hh:o_hh + gh * self.hidden_out], gates, self.hidden_out)
+            matrices = [pack_gates(laid_flat(w_ih), 1), pack_gates(laid_flat(w_hh), 1),
+                        np.zeros(0, w_ih.dtype)]
+            vectors = [laid_flat(self._wbuf[o_bias:o_bias + gh])[:, 0],
+                       laid_flat(self._wbuf[o_rbias:o_rbias + gh])[:, 0],
+                       self._wbuf[o_peep:o_peep + 3 * hid], np.zeros(width, self.dtype)]
+            wpk, (f_ih, f_hh, f_hr) = _flat(matrices, self.weight_dtype)
+            wbuf, (f_bias, f_rbias, f_peep, f_zeros) = _flat(vectors, self.dtype)
+            cfg = self._cfg.copy()
+            cfg[layout.C_OFF:layout.C_OFF + 7] = f_ih, f_bias, f_hh, f_rbias, f_peep, f_hr, f_zeros
+            cfg[layout.C_AHEAD] = 0  # the carried projection's tiles gather each gate's panels
+            cfg[layout.C_GW] = width
+            cfg[layout.C_FLAT] = 1
+            self._flat = (wbuf, wpk, cfg)
+        return self._flat
 
     def stream_call(self, buf, rows, h, c, y, scratch):
         """(kernel, args) of one streaming step of this direction over `rows` batch rows, but the
         step's input, which the kernel takes first; its other arrays lie in the buffer buf at
         these offsets (c: LSTM only; the scratch: scratch_size(1, rows) elements). Callers build
         it once and call kernel(x, *args) per step."""
-        meta = np.array([*self._cfg, rows, h, c, y, scratch, self.scratch_size(1, rows)]
+        wbuf, wpk, cfg = self._whole_steps()
+        meta = np.array([*cfg, rows, h, c, y, scratch, self.scratch_size(1, rows)]
                         + [1] * rows, dtype=np.int64)
         assert meta.size == engine.S_LENGTHS + rows
-        return engine.run_stream, (buf, meta, self._wbuf, self._wpk, self._fcfg)
+        return engine.run_stream, (buf, meta, wbuf, wpk, self._fcfg)
 
     def directions_concurrently(self, steps: int, rows: int, thread_count: int) -> bool:
         """Whether a bidirectional layer of these parameters runs its two directions at once,
@@ -217,6 +261,7 @@ class DirectionParams:
                         units.sync_array(chunks) if sync is None else sync, chunks)
                 self._entry(units.run_units, args)(*args)
             return call
+        wbuf, wpk, cfg = self._whole_steps()
         if kind == ROWS:
             def call(x, lengths, hs, cs, y, scratch):
                 self._call(engine.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot,
@@ -254,29 +299,30 @@ class DirectionParams:
         [x_t, h], no hoisted projection; rows split over threads as above) when it can give each
         thread the row split would use 8+ rows: with fewer it would leave threads idle (8-15 rows
         on two threads ran on one: 1.7-2x the time of the row split on both; 64 rows on 16
-        threads: 7.1 against 5.4 ms on a 16-core Xeon). Where the fused product computes fewer
-        columns (_fused_narrower: an LSTM whose H is not a whole number of panels), it also takes
-        the row split's place and, from 2 rows, the one-thread calls'."""
+        threads: 7.1 against 5.4 ms on a 16-core Xeon)."""
         work = rows * self._recurrent_bytes  # weight bytes streamed per step
         row_split = rows >= _ROW_SPLIT_MIN_ROWS and work >= _ROW_SPLIT_MIN_BYTES
         split_threads = min(thread_count, rows) if row_split else 1
         fused_threads = min(thread_count, rows // _FUSED_MIN_ROWS_PER_THREAD) if row_split else 1
         if self._fusable and rows >= _FUSED_MIN_ROWS_PER_THREAD and fused_threads >= split_threads:
             return FUSED, fused_threads
-        if row_split and self._fused_narrower:
-            return FUSED, split_threads
-        one_thread = (FUSED, 1) if self._fused_narrower and rows >= 2 else (SERIAL, 1)
         if thread_count < 2:
-            return one_thread
+            return SERIAL, 1
         if row_split:
             return ROWS, split_threads
         if self._hp >= 2 * PANEL and (
                 self._step_bytes > _UNIT_SPLIT_L2_SHARE * core_l2_bytes() if steps == 1
                 else steps * work >= _UNIT_SPLIT_MIN_BYTES):
             return UNITS, min(thread_count, self._hp // PANEL)
-        return one_thread
+        return SERIAL, 1
 
 
+# Gates laid flat (DirectionParams._whole_steps) where their columns are at most this share of
+# the per-gate padded ones. One thread, T = 100, one row, per gate -> flat: LSTM H = 100 (416 of
+# 512 columns) 150-152 -> 126-131 us, H = 50 (224 of 256) 40-41.5 -> 35.4-36.2, H = 200 (800 of
+# 896) 376-409 -> 338-369, GRU H = 100 (320 of 384) 103-108 -> 93-97; LSTM H = 100 2 rows 14 %
+# faster than the fused product, 4-7 rows and row splits within 3 % of it.
+_FLAT_NARROWER = 0.9
 # DirectionParams.route's kinds of call
 SERIAL, ROWS, UNITS, FUSED = range(4)
 _MODES = {"RNN": layout.RNN, "GRU": layout.GRU, "LSTM": layout.LSTM}
@@ -291,13 +337,6 @@ _AHEAD_MAX_BYTES = 8 << 20
 # LSTM (no projection) / RNN with at least this many batch rows for each thread: one product per
 # step over [x_t, h] (run_fused) instead of a hoisted input projection plus the recurrent product.
 _FUSED_MIN_ROWS_PER_THREAD = 8
-# ... or, where the fused product computes at most this share of the columns of the per-gate
-# padded products, any batch of 2+ rows that would run on one thread or split its rows. One
-# thread, T = 100, fused / hoisted: LSTM H = 100 (416 of 512 columns) 4 rows 0.85, 7 rows 0.83,
-# 2 rows 0.95, H = 80 (0.83) 3 rows 0.84, H = 200 (0.89) 4 rows 0.91, H = 50 (0.88) 4 rows
-# 0.94, H = 300 (0.95) 4 rows 0.97, H = 128 (1.0) 4 rows 1.02, H = 256 1.03, one row at H = 100
-# 1.03; two threads, 12 rows (two blocks of 6): H = 100 0.84, H = 128 1.00, H = 256 1.02.
-_FUSED_NARROWER = 0.9
 # Row split: batches of at least this many rows (each thread then runs 4-row register tiles) and
 # this many recurrent-weight bytes streamed per step (below it a step takes a few microseconds
 # and waking a second thread costs more than it saves).
@@ -533,8 +572,9 @@ def _both_at_once(directions, steps, rows, slot):
 
     def call(x, lengths, hs, cs, y, scratch):
         forward._call(engine.run_directions, (
-            x, lengths, hs, cs, slot, y, *forward.own_args(workspace("scratch0", size, dtype)),
-            *backward.own_args(workspace("scratch1", size, dtype))))
+            x, lengths, hs, cs, slot, y,
+            *forward.whole_step_args(workspace("scratch0", size, dtype)),
+            *backward.whole_step_args(workspace("scratch1", size, dtype))))
     return call
 
 

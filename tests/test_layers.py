@@ -22,7 +22,8 @@ import pytest
 import fastrnn
 from fastrnn.errors import (ArgumentError, DTypeError, FastRNNError, ShapeError,
                             UnsupportedError)
-from fastrnn.recurrent import FUSED, UNITS
+from fastrnn.kernels.layout import C_FLAT
+from fastrnn.recurrent import FUSED
 try:
     from tests import reference as ref
 except ImportError:  # tests/ is not a package; pytest's default import mode puts tests/ on sys.path
@@ -346,16 +347,15 @@ FUSED_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("batch,threads", [(3, 1), (19, 1), (3, 2), (11, 2), (19, 2)])
+@pytest.mark.parametrize("batch,threads", [(11, 1), (19, 2)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", list(FUSED_VARIANTS))
 @pytest.mark.parametrize("hidden", [20, 100])
 def test_fused_batches_of_odd_hidden_sizes(hidden, variant, dtype, batch, threads):
-    """One product per step over [x_t, h] (LSTM without projection, RNN), its gates one after
-    another, padded to whole panels only at the end (H = 20: LSTM's 80 columns in 3 panels, gate
-    boundaries inside them; H = 100: 400 in 13): batches of 8+ rows a thread, and for an LSTM
-    whose H is not whole panels also smaller ones, on one thread or split by rows (11 on two
-    threads): every LSTM option against the reference, uneven lengths, a given state."""
+    """Batches of 8+ rows a thread run one product per step over [x_t, h] (LSTM without
+    projection, RNN), its gates one after another, padded to whole panels only at the end
+    (H = 20: LSTM's 80 columns in 3 panels, gate boundaries inside them; H = 100: 400 in 13):
+    every LSTM option against the reference, uneven lengths, a given state."""
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("needs two numba threads")
     mode, kw = FUSED_VARIANTS[variant]
@@ -365,11 +365,7 @@ def test_fused_batches_of_odd_hidden_sizes(hidden, variant, dtype, batch, thread
     x = random_input(layer, rng, 30, batch)
     hx = random_state(layer, rng, batch)
     lengths = ref.random_lengths(rng, batch, 30, allow_zero=True)
-    route = layer._stack.layers[0][0].route(30, batch, threads)
-    if (hidden, batch, threads) == (100, 3, 2):
-        assert route[0] == UNITS  # a small batch's hidden units split over both threads
-    elif mode == "LSTM" or batch == 19:
-        assert route[0] == FUSED
+    assert layer._stack.layers[0][0].route(30, batch, threads)[0] == FUSED
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
@@ -378,6 +374,65 @@ def test_fused_batches_of_odd_hidden_sizes(hidden, variant, dtype, batch, thread
         fastrnn.set_num_threads(before)
     extra = {k: kw[k] for k in ("activations", "activation_alpha", "activation_beta") if k in kw}
     assert_same_result(layer, got, run_reference(layer, x, hx, lengths, **extra))
+
+
+FLAT_VARIANTS = {
+    "lstm": ("LSTM", {}), "peepholes-clip": ("LSTM", dict(peepholes=True, clip=2.0)),
+    "input-forget": ("LSTM", dict(input_forget=True)),
+    "activations": ("LSTM", dict(activations=["HardSigmoid", "Softsign", "Elu"],
+                                 activation_alpha=[0.3, 0.8], activation_beta=[0.45])),
+    "gru": ("GRU", {}), "gru-activations": ("GRU", dict(activations=["HardSigmoid", "Softsign"],
+                                                        activation_alpha=[0.3],
+                                                        activation_beta=[0.45])),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", list(FLAT_VARIANTS))
+@pytest.mark.parametrize("hidden", [20, 100])
+def test_gates_laid_flat_for_hidden_sizes_of_part_panels(hidden, variant, dtype, threads):
+    """Where every unit of a step runs at once (one thread, both directions at once on two, a
+    stream), an LSTM or GRU (linear_before_reset) whose H is not whole panels lays its gates one
+    after another, padded to whole panels once (layout.C_FLAT; H = 100: LSTM 416 columns, not
+    4 x 128): one row, both directions, two layers, a given state, a short length, and a
+    stream of two rows, against the reference (float16 weights: tests/test_weight_dtype.py,
+    H = 70)."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two numba threads")
+    mode, kw = FLAT_VARIANTS[variant]
+    seed = _seed("flat", hidden, variant)
+    rng = np.random.default_rng(seed)
+    layer = make_layer(mode, hidden_size=hidden, num_layers=2, bidirectional=True, dtype=dtype,
+                       seed=seed, **kw)
+    assert all(d._whole_steps()[2][C_FLAT] == 1 for pair in layer._stack.layers for d in pair)
+    x = random_input(layer, rng, 40, 1)
+    hx = random_state(layer, rng, 1)
+    lengths = np.array([29])
+    extra = {k: kw[k] for k in ("activations", "activation_alpha", "activation_beta") if k in kw}
+    single = make_layer(mode, hidden_size=hidden, dtype=dtype, seed=seed, **kw)
+    xs = random_input(single, rng, 12, 2)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        got = layer(x, hx, lengths)
+        stream = single.stream(2)
+        steps = np.stack([np.array(stream.step(xs[t]), copy=True) for t in range(12)])
+    finally:
+        fastrnn.set_num_threads(before)
+    assert_same_result(layer, got, run_reference(layer, x, hx, lengths, **extra))
+    assert_close(steps, run_reference(single, xs, **extra)[0], dtype, what="stream")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastrnn.LSTM(8, 128), lambda: fastrnn.LSTM(8, 100, proj_size=40),
+    lambda: fastrnn.GRU(8, 100, linear_before_reset=False), lambda: fastrnn.RNN(8, 100),
+    lambda: fastrnn.LSTM(8, 300)])
+def test_gates_stay_per_gate_where_flat_gains_nothing(make):
+    """Whole panels (H = 128), the two-product steps (an LSTM projection, GRU
+    linear_before_reset=0's n gate after r * h), an RNN's one gate, or little to gain (LSTM
+    H = 300: 1216 columns against 1280): every gate keeps its own panels."""
+    assert make()._stack.layers[0][0]._whole_steps()[2][C_FLAT] == 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -696,12 +696,9 @@ def test_fused_kernel_on_two_threads_matches_one_thread(cls):
 
 # The fused product runs only where it keeps every thread the row split would use busy: with 8-15
 # rows on two threads it would run one thread, so the row split (4+ rows a thread) runs instead.
-# Where it computes fewer columns (H = 100: its gates padded once, 416 columns against 4 x 128)
-# it replaces the row split and, from 2 rows, the one-thread kernel; not the unit split.
 @pytest.mark.parametrize("threads,rows,hidden,expected", [
     (1, 12, 256, "run_fused_serial"), (2, 12, 256, "run_parallel"), (2, 16, 256, "run_fused"),
-    (2, 4, 256, "run_units"), (1, 1, 100, "run_serial"), (1, 3, 100, "run_fused_serial"),
-    (2, 12, 100, "run_fused"), (2, 4, 100, "run_units")])
+    (2, 4, 256, "run_units"), (1, 3, 100, "run_serial"), (2, 12, 100, "run_parallel")])
 def test_batch_kernel_choice(monkeypatch, threads, rows, hidden, expected):
     from fastrnn.kernels import engine, fused, units
 
@@ -761,15 +758,16 @@ def test_kernels_flush_denormals_and_restore_the_fp_mode(threads):
 
 @pytest.mark.parametrize("cls,kwargs,rows,hidden", [
     (fastrnn.RNN, {}, 1, 100), (fastrnn.GRU, {}, 1, 100), (fastrnn.LSTM, {}, 1, 100),
-    (fastrnn.LSTM, {}, 3, 128), (fastrnn.GRU, {"linear_before_reset": False}, 1, 100),
+    (fastrnn.LSTM, {}, 3, 100), (fastrnn.LSTM, {}, 3, 128),
+    (fastrnn.GRU, {"linear_before_reset": False}, 1, 100),
     (fastrnn.LSTM, {"proj_size": 40}, 2, 100), (fastrnn.LSTM, {"weight_dtype": "float16"}, 1, 100)])
 def test_walking_order_never_changes_results(cls, kwargs, rows, hidden):
     """Serial steps and calls alternate the order in which they walk the weight tiles (gemm.py),
     and a stream's every other step projects its input after the recurrent product (steps.serial);
     every output still sums in one order, so calls that start on either parity, and a stream's
-    one-step calls, give the same bits. (An LSTM batch of H = 100 runs the fused product instead,
-    DirectionParams.route: H = 128 keeps 3 rows on the serial steps.)"""
-    layer = cls(24, hidden, seed=3, **kwargs)  # 4 panels of units: the order matters
+    one-step calls, give the same bits: gates laid flat (H = 100, layout.C_FLAT: LSTM's 13
+    panels) or in panels of each gate (H = 128, an LSTM projection, GRU linear_before_reset=0)."""
+    layer = cls(24, hidden, seed=3, **kwargs)  # 4+ panels of units: the order matters
     x = np.random.default_rng(4).standard_normal((7, rows, 24)).astype(np.float32)
     before = fastrnn.get_num_threads()
     try:
@@ -840,7 +838,8 @@ def test_projecting_ahead_equals_projecting_first(cls, kwargs):
     """One-row serial calls carry the input projection of later steps inside the recurrent steps
     (steps.ahead_slot); every output equals, to the bit, the projection done before the first
     step: lengths below, at and between whole blocks, both directions, two layers."""
-    layer = cls(20, 72, num_layers=2, bidirectional=True, seed=5, **kwargs)
+    # H = 96, whole panels: a layer whose gates would be laid flat never carries (C_FLAT)
+    layer = cls(20, 96, num_layers=2, bidirectional=True, seed=5, **kwargs)
     _assert_ahead_equals_first(layer, threads=1, step_counts=(1, 7, 8, 15, 16, 17, 24, 41))
 
 

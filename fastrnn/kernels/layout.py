@@ -12,16 +12,20 @@ C_HP, C_HOUTP = 12, 13
 C_OFF = 14  # offsets: w_ih, bias, r, rbias, peep, w_hr, zeros
 C_AHEAD = C_OFF + 7  # one-row calls may project their input ahead (steps.ahead_slot)
 C_PEEP = C_AHEAD + 1  # an LSTM with peepholes (without, peep holds zeros the update skips)
-CFG_LEN = C_PEEP + 1
+# Columns of the gate products: G*Hp, each gate's units padded to whole panels; or, where C_FLAT
+# is set, padded(G*H): the gates laid one after another, gate k's units at k*H, padded once (for
+# the kernels that run every unit of a step at once; a unit split needs whole panels of every gate)
+C_GW = C_PEEP + 1
+C_FLAT = C_GW + 1
+CFG_LEN = C_FLAT + 1
 
 
 @inline
 def weight_views(wbuf, wpk, cfg):
     """From wpk the packed weights (1-D panels, gemm.pack_gates) w_ih, r, w_hr; from wbuf bias
-    and rbias (G*Hp), peep (3, H), zeros (at least G*Hp and H_out_p)."""
-    gates = GATES[cfg[C_MODE]]
+    and rbias (C_GW), peep (3, H), zeros (at least C_GW and H_out_p)."""
     hid = cfg[C_H]
-    gh = gates * cfg[C_HP]
+    gh = cfg[C_GW]
     o = C_OFF
     w_ih = wpk[cfg[o]:cfg[o] + gh * cfg[C_I]]
     bias = wbuf[cfg[o + 1]:cfg[o + 1] + gh]
@@ -35,7 +39,7 @@ def weight_views(wbuf, wpk, cfg):
 
 @inline
 def scratch_views(sbuf, cfg, rows_total, steps):
-    gh = GATES[cfg[C_MODE]] * cfg[C_HP]
+    gh = cfg[C_GW]
     hid = cfg[C_H]
     hout = cfg[C_HOUTP]
     m = steps * rows_total
@@ -54,7 +58,8 @@ def scratch_views(sbuf, cfg, rows_total, steps):
 
 def scratch_size(gates, hid, hout, steps, rows):
     """Elements of sbuf that scratch_views lays out (plain Python: calling the jitted _pad from
-    Python cost ~2 us a call, 8 us of every forward call)."""
+    Python cost ~2 us a call, 8 us of every forward call), for gates padded each (C_FLAT's
+    need no more)."""
     gh = gates * padded(hid)
     return (_pad_py(steps * rows * gh) + _pad_py(rows * gh) + _pad_py(2 * rows * padded(hout))
             + _pad_py(rows * hid) + _pad_py(rows * padded(hid)) + 1)

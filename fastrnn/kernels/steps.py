@@ -6,9 +6,9 @@ from .activations import activate, clamp, fast_tanh, fenced, typed
 from .cells import gru_cell, lstm_cell, sigmoid_rows
 from .fpmode import denormals_off, restore_fp_mode
 from .gemm import gemm_gates, gemv_gates_ahead
-from .layout import (C_AHEAD, C_CODE, C_FAST, C_H, C_HOUT, C_HOUTP, C_HP, C_IFG, C_LBR, C_MODE,
-                     C_P, C_PEEP, C_REV, GATES, GRU, LSTM, chunk_bounds, copy_values, longest,
-                     scratch_views, step_time, weight_views)
+from .layout import (C_AHEAD, C_CODE, C_FAST, C_FLAT, C_GW, C_H, C_HOUT, C_HOUTP, C_HP, C_IFG,
+                     C_LBR, C_MODE, C_P, C_PEEP, C_REV, GATES, GRU, LSTM, chunk_bounds,
+                     copy_values, longest, scratch_views, step_time, weight_views)
 from .simd import AHEAD
 from .views import carve
 
@@ -144,13 +144,28 @@ def phase_a(s, back, ahead, late, lo, hi, j0, j1, cfg, fcfg, codes, clip, length
         gcount = 2  # the n gate's product waits for r * h (phase b)
     if not _product_ahead(s, back, ahead, lo, j0, j1, gcount, cfg, lengths, r, rbias, xp, gates,
                           src):
-        gemm_gates(src, lo, hi, cfg[C_HOUT], r, GATES[mode], 0, gcount, j0, j1, cfg[C_HP], rbias,
-                   gates, back)
+        pg, pg1, pj0, pj1, pgs = product_columns(cfg, gcount, j0, j1)
+        gemm_gates(src, lo, hi, cfg[C_HOUT], r, pg, 0, pg1, pj0, pj1, pgs, rbias, gates, back)
     if late:
         x2, w_ih, bias, _ = ahead
         project(x2, w_ih, bias, xp, cfg, lengths, 1, 0, j0, j1, False, back)
     update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates, src, dst, aux,
               c, False)
+
+
+@inline
+def product_columns(cfg, gcount, j0, j1):
+    """gemm_gates' (gates, g1, j0, j1, gs) for units [j0, j1) of the first gcount gates; with the
+    gates laid flat (C_FLAT, only where a call runs every unit at once) all C_GW columns as one."""
+    if cfg[C_FLAT] != 0:
+        return 1, 1, 0, cfg[C_GW], cfg[C_GW]
+    return GATES[cfg[C_MODE]], gcount, j0, j1, cfg[C_HP]
+
+
+@inline
+def gate_stride(cfg):
+    """Where gate k's units start in a row of gates or projected input: k * this."""
+    return cfg[C_H] if cfg[C_FLAT] != 0 else cfg[C_HP]
 
 
 @inline
@@ -205,7 +220,7 @@ def update_a(s, lo, hi, j0, j1, cfg, fcfg, codes, clip, lengths, peep, xp, gates
     update is on the critical path of every handover); the serial steps 1-3 % slower (LLVM lays
     their loop out worse)."""
     mode = cfg[C_MODE]
-    gs = cfg[C_HP]
+    gs = gate_stride(cfg)
     u1 = min(j1, cfg[C_H])
     rows_total = lengths.shape[0]
     reverse = cfg[C_REV] != 0
@@ -358,8 +373,9 @@ def project(x2, w_ih, bias, xp, cfg, lengths, chunks, chunk, j0, j1, carried, ba
             s1 = length if part == 1 or blocks < 2 else AHEAD
             lo, hi = (length - s1, length - s0) if cfg[C_REV] != 0 else (s0, s1)
         if lo < hi:
-            gemm_gates(x2, lo, hi, x2.shape[1], w_ih, gates, 0, gates, j0, j1, cfg[C_HP], bias,
-                       xp, backward)
+            pg, pg1, pj0, pj1, pgs = product_columns(cfg, gates, j0, j1)
+            gemm_gates(x2, lo, hi, x2.shape[1], w_ih, pg, 0, pg1, pj0, pj1, pgs, bias, xp,
+                       backward)
     restore_fp_mode(fp_mode)
 
 
