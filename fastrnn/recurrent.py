@@ -148,21 +148,31 @@ class DirectionParams:
         product is one gate of G*H columns, gate k's units at k*H, padded to whole panels once,
         not per gate: an LSTM of H = 100 computes 416 columns instead of 4 * 128."""
         if self._fused is None:
-            gates, hid, hp = self._gates, self.hidden_size, self._hp
-            gh = gates * hp
-            o_ih, o_bias, o_hh, o_rbias = self._cfg[layout.C_OFF:layout.C_OFF + 4]
-            wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
-            w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], gates, self.input_size)
-            w_hh = unpack_gates(wpk[o_hh:o_hh + gh * self.hidden_out], gates, self.hidden_out)
-            both = np.concatenate([w_ih, w_hh], axis=1).reshape(gates, hp, -1)[:, :hid]
-            bsum = (self._wbuf[o_bias:o_bias + gh] + self._wbuf[o_rbias:o_rbias + gh])
-            bsum = bsum.reshape(gates, hp)[:, :hid].ravel()
-            width = padded(gates * hid)
-            both = np.pad(both.reshape(gates * hid, -1), ((0, width - gates * hid), (0, 0)))
-            bsum = np.pad(bsum, (0, width - gates * hid))
-            both = _flat([pack_gates(both, 1)], self.weight_dtype)[0]
+            both = np.concatenate([self._unpacked(0, self.input_size),
+                                   self._unpacked(2, self.hidden_out)], axis=1)
+            bsum = self._laid_flat((self._vector(1) + self._vector(3))[:, None])[:, 0]
+            both = _flat([pack_gates(self._laid_flat(both), 1)], self.weight_dtype)[0]
             self._fused = (both, _flat([bsum], self.dtype)[0])
         return self._fused
+
+    def _unpacked(self, slot: int, k: int):
+        """The weight matrix at cfg offset slot (0: W_ih, 2: W_hh), (G*Hp, k) as packed: each
+        gate's rows padded to whole panels (float16 weights as float16)."""
+        wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
+        at = self._cfg[layout.C_OFF + slot]
+        return unpack_gates(wpk[at:at + self._gates * self._hp * k], self._gates, k)
+
+    def _vector(self, slot: int):
+        """The G*Hp vector at cfg offset slot (1: the input bias, 3: the recurrent one)."""
+        at = self._cfg[layout.C_OFF + slot]
+        return self._wbuf[at:at + self._gates * self._hp]
+
+    def _laid_flat(self, rows):
+        """(G*Hp, K) rows, each gate padded to whole panels, as (padded(G*H), K): the gates one
+        after another, gate k's units at k*H, padded once."""
+        gates, hid = self._gates, self.hidden_size
+        rows = rows.reshape(gates, self._hp, -1)[:, :hid].reshape(gates * hid, -1)
+        return np.pad(rows, ((0, padded(gates * hid) - gates * hid), (0, 0)))
 
     def scratch_size(self, steps: int, rows: int) -> int:
         """Elements of the scratch buffer one call of this direction over (steps, rows) needs."""
@@ -184,27 +194,19 @@ class DirectionParams:
         if not self._flat_gates:
             return self._wbuf, self._wpk, self._cfg
         if self._flat is None:
-            gates, hid, hp = self._gates, self.hidden_size, self._hp
-            width = padded(gates * hid)
-            gh = gates * hp
-
-            def laid_flat(rows):  # (G*Hp, K), each gate padded, -> (width, K), padded once
-                rows = rows.reshape(gates, hp, -1)[:, :hid].reshape(gates * hid, -1)
-                return np.pad(rows, ((0, width - gates * hid), (0, 0)))
-
-            o_ih, o_bias, o_hh, o_rbias, o_peep = self._cfg[layout.C_OFF:layout.C_OFF + 5]
-            wpk = self._wpk.view(np.float16) if self._wpk.dtype == np.uint16 else self._wpk
-            w_ih = unpack_gates(wpk[o_ih:o_ih + gh * self.input_size], gates, self.input_size)
-            w_hh = unpack_gates(wpk[o_hh:o_hh + gh * self.hidden_out], gates, self.hidden_out)
-            matrices = [pack_gates(laid_flat(w_ih), 1), pack_gates(laid_flat(w_hh), 1),
-                        np.zeros(0, w_ih.dtype)]
-            vectors = [laid_flat(self._wbuf[o_bias:o_bias + gh])[:, 0],
-                       laid_flat(self._wbuf[o_rbias:o_rbias + gh])[:, 0],
+            hid = self.hidden_size
+            width = padded(self._gates * hid)
+            matrices = [pack_gates(self._laid_flat(self._unpacked(0, self.input_size)), 1),
+                        pack_gates(self._laid_flat(self._unpacked(2, self.hidden_out)), 1),
+                        np.zeros(0, self.dtype)]
+            o_peep = self._cfg[layout.C_OFF + 4]
+            vectors = [self._laid_flat(self._vector(1)[:, None])[:, 0],
+                       self._laid_flat(self._vector(3)[:, None])[:, 0],
                        self._wbuf[o_peep:o_peep + 3 * hid], np.zeros(width, self.dtype)]
-            wpk, (f_ih, f_hh, f_hr) = _flat(matrices, self.weight_dtype)
-            wbuf, (f_bias, f_rbias, f_peep, f_zeros) = _flat(vectors, self.dtype)
+            wpk, (o_ih, o_hh, o_hr) = _flat(matrices, self.weight_dtype)
+            wbuf, (o_bias, o_rbias, o_peep, o_zeros) = _flat(vectors, self.dtype)
             cfg = self._cfg.copy()
-            cfg[layout.C_OFF:layout.C_OFF + 7] = f_ih, f_bias, f_hh, f_rbias, f_peep, f_hr, f_zeros
+            cfg[layout.C_OFF:layout.C_OFF + 7] = o_ih, o_bias, o_hh, o_rbias, o_peep, o_hr, o_zeros
             cfg[layout.C_AHEAD] = 0  # the carried projection's tiles gather each gate's panels
             cfg[layout.C_GW] = width
             cfg[layout.C_FLAT] = 1
