@@ -243,7 +243,10 @@ class DirectionParams:
         sync array (units.sync_array of the route's chunks), used by every call of one thread at
         a time (the kernel zeroes it); by default each call makes its own."""
         kind, chunks = route
-        wbuf, wpk, cfg, fcfg = self._wbuf, self._wpk, self._cfg, self._fcfg
+        fcfg = self._fcfg
+        # the fused product (weights of its own) and the unit split read each gate's panels
+        wbuf, wpk, cfg = ((self._wbuf, self._wpk, self._cfg) if kind in (FUSED, UNITS)
+                          else self._whole_steps())
         if kind == FUSED:
             wr, bsum = self._fused_weights()
             width = self.input_size + self.hidden_out
@@ -263,7 +266,6 @@ class DirectionParams:
                         units.sync_array(chunks) if sync is None else sync, chunks)
                 self._entry(units.run_units, args)(*args)
             return call
-        wbuf, wpk, cfg = self._whole_steps()
         if kind == ROWS:
             def call(x, lengths, hs, cs, y, scratch):
                 self._call(engine.run_parallel, (x, wbuf, wpk, cfg, fcfg, lengths, hs, cs, slot,

@@ -108,6 +108,7 @@ def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
     ldo = out.shape[1]
     ps = k_len * PANEL
     panels = (j1 - j0) // PANEL
+    one_gate = g1 - g0 == 1
     for block in range(m_lo, m_hi, _ROW_BLOCK):
         block_hi = min(block + _ROW_BLOCK, m_hi)
         tail = block_hi - (block_hi - block) % ROW_TILE
@@ -120,7 +121,6 @@ def _gemm_rows(a, m_lo, m_hi, k_len, bp, gates, g0, g1, j0, j1, gs, bias, out, b
                 for m in range(block, tail, ROW_TILE):
                     _TALL(a, m * lda, lda, bp, b_off, ps, k_len, bias, col, out, m * ldo + col,
                           ldo, PANEL)
-            one_gate = g1 - g0 == 1
             if left == 0 or (one_gate and q % 2 == 1 and left <= PAIR_ROWS):
                 continue  # (one gate: its rows ran in the pair tile of the panel before)
             a_off = tail * lda
